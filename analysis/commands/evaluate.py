@@ -1,0 +1,37 @@
+"""Perplexity of a model (the bundled default, a hub id, a local or exported folder, a .gguf) on a text.
+
+Prints JSON with ``perplexity``, ``tokens`` (scored tokens), ``nll`` and the settings. Sliding window: the first
+``--tokens`` tokens of the text, windows of ``--context`` tokens moved by ``--stride``.
+
+Example:
+  python -m analysis evaluate --model out/pruned --text asyoulik
+"""
+
+NAME = "evaluate"
+HELP = "perplexity of a model on a text (JSON)"
+
+
+def add_arguments(p):
+    from ._common import add_model_args
+
+    add_model_args(p)
+    p.add_argument("--text", default="asyoulik", help="bundled text name or a path to a text file")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens of the text to score")
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--stride", type=int, default=256)
+
+
+def run(args) -> int:
+    from ..evaluate import EvalSettings, perplexity
+    from ..texts import resolve_text
+    from ._common import TqdmProgress, load, print_json
+
+    lm = load(args)
+    text = resolve_text(args.text)
+    settings = EvalSettings(text=args.text, n_tokens=args.tokens, context=args.context, stride=args.stride,
+                            measure_speed=False)
+    result = perplexity(lm.model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
+    result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,
+                       "parameters": lm.n_parameters()}
+    print_json(result)
+    return 0

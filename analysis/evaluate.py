@@ -1,0 +1,337 @@
+"""Evaluation of a model against the original after any change (METHODS.md §7).
+
+* **Perplexity** on held-out text: the first ``n_tokens`` tokens of the text (no special tokens), read with a
+  sliding window of ``context`` tokens moved by ``stride``; each window scores only its last ``stride`` tokens
+  (the first window scores all but its first token), so every scored token sees at least ``context − stride``
+  tokens of context once the first window is past. ``tokens`` is the number of scored tokens.
+* **Fidelity** to the original on the same scored positions: mean per-token KL divergence
+  ``KL(p_original ‖ p_candidate)`` (nats) and top-1 agreement (how often both predict the same next token).
+* **Cost**: parameters (tied matrices counted once), bytes of weights, prefill tokens/s (one forward of a
+  ``context``-token window, median of 3), decode ms/token (greedy generation with the KV cache, median of 2),
+  peak memory during that prefill (CUDA: allocator peak; CPU: peak resident-set growth sampled every 2 ms,
+  approximate).
+* **Recovery** = original perplexity / candidate perplexity (1.0 = no loss), as compression tools report it.
+* A greedy generation from a fixed prompt, original and candidate side by side.
+
+The original's log-probabilities on the evaluation positions are kept in memory (one entry), so evaluating a
+second candidate against the same original and text costs one model pass, not two.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import count_parameters, weight_bytes
+from .texts import Text, token_ids
+
+Progress = Callable[[int, int, str], None]
+DEFAULT_PROMPT = "Alice was beginning to get very tired of sitting by her sister on the bank, and"
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot run as asked (text too short, bad settings)."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    text: str = "asyoulik"
+    n_tokens: int = 4096
+    context: int = 512
+    stride: int = 256
+    prompt: str = DEFAULT_PROMPT
+    max_new_tokens: int = 32
+    measure_speed: bool = True
+    batch_size: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.context < 2 or self.stride < 1 or self.stride > self.context:
+            raise EvaluationError(f"need 1 ≤ stride ≤ context and context ≥ 2 (got context {self.context}, "
+                                  f"stride {self.stride})")
+        if self.n_tokens < self.context:
+            raise EvaluationError(f"n_tokens ({self.n_tokens}) must be at least the context ({self.context})")
+
+
+@dataclass
+class ModelEvaluation:
+    """One row of the evaluation table."""
+
+    perplexity: float
+    nll: float
+    tokens: int
+    parameters: int
+    weight_bytes: int
+    kl_to_original: float | None = None
+    top1_agreement: float | None = None
+    recovery: float | None = None
+    prefill_tokens_per_s: float | None = None
+    decode_ms_per_token: float | None = None
+    peak_memory_bytes: int | None = None
+    generation: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvaluationTable:
+    settings: dict
+    text: dict
+    original: ModelEvaluation
+    candidate: ModelEvaluation | None = None
+    candidate_name: str = "pruned"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"settings": self.settings, "text": self.text, "original": self.original.to_dict()}
+        if self.candidate is not None:
+            out[self.candidate_name] = self.candidate.to_dict()
+        return out
+
+    def rows(self) -> list[dict]:
+        """The table as rows (one per model) for display."""
+        rows = [{"model": "original", **self.original.to_dict()}]
+        if self.candidate is not None:
+            rows.append({"model": self.candidate_name, **self.candidate.to_dict()})
+        return rows
+
+
+def windows_for(ids: np.ndarray, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_scored)`` of each sliding window over ``ids`` (positions are absolute)."""
+    n = len(ids)
+    out, start = [], 0
+    prev_end = 0
+    while True:
+        end = min(start + context, n)
+        first_scored = max(prev_end, start + 1)  # a window never scores its own first token
+        out.append((start, end, first_scored))
+        prev_end = end
+        if end >= n:
+            break
+        start += stride
+    return out
+
+
+@dataclass
+class _Pass:
+    nll: float
+    count: int
+    argmax: list[torch.Tensor]
+    log_probs: list[torch.Tensor] | None  # float16 rows, kept for the original only
+    kl_sum: float | None  # against the reference rows, when given
+    seconds: float
+
+
+@torch.no_grad()
+def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, progress: Progress | None, label: str,
+                 keep: bool = False, reference: list[torch.Tensor] | None = None) -> _Pass:
+    """One sliding-window pass: NLL of the scored tokens, argmax rows, and KL against ``reference`` rows."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    wins = windows_for(ids, settings.context, settings.stride)
+    nll, count, kl = 0.0, 0, 0.0
+    kept: list[torch.Tensor] | None = [] if keep else None
+    argmax: list[torch.Tensor] = []
+    k = 0
+    for b0 in range(0, len(wins), settings.batch_size):
+        batch = wins[b0:b0 + settings.batch_size]
+        # windows of one length go together; the last, shorter one runs alone
+        groups: dict[int, list] = {}
+        for w in batch:
+            groups.setdefault(w[1] - w[0], []).append(w)
+        rows = []
+        for group in groups.values():
+            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
+            logp = torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), dim=-1)
+            for r, (s, e, first) in enumerate(group):
+                # logits at position p predict token p + 1; the scored targets are positions first .. e-1
+                rows.append((s, logp[r, first - s - 1:e - s - 1], x[r, first - s:e - s]))
+        for _, lp, tgt in sorted(rows, key=lambda t: t[0]):
+            nll -= float(lp.gather(-1, tgt[:, None]).sum())
+            count += int(tgt.numel())
+            argmax.append(lp.argmax(-1).cpu())
+            if keep:
+                kept.append(lp.to(torch.float16).cpu())
+            if reference is not None:
+                ref = reference[k].to(lp.device).float()
+                kl += float((ref.exp() * (ref - lp)).sum())
+            k += 1
+        if progress:
+            done = min(len(wins), b0 + settings.batch_size)
+            progress(done, len(wins), f"{label}: window {done}/{len(wins)}")
+    return _Pass(nll, count, argmax, kept, kl if reference is not None else None, time.perf_counter() - t0)
+
+
+_ORIGINAL_MEMO: dict = {}
+
+
+def _original_pass(original: nn.Module, original_key: str, ids: np.ndarray, settings: EvalSettings,
+                   progress: Progress | None) -> _Pass:
+    key = (original_key, settings.n_tokens, settings.context, settings.stride, hash(ids.tobytes()))
+    if not original_key or _ORIGINAL_MEMO.get("key") != key:
+        _ORIGINAL_MEMO.clear()
+        gc.collect()
+        result = _scored_pass(original, ids, settings, progress, "original", keep=True)
+        if not original_key:
+            return result
+        _ORIGINAL_MEMO.update(key=key, result=result)
+    return _ORIGINAL_MEMO["result"]
+
+
+def evaluation_ids(tokenizer, text: Text, n_tokens: int) -> np.ndarray:
+    ids = token_ids(tokenizer, text)
+    if ids.size < n_tokens:
+        raise EvaluationError(f"{text.label} has {ids.size} tokens; the evaluation needs {n_tokens}. "
+                              "Lower the token count or choose a longer text.")
+    return ids[:n_tokens]
+
+
+def evaluate(
+    original: nn.Module,
+    tokenizer,
+    text: Text,
+    settings: EvalSettings = EvalSettings(),
+    candidate: nn.Module | None = None,
+    candidate_name: str = "pruned",
+    original_key: str = "",
+    progress: Progress | None = None,
+) -> EvaluationTable:
+    """Evaluate the original (and a candidate against it) on ``text`` with ``settings``.
+
+    ``original_key`` identifies the original's weights (its fingerprint) for the in-memory memo of its
+    log-probabilities; without one the original is always recomputed.
+    """
+    settings.validate()
+    ids = evaluation_ids(tokenizer, text, settings.n_tokens)
+    if candidate is None:
+        o = _scored_pass(original, ids, settings, progress, "original")
+    else:
+        o = _original_pass(original, original_key, ids, settings, progress)
+    orig = _row(original, tokenizer, o, settings)
+    table = EvaluationTable(settings=settings.to_dict(), text=text.describe(), original=orig,
+                            candidate_name=candidate_name)
+    if candidate is None:
+        return table
+    c = _scored_pass(candidate, ids, settings, progress, candidate_name, reference=o.log_probs)
+    cand = _row(candidate, tokenizer, c, settings)
+    cand.kl_to_original = c.kl_sum / c.count
+    cand.top1_agreement = float(torch.cat([a == b for a, b in zip(o.argmax, c.argmax)]).float().mean())
+    cand.recovery = orig.perplexity / cand.perplexity if cand.perplexity > 0 else 0.0
+    orig.kl_to_original, orig.top1_agreement, orig.recovery = 0.0, 1.0, 1.0
+    table.candidate = cand
+    return table
+
+
+def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings) -> ModelEvaluation:
+    row = ModelEvaluation(perplexity=math.exp(p.nll / p.count), nll=p.nll / p.count, tokens=p.count,
+                          parameters=count_parameters(model), weight_bytes=weight_bytes(model), seconds=p.seconds)
+    if settings.measure_speed:
+        row.prefill_tokens_per_s, row.peak_memory_bytes = measure_prefill(model, settings.context)
+        row.decode_ms_per_token = measure_decode(model, tokenizer, settings.prompt, settings.max_new_tokens)
+    row.generation = generate(model, tokenizer, settings.prompt, settings.max_new_tokens)
+    return row
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32) -> str:
+    """Greedy continuation of ``prompt`` (the continuation only)."""
+    device = next(model.parameters()).device
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def measure_prefill(model: nn.Module, n_tokens: int = 512, repeats: int = 3) -> tuple[float, int]:
+    """Prefill throughput (tokens/s, median of ``repeats``) and peak memory of one forward pass."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    x = torch.randint(100, max(101, vocab - 1), (1, n_tokens), generator=torch.Generator().manual_seed(0)).to(device)
+    model(input_ids=x, use_cache=False)  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        model(input_ids=x, use_cache=False)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = _peak_memory(lambda: model(input_ids=x, use_cache=False), device, weight_bytes(model))
+    return n_tokens / statistics.median(times), peak
+
+
+@torch.no_grad()
+def measure_decode(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 32, repeats: int = 2) -> float:
+    """Milliseconds per generated token (greedy, KV cache), median of ``repeats``."""
+    device = next(model.parameters()).device
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=pad)
+        _sync(device)
+        generated = out.shape[1] - enc["input_ids"].shape[1]
+        times.append((time.perf_counter() - t0) * 1000 / max(1, generated))
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory(fn: Callable[[], object], device: torch.device, resident_bytes: int) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    import psutil
+
+    proc = psutil.Process()
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        t.join()
+    # the weights are resident already: report them plus the growth of the process during the pass
+    return int(resident_bytes + max(0, peak[0] - base))
+
+
+def perplexity(model: nn.Module, tokenizer, text: Text, settings: EvalSettings = EvalSettings(),
+               progress: Progress | None = None) -> dict:
+    """Perplexity alone (the ``evaluate`` command of the CLI)."""
+    settings.validate()
+    ids = evaluation_ids(tokenizer, text, settings.n_tokens)
+    p = _scored_pass(model, ids, settings, progress, "model")
+    return {"perplexity": math.exp(p.nll / p.count), "nll": p.nll / p.count, "tokens": p.count,
+            "settings": settings.to_dict(), "text": text.describe()}

@@ -1,0 +1,131 @@
+"""Linearity between layers (Razzhigaev et al., "Your Transformer is Secretly Linear", arXiv 2405.12250).
+
+For clouds ``X, Y ∈ R^{n×d}`` of two hidden states on the same tokens, centre the columns and divide each
+cloud by its Frobenius norm (``X̃, Ỹ``). Then
+
+    linearity(X, Y) = 1 − min_A ||X̃ A − Ỹ||_F²
+
+over *any* linear map ``A``. The minimum is reached by the orthogonal projection onto the column space of
+``X̃``, so ``linearity = ||P_X Ỹ||_F² = ||Q_Xᵀ Ỹ||_F²`` with ``Q_X`` an orthonormal basis of that space. One thin
+SVD per state gives every ``Q``; every pair is then a matrix product (no least-squares solve per pair).
+
+Pitfall: with ``n ≤ d`` every ``Y`` is exactly linear in ``X`` and the score is 1 for nothing. The score is only
+meaningful for ``n ≥ 2d``; :func:`check_enough_tokens` says so, and the views refuse to colour the heatmap
+otherwise.
+
+"Without residual" replaces ``Y`` by ``Y − X`` (the block's own contribution); the paper shows it is far lower.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+Progress = Callable[[int, int, str], None]
+
+
+class NotEnoughTokens(ValueError):
+    """Fewer than ``2 × width`` tokens: every map would look linear."""
+
+
+def check_enough_tokens(n_tokens: int, width: int) -> None:
+    if n_tokens < 2 * width:
+        raise NotEnoughTokens(
+            f"linearity needs at least 2 × width = {2 * width} tokens; there are {n_tokens}. With n ≤ d every "
+            "pair of layers is exactly linear and the score is 1 for nothing — capture more windows or longer ones."
+        )
+
+
+def normalise(X: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Centre the columns and divide by the Frobenius norm (float64)."""
+    X = torch.as_tensor(np.array(X, dtype=np.float64) if not isinstance(X, torch.Tensor) else X).to(torch.float64)
+    X = X - X.mean(dim=0, keepdim=True)
+    norm = torch.linalg.matrix_norm(X)
+    return X / norm if norm > 0 else X
+
+
+def whiten(Xn: torch.Tensor, rtol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of the Gram matrix ``X̃ᵀX̃ = V Λ Vᵀ`` (float64), numerically zero directions dropped.
+
+    Returns ``(Z, lam, V)`` with ``Z = X̃ V Λ^{-1/2}`` an orthonormal basis of the column space of ``X̃`` and
+    ``X̃ = Z Λ^{1/2} Vᵀ``. Working with the ``d × d`` Gram keeps every decomposition cheap (an SVD of the
+    ``n × d`` cloud costs ~25× more here); float64 absorbs the squared condition number.
+    """
+    lam, V = torch.linalg.eigh(Xn.T @ Xn)
+    keep = lam > rtol * lam.max().clamp(min=1e-300)
+    lam, V = lam[keep], V[:, keep]
+    return Xn @ (V / lam.sqrt()), lam, V
+
+
+def linearity_score(X, Y) -> float:
+    """Linearity of one pair of clouds (the definition above), in float64."""
+    Xn, Yn = normalise(X), normalise(Y)
+    Z, _, _ = whiten(Xn)
+    return float((Z.T @ Yn).square().sum().clamp(0.0, 1.0))
+
+
+def linearity_lstsq(X, Y) -> float:
+    """The same score by an explicit least-squares solve (reference implementation for tests and the benchmark)."""
+    Xn, Yn = normalise(X), normalise(Y)
+    A = torch.linalg.lstsq(Xn, Yn, driver="gelsd").solution
+    return float(1.0 - (Xn @ A - Yn).square().sum())
+
+
+def linearity_matrix(clouds: Sequence[np.ndarray], progress: Progress | None = None) -> np.ndarray:
+    """``M[i, j] = linearity(cloud_i, cloud_j)`` for every ordered pair (not symmetric).
+
+    With ``Ỹ_j = Z_j Λ_j^{1/2} V_jᵀ`` (see :func:`whiten`) and ``G = Z_iᵀ Z_j``::
+
+        linearity(i, j) = ||G Λ_j^{1/2}||_F² = Σ_b λ_j[b] ||G[:, b]||²
+        linearity(j, i) = Σ_a λ_i[a] ||G[a, :]||²
+
+    so one float32 product ``Z_iᵀ Z_j`` per unordered pair gives both directions: half the work of projecting
+    every cloud on every basis, and no least-squares solve at all.
+    """
+    k = len(clouds)
+    total = k + k * (k - 1) // 2
+    done = 0
+    bases, lams = [], []
+    for i, c in enumerate(clouds):
+        Z, lam, _ = whiten(normalise(c))
+        bases.append(Z.to(torch.float32))
+        lams.append(lam.to(torch.float32))
+        done += 1
+        if progress:
+            progress(done, total, f"basis of state {i}")
+    M = np.eye(k)
+    for i in range(k):
+        for j in range(i + 1, k):
+            G = bases[i].T @ bases[j]
+            G2 = G.square()
+            M[i, j] = float(G2.sum(dim=0) @ lams[j])
+            M[j, i] = float(G2.sum(dim=1) @ lams[i])
+        done += k - 1 - i
+        if progress and i < k - 1:
+            progress(done, total, f"pairs from state {i}")
+    return np.clip(M, 0.0, 1.0)
+
+
+def consecutive_linearity(clouds: Sequence[np.ndarray], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per block ``b``: ``(linearity(h_b → h_{b+1}), linearity(h_b → h_{b+1} − h_b))`` in float64.
+
+    The second is the paper's "without residual" curve: the block's own contribution ``h_{b+1} − h_b``.
+    """
+    n_blocks = len(clouds) - 1
+    with_res, without_res = np.zeros(n_blocks), np.zeros(n_blocks)
+    for b in range(n_blocks):
+        X = np.asarray(clouds[b], dtype=np.float64)
+        Y = np.asarray(clouds[b + 1], dtype=np.float64)
+        Z, _, _ = whiten(normalise(X))
+        with_res[b] = float((Z.T @ normalise(Y)).square().sum().clamp(0.0, 1.0))
+        without_res[b] = float((Z.T @ normalise(Y - X)).square().sum().clamp(0.0, 1.0))
+        if progress:
+            progress(b + 1, n_blocks, f"block {b}")
+    return with_res, without_res
+
+
+def fit_residual_curve(clouds: Sequence[np.ndarray]) -> np.ndarray:
+    """``1 − linearity`` per block: the normalised least-squares error of the best linear map ``h_b → h_{b+1}``."""
+    return 1.0 - consecutive_linearity(clouds)[0]

