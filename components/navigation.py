@@ -1,0 +1,22 @@
+"""The page list, grouped as the loop it serves: inspect → choose → change → re-evaluate → export."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+PAGES = {
+    "Model": [
+        ("pages/model.py", "Model and text", "🧠", True),
+    ],
+    "Inspect": [
+        ("pages/linearity.py", "Linearity and baselines", "📈", False),
+    ],
+    "Change": [
+        ("pages/prune.py", "Prune and evaluate", "✂️", False),
+    ],
+}
+
+
+def pages() -> dict[str, list]:
+    return {group: [st.Page(path, title=title, icon=icon, default=default) for path, title, icon, default in items]
+            for group, items in PAGES.items()}

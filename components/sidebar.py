@@ -1,0 +1,123 @@
+"""The sidebar every page shares: which model, which calibration text, which windows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from analysis.models import DTYPES, ModelSpec
+from analysis.texts import BUNDLED, TextError, bundled_text, text_from_bytes, text_from_string, token_ids
+from analysis.workspace import Calibration
+from components import state
+from components.widgets import format_bytes
+
+MODEL_HELP = ("'default' is the bundled SmolLM2-135M-Instruct. Or a Hugging Face id (from the local hub cache, or "
+              "downloaded when the hub is reachable), a local checkpoint folder, or a path to a .gguf file.")
+
+
+def render() -> None:
+    with st.sidebar:
+        _model_section()
+        st.divider()
+        _text_section()
+
+
+def _model_section() -> None:
+    st.subheader("Model")
+    current: ModelSpec = st.session_state.get(state.SPEC) or ModelSpec()
+    with st.form("model-form", border=False):
+        source = st.text_input("Model", value=current.source, help=MODEL_HELP, key="model-source")
+        with st.expander("Device and precision"):
+            devices = ["auto", "cpu", "cuda", "mps"]
+            device = st.selectbox("Device", devices, index=devices.index(current.device)
+                                  if current.device in devices else 0,
+                                  help="auto picks cuda, then mps, then cpu")
+            dtypes = list(DTYPES)
+            dtype = st.selectbox("Weights dtype", dtypes, index=dtypes.index(current.dtype))
+            dmap = st.checkbox("Spread over devices (device_map='auto')", value=current.device_map_auto,
+                               help="for models larger than one device; layers may be offloaded to CPU or disk")
+            trust = st.checkbox("Trust remote code", value=current.trust_remote_code,
+                                help="runs Python code shipped with the checkpoint; off unless you trust it")
+        if st.form_submit_button("Load model", type="primary"):
+            state.request_model(ModelSpec(source.strip(), device, dtype, dmap, trust))
+    lm = state.loaded_model()
+    err = st.session_state.get(state.MODEL_ERROR)
+    if err:
+        st.error(err)
+        if lm is not None:
+            st.caption(f"Still using the previous model: {lm.spec.source}")
+    if lm is not None:
+        card = lm.card()
+        st.caption(f"**{card['architecture']}** · {card['blocks']} blocks · width {card['width']} · "
+                   f"{card['parameters'] / 1e6:.1f} M parameters · {card['dtype']} on {card['device']} · "
+                   f"{format_bytes(card['memory_bytes'])}")
+
+
+def _text_section() -> None:
+    st.subheader("Calibration text")
+    text = state.calibration_text()
+    cal = state.calibration()
+    kind = st.radio("Source", ["Bundled", "Upload", "Paste"], horizontal=True, key="text-kind",
+                    label_visibility="collapsed")
+    with st.form("text-form", border=False):
+        uploaded = pasted = None
+        name = None
+        if kind == "Bundled":
+            names = list(BUNDLED)
+            default = names.index(text.name) if text is not None and text.source == "bundled" else 0
+            name = st.selectbox("Bundled text", names, index=default,
+                                format_func=lambda n: f"{n} — {BUNDLED[n][2]}")
+        elif kind == "Upload":
+            uploaded = st.file_uploader("A plain-text .txt file", type=["txt"])
+        else:
+            pasted = st.text_area("Paste text", height=150)
+        c1, c2 = st.columns(2)
+        n = c1.number_input("Windows N", 1, 100000, cal.n_windows, help="the first N non-overlapping windows")
+        t = c2.number_input("Tokens per window T", 2, 32768, cal.window_len)
+        with st.expander("Clouds"):
+            excl = st.number_input("Exclude first positions", 0, 64, cal.exclude_first,
+                                   help="drop the first position(s) of every window from all-token clouds: they "
+                                        "have no context and often carry massive 'attention sink' activations")
+            n_max = st.number_input("Subsample all-token clouds to (0 = all tokens)", 0, 10_000_000,
+                                    cal.n_max or 0, step=1024)
+        applied = st.form_submit_button("Use this text")
+    if applied:
+        _apply_text(kind, name, uploaded, pasted,
+                    Calibration(n_windows=int(n), window_len=int(t), exclude_first=int(excl),
+                                n_max=int(n_max) or None, seed=cal.seed, storage=cal.storage))
+    err = st.session_state.get(state.TEXT_ERROR)
+    if err:
+        st.error(err)
+    text = state.calibration_text()
+    if text is not None:
+        cal = state.calibration()
+        st.caption(f"**{text.label}** · {len(text.content):,} characters · sha256 {text.sha256[:12]}… · "
+                   f"{cal.n_windows} × {cal.window_len} tokens")
+
+
+def _apply_text(kind, name, uploaded, pasted, cal: Calibration) -> None:
+    try:
+        if kind == "Bundled":
+            new = bundled_text(name)
+        elif kind == "Upload":
+            if uploaded is None:
+                raise TextError("choose a .txt file to upload first")
+            new = text_from_bytes(uploaded.getvalue(), name=uploaded.name)
+        else:
+            new = text_from_string(pasted or "", name="pasted", source="pasted")
+        lm = state.loaded_model()
+        if lm is not None:
+            have = int(token_ids(lm.tokenizer, new).size)
+            need = cal.n_windows * cal.window_len
+            if have < need:
+                raise TextError(f"{new.label} has {have:,} tokens; {cal.n_windows} windows of {cal.window_len} "
+                                f"tokens need {need:,}. Use at most {have // cal.window_len} windows of "
+                                f"{cal.window_len} tokens, or a longer text.")
+        if cal.exclude_first >= cal.window_len:
+            raise TextError("excluding every position of the window leaves no tokens")
+    except TextError as exc:
+        st.session_state[state.TEXT_ERROR] = str(exc)  # the previous text and windows stay in use
+        return
+    state.set_calibration_text(new)
+    state.set_calibration(dataclasses.replace(cal))

@@ -1,0 +1,101 @@
+"""Session state shared by every page: the loaded model, the calibration text, and the workspace built on them.
+
+Pages never load models themselves: they ask :func:`workspace` (or :func:`loaded_model`) and get ``None`` plus a
+message in the page when nothing usable is loaded. The model is cached with ``st.cache_resource(max_entries=1)``
+(one model in memory per server); a failed load keeps the previous model and says why.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+from analysis.texts import DEFAULT_CALIBRATION_TEXT, Text, TextError, bundled_text
+from analysis.workspace import Calibration, Workspace
+
+SPEC = "model_spec"
+GOOD_SPEC = "model_spec_loaded"
+MODEL_ERROR = "model_error"
+TEXT = "calibration_text"
+TEXT_ERROR = "text_error"
+CALIBRATION = "calibration"
+PRUNE_SELECTION = "prune_selection"
+PRUNE_SOURCE = "prune_selection_source"
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool) -> LoadedModel:
+    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code))
+
+
+def request_model(spec: ModelSpec) -> None:
+    """Ask for another model; it is loaded on the next call to :func:`loaded_model`."""
+    st.session_state[SPEC] = spec
+    st.session_state.pop(MODEL_ERROR, None)
+
+
+def loaded_model() -> LoadedModel | None:
+    """The model of this session, loading it if needed; on failure the previous model and an error message."""
+    spec: ModelSpec = st.session_state.get(SPEC) or ModelSpec()
+    st.session_state.setdefault(SPEC, spec)
+    try:
+        with st.spinner(f"Loading {spec.source} … (the bundled GGUF is de-quantised once, ~20 s, then cached)"):
+            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
+        st.session_state[GOOD_SPEC] = spec
+        return lm
+    except ModelLoadError as exc:
+        st.session_state[MODEL_ERROR] = str(exc)
+    except Exception as exc:  # an unexpected failure inside transformers: still a message, never a traceback
+        st.session_state[MODEL_ERROR] = f"loading {spec.source!r} failed: {type(exc).__name__}: {exc}"
+    good = st.session_state.get(GOOD_SPEC)
+    if good is not None and good != spec:
+        st.session_state[SPEC] = good
+        try:
+            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code)
+        except Exception:
+            return None
+    return None
+
+
+def calibration_text() -> Text | None:
+    if TEXT not in st.session_state:
+        try:
+            st.session_state[TEXT] = bundled_text(DEFAULT_CALIBRATION_TEXT)
+        except TextError as exc:
+            st.session_state[TEXT_ERROR] = str(exc)
+            return None
+    return st.session_state[TEXT]
+
+
+def set_calibration_text(text: Text) -> None:
+    st.session_state[TEXT] = text
+    st.session_state.pop(TEXT_ERROR, None)
+
+
+def calibration() -> Calibration:
+    return st.session_state.setdefault(CALIBRATION, Calibration())
+
+
+def set_calibration(cal: Calibration) -> None:
+    st.session_state[CALIBRATION] = cal
+
+
+def workspace() -> Workspace | None:
+    """The workspace of this session, or ``None`` (with the reason shown in the page)."""
+    lm = loaded_model()
+    if lm is None:
+        st.error(st.session_state.get(MODEL_ERROR, "No model is loaded."))
+        st.info("Choose a model in the sidebar: 'default', a Hugging Face id, a local folder or a .gguf file.")
+        return None
+    text = calibration_text()
+    if text is None:
+        st.error(st.session_state.get(TEXT_ERROR, "No calibration text."))
+        return None
+    return Workspace(lm=lm, text=text, calibration=calibration())
+
+
+def send_to_prune(blocks: list[int], source: str) -> None:
+    """Hand a block selection to the prune page and open it."""
+    st.session_state[PRUNE_SELECTION] = sorted(int(b) for b in blocks)
+    st.session_state[PRUNE_SOURCE] = source
+    st.switch_page("pages/prune.py")
