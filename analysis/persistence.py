@@ -291,7 +291,10 @@ def estimate_rips_seconds(n_points: int, max_dim: int = 1) -> float:
 
     ``RIPS_SECONDS_AT_1000[max_dim] * (n_points / 1000) ** RIPS_SECONDS_EXPONENT[max_dim]``. Meant for a "this will
     take about ..." hint before running; expect a factor of 2-3 either way (it depends on the cloud, on
-    ``max_edge`` and on the load of the machine).
+    ``max_edge`` and on the load of the machine). Clouds with a decaying spectrum, like hidden states, farthest-point
+    subsampled, ran at or below the estimate (H1, 1000 points: 0.8 s). The bad case is a cloud whose points are
+    all nearly equidistant, e.g. a farthest-point subsample of an isotropic 64-dimensional Gaussian: H1 of 1000 such
+    points took 36 s (600: 6 s), because almost every edge closes a loop. The first call also pays ~2 s of imports.
     """
     if n_points < 0:
         raise ValueError(f"n_points must be non-negative, got {n_points}")
