@@ -94,8 +94,30 @@ def workspace() -> Workspace | None:
     return Workspace(lm=lm, text=text, calibration=calibration())
 
 
-def send_to_prune(blocks: list[int], source: str) -> None:
-    """Hand a block selection to the prune page and open it."""
+def set_prune_selection(blocks: list[int], source: str) -> None:
+    """Replace the block selection of the prune page (and say where it came from)."""
     st.session_state[PRUNE_SELECTION] = sorted(int(b) for b in blocks)
     st.session_state[PRUNE_SOURCE] = source
+    st.session_state[PRUNE_SELECTION + "_version"] = st.session_state.get(PRUNE_SELECTION + "_version", 0) + 1
+
+
+def send_to_prune(blocks: list[int], source: str) -> None:
+    """Hand a block selection to the prune page and open it."""
+    set_prune_selection(blocks, source)
     st.switch_page("pages/prune.py")
+
+
+def sync_widget(widget_key: str, value_key: str) -> bool:
+    """Load a value set elsewhere (``value_key``) into a widget's state once per change; True when it did."""
+    version = st.session_state.get(value_key + "_version", 0)
+    if st.session_state.get(widget_key + "_synced") != version or widget_key not in st.session_state:
+        st.session_state[widget_key] = list(st.session_state.get(value_key, []))
+        st.session_state[widget_key + "_synced"] = version
+        return version > 0
+    return False
+
+
+def widget_to_selection(widget_key: str) -> None:
+    """on_change of the block picker: the widget becomes the selection (typed by hand)."""
+    st.session_state[PRUNE_SELECTION] = sorted(st.session_state.get(widget_key, []))
+    st.session_state[PRUNE_SOURCE] = "chosen by hand"

