@@ -1,0 +1,138 @@
+"""End-to-end harness: a real ``streamlit run`` on a free localhost port, driven by Debian's Chromium.
+
+Chromium is launched by Playwright's Python package through ``executable_path`` (no Playwright browser download),
+with ``--headless --no-sandbox --disable-gpu --disable-background-networking``. Screenshots go to ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Debian's chromium is not installed: run `make browser` (make test does it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def app_url(cache_dir):
+    port = _free_port()
+    env = dict(os.environ, LAYERSCOPE_CACHE=str(cache_dir), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    log = open(ROOT / "artifacts" / "streamlit-e2e.log", "w") if (ROOT / "artifacts").is_dir() else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}")
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy in 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def page(browser, app_url, artifacts):
+    """One browser tab kept for the whole session (so that session state flows from page to page)."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(240_000)
+    tab.goto(app_url)
+    yield tab
+    context.close()
+
+
+class UI:
+    """Small helpers to drive Streamlit widgets from Playwright."""
+
+    def __init__(self, page, artifacts: Path):
+        self.page = page
+        self.artifacts = artifacts
+
+    def wait_idle(self, timeout: float = 600_000) -> None:
+        """Wait until the app is no longer running (the 'Running…' status widget disappears)."""
+        self.page.wait_for_timeout(300)
+        self.page.wait_for_function(
+            "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+        self.page.wait_for_timeout(300)
+
+    def nav(self, title: str) -> None:
+        self.page.get_by_role("link", name=title).first.click()
+        self.wait_idle()
+
+    def button(self, label: str) -> None:
+        self.page.get_by_role("button", name=label).first.click()
+        self.wait_idle()
+
+    def multiselect(self, label: str, options: list[str]) -> None:
+        box = self.page.locator('[data-testid="stMultiSelect"]').filter(has_text=label).first
+        for opt in options:
+            box.locator("input").click()
+            box.locator("input").fill(opt)
+            self.page.get_by_role("option", name=opt, exact=True).first.click()
+        self.page.keyboard.press("Escape")
+        self.wait_idle()
+
+    def fill(self, label: str, value: str) -> None:
+        field = self.page.get_by_label(label).first
+        field.fill(value)
+        field.press("Tab")
+
+    def shot(self, name: str) -> Path:
+        path = self.artifacts / f"e2e-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def text(self) -> str:
+        return self.page.locator('[data-testid="stMain"]').inner_text()
+
+
+@pytest.fixture(scope="session")
+def ui(page, artifacts) -> UI:
+    return UI(page, artifacts)
