@@ -122,7 +122,7 @@ class AVSSAccumulator:
         sums = self._sums.setdefault(block, _BlockSums(width=width))
 
         if attention_mask is None:
-            mask = torch.ones((batch, seq), dtype=a.dtype, device=a.device)
+            is_real = torch.ones((batch, seq), dtype=torch.bool, device=a.device)
         else:
             m = torch.as_tensor(attention_mask, device=a.device)
             if m.ndim != 2 or m.shape[0] != batch or m.shape[1] < seq:
@@ -130,30 +130,30 @@ class AVSSAccumulator:
                     f"attention_mask must be [batch, seq] = [{batch}, {seq}] (2-D padding mask), "
                     f"got shape {tuple(m.shape)}"
                 )
-            mask = (m[:, -seq:] != 0).to(a.dtype)
-        tokens_per_sequence = mask.sum(dim=1)  # [batch]
+            is_real = m[:, -seq:] != 0
+        tokens_per_sequence = is_real.sum(dim=1)  # [batch], int64
         real = tokens_per_sequence > 0
         if not bool(real.any()):
             return
 
         # variance of the mean-pooled sequence vectors over hidden units
-        pooled = torch.einsum("bsw,bs->bw", a, mask)[real].to(torch.float64)
+        pooled = torch.einsum("bsw,bs->bw", a, is_real.to(a.dtype))[real].to(torch.float64)
         pooled /= tokens_per_sequence[real].to(torch.float64)[:, None]
         variance = pooled.var(dim=1, correction=self.ddof)
 
-        # sparsity: entries below the threshold, padding excluded
+        # sparsity: entries below the threshold, padding excluded (integer counts: exact at any size)
         if self.relative:
             rms = torch.linalg.vector_norm(a, dim=2) / math.sqrt(width)  # [batch, seq]
             small = a.abs() < (self.eps * rms)[:, :, None]
             small |= (rms == 0)[:, :, None]
         else:
             small = a.abs() < self.eps
-        small_per_token = small.sum(dim=2).to(a.dtype)  # [batch, seq]
+        small_per_token = small.sum(dim=2)  # [batch, seq], int64
 
         sums.variance_sum += float(variance.sum())
         sums.n_sequences += int(real.sum())
-        sums.n_tokens += int(round(float(tokens_per_sequence.sum())))
-        sums.n_small += int(round(float((small_per_token * mask).sum())))
+        sums.n_tokens += int(tokens_per_sequence.sum())
+        sums.n_small += int(small_per_token[is_real].sum())
 
     def result(self) -> pd.DataFrame:
         """Per-block table: ``block, variance, sparsity, sparsity_zero, avss, navss, n_sequences, n_tokens,

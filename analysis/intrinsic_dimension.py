@@ -38,13 +38,14 @@ Estimators (all take a cloud ``X[n_points, width]`` and return a float):
   the fit in the small-``r`` regime on every layer whatever its norm; absolute radii (``radii=(r_lo, r_hi)``)
   are also accepted, and then the cloud's scale matters — pass scale-normalised clouds
   (``clouds.normalise_scale``) so that one range means the same on every layer. The estimator is biased low in
-  high dimension (finite samples cannot reach the small-``r`` regime); it is the *correlation dimension*, not the
+  high dimension (finite samples cannot reach the small-``r`` regime: with 2000 Gaussian points, about −8 % at
+  d = 5 and −20 % at d = 10, where TwoNN and GRIDE are within 5 %); it is the *correlation dimension*, not the
   "correlators" of arXiv 2503.22547, whose exact definition could not be verified.
 
 Nearest-neighbour distances are exact (:func:`knn_distances`): fast float32 blocked matrix products on the
-centred cloud (``torch``, optionally on a GPU) propose candidates, which are re-measured in float64 as
-``‖x_i − x_j‖`` and certified against a rigorous float32 error bound (rows that fail are redone in float64). Exact duplicate rows are removed (``clouds.dedupe_rows``) before
-any estimate.
+centred cloud (``torch``, optionally on a GPU) propose candidates, which are re-measured as ``‖x_i − x_j‖`` in
+the input's precision and certified against a rigorous bound on the float32 error (rows that fail are widened,
+then measured against every row). Exact duplicate rows are removed (``clouds.dedupe_rows``) before any estimate.
 
 Bad input never gives NaN silently: fewer than ``MIN_POINTS`` distinct rows (which covers constant and
 all-duplicate clouds), non-finite entries, or a degenerate ratio distribution raise :class:`ValueError` with the
@@ -332,9 +333,8 @@ def _pairwise_distances(X: np.ndarray, device: str | torch.device | None = None)
     for start in range(0, n, block):
         stop = min(n, start + block)
         d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (Y[start:stop] @ Y.T)
-        d = torch.sqrt(torch.clamp(d2, min=0.0)).cpu().numpy()
-        for i in range(start, stop):
-            parts.append(d[i - start, i + 1 :])
+        upper = torch.arange(n, device=dev)[None, :] > torch.arange(start, stop, device=dev)[:, None]
+        parts.append(torch.sqrt(torch.clamp(d2[upper], min=0.0)).cpu().numpy())
     return np.concatenate(parts) if parts else np.empty(0)
 
 
