@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from components import navigation, sidebar  # noqa: E402
 
-st.set_page_config(page_title="LayerScope", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="LayerScope", page_icon=":material/biotech:", layout="wide")
 page = st.navigation(navigation.pages())
 sidebar.render()
 page.run()

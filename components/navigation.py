@@ -6,13 +6,13 @@ import streamlit as st
 
 PAGES = {
     "Model": [
-        ("pages/model.py", "Model and text", "🧠", True),
+        ("pages/model.py", "Model and text", ":material/memory:", True),
     ],
     "Inspect": [
-        ("pages/linearity.py", "Linearity and baselines", "📈", False),
+        ("pages/linearity.py", "Linearity and baselines", ":material/grid_on:", False),
     ],
     "Change": [
-        ("pages/prune.py", "Prune and evaluate", "✂️", False),
+        ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
     ],
 }
 

@@ -12,7 +12,7 @@ from analysis.linearity import NotEnoughTokens
 from components import figures, state
 from components.widgets import ensure_capture, figure_with_csv, run_with_progress, suggestion_row, workspace_caption
 
-st.title("📈 Linearity and baselines")
+st.title("Linearity and baselines")
 st.caption("Razzhigaev et al., *Your Transformer is Secretly Linear* (arXiv 2405.12250): linearity(X, Y) = "
            "1 − min_A ‖X̃A − Ỹ‖²_F over any linear map A, with columns centred and each cloud divided by its Frobenius "
            "norm. Beside it the usual baselines: block influence (ShortGPT, arXiv 2403.03853) and angular distance "

@@ -7,7 +7,7 @@ from analysis.texts import TextError, calibration_windows, token_ids
 from components import state
 from components.widgets import ensure_capture, format_bytes, workspace_caption
 
-st.title("🔬 LayerScope")
+st.title("LayerScope")
 st.markdown("Look inside a causal language model layer by layer, choose what to remove, re-evaluate against the "
             "original, and export a checkpoint plain `transformers` reloads.")
 

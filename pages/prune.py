@@ -18,7 +18,7 @@ from components.widgets import run_with_progress, text_bytes_download, workspace
 
 RESULT = "prune_result"
 
-st.title("✂️ Prune and evaluate")
+st.title("Prune and evaluate")
 ws = state.workspace()
 if ws is None:
     st.stop()

@@ -95,12 +95,15 @@ class UI:
         self.page = page
         self.artifacts = artifacts
 
-    def wait_idle(self, timeout: float = 600_000) -> None:
-        """Wait until the app is no longer running (the 'Running…' status widget disappears)."""
-        self.page.wait_for_timeout(300)
-        self.page.wait_for_function(
-            "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
-        self.page.wait_for_timeout(300)
+    def wait_idle(self, timeout: float = 900_000) -> None:
+        """Wait until the script run triggered by the last action has finished (``data-test-script-state``)."""
+        state = "document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state')"
+        try:  # the rerun may start a moment after the click
+            self.page.wait_for_function(f"() => {state} === 'running'", timeout=3_000)
+        except Exception:
+            pass
+        self.page.wait_for_function(f"() => {state} === 'notRunning'", timeout=timeout)
+        self.page.wait_for_timeout(200)
 
     def nav(self, title: str) -> None:
         self.page.get_by_role("link", name=title).first.click()
