@@ -13,6 +13,6 @@ import streamlit as st  # noqa: E402
 from components import navigation, sidebar  # noqa: E402
 
 st.set_page_config(page_title="LayerScope", page_icon=":material/biotech:", layout="wide")
-page = st.navigation(navigation.pages())
 sidebar.render()
+page = st.navigation(navigation.pages())
 page.run()

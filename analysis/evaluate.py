@@ -2,8 +2,9 @@
 
 * **Perplexity** on held-out text: the first ``n_tokens`` tokens of the text (no special tokens), read with a
   sliding window of ``context`` tokens moved by ``stride``; each window scores only its last ``stride`` tokens
-  (the first window scores all but its first token), so every scored token sees at least ``context − stride``
-  tokens of context once the first window is past. ``tokens`` is the number of scored tokens.
+  (the first window scores all but its first token), so every token but the first is scored exactly once and
+  sees at least ``context − stride`` tokens of context once the first window is past (with ``stride = context``
+  windows overlap by one token). ``tokens`` is the number of scored tokens.
 * **Fidelity** to the original on the same scored positions: mean per-token KL divergence
   ``KL(p_original ‖ p_candidate)`` (nats) and top-1 agreement (how often both predict the same next token).
 * **Cost**: parameters (tied matrices counted once), bytes of weights, prefill tokens/s (one forward of a
@@ -121,7 +122,8 @@ def windows_for(ids: np.ndarray, context: int, stride: int) -> list[tuple[int, i
         prev_end = end
         if end >= n:
             break
-        start += stride
+        # the next window must start before prev_end so that the token at prev_end has context to be scored
+        start = min(start + stride, prev_end - 1)
     return out
 
 
@@ -148,17 +150,19 @@ def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, prog
     k = 0
     for b0 in range(0, len(wins), settings.batch_size):
         batch = wins[b0:b0 + settings.batch_size]
-        # windows of one length go together; the last, shorter one runs alone
-        groups: dict[int, list] = {}
+        # windows of one shape (length, scored count) go together: the first and the last may differ
+        groups: dict[tuple[int, int], list] = {}
         for w in batch:
-            groups.setdefault(w[1] - w[0], []).append(w)
+            groups.setdefault((w[1] - w[0], w[1] - w[2]), []).append(w)
         rows = []
-        for group in groups.values():
+        for (_, n_scored), group in groups.items():
             x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
-            logp = torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), dim=-1)
+            # logits at position p predict token p + 1: the scored targets first .. e-1 need the logits of
+            # positions first-1 .. e-2, i.e. the last n_scored + 1 positions without the very last one
+            logits = _last_logits(model, x, n_scored + 1)[:, :-1]
+            logp = torch.log_softmax(logits.float(), dim=-1)
             for r, (s, e, first) in enumerate(group):
-                # logits at position p predict token p + 1; the scored targets are positions first .. e-1
-                rows.append((s, logp[r, first - s - 1:e - s - 1], x[r, first - s:e - s]))
+                rows.append((s, logp[r], x[r, first - s:e - s]))
         for _, lp, tgt in sorted(rows, key=lambda t: t[0]):
             nll -= float(lp.gather(-1, tgt[:, None]).sum())
             count += int(tgt.numel())
@@ -173,6 +177,14 @@ def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, prog
             done = min(len(wins), b0 + settings.batch_size)
             progress(done, len(wins), f"{label}: window {done}/{len(wins)}")
     return _Pass(nll, count, argmax, kept, kl if reference is not None else None, time.perf_counter() - t0)
+
+
+def _last_logits(model: nn.Module, x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions only (``logits_to_keep`` skips the LM head elsewhere)."""
+    try:
+        return model(input_ids=x, use_cache=False, logits_to_keep=keep).logits[:, -keep:]
+    except TypeError:  # a model class without logits_to_keep
+        return model(input_ids=x, use_cache=False).logits[:, -keep:]
 
 
 _ORIGINAL_MEMO: dict = {}
