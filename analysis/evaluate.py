@@ -14,12 +14,14 @@
 * **Recovery** = original perplexity / candidate perplexity (1.0 = no loss), as compression tools report it.
 * A greedy generation from a fixed prompt, original and candidate side by side.
 
-The original's log-probabilities on the evaluation positions are kept in memory (one entry), so evaluating a
-second candidate against the same original and text costs one model pass, not two.
+The original's log-probabilities on the evaluation positions and its table row (speed included) are kept in
+memory (one entry), so evaluating a second candidate against the same original, text and settings costs one
+model pass, not two.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import statistics
@@ -190,17 +192,19 @@ def _last_logits(model: nn.Module, x: torch.Tensor, keep: int) -> torch.Tensor:
 _ORIGINAL_MEMO: dict = {}
 
 
-def _original_pass(original: nn.Module, original_key: str, ids: np.ndarray, settings: EvalSettings,
-                   progress: Progress | None) -> _Pass:
-    key = (original_key, settings.n_tokens, settings.context, settings.stride, hash(ids.tobytes()))
+def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray, settings: EvalSettings,
+              progress: Progress | None) -> tuple[_Pass, ModelEvaluation]:
+    """The original's pass (log-prob rows kept for KL) and its table row, memoised per (weights, settings)."""
+    key = (original_key, hash(ids.tobytes()), tuple(sorted(settings.to_dict().items())))
     if not original_key or _ORIGINAL_MEMO.get("key") != key:
         _ORIGINAL_MEMO.clear()
         gc.collect()
         result = _scored_pass(original, ids, settings, progress, "original", keep=True)
+        row = _row(original, tokenizer, result, settings)
         if not original_key:
-            return result
-        _ORIGINAL_MEMO.update(key=key, result=result)
-    return _ORIGINAL_MEMO["result"]
+            return result, row
+        _ORIGINAL_MEMO.update(key=key, result=result, row=row)
+    return _ORIGINAL_MEMO["result"], copy.deepcopy(_ORIGINAL_MEMO["row"])
 
 
 def evaluation_ids(tokenizer, text: Text, n_tokens: int) -> np.ndarray:
@@ -230,9 +234,9 @@ def evaluate(
     ids = evaluation_ids(tokenizer, text, settings.n_tokens)
     if candidate is None:
         o = _scored_pass(original, ids, settings, progress, "original")
+        orig = _row(original, tokenizer, o, settings)
     else:
-        o = _original_pass(original, original_key, ids, settings, progress)
-    orig = _row(original, tokenizer, o, settings)
+        o, orig = _original(original, tokenizer, original_key, ids, settings, progress)
     table = EvaluationTable(settings=settings.to_dict(), text=text.describe(), original=orig,
                             candidate_name=candidate_name)
     if candidate is None:
@@ -269,19 +273,23 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32)
 
 @torch.no_grad()
 def measure_prefill(model: nn.Module, n_tokens: int = 512, repeats: int = 3) -> tuple[float, int]:
-    """Prefill throughput (tokens/s, median of ``repeats``) and peak memory of one forward pass."""
+    """Prefill throughput (tokens/s, median of ``repeats`` after a warm-up) and peak memory of the last pass."""
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
     x = torch.randint(100, max(101, vocab - 1), (1, n_tokens), generator=torch.Generator().manual_seed(0)).to(device)
     model(input_ids=x, use_cache=False)  # warm-up
     times = []
-    for _ in range(repeats):
+
+    def timed_pass() -> None:
         _sync(device)
         t0 = time.perf_counter()
         model(input_ids=x, use_cache=False)
         _sync(device)
         times.append(time.perf_counter() - t0)
-    peak = _peak_memory(lambda: model(input_ids=x, use_cache=False), device, weight_bytes(model))
+
+    for _ in range(repeats - 1):
+        timed_pass()
+    peak = _peak_memory(timed_pass, device, weight_bytes(model))
     return n_tokens / statistics.median(times), peak
 
 
