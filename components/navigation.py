@@ -11,6 +11,9 @@ PAGES = {
     "Inspect": [
         ("pages/linearity.py", "Linearity and baselines", ":material/grid_on:", False),
     ],
+    "Decide": [
+        ("pages/overview.py", "Overview", ":material/join_inner:", False),
+    ],
     "Change": [
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
     ],
