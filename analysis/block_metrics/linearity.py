@@ -65,7 +65,7 @@ def _write_linearity_files(ws, out_dir, progress):
     """``linearity.csv``: the (L+1) × (L+1) matrix over hidden states (row = from, column = to)."""
     import pandas as pd
 
-    from ..commands._common import write_csv
+    from ..runs import write_csv
 
     res = linearity_results(ws, progress)
     n = res["matrix"].shape[0]
@@ -79,3 +79,27 @@ def _write_linearity_files(ws, out_dir, progress):
 from ..registry import register_group_writer  # noqa: E402
 
 register_group_writer("linearity", _write_linearity_files)
+
+
+def _report(ws) -> list:
+    from .. import plots
+
+    if not ws.has_result("linearity", {"v": 1}):
+        return []
+    res = linearity_results(ws)
+    labels = plots.state_labels(res["matrix"].shape[0])
+    blocks = list(range(len(res["consecutive"])))
+    return [
+        ("figure", plots.heatmap(res["matrix"], labels, labels, "Linearity from h_i (row) to h_j (column)", "to state",
+                                 "from state", zmin=float(res["matrix"].min()), zmax=1.0),
+         f"1 − min_A ‖X̃A − Ỹ‖²_F over any linear map, on {res['tokens']:,} tokens (arXiv 2405.12250)."),
+        ("figure", plots.curves(blocks, {"with residual": res["consecutive"],
+                                         "without residual": res["without_residual"]},
+                                "Linearity of each block", plots.BLOCK_AXIS, "linearity"),
+         "With residual: h_b → h_(b+1); without: h_b → h_(b+1) − h_b."),
+    ]
+
+
+from ..registry import ReportSection, register_report_section  # noqa: E402
+
+register_report_section(ReportSection("linearity", "Linearity between layers", _report, order=10))

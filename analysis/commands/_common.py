@@ -96,8 +96,7 @@ class TqdmProgress:
             self.bar = None
 
 
-def write_json(path: Path, obj) -> None:
-    cache.atomic_write_text(Path(path), cache.dumps(obj))
+from ..runs import write_csv, write_json  # noqa: E402,F401  (atomic writers shared with analysis.runs)
 
 
 def print_json(obj) -> None:
@@ -110,8 +109,3 @@ def prepare_out_dir(out: str, overwrite: bool = False, what: str = "output") -> 
         raise FileExistsError(f"{path} is a file, not a folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def write_csv(path: Path, frame, index: bool = False) -> None:
-    """Write a pandas frame as CSV atomically."""
-    cache.atomic_write_text(Path(path), frame.to_csv(index=index))

@@ -26,34 +26,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import pandas as pd
+    from ..runs import resolve_groups, write_metric_files
+    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from
 
-    from .. import registry
-    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from, write_csv, write_json
-
-    groups = registry.groups()
-    wanted = list(groups) if args.metrics == "all" else [g.strip() for g in args.metrics.split(",") if g.strip()]
-    unknown = [g for g in wanted if g not in groups]
-    if unknown:
-        raise ValueError(f"unknown metric group(s) {', '.join(unknown)}; known: {', '.join(groups)}")
+    groups = resolve_groups(args.metrics)
     out = prepare_out_dir(args.out)
-    lm = load(args)
-    ws = workspace_from(args, lm)
+    ws = workspace_from(args, load(args))
     ws.capture(TqdmProgress("capture"))
-    table = pd.DataFrame({"block": range(ws.n_blocks)})
-    run_info = {**ws.describe(), "metrics": {}}
-    for g in wanted:
-        for m in groups[g]:
-            print(f"[metrics] {m.key}", file=sys.stderr)
-            table[m.key] = m.scores(ws, progress=TqdmProgress(m.key))
-            run_info["metrics"][m.key] = {"redundant_when": m.redundant_when, "description": m.description}
-        writer = registry.group_writer(g)
-        if writer is not None:
-            columns, info = writer(ws, out, TqdmProgress(g))
-            for name, values in columns.items():
-                table[name] = values
-            run_info.update(info)
-    write_csv(out / "layers.csv", table)
-    write_json(out / "run.json", run_info)
+    write_metric_files(ws, groups, out, progress_factory=TqdmProgress)
     print(out / "layers.csv")
     return 0
