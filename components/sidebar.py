@@ -21,6 +21,22 @@ def render() -> None:
         _model_section()
         st.divider()
         _text_section()
+        _compare_section()
+
+
+def _compare_section() -> None:
+    kept = state.variants()
+    if not kept:
+        return
+    st.divider()
+    names = ["(none)"] + [v.name for v in kept]
+    current = st.session_state.get(state.COMPARE)
+    choice = st.selectbox("Compare with", names, index=names.index(current) if current in names else 0,
+                          help="metric pages that support it draw the original and this variant on one chart")
+    if choice == "(none)":
+        st.session_state.pop(state.COMPARE, None)
+    else:
+        st.session_state[state.COMPARE] = choice
 
 
 def _model_section() -> None:

@@ -20,6 +20,8 @@ TEXT = "calibration_text"
 TEXT_ERROR = "text_error"
 CALIBRATION = "calibration"
 PRUNE_SELECTION = "prune_selection"
+VARIANTS = "variants"
+COMPARE = "compare_variant"
 PRUNE_SOURCE = "prune_selection_source"
 
 
@@ -121,3 +123,49 @@ def widget_to_selection(widget_key: str) -> None:
     """on_change of the block picker: the widget becomes the selection (typed by hand)."""
     st.session_state[PRUNE_SELECTION] = sorted(st.session_state.get(widget_key, []))
     st.session_state[PRUNE_SOURCE] = "chosen by hand"
+
+
+def variants() -> list:
+    """The variants kept in this session for the current model (newest last)."""
+    lm = loaded_model()
+    return [v for v in st.session_state.get(VARIANTS, []) if lm is None or v.base_fingerprint == lm.fingerprint]
+
+
+def add_variant(variant) -> None:
+    """Keep a variant (a variant with the same name is replaced)."""
+    kept = [v for v in st.session_state.get(VARIANTS, []) if v.name != variant.name]
+    st.session_state[VARIANTS] = kept + [variant]
+
+
+def remove_variant(name: str) -> None:
+    st.session_state[VARIANTS] = [v for v in st.session_state.get(VARIANTS, []) if v.name != name]
+    if st.session_state.get(COMPARE) == name:
+        st.session_state.pop(COMPARE, None)
+
+
+def latest_variant(kind: str | None = None):
+    """The newest variant (optionally only those whose action has key ``kind``)."""
+    for v in reversed(variants()):
+        if kind is None or v.action.get(kind):
+            return v
+    return None
+
+
+def compare_variant():
+    """The variant chosen in the sidebar for side-by-side comparison on metric pages, if any."""
+    name = st.session_state.get(COMPARE)
+    return next((v for v in variants() if v.name == name), None)
+
+
+def compare_workspace(ws):
+    """A workspace on the compared variant (same text and windows), or ``None``."""
+    from analysis.workspace import Workspace
+
+    v = compare_variant()
+    if v is None or ws is None:
+        return None
+    cache_key = ("compare-lm", v.name, id(v.model))
+    if st.session_state.get("_compare_lm_key") != cache_key:
+        st.session_state["_compare_lm"] = v.as_loaded_model(ws.lm)
+        st.session_state["_compare_lm_key"] = cache_key
+    return Workspace(lm=st.session_state["_compare_lm"], text=ws.text, calibration=ws.calibration)
