@@ -90,6 +90,7 @@ __all__ = [
     "distance_matrix",
     "distance_matrix_is_cached",
     "estimate_persistence_seconds",
+    "cloud_size",
 ]
 
 #: What Gardinazzi et al. (arXiv 2410.11042) used, for captions and the command line's help.
@@ -103,7 +104,8 @@ PAPER_SETTINGS = {
 
 #: Estimated zigzag seconds above which :func:`compute_zigzag` asks for ``allow_large=True`` (the page shows a
 #: warning and a "run anyway" box). The default setting (500 windows x 31 states, k = 4, m = 3) is estimated at
-#: about 6 s (it measured 11-16 s on the shared 2-core development machine).
+#: 12 s (measured 11-24 s on the shared 2-core development machine, depending on its load); 2000 windows (about
+#: 200 s) or k = 8 on 500 windows (about 8 min) pass it: the time grows like events ** 2.27 (:mod:`analysis.zigzag`).
 ZIGZAG_WARN_SECONDS = 60.0
 
 #: Tokens per forward pass while capturing last-token clouds: on a loaded 2-core machine batches of 8 windows of
@@ -490,14 +492,32 @@ def persistence_params(ws, s: PersistenceSettings) -> dict:
             "window_len": int(s.last_window_len), **common}
 
 
-#: Seconds per state spent outside Rips (median distance, farthest-point subsample, cache write): measured 0.15-0.25 s
-#: on the shared 2-core machine for clouds of 500-4096 points of width 576.
+#: Seconds per state spent outside Rips (median distance, farthest-point subsample, cache write) when the cloud size
+#: is not known; with it, ``PREPARE_SECONDS_BASE + PREPARE_SECONDS_PER_FLOP * n_cloud * n_points * width`` (the
+#: subsample is ``n_points`` passes over the cloud). Measured on the shared 2-core machine under load: 0.7 s per
+#: state for the all-token cloud of 32 x 128 tokens (4096 x 576, 300 points), 0.2 s for 500 last tokens.
 PREPARE_SECONDS_PER_STATE = 0.2
+PREPARE_SECONDS_BASE = 0.15
+PREPARE_SECONDS_PER_FLOP = 8e-10
 
 
-def estimate_persistence_seconds(s: PersistenceSettings, n_states: int) -> float:
-    """Rough time for every state: :func:`analysis.persistence.estimate_rips_seconds` plus the preparation."""
-    return n_states * (ph.estimate_rips_seconds(int(s.n_points), int(s.max_dim)) + PREPARE_SECONDS_PER_STATE)
+def estimate_persistence_seconds(s: PersistenceSettings, n_states: int, n_cloud: int | None = None,
+                                 width: int | None = None) -> float:
+    """Rough time for every state: :func:`analysis.persistence.estimate_rips_seconds` plus the preparation.
+
+    Give the cloud's size (``n_cloud`` points of ``width``) for a better preparation estimate.
+    """
+    if n_cloud is None or width is None:
+        prepare = PREPARE_SECONDS_PER_STATE
+    else:
+        prepare = PREPARE_SECONDS_BASE + PREPARE_SECONDS_PER_FLOP * n_cloud * min(n_cloud, s.n_points) * width
+    points = min(int(s.n_points), int(n_cloud)) if n_cloud is not None else int(s.n_points)
+    return n_states * (ph.estimate_rips_seconds(points, int(s.max_dim)) + prepare)
+
+
+def cloud_size(ws, s: PersistenceSettings) -> int:
+    """Points in each state's cloud before the subsample (no capture needed)."""
+    return ws.n_cloud_tokens() if s.cloud == "all" else int(s.last_windows)
 
 
 @dataclass
@@ -550,9 +570,14 @@ def layer_persistence(ws, s: PersistenceSettings | None = None, progress: Progre
             progress(i, len(wanted), f"Rips persistence of h{state}")
 
         def compute(state=state):
+            from threadpoolctl import threadpool_limits
+
             X = _state_cloud(ws, s, cap if cap is not None else _cloud_capture(ws, s, None), state)
             t0 = time.perf_counter()
-            res = ph.layer_diagrams(X, n_points=s.n_points, seed=s.seed, metric=s.metric, max_dim=s.max_dim)
+            # one BLAS thread: the farthest-point subsample is hundreds of small matrix-vector products, 3-7x
+            # slower with two threads on a busy 2-core machine (thread hand-offs); Rips is single-threaded anyway
+            with threadpool_limits(1):
+                res = ph.layer_diagrams(X, n_points=s.n_points, seed=s.seed, metric=s.metric, max_dim=s.max_dim)
             arrays = {f"h{d}": dgm for d, dgm in enumerate(res.diagrams)}
             return arrays, {"scale": res.scale, "n_cloud": int(X.shape[0]), "seconds": time.perf_counter() - t0}
 

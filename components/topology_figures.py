@@ -37,10 +37,13 @@ def zigzag_barcode(bars: pd.DataFrame, n_layers: int, cap: int = 300) -> tuple[g
     hidden = len(b) - len(shown)
     fig = go.Figure()
     y = np.arange(len(shown))
+    height = max(360, min(900, 120 + 3 * len(shown)))
+    width = float(np.clip(0.6 * (height - 120) / max(1, len(shown)), 0.5, 4.0))  # thin enough not to merge
     for d in sorted(shown["dim"].unique()):
         sel = shown["dim"].to_numpy() == d
         xs, ys = _segments(shown["birth_layer"].to_numpy()[sel], shown["death_layer"].to_numpy()[sel], y[sel])
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"H{d}", line=dict(color=_colour(int(d)), width=3),
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"H{d}", line=dict(color=_colour(int(d)),
+                                                                                   width=width),
                                  hoverinfo="skip"))
         # one invisible marker per bar carries the hover text
         mid = (shown["birth_layer"].to_numpy()[sel] + shown["death_layer"].to_numpy()[sel]) / 2
@@ -50,7 +53,7 @@ def zigzag_barcode(bars: pd.DataFrame, n_layers: int, cap: int = 300) -> tuple[g
                                  hovertext=text, hoverinfo="text", showlegend=False))
     title = f"Zigzag barcode: {len(shown):,} longest bars" + (f" (+{hidden:,} more not drawn)" if hidden else "")
     fig.update_layout(title=title, xaxis_title=STATE_AXIS, yaxis_title="bar (longest first)",
-                      height=max(360, min(900, 120 + 3 * len(shown))), margin=dict(l=60, r=20, t=50, b=50),
+                      height=height, margin=dict(l=60, r=20, t=50, b=50),
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     fig.update_xaxes(range=[-0.5, n_layers + 0.5], dtick=2)
     fig.update_yaxes(autorange="reversed", showticklabels=False)
@@ -134,4 +137,21 @@ def zbar_curve(zbar: np.ndarray, p: int, alpha: float, fractions: Sequence[float
         fig.add_vrect(x0=s - 0.5, x1=s + 0.5, fillcolor="#d62728", opacity=0.12, line_width=0)
     fig.update_layout(title=f"Averaged inter-layer persistence Z̄_{p}(l), α = {alpha:g}", xaxis_title=STATE_AXIS,
                       yaxis_title=f"Z̄_{p}", height=380, margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], title: str,
+                         y_title: str) -> go.Figure:
+    """``frame[f"{prefix}{d}"]`` against ``frame["state"]``: H0 on the left axis, higher dimensions on the right
+    (their values are often orders of magnitude smaller)."""
+    fig = go.Figure()
+    for d in dims:
+        fig.add_trace(go.Scatter(x=frame["state"], y=frame[f"{prefix}{d}"], mode="lines+markers", name=f"H{d}",
+                                 line=dict(color=_colour(d)), yaxis="y" if d == 0 else "y2",
+                                 hovertemplate="h%{x}: %{y:.4f}<extra>H" + str(d) + "</extra>"))
+    fig.update_layout(title=title, xaxis_title=STATE_AXIS, height=380, margin=dict(l=60, r=60, t=50, b=50),
+                      legend=dict(orientation="h", y=-0.25),
+                      yaxis=dict(title=dict(text=f"{y_title}, H0", font=dict(color=_colour(0)))),
+                      yaxis2=dict(title=dict(text=f"{y_title}, H1+", font=dict(color=_colour(1))), overlaying="y",
+                                  side="right", showgrid=False))
     return fig

@@ -4,7 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from analysis import topology as topo
-from analysis.persistence import estimate_rips_seconds
 from analysis.texts import TextError
 from components import figures, state
 from components import topology_figures as tf
@@ -41,9 +40,12 @@ if cloud == "last":
 settings = topo.PersistenceSettings(cloud=cloud, metric=metric, n_points=int(n_points), max_dim=int(max_dim),
                                     last_windows=int(last_windows), last_window_len=int(last_len))
 
-per_state = estimate_rips_seconds(int(n_points), int(max_dim)) + topo.PREPARE_SECONDS_PER_STATE
-total = topo.estimate_persistence_seconds(settings, ws.n_states)
-default_total = topo.estimate_persistence_seconds(topo.PersistenceSettings(), ws.n_states)
+n_cloud = topo.cloud_size(ws, settings)
+total = topo.estimate_persistence_seconds(settings, ws.n_states, n_cloud, ws.lm.width)
+per_state = total / ws.n_states
+default = topo.PersistenceSettings(cloud=settings.cloud, last_windows=settings.last_windows,
+                                   last_window_len=settings.last_window_len)
+default_total = topo.estimate_persistence_seconds(default, ws.n_states, n_cloud, ws.lm.width)
 cost = (f"Expected cost: about {total:,.1f} s for {ws.n_states} states ({per_state:.2f} s each; a factor of 2-3 "
         "either way, more on clouds whose points are nearly equidistant), plus the capture if it is not cached.")
 cached = False
@@ -71,7 +73,7 @@ except (topo.TopologyError, TextError) as exc:
     st.error(str(exc))
     st.stop()
 
-n_cloud = int(result.n_cloud[0])
+n_cloud = int(result.n_cloud[0])  # as captured (duplicates included)
 what = ("all tokens of the sidebar's windows" if cloud == "all" else
         f"the last token of {settings.last_windows} windows of {settings.last_window_len} tokens")
 st.caption(f"Cloud: {what} ({n_cloud:,} points per state), {metric} distance, farthest-point subsample of "
@@ -102,12 +104,11 @@ x = list(range(ws.n_states))
 dims = range(settings.max_dim + 1)
 c = st.columns(2)
 with c[0]:
-    fig = figures.curves(x, {f"H{d}": summary[f"total_persistence_h{d}"] for d in dims},
-                         "Total persistence (sum of finite lifetimes)", tf.STATE_AXIS, "total persistence")
+    fig = tf.per_dimension_curves(summary, "total_persistence_h", dims, "Total persistence (sum of finite lifetimes)",
+                                  "total persistence")
     figure_with_csv(fig, summary, "persistence_layers.csv", key="ph-total")
 with c[1]:
-    fig = figures.curves(x, {f"H{d}": summary[f"entropy_h{d}"] for d in dims}, "Persistent entropy (nats)",
-                         tf.STATE_AXIS, "entropy")
+    fig = tf.per_dimension_curves(summary, "entropy_h", dims, "Persistent entropy (nats)", "entropy")
     figure_with_csv(fig, summary, "persistence_layers.csv", key="ph-entropy")
 fig = figures.bars(x, summary["h1_above_noise"], f"H1 bars longer than {noise:g} per state", tf.STATE_AXIS,
                    "H1 bars", hover_fmt=".0f")
