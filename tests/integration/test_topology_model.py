@@ -125,6 +125,18 @@ def test_cli_refuses_bad_settings_before_loading_the_model(tmp_path, capsys, ext
     assert err.startswith("error: ") and message in err and "[model]" not in err
 
 
+def test_cli_warns_about_an_exploding_setting_and_can_stop_at_the_estimate(tmp_path, capsys, small_zigzag):
+    out = tmp_path / "estimate"
+    code = cli_main(["topology", "--device", "cpu", "--sequences", "120", "--k", "14", "--max-dim", "4",
+                     "--estimate-only", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: This zigzag is large" in err
+    est = json.loads((out / "estimate.json").read_text())
+    assert est["estimate"]["too_large"] and est["estimate"]["seconds"] > topo.ZIGZAG_WARN_SECONDS
+    assert not (out / "zigzag_bars.csv").exists()
+
+
 def test_cli_refuses_a_text_too_short(tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("Alice was beginning to get very tired. " * 30)

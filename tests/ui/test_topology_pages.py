@@ -85,6 +85,14 @@ def test_zigzag_page_refuses_bad_settings_with_a_message(windows, k, m, message)
     assert charts(at) == 0
 
 
+def test_zigzag_page_warns_before_a_setting_whose_simplex_count_explodes():
+    at = open_page("pages/zigzag.py")
+    submit_zigzag(at, windows=120, k=14, m=4)  # counted first (cheap): far above the warning limit
+    warnings = [w.value for w in at.warning]
+    assert any("This zigzag is large" in w and "Lower k or m" in w and "Run even if" in w for w in warnings), warnings
+    assert charts(at) == 0 and not at.error
+
+
 def test_zigzag_page_says_when_the_text_is_too_short():
     short = text_from_string("Alice was beginning to get very tired. " * 30, name="short")
     at = open_page("pages/zigzag.py", calibration_text=short)
@@ -113,7 +121,8 @@ def test_persistence_page_computes_on_press_and_shows_the_views():
     assert not at.exception, [e.value for e in at.exception]
     assert charts(at) == n + 1  # the layer x layer distance heatmap
 
-    # a bigger subsample shows its expected cost before anything runs
-    at.number_input(key="ph-points").set_value(1500)
+    # a bigger computation shows its expected cost before anything runs
+    at.number_input(key="ph-points").set_value(500)
+    at.selectbox(key="ph-dim").set_value(2)
     at.run()
     assert any("Expected cost" in w.value and "default (300 points" in w.value for w in at.warning)
