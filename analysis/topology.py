@@ -76,6 +76,7 @@ __all__ = [
     "zigzag_params",
     "zigzag_estimate",
     "zigzag_is_cached",
+    "zigzag_estimate_is_cached",
     "compute_zigzag",
     "filter_bars",
     "describe_zigzag",
@@ -233,7 +234,9 @@ class ZigzagEstimate:
 def zigzag_estimate(lm: LoadedModel, text: Text, settings: ZigzagSettings,
                     progress: Progress | None = None) -> ZigzagEstimate:
     """Count the simplices of the setting's complexes (captures the clouds first if needed); cached."""
-    check_zigzag_settings(settings, lm, text)
+    settings.validate()
+    if not zigzag_estimate_is_cached(lm, text, settings):
+        check_zigzag_settings(settings, lm, text)
 
     def compute():
         cap = last_token_capture(lm, text, settings.n_windows, settings.window_len, progress=progress)
@@ -252,6 +255,10 @@ def zigzag_estimate(lm: LoadedModel, text: Text, settings: ZigzagSettings,
 
 def zigzag_is_cached(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> bool:
     return cache.entry("zigzag", zigzag_params(lm, text, settings)).exists()
+
+
+def zigzag_estimate_is_cached(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> bool:
+    return cache.entry("zigzag-estimate", zigzag_params(lm, text, settings)).exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

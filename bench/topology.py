@@ -150,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     Xn, _ = normalise_scale(X)
     t_scale = time.perf_counter() - t
+    from threadpoolctl import threadpool_limits
+
     t = time.perf_counter()
-    order = farthest_point_subsample(Xn, max(rips_sizes + h2_sizes))
+    with threadpool_limits(1):  # as analysis.topology does it
+        order = farthest_point_subsample(Xn, max(rips_sizes + h2_sizes))
     t_fps = time.perf_counter() - t
     print(f"Per-layer Rips (GUDHI), state h{middle}: last-token cloud of {X.shape[0]} points, width {X.shape[1]}; "
           f"preparation: median pairwise distance {t_scale:.2f} s, farthest-point subsample of "

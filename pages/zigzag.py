@@ -63,6 +63,8 @@ if result is None:
         st.info(f"Press **Compute zigzag** to capture the last token of {s.n_windows} windows of {s.window_len} "
                 f"tokens of {ws.text.label} (once, cached) and run the zigzag with k = {s.k}, m = {s.max_dim}. The "
                 "default setting takes about 10-25 s of Dionysus on one CPU core after the capture.")
+        if topo.zigzag_estimate_is_cached(ws.lm, ws.text, s):
+            st.caption(f"Counted before: {topo.zigzag_estimate(ws.lm, ws.text, s).describe()}.")
     st.stop()
 
 s, info = result.settings, result.info

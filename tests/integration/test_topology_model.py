@@ -3,7 +3,7 @@
 Small settings keep it quick: the last token of 120 windows of 32 tokens of alice (one capture, ~20-40 s on a
 loaded 2-core machine, shared by every test of the session through the session cache). The paper-sized default
 (500 windows) runs in ``test_default_zigzag_of_the_bundled_model`` only with ``LAYERSCOPE_TEST_FULL_ZIGZAG=1``
-(about 2-3 minutes here, mostly the capture); ``bench/topology.py`` measures it too.
+(206 s on the loaded 2-core machine, mostly the capture); ``bench/topology.py`` measures it too.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def test_cli_refuses_a_text_too_short(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not os.environ.get("LAYERSCOPE_TEST_FULL_ZIGZAG"),
-                    reason="paper-sized default (500 windows): set LAYERSCOPE_TEST_FULL_ZIGZAG=1 (~2-3 min)")
+                    reason="paper-sized default (500 windows): set LAYERSCOPE_TEST_FULL_ZIGZAG=1 (~3.5 min)")
 def test_default_zigzag_of_the_bundled_model(ws, lm, alice):
     r = topo.compute_zigzag(lm, alice)
     assert r.info["n_points"] == 500 and 15_000 < r.info["n_simplices"] < 40_000
