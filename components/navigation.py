@@ -10,6 +10,8 @@ PAGES = {
     ],
     "Inspect": [
         ("pages/linearity.py", "Linearity and baselines", ":material/grid_on:", False),
+        ("pages/persistence.py", "Persistence barcodes", ":material/bar_chart:", False),
+        ("pages/zigzag.py", "Zigzag persistence", ":material/timeline:", False),
     ],
     "Decide": [
         ("pages/overview.py", "Overview", ":material/join_inner:", False),
