@@ -15,5 +15,5 @@ if __name__ == "__main__":
     for name in sorted(names):
         mod = importlib.import_module(f"bench.{name}")
         if hasattr(mod, "main"):
-            print(f"\n# bench/{name}.py")
+            print(f"\n# bench/{name}.py", flush=True)
             mod.main([])

@@ -15,11 +15,13 @@ PAGES = {
     ],
     "Decide": [
         ("pages/overview.py", "Overview", ":material/join_inner:", False),
-        ("pages/variants.py", "Variants", ":material/compare:", False),
-        ("pages/recipe.py", "Recipe and report", ":material/description:", False),
     ],
     "Change": [
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
+    ],
+    "Compare and share": [
+        ("pages/variants.py", "Variants", ":material/compare:", False),
+        ("pages/recipe.py", "Recipe and report", ":material/description:", False),
     ],
 }
 
