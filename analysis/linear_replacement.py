@@ -260,7 +260,7 @@ def replace_decoder_layer(model: nn.Module, block_index: int, new_layer: nn.Modu
     forward hook of the old block is moved to the new one, so ``hidden_states`` keeps ``L+1`` entries with the
     replaced block's output in its place. (Handles of hooks registered on the old block will not remove them
     from the new one.) If ``new_layer`` has a ``layer_idx`` attribute that is ``None``, it is set to
-    ``block_index``.
+    ``block_index``; an ``attention_type`` attribute of the old block is copied over.
     """
     _, layers = decoder_layers(model)
     if not 0 <= block_index < len(layers):
@@ -278,5 +278,7 @@ def replace_decoder_layer(model: nn.Module, block_index: int, new_layer: nn.Modu
         getattr(new_layer, attr).update(getattr(old, attr))
     if hasattr(new_layer, "layer_idx") and new_layer.layer_idx is None:
         new_layer.layer_idx = block_index
+    if hasattr(old, "attention_type") and not hasattr(new_layer, "attention_type"):
+        new_layer.attention_type = old.attention_type  # some models pick the mask by the layer's attention type
     layers[block_index] = new_layer
     return old

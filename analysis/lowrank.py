@@ -124,7 +124,7 @@ def _check_shape(m: int, n: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 _ATTN_WORDS = ("attn", "attention")
-_MLP_WORDS = ("mlp", "feed_forward", "ffn", "ff")
+_MLP_WORDS = ("mlp", "feed_forward", "ffn")
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -726,6 +726,33 @@ def _tail_losses(sigma: Tensor, P: Tensor, G: Tensor) -> Tensor:
     return tail.clamp_min(0.0).sqrt()
 
 
+def _nsvd_losses(sigma: Tensor, P: Tensor, G: Tensor, ranks: Tensor, k1_share: float) -> Tensor:
+    """NSVD's loss at each rank from one whitened SVD ``W = U Σ Pᵀ`` (``P = S⁻ᵀ V``), without forming matrices.
+
+    After stage 1 the residual is ``R = U_t Σ_t P_tᵀ`` (t = the components after ``k1``). Its left singular
+    vectors are ``U_t e_j`` with ``e_j`` the eigenvectors of ``M = Σ_t P_tᵀ P_t Σ_t`` (``R Rᵀ = U_t M U_tᵀ``), so
+    with ``E`` the top ``k2`` of them and ``N = Σ_t P_tᵀ G P_t Σ_t``:
+    ``||(R − [R]_{k2}) X||_F² = tr(N) − tr(Eᵀ N E)``. One small ``eigh`` per rank.
+    """
+    PtP = P.T @ P
+    PGP = P.T @ G @ P
+    out = torch.empty(len(ranks), dtype=torch.float64, device=sigma.device)
+    for i, k in enumerate(ranks.tolist()):
+        k1 = min(max(int(round(k1_share * k)), 1), k)
+        k2 = k - k1
+        t = slice(k1, None)
+        st = sigma[t]
+        N = st[:, None] * PGP[t, t] * st[None, :]
+        total = float(torch.trace(N))
+        if k2 > 0:
+            M = st[:, None] * PtP[t, t] * st[None, :]
+            _, vectors = torch.linalg.eigh(0.5 * (M + M.T))
+            E = vectors[:, -k2:]
+            total -= float(((N @ E) * E).sum())
+        out[i] = math.sqrt(max(total, 0.0))
+    return out
+
+
 def predicted_loss_curve(
     W: Tensor,
     stats: LinearInputStats,
@@ -733,15 +760,15 @@ def predicted_loss_curve(
     alpha: float = 0.5,
     k1_share: float = 0.95,
     damping: float | None = None,
-    nsvd_points: int = 32,
+    nsvd_points: int | None = 64,
 ) -> LossCurve:
     """Predicted activation loss ``||W X − W' X||_F`` of ``method`` for every rank ``1..min(m, n)``.
 
     Always computed from the real (undamped) Gram ``G``: for a truncation ``W' = U_k Σ_k P_kᵀ`` of ``W S`` the
     loss is ``Σ_{i>k} σ_i² p_iᵀ G p_i`` (one SVD for all ranks). For SVD-LLM ``p_iᵀ G p_i = 1 − λ||p_i||²``, so
     the curve is the tail of the singular values of ``W S`` (exactly, when λ = 0). NSVD's second stage depends
-    on ``k``, so its curve is evaluated at ``nsvd_points`` ranks spread over ``1..min(m, n)`` (a few seconds per
-    matrix of width ~1500 on a CPU).
+    on ``k`` and costs one small eigendecomposition per rank, so by default its curve is evaluated at
+    ``nsvd_points`` ranks spread over ``1..min(m, n)`` (``None``: every rank).
     """
     W64 = _as64(W)
     m, n = W64.shape
@@ -749,15 +776,7 @@ def predicted_loss_curve(
     G = stats.gram.to(device=W64.device, dtype=torch.float64)
     output_norm = math.sqrt(max(float(((W64 @ G) * W64).sum()), 0.0))
     lam = 0.0
-    if method == "nsvd":
-        white = whitening(G, damping)
-        lam = white.damping
-        ranks = torch.unique(torch.linspace(1, r, steps=min(nsvd_points, r)).round().long())
-        loss = torch.tensor(
-            [activation_loss(W64, nsvd(W64, G, int(k), k1_share=k1_share, white=white).weight(), G) for k in ranks],
-            dtype=torch.float64,
-        )
-        return LossCurve(method, ranks, loss, output_norm, lam)
+    ranks = torch.arange(1, r + 1)
     if method == "svd":
         _, sigma, Vh = torch.linalg.svd(W64, full_matrices=False)
         P = Vh.T
@@ -765,14 +784,19 @@ def predicted_loss_curve(
         s = asvd_scale(stats.mean_abs.to(W64.device), alpha)
         _, sigma, Vh = torch.linalg.svd(W64 * s, full_matrices=False)
         P = Vh.T / s[:, None]
-    elif method == "svd_llm":
+    elif method in ("svd_llm", "nsvd"):
         white = whitening(G, damping)
         lam = white.damping
         _, sigma, Vh = torch.linalg.svd(W64 @ white.S, full_matrices=False)
         P = torch.linalg.solve_triangular(white.S.T, Vh.T, upper=True)  # S⁻ᵀ V
     else:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    ranks = torch.arange(1, r + 1)
+    if method == "nsvd":
+        if not 0.0 < k1_share <= 1.0:
+            raise ValueError(f"k1_share must lie in (0, 1], got {k1_share}")
+        if nsvd_points is not None and nsvd_points < r:
+            ranks = torch.unique(torch.linspace(1, r, steps=max(nsvd_points, 2)).round().long())
+        return LossCurve(method, ranks, _nsvd_losses(sigma, P, G, ranks, k1_share), output_norm, lam)
     return LossCurve(method, ranks, _tail_losses(sigma, P, G), output_norm, lam)
 
 

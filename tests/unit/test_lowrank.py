@@ -233,7 +233,7 @@ def test_explicit_damping_is_relative_to_the_mean_diagonal() -> None:
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_predicted_loss_curve_matches_the_truncations(method: str) -> None:
     W, X, stats = data()
-    curve = predicted_loss_curve(W, stats, method, nsvd_points=6)
+    curve = predicted_loss_curve(W, stats, method, nsvd_points=None)
     assert curve.output_norm == pytest.approx(float(torch.linalg.matrix_norm(W @ X)), rel=1e-10)
     decomposers = {
         "svd": lambda k: svd_truncate(W, k),
@@ -359,3 +359,22 @@ def test_target_linears_groups_and_blocks() -> None:
         target_linears(model, ["nope"])
     with pytest.raises(ValueError, match="unknown target group"):
         target_linears(model, "mlps")
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_predicted_loss_curve_with_a_damped_gram(method: str) -> None:
+    W, X, _ = data(m=20, n=32, N=12)
+    stats = LinearInputStats.empty(32)
+    stats.update(X.T)
+    curve = predicted_loss_curve(W, stats, method, nsvd_points=7)
+    assert (curve.damping > 0) == (method in ("svd_llm", "nsvd"))
+    decompose_at = {
+        "svd": lambda k: svd_truncate(W, k),
+        "asvd": lambda k: asvd(W, stats.mean_abs, k),
+        "svd_llm": lambda k: svd_llm(W, stats.gram, k),
+        "nsvd": lambda k: nsvd(W, stats.gram, k),
+    }[method]
+    assert len(curve.ranks) == (7 if method == "nsvd" else 20)
+    for k, loss in zip(curve.ranks.tolist(), curve.loss.tolist()):
+        direct = float(torch.linalg.matrix_norm(W @ X - decompose_at(k).weight() @ X))
+        assert loss == pytest.approx(direct, rel=1e-6, abs=1e-8 * curve.output_norm)
