@@ -60,6 +60,7 @@ __all__ = [
     "TruncationReport",
     "plan_for_ratio",
     "apply_truncation",
+    "factorised_ranks",
     "densify",
     "atomic_directory",
     "save_dense",

@@ -55,6 +55,7 @@ __all__ = [
     "Whitening",
     "whitening",
     "svd_truncate",
+    "asvd_scale",
     "asvd",
     "svd_llm",
     "nsvd",
@@ -619,7 +620,7 @@ def svd_llm(
     white = white if white is not None else whitening(gram.to(W64.device), damping)
     S = white.S.to(W64.device)
 
-    def unscale(A: Tensor) -> Tensor:  # A S⁻¹  ⇔  solve Sᵀ Aᵀ = ... on the right
+    def unscale(A: Tensor) -> Tensor:  # A S⁻¹ = the X solving X S = A (triangular, no inverse formed)
         return torch.linalg.solve_triangular(S, A, upper=False, left=False)
 
     B, A, _ = _truncated_factors(W64 @ S, k, unscale=unscale)

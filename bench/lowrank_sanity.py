@@ -75,33 +75,34 @@ def main() -> None:
     t_stats, c_stats = time.perf_counter() - t0, time.process_time() - c0
     print(f"stats: {t_stats:.1f} s wall, {c_stats:.1f} s CPU, {stats.nbytes() / 2**20:.0f} MiB in float64")
 
-    rows = []
-    base = {name: mean_token_loss(model, ids, args.batch) for name, ids in evals.items()}
-    rows.append(("original", None, {k: v[0] for k, v in base.items()}, float("nan"), float("nan")))
+    header = "method    compress_s  mean_rel_pred_loss  calib_ppl  " + "  ".join(f"{n}: loss / ppl" for n in evals)
+    calib_eval = calib[: max(1, args.eval_tokens // args.window)]  # same budget as each held-out text
+
+    def row(method: str, t_apply: float | None, model_, report) -> None:  # type: ignore[no-untyped-def]
+        losses = {name: mean_token_loss(model_, ids, args.batch)[0] for name, ids in evals.items()}
+        calib_loss = mean_token_loss(model_, calib_eval, args.batch)[0]
+        rel = None if report is None else sum(r.relative_loss for r in report.matrices) / len(report.matrices)
+        cells = "  ".join(f"{losses[n]:.3f} / {math.exp(losses[n]):.2f}" for n in evals)
+        t_txt = "-" if t_apply is None else f"{t_apply:.1f}"
+        rel_txt = "-" if rel is None else f"{rel:.3f}"
+        print(f"{method:9s} {t_txt:>10s}  {rel_txt:>18s}  {math.exp(calib_loss):9.2f}  {cells}", flush=True)
+
+    print(header)
+    row("original", None, model, None)
     plan = plan_for_ratio(model, names, args.ratio)
     for method in args.methods:
         fresh = AutoModelForCausalLM.from_pretrained(args.model).eval()
         t0, c0 = time.perf_counter(), time.process_time()
         report = apply_truncation(fresh, plan, stats, method, form="dense")
         t_apply = time.perf_counter() - t0
-        print(f"{method}: compressed {len(plan)} matrices in {t_apply:.1f} s wall, {time.process_time() - c0:.1f} s CPU "
-              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-        losses = {name: mean_token_loss(fresh, ids, args.batch)[0] for name, ids in evals.items()}
-        calib_loss = mean_token_loss(fresh, calib, args.batch)[0]
-        rel = sum(r.relative_loss for r in report.matrices) / len(report.matrices)
-        rows.append((method, t_apply, losses, calib_loss, rel))
+        damped = sum(r.damping > 0 for r in report.matrices)
+        print(f"# {method}: compressed {len(plan)} matrices in {t_apply:.1f} s wall, {time.process_time() - c0:.1f} s CPU "
+              f"(load average {os.getloadavg()[0]:.1f}); {damped} Grams needed damping", flush=True)
+        row(method, t_apply, fresh, report)
         del fresh
-
-    header = "method    compress_s  mean_rel_pred_loss  calib_ppl  " + "  ".join(f"{n}: loss / ppl" for n in evals)
-    print(header)
-    base_calib = mean_token_loss(model, calib, args.batch)[0]
-    for method, t_apply, losses, calib_loss, rel in rows:
-        calib_loss = base_calib if method == "original" else calib_loss
-        cells = "  ".join(f"{losses[n]:.3f} / {math.exp(losses[n]):.2f}" for n in evals)
-        t_txt = "-" if t_apply is None else f"{t_apply:.1f}"
-        rel_txt = "-" if math.isnan(rel) else f"{rel:.3f}"
-        print(f"{method:9s} {t_txt:>10s}  {rel_txt:>18s}  {math.exp(calib_loss):9.2f}  {cells}")
-    print("eval tokens: " + ", ".join(f"{n}: {base[n][1]} predicted tokens" for n in evals))
+    n_eval = {name: ids.shape[0] * (ids.shape[1] - 1) for name, ids in evals.items()}
+    print(f"calib_ppl: first {calib_eval.numel()} calibration tokens (in-domain)")
+    print("eval tokens: " + ", ".join(f"{n}: {c} predicted tokens" for n, c in n_eval.items()))
 
 
 if __name__ == "__main__":
