@@ -2,7 +2,7 @@
 
 Two forms of a truncated model:
 
-* **dense** — ``W' = B @ A`` is written back into the original ``nn.Linear``. The model keeps its architecture,
+* **dense** — ``W' = B @ A`` becomes the new weight Parameter of the original ``nn.Linear``. The model keeps its architecture,
   so :func:`save_dense` is an ordinary ``save_pretrained`` that plain ``AutoModelForCausalLM.from_pretrained``
   reloads. No saving in size (the point is to evaluate quality).
 * **factorised** — the ``nn.Linear`` is replaced by :class:`FactorisedLinear` (``x ↦ B(A(x))``), which has
@@ -213,8 +213,9 @@ def apply_truncation(
 
     ``method`` is ``"svd"``, ``"asvd"`` (``alpha``), ``"svd_llm"`` (``damping``) or ``"nsvd"`` (``k1_share``,
     ``damping``); ``stats`` may be ``None`` only for ``"svd"`` (the predicted loss is then NaN).
-    ``form="dense"`` writes ``W' = B @ A`` into the original weight; ``form="factorised"`` swaps in a
-    :class:`FactorisedLinear`. All ranks are validated before anything changes. Linears reading the same input
+    ``form="dense"`` gives the linear a new weight Parameter ``W' = B @ A`` (the old tensor is never written
+    into, so a structural copy sharing the original's tensors leaves the original intact); ``form="factorised"``
+    swaps in a :class:`FactorisedLinear`. All ranks are validated before anything changes. Linears reading the same input
     share one Cholesky factorisation. ``progress(done, total)`` is called after each matrix.
     """
     if form not in ("dense", "factorised"):
@@ -253,7 +254,8 @@ def apply_truncation(
         else:
             loss = relative = float("nan")
         if form == "dense":
-            linear.weight.copy_(factors.weight())
+            # a new Parameter, never a write into the old one: the model may share its tensors with another
+            linear.weight = nn.Parameter(factors.weight().to(W.dtype), requires_grad=W.requires_grad)
         else:
             replacement = FactorisedLinear.from_factors(factors.B, factors.A, linear.bias)
             replacement.train(linear.training)

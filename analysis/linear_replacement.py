@@ -35,6 +35,7 @@ __all__ = [
     "fit_linear_map",
     "fit_linear_map_from_moments",
     "collect_block_moments",
+    "collect_moments_of_blocks",
     "LinearBlock",
     "replace_decoder_layer",
 ]
@@ -95,7 +96,8 @@ def _solve(moments: LinearMapMoments, ridge: float) -> tuple[Tensor, Tensor, Ten
         lam = ridge * float(torch.trace(Cxx)) / d
         W = torch.linalg.solve(Cxx + lam * torch.eye(d, dtype=Cxx.dtype, device=Cxx.device), Cxy)
     else:
-        W = torch.linalg.lstsq(Cxx, Cxy, driver="gelsd" if Cxx.device.type == "cpu" else None).solution
+        # gelsy (complete orthogonal factorisation) gives the same minimum-norm solution as gelsd, ~30x faster
+        W = torch.linalg.lstsq(Cxx, Cxy, driver="gelsy" if Cxx.device.type == "cpu" else None).solution
     c = mu_y - mu_x @ W
     return W, c, Cxx, Cxy
 
@@ -146,20 +148,41 @@ def collect_block_moments(
     ``attention_mask`` (padding is left out). Reads the block's real input (first positional argument) and output
     (the returned tensor, or its first element if it returns a tuple).
     """
+    return collect_moments_of_blocks(model, [block_index], batches, progress)[0]
+
+
+@torch.no_grad()
+def collect_moments_of_blocks(
+    model: nn.Module,
+    blocks: Iterable[int] | None,
+    batches: Iterable[Tensor | Mapping[str, Tensor]],
+    progress: Callable[[int, int | None], None] | None = None,
+) -> list[LinearMapMoments]:
+    """:func:`collect_block_moments` for several blocks (``None``: every block) in one pass over the batches.
+
+    Returns one :class:`LinearMapMoments` per requested block, in the order given. Memory ``O(d²)`` per block.
+    """
     _, layers = decoder_layers(model)
-    if not 0 <= block_index < len(layers):
-        raise ValueError(f"block {block_index} is out of range [0, {len(layers)})")
-    layer = layers[block_index]
-    state: dict[str, object] = {"moments": None, "mask": None}
+    chosen = list(range(len(layers))) if blocks is None else [int(b) for b in blocks]
+    bad = [b for b in chosen if not 0 <= b < len(layers)]
+    if bad:
+        raise ValueError(f"block {bad[0]} is out of range [0, {len(layers)})")
+    if not chosen:
+        raise ValueError("no blocks to collect moments for")
+    moments: dict[int, LinearMapMoments] = {}
+    state: dict[str, object] = {"mask": None}
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        h_in = args[0] if args else kwargs["hidden_states"]
-        h_out = output[0] if isinstance(output, tuple) else output
-        if state["moments"] is None:
-            state["moments"] = LinearMapMoments.empty(h_in.shape[-1], h_out.shape[-1], device=h_in.device)
-        state["moments"].update(h_in, h_out, state["mask"])  # type: ignore[union-attr]
+    def make_hook(b: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            if b not in moments:
+                moments[b] = LinearMapMoments.empty(h_in.shape[-1], h_out.shape[-1], device=h_in.device)
+            moments[b].update(h_in, h_out, state["mask"])  # type: ignore[arg-type]
 
-    handle = layer.register_forward_hook(hook, with_kwargs=True)
+        return hook
+
+    handles = [layers[b].register_forward_hook(make_hook(b), with_kwargs=True) for b in dict.fromkeys(chosen)]
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     device = next(model.parameters()).device
     was_training = model.training
@@ -175,11 +198,13 @@ def collect_block_moments(
             if progress is not None:
                 progress(i + 1, total)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    if state["moments"] is None:
-        raise ValueError(f"block {block_index} never ran: no calibration batches")
-    return state["moments"]  # type: ignore[return-value]
+    missing = [b for b in chosen if b not in moments]
+    if missing:
+        raise ValueError(f"block {missing[0]} never ran: no calibration batches")
+    return [moments[b] for b in chosen]
 
 
 class LinearBlock(nn.Module):

@@ -129,29 +129,14 @@ _MLP_WORDS = ("mlp", "feed_forward", "ffn")
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(qualified name, module list)`` of the decoder blocks, found without knowing the architecture.
+    """``(qualified name, module list)`` of the decoder blocks: :func:`analysis.models.block_list` (one rule for
+    the whole project), raising ``ValueError`` when there is none."""
+    from .models import ModelLoadError, block_list
 
-    The shallowest ``nn.ModuleList`` whose length is the configured number of layers (``model.layers`` for
-    Llama/Mistral/Qwen, ``model.decoder.layers`` for OPT, ``gpt_neox.layers`` ...); without a config, the
-    shallowest non-empty one.
-    """
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    n_layers = None
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        n_layers = getattr(config, attr, None) if config is not None else None
-        if n_layers is not None:
-            break
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers):
-            depth = name.count(".")
-            if best is None or depth < best[0]:
-                best = (depth, name, module)
-    if best is None:
-        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
-    return best[1], best[2]
+    try:
+        return block_list(model)
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def target_linears(

@@ -178,13 +178,20 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks, found without knowing the architecture.
+    """The list of decoder blocks, found without knowing the architecture (the rule is :func:`block_list`)."""
+    return block_list(model)[1]
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(qualified name, module list)`` of the decoder blocks — the one rule every module uses.
 
     It is the shallowest ``nn.ModuleList`` whose length is the configured number of layers (Llama, Mistral,
-    Qwen, Gemma: ``model.layers``; GPT-2: ``transformer.h``; OPT: ``model.decoder.layers`` ...). A pruned model
-    has its config updated, so the same rule finds its shorter list.
+    Qwen, Gemma: ``model.layers``; GPT-2: ``transformer.h``; OPT: ``model.decoder.layers`` ...); without a config,
+    the shallowest non-empty one. A pruned model has its config updated, so the same rule finds its shorter list.
     """
     cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
     n = None
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         n = getattr(cfg, attr, None) if cfg is not None else None
@@ -195,10 +202,10 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
             depth = name.count(".")
             if best is None or depth < best[0]:
-                best = (depth, mod)
+                best = (depth, name, mod)
     if best is None:
         raise ModelLoadError(f"cannot find the decoder blocks of {type(model).__name__}")
-    return best[1]
+    return best[1], best[2]
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
@@ -331,7 +338,19 @@ def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool
     if spec.device_map_auto:
         load_kw["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(target, **load_kw)
+        from .checkpoint import FACTORISED_KEY, LINEAR_BLOCKS_KEY
+
+        if getattr(config, FACTORISED_KEY, None) or getattr(config, LINEAR_BLOCKS_KEY, None):
+            # a LayerScope export with factorised matrices or linear blocks: plain from_pretrained would fill
+            # them with random weights
+            from .checkpoint import load_checkpoint
+
+            if spec.device_map_auto:
+                raise ModelLoadError(f"{target} holds factorised matrices or linear blocks; load it on one device")
+            say("rebuilding factorised matrices / linear blocks recorded in config.json")
+            model = load_checkpoint(target, dtype=DTYPES[spec.dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(target, **load_kw)
         tokenizer = AutoTokenizer.from_pretrained(target, **kw)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {target!r}: {_first_line(exc)}") from None

@@ -16,7 +16,12 @@ dashboard restores a session from it. Keys (unknown keys are refused, so a typo 
 * ``evaluation``: ``settings`` (held-out text, tokens, context, stride, prompt …) and, once run, ``original`` and
   the changed model's row (``pruned`` for depth pruning, ``compressed`` for rank truncation, ``changed`` when
   both), plus ``downstream`` task results when tasks ran;
-* ``export``: ``form`` (``dense`` or ``factorised``) and, once written, ``path`` and the reload check;
+* ``compression``: what the ``low_rank`` / ``replace_linear`` actions did (method, options, the rank of every
+  matrix by its name in the original model, predicted losses, damping, calibration text hash, fit residuals);
+* ``parameters``: ``original`` and the changed model's count (in memory, as evaluated) and, with low-rank matrices,
+  ``factorised`` (the same model with every low-rank matrix stored as ``B·A``);
+* ``export``: ``form`` (``dense`` or ``factorised``) and, once written, ``path``, ``size_bytes`` and the reload
+  check;
 * ``report``: ``true`` to write ``report.html`` (default true for ``run``).
 """
 
@@ -41,6 +46,8 @@ SCHEMA: dict[str, object] = {
     "removed_blocks": None,
     "evaluation": None,  # settings checked against EvalSettings; results are free-form
     "export": {"form", "path", "reload_check", "size_bytes"},
+    "compression": None,  # written by the low_rank / replace_linear actions (analysis.compression)
+    "parameters": None,
     "report": None,
 }
 
@@ -123,12 +130,19 @@ def pruning_recipe(ws: Workspace, removed: list[int], evaluation: dict | None = 
     return variant_recipe(ws, {"remove_blocks": sorted(removed)}, evaluation, metrics)
 
 
-def variant_recipe(ws: Workspace, action: dict, evaluation: dict | None = None, metrics: dict | None = None) -> dict:
+def variant_recipe(ws: Workspace, action: dict, evaluation: dict | None = None, metrics: dict | None = None,
+                   model=None) -> dict:
+    """The recipe of a variant; with the changed ``model`` it also records what its actions resolved to (the
+    ``compression`` and ``parameters`` sections)."""
     r = base_recipe(ws)
     r["action"] = dict(action)
     if action.get("remove_blocks"):
         r["removed_blocks"] = sorted(action["remove_blocks"])
     r["metrics"] = metrics or {}
+    if model is not None:
+        from .compression import recipe_sections
+
+        r.update(recipe_sections(model, ws.lm.model, candidate_name(action)))
     if evaluation is not None:
         r["evaluation"] = evaluation
     return r

@@ -45,6 +45,8 @@ register_action(Action(
     describe=lambda value: "remove blocks " + ", ".join(map(str, value)),
 ))
 
+from . import compression  # noqa: E402,F401  (registers low_rank and replace_linear)
+
 
 def validate_action(action: dict) -> None:
     unknown = sorted(set(action) - set(_ACTIONS))

@@ -1,0 +1,207 @@
+"""Saving and loading a changed model whatever it contains: factorised matrices, linear blocks, fewer blocks.
+
+Three kinds of change leave a model that ``save_pretrained`` writes but plain ``from_pretrained`` cannot rebuild:
+
+* **factorised** matrices (:class:`~analysis.factorised.FactorisedLinear`, ``x ↦ B(A(x))``): ``config.json`` records
+  ``"layerscope_factorised": {qualified linear name: rank}``;
+* **linear blocks** (:class:`~analysis.linear_replacement.LinearBlock`, a decoder block replaced by ``h ↦ h W + c``):
+  ``config.json`` records ``"layerscope_linear_blocks": [block indices]`` (0-based, in the saved model's
+  numbering); the weights are ``<blocks>.<i>.linear.weight`` / ``.bias``. A linear map cannot be written as a
+  Llama decoder layer (its RMSNorm and gated MLP are not linear), so there is no plain-transformers form of it;
+* removed blocks need nothing: ``num_hidden_layers`` and the per-layer lists are already updated in the config.
+
+:func:`save_checkpoint` writes the ``dense`` form (every factorised matrix multiplied out into an ``nn.Linear``:
+plain ``AutoModelForCausalLM`` reloads it unless it has linear blocks) or the ``factorised`` form (smaller file).
+:func:`load_checkpoint` reads any of them: without LayerScope keys in ``config.json`` it is exactly
+``AutoModelForCausalLM.from_pretrained``. Plain ``from_pretrained`` on a folder *with* those keys would warn about
+missing weights and initialise them at random — :func:`needs_project_loader` tells the two apart.
+
+In your own code (this module needs only torch, transformers and safetensors besides two sibling modules)::
+
+    from analysis.checkpoint import load_checkpoint
+    model = load_checkpoint("path/to/export")            # FactorisedLinear / LinearBlock inside, weights exact
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .factorised import (
+    CONFIG_KEY as FACTORISED_KEY,
+    FactorisedLinear,
+    _checkpoint_files,
+    _tied_parameter_names,
+    factorised_ranks,
+)
+from .linear_replacement import LinearBlock, replace_decoder_layer
+from .lowrank import check_rank, decoder_layers, svd_truncate
+
+__all__ = [
+    "FACTORISED_KEY",
+    "LINEAR_BLOCKS_KEY",
+    "FORMS",
+    "RANK_ATTR",
+    "linear_blocks",
+    "needs_project_loader",
+    "dense_copy",
+    "factorised_copy",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+LINEAR_BLOCKS_KEY = "layerscope_linear_blocks"
+#: Attribute of an ``nn.Linear`` whose weight is a dense low-rank ``W'`` (its rank): stored exactly as ``B·A``.
+RANK_ATTR = "layerscope_rank"
+FORMS = ("dense", "factorised")
+
+
+def linear_blocks(model: nn.Module) -> list[int]:
+    """0-based indices of the decoder blocks of ``model`` that are :class:`LinearBlock` s."""
+    _, layers = decoder_layers(model)
+    return [i for i, block in enumerate(layers) if isinstance(block, LinearBlock)]
+
+
+def needs_project_loader(directory: str | Path) -> bool:
+    """True when ``directory/config.json`` records factorised matrices or linear blocks."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    return bool(config.get(FACTORISED_KEY) or config.get(LINEAR_BLOCKS_KEY))
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+@torch.no_grad()
+def dense_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has no factorised matrix; otherwise a structural copy (sharing every other tensor)
+    in which each :class:`FactorisedLinear` is multiplied out into an ``nn.Linear`` holding ``B @ A``."""
+    if not factorised_ranks(model):
+        return model
+    out = _structural_copy(model)
+    for name in factorised_ranks(out):
+        module: FactorisedLinear = out.get_submodule(name)  # type: ignore[assignment]
+        dense = module.to_linear()
+        dense.train(module.training)
+        out.set_submodule(name, dense)
+    return out
+
+
+@torch.no_grad()
+def factorised_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` in which every dense low-rank ``nn.Linear`` (one carrying the attribute
+    ``layerscope_rank = k``, set by the ``low_rank`` action) becomes a :class:`FactorisedLinear` of rank ``k``.
+
+    Exact up to rounding: ``W'`` already has rank ``≤ k``, so its truncated SVD at ``k`` is ``W'`` itself. The
+    attribute travels with the module, so it stays right after blocks are removed and renumbered. ``model`` itself
+    is returned when nothing is left to factorise.
+    """
+    todo = {name: int(module.__dict__[RANK_ATTR]) for name, module in model.named_modules()
+            if type(module) is nn.Linear and module.__dict__.get(RANK_ATTR) is not None}
+    if not todo:
+        return model
+    out = _structural_copy(model)
+    for name, k in todo.items():
+        linear: nn.Linear = out.get_submodule(name)  # type: ignore[assignment]
+        check_rank(linear.out_features, linear.in_features, k)
+        B, A = svd_truncate(linear.weight, k)
+        replacement = FactorisedLinear.from_factors(B, A, linear.bias)
+        replacement.train(linear.training)
+        out.set_submodule(name, replacement)
+    return out
+
+
+def _edit_config(directory: Path, ranks: Mapping[str, int], blocks: list[int]) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    for key in (FACTORISED_KEY, LINEAR_BLOCKS_KEY):
+        config.pop(key, None)
+    if ranks:
+        config[FACTORISED_KEY] = dict(ranks)
+    if blocks:
+        config[LINEAR_BLOCKS_KEY] = list(blocks)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_checkpoint(model: nn.Module, directory: str | Path, form: str = "dense") -> None:
+    """``save_pretrained`` of ``model`` into an existing ``directory`` in the given ``form``, with the config keys
+    that :func:`load_checkpoint` needs (the caller makes the write atomic, e.g. :func:`surgery.export_checkpoint`).
+
+    ``form="dense"`` multiplies factorised matrices out; ``form="factorised"`` keeps them and factorises every
+    dense low-rank ``nn.Linear`` (see :func:`factorised_copy`); it refuses a model with nothing low-rank.
+    The model passed in is never changed.
+    """
+    if form not in FORMS:
+        raise ValueError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
+    if form == "dense":
+        out = dense_copy(model)
+    else:
+        out = factorised_copy(model)
+        if not factorised_ranks(out):
+            raise ValueError("this model has no low-rank matrices to store factorised; export it as 'dense'")
+    directory = Path(directory)
+    out.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
+    _edit_config(directory, factorised_ranks(out), linear_blocks(out))
+
+
+@torch.no_grad()
+def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> nn.Module:
+    """Load a checkpoint written by :func:`save_checkpoint` (or any plain Hugging Face causal-LM folder).
+
+    Without LayerScope keys in ``config.json`` this is ``AutoModelForCausalLM.from_pretrained``. Otherwise the model
+    is built from its config, the recorded blocks become :class:`LinearBlock` s and the recorded matrices
+    :class:`FactorisedLinear` s, then every weight is loaded; a missing or unexpected weight raises ``ValueError``
+    (never a half-random model).
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    directory = Path(directory)
+    if not needs_project_loader(directory):
+        model = AutoModelForCausalLM.from_pretrained(directory, **({"dtype": dtype} if dtype else {}))
+        if device is not None:
+            model.to(device)
+        return model.eval()
+    config = AutoConfig.from_pretrained(directory)
+    ranks: dict[str, int] = dict(getattr(config, FACTORISED_KEY, None) or {})
+    blocks = [int(b) for b in (getattr(config, LINEAR_BLOCKS_KEY, None) or [])]
+    state: dict[str, Tensor] = {}
+    for file in _checkpoint_files(directory):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                state[key] = handle.get_tensor(key)
+    if dtype is None:
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    hidden = int(model.get_input_embeddings().weight.shape[1])
+    for b in blocks:
+        replace_decoder_layer(model, b, LinearBlock(hidden, layer_idx=b, bias=True, dtype=dtype))
+    for name, rank in ranks.items():
+        original = model.get_submodule(name)
+        if not isinstance(original, nn.Linear):
+            raise ValueError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
+        model.set_submodule(name, FactorisedLinear(original.in_features, original.out_features, int(rank),
+                                                   bias=original.bias is not None, dtype=dtype))
+    model.tie_weights()
+    result = model.load_state_dict(state, strict=False)
+    tied = _tied_parameter_names(model)
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"checkpoint {directory} does not match the rebuilt model: missing {missing}, "
+                         f"unexpected {result.unexpected_keys}")
+    model.tie_weights()
+    if device is not None:
+        model.to(device)
+    return model.eval()
