@@ -109,11 +109,14 @@ def factorised_copy(model: nn.Module) -> nn.Module:
             if type(module) is nn.Linear and module.__dict__.get(RANK_ATTR) is not None}
     if not todo:
         return model
+    from .compression import decomposition_threads
+
     out = _structural_copy(model)
     for name, k in todo.items():
         linear: nn.Linear = out.get_submodule(name)  # type: ignore[assignment]
         check_rank(linear.out_features, linear.in_features, k)
-        B, A = svd_truncate(linear.weight, k)
+        with decomposition_threads():
+            B, A = svd_truncate(linear.weight, k)
         replacement = FactorisedLinear.from_factors(B, A, linear.bias)
         replacement.train(linear.training)
         out.set_submodule(name, replacement)

@@ -27,8 +27,10 @@ into the recipe's ``compression`` and ``parameters`` sections.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +84,25 @@ RECORD = "layerscope_record"
 LOW_RANK_KEYS = {"method", "ratio", "rank", "ranks", "targets", "blocks", "alpha", "k1_share", "damping", "form",
                  "calibration"}
 TOKENS_PER_BATCH = 2048
+#: Torch threads for the per-matrix decompositions (SVD, Cholesky, eigh, least squares). They are medium-sized
+#: LAPACK calls: on a busy 2-core machine two OpenMP threads made a 1536×576 SVD 10-30x slower than one (thread
+#: hand-offs); set LAYERSCOPE_DECOMPOSE_THREADS to use more on an idle many-core machine.
+DECOMPOSE_THREADS = max(1, int(os.environ.get("LAYERSCOPE_DECOMPOSE_THREADS") or 1))
+
+
+@contextmanager
+def decomposition_threads(n: int | None = None) -> Iterator[None]:
+    """Run the block with at most ``n`` torch threads (default :data:`DECOMPOSE_THREADS`), then restore."""
+    n = n or DECOMPOSE_THREADS
+    old = torch.get_num_threads()
+    if n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class CompressionError(ValueError):
@@ -430,7 +451,8 @@ def block_moments(lm: LoadedModel, text: Text, n_windows: int, window_len: int, 
 
     moments = collect_moments_of_blocks(lm.model, None, batches, progress=step)
     seconds = time.perf_counter() - t0
-    residuals = np.array([fit_linear_map_from_moments(m, ridge)[2] for m in moments])
+    with decomposition_threads():
+        residuals = np.array([fit_linear_map_from_moments(m, ridge)[2] for m in moments])
     arrays = {}
     for b, m in enumerate(moments):
         for k in ("sum_in", "sum_out", "in_in", "in_out"):
@@ -585,8 +607,9 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
             progress(done, total, f"{LABELS[spec.method]}: matrix {done}/{total}")
 
     try:
-        report = apply_truncation(model, plan, stats, _LIB_METHOD[spec.method], form=spec.form, alpha=spec.alpha,
-                                  k1_share=spec.k1_share, damping=spec.damping, progress=step)
+        with decomposition_threads():
+            report = apply_truncation(model, plan, stats, _LIB_METHOD[spec.method], form=spec.form,
+                                      alpha=spec.alpha, k1_share=spec.k1_share, damping=spec.damping, progress=step)
     except ValueError as exc:
         raise CompressionError(str(exc)) from None
     for name, k in plan.items():
@@ -670,7 +693,8 @@ def apply_replace_linear(model: nn.Module, value, ws=None, progress: Progress | 
     weight = ws.lm.model.get_input_embeddings().weight
     residuals = {}
     for i, b in enumerate(blocks):
-        W, bias, residual = fit_linear_map_from_moments(moments[b], ridge)
+        with decomposition_threads():
+            W, bias, residual = fit_linear_map_from_moments(moments[b], ridge)
         replace_decoder_layer(model, b, LinearBlock.from_map(W, bias, layer_idx=b, dtype=weight.dtype,
                                                              device=weight.device))
         residuals[b] = residual
@@ -703,7 +727,8 @@ def matrix_spectra(model: nn.Module, stats: CalibrationStats, name: str, alpha: 
                    damping: float | None = None) -> Spectra:
     """Singular values of ``W``, of the whitened ``W S`` (SVD-LLM) and of ASVD's ``W diag(mean|x|)^α``."""
     W = model.get_submodule(name).weight
-    return spectra(W, stats[name], alpha=alpha, damping=damping)
+    with decomposition_threads():
+        return spectra(W, stats[name], alpha=alpha, damping=damping)
 
 
 def loss_curves(model: nn.Module, stats: CalibrationStats, name: str, methods: Iterable[str] = METHODS,
@@ -711,8 +736,9 @@ def loss_curves(model: nn.Module, stats: CalibrationStats, name: str, methods: I
                 nsvd_points: int | None = 48) -> dict[str, LossCurve]:
     """Predicted ``‖WX − W'X‖_F`` (over the calibration tokens) against rank, per method."""
     W = model.get_submodule(name).weight
-    return {m: predicted_loss_curve(W, stats[name], _LIB_METHOD[method_name(m)], alpha=alpha, k1_share=k1_share,
-                                    damping=damping, nsvd_points=nsvd_points) for m in methods}
+    with decomposition_threads():
+        return {m: predicted_loss_curve(W, stats[name], _LIB_METHOD[method_name(m)], alpha=alpha, k1_share=k1_share,
+                                        damping=damping, nsvd_points=nsvd_points) for m in methods}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -52,3 +52,21 @@ def bars(x: Sequence, y: Sequence[float], title: str, x_title: str, y_title: str
 
 def state_labels(n_states: int) -> list[str]:
     return [f"h{s}" for s in range(n_states)]
+
+
+def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, x_title: str, y_title: str,
+          log_y: bool = False, vlines: dict[str, float] | None = None, hover_fmt: str = ".4g",
+          height: int = 380) -> go.Figure:
+    """Curves with their own x values each (``{name: (x, y)}``), optional log y axis and labelled vertical lines."""
+    fig = go.Figure()
+    for name, (xs, ys) in series.items():
+        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), name=name, mode="lines",
+                                 hovertemplate=f"{x_title} %{{x}}: %{{y:{hover_fmt}}}<extra>{name}</extra>"))
+    for i, (label, x) in enumerate((vlines or {}).items()):
+        fig.add_vline(x=x, line_dash="dash" if i else "solid", line_color=HIGHLIGHT if not i else "#7f7f7f",
+                      annotation_text=label, annotation_position="top right" if not i else "bottom right")
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=height,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis.checkpoint import load_checkpoint, needs_project_loader, save_checkpoint
+from analysis.compression import low_rank_ranks, record_of
 from analysis.evaluate import EvalSettings, EvaluationError, evaluate
 from analysis.recipe import candidate_name, variant_recipe
 from analysis.surgery import PruneError, export_checkpoint, verify_export
@@ -20,9 +22,14 @@ from components import state
 from components.evaluation import evaluation_view
 from components.widgets import run_with_progress, text_bytes_download
 
-# export forms: name -> (label, save_fn(model, directory) or None for save_pretrained, loader for the reload check)
+# export forms: name -> (label, save_fn(model, directory) or None for save_pretrained, loader for the reload check).
+# Both go through analysis.checkpoint: dense multiplies factorised matrices out (plain AutoModelForCausalLM reloads
+# it unless blocks were replaced by linear maps, which config.json then records); factorised stores B·A.
 EXPORT_FORMS: dict[str, tuple[str, object, object]] = {
-    "dense": ("dense: a plain checkpoint AutoModelForCausalLM reloads", None, None),
+    "dense": ("dense: a plain checkpoint AutoModelForCausalLM reloads",
+              lambda model, directory: save_checkpoint(model, directory, "dense"), load_checkpoint),
+    "factorised": ("factorised: each low-rank matrix stored as B·A (a smaller file; the project's loader)",
+                   lambda model, directory: save_checkpoint(model, directory, "factorised"), load_checkpoint),
 }
 
 
@@ -60,11 +67,13 @@ def apply_and_evaluate(ws, action: dict, settings: EvalSettings, name: str | Non
     except (PruneError, EvaluationError, TextError, ValueError) as exc:
         st.error(str(exc))
         return None
-    recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics)
+    recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
     variant = Variant(name=name or describe_action(action), model=model, action=action,
                       base_fingerprint=ws.lm.fingerprint, evaluation=table, recipe=recipe)
     recipe["name"] = variant.name
     state.add_variant(variant)
+    for note in (record_of(model).get("low_rank") or {}).get("notes", []):
+        st.warning(note)
     return variant
 
 
@@ -83,7 +92,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
     with st.form(f"export-{key}"):
         out_dir = st.text_input("Export folder", str(default_dir),
                                 help="a Hugging Face folder: safetensors, tokenizer, config, recipe.json")
-        available = [f for f in forms if f in EXPORT_FORMS]
+        available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
         form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f][0], horizontal=True) \
             if len(available) > 1 else available[0]
         overwrite = st.checkbox("Replace the folder if it is not empty")
@@ -107,15 +116,24 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
     if not export:
         return
     check = export["check"]
-    how = "plain `AutoModelForCausalLM`" if export["form"] == "dense" else "the project's factorised loader"
+    plain = not needs_project_loader(export["path"])
+    how = "plain `AutoModelForCausalLM`" if plain else "the project's loader (`analysis.checkpoint.load_checkpoint`)"
     if check["ok"]:
         st.success(f"Exported to `{export['path']}` ({export['size'] / 2**20:,.1f} MB) and reloaded with {how}: "
                    f"{check['blocks']} blocks, max |Δ logit| = {check['max_abs_logit_diff']:.2e} on "
                    f"{check['tokens']} tokens, same top-1 everywhere.")
     else:
         st.error(f"The reloaded checkpoint differs from the in-memory model: {check}")
-    if export["form"] == "dense":
+    if plain:
         st.code(f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 f"model = AutoModelForCausalLM.from_pretrained({export['path']!r})\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})", language="python")
+    else:
+        st.caption("config.json records the factorised matrices (`layerscope_factorised`) or the linear blocks "
+                   "(`layerscope_linear_blocks`): plain `from_pretrained` would fill them with random weights. "
+                   "`python -m analysis evaluate --model DIR` and the sidebar load it with the project's loader.")
+        st.code(f"from analysis.checkpoint import load_checkpoint  # this repository on PYTHONPATH\n"
+                f"from transformers import AutoTokenizer\n"
+                f"model = load_checkpoint({export['path']!r})\n"
                 f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})", language="python")
     text_bytes_download(Path(export["path"], "recipe.json").read_text(), "recipe.json", "⬇ recipe.json")

@@ -18,6 +18,8 @@ PAGES = {
     ],
     "Change": [
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
+        ("pages/compress.py", "Compress (low rank)", ":material/compress:", False),
+        ("pages/replace.py", "Replace blocks (linear)", ":material/linear_scale:", False),
     ],
     "Compare and share": [
         ("pages/variants.py", "Variants", ":material/compare:", False),

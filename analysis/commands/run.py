@@ -29,6 +29,8 @@ def run(args) -> int:
     import dataclasses
 
     from .. import recipe as rc
+    from ..checkpoint import FORMS, load_checkpoint, save_checkpoint
+    from ..compression import recipe_sections
     from ..evaluate import EvalSettings, evaluate
     from ..models import load_model
     from ..report import build_report, write_report
@@ -64,15 +66,18 @@ def run(args) -> int:
         name = rc.candidate_name(action)
         table = evaluate(lm.model, lm.tokenizer, resolve_text(settings.text), settings, candidate=model,
                          candidate_name=name, original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
+        done.update(recipe_sections(model, lm.model, name))  # what low_rank / replace_linear resolved to
         done["evaluation"] = table.to_dict()
         form = (recipe.get("export") or {}).get("form")
         if form and not args.no_export:
-            if form != "dense":
-                raise ValueError(f"export form {form!r} is not supported by this action set (use 'dense')")
+            if form not in FORMS:
+                raise ValueError(f"unknown export form {form!r}; use one of {', '.join(FORMS)}")
             target = out / "checkpoint"
             done["export"] = {"form": form, "path": str(target)}
-            export_checkpoint(model, lm.tokenizer, target, done, overwrite=args.overwrite)
-            done["export"]["reload_check"] = verify_export(target, model, lm.tokenizer)
+            export_checkpoint(model, lm.tokenizer, target, done, overwrite=args.overwrite,
+                              save_fn=lambda m, d: save_checkpoint(m, d, form))
+            done["export"]["reload_check"] = verify_export(target, model, lm.tokenizer, loader=load_checkpoint)
+            done["export"]["size_bytes"] = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
         changes.append({"name": done["name"], "action": action, "evaluation": done["evaluation"], "recipe": done})
     write_json(out / "recipe.json", done)
     if recipe.get("report", True):

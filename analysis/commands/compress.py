@@ -1,0 +1,147 @@
+"""Low-rank truncation (SVD, ASVD, SVD-LLM, NSVD) and linear replacement of blocks, evaluated and exported.
+
+Gathers the calibration statistics once (cached, shared by every method and by the dashboard), truncates the
+target matrices at a parameter ratio or an explicit rank, optionally replaces blocks by least-squares linear maps
+(--replace) and removes blocks (--remove); evaluates against the original on a held-out text; writes the
+checkpoint and DIR/recipe.json (method, options, the rank of every matrix, predicted losses, damping, calibration
+text hash, ``parameters.original`` / ``parameters.compressed`` / ``parameters.factorised``, the evaluation table
+with ``evaluation.original`` and ``evaluation.compressed`` — ``evaluation.changed`` when blocks are removed too);
+then reloads the folder and compares logits with the in-memory model.
+
+Forms: ``factorised`` (default with low rank: each matrix stored as B·A, a smaller file; reload it with
+``analysis.checkpoint.load_checkpoint`` or ``python -m analysis evaluate --model DIR``) or ``dense`` (W' multiplied
+out: plain ``AutoModelForCausalLM`` reloads it, unless blocks were replaced by linear maps). Matrix names and block
+indices are 0-based and refer to the original model.
+
+Examples:
+  python -m analysis compress --model default --method svd-llm --ratio 0.2 --targets mlp \\
+      --calib-text alice --eval-text asyoulik --out out/svdllm-20
+  python -m analysis compress --method nsvd --k1-share 0.9 --rank 200 --targets down_proj --blocks 10-19 --out DIR
+  python -m analysis compress --method asvd --alpha 0.5 --ratio 0.3 --remove 12,13 --form dense --out DIR
+  python -m analysis compress --replace 12,13 --out out/linear-12-13
+"""
+
+import sys
+
+NAME = "compress"
+HELP = "low-rank truncation (svd, asvd, svd-llm, nsvd) and/or linear replacement of blocks; evaluate; export"
+
+
+def add_arguments(p):
+    from ..compression import METHODS
+    from ._common import add_calibration_args, add_eval_args, add_model_args
+
+    add_model_args(p)
+    g = p.add_argument_group("low-rank truncation")
+    g.add_argument("--method", default="svd-llm", choices=list(METHODS) + ["svd_llm"],
+                   help="svd (plain), asvd (activation-scaled), svd-llm (whitened), nsvd (nested; its equations "
+                        "are unverified: no public code)")
+    g.add_argument("--ratio", type=float, default=None,
+                   help="share of each matrix's parameters to remove, in (0, 1): rank ⌊(1−ρ)·m·n/(m+n)⌋")
+    g.add_argument("--rank", type=int, default=None, help="one explicit rank for every target matrix")
+    g.add_argument("--targets", default="mlp",
+                   help="mlp, attn, all, or projection names separated by commas (e.g. down_proj,up_proj)")
+    g.add_argument("--blocks", default=None, help="blocks whose matrices to truncate, 0-based: '0-9', '3,5', '[0,10)' "
+                                                  "(default: all)")
+    g.add_argument("--alpha", type=float, default=0.5, help="ASVD's exponent α of mean|x|")
+    g.add_argument("--k1-share", type=float, default=0.95, help="NSVD's share k1/k of the whitened first stage")
+    g.add_argument("--damping", type=float, default=None,
+                   help="relative λ added to X Xᵀ before Cholesky (default: 0, raised automatically if X Xᵀ is not "
+                        "positive definite)")
+    g.add_argument("--form", choices=["dense", "factorised"], default=None,
+                   help="in-memory and export form (default: factorised with low rank, dense otherwise)")
+    g = p.add_argument_group("other changes")
+    g.add_argument("--replace", default=None, help="blocks to replace by a least-squares linear map h_b → h_(b+1)")
+    g.add_argument("--remove", default=None, help="blocks to remove as well (depth pruning), 0-based")
+    add_calibration_args(p)
+    add_eval_args(p)
+    p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
+
+
+def build_action(args, n_blocks: int | None = None) -> dict:
+    """The recipe's ``action`` section for these arguments (validated as far as possible without a model)."""
+    from ..compression import CompressionError, LowRankSpec
+    from ..surgery import parse_blocks, validate_removal
+
+    action: dict = {}
+    if args.ratio is not None or args.rank is not None:
+        value = {"method": args.method.replace("_", "-"), "targets": args.targets,
+                 "blocks": None if args.blocks is None else parse_blocks(args.blocks), "alpha": args.alpha,
+                 "k1_share": args.k1_share, "damping": args.damping, "form": args.form or "factorised",
+                 "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
+        if args.ratio is not None:
+            value["ratio"] = args.ratio
+        if args.rank is not None:
+            value["rank"] = args.rank
+        LowRankSpec.from_value(value)
+        action["low_rank"] = value
+    elif args.blocks is not None:
+        raise CompressionError("--blocks chooses where to truncate: give --ratio or --rank with it")
+    if args.replace:
+        action["replace_linear"] = parse_blocks(args.replace)
+    if args.remove:
+        removed = parse_blocks(args.remove)
+        action["remove_blocks"] = validate_removal(removed, n_blocks) if n_blocks else removed
+    if not action.get("low_rank") and not action.get("replace_linear"):
+        raise CompressionError("nothing to compress: give --ratio or --rank (low-rank truncation) and/or --replace "
+                               "BLOCKS (linear replacement)")
+    both = sorted(set(action.get("replace_linear", [])) & set(action.get("remove_blocks", [])))
+    if both:
+        raise CompressionError(f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
+                               "replaced and removed")
+    return action
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..cache import atomic_write_text, dumps
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..compression import record_of
+    from ..evaluate import evaluate
+    from ..recipe import candidate_name, variant_recipe
+    from ..surgery import export_checkpoint, verify_export
+    from ..texts import resolve_text
+    from ..variants import apply_actions, describe_action
+    from ._common import TqdmProgress, eval_settings_from, load, print_json, workspace_from
+
+    out = Path(args.out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --overwrite")
+    build_action(args)  # refuse bad arguments before loading anything
+    settings = eval_settings_from(args)
+    eval_text = resolve_text(settings.text)
+    lm = load(args)
+    ws = workspace_from(args, lm)
+    action = build_action(args, lm.n_blocks)
+    if "low_rank" in action and ws.text.source != "bundled":
+        action["low_rank"]["calibration"]["text"] = ws.text.name
+    form = args.form or ("factorised" if "low_rank" in action else "dense")
+    print(f"[compress] {describe_action(action)}", file=sys.stderr)
+    model = apply_actions(lm.model, action, ws, progress=TqdmProgress("compress"))
+    record = record_of(model)
+    for note in (record.get("low_rank") or {}).get("notes", []):
+        print(f"warning: {note}", file=sys.stderr)
+    name = candidate_name(action)
+    print(f"[compress] evaluating on {eval_text.label}", file=sys.stderr)
+    table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=model, candidate_name=name,
+                     original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
+    recipe = variant_recipe(ws, action, evaluation=table.to_dict(), model=model)
+    recipe["name"] = describe_action(action)
+    recipe["export"] = {"path": str(out), "form": form}
+    export_checkpoint(model, lm.tokenizer, out, recipe, overwrite=args.overwrite,
+                      save_fn=lambda m, d: save_checkpoint(m, d, form))
+    check = verify_export(out, model, lm.tokenizer, loader=load_checkpoint)
+    recipe["export"]["reload_check"] = check
+    recipe["export"]["size_bytes"] = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    atomic_write_text(out / "recipe.json", dumps(recipe))
+    low = record.get("low_rank") or {}
+    print_json({"out": str(out), "change": recipe["name"], "form": form,
+                "perplexity": {"original": table.original.perplexity, name: table.candidate.perplexity},
+                "kl_to_original": table.candidate.kl_to_original, "top1_agreement": table.candidate.top1_agreement,
+                "parameters": recipe.get("parameters"), "matrices": len(low.get("ranks", {})),
+                "damped": len(low.get("damped", [])),
+                "fit_residual": (record.get("replace_linear") or {}).get("fit_residual"),
+                "size_bytes": recipe["export"]["size_bytes"], "reload_check": check})
+    return 0 if check["ok"] else 1
