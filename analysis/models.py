@@ -56,6 +56,7 @@ class ModelSpec:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device_map_auto: bool = False  # spread a model larger than one device over the devices (and CPU/disk)
     trust_remote_code: bool = False
+    max_memory: str = ""  # with device_map_auto: e.g. "0=20GiB,cpu=30GiB"; what does not fit is offloaded to disk
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +124,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the device of the input embedding (with a device map, its entry in the map)."""
+        return input_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -156,6 +158,39 @@ class LoadedModel:
             "last_state_is_normed": last_is_normed,
             "load_seconds": round(self.load_seconds, 2),
         }
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """The device of the input embedding, also for a model dispatched with ``device_map`` (offloaded weights
+    live on the ``meta`` device; their inputs go to the CPU)."""
+    dmap = getattr(model, "hf_device_map", None)
+    if dmap:
+        emb = model.get_input_embeddings()
+        names = [n for n, m in model.named_modules() if m is emb]
+        for name in names:
+            parts = name.split(".")
+            for i in range(len(parts), -1, -1):
+                key = ".".join(parts[:i])
+                if key in dmap:
+                    where = dmap[key]
+                    if isinstance(where, int):
+                        return torch.device(f"cuda:{where}")
+                    return torch.device("cpu" if where in ("cpu", "disk") else where)
+    w = model.get_input_embeddings().weight
+    return torch.device("cpu") if w.device.type == "meta" else w.device
+
+
+def parse_max_memory(text: str) -> dict | None:
+    """``"0=20GiB,cpu=30GiB"`` → ``{0: "20GiB", "cpu": "30GiB"}`` (accelerate's ``max_memory``)."""
+    if not text.strip():
+        return None
+    out: dict = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ModelLoadError(f"max memory entries look like 'cpu=30GiB' or '0=20GiB', not {part!r}")
+        key, value = (x.strip() for x in part.split("=", 1))
+        out[int(key) if key.isdigit() else key] = value
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -217,9 +252,16 @@ def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
     for k in ("_name_or_path", "transformers_version", "name_or_path", "_commit_hash"):
         cfg.pop(k, None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    offloaded = _offloaded_weights(model)
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            if t.device.type == "meta":  # offloaded to disk by accelerate: read the offloaded copy
+                try:
+                    t = offloaded[name]
+                except (KeyError, TypeError):
+                    h.update(b"offloaded")
+                    continue
             flat = t.detach().reshape(-1)
             if flat.numel() == 0:
                 continue
@@ -229,6 +271,15 @@ def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
                 sample = sample.float()
             h.update(sample.numpy().tobytes())
     return h.hexdigest()
+
+
+def _offloaded_weights(model: nn.Module):
+    """accelerate's loader of the weights it offloaded to disk (full parameter names → tensors), if any."""
+    for mod in model.modules():
+        weights_map = getattr(getattr(mod, "_hf_hook", None), "weights_map", None)
+        if weights_map is not None:
+            return getattr(weights_map, "dataset", weights_map)
+    return None
 
 
 def classify_source(source: str) -> str:
@@ -330,6 +381,10 @@ def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool
     load_kw = dict(kw, dtype=DTYPES[spec.dtype])
     if spec.device_map_auto:
         load_kw["device_map"] = "auto"
+        load_kw["offload_folder"] = str(cache.cache_root() / "offload" / cache.stable_hash([target, spec.dtype], 12))
+        max_memory = parse_max_memory(spec.max_memory)
+        if max_memory:
+            load_kw["max_memory"] = max_memory
     try:
         model = AutoModelForCausalLM.from_pretrained(target, **load_kw)
         tokenizer = AutoTokenizer.from_pretrained(target, **kw)

@@ -26,8 +26,9 @@ PRUNE_SOURCE = "prune_selection_source"
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
-def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool) -> LoadedModel:
-    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code))
+def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool,
+          max_memory: str = "") -> LoadedModel:
+    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code, max_memory))
 
 
 def request_model(spec: ModelSpec) -> None:
@@ -42,7 +43,8 @@ def loaded_model() -> LoadedModel | None:
     st.session_state.setdefault(SPEC, spec)
     try:
         with st.spinner(f"Loading {spec.source} … (the bundled GGUF is de-quantised once, ~20 s, then cached)"):
-            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
+            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code,
+                       spec.max_memory)
         st.session_state[GOOD_SPEC] = spec
         return lm
     except ModelLoadError as exc:
@@ -53,7 +55,8 @@ def loaded_model() -> LoadedModel | None:
     if good is not None and good != spec:
         st.session_state[SPEC] = good
         try:
-            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code)
+            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code,
+                         good.max_memory)
         except Exception:
             return None
     return None
