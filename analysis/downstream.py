@@ -419,7 +419,8 @@ def _make_lm(model, tokenizer, batch_size: int, max_length: int | None):
             if self.progress:
                 self.progress(0, self._total, f"0/{self._total} choices scored")
             out = super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.progress is not None)
-            if self.progress:
+            if self.progress and self._done < self._total:  # requests sharing a forward pass were counted once
+                self._done = self._total
                 self.progress(self._total, self._total, f"{self._total}/{self._total} choices scored")
             return out
 
@@ -454,10 +455,14 @@ def _task_config(info: TaskInfo) -> dict | str:
 
 
 def _data_hash(info: TaskInfo) -> str | None:
-    """A hash of the task's config and data files; ``None`` when the data is not a set of local files."""
+    """A hash of the task's folder (its YAMLs and Python helpers) and data files; ``None`` unless the data is local."""
     if info.source == "standard" or not info.data_files:
         return None
     h = hashlib.sha256(Path(info.yaml_path).read_bytes())
+    folder = Path(info.yaml_path).parent
+    for f in sorted([*folder.glob("*.yaml"), *folder.glob("*_yaml"), *folder.glob("*.py")]):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
     for pattern in sorted(info.data_files):
         files = sorted(glob.glob(pattern)) if not Path(pattern).is_file() else [pattern]
         if not files:
