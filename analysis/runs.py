@@ -51,4 +51,8 @@ def write_metric_files(ws, groups: list[str], out: Path, progress_factory=None) 
             info.update(extra)
     write_csv(out / "layers.csv", table)
     write_json(out / "run.json", info)
+    if not getattr(ws.lm, "stored_card", None):  # a results folder is not rewritten from itself
+        from .models import write_results_card
+
+        write_results_card(ws.lm, out, ws.describe(), ws.text.content)
     return info

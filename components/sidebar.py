@@ -99,11 +99,14 @@ def _text_section() -> None:
                                         "have no context and often carry massive 'attention sink' activations")
             n_max = st.number_input("Subsample all-token clouds to (0 = all tokens)", 0, 10_000_000,
                                     cal.n_max or 0, step=1024)
+            storage = st.selectbox("Store captured states as", ["float32", "float16"],
+                                   index=["float32", "float16"].index(cal.storage),
+                                   help="float16 halves the disk a capture takes (large models)")
         applied = st.form_submit_button("Use this text")
     if applied:
         _apply_text(kind, name, uploaded, pasted,
                     Calibration(n_windows=int(n), window_len=int(t), exclude_first=int(excl),
-                                n_max=int(n_max) or None, seed=cal.seed, storage=cal.storage))
+                                n_max=int(n_max) or None, seed=cal.seed, storage=storage))
     err = st.session_state.get(state.TEXT_ERROR)
     if err:
         st.error(err)

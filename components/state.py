@@ -92,11 +92,30 @@ def workspace() -> Workspace | None:
         st.error(st.session_state.get(MODEL_ERROR, "No model is loaded."))
         st.info("Choose a model in the sidebar: 'default', a Hugging Face id, a local folder or a .gguf file.")
         return None
+    if lm.source_kind == "results":
+        return results_workspace(lm)
     text = calibration_text()
     if text is None:
         st.error(st.session_state.get(TEXT_ERROR, "No calibration text."))
         return None
     return Workspace(lm=lm, text=text, calibration=calibration())
+
+
+def results_workspace(lm) -> Workspace:
+    """A results folder brings its own text and windows: the cached results are keyed by them."""
+    from pathlib import Path
+
+    from analysis.texts import text_from_string
+
+    info = lm.calibration
+    text_info = info.get("text") or {}
+    content = Path(info["text_file"]).read_text(encoding="utf-8")
+    text = text_from_string(content, name=text_info.get("name", "text"), source=text_info.get("source", "bundled"))
+    cal = Calibration(**{k: v for k, v in (info.get("calibration") or {}).items()
+                         if k in Calibration.__dataclass_fields__})
+    st.caption(f"Results-only model: text **{text.label}** and windows {cal.n_windows} × {cal.window_len} come from "
+               "the results folder.")
+    return Workspace(lm=lm, text=text, calibration=cal)
 
 
 def set_prune_selection(blocks: list[int], source: str) -> None:
