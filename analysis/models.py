@@ -487,7 +487,7 @@ class ResultsOnlyModel(LoadedModel):
 
     def card(self) -> dict:
         return {**self.stored_card, "name": self.name, "device": "results only (no weights here)",
-                "fingerprint": self.fingerprint}
+                "device_map": None, "load_seconds": 0.0, "fingerprint": self.fingerprint}
 
 
 def write_results_card(lm: LoadedModel, out: Path, workspace_description: dict, text_content: str) -> None:
