@@ -10,6 +10,9 @@ PAGES = {
     ],
     "Inspect": [
         ("pages/linearity.py", "Linearity and baselines", ":material/grid_on:", False),
+        ("pages/avss.py", "AVSS", ":material/bar_chart:", False),
+        ("pages/intrinsic_dimension.py", "Intrinsic dimension", ":material/stacked_line_chart:", False),
+        ("pages/projections.py", "Token projections", ":material/scatter_plot:", False),
     ],
     "Change": [
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
