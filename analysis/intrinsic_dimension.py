@@ -141,7 +141,9 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
     3. certification: with ``E_i = (4 γ_D + 16 u)(‖c_i‖² + max_j ‖c_j‖²)`` (``c`` centred rows, ``u = 2⁻²⁴``,
        ``γ_D = D u / (1 − D u)``) a bound on the float32 error of any squared distance from row ``i`` in step 1,
        no non-candidate can be nearer than the ``k``-th refined distance if that distance squared (inflated by
-       its own rounding) is at most the ``m``-th candidate's step-1 value minus ``E_i``. Rows that fail get their
+       its own rounding) is at most the ``m``-th candidate's step-1 value minus ``E_i``. The max runs over the
+       bulk only: points with ``‖c_j‖² > 16 ×`` the 90th percentile are instead ruled out for row ``i`` when
+       ``(min_far ‖c_j‖ − ‖c_i‖)²`` exceeds the ``k``-th distance squared. Rows that fail get their
        candidates again from float64 products (the same bound with ``u = 2⁻⁵³``: it certifies clouds with a few
        huge-norm points, such as the attention-sink token of LLM hidden states, where the float32 bound exceeds
        the neighbour distances of almost every row), then, for near ties, from ``m = 4k + 32`` float64
@@ -161,7 +163,17 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
     centred_sq = (centred * centred).sum(dim=1)
     u = 2.0**-24
     gamma = width * u / (1.0 - width * u)
-    error_bound = (4.0 * gamma + 16.0 * u) * (centred_sq + centred_sq.max())
+    # A few points far outside the bulk (the attention-sink tokens of LLM hidden states: ~100x the median norm)
+    # would make the float32 bound below exceed every neighbour distance. They are left out of it (``far``) and
+    # ruled out as neighbours by the reverse triangle inequality ‖x_i − x_j‖ ≥ ‖c_j‖ − ‖c_i‖ instead.
+    norms = torch.sqrt(centred_sq)
+    far = centred_sq > 16.0 * torch.quantile(centred_sq, 0.9)
+    if bool(far.any()):
+        bulk_max = centred_sq[~far].max()
+        far_norm_min = float(norms[far].min()) * (1.0 - 1e-9)
+    else:
+        bulk_max, far_norm_min = centred_sq.max(), math.inf
+    error_bound = (4.0 * gamma + 16.0 * u) * (centred_sq + bulk_max)
     u64 = 2.0**-53
     gamma64 = width * u64 / (1.0 - width * u64)
     error_bound64 = (4.0 * gamma64 + 16.0 * u64) * (centred_sq + centred_sq.max())
@@ -182,7 +194,12 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
         if m == n - 1:  # every other row is a candidate
             return exact, torch.ones(rows.numel(), dtype=torch.bool, device=dev)
         cut = approx[:, -1].to(torch.float64) - bound[rows]
-        return exact, exact[:, k - 1] ** 2 * refine_inflation <= cut
+        kth = exact[:, k - 1] ** 2 * refine_inflation
+        certified = kth <= cut
+        if bound is error_bound and math.isfinite(far_norm_min):  # the far points, outside the float32 bound
+            gap = far_norm_min - norms[rows] * (1.0 + 1e-9)
+            certified &= ~far[rows] & (gap > 0) & (gap**2 >= kth)
+        return exact, certified
 
     block = max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
     out = np.empty((n, k), dtype=np.float64)

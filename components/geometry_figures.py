@@ -43,7 +43,7 @@ def block_bars(table: pd.DataFrame, column: str, title: str, y_title: str, highl
     notes = [flag_text if b in fl else "" for b in blocks]
     fig = go.Figure(go.Bar(
         x=blocks, y=t[column].tolist(), marker=dict(color=colours, line=dict(color=lines, width=2)),
-        customdata=notes,
+        customdata=notes, showlegend=False,
         hovertemplate=f"block %{{x}}: %{{y:{hover_fmt}}}<br>%{{customdata}}<extra></extra>"))
     if fl:
         ys = t.set_index("block")[column]
@@ -55,6 +55,7 @@ def block_bars(table: pd.DataFrame, column: str, title: str, y_title: str, highl
                       margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.3))
     if log:
         fig.update_yaxes(type="log")
+    fig.update_yaxes(exponentformat="e" if log or t[column].abs().max() < 1e-2 else "none")
     return fig
 
 
@@ -104,7 +105,8 @@ def id_profile_chart(profiles: Sequence[tuple[str, object]], estimators: Sequenc
             hi = (t[f"{col}_max"] if band == "range" else t[col] + t[f"{col}_std"]).tolist()
             label = f"{labels.get(est, est)}" + (f" · {name}" if len(profiles) > 1 else "")
             fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(colour, 0.18),
-                                     line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label))
+                                     mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                     legendgroup=label))
             fig.add_trace(go.Scatter(
                 x=xs, y=t[col].tolist(), mode="lines+markers", name=label, legendgroup=label,
                 line=dict(color=colour, dash=dashes[pi % len(dashes)]), marker=dict(size=5),
@@ -144,7 +146,7 @@ def gride_sweep_chart(sweep: pd.DataFrame, states: Sequence[int], scale: str = "
         colour = PALETTE[i % len(PALETTE)]
         xs = t["k" if scale == "k" else "radius"].tolist()
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=t["id_max"].tolist() + t["id_min"].tolist()[::-1],
-                                 fill="toself", fillcolor=_rgba(colour, 0.15), line=dict(width=0),
+                                 fill="toself", fillcolor=_rgba(colour, 0.15), mode="lines", line=dict(width=0),
                                  hoverinfo="skip", showlegend=False))
         fig.add_trace(go.Scatter(
             x=xs, y=t["id"].tolist(), mode="lines+markers", name=f"h{s}", line=dict(color=colour),
@@ -157,6 +159,9 @@ def gride_sweep_chart(sweep: pd.DataFrame, states: Sequence[int], scale: str = "
                       yaxis_title="intrinsic dimension", margin=dict(l=60, r=20, t=50, b=50),
                       legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(type="log")
+    if scale == "k":
+        ks = sorted({int(k) for k in sweep["k"]})
+        fig.update_xaxes(tickvals=ks, ticktext=[str(k) for k in ks])
     return fig
 
 

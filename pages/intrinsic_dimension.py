@@ -94,9 +94,9 @@ if peak is not None:
     m[0].metric(f"Peak ({ID_LABELS[main]})", f"{peak[1]:.1f}",
                 help="the largest ID over h1…hL, the end of the expansion phase (h0, the embedding lookup, holds "
                      "only the distinct token vectors and is not a candidate)")
-    m[1].metric("Peak state", f"h{peak[0]}", f"depth {peak[0] / L:.2f}", delta_color="off")
+    m[1].metric("Peak state", f"h{peak[0]}", f"depth {peak[0] / L:.2f}", delta_color="off", delta_arrow="off")
 if final is not None:
-    m[2].metric("Final ID", f"{final[1]:.1f}", f"h{final[0]}", delta_color="off")
+    m[2].metric("Final ID", f"{final[1]:.1f}", f"h{final[0]}", delta_color="off", delta_arrow="off")
 m[3].metric("Width (for reference)", prof.width)
 st.caption(f"Shape ({ID_LABELS[main]}): {prof.shape(main)}. Hidden state h_0 is the embedding output; "
            f"h_{L} already has the final norm applied. {settings.n_subsets} subsets of "

@@ -140,10 +140,15 @@ def test_knn_exact_with_a_massive_outlier() -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((600, 64)).astype(np.float32)
     X[0] *= 1e4
-    got = idm.knn_distances(X, 6)
-    D = np.sqrt(((X[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1))
-    np.fill_diagonal(D, np.inf)
-    np.testing.assert_allclose(got, np.sort(D, axis=1)[:, :6], rtol=1e-6)
+    X[1] = X[0] + 0.01  # two far points, each the other's nearest neighbour
+    X[2] = 4.0 * X[3]  # a far-ish point ...
+    X[4] = X[2] * 0.999  # ... with a bulk-side point right beside it
+    X[10:40] *= 1e3  # a whole group of far points (one per window in a real capture)
+    for k in (1, 6, 40):
+        got = idm.knn_distances(X, k)
+        D = np.sqrt(((X[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(D, np.inf)
+        np.testing.assert_allclose(got, np.sort(D, axis=1)[:, :k], rtol=1e-6)
 
 
 @pytest.mark.parametrize(("cloud", "message"), [
