@@ -58,7 +58,15 @@ def gemma_gguf_path() -> Path:
 
 def main() -> int:
     """``python -m analysis.extra_models``: assemble Gemma's GGUF and print its path (used by ``make gemma``)."""
-    print(gemma_gguf_path())
+    import sys
+
+    from .models import ModelLoadError
+
+    try:
+        print(gemma_gguf_path())
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -88,6 +88,7 @@ MIN_POINTS = 20
 
 _BLOCK_ELEMENTS = 1 << 23  # ≈ 64 MiB of float64 per block of the distance matrix
 _GATHER_ELEMENTS = 1 << 23  # candidate rows gathered at once when re-measuring distances
+_PROBE_ROWS = 256  # rows of the first block, which decide whether float32 candidates are worth computing
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,7 +148,8 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
        candidates again from float64 products (the same bound with ``u = 2⁻⁵³``: it certifies clouds with a few
        huge-norm points, such as the attention-sink token of LLM hidden states, where the float32 bound exceeds
        the neighbour distances of almost every row), then, for near ties, from ``m = 4k + 32`` float64
-       candidates; the few that fail even then are measured against every row directly.
+       candidates; the few that fail even then are measured against every row directly. When the first
+       ``_PROBE_ROWS`` rows mostly fail in float32, the remaining rows start from float64 candidates.
     """
     X = np.asarray(X)
     if X.dtype != np.float32:
@@ -203,14 +205,26 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
 
     block = max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
     out = np.empty((n, k), dtype=np.float64)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
+    # The first rows probe the float32 bound. When it certifies fewer than half of them (clouds of near-duplicates,
+    # e.g. shallow LLM layers where one token in different contexts gives nearly the same vector), every later
+    # block goes straight to float64 candidates instead of paying float32 and then float64 for most rows.
+    probe = min(block, _PROBE_ROWS)
+    use64 = False
+    start = 0
+    while start < n:
+        stop = min(n, start + (probe if start == 0 else block))
         rows = torch.arange(start, stop, device=dev)
-        d2 = torch.addmm(sq[None, :], points[start:stop], points.T, alpha=-2.0).add_(sq[start:stop, None])
-        d2[rows - start, rows] = math.inf  # a point is not its own neighbour
-        exact, certified = refine(rows, d2, min(n - 1, k + 2))
-        result = exact[:, :k].clone()
-        failed = torch.nonzero(~certified).flatten()
+        if use64:
+            failed = torch.arange(stop - start, device=dev)
+            result = torch.empty((stop - start, k), dtype=torch.float64, device=dev)
+        else:
+            d2 = torch.addmm(sq[None, :], points[start:stop], points.T, alpha=-2.0).add_(sq[start:stop, None])
+            d2[rows - start, rows] = math.inf  # a point is not its own neighbour
+            exact, certified = refine(rows, d2, min(n - 1, k + 2))
+            result = exact[:, :k].clone()
+            failed = torch.nonzero(~certified).flatten()
+            if start == 0 and stop < n and 2 * failed.numel() > stop - start:
+                use64 = True
         if failed.numel():  # float64 candidates for the rows the float32 bound cannot certify
             r64 = rows[failed]
             d2_64 = torch.addmm(centred_sq[None, :], centred[r64], centred.T, alpha=-2.0).add_(centred_sq[r64, None])
@@ -227,6 +241,7 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
                 row[start + i] = math.inf
                 result[i] = torch.topk(row, k, largest=False, sorted=True).values
         out[start:stop] = result.cpu().numpy()
+        start = stop
     return out
 
 

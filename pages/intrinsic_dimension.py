@@ -35,14 +35,15 @@ workspace_caption(ws)
 L = ws.n_blocks
 n_tokens = ws.n_cloud_tokens()
 
-current: IDSettings = st.session_state.get(SETTINGS) or IDSettings(max_points=min(4096, n_tokens))
+current: IDSettings = st.session_state.get(SETTINGS) or IDSettings(max_points=max(MIN_POINTS, min(4096, n_tokens)))
 with st.form("id-form"):
     c = st.columns(4)
     n_subsets = c[0].number_input("Disjoint subsets", 2, 16, current.n_subsets, key="id-subsets",
                                   help="each state's cloud is split into this many disjoint random subsets; "
                                        "the band is their spread (at least 4 recommended)")
     max_points = c[1].number_input("Points per state", MIN_POINTS, 1_000_000,
-                                   min(current.max_points or n_tokens, n_tokens), step=256, key="id-points",
+                                   max(MIN_POINTS, min(current.max_points or n_tokens, n_tokens)), step=256,
+                                   key="id-points",
                                    help=f"tokens of each state's cloud used (of {n_tokens:,}), subsampled with a "
                                         "fixed seed; more points = smaller scales and more time")
     gride_k = c[2].number_input("GRIDE k", 1, 32, current.gride_k, key="id-gride-k",
@@ -132,12 +133,12 @@ if c[2].button("Compute second profile", disabled=kind == "none", key="id-compar
         run_with_progress(f"Capturing {other.name}", lambda p: other_ws.capture(progress=p))
         other_prof = run_with_progress(f"Intrinsic dimension of {other.name}",
                                        lambda p: id_profile_result(other_ws, settings, progress=p))
-        st.session_state[SECOND] = (kind, other.fingerprint, other.name, other_prof)
+        st.session_state[SECOND] = (kind, ws.key(), other.name, other_prof)
     except (ModelLoadError, TextError, ValueError) as exc:
         st.error(str(exc))
 second = st.session_state.get(SECOND)
-if second is not None and second[3].settings == settings and kind != "none":
-    _, fp, name, other_prof = second
+if second is not None and second[0] == kind and second[1] == ws.key() and second[3].settings == settings:
+    _, _, name, other_prof = second
     label = ws.lm.name.split(" (")[0]
     fig = gf.id_profile_chart([(label, prof), (name, other_prof)], [main], ID_LABELS, x="depth", band=band,
                               title=f"{ID_LABELS[main]} against depth as a fraction: {label} and {name}")

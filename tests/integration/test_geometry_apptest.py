@@ -77,8 +77,9 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
 
     spec = ModelSpec()
     lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
-    at.session_state["prune_result"] = Variant(name="minus 12,13", model=apply_actions(lm.model, {"remove_blocks": [12, 13]}),
-                                               action={"remove_blocks": [12, 13]}, base_fingerprint=lm.fingerprint)
+    action = {"remove_blocks": [12, 13]}
+    at.session_state["prune_result"] = Variant(name="minus 12,13", model=apply_actions(lm.model, action),
+                                               action=action, base_fingerprint=lm.fingerprint)
     at.run()
     at.selectbox(key="id-compare").set_value("pruned").run()
     at.button(key="id-compare-go").click().run()
@@ -113,3 +114,25 @@ def test_projections_page_pca_then_umap(at):
     at.button(key="proj-umap-go").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)
     assert _charts(at) == 1 and "UMAP computed in" in _texts(at)
+
+
+def test_id_page_compares_with_gemma_when_installed(at):
+    from analysis.extra_models import gemma_installed
+
+    at.switch_page("pages/intrinsic_dimension.py")
+    at.run()
+    if not gemma_installed():
+        labels = at.selectbox(key="id-compare").options
+        assert any("not installed" in o for o in labels)  # offered, with how to install it
+        at.selectbox(key="id-compare").set_value("gemma").run()
+        at.button(key="id-compare-go").click().run()
+        assert not at.exception and any("make gemma" in e.value for e in at.error)
+        pytest.skip("Gemma-3-270M is optional (make gemma): checked the page says how to install it")
+    at.number_input(key="id-points").set_value(512)
+    at.button(key="id-compute").click().run()
+    at.selectbox(key="id-compare").set_value("gemma").run()
+    at.button(key="id-compare-go").click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "gemma" in specs.lower() and "against depth as a fraction" in specs
+    assert "18 blocks, width 640" in _texts(at)

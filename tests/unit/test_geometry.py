@@ -151,6 +151,19 @@ def test_knn_exact_with_a_massive_outlier() -> None:
         np.testing.assert_allclose(got, np.sort(D, axis=1)[:, :k], rtol=1e-6)
 
 
+def test_knn_exact_on_near_duplicates_takes_the_float64_path() -> None:
+    """Tiny neighbour distances against large norms (shallow LLM layers): the float32 probe fails, later blocks
+    start in float64; the distances must still be exact."""
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((60, 48)) * 100.0
+    X = (np.repeat(centres, 10, axis=0) + 1e-3 * rng.standard_normal((600, 48))).astype(np.float32)
+    got = idm.knn_distances(X, 4)
+    Y = X.astype(np.float64)
+    D = np.sqrt(((Y[:, None, :] - Y[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    np.testing.assert_allclose(got, np.sort(D, axis=1)[:, :4], rtol=1e-5)
+
+
 @pytest.mark.parametrize(("cloud", "message"), [
     (np.random.default_rng(0).standard_normal((15, 8)), "at least 20"),
     (np.ones((100, 8)), "constant cloud"),
@@ -275,3 +288,56 @@ def test_token_text_escapes() -> None:
             return {1: "\n", 2: " the", 3: "x", 4: ""}[ids[0]]
 
     assert token_text(Tok(), [1, 2, 3, 4, 2]) == ["\\n", "·the", "x", "∅", "·the"]
+
+
+class _Tok:
+    def decode(self, ids):
+        return f"t{ids[0]}"
+
+
+@dataclass
+class _FakeProjectionWorkspace:
+    """32 windows x 16 tokens; state 0 constant, state 1 a noisy plane."""
+
+    lm: object = field(default_factory=lambda: type("LM", (), {"tokenizer": _Tok(), "name": "fake", "width": 8})())
+
+    @property
+    def calibration(self):
+        from analysis.workspace import Calibration
+
+        return Calibration(n_windows=32, window_len=16)
+
+    n_states = 2
+
+    def capture(self, progress=None):
+        rng = np.random.default_rng(0)
+        states = np.stack([np.ones((32, 16, 8), dtype=np.float32),
+                           rng.standard_normal((32, 16, 8)).astype(np.float32)])
+        tokens = rng.integers(0, 50, size=(32, 16))
+        from analysis.clouds import all_token_cloud
+
+        cap = type("Cap", (), {})()
+        cap.tokens = tokens
+        cap.all_token_cloud = lambda s, n_max=None, seed=0, exclude_first=0: all_token_cloud(
+            states, s, n_max=n_max, seed=seed, exclude_first=exclude_first)
+        return cap
+
+    def result(self, kind, params, compute, refresh=False):
+        return cache.cached(kind, {"fake-projection": 1, **params}, compute, refresh=refresh)
+
+
+def test_projection_of_a_constant_state_is_a_message_not_nan() -> None:
+    from analysis.geometry import ProjectionSettings, projection
+
+    ws = _FakeProjectionWorkspace()
+    with pytest.raises(ValueError, match="fewer than 4 distinct points"):
+        projection(ws, 0, ProjectionSettings(method="pca", n_points=100))
+    p = projection(ws, 1, ProjectionSettings(method="pca", n_components=3, n_points=100, drop_first=1))
+    assert len(p.points) == 100 and (p.points["position"] >= 1).all()
+    assert np.all(np.isfinite(p.points[["x", "y", "z"]].to_numpy())) and np.all(np.isfinite(p.explained))
+    assert set(p.points["token"]) <= {f"t{i}" for i in range(50)}
+    assert (p.points["frequency"] >= 1).all()
+    fig = gf.projection_scatter(p.points, "log_frequency", "log10 count", "t", n_components=3)
+    assert len(fig.data) == 1
+    with pytest.raises(ValueError, match="state must be"):
+        projection(ws, 5)
