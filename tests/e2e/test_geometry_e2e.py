@@ -39,9 +39,9 @@ def test_small_calibration(ui):
 def test_avss_page(ui):
     ui.nav("AVSS")
     ui.page.get_by_text("AVSS per block").first.wait_for()
+    ui.page.locator(".js-plotly-plot").nth(4).wait_for()  # five charts (rendered after the text, under load)
     body = ui.text()
     assert "Remove blocks" in body and "Send to prune" in body
-    assert ui.page.locator(".js-plotly-plot").count() >= 5
     ui.shot("10-avss-mlp")
     _select(ui, "Activation site", "block output (residual stream)")
     ui.page.get_by_text("Sparsity is near zero").first.wait_for()
@@ -49,6 +49,8 @@ def test_avss_page(ui):
     ui.shot("11-avss-residual")
     _tall_shot(ui, "11b-avss-residual-whole")
     ui.button("Use relative threshold ε · RMS(a)")
+    ui.page.get_by_text("RMS(a) (per token)").first.wait_for()  # the rerun with the relative threshold is shown
+    ui.wait_idle()
     assert "Sparsity is near zero" not in ui.text()
     ui.shot("12-avss-relative")
     _tall_shot(ui, "12b-avss-relative-whole")
@@ -60,9 +62,9 @@ def test_intrinsic_dimension_page(ui):
     _number(ui, "Points per state", "512")
     ui.button("Compute ID profile")
     ui.page.get_by_text("ID against scale (GRIDE sweep)").first.wait_for()
+    ui.page.locator(".js-plotly-plot").nth(1).wait_for()
     body = ui.text()
     assert "Peak" in body and "Final ID" in body and "576" in body
-    assert ui.page.locator(".js-plotly-plot").count() >= 2
     ui.shot("13-intrinsic-dimension")
     _tall_shot(ui, "13b-id-whole", height=2600)
 
@@ -70,7 +72,7 @@ def test_intrinsic_dimension_page(ui):
 def test_projections_page(ui):
     ui.nav("Token projections")
     ui.page.get_by_text("Explained variance").first.wait_for()
-    assert ui.page.locator(".js-plotly-plot").count() == 1
+    ui.page.locator(".js-plotly-plot").first.wait_for()
     ui.page.get_by_text("Hide the first position of each window").first.click()
     ui.wait_idle()
     ui.shot("14-projections-pca")
