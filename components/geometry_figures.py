@@ -118,11 +118,11 @@ def id_profile_chart(profiles: Sequence[tuple[str, object]], estimators: Sequenc
                 if peak is not None:
                     px = peak[0] if x == "state" else peak[0] / prof.n_blocks
                     fig.add_annotation(x=px, y=peak[1], text=f"peak h{peak[0]}: {peak[1]:.1f}", showarrow=True,
-                                       arrowhead=2, ax=0, ay=-30, font=dict(color=colour))
+                                       arrowhead=2, ax=0, ay=-30 - 22 * pi, font=dict(color=colour))
                 if final is not None and (peak is None or final[0] != peak[0]):
                     fx = final[0] if x == "state" else final[0] / prof.n_blocks
                     fig.add_annotation(x=fx, y=final[1], text=f"final {final[1]:.1f}", showarrow=True,
-                                       arrowhead=2, ax=-40, ay=25, font=dict(color=colour))
+                                       arrowhead=2, ax=-45, ay=28 if pi == 0 else -32, font=dict(color=colour))
     width_text = " · ".join(f"{n}: width {w}" if len(widths) > 1 else f"ambient width {w}" for n, w in widths)
     if width_text:
         fig.add_annotation(xref="paper", yref="paper", x=1.0, y=1.0, xanchor="right", yanchor="bottom",
