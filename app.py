@@ -1,7 +1,7 @@
 """LayerScope: look inside a causal language model layer by layer, and make it smaller.
 
 Entry point: the shared sidebar and the navigation over ``pages/``. Run with ``make run`` or
-``streamlit run app.py``.
+``streamlit run app.py``; ``make demo`` (``-- --present``) opens the guided presentation instead.
 """
 
 import os
@@ -10,9 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
-from components import navigation, sidebar  # noqa: E402
+from components import navigation, presentation, sidebar  # noqa: E402
 
 st.set_page_config(page_title="LayerScope", page_icon=":material/biotech:", layout="wide")
-page = st.navigation(navigation.pages())
-sidebar.render()
-page.run()
+if presentation.options().present:
+    st.navigation([st.Page("pages/presentation.py", title="LayerScope", default=True)], position="hidden").run()
+else:
+    from analysis.models import ModelLoadError
+
+    sidebar.render()
+    try:
+        st.navigation(navigation.pages()).run()
+    except ModelLoadError as exc:  # e.g. a results-only folder asked to compute something new
+        st.error(str(exc))

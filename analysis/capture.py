@@ -92,7 +92,7 @@ def capture_hidden_states(
     window_len: int = 128,
     storage: str = "float32",
     states: Sequence[int] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Progress | None = None,
     refresh: bool = False,
     positions: str = "all",
@@ -102,8 +102,10 @@ def capture_hidden_states(
     ``states`` restricts what is stored (``None`` = all ``L + 1``); ``storage`` is ``float32`` or ``float16``;
     ``positions="last"`` keeps only the last position of every window (what last-token clouds need: 500 windows
     of 32 tokens then take 36 MB instead of 1.1 GB), and the result's window length is 1.
+    ``batch_size`` windows go through the model at once (default: about 2048 tokens per batch).
     ``progress(done, total, message)`` is called after every batch.
     """
+    batch_size = batch_size or max(1, 2048 // max(1, window_len))
     if positions not in ("all", "last"):
         raise ValueError("positions must be 'all' or 'last'")
     if storage not in STORAGE_DTYPES:
@@ -145,7 +147,7 @@ def capture_hidden_states(
 
 
 @torch.no_grad()
-def iter_hidden_states(lm: LoadedModel, windows: np.ndarray, batch_size: int = 8,
+def iter_hidden_states(lm: LoadedModel, windows: np.ndarray, batch_size: int = 16,
                        progress: Progress | None = None):
     """Yield ``(first_window_index, hidden_states tuple)`` batch by batch (the model's own device and dtype)."""
     base = lm.model.base_model

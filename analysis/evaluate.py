@@ -2,8 +2,9 @@
 
 * **Perplexity** on held-out text: the first ``n_tokens`` tokens of the text (no special tokens), read with a
   sliding window of ``context`` tokens moved by ``stride``; each window scores only its last ``stride`` tokens
-  (the first window scores all but its first token), so every scored token sees at least ``context − stride``
-  tokens of context once the first window is past. ``tokens`` is the number of scored tokens.
+  (the first window scores all but its first token), so every token but the first is scored exactly once and
+  sees at least ``context − stride`` tokens of context once the first window is past (with ``stride = context``
+  windows overlap by one token). ``tokens`` is the number of scored tokens.
 * **Fidelity** to the original on the same scored positions: mean per-token KL divergence
   ``KL(p_original ‖ p_candidate)`` (nats) and top-1 agreement (how often both predict the same next token).
 * **Cost**: parameters (tied matrices counted once), bytes of weights, prefill tokens/s (one forward of a
@@ -13,12 +14,14 @@
 * **Recovery** = original perplexity / candidate perplexity (1.0 = no loss), as compression tools report it.
 * A greedy generation from a fixed prompt, original and candidate side by side.
 
-The original's log-probabilities on the evaluation positions are kept in memory (one entry), so evaluating a
-second candidate against the same original and text costs one model pass, not two.
+The original's log-probabilities on the evaluation positions and its table row (speed included) are kept in
+memory (one entry), so evaluating a second candidate against the same original, text and settings costs one
+model pass, not two.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import statistics
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import count_parameters, weight_bytes
+from .models import count_parameters, input_device, weight_bytes
 from .texts import Text, token_ids
 
 Progress = Callable[[int, int, str], None]
@@ -121,7 +124,8 @@ def windows_for(ids: np.ndarray, context: int, stride: int) -> list[tuple[int, i
         prev_end = end
         if end >= n:
             break
-        start += stride
+        # the next window must start before prev_end so that the token at prev_end has context to be scored
+        start = min(start + stride, prev_end - 1)
     return out
 
 
@@ -140,7 +144,7 @@ def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, prog
                  keep: bool = False, reference: list[torch.Tensor] | None = None) -> _Pass:
     """One sliding-window pass: NLL of the scored tokens, argmax rows, and KL against ``reference`` rows."""
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
+    device = input_device(model)
     wins = windows_for(ids, settings.context, settings.stride)
     nll, count, kl = 0.0, 0, 0.0
     kept: list[torch.Tensor] | None = [] if keep else None
@@ -148,17 +152,19 @@ def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, prog
     k = 0
     for b0 in range(0, len(wins), settings.batch_size):
         batch = wins[b0:b0 + settings.batch_size]
-        # windows of one length go together; the last, shorter one runs alone
-        groups: dict[int, list] = {}
+        # windows of one shape (length, scored count) go together: the first and the last may differ
+        groups: dict[tuple[int, int], list] = {}
         for w in batch:
-            groups.setdefault(w[1] - w[0], []).append(w)
+            groups.setdefault((w[1] - w[0], w[1] - w[2]), []).append(w)
         rows = []
-        for group in groups.values():
+        for (_, n_scored), group in groups.items():
             x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
-            logp = torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), dim=-1)
+            # logits at position p predict token p + 1: the scored targets first .. e-1 need the logits of
+            # positions first-1 .. e-2, i.e. the last n_scored + 1 positions without the very last one
+            logits = _last_logits(model, x, n_scored + 1)[:, :-1]
+            logp = torch.log_softmax(logits.float(), dim=-1)
             for r, (s, e, first) in enumerate(group):
-                # logits at position p predict token p + 1; the scored targets are positions first .. e-1
-                rows.append((s, logp[r, first - s - 1:e - s - 1], x[r, first - s:e - s]))
+                rows.append((s, logp[r], x[r, first - s:e - s]))
         for _, lp, tgt in sorted(rows, key=lambda t: t[0]):
             nll -= float(lp.gather(-1, tgt[:, None]).sum())
             count += int(tgt.numel())
@@ -175,20 +181,30 @@ def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, prog
     return _Pass(nll, count, argmax, kept, kl if reference is not None else None, time.perf_counter() - t0)
 
 
+def _last_logits(model: nn.Module, x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions only (``logits_to_keep`` skips the LM head elsewhere)."""
+    try:
+        return model(input_ids=x, use_cache=False, logits_to_keep=keep).logits[:, -keep:]
+    except TypeError:  # a model class without logits_to_keep
+        return model(input_ids=x, use_cache=False).logits[:, -keep:]
+
+
 _ORIGINAL_MEMO: dict = {}
 
 
-def _original_pass(original: nn.Module, original_key: str, ids: np.ndarray, settings: EvalSettings,
-                   progress: Progress | None) -> _Pass:
-    key = (original_key, settings.n_tokens, settings.context, settings.stride, hash(ids.tobytes()))
+def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray, settings: EvalSettings,
+              progress: Progress | None) -> tuple[_Pass, ModelEvaluation]:
+    """The original's pass (log-prob rows kept for KL) and its table row, memoised per (weights, settings)."""
+    key = (original_key, hash(ids.tobytes()), tuple(sorted(settings.to_dict().items())))
     if not original_key or _ORIGINAL_MEMO.get("key") != key:
         _ORIGINAL_MEMO.clear()
         gc.collect()
         result = _scored_pass(original, ids, settings, progress, "original", keep=True)
+        row = _row(original, tokenizer, result, settings)
         if not original_key:
-            return result
-        _ORIGINAL_MEMO.update(key=key, result=result)
-    return _ORIGINAL_MEMO["result"]
+            return result, row
+        _ORIGINAL_MEMO.update(key=key, result=result, row=row)
+    return _ORIGINAL_MEMO["result"], copy.deepcopy(_ORIGINAL_MEMO["row"])
 
 
 def evaluation_ids(tokenizer, text: Text, n_tokens: int) -> np.ndarray:
@@ -218,9 +234,9 @@ def evaluate(
     ids = evaluation_ids(tokenizer, text, settings.n_tokens)
     if candidate is None:
         o = _scored_pass(original, ids, settings, progress, "original")
+        orig = _row(original, tokenizer, o, settings)
     else:
-        o = _original_pass(original, original_key, ids, settings, progress)
-    orig = _row(original, tokenizer, o, settings)
+        o, orig = _original(original, tokenizer, original_key, ids, settings, progress)
     table = EvaluationTable(settings=settings.to_dict(), text=text.describe(), original=orig,
                             candidate_name=candidate_name)
     if candidate is None:
@@ -248,7 +264,7 @@ def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings) -> Model
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32) -> str:
     """Greedy continuation of ``prompt`` (the continuation only)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
@@ -257,26 +273,30 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32)
 
 @torch.no_grad()
 def measure_prefill(model: nn.Module, n_tokens: int = 512, repeats: int = 3) -> tuple[float, int]:
-    """Prefill throughput (tokens/s, median of ``repeats``) and peak memory of one forward pass."""
-    device = next(model.parameters()).device
+    """Prefill throughput (tokens/s, median of ``repeats`` after a warm-up) and peak memory of the last pass."""
+    device = input_device(model)
     vocab = model.get_input_embeddings().weight.shape[0]
     x = torch.randint(100, max(101, vocab - 1), (1, n_tokens), generator=torch.Generator().manual_seed(0)).to(device)
     model(input_ids=x, use_cache=False)  # warm-up
     times = []
-    for _ in range(repeats):
+
+    def timed_pass() -> None:
         _sync(device)
         t0 = time.perf_counter()
         model(input_ids=x, use_cache=False)
         _sync(device)
         times.append(time.perf_counter() - t0)
-    peak = _peak_memory(lambda: model(input_ids=x, use_cache=False), device, weight_bytes(model))
+
+    for _ in range(repeats - 1):
+        timed_pass()
+    peak = _peak_memory(timed_pass, device, weight_bytes(model))
     return n_tokens / statistics.median(times), peak
 
 
 @torch.no_grad()
 def measure_decode(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 32, repeats: int = 2) -> float:
     """Milliseconds per generated token (greedy, KV cache), median of ``repeats``."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
     pad = tokenizer.pad_token_id or tokenizer.eos_token_id
     times = []

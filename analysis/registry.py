@@ -125,6 +125,33 @@ def group_names() -> list[str]:
     return names + sorted(g for g in _GROUP_WRITERS if g not in names)
 
 
+@dataclass(frozen=True)
+class ReportSection:
+    """A section of the HTML report: ``build(ws)`` returns items from *cached* results only (never computes).
+
+    Items are ``("figure", plotly_figure, caption)``, ``("table", DataFrame, caption)`` or ``("text", str, "")``;
+    an empty list leaves the section out.
+    """
+
+    key: str
+    title: str
+    build: Callable
+    order: int = 100
+
+
+_REPORT_SECTIONS: dict[str, ReportSection] = {}
+
+
+def register_report_section(section: ReportSection) -> ReportSection:
+    _REPORT_SECTIONS[section.key] = section
+    return section
+
+
+def report_sections() -> list[ReportSection]:
+    _load_all()
+    return sorted(_REPORT_SECTIONS.values(), key=lambda s: (s.order, s.key))
+
+
 _LOADED = False
 
 

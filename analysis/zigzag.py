@@ -66,6 +66,9 @@ __all__ = [
     "estimate_simplex_count",
     "estimate_zigzag_seconds",
     "ZIGZAG_SECONDS_PER_EVENT",
+    "ZIGZAG_REFERENCE_EVENTS",
+    "ZIGZAG_REFERENCE_SECONDS",
+    "ZIGZAG_EVENTS_EXPONENT",
     "betti_per_layer",
     "birth_frequency",
     "interlayer_persistence",
@@ -481,19 +484,29 @@ def estimate_simplex_count(
     return SimplexCount(np.array(rows, dtype=np.int64), exact, n_distinct, n_events)
 
 
-#: Seconds of Dionysus' zigzag per event (entry or exit of a simplex); median of runs on 500 points x 31 layers,
-#: k = 4, m = 3 on this machine (70..100 µs per event over 20k..120k events). Building the complexes adds < 1 s.
-ZIGZAG_SECONDS_PER_EVENT = 9.0e-5
+#: Dionysus' zigzag time grows faster than its number of events (entries and exits of simplices): the cycle
+#: representatives it reduces get longer as the complexes grow. Fitted on last-token clouds of the bundled model
+#: (31 states, bench/topology.py): with N = 250, 500, 1000, 2000 points (k = 4, m = 3) the events grew 30k, 55k,
+#: 112k, 221k and the time 4.4, 18, 79, 429 s on the shared, loaded 2-core machine, i.e. ``seconds ~ events ** 2.27``
+#: (k = 8 on 500 points, 314k events: 527 s, on the same law). The reference is the default setting, 500 windows of
+#: 32 tokens, k = 4, m = 3: 63,086 events, about 11-12 s on one idle core (15-24 s measured under load).
+ZIGZAG_REFERENCE_EVENTS = 63_086
+ZIGZAG_REFERENCE_SECONDS = 12.0
+ZIGZAG_EVENTS_EXPONENT = 2.27
+#: Kept for callers of the earlier linear estimate: the reference's seconds per event.
+ZIGZAG_SECONDS_PER_EVENT = ZIGZAG_REFERENCE_SECONDS / ZIGZAG_REFERENCE_EVENTS
 
 
 def estimate_zigzag_seconds(count: SimplexCount) -> float:
     """Rough wall time of :func:`zigzag_bars` from :func:`estimate_simplex_count` (expect a factor of 2 either way).
 
-    Uses the exact number of zigzag events when known, else the simplices summed over layers (events are between
-    0.3 and 2 times that, depending on how much consecutive layers share).
+    ``ZIGZAG_REFERENCE_SECONDS * (events / ZIGZAG_REFERENCE_EVENTS) ** ZIGZAG_EVENTS_EXPONENT``: a power law fitted on
+    real clouds from 30k to 314k events (see the constants). Uses the exact number of zigzag events when known, else
+    the simplices summed over layers (events are between 0.3 and 2 times that, depending on how much consecutive
+    layers share).
     """
     events = count.n_events if count.n_events is not None else count.total
-    return float(ZIGZAG_SECONDS_PER_EVENT * events)
+    return float(ZIGZAG_REFERENCE_SECONDS * (events / ZIGZAG_REFERENCE_EVENTS) ** ZIGZAG_EVENTS_EXPONENT)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

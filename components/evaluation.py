@@ -25,7 +25,7 @@ def evaluation_frame(table: EvaluationTable) -> pd.DataFrame:
     return pd.DataFrame(table.rows()).drop(columns=["generation"])
 
 
-def evaluation_view(table: EvaluationTable) -> None:
+def evaluation_view(table: EvaluationTable, key: str = "evaluation") -> None:
     rows = table.rows()
     shown = []
     for r in rows:
@@ -46,7 +46,7 @@ def evaluation_view(table: EvaluationTable) -> None:
                "KL(original ‖ changed) and top-1 agreement on the same positions. Recovery = original perplexity / "
                "changed perplexity. Peak memory: weights plus the growth during one prefill (CPU: sampled RSS, "
                "approximate; CUDA: allocator peak).")
-    csv_download(evaluation_frame(table), "evaluation.csv", label="evaluation CSV")
+    csv_download(evaluation_frame(table), "evaluation.csv", label="evaluation CSV", key=f"csv-{key}")
     st.markdown(f"**Greedy generation** from: _{s['prompt']}_")
     cols = st.columns(len(rows))
     for col, r in zip(cols, rows):

@@ -10,12 +10,21 @@ PAGES = {
     ],
     "Inspect": [
         ("pages/linearity.py", "Linearity and baselines", ":material/grid_on:", False),
-        ("pages/avss.py", "AVSS", ":material/bar_chart:", False),
+        ("pages/avss.py", "AVSS", ":material/equalizer:", False),
         ("pages/intrinsic_dimension.py", "Intrinsic dimension", ":material/stacked_line_chart:", False),
         ("pages/projections.py", "Token projections", ":material/scatter_plot:", False),
+        ("pages/persistence.py", "Persistence barcodes", ":material/bar_chart:", False),
+        ("pages/zigzag.py", "Zigzag persistence", ":material/timeline:", False),
+    ],
+    "Decide": [
+        ("pages/overview.py", "Overview", ":material/join_inner:", False),
     ],
     "Change": [
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
+    ],
+    "Compare and share": [
+        ("pages/variants.py", "Variants", ":material/compare:", False),
+        ("pages/recipe.py", "Recipe and report", ":material/description:", False),
     ],
 }
 

@@ -20,12 +20,15 @@ TEXT = "calibration_text"
 TEXT_ERROR = "text_error"
 CALIBRATION = "calibration"
 PRUNE_SELECTION = "prune_selection"
+VARIANTS = "variants"
+COMPARE = "compare_variant"
 PRUNE_SOURCE = "prune_selection_source"
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
-def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool) -> LoadedModel:
-    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code))
+def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool,
+          max_memory: str = "") -> LoadedModel:
+    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code, max_memory))
 
 
 def request_model(spec: ModelSpec) -> None:
@@ -40,7 +43,8 @@ def loaded_model() -> LoadedModel | None:
     st.session_state.setdefault(SPEC, spec)
     try:
         with st.spinner(f"Loading {spec.source} … (the bundled GGUF is de-quantised once, ~20 s, then cached)"):
-            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
+            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code,
+                       spec.max_memory)
         st.session_state[GOOD_SPEC] = spec
         return lm
     except ModelLoadError as exc:
@@ -51,7 +55,8 @@ def loaded_model() -> LoadedModel | None:
     if good is not None and good != spec:
         st.session_state[SPEC] = good
         try:
-            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code)
+            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code,
+                         good.max_memory)
         except Exception:
             return None
     return None
@@ -87,11 +92,30 @@ def workspace() -> Workspace | None:
         st.error(st.session_state.get(MODEL_ERROR, "No model is loaded."))
         st.info("Choose a model in the sidebar: 'default', a Hugging Face id, a local folder or a .gguf file.")
         return None
+    if lm.source_kind == "results":
+        return results_workspace(lm)
     text = calibration_text()
     if text is None:
         st.error(st.session_state.get(TEXT_ERROR, "No calibration text."))
         return None
     return Workspace(lm=lm, text=text, calibration=calibration())
+
+
+def results_workspace(lm) -> Workspace:
+    """A results folder brings its own text and windows: the cached results are keyed by them."""
+    from pathlib import Path
+
+    from analysis.texts import text_from_string
+
+    info = lm.calibration
+    text_info = info.get("text") or {}
+    content = Path(info["text_file"]).read_text(encoding="utf-8")
+    text = text_from_string(content, name=text_info.get("name", "text"), source=text_info.get("source", "bundled"))
+    cal = Calibration(**{k: v for k, v in (info.get("calibration") or {}).items()
+                         if k in Calibration.__dataclass_fields__})
+    st.caption(f"Results-only model: text **{text.label}** and windows {cal.n_windows} × {cal.window_len} come from "
+               "the results folder.")
+    return Workspace(lm=lm, text=text, calibration=cal)
 
 
 def set_prune_selection(blocks: list[int], source: str) -> None:
@@ -121,3 +145,49 @@ def widget_to_selection(widget_key: str) -> None:
     """on_change of the block picker: the widget becomes the selection (typed by hand)."""
     st.session_state[PRUNE_SELECTION] = sorted(st.session_state.get(widget_key, []))
     st.session_state[PRUNE_SOURCE] = "chosen by hand"
+
+
+def variants() -> list:
+    """The variants kept in this session for the current model (newest last)."""
+    lm = loaded_model()
+    return [v for v in st.session_state.get(VARIANTS, []) if lm is None or v.base_fingerprint == lm.fingerprint]
+
+
+def add_variant(variant) -> None:
+    """Keep a variant (a variant with the same name is replaced)."""
+    kept = [v for v in st.session_state.get(VARIANTS, []) if v.name != variant.name]
+    st.session_state[VARIANTS] = kept + [variant]
+
+
+def remove_variant(name: str) -> None:
+    st.session_state[VARIANTS] = [v for v in st.session_state.get(VARIANTS, []) if v.name != name]
+    if st.session_state.get(COMPARE) == name:
+        st.session_state.pop(COMPARE, None)
+
+
+def latest_variant(kind: str | None = None):
+    """The newest variant (optionally only those whose action has key ``kind``)."""
+    for v in reversed(variants()):
+        if kind is None or v.action.get(kind):
+            return v
+    return None
+
+
+def compare_variant():
+    """The variant chosen in the sidebar for side-by-side comparison on metric pages, if any."""
+    name = st.session_state.get(COMPARE)
+    return next((v for v in variants() if v.name == name), None)
+
+
+def compare_workspace(ws):
+    """A workspace on the compared variant (same text and windows), or ``None``."""
+    from analysis.workspace import Workspace
+
+    v = compare_variant()
+    if v is None or ws is None:
+        return None
+    cache_key = ("compare-lm", v.name, id(v.model))
+    if st.session_state.get("_compare_lm_key") != cache_key:
+        st.session_state["_compare_lm"] = v.as_loaded_model(ws.lm)
+        st.session_state["_compare_lm_key"] = cache_key
+    return Workspace(lm=st.session_state["_compare_lm"], text=ws.text, calibration=ws.calibration)

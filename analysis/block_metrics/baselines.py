@@ -51,3 +51,29 @@ register(BlockMetric(
     is_cached=_cached,
     suggest_rule=_best_range,
 ))
+
+
+def _report(ws) -> list:
+    import pandas as pd
+
+    from .. import plots
+
+    if not ws.has_result("baselines", {"v": 1}):
+        return []
+    res = baseline_results(ws)
+    L = len(res["block_influence"])
+    best = pd.DataFrame(baselines.best_ranges(res["angular"]), columns=["size", "start", "end", "distance"])
+    best.insert(1, "range", [f"[{s}, {e})" for s, e in zip(best.start, best.end)])
+    return [
+        ("figure", plots.bars(list(range(L)), res["block_influence"], "Block influence (low = redundant)",
+                              plots.BLOCK_AXIS, "BI"), "BI_b = 1 − mean cos(h_b, h_(b+1)) over all tokens (ShortGPT)."),
+        ("figure", plots.heatmap(res["angular"], list(range(1, L + 1)), list(range(L)), "Angular distance d(l, n)",
+                                 "block size n", "start block l", colorscale="Viridis_r"),
+         "arccos(cos(h_l, h_(l+n)))/π on the last token of each window (Gromov et al.)."),
+        ("table", best[["size", "range", "distance"]], "Best range [start, end) of every size."),
+    ]
+
+
+from ..registry import ReportSection, register_report_section  # noqa: E402
+
+register_report_section(ReportSection("baselines", "Block influence and angular distance", _report, order=20))

@@ -36,38 +36,14 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import pandas as pd
+    from ..runs import resolve_groups, write_metric_files
+    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from
 
-    from .. import registry
-    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from, write_csv, write_json
-
-    groups = registry.groups()
-    known = registry.group_names()  # metric groups, then file-only groups (id)
-    wanted = known if args.metrics == "all" else [g.strip() for g in args.metrics.split(",") if g.strip()]
-    unknown = [g for g in wanted if g not in known]
-    if unknown:
-        raise ValueError(f"unknown metric group(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    group_params = {"avss": {"site": getattr(args, "avss_site", "mlp"), "eps": getattr(args, "avss_eps", None),
-                             "relative": getattr(args, "avss_relative", False)}}
+    groups = resolve_groups(args.metrics)
+    group_params = {"avss": {"site": args.avss_site, "eps": args.avss_eps, "relative": args.avss_relative}}
     out = prepare_out_dir(args.out)
-    lm = load(args)
-    ws = workspace_from(args, lm)
+    ws = workspace_from(args, load(args))
     ws.capture(TqdmProgress("capture"))
-    table = pd.DataFrame({"block": range(ws.n_blocks)})
-    run_info = {**ws.describe(), "metrics": {}}
-    for g in wanted:
-        params = group_params.get(g)
-        for m in groups.get(g, []):
-            print(f"[metrics] {m.key}", file=sys.stderr)
-            table[m.key] = m.scores(ws, params, progress=TqdmProgress(m.key))
-            run_info["metrics"][m.key] = {"redundant_when": m.redundant_when, "description": m.description}
-        writer = registry.group_writer(g)
-        if writer is not None:
-            columns, info = writer(ws, out, TqdmProgress(g), **({"params": params} if params else {}))
-            for name, values in columns.items():
-                table[name] = values
-            run_info.update(info)
-    write_csv(out / "layers.csv", table)
-    write_json(out / "run.json", run_info)
+    write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)
     print(out / "layers.csv")
     return 0

@@ -123,7 +123,7 @@ class UI:
         self.wait_idle()
 
     def fill(self, label: str, value: str) -> None:
-        field = self.page.get_by_label(label).first
+        field = self.page.get_by_role("textbox", name=label, exact=True).first
         field.fill(value)
         field.press("Tab")
 

@@ -1,0 +1,54 @@
+"""Every registered metric side by side: rank-normalised scores, suggestions, consensus and their overlap.
+
+Writes ``DIR/overview.csv`` (one row per block: each metric's raw score and its rank-normalised redundancy, 1 = most
+redundant), ``DIR/suggestions.json`` (each metric's k blocks, the votes and the consensus) and ``DIR/overlap.csv``
+(pairwise Jaccard overlap of the suggestions). By default only metrics already in the cache take part (as in the
+dashboard); ``--compute`` computes the others with their default settings.
+
+Example:
+  python -m analysis overview --model default --text alice --k 4 --out out/overview
+"""
+
+NAME = "overview"
+HELP = "compare every metric's suggested blocks and their consensus"
+
+
+def add_arguments(p):
+    from ._common import add_calibration_args, add_model_args
+
+    add_model_args(p)
+    add_calibration_args(p)
+    p.add_argument("--k", type=int, default=4, help="blocks each metric suggests")
+    p.add_argument("--metrics", default=None, help="comma-separated metric keys (default: every registered one)")
+    p.add_argument("--compute", action="store_true", help="compute metrics that are not cached yet")
+    p.add_argument("--out", required=True)
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from .. import consensus, registry
+    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from, write_csv, write_json
+
+    chosen = registry.metrics() if not args.metrics else [registry.get(k.strip()) for k in args.metrics.split(",")]
+    out = prepare_out_dir(args.out)
+    ws = workspace_from(args, load(args))
+    if not args.compute:
+        chosen = consensus.computed_metrics(ws, chosen)
+        if not chosen:
+            raise ValueError("no metric is cached for this model and text; pass --compute or run `metrics` first")
+    if not 1 <= args.k < ws.n_blocks:
+        raise ValueError(f"--k must lie in 1..{ws.n_blocks - 1}")
+    scores = consensus.score_table(ws, chosen, progress=TqdmProgress("metrics"))
+    ranks = consensus.rank_table(scores, chosen)
+    suggested = consensus.suggestions(ws, chosen, args.k, scores)
+    agreed = consensus.consensus(suggested, ranks, args.k)
+    table = pd.concat([scores, ranks.add_suffix("_rank")], axis=1).reset_index()
+    write_csv(out / "overview.csv", table)
+    write_csv(out / "overlap.csv", consensus.pairwise_overlap(suggested), index=True)
+    write_json(out / "suggestions.json", {
+        "k": args.k, "metrics": {m.key: {"blocks": suggested[m.key], "redundant_when": m.redundant_when}
+                                 for m in chosen},
+        "votes": consensus.votes(suggested, ws.n_blocks).tolist(), "consensus": agreed, **ws.describe()})
+    print(out / "suggestions.json")
+    return 0

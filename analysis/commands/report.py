@@ -1,0 +1,45 @@
+"""Write the self-contained HTML report (figures embedded, opens offline) from what is in the cache.
+
+The report shows the model card, every view already computed for this model, text and windows, where the metrics
+agree, and — with ``--recipe`` — the recipe's change and its evaluation table. Nothing is computed to write it:
+run ``metrics``/``topology``/… first (or ``run`` a recipe, which writes its own report).
+
+Example:
+  python -m analysis report --model default --text alice --out out/report.html
+  python -m analysis report --recipe out/pruned/recipe.json --out out/report.html
+"""
+
+NAME = "report"
+HELP = "write the self-contained HTML report from cached results"
+
+
+def add_arguments(p):
+    from ._common import add_calibration_args, add_model_args
+
+    add_model_args(p)
+    add_calibration_args(p)
+    p.add_argument("--recipe", default=None, help="take model, text and windows from this recipe and show its change")
+    p.add_argument("--title", default=None)
+    p.add_argument("--out", required=True, help="the .html file to write")
+
+
+def run(args) -> int:
+    from .. import recipe as rc
+    from ..models import load_model
+    from ..report import build_report, write_report
+    from ..variants import describe_action
+    from ..workspace import Workspace
+    from ._common import load, workspace_from
+
+    changes = []
+    if args.recipe:
+        recipe = rc.load(args.recipe)
+        ws = Workspace(lm=load_model(rc.spec_of(recipe)), text=rc.text_of(recipe), calibration=rc.calibration_of(recipe))
+        if recipe.get("action"):
+            changes.append({"name": recipe.get("name") or describe_action(recipe["action"]),
+                            "action": recipe["action"], "evaluation": recipe.get("evaluation"), "recipe": recipe})
+    else:
+        ws = workspace_from(args, load(args))
+    path = write_report(args.out, build_report(ws, changes, title=args.title))
+    print(path)
+    return 0

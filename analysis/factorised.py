@@ -1,0 +1,488 @@
+"""Applying low-rank truncation to a model, and saving/loading the result (METHODS.md §6 and §8).
+
+Two forms of a truncated model:
+
+* **dense** — ``W' = B @ A`` is written back into the original ``nn.Linear``. The model keeps its architecture,
+  so :func:`save_dense` is an ordinary ``save_pretrained`` that plain ``AutoModelForCausalLM.from_pretrained``
+  reloads. No saving in size (the point is to evaluate quality).
+* **factorised** — the ``nn.Linear`` is replaced by :class:`FactorisedLinear` (``x ↦ B(A(x))``), which has
+  ``k·(m+n)`` weights instead of ``m·n``. :func:`save_factorised` writes a checkpoint that is actually smaller
+  and records the ranks in ``config.json`` under the key ``"layerscope_factorised"``
+  (``{qualified linear name: rank}``); :func:`load_factorised` rebuilds the model from it.
+
+Loading a factorised checkpoint in your own code (it needs only this file, torch, transformers, safetensors)::
+
+    from analysis.factorised import load_factorised
+    model = load_factorised("path/to/export")          # an ordinary LlamaForCausalLM with FactorisedLinear inside
+
+Without this module: build ``AutoModelForCausalLM.from_config(config)``, replace every module named in
+``config.layerscope_factorised`` by ``Sequential``-like ``A: Linear(n→k, bias=False)`` followed by
+``B: Linear(k→m, bias=<original>)`` (state-dict keys ``<name>.A.weight``, ``<name>.B.weight``, ``<name>.B.bias``),
+then ``load_state_dict`` from ``model.safetensors`` and ``tie_weights()``. **Do not** load a factorised checkpoint
+with plain ``from_pretrained``: transformers would warn about missing weights and initialise those matrices
+at random. :func:`is_factorised_checkpoint` tells the two kinds apart.
+
+Writes are atomic: everything goes into a temporary sibling directory that is renamed into place at the end;
+a non-empty target is never overwritten unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .lowrank import (
+    CalibrationStats,
+    LowRankFactors,
+    Method,
+    Whitening,
+    activation_loss,
+    check_rank,
+    decompose,
+    rank_for_ratio,
+    saves_parameters,
+    whitening,
+)
+
+__all__ = [
+    "CONFIG_KEY",
+    "FactorisedLinear",
+    "TruncatedMatrix",
+    "TruncationReport",
+    "plan_for_ratio",
+    "apply_truncation",
+    "factorised_ranks",
+    "densify",
+    "atomic_directory",
+    "save_dense",
+    "save_factorised",
+    "load_factorised",
+    "is_factorised_checkpoint",
+]
+
+#: Key in ``config.json`` holding ``{qualified linear name: rank}`` of a factorised checkpoint.
+CONFIG_KEY = "layerscope_factorised"
+
+
+class FactorisedLinear(nn.Module):
+    """``y = B(A(x))``: ``A = Linear(n → k, bias=False)``, ``B = Linear(k → m, bias=<as the original>)``.
+
+    Replaces an ``nn.Linear(n → m)`` whose weight is approximated by ``B.weight @ A.weight`` (``m×k`` · ``k×n``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_rank(out_features, in_features, rank)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.A = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.B = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    @classmethod
+    def from_factors(cls, B: Tensor, A: Tensor, bias: Tensor | None = None) -> FactorisedLinear:
+        """Module with ``B.weight = B`` (``m×k``), ``A.weight = A`` (``k×n``) and the given output bias."""
+        if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
+            raise ValueError(f"factors do not chain: B {tuple(B.shape)}, A {tuple(A.shape)}")
+        module = cls(A.shape[1], B.shape[0], A.shape[0], bias=bias is not None, device=A.device, dtype=A.dtype)
+        with torch.no_grad():
+            module.A.weight.copy_(A)
+            module.B.weight.copy_(B)
+            if bias is not None:
+                module.B.bias.copy_(bias)
+        return module
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.B.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.B(self.A(x))
+
+    def dense_weight(self) -> Tensor:
+        """``B @ A`` as one ``m×n`` matrix."""
+        return self.B.weight @ self.A.weight
+
+    def to_linear(self) -> nn.Linear:
+        """An ``nn.Linear`` with weight ``B @ A`` and the same bias."""
+        w = self.A.weight
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.B.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.dense_weight())
+            if self.B.bias is not None:
+                linear.bias.copy_(self.B.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Truncating a model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TruncatedMatrix:
+    """One row of a :class:`TruncationReport`.
+
+    ``params_before`` / ``params_after`` count the weights of the matrix (bias excluded, it is unchanged) as stored
+    in the chosen form: a dense truncation stores ``m·n`` either way. ``factorised_params = k·(m+n)``.
+    ``predicted_loss = ||W X − W' X||_F`` over the calibration tokens, ``relative_loss`` that over ``||W X||_F``;
+    ``damping`` is the λ SVD-LLM/NSVD added to the Gram (``relative_damping`` in units of its mean diagonal).
+    """
+
+    name: str
+    out_features: int
+    in_features: int
+    rank: int
+    params_before: int
+    params_after: int
+    factorised_params: int
+    saves_parameters: bool
+    predicted_loss: float
+    relative_loss: float
+    damping: float
+    relative_damping: float
+
+
+@dataclass(frozen=True)
+class TruncationReport:
+    """What :func:`apply_truncation` did: the method, form, options and one :class:`TruncatedMatrix` per matrix."""
+
+    method: str
+    form: str
+    options: dict[str, float | None]
+    matrices: list[TruncatedMatrix]
+
+    @property
+    def params_before(self) -> int:
+        return sum(r.params_before for r in self.matrices)
+
+    @property
+    def params_after(self) -> int:
+        return sum(r.params_after for r in self.matrices)
+
+    def records(self) -> list[dict[str, object]]:
+        """One dict per matrix (e.g. for ``pandas.DataFrame``)."""
+        return [asdict(r) for r in self.matrices]
+
+
+def plan_for_ratio(model: nn.Module, names: Sequence[str], ratio: float) -> dict[str, int]:
+    """``{name: rank_for_ratio(m, n, ratio)}`` for every named ``nn.Linear`` (the uniform-ratio plan)."""
+    modules = dict(model.named_modules())
+    plan: dict[str, int] = {}
+    for name in names:
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{name!r} is not an nn.Linear of this model")
+        plan[name] = rank_for_ratio(module.out_features, module.in_features, ratio)
+    return plan
+
+
+@torch.no_grad()
+def apply_truncation(
+    model: nn.Module,
+    plan: Mapping[str, int],
+    stats: CalibrationStats | None,
+    method: Method,
+    form: str = "dense",
+    alpha: float = 0.5,
+    k1_share: float = 0.95,
+    damping: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TruncationReport:
+    """Truncate every ``nn.Linear`` named in ``plan`` (``name → rank``) **in place** and report what happened.
+
+    ``method`` is ``"svd"``, ``"asvd"`` (``alpha``), ``"svd_llm"`` (``damping``) or ``"nsvd"`` (``k1_share``,
+    ``damping``); ``stats`` may be ``None`` only for ``"svd"`` (the predicted loss is then NaN).
+    ``form="dense"`` writes ``W' = B @ A`` into the original weight; ``form="factorised"`` swaps in a
+    :class:`FactorisedLinear`. All ranks are validated before anything changes. Linears reading the same input
+    share one Cholesky factorisation. ``progress(done, total)`` is called after each matrix.
+    """
+    if form not in ("dense", "factorised"):
+        raise ValueError(f"form must be 'dense' or 'factorised', got {form!r}")
+    if stats is None and method != "svd":
+        raise ValueError(f"method {method!r} needs calibration statistics")
+    modules = dict(model.named_modules())
+    for name, k in plan.items():
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            kind = "missing" if module is None else type(module).__name__
+            raise ValueError(f"{name!r} is not an nn.Linear of this model ({kind})")
+        check_rank(module.out_features, module.in_features, k)
+        if stats is not None and name not in stats:
+            raise ValueError(f"no calibration statistics for {name!r}")
+    whitenings: dict[int, Whitening] = {}
+    rows: list[TruncatedMatrix] = []
+    for i, (name, k) in enumerate(plan.items()):
+        linear: nn.Linear = modules[name]  # type: ignore[assignment]
+        W = linear.weight
+        m, n = W.shape
+        site = stats[name] if stats is not None else None
+        white = None
+        if method in ("svd_llm", "nsvd") and site is not None:
+            key = id(site)
+            if key not in whitenings:
+                whitenings[key] = whitening(site.gram.to(W.device), damping)
+            white = whitenings[key]
+        factors: LowRankFactors = decompose(
+            W, site, k, method, alpha=alpha, k1_share=k1_share, damping=damping, white=white  # type: ignore[arg-type]
+        )
+        if site is not None:
+            loss = activation_loss(W, factors.B.double() @ factors.A.double(), site.gram)
+            reference = activation_loss(W, torch.zeros_like(W), site.gram)
+            relative = loss / reference if reference > 0 else 0.0
+        else:
+            loss = relative = float("nan")
+        if form == "dense":
+            linear.weight.copy_(factors.weight())
+        else:
+            replacement = FactorisedLinear.from_factors(factors.B, factors.A, linear.bias)
+            replacement.train(linear.training)
+            model.set_submodule(name, replacement)
+        rows.append(
+            TruncatedMatrix(
+                name=name,
+                out_features=m,
+                in_features=n,
+                rank=k,
+                params_before=m * n,
+                params_after=m * n if form == "dense" else k * (m + n),
+                factorised_params=k * (m + n),
+                saves_parameters=saves_parameters(m, n, k),
+                predicted_loss=loss,
+                relative_loss=relative,
+                damping=factors.damping,
+                relative_damping=factors.relative_damping,
+            )
+        )
+        if progress is not None:
+            progress(i + 1, len(plan))
+    options = {"alpha": alpha} if method == "asvd" else {}
+    if method in ("svd_llm", "nsvd"):
+        options["damping"] = damping
+    if method == "nsvd":
+        options["k1_share"] = k1_share
+    return TruncationReport(method=method, form=form, options=options, matrices=rows)
+
+
+def factorised_ranks(model: nn.Module) -> dict[str, int]:
+    """``{qualified name: rank}`` of every :class:`FactorisedLinear` in ``model``."""
+    return {name: m.rank for name, m in model.named_modules() if isinstance(m, FactorisedLinear)}
+
+
+@torch.no_grad()
+def densify(model: nn.Module) -> list[str]:
+    """Replace every :class:`FactorisedLinear` by an ``nn.Linear`` holding ``B @ A``, in place; return their names."""
+    names = list(factorised_ranks(model))
+    for name in names:
+        module: FactorisedLinear = model.get_submodule(name)  # type: ignore[assignment]
+        dense = module.to_linear()
+        dense.train(module.training)
+        model.set_submodule(name, dense)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``target``; on success rename it to ``target``, on error delete it.
+
+    Raises ``FileExistsError`` before anything is written if ``target`` is a file, or a non-empty directory and
+    ``overwrite`` is false. With ``overwrite`` the old directory is moved aside and deleted only after the new
+    one is in place.
+    """
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a directory")
+        if any(target.iterdir()) and not overwrite:
+            raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_extra_files(directory: Path, extra_files: Mapping[str, str | bytes] | None) -> None:
+    for rel, content in (extra_files or {}).items():
+        path = directory / rel
+        if directory.resolve() not in path.resolve().parents:
+            raise ValueError(f"extra file {rel!r} would land outside the export directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def _edit_config(directory: Path, ranks: Mapping[str, int] | None) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.pop(CONFIG_KEY, None)
+    if ranks:
+        config[CONFIG_KEY] = dict(ranks)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_dense(
+    model: nn.Module,
+    directory: str | Path,
+    tokenizer: object | None = None,
+    overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes] | None = None,
+) -> Path:
+    """``save_pretrained`` (safetensors) of a dense-truncated model, atomically; reloads with plain transformers.
+
+    Refuses a model that still contains :class:`FactorisedLinear` (call :func:`densify` first, or use
+    :func:`save_factorised`). ``extra_files`` (relative path → content) are written into the same directory,
+    e.g. the recipe.
+    """
+    if factorised_ranks(model):
+        raise ValueError("the model contains FactorisedLinear modules; densify() it or use save_factorised()")
+    directory = Path(directory)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)  # type: ignore[operator]
+        _edit_config(tmp, None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+        _write_extra_files(tmp, extra_files)
+    return directory
+
+
+def save_factorised(
+    model: nn.Module,
+    directory: str | Path,
+    tokenizer: object | None = None,
+    overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes] | None = None,
+) -> Path:
+    """Save a model containing :class:`FactorisedLinear` modules so that the file holds ``A``/``B`` only.
+
+    The weights go to ``model.safetensors`` via ``save_pretrained`` (keys ``<name>.A.weight``,
+    ``<name>.B.weight``, ``<name>.B.bias``); ``config.json`` gains ``"layerscope_factorised": {name: rank}``.
+    Reload with :func:`load_factorised`. Atomic, never overwrites a non-empty directory unless ``overwrite``.
+    """
+    ranks = factorised_ranks(model)
+    if not ranks:
+        raise ValueError("the model has no FactorisedLinear modules; use save_dense()")
+    directory = Path(directory)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)  # type: ignore[operator]
+        _edit_config(tmp, ranks)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+        _write_extra_files(tmp, extra_files)
+    return directory
+
+
+def is_factorised_checkpoint(directory: str | Path) -> bool:
+    """True when ``directory/config.json`` records factorised ranks (load it with :func:`load_factorised`)."""
+    path = Path(directory) / "config.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get(CONFIG_KEY))
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / f for f in dict.fromkeys(weight_map.values())]
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"no model.safetensors (or index) in {directory}")
+
+
+@torch.no_grad()
+def load_factorised(
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_factorised`: config → model → FactorisedLinear swaps → weights.
+
+    ``dtype`` defaults to the dtype stored in the checkpoint. Missing weights other than tied ones, or
+    unexpected keys, raise ``ValueError``: a factorised checkpoint never loads half-initialised.
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    directory = Path(directory)
+    config = AutoConfig.from_pretrained(directory)
+    ranks: dict[str, int] = dict(getattr(config, CONFIG_KEY, None) or {})
+    if not ranks:
+        raise ValueError(f"{directory} is not a factorised checkpoint (no {CONFIG_KEY!r} in config.json)")
+    state: dict[str, Tensor] = {}
+    for file in _checkpoint_files(directory):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                state[key] = handle.get_tensor(key)
+    if dtype is None:
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, rank in ranks.items():
+        original = model.get_submodule(name)
+        if not isinstance(original, nn.Linear):
+            raise ValueError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
+        model.set_submodule(
+            name,
+            FactorisedLinear(original.in_features, original.out_features, int(rank), bias=original.bias is not None, dtype=dtype),
+        )
+    model.tie_weights()  # tied parameters now share storage, so a missing tied key is recognisable
+    result = model.load_state_dict(state, strict=False)
+    tied = _tied_parameter_names(model)
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"checkpoint does not match the rebuilt model: missing {missing}, unexpected {result.unexpected_keys}")
+    model.tie_weights()
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def _tied_parameter_names(model: nn.Module) -> set[str]:
+    """Parameter names that share storage with another parameter (e.g. a tied ``lm_head.weight``)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        else:
+            seen[id(p)] = name
+    return tied

@@ -1,0 +1,157 @@
+"""Plotly figures of the topology views: barcodes, persistence diagrams, Betti curves, the zigzag barcode."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+DIM_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+STATE_AXIS = "hidden state l (h_0 = embeddings; h_l = output of block l - 1)"
+
+
+def _colour(d: int) -> str:
+    return DIM_COLOURS[d % len(DIM_COLOURS)]
+
+
+def _segments(x0: np.ndarray, x1: np.ndarray, y: np.ndarray) -> tuple[list, list]:
+    xs, ys = [], []
+    for a, b, c in zip(x0.tolist(), x1.tolist(), y.tolist()):
+        xs += [a, b, None]
+        ys += [c, c, None]
+    return xs, ys
+
+
+def zigzag_barcode(bars: pd.DataFrame, n_layers: int, cap: int = 300) -> tuple[go.Figure, pd.DataFrame, int]:
+    """One horizontal bar per zigzag feature from its birth layer to its death layer, coloured by dimension.
+
+    Longest first (ties: lower dimension, earlier birth), at most ``cap`` drawn. Returns ``(figure, drawn bars,
+    number not drawn)``. A bar is drawn on ``[birth_layer, death_layer]``: alive in ``birth_layer .. death_layer - 1``;
+    ``death_layer = n_layers`` means alive in the last state.
+    """
+    b = bars.assign(lifetime=bars["death_layer"] - bars["birth_layer"])
+    b = b.sort_values(["lifetime", "dim", "birth_layer"], ascending=[False, True, True], kind="stable")
+    shown = b.head(max(0, int(cap))).reset_index(drop=True)
+    hidden = len(b) - len(shown)
+    fig = go.Figure()
+    y = np.arange(len(shown))
+    height = max(360, min(900, 120 + 3 * len(shown)))
+    width = float(np.clip(0.6 * (height - 120) / max(1, len(shown)), 0.5, 4.0))  # thin enough not to merge
+    for d in sorted(shown["dim"].unique()):
+        sel = shown["dim"].to_numpy() == d
+        xs, ys = _segments(shown["birth_layer"].to_numpy()[sel], shown["death_layer"].to_numpy()[sel], y[sel])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"H{d}", line=dict(color=_colour(int(d)),
+                                                                                   width=width),
+                                 hoverinfo="skip"))
+        # one invisible marker per bar carries the hover text
+        mid = (shown["birth_layer"].to_numpy()[sel] + shown["death_layer"].to_numpy()[sel]) / 2
+        text = [f"H{d}: born in h{bl}, alive through h{dl - 1} ({dl - bl} layer{'s' if dl - bl != 1 else ''})"
+                for bl, dl in zip(shown["birth_layer"].to_numpy()[sel], shown["death_layer"].to_numpy()[sel])]
+        fig.add_trace(go.Scatter(x=mid, y=y[sel], mode="markers", marker=dict(size=6, opacity=0),
+                                 hovertext=text, hoverinfo="text", showlegend=False))
+    title = f"Zigzag barcode: {len(shown):,} longest bars" + (f" (+{hidden:,} more not drawn)" if hidden else "")
+    fig.update_layout(title=title, xaxis_title=STATE_AXIS, yaxis_title="bar (longest first)",
+                      height=height, margin=dict(l=60, r=20, t=50, b=50),
+                      legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    fig.update_xaxes(range=[-0.5, n_layers + 0.5], dtick=2)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    return fig, shown.drop(columns="lifetime"), hidden
+
+
+def _finite_top(diagrams: Sequence[np.ndarray]) -> float:
+    vals = [float(np.max(d[np.isfinite(d)])) for d in diagrams if d.size and np.isfinite(d).any()]
+    return max(vals + [1e-9])
+
+
+def persistence_barcode(diagrams: Sequence[np.ndarray], title: str) -> go.Figure:
+    """Barcode of one state: bars by dimension, each dimension sorted by birth then length; ∞ drawn to the edge."""
+    top = _finite_top(diagrams) * 1.08
+    fig = go.Figure()
+    offset = 0
+    for d, dgm in enumerate(diagrams):
+        if dgm.shape[0] == 0:
+            continue
+        order = np.lexsort((-(dgm[:, 1] - dgm[:, 0]), dgm[:, 0]))
+        dg = dgm[order]
+        death = np.where(np.isfinite(dg[:, 1]), dg[:, 1], top)
+        y = offset + np.arange(dg.shape[0])
+        xs, ys = _segments(dg[:, 0], death, y)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"H{d} ({dg.shape[0]})",
+                                 line=dict(color=_colour(d), width=2), hoverinfo="skip"))
+        offset += dg.shape[0] + 5
+    fig.update_layout(title=title, xaxis_title="scale (units of the median pairwise distance)",
+                      yaxis_title="bar", height=420, margin=dict(l=60, r=20, t=50, b=50),
+                      legend=dict(orientation="h", y=-0.2))
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    return fig
+
+
+def persistence_diagram(diagrams: Sequence[np.ndarray], title: str) -> go.Figure:
+    """Birth against death per dimension, with the diagonal; essential bars on a dashed line at the top."""
+    top = _finite_top(diagrams) * 1.08
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", line=dict(color="#888", dash="dot"),
+                             showlegend=False, hoverinfo="skip"))
+    fig.add_hline(y=top, line=dict(color="#bbb", dash="dash"), annotation_text="∞", annotation_position="right")
+    for d, dgm in enumerate(diagrams):
+        if dgm.shape[0] == 0:
+            continue
+        inf = ~np.isfinite(dgm[:, 1])
+        death = np.where(inf, top, dgm[:, 1])
+        symbols = np.where(inf, "triangle-up", "circle").tolist()
+        fig.add_trace(go.Scatter(x=dgm[:, 0], y=death, mode="markers", name=f"H{d}",
+                                 marker=dict(color=_colour(d), size=6, symbol=symbols),
+                                 hovertemplate="birth %{x:.4f}, death %{y:.4f}<extra>H" + str(d) + "</extra>"))
+    fig.update_layout(title=title, xaxis_title="birth", yaxis_title="death", height=420,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(range=[-0.02 * top, top * 1.02])
+    fig.update_yaxes(range=[-0.02 * top, top * 1.05])
+    return fig
+
+
+def betti_curves(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Step curves ``β_d(t)`` from :func:`analysis.topology.betti_curves`."""
+    fig = go.Figure()
+    for col in [c for c in frame.columns if c.startswith("betti_")]:
+        d = int(col.split("_")[1])
+        fig.add_trace(go.Scatter(x=frame["t"], y=frame[col], mode="lines", line_shape="hv", name=f"β{d}",
+                                 line=dict(color=_colour(d))))
+    fig.update_layout(title=title, xaxis_title="scale t", yaxis_title="Betti number", height=360,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def zbar_curve(zbar: np.ndarray, p: int, alpha: float, fractions: Sequence[float],
+               suggested_states: Sequence[int]) -> go.Figure:
+    """``Z̄_p(l)`` per state with the threshold lines and the suggested states shaded."""
+    x = np.arange(len(zbar))
+    fig = go.Figure(go.Scatter(x=x, y=zbar, mode="lines+markers", name=f"Z̄_{p}",
+                               hovertemplate="h%{x}: %{y:.4f}<extra></extra>"))
+    top = float(np.max(zbar)) if len(zbar) else 0.0
+    for f, dash in zip(fractions, ["dash", "dot", "dashdot"]):
+        fig.add_hline(y=f * top, line=dict(color="#d62728", dash=dash, width=1),
+                      annotation_text=f"{f:g} · max", annotation_position="top left")
+    for s in suggested_states:
+        fig.add_vrect(x0=s - 0.5, x1=s + 0.5, fillcolor="#d62728", opacity=0.12, line_width=0)
+    fig.update_layout(title=f"Averaged inter-layer persistence Z̄_{p}(l), α = {alpha:g}", xaxis_title=STATE_AXIS,
+                      yaxis_title=f"Z̄_{p}", height=380, margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], title: str,
+                         y_title: str) -> go.Figure:
+    """``frame[f"{prefix}{d}"]`` against ``frame["state"]``: H0 on the left axis, higher dimensions on the right
+    (their values are often orders of magnitude smaller)."""
+    fig = go.Figure()
+    for d in dims:
+        fig.add_trace(go.Scatter(x=frame["state"], y=frame[f"{prefix}{d}"], mode="lines+markers", name=f"H{d}",
+                                 line=dict(color=_colour(d)), yaxis="y" if d == 0 else "y2",
+                                 hovertemplate="h%{x}: %{y:.4f}<extra>H" + str(d) + "</extra>"))
+    fig.update_layout(title=title, xaxis_title=STATE_AXIS, height=380, margin=dict(l=60, r=60, t=50, b=50),
+                      legend=dict(orientation="h", y=-0.25),
+                      yaxis=dict(title=dict(text=f"{y_title}, H0", font=dict(color=_colour(0)))),
+                      yaxis2=dict(title=dict(text=f"{y_title}, H1+", font=dict(color=_colour(1))), overlaying="y",
+                                  side="right", showgrid=False))
+    return fig

@@ -1,0 +1,152 @@
+"""Zigzag persistence across layers (Gardinazzi et al., arXiv 2410.11042) and its pruning suggestion."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis import topology as topo
+from analysis.texts import TextError
+from components import figures, state
+from components import topology_figures as tf
+from components.widgets import figure_with_csv, run_with_progress
+
+SETTINGS = "zigzag_settings"
+
+st.title("Zigzag persistence")
+st.caption(
+    "Gardinazzi et al., *Persistent Topological Features in Large Language Models* (arXiv 2410.11042, ICML 2025). "
+    "The last-token cloud of every hidden state h_0 … h_L (one point per window) → symmetrised k-nearest-neighbour "
+    "graph → clique complex up to dimension m → the zigzag K_0 ⊇ K_0∩K_1 ⊆ K_1 ⊇ … ⊆ K_L → barcodes from "
+    "Dionysus 2. **What the paper used:** k scanned from 1 to 15, m = 4, α = 0, and the pruning rule "
+    "Z̄_1(l) ≥ 0.9 · max (0.8 also shown); its clouds are the normalised inputs of each block's MLP. **Here** the "
+    "states are the residual-stream last-token clouds (h_L already has the final norm applied), and m = 3 by "
+    "default to stay interactive. Only H_p with p < m is meaningful: the H_m bars are artefacts of cutting the "
+    "complex at dimension m and are left out.")
+
+ws = state.workspace()
+if ws is None:
+    st.stop()
+current: topo.ZigzagSettings = st.session_state.get(SETTINGS) or topo.ZigzagSettings()
+
+with st.form("zigzag-form"):
+    c = st.columns(4)
+    n_windows = c[0].number_input("Windows (points)", 1, 100_000, current.n_windows, key="zz-windows",
+                                  help="the first N non-overlapping windows of the text; one point per window")
+    window_len = c[1].number_input("Tokens per window", 2, 4096, current.window_len, key="zz-len")
+    k = c[2].number_input("k (nearest neighbours)", 1, 100, current.k, key="zz-k", help="paper: scanned 1-15")
+    m = c[3].number_input("m (clique dimension)", 1, 10, current.max_dim, key="zz-m",
+                          help="paper: 4; 1..4 accepted (above, the simplex count explodes)")
+    allow_large = st.checkbox("Run even if the estimated cost is large", key="zz-allow",
+                              help=f"above about {topo.ZIGZAG_WARN_SECONDS:.0f} s of Dionysus the run asks first")
+    submitted = st.form_submit_button("Compute zigzag", type="primary")
+
+st.caption(f"**{ws.lm.name}** · {ws.n_blocks} blocks · text **{ws.text.label}**. The zigzag uses its own windows "
+           "(above), not the sidebar's; state s is the output of block s − 1, and blocks are 0-based.")
+
+result = None
+if submitted:
+    settings = topo.ZigzagSettings(int(n_windows), int(window_len), int(k), int(m))
+    try:
+        topo.check_zigzag_settings(settings, ws.lm, ws.text)
+        st.session_state[SETTINGS] = settings
+        result = run_with_progress("Zigzag persistence", lambda p: topo.compute_zigzag(
+            ws.lm, ws.text, settings, progress=p, allow_large=allow_large))
+    except topo.ZigzagTooLarge as exc:
+        st.warning(f"{exc} Tick **Run even if the estimated cost is large** and press **Compute zigzag** again.")
+    except (topo.TopologyError, TextError) as exc:
+        st.error(str(exc))
+elif topo.zigzag_is_cached(ws.lm, ws.text, current):
+    result = topo.compute_zigzag(ws.lm, ws.text, current)  # reads the cache
+
+if result is None:
+    if not submitted:
+        s = current
+        st.info(f"Press **Compute zigzag** to capture the last token of {s.n_windows} windows of {s.window_len} "
+                f"tokens of {ws.text.label} (once, cached) and run the zigzag with k = {s.k}, m = {s.max_dim}. The "
+                "default setting takes about 10-25 s of Dionysus on one CPU core after the capture.")
+        if topo.zigzag_estimate_is_cached(ws.lm, ws.text, s):
+            st.caption(f"Counted before: {topo.zigzag_estimate(ws.lm, ws.text, s).describe()}.")
+    st.stop()
+
+s, info = result.settings, result.info
+st.success(f"{s.n_windows} points × {result.n_layers} states, k = {s.k}, m = {s.max_dim}: "
+           f"{info['n_simplices']:,} distinct simplices, {info['n_events']:,} zigzag events, "
+           f"{info.get('seconds', 0):.1f} s (estimated {info.get('estimated_seconds', 0):.0f} s); "
+           f"{'read from the cache' if result.outcome and result.outcome.status == 'hit' else 'computed now'}.")
+
+st.header("View")
+c = st.columns(5)
+dims = list(range(max(1, s.max_dim)))
+p = c[0].selectbox("Dimension p", dims, index=min(1, len(dims) - 1), key="zz-p",
+                   help="homology dimension of Z_p and Z̄_p")
+alpha = c[1].number_input("α (weight exponent)", -5.0, 5.0, 0.0, step=0.5, key="zz-alpha",
+                          help="Z̄(l) weights layer i by |l − i|^α; α = 0 is the paper's plain mean")
+threshold = round(c[2].slider("Threshold (fraction of max)", 0.5, 1.0, 0.9, step=0.05, key="zz-threshold"), 2)
+min_life = c[3].number_input("Minimum lifetime (layers)", 1, result.n_layers, 1, key="zz-min-life",
+                             help="keep bars alive in at least this many layers; 1 keeps all")
+cap = c[4].number_input("Bars drawn", 10, 20_000, 300, step=50, key="zz-cap")
+st.caption(
+    f"A bar is alive in layers birth … death − 1. The paper's same-layer rule drops bars born and dead in the same "
+    f"layer: with the index → layer map i//2 + i%2 those are exactly the classes that live only inside an "
+    f"intersection K_(l−1) ∩ K_l and in no layer ({info['n_same_layer_dropped']:,} dropped here; "
+    f"{info['n_top_dim_bars']:,} H_{s.max_dim} artefacts left out). A loop present in one layer only — e.g. the "
+    "middle one of three — is born in that layer and dies entering the next intersection: a one-layer bar, kept "
+    "(it counts in that layer's β); a minimum lifetime of 2 drops it. With a minimum lifetime above 1 the Betti "
+    "numbers below count the remaining bars only.")
+
+fractions = tuple(dict.fromkeys([float(threshold), 0.8]))
+try:
+    view = topo.describe_zigzag(result, p=int(p), alpha=float(alpha), min_lifetime=int(min_life),
+                                fractions=fractions)
+except topo.TopologyError as exc:
+    st.error(str(exc))
+    st.stop()
+n = result.n_layers
+labels = figures.state_labels(n)
+
+st.header("Zigzag barcode")
+fig, shown, hidden = tf.zigzag_barcode(view.bars, n, cap=int(cap))
+figure_with_csv(fig, view.bars[["dim", "birth_index", "death_index", "birth_layer", "death_layer"]],
+                "zigzag_bars.csv", key="zz-bars")
+if hidden:
+    st.caption(f"{hidden:,} shorter bars are not drawn (the CSV has all {len(view.bars):,}).")
+
+c = st.columns(2)
+with c[0]:
+    betti = pd.DataFrame({"state": range(n), **{f"betti_{d}": view.betti[i] for i, d in enumerate(view.dims)}})
+    fig = figures.curves(range(n), {f"β{d}": view.betti[i] for i, d in enumerate(view.dims)},
+                         "Betti numbers per layer", tf.STATE_AXIS, "Betti number", hover_fmt=".0f")
+    figure_with_csv(fig, betti, "zigzag_betti.csv", key="zz-betti")
+with c[1]:
+    fig = figures.bars(range(n), view.births, f"Births' relative frequency, H{view.p}", tf.STATE_AXIS,
+                       "share of the bars born here")
+    figure_with_csv(fig, pd.DataFrame({"state": range(n), f"births_{view.p}": view.births}), "zigzag_births.csv",
+                    key="zz-births")
+
+st.header(f"Inter-layer persistence Z_{view.p}(l1, l2)")
+st.caption(f"Z_p(l1, l2) = number of p-bars born at or before min(l1, l2) and still alive in max(l1, l2), divided "
+           f"by β_p(l1) (0 where β_p(l1) = 0): the share of the features of l1 (row) that persist to l2. "
+           "Z_p(l, l) = 1 wherever β_p(l) > 0.")
+fig = figures.heatmap(view.Z, labels, labels, f"Z_{view.p}(l1 = row, l2 = column)", "l2", "l1", zmin=0, zmax=1,
+                      colorbar_title="Z")
+figure_with_csv(fig, pd.DataFrame(view.Z, index=pd.Index(labels, name="l1"), columns=labels), "zigzag_Z.csv",
+                index=True, key="zz-Z")
+
+st.header("Pruning suggestion")
+first = view.suggestions[fractions[0]]
+fig = tf.zbar_curve(view.zbar, view.p, view.alpha, fractions, first["states"])
+layers = topo.zigzag_layers_frame(result, view)
+figure_with_csv(fig, layers, "zigzag_layers.csv", key="zz-zbar")
+st.caption("Z̄_p(l) = Σ_i w(l, i) Z_p(l, i) / Σ_i w(l, i) with w = |l − i|^α. Suggested: the states with "
+           "Z̄_p ≥ fraction · max (never h_0, nor the last state, which carries the final norm); state s is removed by "
+           "removing block s − 1.")
+for f in fractions:
+    sug = view.suggestions[f]
+    ranges = ", ".join(f"[{a}, {b})" for a, b in sug["ranges"]) or "—"
+    cols = st.columns([4, 1])
+    cols[0].markdown(f"**Z̄_{view.p} ≥ {f:g} · max**: remove blocks `{', '.join(map(str, sug['blocks'])) or '—'}` "
+                     f"(ranges {ranges}; states {', '.join(f'h{x}' for x in sug['states']) or '—'})")
+    if cols[1].button("Send to prune page", key=f"zz-send-{f:g}", disabled=not sug["blocks"]):
+        state.send_to_prune(sug["blocks"], f"Zigzag persistence Z̄_{view.p} ≥ {f:g}·max "
+                                           f"(k={s.k}, m={s.max_dim}, α={view.alpha:g}, {s.n_windows} windows)")
+with st.expander("Settings of this result"):
+    st.json(topo.zigzag_suggestion(result, view, ws.lm, ws.text))

@@ -1,0 +1,128 @@
+"""AppTest of the topology pages: compute on a button press, see the charts, read the cache on a rerun, send the
+zigzag suggestion to the prune page, and clear messages for settings that cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis import topology as topo
+from analysis.texts import text_from_string
+from analysis.workspace import Calibration
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = topo.ZigzagSettings(n_windows=120, window_len=32)
+
+
+def open_page(path: str, **session) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    for key, value in session.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def submit_zigzag(at: AppTest, windows: int = 120, k: int = 4, m: int = 3) -> None:
+    at.number_input(key="zz-windows").set_value(windows)
+    at.number_input(key="zz-k").set_value(k)
+    at.number_input(key="zz-m").set_value(m)
+    next(b for b in at.button if b.label == "Compute zigzag").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_zigzag_page_computes_shows_the_views_and_sends_the_suggestion(lm, alice):
+    at = open_page("pages/zigzag.py")
+    assert any("Press **Compute zigzag**" in i.value for i in at.info) or charts(at) >= 5
+    caption = " ".join(c.value for c in at.caption)
+    assert "k scanned from 1 to 15, m = 4, α = 0" in caption and "residual-stream last-token" in caption
+    submit_zigzag(at)
+    assert not at.error, [e.value for e in at.error]
+    assert charts(at) >= 5  # barcode, Betti, births, Z_p heatmap, Z̄_p
+    assert any("120 points × 31 states" in s.value for s in at.success)
+    assert any("middle one of three" in c.value and "minimum lifetime of 2 drops it" in c.value for c in at.caption)
+
+    # a rerun (a display control) reads the cache
+    at.number_input(key="zz-alpha").set_value(1.0)
+    at.run()
+    assert any("read from the cache" in s.value for s in at.success)
+    at.number_input(key="zz-alpha").set_value(0.0)
+    at.run()
+
+    view = topo.describe_zigzag(topo.compute_zigzag(lm, alice, SMALL))
+    expected = view.suggestions[0.9]["blocks"]
+    assert expected
+    at.button(key="zz-send-0.9").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["prune_selection"] == expected
+    assert at.multiselect(key="prune-blocks").value == expected
+    assert any("Zigzag persistence" in i.value for i in at.info)  # "Selection from Zigzag persistence ..."
+
+
+@pytest.mark.parametrize(
+    "windows, k, m, message",
+    [
+        (3, 4, 3, "at least k + 1 = 5 windows"),
+        (120, 4, 5, "between 1 and 4"),
+    ],
+)
+def test_zigzag_page_refuses_bad_settings_with_a_message(windows, k, m, message):
+    at = open_page("pages/zigzag.py")
+    submit_zigzag(at, windows=windows, k=k, m=m)
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert charts(at) == 0
+
+
+def test_zigzag_page_warns_before_a_setting_whose_simplex_count_explodes():
+    at = open_page("pages/zigzag.py")
+    submit_zigzag(at, windows=120, k=14, m=4)  # counted first (cheap): far above the warning limit
+    warnings = [w.value for w in at.warning]
+    assert any("This zigzag is large" in w and "Lower k or m" in w and "Run even if" in w for w in warnings), warnings
+    assert charts(at) == 0 and not at.error
+
+
+def test_zigzag_page_says_when_the_text_is_too_short():
+    short = text_from_string("Alice was beginning to get very tired. " * 30, name="short")
+    at = open_page("pages/zigzag.py", calibration_text=short)
+    submit_zigzag(at, windows=500)
+    errors = [e.value for e in at.error]
+    assert any("has" in e and "tokens; 500 windows of 32 tokens need 16000" in e for e in errors), errors
+
+
+def test_persistence_page_computes_on_press_and_shows_the_views():
+    at = open_page("pages/persistence.py", calibration=Calibration(n_windows=8, window_len=64))
+    assert any("Compute diagrams" in i.value for i in at.info)
+    at.number_input(key="ph-points").set_value(60)
+    at.run()
+    assert any("Expected cost" in c.value for c in at.caption)
+    at.button(key="ph-compute").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert charts(at) >= 6  # barcode, diagram, Betti curves, total persistence, entropy, H1 count
+    assert any("512 points per state" in c.value for c in at.caption)
+    at.slider(key="ph-layer").set_value(3)
+    at.run()
+    assert at.button(key="ph-compute").disabled  # cached now: a rerun reads the cache
+    n = charts(at)
+    at.button(key="ph-compute-dist").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert charts(at) == n + 1  # the layer x layer distance heatmap
+
+    # a bigger computation shows its expected cost before anything runs
+    at.number_input(key="ph-points").set_value(500)
+    at.selectbox(key="ph-dim").set_value(2)
+    at.run()
+    assert any("Expected cost" in w.value and "default (300 points" in w.value for w in at.warning)
