@@ -41,9 +41,8 @@ import torch
 from . import avss as avss_math
 from . import intrinsic_dimension as idm
 from .cache import CacheOutcome
-from .capture import iter_hidden_states
 from .clouds import dedupe_rows, normalise_scale, subsample_indices
-from .models import LoadedModel, fingerprint
+from .models import LoadedModel
 from .texts import calibration_windows
 from .workspace import Workspace
 
@@ -483,19 +482,6 @@ def _profile_from_arrays(arrays, data, settings: IDSettings, outcome) -> IDProfi
 
 def has_id_profile(ws: Workspace, settings: IDSettings | None = None) -> bool:
     return ws.has_result("id_profile", (settings or IDSettings()).cache_params())
-
-
-def derived_model(base: LoadedModel, model: torch.nn.Module, name: str) -> LoadedModel:
-    """A :class:`LoadedModel` around an in-memory model derived from ``base`` (e.g. a pruned variant).
-
-    It shares ``base``'s tokenizer and spec; its fingerprint is computed from its own weights and configuration,
-    so its captures and results are cached apart from the original's.
-    """
-    t0 = time.perf_counter()
-    fp = fingerprint(model)
-    return LoadedModel(model=model, tokenizer=base.tokenizer, spec=base.spec, name=name, fingerprint=fp,
-                       load_seconds=time.perf_counter() - t0, source_kind="derived", checkpoint_dir=None,
-                       notes=[f"derived from {base.name} ({base.fingerprint[:12]})"])
 
 
 def workspace_for(ws: Workspace, lm: LoadedModel) -> Workspace:

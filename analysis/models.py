@@ -194,6 +194,19 @@ def parse_max_memory(text: str) -> dict | None:
     return out
 
 
+def derived_model(base: LoadedModel, model: nn.Module, name: str) -> LoadedModel:
+    """A :class:`LoadedModel` around an in-memory model derived from ``base`` (a pruned or compressed variant).
+
+    It shares ``base``'s tokenizer and spec; its fingerprint is computed from its own weights and configuration,
+    so its captures and results are cached apart from the original's.
+    """
+    t0 = time.perf_counter()
+    fp = fingerprint(model)
+    return LoadedModel(model=model, tokenizer=base.tokenizer, spec=base.spec, name=name, fingerprint=fp,
+                       load_seconds=time.perf_counter() - t0, source_kind="derived", checkpoint_dir=None,
+                       notes=[f"derived from {base.name} ({base.fingerprint[:12]})"])
+
+
 def count_parameters(model: nn.Module) -> int:
     """Parameters counted once even when tied (the input embedding and the LM head often share one matrix)."""
     seen, total = set(), 0

@@ -10,11 +10,10 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.extra_models import GEMMA_LABEL, gemma_gguf_path, gemma_installed
-from analysis.geometry import derived_model
 from analysis.models import LoadedModel, ModelLoadError, ModelSpec, load_model
 from analysis.variants import Variant
+from components import state
 
-PRUNE_RESULT = "prune_result"  # set by pages/prune.py
 _DERIVED = "comparison_derived_model"
 
 
@@ -24,8 +23,8 @@ def _load_second(source: str, device: str, dtype: str) -> LoadedModel:
 
 
 def pruned_variant(base: LoadedModel) -> Variant | None:
-    """The variant applied on the prune page, if it was made from ``base``."""
-    v = st.session_state.get(PRUNE_RESULT)
+    """The variant chosen under *Compare with* in the sidebar, else the newest one, if made from ``base``."""
+    v = state.compare_variant() or state.latest_variant()
     if isinstance(v, Variant) and v.base_fingerprint == base.fingerprint:
         return v
     return None
@@ -36,7 +35,7 @@ def variant_model(base: LoadedModel, variant: Variant) -> LoadedModel:
     held = st.session_state.get(_DERIVED)
     if held is not None and held[0] is variant.model:
         return held[1]
-    lm = derived_model(base, variant.model, f"{base.name.split(' (')[0]} {variant.name}")
+    lm = variant.as_loaded_model(base)
     st.session_state[_DERIVED] = (variant.model, lm)
     return lm
 
@@ -45,7 +44,7 @@ def options(base: LoadedModel) -> dict[str, str]:
     """What can be compared with ``base``: ``{key: label}``."""
     out = {"none": "nothing"}
     v = pruned_variant(base)
-    out["pruned"] = f"the pruned variant ({v.name})" if v else "the pruned variant (apply one on the prune page first)"
+    out["pruned"] = f"the variant {v.name}" if v else "a variant (apply one on the prune or compress page first)"
     out["gemma"] = GEMMA_LABEL if gemma_installed() else f"{GEMMA_LABEL} (not installed: `make gemma`)"
     out["other"] = "another model (id, folder or .gguf)"
     return out
@@ -56,8 +55,7 @@ def second_model(kind: str, base: LoadedModel, source: str = "") -> LoadedModel:
     if kind == "pruned":
         v = pruned_variant(base)
         if v is None:
-            raise ModelLoadError("no pruned variant of this model yet: choose blocks on the prune page and press "
-                                 "'Apply and evaluate' first")
+            raise ModelLoadError("no variant of this model yet: apply a change on the prune or compress page first")
         return variant_model(base, v)
     if kind == "gemma":
         source = str(gemma_gguf_path())

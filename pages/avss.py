@@ -1,6 +1,5 @@
 """AVSS: activation variance and sparsity per block (Song et al., arXiv 2411.02117; METHODS.md §3)."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.geometry import (DEFAULT_EPS, DEFAULT_RELATIVE_EPS, DEFAULT_SHARE, NEAR_ZERO_SPARSITY, SITE_LABELS,

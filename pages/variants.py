@@ -1,6 +1,5 @@
 """Variants: every change kept in this session, quality against cost, and any two side by side."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.variants import describe_action

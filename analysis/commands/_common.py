@@ -100,7 +100,7 @@ class TqdmProgress:
             self.bar = None
 
 
-from ..runs import write_csv, write_json  # noqa: E402,F401  (atomic writers shared with analysis.runs)
+from ..runs import write_csv, write_json  # noqa: E402,F401  (re-exported: atomic writers for the commands)
 
 
 def print_json(obj) -> None:

@@ -11,8 +11,6 @@ Example:
   python -m analysis metrics --metrics avss,id --avss-site residual --avss-relative --out out/geometry
 """
 
-import sys
-
 NAME = "metrics"
 HELP = "compute per-block metrics and write layers.csv"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import baselines, cache
+from analysis import baselines
 from analysis.block_metrics.baselines import baseline_results
 from analysis.block_metrics.linearity import linearity_results
 from analysis.capture import capture_hidden_states

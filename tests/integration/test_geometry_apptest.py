@@ -78,8 +78,8 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
     spec = ModelSpec()
     lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
     action = {"remove_blocks": [12, 13]}
-    at.session_state["prune_result"] = Variant(name="minus 12,13", model=apply_actions(lm.model, action),
-                                               action=action, base_fingerprint=lm.fingerprint)
+    at.session_state["variants"] = [Variant(name="minus 12,13", model=apply_actions(lm.model, action),
+                                                action=action, base_fingerprint=lm.fingerprint)]
     at.run()
     at.selectbox(key="id-compare").set_value("pruned").run()
     at.button(key="id-compare-go").click().run()

@@ -13,7 +13,8 @@ import pytest
 
 from analysis import registry
 from analysis.geometry import (NEAR_ZERO_SPARSITY, AVSSSettings, IDSettings, ProjectionSettings, avss_result,
-                               derived_model, id_profile_result, projection, workspace_for)
+                               id_profile_result, projection, workspace_for)
+from analysis.models import derived_model
 from analysis.workspace import Calibration, Workspace
 
 pytestmark = pytest.mark.slow

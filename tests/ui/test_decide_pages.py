@@ -1,11 +1,10 @@
 """AppTest for the overview, variants, recipe/report pages and presentation mode."""
 
 import json
-import os
 
 import pytest
 
-from tests.ui.conftest import ROOT, new_app, no_exceptions, open_page, texts
+from tests.ui.conftest import ROOT, no_exceptions, open_page, texts
 
 pytestmark = pytest.mark.slow
 SMALL = {"Tokens": 512, "Context": 256, "Stride": 128}
