@@ -79,3 +79,33 @@ def write_avss_columns(ws, out_dir, progress, params: dict | None = None):
 
 
 register_group_writer("avss", write_avss_columns)
+
+
+def _report(ws) -> list:
+    from .. import plots
+    from ..geometry import NEAR_ZERO_SPARSITY, SITE_LABELS, avss_result, has_avss
+
+    settings = _settings(DEFAULTS)
+    if not has_avss(ws, settings):
+        return []
+    res = avss_result(ws, settings)
+    t = res.table
+    blocks = t["block"].tolist()
+    k = max(1, ws.n_blocks // 8)
+    picked = res.suggest(share=DEFAULTS["share"], k=k)
+    curve = res.curve()
+    return [
+        ("figure", plots.bars(blocks, t["avss"], f"AVSS per block at the {SITE_LABELS[settings.site]} (low = redundant)",
+                              plots.BLOCK_AXIS, "AVSS", highlight=picked, hover_fmt=".4g"),
+         f"AVSS = variance / sparsity (|a| < {settings.eps}); suggested: {', '.join(map(str, picked))} (k = {k}, "
+         f"never past a sorted cumulative share of {DEFAULTS['share']:.0%}). Blocks with raw sparsity below "
+         f"{NEAR_ZERO_SPARSITY:g}: {', '.join(map(str, res.near_zero)) or 'none'}."),
+        ("figure", plots.curves(list(range(1, len(curve) + 1)), {"cumulative NAVSS": curve["cumulative_navss"]},
+                                "Cumulative normalised AVSS over blocks sorted by AVSS", "blocks taken",
+                                "cumulative share"), "The paper's rule keeps the lowest blocks while this stays ≤ 25 %."),
+    ]
+
+
+from ..registry import ReportSection, register_report_section  # noqa: E402
+
+register_report_section(ReportSection("avss", "Activation variance and sparsity (AVSS)", _report, order=30))

@@ -43,3 +43,31 @@ def write_states_csv(ws, out_dir, progress, params: dict | None = None):
 
 
 register_group_writer("id", write_states_csv)
+
+
+def _report(ws) -> list:
+    import plotly.graph_objects as go
+
+    from ..geometry import IDSettings, has_id_profile, id_profile_result
+
+    settings = IDSettings()
+    if not has_id_profile(ws, settings):
+        return []
+    prof = id_profile_result(ws, settings)
+    fig = go.Figure()
+    for est, label in (("twonn", "TwoNN"), ("gride", "GRIDE"), ("corr", "correlation dimension")):
+        v = prof.valid(est)
+        if v.empty:
+            continue
+        fig.add_trace(go.Scatter(x=v["state"], y=v[f"id_{est}"], name=label, mode="lines+markers",
+                                 error_y=dict(type="data", array=v[f"id_{est}_std"], visible=True)))
+    fig.update_layout(title="Intrinsic dimension against depth", xaxis_title="hidden state h_s",
+                      yaxis_title="intrinsic dimension", height=400, margin=dict(l=60, r=20, t=50, b=50))
+    return [("figure", fig, f"{prof.shape('twonn')} (TwoNN). Error bars: spread over {settings.n_subsets} disjoint "
+                            f"subsets; width {prof.width}. Correlation dimension is the closest standard estimator to "
+                            "the seed paper's unverified 'correlators'.")]
+
+
+from ..registry import ReportSection, register_report_section  # noqa: E402
+
+register_report_section(ReportSection("intrinsic_dimension", "Intrinsic dimension profile", _report, order=40))
