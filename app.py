@@ -16,5 +16,10 @@ st.set_page_config(page_title="LayerScope", page_icon=":material/biotech:", layo
 if presentation.options().present:
     st.navigation([st.Page("pages/presentation.py", title="LayerScope", default=True)], position="hidden").run()
 else:
+    from analysis.models import ModelLoadError
+
     sidebar.render()
-    st.navigation(navigation.pages()).run()
+    try:
+        st.navigation(navigation.pages()).run()
+    except ModelLoadError as exc:  # e.g. a results-only folder asked to compute something new
+        st.error(str(exc))

@@ -25,18 +25,25 @@ def _cosine_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.ones_like(num), where=den > 0)
 
 
-def block_influence(states: np.ndarray, exclude_first: int = 0, progress: Progress | None = None) -> np.ndarray:
-    """BI per block from captured ``states[L+1, N, T, d]`` over all tokens (optionally without the first positions)."""
+def block_influence(states: np.ndarray, exclude_first: int = 0, progress: Progress | None = None,
+                    windows_per_chunk: int = 64) -> np.ndarray:
+    """BI per block from captured ``states[L+1, N, T, d]`` over all tokens (optionally without the first positions).
+
+    Streamed over chunks of windows, so memory stays O(chunk × d) however many tokens were captured.
+    """
     n_blocks = states.shape[0] - 1
+    d = states.shape[-1]
     out = np.zeros(n_blocks)
-    prev = None
-    for s in range(n_blocks + 1):
-        cur = np.asarray(states[s][:, exclude_first:, :]).reshape(-1, states.shape[-1])
-        if prev is not None:
-            out[s - 1] = 1.0 - float(np.mean(_cosine_rows(prev, cur)))
-            if progress:
-                progress(s, n_blocks, f"block influence of block {s - 1}")
-        prev = cur
+    for b in range(n_blocks):
+        total, count = 0.0, 0
+        for w0 in range(0, states.shape[1], windows_per_chunk):
+            prev = np.asarray(states[b, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            cur = np.asarray(states[b + 1, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            total += float(np.sum(_cosine_rows(prev, cur)))
+            count += prev.shape[0]
+        out[b] = 1.0 - total / count
+        if progress:
+            progress(b + 1, n_blocks, f"block influence of block {b}")
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import count_parameters, weight_bytes
+from .models import count_parameters, input_device, weight_bytes
 from .texts import Text, token_ids
 
 Progress = Callable[[int, int, str], None]
@@ -144,7 +144,7 @@ def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, prog
                  keep: bool = False, reference: list[torch.Tensor] | None = None) -> _Pass:
     """One sliding-window pass: NLL of the scored tokens, argmax rows, and KL against ``reference`` rows."""
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
+    device = input_device(model)
     wins = windows_for(ids, settings.context, settings.stride)
     nll, count, kl = 0.0, 0, 0.0
     kept: list[torch.Tensor] | None = [] if keep else None
@@ -264,7 +264,7 @@ def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings) -> Model
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32) -> str:
     """Greedy continuation of ``prompt`` (the continuation only)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
@@ -274,7 +274,7 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32)
 @torch.no_grad()
 def measure_prefill(model: nn.Module, n_tokens: int = 512, repeats: int = 3) -> tuple[float, int]:
     """Prefill throughput (tokens/s, median of ``repeats`` after a warm-up) and peak memory of the last pass."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     vocab = model.get_input_embeddings().weight.shape[0]
     x = torch.randint(100, max(101, vocab - 1), (1, n_tokens), generator=torch.Generator().manual_seed(0)).to(device)
     model(input_ids=x, use_cache=False)  # warm-up
@@ -296,7 +296,7 @@ def measure_prefill(model: nn.Module, n_tokens: int = 512, repeats: int = 3) -> 
 @torch.no_grad()
 def measure_decode(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 32, repeats: int = 2) -> float:
     """Milliseconds per generated token (greedy, KV cache), median of ``repeats``."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
     pad = tokenizer.pad_token_id or tokenizer.eos_token_id
     times = []

@@ -72,9 +72,11 @@ __all__ = [
     "MIN_POINTS",
     "knn_distances",
     "twonn",
+    "twonn_from_knn",
     "gride",
     "gride_with_error",
     "gride_sweep",
+    "gride_sweep_from_knn",
     "correlation_dimension",
     "id_with_spread",
     "id_profile",
@@ -85,6 +87,8 @@ MIN_POINTS = 20
 """Fewest distinct points an estimator accepts; below this it raises ``ValueError``."""
 
 _BLOCK_ELEMENTS = 1 << 23  # ≈ 64 MiB of float64 per block of the distance matrix
+_GATHER_ELEMENTS = 1 << 23  # candidate rows gathered at once when re-measuring distances
+_PROBE_ROWS = 256  # rows of the first block, which decide whether float32 candidates are worth computing
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,9 +142,14 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
     3. certification: with ``E_i = (4 γ_D + 16 u)(‖c_i‖² + max_j ‖c_j‖²)`` (``c`` centred rows, ``u = 2⁻²⁴``,
        ``γ_D = D u / (1 − D u)``) a bound on the float32 error of any squared distance from row ``i`` in step 1,
        no non-candidate can be nearer than the ``k``-th refined distance if that distance squared (inflated by
-       its own rounding) is at most the ``m``-th candidate's step-1 value minus ``E_i``. Rows that fail (small
-       neighbour distances against the cloud's extent, near ties) are retried with ``m = 4k + 32`` candidates,
-       and the few that still fail are measured against every row directly.
+       its own rounding) is at most the ``m``-th candidate's step-1 value minus ``E_i``. The max runs over the
+       bulk only: points with ``‖c_j‖² > 16 ×`` the 90th percentile are instead ruled out for row ``i`` when
+       ``(min_far ‖c_j‖ − ‖c_i‖)²`` exceeds the ``k``-th distance squared. Rows that fail get their
+       candidates again from float64 products (the same bound with ``u = 2⁻⁵³``: it certifies clouds with a few
+       huge-norm points, such as the attention-sink token of LLM hidden states, where the float32 bound exceeds
+       the neighbour distances of almost every row), then, for near ties, from ``m = 4k + 32`` float64
+       candidates; the few that fail even then are measured against every row directly. When the first
+       ``_PROBE_ROWS`` rows mostly fail in float32, the remaining rows start from float64 candidates.
     """
     X = np.asarray(X)
     if X.dtype != np.float32:
@@ -156,38 +165,83 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
     centred_sq = (centred * centred).sum(dim=1)
     u = 2.0**-24
     gamma = width * u / (1.0 - width * u)
-    error_bound = (4.0 * gamma + 16.0 * u) * (centred_sq + centred_sq.max())
+    # A few points far outside the bulk (the attention-sink tokens of LLM hidden states: ~100x the median norm)
+    # would make the float32 bound below exceed every neighbour distance. They are left out of it (``far``) and
+    # ruled out as neighbours by the reverse triangle inequality ‖x_i − x_j‖ ≥ ‖c_j‖ − ‖c_i‖ instead.
+    norms = torch.sqrt(centred_sq)
+    far = centred_sq > 16.0 * torch.quantile(centred_sq, 0.9)
+    if bool(far.any()):
+        bulk_max = centred_sq[~far].max()
+        far_norm_min = float(norms[far].min()) * (1.0 - 1e-9)
+    else:
+        bulk_max, far_norm_min = centred_sq.max(), math.inf
+    error_bound = (4.0 * gamma + 16.0 * u) * (centred_sq + bulk_max)
+    u64 = 2.0**-53
+    gamma64 = width * u64 / (1.0 - width * u64)
+    error_bound64 = (4.0 * gamma64 + 16.0 * u64) * (centred_sq + centred_sq.max())
     refine_inflation = 1.0 + (gamma if X.dtype == np.float32 else 0.0) + 4.0 * u
 
-    def refine(rows: torch.Tensor, d2_rows: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def refine(rows: torch.Tensor, d2_rows: torch.Tensor, m: int,
+               bound: torch.Tensor = error_bound) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted exact distances to the ``m`` best candidates of ``rows``, and whether ``k`` are certified."""
         approx, idx = torch.topk(d2_rows, m, dim=1, largest=False, sorted=True)
-        diff = reference.index_select(0, idx.flatten()).view(rows.numel(), m, width)
-        diff.sub_(reference[rows][:, None, :])
-        exact, _ = torch.sort(torch.linalg.vector_norm(diff, dim=2).to(torch.float64), dim=1)
+        exact = torch.empty((rows.numel(), m), dtype=torch.float64, device=dev)
+        chunk = max(1, _GATHER_ELEMENTS // (m * width))  # bounds the [rows, m, width] gather
+        for a in range(0, rows.numel(), chunk):
+            b = min(rows.numel(), a + chunk)
+            diff = reference.index_select(0, idx[a:b].flatten()).view(b - a, m, width)
+            diff.sub_(reference[rows[a:b]][:, None, :])
+            exact[a:b] = torch.linalg.vector_norm(diff, dim=2).to(torch.float64)
+        exact, _ = torch.sort(exact, dim=1)
         if m == n - 1:  # every other row is a candidate
             return exact, torch.ones(rows.numel(), dtype=torch.bool, device=dev)
-        cut = approx[:, -1].to(torch.float64) - error_bound[rows]
-        return exact, exact[:, k - 1] ** 2 * refine_inflation <= cut
+        cut = approx[:, -1].to(torch.float64) - bound[rows]
+        kth = exact[:, k - 1] ** 2 * refine_inflation
+        certified = kth <= cut
+        if bound is error_bound and math.isfinite(far_norm_min):  # the far points, outside the float32 bound
+            gap = far_norm_min - norms[rows] * (1.0 + 1e-9)
+            certified &= ~far[rows] & (gap > 0) & (gap**2 >= kth)
+        return exact, certified
 
     block = max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
     out = np.empty((n, k), dtype=np.float64)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
+    # The first rows probe the float32 bound. When it certifies fewer than half of them (clouds of near-duplicates,
+    # e.g. shallow LLM layers where one token in different contexts gives nearly the same vector), every later
+    # block goes straight to float64 candidates instead of paying float32 and then float64 for most rows.
+    probe = min(block, _PROBE_ROWS)
+    use64 = False
+    start = 0
+    while start < n:
+        stop = min(n, start + (probe if start == 0 else block))
         rows = torch.arange(start, stop, device=dev)
-        d2 = torch.addmm(sq[None, :], points[start:stop], points.T, alpha=-2.0).add_(sq[start:stop, None])
-        d2[rows - start, rows] = math.inf  # a point is not its own neighbour
-        exact, certified = refine(rows, d2, min(n - 1, k + 2))
-        result = exact[:, :k].clone()
-        failed = torch.nonzero(~certified).flatten()
-        if failed.numel():
-            exact, certified = refine(rows[failed], d2[failed], min(n - 1, 4 * k + 32))
+        if use64:
+            failed = torch.arange(stop - start, device=dev)
+            result = torch.empty((stop - start, k), dtype=torch.float64, device=dev)
+        else:
+            d2 = torch.addmm(sq[None, :], points[start:stop], points.T, alpha=-2.0).add_(sq[start:stop, None])
+            d2[rows - start, rows] = math.inf  # a point is not its own neighbour
+            exact, certified = refine(rows, d2, min(n - 1, k + 2))
+            result = exact[:, :k].clone()
+            failed = torch.nonzero(~certified).flatten()
+            if start == 0 and stop < n and 2 * failed.numel() > stop - start:
+                use64 = True
+        if failed.numel():  # float64 candidates for the rows the float32 bound cannot certify
+            r64 = rows[failed]
+            d2_64 = torch.addmm(centred_sq[None, :], centred[r64], centred.T, alpha=-2.0).add_(centred_sq[r64, None])
+            d2_64[torch.arange(r64.numel(), device=dev), r64] = math.inf
+            exact, certified = refine(r64, d2_64, min(n - 1, k + 2), error_bound64)
             result[failed] = exact[:, :k]
+            if not bool(certified.all()):  # near-ties: widen the candidate set
+                wide = torch.nonzero(~certified).flatten()
+                exact, certified_wide = refine(r64[wide], d2_64[wide], min(n - 1, 4 * k + 32), error_bound64)
+                result[failed[wide]] = exact[:, :k]
+                certified[wide] = certified_wide
             for i in failed[~certified].tolist():
                 row = torch.linalg.vector_norm(reference - reference[start + i], dim=1).to(torch.float64)
                 row[start + i] = math.inf
                 result[i] = torch.topk(row, k, largest=False, sorted=True).values
         out[start:stop] = result.cpu().numpy()
+        start = stop
     return out
 
 
@@ -213,7 +267,19 @@ def twonn(
     if not 0.0 <= discard_fraction < 1.0:
         raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
     X = _prepare(X)
-    r = knn_distances(X, 2, device=device)
+    return twonn_from_knn(knn_distances(X, 2, device=device), discard_fraction, fit)
+
+
+def twonn_from_knn(r: np.ndarray, discard_fraction: float = 0.1, fit: str = "linear") -> float:
+    """:func:`twonn` from precomputed neighbour distances ``r[n_points, ≥2]`` of *distinct* points (sorted rows, as
+    :func:`knn_distances` returns), so that one neighbour search can serve several estimators."""
+    if fit not in ("linear", "mle"):
+        raise ValueError(f"fit must be 'linear' or 'mle', got {fit!r}")
+    if not 0.0 <= discard_fraction < 1.0:
+        raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
+    r = np.asarray(r, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] < 2 or not np.all(r[:, 0] > 0.0):
+        raise ValueError("need distances to 2 neighbours of distinct points (first neighbour distance > 0)")
     log_mu = np.sort(np.log(r[:, 1] / r[:, 0]))
     n = log_mu.size
     n_keep = int(n * (1.0 - discard_fraction))
@@ -309,7 +375,17 @@ def gride_sweep(
         raise ValueError(f"ks must be positive integers, got {ks}")
     if 2 * max(ks) > n - 1:
         raise ValueError(f"k={max(ks)} needs 2k + 1 = {2 * max(ks) + 1} distinct points; the cloud has {n}")
-    r = knn_distances(X, 2 * max(ks), device=device)
+    return gride_sweep_from_knn(knn_distances(X, 2 * max(ks), device=device), ks, outlier_cut)
+
+
+def gride_sweep_from_knn(r: np.ndarray, ks: Sequence[int], outlier_cut: bool = True) -> pd.DataFrame:
+    """:func:`gride_sweep` from precomputed neighbour distances ``r[n_points, ≥ 2·max(ks)]`` of distinct points."""
+    r = np.asarray(r, dtype=np.float64)
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if r.ndim != 2 or r.shape[1] < 2 * max(ks):
+        raise ValueError(f"k={max(ks)} needs distances to {2 * max(ks)} neighbours, got {r.shape}")
     rows = []
     for k in ks:
         d, se = _gride_from_log_mu(np.log(r[:, 2 * k - 1] / r[:, k - 1]), k, 2 * k, outlier_cut)

@@ -129,3 +129,64 @@ def consecutive_linearity(clouds: Sequence[np.ndarray], progress: Progress | Non
 def fit_residual_curve(clouds: Sequence[np.ndarray]) -> np.ndarray:
     """``1 − linearity`` per block: the normalised least-squares error of the best linear map ``h_b → h_{b+1}``."""
     return 1.0 - consecutive_linearity(clouds)[0]
+
+
+class PairMoments:
+    """Streamed first and second moments of a pair of clouds ``(X, Y)``: O(d²) memory whatever the tokens."""
+
+    def __init__(self, d: int):
+        self.n = 0
+        self.sx = torch.zeros(d, dtype=torch.float64)
+        self.sy = torch.zeros(d, dtype=torch.float64)
+        self.sxx = torch.zeros(d, d, dtype=torch.float64)
+        self.sxy = torch.zeros(d, d, dtype=torch.float64)
+        self.yy = 0.0  # Σ ||y||²
+        self.xy = 0.0  # Σ <x, y>
+        self.xx = 0.0  # Σ ||x||²
+
+    def update(self, X, Y) -> None:
+        X = torch.as_tensor(np.asarray(X, dtype=np.float64))
+        Y = torch.as_tensor(np.asarray(Y, dtype=np.float64))
+        self.n += X.shape[0]
+        self.sx += X.sum(0)
+        self.sy += Y.sum(0)
+        self.sxx += X.T @ X
+        self.sxy += X.T @ Y
+        self.yy += float((Y * Y).sum())
+        self.xy += float((X * Y).sum())
+        self.xx += float((X * X).sum())
+
+    def linearity(self, without_residual: bool = False, rtol: float = 1e-10) -> float:
+        """``linearity(X, Y)`` (or of ``Y − X``) from the moments: ``tr(C_yx C_xx⁺ C_xy) / tr(C_yy)``."""
+        n = self.n
+        mx, my = self.sx / n, self.sy / n
+        cxx = self.sxx - n * torch.outer(mx, mx)
+        cxy = self.sxy - n * torch.outer(mx, my)
+        tyy = self.yy - n * float(my @ my)
+        if without_residual:  # Y' = Y − X
+            cxy = cxy - cxx
+            tyy = tyy - 2 * (self.xy - n * float(mx @ my)) + (self.xx - n * float(mx @ mx))
+        lam, V = torch.linalg.eigh(cxx)
+        keep = lam > rtol * lam.max().clamp(min=1e-300)
+        P = V[:, keep] / lam[keep].sqrt()
+        explained = float((P.T @ cxy).square().sum())
+        return float(np.clip(explained / tyy, 0.0, 1.0)) if tyy > 0 else 1.0
+
+
+def consecutive_linearity_streamed(states, exclude_first: int = 0, windows_per_chunk: int = 64,
+                                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The consecutive curves of :func:`consecutive_linearity` from captured ``states[L+1, N, T, d]`` (memory
+    mapped), streamed over windows: O(d²) memory instead of O(tokens × d × states). Exact, not sampled."""
+    n_blocks = states.shape[0] - 1
+    d = states.shape[-1]
+    with_res, without_res = np.zeros(n_blocks), np.zeros(n_blocks)
+    for b in range(n_blocks):
+        m = PairMoments(d)
+        for w0 in range(0, states.shape[1], windows_per_chunk):
+            X = np.asarray(states[b, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            Y = np.asarray(states[b + 1, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            m.update(X, Y)
+        with_res[b], without_res[b] = m.linearity(), m.linearity(without_residual=True)
+        if progress:
+            progress(b + 1, n_blocks, f"block {b} (streamed)")
+    return with_res, without_res

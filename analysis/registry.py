@@ -119,6 +119,12 @@ def group_writer(group: str) -> Callable | None:
     return _GROUP_WRITERS.get(group)
 
 
+def group_names() -> list[str]:
+    """Every ``--metrics`` group: those of the registered metrics, then groups that only write files (``id``)."""
+    names = list(groups())
+    return names + sorted(g for g in _GROUP_WRITERS if g not in names)
+
+
 @dataclass(frozen=True)
 class ReportSection:
     """A section of the HTML report: ``build(ws)`` returns items from *cached* results only (never computes).

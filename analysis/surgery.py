@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import cache
-from .models import find_blocks
+from .models import find_blocks, input_device
 
 
 class PruneError(ValueError):
@@ -141,7 +141,7 @@ def verify_export(out_dir: str | Path, model: nn.Module, tokenizer, text: str | 
     """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits."""
     from transformers import AutoModelForCausalLM
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     reloaded = (loader or (lambda d: AutoModelForCausalLM.from_pretrained(d)))(str(out_dir))
     reloaded.to(device).eval()
     text = text or "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said"

@@ -15,7 +15,7 @@ from typing import Callable
 from torch import nn
 
 from .evaluate import EvaluationTable
-from .models import LoadedModel, fingerprint
+from .models import LoadedModel, derived_model
 from .surgery import remove_blocks, shallow_structural_copy
 
 
@@ -88,6 +88,4 @@ class Variant:
 
     def as_loaded_model(self, base: LoadedModel) -> LoadedModel:
         """The variant as a :class:`LoadedModel`, so every view can run on it (cached under its own fingerprint)."""
-        return LoadedModel(model=self.model, tokenizer=base.tokenizer, spec=base.spec, name=f"{base.name} — {self.name}",
-                           fingerprint=fingerprint(self.model), load_seconds=0.0, source_kind="derived",
-                           checkpoint_dir=None, notes=[describe_action(self.action)])
+        return derived_model(base, self.model, f"{base.name.split(' (')[0]} {self.name}")

@@ -19,7 +19,6 @@ import argparse
 import random
 import sys
 
-import numpy as np
 import torch
 
 from bench.common import print_table, private_cache, save, timed
@@ -33,7 +32,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from analysis import linearity
-    from analysis.capture import capture_hidden_states, iter_hidden_states
+    from analysis.capture import capture_hidden_states
     from analysis.evaluate import EvalSettings, evaluate
     from analysis.models import ModelSpec, converted_gguf_folder, default_gguf_path, load_model
     from analysis.surgery import remove_blocks

@@ -4,4 +4,5 @@ The generic builders live in :mod:`analysis.plots` so that the HTML report (writ
 ``python -m analysis report``) draws the same figures; page-specific builders go here.
 """
 
-from analysis.plots import BASE, BLOCK_AXIS, HIGHLIGHT, bars, curves, heatmap, lines, state_labels  # noqa: F401
+from analysis.plots import (  # noqa: F401
+    BASE, BLOCK_AXIS, HIGHLIGHT, bars, comparison_curves, curves, heatmap, lines, state_labels)

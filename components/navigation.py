@@ -10,6 +10,9 @@ PAGES = {
     ],
     "Inspect": [
         ("pages/linearity.py", "Linearity and baselines", ":material/grid_on:", False),
+        ("pages/avss.py", "AVSS", ":material/equalizer:", False),
+        ("pages/intrinsic_dimension.py", "Intrinsic dimension", ":material/stacked_line_chart:", False),
+        ("pages/projections.py", "Token projections", ":material/scatter_plot:", False),
         ("pages/persistence.py", "Persistence barcodes", ":material/bar_chart:", False),
         ("pages/zigzag.py", "Zigzag persistence", ":material/timeline:", False),
     ],

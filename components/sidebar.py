@@ -53,10 +53,12 @@ def _model_section() -> None:
             dtype = st.selectbox("Weights dtype", dtypes, index=dtypes.index(current.dtype))
             dmap = st.checkbox("Spread over devices (device_map='auto')", value=current.device_map_auto,
                                help="for models larger than one device; layers may be offloaded to CPU or disk")
+            max_mem = st.text_input("Memory per device", value=current.max_memory, placeholder="0=20GiB,cpu=30GiB",
+                                    help="with device_map='auto': what does not fit is offloaded to disk (cache/offload)")
             trust = st.checkbox("Trust remote code", value=current.trust_remote_code,
                                 help="runs Python code shipped with the checkpoint; off unless you trust it")
         if st.form_submit_button("Load model", type="primary"):
-            state.request_model(ModelSpec(source.strip(), device, dtype, dmap, trust))
+            state.request_model(ModelSpec(source.strip(), device, dtype, dmap, trust, max_mem.strip()))
     lm = state.loaded_model()
     err = st.session_state.get(state.MODEL_ERROR)
     if err:
@@ -97,11 +99,14 @@ def _text_section() -> None:
                                         "have no context and often carry massive 'attention sink' activations")
             n_max = st.number_input("Subsample all-token clouds to (0 = all tokens)", 0, 10_000_000,
                                     cal.n_max or 0, step=1024)
+            storage = st.selectbox("Store captured states as", ["float32", "float16"],
+                                   index=["float32", "float16"].index(cal.storage),
+                                   help="float16 halves the disk a capture takes (large models)")
         applied = st.form_submit_button("Use this text")
     if applied:
         _apply_text(kind, name, uploaded, pasted,
                     Calibration(n_windows=int(n), window_len=int(t), exclude_first=int(excl),
-                                n_max=int(n_max) or None, seed=cal.seed, storage=cal.storage))
+                                n_max=int(n_max) or None, seed=cal.seed, storage=storage))
     err = st.session_state.get(state.TEXT_ERROR)
     if err:
         st.error(err)

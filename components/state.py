@@ -26,8 +26,9 @@ PRUNE_SOURCE = "prune_selection_source"
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
-def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool) -> LoadedModel:
-    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code))
+def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool,
+          max_memory: str = "") -> LoadedModel:
+    return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code, max_memory))
 
 
 def request_model(spec: ModelSpec) -> None:
@@ -42,7 +43,8 @@ def loaded_model() -> LoadedModel | None:
     st.session_state.setdefault(SPEC, spec)
     try:
         with st.spinner(f"Loading {spec.source} … (the bundled GGUF is de-quantised once, ~20 s, then cached)"):
-            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
+            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code,
+                       spec.max_memory)
         st.session_state[GOOD_SPEC] = spec
         return lm
     except ModelLoadError as exc:
@@ -53,7 +55,8 @@ def loaded_model() -> LoadedModel | None:
     if good is not None and good != spec:
         st.session_state[SPEC] = good
         try:
-            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code)
+            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code,
+                         good.max_memory)
         except Exception:
             return None
     return None
@@ -89,11 +92,30 @@ def workspace() -> Workspace | None:
         st.error(st.session_state.get(MODEL_ERROR, "No model is loaded."))
         st.info("Choose a model in the sidebar: 'default', a Hugging Face id, a local folder or a .gguf file.")
         return None
+    if lm.source_kind == "results":
+        return results_workspace(lm)
     text = calibration_text()
     if text is None:
         st.error(st.session_state.get(TEXT_ERROR, "No calibration text."))
         return None
     return Workspace(lm=lm, text=text, calibration=calibration())
+
+
+def results_workspace(lm) -> Workspace:
+    """A results folder brings its own text and windows: the cached results are keyed by them."""
+    from pathlib import Path
+
+    from analysis.texts import text_from_string
+
+    info = lm.calibration
+    text_info = info.get("text") or {}
+    content = Path(info["text_file"]).read_text(encoding="utf-8")
+    text = text_from_string(content, name=text_info.get("name", "text"), source=text_info.get("source", "bundled"))
+    cal = Calibration(**{k: v for k, v in (info.get("calibration") or {}).items()
+                         if k in Calibration.__dataclass_fields__})
+    st.caption(f"Results-only model: text **{text.label}** and windows {cal.n_windows} × {cal.window_len} come from "
+               "the results folder.")
+    return Workspace(lm=lm, text=text, calibration=cal)
 
 
 def set_prune_selection(blocks: list[int], source: str) -> None:

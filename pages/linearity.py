@@ -10,6 +10,7 @@ from analysis.block_metrics.baselines import baseline_results
 from analysis.block_metrics.linearity import linearity_results
 from analysis.linearity import NotEnoughTokens
 from components import figures, state
+from components.figures import comparison_curves
 from components.widgets import ensure_capture, figure_with_csv, run_with_progress, suggestion_row, workspace_caption
 
 st.title("Linearity and baselines")
@@ -32,13 +33,15 @@ try:
 except NotEnoughTokens as exc:
     lin = None
     st.warning(f"The heatmap is not coloured: {exc}")
-if lin is not None:
+if lin is not None and lin.get("matrix_skipped"):
+    st.warning(f"The all-pairs heatmap was left out: {lin['matrix_skipped']}")
+elif lin is not None:
     M = lin["matrix"]
     labels = figures.state_labels(L + 1)
     fig = figures.heatmap(M, labels, labels, f"Linearity from h_i (row) to h_j (column), {lin['tokens']:,} tokens",
                           "to state", "from state", zmin=float(np.nanmin(M)), zmax=1.0, colorbar_title="linearity")
     figure_with_csv(fig, pd.DataFrame(M, index=labels, columns=labels), "linearity.csv", index=True, key="linmat")
-
+if lin is not None:
     st.header("Consecutive blocks, with and without the residual")
     st.caption("With residual: linearity of h_b → h_(b+1); the paper reports ≈ 0.99 for every decoder it tried. "
                "Without residual: linearity of h_b → h_(b+1) − h_b, the block's own contribution — far lower.")
@@ -80,3 +83,25 @@ for key in ("linearity", "linearity_no_residual", "block_influence", "angular_di
     if key.startswith("linearity") and lin is None:
         continue
     suggestion_row(ws, metric, k, key=f"lin-{key}")
+
+other = state.compare_workspace(ws)
+if other is not None:
+    st.header(f"Compared with {state.compare_variant().name}")
+    st.caption("The original and the variant on the same calibration windows, with depth as a fraction of each "
+               "model's blocks (the variant has fewer).")
+    if not (other.has_result("linearity", {"v": 1}) and other.has_result("baselines", {"v": 1})):
+        if st.button(f"Compute the views on {state.compare_variant().name}"):
+            run_with_progress("Variant", lambda p: (linearity_results(other, p), baseline_results(other, p)))
+            st.rerun()
+    else:
+        lin_o, base_o = linearity_results(other), baseline_results(other)
+        L_o = other.n_blocks
+        fig = comparison_curves(
+            {"original": (np.arange(L) / L, lin["consecutive"] if lin is not None else bi * np.nan),
+             "variant": (np.arange(L_o) / L_o, lin_o["consecutive"])},
+            "Linearity of each block", "linearity")
+        st.plotly_chart(fig, key="cmp-lin")
+        fig = comparison_curves({"original": (np.arange(L) / L, bi), "variant": (np.arange(L_o) / L_o,
+                                                                                 base_o["block_influence"])},
+                                "Block influence", "block influence")
+        st.plotly_chart(fig, key="cmp-bi")

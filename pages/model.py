@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from analysis import estimate
 from analysis.texts import TextError, calibration_windows, token_ids
 from components import state
 from components.widgets import ensure_capture, format_bytes, workspace_caption
@@ -58,6 +59,8 @@ if ws.is_captured():
                "Every view reads this cache; the command line writes and reads the same files.")
 else:
     st.write("Every view needs the residual stream of every calibration token. It is captured once and cached.")
+    st.caption("Estimate: " + estimate.describe(estimate.capture_estimate(
+        ws.lm, ws.calibration.n_windows, ws.calibration.window_len, storage=ws.calibration.storage)))
     if st.button("Capture hidden states now", type="primary"):
         cap = ensure_capture(ws)
         st.rerun()

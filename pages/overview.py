@@ -1,6 +1,5 @@
 """Overview: every metric's answer to "which blocks are redundant?", side by side, and where they agree."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 

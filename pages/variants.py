@@ -1,10 +1,10 @@
 """Variants: every change kept in this session, quality against cost, and any two side by side."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.variants import describe_action
 from components import state
+from components.downstream import downstream_section
 from components.evaluation import evaluation_view
 from components.variants import quality_cost_figure, variants_frame
 from components.widgets import csv_download, figure_with_csv, workspace_caption
@@ -50,6 +50,12 @@ for col, name in zip(cols, (left, right)):
                 evaluation_view(v.evaluation, key=f"side-{name}")
 st.caption("To see two variants on the metric pages, choose one under *Compare with* in the sidebar: the pages that "
            "support it draw the original and that variant on one chart, with depth as a fraction.")
+
+st.header("Downstream tasks")
+st.caption("Multiple-choice tasks through lm-eval on the in-memory models, from data on this machine only: the "
+           "repository's own task always; MMLU, HellaSwag, WinoGrande, ARC and PIQA when their data is available locally.")
+target = st.selectbox("Variant", [v.name for v in kept], index=len(kept) - 1, key="downstream-variant")
+downstream_section(ws, next(v for v in kept if v.name == target))
 
 st.header("Manage")
 c = st.columns([3, 1])

@@ -123,8 +123,8 @@ with c[1]:
                     key="zz-births")
 
 st.header(f"Inter-layer persistence Z_{view.p}(l1, l2)")
-st.caption(f"Z_p(l1, l2) = number of p-bars born at or before min(l1, l2) and still alive in max(l1, l2), divided "
-           f"by β_p(l1) (0 where β_p(l1) = 0): the share of the features of l1 (row) that persist to l2. "
+st.caption("Z_p(l1, l2) = number of p-bars born at or before min(l1, l2) and still alive in max(l1, l2), divided "
+           "by β_p(l1) (0 where β_p(l1) = 0): the share of the features of l1 (row) that persist to l2. "
            "Z_p(l, l) = 1 wherever β_p(l) > 0.")
 fig = figures.heatmap(view.Z, labels, labels, f"Z_{view.p}(l1 = row, l2 = column)", "l2", "l1", zmin=0, zmax=1,
                       colorbar_title="Z")

@@ -11,11 +11,27 @@ from ..registry import BlockMetric, register
 def linearity_results(ws, progress=None) -> dict:
     """The full ``(L+1) × (L+1)`` linearity matrix and the consecutive curves, cached per workspace.
 
-    Raises :class:`linearity.NotEnoughTokens` when the clouds have fewer than ``2 × width`` tokens.
+    Raises :class:`linearity.NotEnoughTokens` when the clouds have fewer than ``2 × width`` tokens. When the
+    clouds of every state do not fit the memory budget (:func:`analysis.estimate.memory_budget`), the consecutive
+    curves are computed exactly from streamed moments (O(width²) memory) and the all-pairs matrix is left out
+    (``matrix_skipped`` says why); subsampling the clouds (``n_max``) brings it back.
     """
+    from ..estimate import linearity_memory_bytes, memory_budget
+
     linearity.check_enough_tokens(ws.n_cloud_tokens(), ws.lm.width)
+    need = linearity_memory_bytes(ws.n_states, ws.n_cloud_tokens(), ws.lm.width)
 
     def compute():
+        if need > memory_budget():
+            cap = ws.capture()
+            with_res, without_res = linearity.consecutive_linearity_streamed(
+                cap.states, exclude_first=ws.calibration.exclude_first, progress=progress)
+            reason = (f"the clouds of all {ws.n_states} states need about {need / 2**30:.1f} GiB, over the memory "
+                      f"budget of {memory_budget() / 2**30:.1f} GiB; the consecutive curves were streamed instead. "
+                      "Subsample the clouds (n_max) to see the full matrix.")
+            return ({"matrix": np.full((ws.n_states, ws.n_states), np.nan), "consecutive": with_res,
+                     "without_residual": without_res},
+                    {"tokens": ws.n_cloud_tokens(), "width": ws.lm.width, "matrix_skipped": reason})
         clouds = ws.all_token_clouds()
         n_states = len(clouds)
         total = n_states + n_states * (n_states - 1) // 2 + (n_states - 1)
@@ -89,10 +105,11 @@ def _report(ws) -> list:
     res = linearity_results(ws)
     labels = plots.state_labels(res["matrix"].shape[0])
     blocks = list(range(len(res["consecutive"])))
-    return [
+    matrix = [] if res.get("matrix_skipped") else [
         ("figure", plots.heatmap(res["matrix"], labels, labels, "Linearity from h_i (row) to h_j (column)", "to state",
                                  "from state", zmin=float(res["matrix"].min()), zmax=1.0),
-         f"1 − min_A ‖X̃A − Ỹ‖²_F over any linear map, on {res['tokens']:,} tokens (arXiv 2405.12250)."),
+         f"1 − min_A ‖X̃A − Ỹ‖²_F over any linear map, on {res['tokens']:,} tokens (arXiv 2405.12250).")]
+    return matrix + [
         ("figure", plots.curves(blocks, {"with residual": res["consecutive"],
                                          "without residual": res["without_residual"]},
                                 "Linearity of each block", plots.BLOCK_AXIS, "linearity"),

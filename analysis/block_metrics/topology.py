@@ -95,3 +95,27 @@ register_group_writer("topology", _write_topology_files)
 def per_block(zbar: np.ndarray) -> np.ndarray:
     """Per-block scores from a per-state ``Z̄`` (block ``b`` gets the value of state ``b + 1``)."""
     return np.asarray(zbar, dtype=float)[1:]
+
+
+def _report(ws) -> list:
+    from .. import plots
+
+    if not _cached(ws, {}):
+        return []
+    view = _view(ws, {})
+    n = len(view.zbar)
+    s = view.suggestions[DEFAULTS["fraction"]]
+    betti = {f"β{d}": view.betti[i] for i, d in enumerate(view.dims)}
+    return [
+        ("figure", plots.curves(list(range(n)), {"Z̄_1": view.zbar}, "Averaged inter-layer persistence Z̄_1 (α = 0)",
+                                "hidden state h_s", "Z̄_1", highlight=[b + 1 for b in s["blocks"]]),
+         f"Zigzag persistence (Gardinazzi et al., arXiv 2410.11042) on the last token of {DEFAULTS['windows']} windows "
+         f"of {DEFAULTS['window_len']} tokens, k = {DEFAULTS['k']}, m = {DEFAULTS['m']}. The 0.9·max rule removes "
+         f"blocks {', '.join(map(str, s['blocks']))} (state s ↔ block s − 1)."),
+        ("figure", plots.curves(list(range(n)), betti, "Betti numbers per hidden state", "hidden state h_s", "β"), ""),
+    ]
+
+
+from ..registry import ReportSection, register_report_section  # noqa: E402
+
+register_report_section(ReportSection("zigzag", "Zigzag persistence across layers", _report, order=50))

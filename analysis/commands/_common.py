@@ -18,6 +18,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--device-map-auto", action="store_true",
                    help="spread a model larger than one device over all devices (accelerate's device_map='auto')")
+    g.add_argument("--max-memory", default="",
+                   help="with --device-map-auto: memory per device, e.g. '0=20GiB,1=20GiB,cpu=60GiB'; the rest is "
+                        "offloaded to disk under cache/offload")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run custom model code from the checkpoint's repository (off by default)")
 
@@ -49,7 +52,8 @@ def spec_from(args):
     from ..models import ModelSpec
 
     return ModelSpec(source=args.model, device=args.device, dtype=args.dtype,
-                     device_map_auto=args.device_map_auto, trust_remote_code=args.trust_remote_code)
+                     device_map_auto=args.device_map_auto, trust_remote_code=args.trust_remote_code,
+                     max_memory=args.max_memory)
 
 
 def load(args):
@@ -96,7 +100,7 @@ class TqdmProgress:
             self.bar = None
 
 
-from ..runs import write_csv, write_json  # noqa: E402,F401  (atomic writers shared with analysis.runs)
+from ..runs import write_csv, write_json  # noqa: E402,F401  (re-exported: atomic writers for the commands)
 
 
 def print_json(obj) -> None:

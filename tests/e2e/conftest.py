@@ -127,6 +127,16 @@ class UI:
         field.fill(value)
         field.press("Tab")
 
+    def number(self, label: str, value) -> None:
+        field = self.page.get_by_role("spinbutton", name=label, exact=True).first
+        field.fill(str(value))
+        field.press("Tab")
+
+    def uncheck(self, label: str) -> None:
+        box = self.page.get_by_role("checkbox", name=label, exact=True).first
+        if box.is_checked():
+            box.locator("xpath=..").click()
+
     def shot(self, name: str) -> Path:
         path = self.artifacts / f"e2e-{name}.png"
         self.page.screenshot(path=str(path), full_page=True)

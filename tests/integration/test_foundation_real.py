@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import baselines, cache
+from analysis import baselines
 from analysis.block_metrics.baselines import baseline_results
 from analysis.block_metrics.linearity import linearity_results
 from analysis.capture import capture_hidden_states
@@ -120,3 +120,16 @@ def test_suggestions_from_registry(ws):
         assert len(blocks) == 3 and all(0 <= b < 30 for b in blocks)
     ang = registry.get("angular_distance").suggest(ws, 3)
     assert ang == list(range(ang[0], ang[0] + 3))  # a contiguous range
+
+
+def test_device_map_auto_with_disk_offload_gives_the_same_model(lm, alice):
+    """A model larger than memory: accelerate offloads what does not fit to disk (cache/offload)."""
+    spec = ModelSpec(device_map_auto=True, max_memory="cpu=250MiB")
+    big = load_model(spec)
+    placed = set(big.model.hf_device_map.values())
+    assert "disk" in placed and big.device.type == "cpu"
+    assert big.fingerprint == lm.fingerprint  # offloaded weights are read back for the fingerprint
+    a = capture_hidden_states(big, alice, 2, 16, storage="float16", refresh=True)
+    b = capture_hidden_states(lm, alice, 2, 16)
+    assert a.states.dtype == np.float16
+    assert np.allclose(np.asarray(a.states, dtype=np.float32), np.asarray(b.states), rtol=2e-3, atol=2e-2)

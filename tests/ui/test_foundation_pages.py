@@ -5,7 +5,7 @@ import json
 import pytest
 
 from analysis.workspace import Calibration
-from tests.ui.conftest import new_app, no_exceptions, open_page, sidebar_app, texts
+from tests.ui.conftest import no_exceptions, open_page, sidebar_app, texts
 
 pytestmark = pytest.mark.slow
 

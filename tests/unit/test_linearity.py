@@ -72,3 +72,17 @@ def test_too_few_tokens_is_refused():
     with pytest.raises(lin.NotEnoughTokens, match="2 × width"):
         lin.check_enough_tokens(1000, 576)
     lin.check_enough_tokens(1152, 576)
+
+
+def test_streamed_moments_give_the_same_curves(rng):
+    states = rng.normal(size=(3, 12, 20, 6))
+    states[1] = states[0] @ rng.normal(size=(6, 6)) + 0.3 * np.tanh(states[0])
+    states[2] = states[1] + 0.5 * rng.normal(size=(12, 20, 6))
+    clouds = [states[s].reshape(-1, 6) for s in range(3)]
+    exact = lin.consecutive_linearity(clouds)
+    streamed = lin.consecutive_linearity_streamed(states, windows_per_chunk=5)
+    assert np.allclose(exact[0], streamed[0], atol=1e-9) and np.allclose(exact[1], streamed[1], atol=1e-9)
+    # and without the first position of every window
+    clouds1 = [states[s][:, 1:].reshape(-1, 6) for s in range(3)]
+    assert np.allclose(lin.consecutive_linearity(clouds1)[0],
+                       lin.consecutive_linearity_streamed(states, exclude_first=1)[0], atol=1e-9)

@@ -1,0 +1,632 @@
+"""Activation statistics and geometry on a workspace: AVSS per site, intrinsic-dimension profiles, projections.
+
+This module joins the tested math (:mod:`analysis.avss`, :mod:`analysis.intrinsic_dimension`,
+:mod:`analysis.projection`) to a :class:`~analysis.workspace.Workspace`, and caches every result under the
+workspace key (model fingerprint, text hash, calibration windows) so the dashboard and the command line share them.
+
+**AVSS** (METHODS.md §3): the model runs once more over the calibration windows with forward hooks on the chosen
+site of every block — ``residual`` (block output), ``mlp`` (MLP hidden activation = input of ``down_proj``) or
+``attention`` (attention output) — and an :class:`~analysis.avss.AVSSAccumulator` keeps a few sums per block, so
+memory does not grow with the number of tokens. Calibration windows are never padded; the first
+``calibration.exclude_first`` positions of every window are left out of the statistics (not out of the model's
+context), as they are left out of every all-token cloud. Cached per (workspace, site, ε, relative, ddof).
+
+**Intrinsic dimension** (METHODS.md §4): per hidden state, the all-token cloud of the workspace (at most
+``max_points`` rows, fixed seed) is divided by its median pairwise distance, exact duplicates are removed, and the
+distinct rows are split into ``n_subsets`` disjoint random subsets. On every subset: TwoNN, GRIDE (neighbours of
+order ``gride_k`` and ``2·gride_k``), the correlation dimension, and the GRIDE sweep over neighbour orders
+``k = 1, 2, 4, …`` (ID against scale). The profile is the mean over subsets; the spread is their sample standard
+deviation (and min/max). A state whose cloud cannot be estimated (fewer than ``MIN_POINTS`` distinct points per
+subset, a constant cloud, all-duplicate rows) gets no value and a message in ``errors`` — never NaN on a chart.
+Another model, or a pruned variant (:func:`derived_model`), is profiled the same way on the same text with its own
+workspace; :func:`depth_fraction` puts two profiles on one axis.
+
+**Projections**: PCA (instant, not cached) and UMAP (cached) of one state's token cloud in 2-D or 3-D, with per
+point window, position, token id, token text and token frequency for colouring and hover.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import avss as avss_math
+from . import intrinsic_dimension as idm
+from .cache import CacheOutcome
+from .clouds import dedupe_rows, normalise_scale, subsample_indices
+from .models import LoadedModel
+from .texts import calibration_windows
+from .workspace import Workspace
+
+Progress = Callable[[int, int, str], None]
+
+# ----------------------------------------------------------------------------------------------------------------
+# AVSS
+
+SITES = avss_math.SITES
+SITE_LABELS = {
+    "residual": "block output (residual stream)",
+    "mlp": "MLP hidden activation (input of down_proj)",
+    "attention": "attention output",
+}
+DEFAULT_SITE = "mlp"
+DEFAULT_EPS = 1e-5
+DEFAULT_RELATIVE_EPS = 1e-2
+DEFAULT_SHARE = 0.25
+NEAR_ZERO_SPARSITY = 1e-4
+"""A block whose sparsity is below this (fewer than 1 entry in 10,000 below ε) is flagged: its AVSS is then a
+ratio to a handful of entries (or, at exactly zero, a lower bound; see :mod:`analysis.avss`), so the page says so
+beside the score and offers the relative threshold."""
+
+
+@dataclass(frozen=True)
+class AVSSSettings:
+    site: str = DEFAULT_SITE
+    eps: float = DEFAULT_EPS
+    relative: bool = False
+    ddof: int = 1
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ValueError(f"unknown AVSS site {self.site!r}; choose from {', '.join(SITES)}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"ε must be a positive number, got {self.eps}")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "AVSSSettings":
+        relative = bool(params.get("relative", False))
+        eps = params.get("eps")
+        if eps is None:
+            eps = DEFAULT_RELATIVE_EPS if relative else DEFAULT_EPS
+        return cls(site=str(params.get("site", DEFAULT_SITE)), eps=float(eps), relative=relative,
+                   ddof=int(params.get("ddof", 1)))
+
+    def cache_params(self) -> dict:
+        return {"v": 1, "site": self.site, "eps": float(self.eps), "relative": bool(self.relative),
+                "ddof": int(self.ddof)}
+
+    def describe(self) -> str:
+        thr = f"|a| < {self.eps:g}·RMS(a) (per token)" if self.relative else f"|a| < ε = {self.eps:g}"
+        return f"site {self.site} ({SITE_LABELS[self.site]}), sparsity threshold {thr}"
+
+
+@dataclass
+class AVSSResult:
+    """Per-block AVSS table (see :meth:`analysis.avss.AVSSAccumulator.result`) plus the settings and flags."""
+
+    table: pd.DataFrame  # block, variance, sparsity, sparsity_zero, avss, navss, n_sequences, n_tokens, ...
+    settings: AVSSSettings
+    seconds: float
+    outcome: CacheOutcome
+
+    @property
+    def near_zero(self) -> list[int]:
+        """Blocks whose raw sparsity is below :data:`NEAR_ZERO_SPARSITY` (the AVSS score is unreliable there)."""
+        t = self.table
+        return [int(b) for b in t.loc[t["sparsity"] < NEAR_ZERO_SPARSITY, "block"]]
+
+    def curve(self) -> pd.DataFrame:
+        return avss_math.sorted_cumulative(self.table)
+
+    def suggest(self, share: float | None = DEFAULT_SHARE, k: int | None = None) -> list[int]:
+        return suggest_avss(self.table, share=share, k=k)
+
+
+def suggest_avss(table: pd.DataFrame, share: float | None = DEFAULT_SHARE, k: int | None = None) -> list[int]:
+    """Blocks to remove by AVSS: a prefix of the blocks sorted by AVSS ascending.
+
+    * ``share`` only: the paper's rule, lowest blocks while the *sorted* cumulative NAVSS stays ≤ ``share``;
+    * ``k`` only: the ``k`` lowest;
+    * both: the ``k`` lowest, but never past the share (the shorter of the two prefixes).
+    """
+    if share is None and k is None:
+        raise ValueError("give a share, k, or both")
+    by_share = avss_math.suggest_blocks_by_share(table, share) if share is not None else None
+    by_k = avss_math.suggest_k_lowest(table, min(int(k), len(table))) if k is not None else None
+    if by_share is None:
+        return by_k
+    if by_k is None:
+        return by_share
+    return by_k if len(by_k) <= len(by_share) else by_share
+
+
+def table_from_scores(scores: Sequence[float]) -> pd.DataFrame:
+    """A minimal AVSS table (block, avss, navss) from per-block scores, for the suggestion rules."""
+    s = np.asarray(scores, dtype=float)
+    total = float(s.sum())
+    return pd.DataFrame({"block": np.arange(s.size), "avss": s, "navss": s / total if total > 0 else s * 0.0})
+
+
+class _CountMask:
+    """The accounting mask of the batch in progress (which positions count in the AVSS statistics)."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+
+@contextmanager
+def avss_hooks(lm: LoadedModel, site: str, accumulator: avss_math.AVSSAccumulator, count: _CountMask):
+    """Forward hooks feeding ``accumulator`` with ``site`` activations of every block of ``lm``.
+
+    Unlike :func:`analysis.avss.attach_avss_hooks` (which reads the padding mask from the model call), the mask
+    here is ``count.mask``, set by the caller before each batch: the model sees every position as context, and
+    the statistics leave out the ones the mask zeros (the excluded first positions).
+    """
+    modules = avss_math.site_modules(lm.model, site, blocks=lm.blocks)
+    handles = []
+    for index, module in enumerate(modules):
+        if site == "mlp":
+            def read_input(_m, args, index=index):
+                accumulator.update(index, avss_math._first_tensor(args), count.mask)
+
+            handles.append(module.register_forward_pre_hook(read_input))
+        else:
+            def read_output(_m, _args, output, index=index):
+                accumulator.update(index, avss_math._first_tensor(output), count.mask)
+
+            handles.append(module.register_forward_hook(read_output))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_mask(n_rows: int, window_len: int, exclude_first: int) -> np.ndarray:
+    """``[n_rows, window_len]`` 0/1: 0 on the first ``exclude_first`` positions of every window."""
+    m = np.ones((n_rows, window_len), dtype=np.int64)
+    m[:, :exclude_first] = 0
+    return m
+
+
+@torch.no_grad()
+def run_avss(lm: LoadedModel, windows: np.ndarray, settings: AVSSSettings, exclude_first: int = 0,
+             batch_size: int = 8, progress: Progress | None = None) -> pd.DataFrame:
+    """Run the model over ``windows`` ``[N, T]`` with AVSS hooks on ``settings.site``; the per-block table."""
+    if exclude_first >= windows.shape[1]:
+        raise ValueError("excluding every position of the window leaves no token for AVSS")
+    acc = avss_math.AVSSAccumulator(lm.n_blocks, eps=settings.eps, relative=settings.relative, ddof=settings.ddof)
+    count = _CountMask()
+    base = lm.model.base_model
+    n = windows.shape[0]
+    with avss_hooks(lm, settings.site, acc, count):
+        for start in range(0, n, batch_size):
+            ids = torch.as_tensor(windows[start:start + batch_size], device=lm.device)
+            count.mask = torch.as_tensor(count_mask(ids.shape[0], ids.shape[1], exclude_first), device=lm.device)
+            base(input_ids=ids, use_cache=False)
+            if progress:
+                done = min(n, start + batch_size)
+                progress(done, n, f"AVSS ({settings.site}) {done}/{n} windows")
+    return acc.result()
+
+
+AVSS_COLUMNS = ("block", "variance", "sparsity", "sparsity_zero", "avss", "navss", "n_sequences", "n_tokens",
+                "n_entries", "n_small")
+
+
+def avss_result(ws: Workspace, settings: AVSSSettings | None = None, progress: Progress | None = None,
+                refresh: bool = False) -> AVSSResult:
+    """AVSS per block on the workspace's calibration windows, cached per (workspace, site, ε, relative, ddof)."""
+    settings = settings or AVSSSettings()
+    c = ws.calibration
+
+    def compute():
+        t0 = time.perf_counter()
+        windows = calibration_windows(ws.lm.tokenizer, ws.text, c.n_windows, c.window_len)
+        table = run_avss(ws.lm, windows, settings, exclude_first=c.exclude_first, progress=progress)
+        arrays = {name: table[name].to_numpy() for name in AVSS_COLUMNS}
+        return arrays, {"seconds": time.perf_counter() - t0, "settings": asdict(settings)}
+
+    arrays, data, outcome = ws.result("avss", settings.cache_params(), compute, refresh=refresh)
+    table = pd.DataFrame({name: np.asarray(arrays[name]) for name in AVSS_COLUMNS})
+    table["sparsity_zero"] = table["sparsity_zero"].astype(bool)
+    return AVSSResult(table=table, settings=settings, seconds=float(data.get("seconds", 0.0)), outcome=outcome)
+
+
+def has_avss(ws: Workspace, settings: AVSSSettings | None = None) -> bool:
+    return ws.has_result("avss", (settings or AVSSSettings()).cache_params())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# intrinsic dimension
+
+ID_ESTIMATORS = ("twonn", "gride", "corr")
+ID_LABELS = {"twonn": "TwoNN", "gride": "GRIDE", "corr": "correlation dimension"}
+SWEEP_KS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class IDSettings:
+    n_subsets: int = 4
+    max_points: int | None = 4096  # rows of each state's cloud used (subsampled with ``seed``); None = all
+    seed: int = 0
+    gride_k: int = 4
+    sweep_ks: tuple[int, ...] = SWEEP_KS
+
+    def __post_init__(self) -> None:
+        if self.n_subsets < 1:
+            raise ValueError(f"at least one subset is needed, got {self.n_subsets}")
+        if self.max_points is not None and self.max_points < idm.MIN_POINTS:
+            raise ValueError(f"max_points must be at least {idm.MIN_POINTS}, got {self.max_points}")
+        if self.gride_k < 1 or not self.sweep_ks or min(self.sweep_ks) < 1:
+            raise ValueError("GRIDE neighbour orders must be positive")
+
+    def cache_params(self) -> dict:
+        return {"v": 1, **asdict(self), "sweep_ks": list(self.sweep_ks)}
+
+
+@dataclass
+class IDProfile:
+    """The ID-against-depth profile of one model on one workspace.
+
+    ``table``: one row per hidden state with ``state, depth, n_points, n_distinct, scale`` and per estimator
+    ``id_<e>``, ``id_<e>_std``, ``id_<e>_min``, ``id_<e>_max`` (NaN only for states listed in ``errors``).
+    ``subsets``: ``{estimator: [n_states, n_subsets]}``. ``sweep``: long table ``state, k, id, id_std, id_min,
+    id_max, radius`` of the GRIDE sweep. ``errors``: ``{state: message}``.
+    """
+
+    table: pd.DataFrame
+    subsets: dict[str, np.ndarray]
+    sweep: pd.DataFrame
+    errors: dict[int, str]
+    settings: IDSettings
+    model_name: str
+    n_blocks: int
+    width: int
+    seconds: float
+    outcome: CacheOutcome
+
+    def valid(self, estimator: str = "twonn") -> pd.DataFrame:
+        """The rows with a finite value of ``estimator`` (what a chart may draw)."""
+        col = f"id_{estimator}"
+        return self.table[np.isfinite(self.table[col].to_numpy(dtype=float))]
+
+    def peak(self, estimator: str = "twonn", first_state: int = 1) -> tuple[int, float] | None:
+        """``(state, id)`` of the largest ID from ``first_state`` on: the end of the expansion phase.
+
+        ``h_0`` is skipped by default: it is the embedding lookup, whose cloud holds only the distinct token
+        vectors of the text (about a thousand of them), not a contextual representation.
+        """
+        v = self.valid(estimator)
+        v = v[v["state"] >= first_state] if (v["state"] >= first_state).any() else v
+        if v.empty:
+            return None
+        i = int(np.argmax(v[f"id_{estimator}"].to_numpy()))
+        return int(v["state"].iloc[i]), float(v[f"id_{estimator}"].iloc[i])
+
+    def final(self, estimator: str = "twonn") -> tuple[int, float] | None:
+        v = self.valid(estimator)
+        if v.empty:
+            return None
+        return int(v["state"].iloc[-1]), float(v[f"id_{estimator}"].iloc[-1])
+
+    def shape(self, estimator: str = "twonn") -> str:
+        """A one-line description of the profile over ``h_1 … h_L``: where it peaks, how far it falls after."""
+        v = self.valid(estimator)
+        v = v[v["state"] >= 1]
+        if len(v) < 3:
+            return "too few states for a profile shape"
+        ids = v[f"id_{estimator}"].to_numpy()
+        s0, s1 = int(v["state"].iloc[0]), int(v["state"].iloc[-1])
+        first, last = float(ids[0]), float(ids[-1])
+        peak_state, peak = self.peak(estimator)
+        rise, fall = peak - first, peak - last
+        where = f"peak {peak:.1f} at h{peak_state} (depth {peak_state / self.n_blocks:.2f})"
+        if fall >= 0.1 * peak and rise >= 0.1 * peak:
+            return f"expansion–contraction: {first:.1f} at h{s0} → {where} → {last:.1f} at h{s1}"
+        if rise >= 0.1 * peak:
+            return f"expansion without contraction: {first:.1f} at h{s0} → {where}, {last:.1f} at h{s1}"
+        if fall >= 0.1 * peak:
+            return f"contraction: {where} → {last:.1f} at h{s1}"
+        return f"flat: between {ids.min():.1f} and {ids.max():.1f} over h{s0}…h{s1}"
+
+    def csv_frame(self) -> pd.DataFrame:
+        cols = ["state", "depth"] + [c for e in ID_ESTIMATORS for c in (f"id_{e}", f"id_{e}_std", f"id_{e}_min",
+                                                                        f"id_{e}_max")]
+        cols += ["n_points", "n_distinct", "scale"]
+        return self.table[cols]
+
+
+def depth_fraction(states: Sequence[int], n_blocks: int) -> np.ndarray:
+    """Hidden state ``s`` at depth ``s / L`` (0 = embeddings, 1 = last state), so models of any depth align."""
+    return np.asarray(states, dtype=float) / max(1, int(n_blocks))
+
+
+def check_id_settings(n_cloud_points: int, settings: IDSettings) -> None:
+    """Refuse settings that cannot give ``n_subsets`` subsets of at least ``MIN_POINTS`` points (a clear message)."""
+    n = n_cloud_points if settings.max_points is None else min(n_cloud_points, settings.max_points)
+    if n // settings.n_subsets < idm.MIN_POINTS:
+        raise ValueError(
+            f"{n} tokens per state cannot make {settings.n_subsets} disjoint subsets of at least {idm.MIN_POINTS} "
+            f"points: use more windows, fewer subsets, or a larger point budget")
+
+
+def state_id(cloud: np.ndarray, settings: IDSettings) -> dict[str, Any]:
+    """All estimates of one state's cloud on ``n_subsets`` disjoint subsets (see the module doc).
+
+    Returns ``{"n_points", "n_distinct", "scale", "<estimator>": values [n_subsets], "sweep": [n_ks, n_subsets],
+    "radius": [n_ks, n_subsets], "ks": list}``. Raises ``ValueError`` (with the reason) on an unusable cloud.
+    """
+    cloud = np.asarray(cloud)
+    n_rows = int(cloud.shape[0])
+    if settings.max_points is not None and n_rows > settings.max_points:
+        cloud = cloud[subsample_indices(n_rows, settings.max_points, settings.seed)]
+    if cloud.ndim != 2 or cloud.shape[0] < idm.MIN_POINTS:
+        raise ValueError(f"the cloud has {cloud.shape[0]} points; at least {idm.MIN_POINTS} are needed")
+    if not np.all(np.isfinite(cloud)):
+        raise ValueError("the cloud contains NaN or infinite values")
+    normalised, scale = normalise_scale(cloud)
+    if scale == 0.0:
+        raise ValueError("constant cloud: every point is the same (median pairwise distance 0); ID undefined")
+    distinct = dedupe_rows(np.asarray(normalised, dtype=np.float32) + np.float32(0.0))
+    n = distinct.shape[0]
+    if n // settings.n_subsets < idm.MIN_POINTS:
+        raise ValueError(f"{n} distinct points (of {cloud.shape[0]}) cannot make {settings.n_subsets} disjoint "
+                         f"subsets of at least {idm.MIN_POINTS} points")
+    parts = np.array_split(np.random.default_rng(settings.seed).permutation(n), settings.n_subsets)
+    smallest = min(len(p) for p in parts)
+    ks = [k for k in settings.sweep_ks if 2 * k <= min(64, smallest - 1)]
+    out: dict[str, Any] = {"n_points": int(cloud.shape[0]), "n_distinct": int(n), "scale": float(scale), "ks": ks}
+    values = {e: [] for e in ID_ESTIMATORS}
+    sweep, radius = [], []
+    n_neighbours = min(smallest - 1, max([2, 2 * settings.gride_k] + [2 * k for k in ks]))
+    if 2 * settings.gride_k > n_neighbours:
+        raise ValueError(f"GRIDE with k={settings.gride_k} needs {2 * settings.gride_k + 1} points per subset")
+    for part in parts:
+        X = distinct[np.sort(part)]
+        r = idm.knn_distances(X, n_neighbours)  # one exact neighbour search serves TwoNN, GRIDE and the sweep
+        values["twonn"].append(idm.twonn_from_knn(r))
+        values["gride"].append(float(idm.gride_sweep_from_knn(r, [settings.gride_k])["id"].iloc[0]))
+        values["corr"].append(idm.correlation_dimension(X, seed=settings.seed))
+        if ks:
+            sw = idm.gride_sweep_from_knn(r, ks)
+            sweep.append(sw["id"].to_numpy())
+            radius.append(sw["radius"].to_numpy())
+    for e in ID_ESTIMATORS:
+        out[e] = np.asarray(values[e], dtype=float)
+    out["sweep"] = np.asarray(sweep, dtype=float).reshape(len(parts), len(ks)).T  # [n_ks, n_subsets]
+    out["radius"] = np.asarray(radius, dtype=float).reshape(len(parts), len(ks)).T
+    return out
+
+
+def id_profile_result(ws: Workspace, settings: IDSettings | None = None, progress: Progress | None = None,
+                      refresh: bool = False) -> IDProfile:
+    """The ID profile of ``ws`` (its model, text and windows), cached per (workspace, settings)."""
+    settings = settings or IDSettings()
+    check_id_settings(ws.n_cloud_tokens(), settings)
+    n_states = ws.n_states
+    n_ks = len(settings.sweep_ks)
+
+    def compute():
+        t0 = time.perf_counter()
+        cap = ws.capture(progress)
+        c = ws.calibration
+        arrays: dict[str, np.ndarray] = {
+            "n_points": np.zeros(n_states, dtype=np.int64),
+            "n_distinct": np.zeros(n_states, dtype=np.int64),
+            "scale": np.full(n_states, np.nan),
+            "sweep": np.full((n_states, n_ks, settings.n_subsets), np.nan),
+            "radius": np.full((n_states, n_ks, settings.n_subsets), np.nan),
+        }
+        for e in ID_ESTIMATORS:
+            arrays[f"subsets_{e}"] = np.full((n_states, settings.n_subsets), np.nan)
+        errors: dict[str, str] = {}
+        for s in range(n_states):
+            cloud = cap.all_token_cloud(s, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
+            try:
+                r = state_id(cloud, settings)
+            except ValueError as exc:
+                errors[str(s)] = str(exc)
+            else:
+                for key in ("n_points", "n_distinct", "scale"):
+                    arrays[key][s] = r[key]
+                for e in ID_ESTIMATORS:
+                    arrays[f"subsets_{e}"][s] = r[e]
+                idx = [settings.sweep_ks.index(k) for k in r["ks"]]
+                arrays["sweep"][s, idx] = r["sweep"]
+                arrays["radius"][s, idx] = r["radius"]
+            if progress:
+                progress(s + 1, n_states, f"intrinsic dimension of h{s}")
+        return arrays, {"errors": errors, "seconds": time.perf_counter() - t0, "model_name": ws.lm.name,
+                        "n_blocks": ws.n_blocks, "width": ws.lm.width}
+
+    arrays, data, outcome = ws.result("id_profile", settings.cache_params(), compute, refresh=refresh)
+    return _profile_from_arrays(arrays, data, settings, outcome)
+
+
+def _profile_from_arrays(arrays, data, settings: IDSettings, outcome) -> IDProfile:
+    n_blocks = int(data["n_blocks"])
+    states = np.arange(n_blocks + 1)
+    table = pd.DataFrame({"state": states, "depth": depth_fraction(states, n_blocks)})
+    subsets = {}
+    for e in ID_ESTIMATORS:
+        v = np.asarray(arrays[f"subsets_{e}"], dtype=float)
+        subsets[e] = v
+        ok = np.all(np.isfinite(v), axis=1)
+        mean = np.full(len(states), np.nan)
+        std = np.full(len(states), np.nan)
+        lo = np.full(len(states), np.nan)
+        hi = np.full(len(states), np.nan)
+        if ok.any():
+            mean[ok] = v[ok].mean(axis=1)
+            std[ok] = v[ok].std(axis=1, ddof=1) if v.shape[1] > 1 else 0.0
+            lo[ok], hi[ok] = v[ok].min(axis=1), v[ok].max(axis=1)
+        table[f"id_{e}"], table[f"id_{e}_std"], table[f"id_{e}_min"], table[f"id_{e}_max"] = mean, std, lo, hi
+    table["n_points"] = np.asarray(arrays["n_points"])
+    table["n_distinct"] = np.asarray(arrays["n_distinct"])
+    table["scale"] = np.asarray(arrays["scale"], dtype=float)
+    rows = []
+    sweep, radius = np.asarray(arrays["sweep"], dtype=float), np.asarray(arrays["radius"], dtype=float)
+    for s in states:
+        for j, k in enumerate(settings.sweep_ks):
+            v = sweep[s, j]
+            if np.all(np.isfinite(v)):
+                rows.append({"state": int(s), "k": int(k), "id": float(v.mean()),
+                             "id_std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                             "id_min": float(v.min()), "id_max": float(v.max()),
+                             "radius": float(np.mean(radius[s, j]))})
+    sweep_df = pd.DataFrame(rows, columns=["state", "k", "id", "id_std", "id_min", "id_max", "radius"])
+    errors = {int(k): v for k, v in data.get("errors", {}).items()}
+    return IDProfile(table=table, subsets=subsets, sweep=sweep_df, errors=errors, settings=settings,
+                     model_name=str(data.get("model_name", "")), n_blocks=n_blocks, width=int(data["width"]),
+                     seconds=float(data.get("seconds", 0.0)), outcome=outcome)
+
+
+def has_id_profile(ws: Workspace, settings: IDSettings | None = None) -> bool:
+    return ws.has_result("id_profile", (settings or IDSettings()).cache_params())
+
+
+def workspace_for(ws: Workspace, lm: LoadedModel) -> Workspace:
+    """The same text and calibration windows as ``ws``, on another model."""
+    return Workspace(lm=lm, text=ws.text, calibration=ws.calibration)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# projections
+
+COLOURINGS = {
+    "position": "position in window",
+    "window": "window",
+    "frequency": "token frequency (log10 count in the calibration tokens)",
+}
+DEFAULT_PROJECTION_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class ProjectionSettings:
+    method: str = "pca"  # pca | umap
+    n_components: int = 2
+    n_points: int = DEFAULT_PROJECTION_POINTS
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    seed: int = 0
+    drop_first: int = 0  # also leave out the first positions of every window (the attention sink) in this view
+
+    def __post_init__(self) -> None:
+        if self.method not in ("pca", "umap"):
+            raise ValueError(f"unknown projection {self.method!r}; use 'pca' or 'umap'")
+        if self.n_components not in (2, 3):
+            raise ValueError(f"projections are 2-D or 3-D, got {self.n_components}")
+        if self.n_points < 4:
+            raise ValueError(f"a projection needs at least 4 points, got {self.n_points}")
+
+    def cache_params(self, state: int) -> dict:
+        p = {"v": 1, "state": int(state), **asdict(self)}
+        if self.method == "pca":
+            p.pop("n_neighbors"), p.pop("min_dist")
+        return p
+
+
+@dataclass
+class Projection:
+    """Coordinates of one state's token cloud and what each point is.
+
+    ``points``: one row per point with ``x, y`` (and ``z`` in 3-D), ``window, position, token_id, token,
+    frequency, log_frequency``. ``explained``: PCA explained-variance ratios (empty for UMAP).
+    """
+
+    state: int
+    settings: ProjectionSettings
+    points: pd.DataFrame
+    explained: np.ndarray
+    seconds: float
+    outcome: CacheOutcome | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def token_text(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token id as readable text (decoded alone; newlines and tabs escaped, spaces shown as '·' at ends)."""
+    cache: dict[int, str] = {}
+    out = []
+    for i in ids:
+        i = int(i)
+        if i not in cache:
+            s = tokenizer.decode([i])
+            s = s.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+            cache[i] = s if s.strip() == s and s else s.replace(" ", "·") or "∅"
+        out.append(cache[i])
+    return out
+
+
+def projection_rows(ws: Workspace, n_points: int, seed: int = 0, drop_first: int = 0
+                    ) -> tuple[np.ndarray, pd.DataFrame]:
+    """Which rows of the workspace's all-token clouds a projection shows, and what each is.
+
+    Returns ``(rows, info)``: ``rows`` indexes the rows of ``ws``'s all-token cloud (the same for every state),
+    ``info`` has ``window, position, token_id, token, frequency, log_frequency`` per row. Rows at positions below
+    ``drop_first`` are left out before ``n_points`` rows are drawn with ``seed``.
+    """
+    from .projection import cloud_token_coordinates, row_token_ids, token_frequency
+
+    cap = ws.capture()
+    c = ws.calibration
+    window, position = cloud_token_coordinates(c.n_windows, c.window_len, n_max=c.n_max, seed=c.seed,
+                                               exclude_first=c.exclude_first)
+    keep = np.flatnonzero(position >= drop_first)
+    rows = keep[subsample_indices(keep.size, n_points, seed)]
+    window, position = window[rows], position[rows]
+    ids = row_token_ids(cap.tokens, window, position)
+    freq = token_frequency(ids, corpus_ids=cap.tokens)
+    info = pd.DataFrame({"window": window, "position": position, "token_id": ids,
+                         "token": token_text(ws.lm.tokenizer, ids), "frequency": freq,
+                         "log_frequency": np.log10(np.maximum(freq, 1))})
+    return rows, info
+
+
+def projection(ws: Workspace, state: int, settings: ProjectionSettings | None = None,
+               progress: Progress | None = None, refresh: bool = False) -> Projection:
+    """PCA or UMAP of hidden state ``state``'s token cloud (UMAP cached per workspace, state and settings)."""
+    from .projection import pca_2d3d, umap_embed
+
+    settings = settings or ProjectionSettings()
+    if not 0 <= state < ws.n_states:
+        raise ValueError(f"state must be in 0..{ws.n_states - 1}, got {state}")
+    cap = ws.capture(progress)
+    c = ws.calibration
+    rows, info = projection_rows(ws, settings.n_points, settings.seed, settings.drop_first)
+    if rows.size < 4:
+        raise ValueError(f"the cloud has {rows.size} points; a projection needs at least 4")
+    notes = []
+
+    def cloud() -> np.ndarray:
+        X = cap.all_token_cloud(state, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)[rows]
+        if np.unique(X, axis=0).shape[0] < min(4, X.shape[0]):
+            raise ValueError(f"h{state}: fewer than 4 distinct points, nothing to project")
+        return X
+
+    t0 = time.perf_counter()
+    outcome = None
+    if settings.method == "pca":
+        coords, explained = pca_2d3d(cloud(), settings.n_components, seed=settings.seed)
+        seconds = time.perf_counter() - t0
+    else:
+        n_neighbors = min(settings.n_neighbors, rows.size - 1)
+        if n_neighbors != settings.n_neighbors:
+            notes.append(f"n_neighbors lowered to {n_neighbors} (only {rows.size} points)")
+
+        def compute():
+            t = time.perf_counter()
+            emb = umap_embed(cloud(), settings.n_components, n_neighbors=n_neighbors, min_dist=settings.min_dist,
+                             seed=settings.seed)
+            return {"coords": emb}, {"seconds": time.perf_counter() - t}
+
+        arrays, data, outcome = ws.result("umap", settings.cache_params(state), compute, refresh=refresh)
+        coords, explained = np.asarray(arrays["coords"]), np.zeros(0)
+        seconds = float(data.get("seconds", 0.0))
+    points = info.copy()
+    for j, axis in enumerate("xyz"[:settings.n_components]):
+        points.insert(j, axis, coords[:, j])
+    return Projection(state=state, settings=settings, points=points, explained=explained, seconds=seconds,
+                      outcome=outcome, notes=notes)
+
+
+def has_projection(ws: Workspace, state: int, settings: ProjectionSettings) -> bool:
+    return settings.method == "pca" or ws.has_result("umap", settings.cache_params(state))

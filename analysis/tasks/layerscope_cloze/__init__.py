@@ -1,0 +1,1 @@
+"""The ``layerscope_cloze`` task: next-words cloze items from the bundled public-domain texts (see README.md)."""

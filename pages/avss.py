@@ -1,0 +1,132 @@
+"""AVSS: activation variance and sparsity per block (Song et al., arXiv 2411.02117; METHODS.md §3)."""
+
+import streamlit as st
+
+from analysis.geometry import (DEFAULT_EPS, DEFAULT_RELATIVE_EPS, DEFAULT_SHARE, NEAR_ZERO_SPARSITY, SITE_LABELS,
+                               SITES, AVSSSettings, avss_result)
+from components import geometry_figures as gf
+from components import state
+from components.widgets import figure_with_csv, run_with_progress, workspace_caption
+
+RELATIVE_KEY = "avss-relative"
+
+st.title("AVSS: activation variance and sparsity")
+st.caption("Song et al., *AVSS: Layer importance evaluation in LLMs via activation variance-sparsity analysis* "
+           "(arXiv 2411.02117). Per block b and activation site: variance AV_b = variance over hidden units of "
+           "each window's mean-pooled activation, averaged over windows; sparsity AS_b = fraction of activation "
+           "entries with |a| < ε; AVSS_b = AV_b / AS_b, NAVSS_b = AVSS_b / Σ AVSS. Low AVSS = a block whose "
+           "activity is little varied and mostly small: a removal candidate. Statistics are streamed over the "
+           "calibration windows (sums per block; windows are never padded).")
+
+ws = state.workspace()
+if ws is None:
+    st.stop()
+workspace_caption(ws)
+L = ws.n_blocks
+
+
+def _use_relative() -> None:
+    st.session_state[RELATIVE_KEY] = True
+
+
+c = st.columns([2, 2, 1])
+site = c[0].selectbox("Activation site", SITES, index=SITES.index("mlp"), format_func=lambda s: SITE_LABELS[s],
+                      key="avss-site",
+                      help="block output = the residual stream h_(b+1) (before the final norm for the last block); "
+                           "MLP hidden activation = the input of down_proj; attention output = self_attn's output "
+                           "before it is added to the residual")
+relative = c[1].toggle("Relative threshold ε · RMS(a)", key=RELATIVE_KEY,
+                       help="count |a_j| < ε · RMS(a) per token vector a instead of |a_j| < ε: scale-free, so it "
+                            "also works on the residual stream, whose entries are almost never below 1e-5")
+eps = c[2].number_input("ε", min_value=1e-12, max_value=1.0, format="%.1e",
+                        value=DEFAULT_RELATIVE_EPS if relative else DEFAULT_EPS,
+                        key=f"avss-eps-{'rel' if relative else 'abs'}")
+settings = AVSSSettings(site=site, eps=float(eps), relative=relative)
+
+try:
+    res = run_with_progress(f"AVSS on the {SITE_LABELS[site]}", lambda p: avss_result(ws, settings, progress=p))
+except ValueError as exc:
+    st.error(f"AVSS cannot be computed: {exc}")
+    st.stop()
+if res.outcome.message:
+    st.warning(res.outcome.message)
+table = res.table
+near_zero = res.near_zero
+st.caption(f"{settings.describe()} · {int(table['n_tokens'].iloc[0]):,} tokens × {L} blocks"
+           + (f" · computed in {res.seconds:.1f} s" if res.outcome.status != "hit" else " · from the cache"))
+
+st.header("Suggested blocks to remove")
+c = st.columns([2, 2, 1])
+rule = c[0].radio("Rule", ["Sorted cumulative share", "k lowest"], horizontal=True, key="avss-rule",
+                  help="share: the lowest-AVSS blocks while their cumulative NAVSS (summed after sorting) stays ≤ the "
+                       "share — the paper's rule with 25 %. k lowest: the k blocks with the lowest AVSS.")
+if rule == "k lowest":
+    k = int(c[1].number_input("k", 1, max(1, L - 1), max(1, L // 8), key="avss-k"))
+    chosen = res.suggest(share=None, k=k)
+    source = f"AVSS, {site}, {k} lowest"
+else:
+    share_pct = c[1].slider("Share (%)", 1, 100, int(DEFAULT_SHARE * 100), key="avss-share")
+    chosen = res.suggest(share=share_pct / 100.0)
+    source = f"AVSS, {site}, cumulative share ≤ {share_pct}%"
+if len(chosen) >= L:
+    chosen = chosen[:L - 1]  # at least one block must remain
+c[0].markdown(f"**Remove blocks** `{', '.join(map(str, chosen)) or '—'}` ({len(chosen)} of {L})")
+if c[2].button("Send to prune", key="avss-send", disabled=not chosen, type="primary"):
+    state.send_to_prune(chosen, source)
+if rule != "k lowest" and len(chosen) > L // 2:
+    top = table.sort_values("navss", ascending=False).head(3)
+    st.warning(f"The share rule takes {len(chosen)} of {L} blocks here: AVSS is dominated by a few blocks "
+               f"({', '.join(f'block {int(b)}: {v:.0%}' for b, v in zip(top['block'], top['navss']))} of the "
+               "sum), so a 25 % share of the sum covers most blocks. Use **k lowest** for a practical selection.")
+
+st.header("AVSS per block")
+zero_blocks = [int(b) for b in table.loc[table["sparsity_zero"], "block"]]
+if near_zero:
+    cols = st.columns([4, 1])
+    cols[0].warning(
+        f"**Sparsity is near zero** on {len(near_zero)} of {L} blocks (▲; fewer than 1 entry in "
+        f"{1 / NEAR_ZERO_SPARSITY:,.0f} below the threshold"
+        + (f", none at all on blocks {', '.join(map(str, zero_blocks))}" if zero_blocks else "")
+        + "). AVSS then divides by a handful of entries, so the score mostly measures chance; where no entry is "
+          "small it is shown as variance × entries, a lower bound. The raw sparsity is in the chart and table "
+          "below. On the residual stream this is expected: use the relative threshold ε · RMS(a) or the MLP site.")
+    if not relative:
+        cols[1].button("Use relative threshold ε · RMS(a)", on_click=_use_relative, key="avss-use-relative")
+fig = gf.block_bars(table, "avss", f"AVSS per block, {SITE_LABELS[site]} (log scale; red = suggested)", "AVSS",
+                    highlight=chosen, flagged=near_zero, log=True)
+show = table[["block", "variance", "sparsity", "n_small", "n_entries", "sparsity_zero", "avss", "navss"]]
+figure_with_csv(fig, show, f"avss_{site}.csv", key="avss-bars")
+
+c = st.columns(2)
+with c[0]:
+    fig = gf.block_bars(table, "variance", "Variance AV_b (over hidden units of mean-pooled windows)", "variance",
+                        highlight=chosen, log=True)
+    figure_with_csv(fig, table[["block", "variance"]], f"avss_variance_{site}.csv", key="avss-var")
+with c[1]:
+    fig = gf.block_bars(table, "sparsity", "Raw sparsity AS_b (fraction of entries below the threshold)",
+                        "sparsity", highlight=chosen, flagged=near_zero, hover_fmt=".3e")
+    figure_with_csv(fig, table[["block", "sparsity", "n_small", "n_entries"]], f"avss_sparsity_{site}.csv",
+                    key="avss-sp")
+
+fig = gf.block_bars(table, "navss", "Normalised AVSS (NAVSS_b = AVSS_b / Σ AVSS)", "NAVSS", highlight=chosen)
+figure_with_csv(fig, table[["block", "navss"]], f"navss_{site}.csv", key="avss-navss")
+
+curve = res.curve()
+fig = gf.cumulative_curve(curve, None if rule == "k lowest" else share_pct / 100.0, chosen)
+figure_with_csv(fig, curve, f"avss_cumulative_{site}.csv", key="avss-cum")
+
+with st.expander("Table"):
+    t = show.copy()
+    t["note"] = ["no entry below threshold: AVSS is a lower bound" if z else
+                 ("sparsity near zero" if b in near_zero else "") for b, z in zip(t["block"], t["sparsity_zero"])]
+    st.dataframe(t, hide_index=True, column_config={
+        "sparsity": st.column_config.NumberColumn(format="%.3e"),
+        "avss": st.column_config.NumberColumn(format="%.4g"),
+        "navss": st.column_config.NumberColumn(format="%.4g"),
+        "variance": st.column_config.NumberColumn(format="%.4g")})
+st.caption("Differences from the reference code, on purpose: padding would never count (our windows have none); "
+           "the cumulative share is summed after sorting by AVSS (the reference sums in layer order first). "
+           f"The first {ws.calibration.exclude_first} position(s) of each window are left out of the statistics."
+           if ws.calibration.exclude_first else
+           "Differences from the reference code, on purpose: padding would never count (our windows have none); "
+           "the cumulative share is summed after sorting by AVSS (the reference sums in layer order first).")
