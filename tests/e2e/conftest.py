@@ -77,9 +77,10 @@ def browser(chromium_path):
         b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def page(browser, app_url, artifacts):
-    """One browser tab kept for the whole session (so that session state flows from page to page)."""
+    """One browser tab per test module: state flows from test to test inside a module, and every module starts
+    from a fresh Streamlit session (a new tab is a new session), so modules do not depend on their order."""
     context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
     tab = context.new_page()
     tab.set_default_timeout(240_000)
@@ -134,8 +135,9 @@ class UI:
 
     def uncheck(self, label: str) -> None:
         box = self.page.get_by_role("checkbox", name=label, exact=True).first
-        if box.is_checked():
-            box.locator("xpath=..").click()
+        if box.is_checked():  # the input is hidden behind Streamlit's label, which takes the click
+            box.locator("xpath=ancestor::label[1]").click()
+            self.wait_idle()
 
     def shot(self, name: str) -> Path:
         path = self.artifacts / f"e2e-{name}.png"
@@ -146,6 +148,6 @@ class UI:
         return self.page.locator('[data-testid="stMain"]').inner_text()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ui(page, artifacts) -> UI:
     return UI(page, artifacts)
