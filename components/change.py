@@ -14,6 +14,7 @@ import streamlit as st
 from analysis.checkpoint import load_checkpoint, needs_project_loader, save_checkpoint
 from analysis.compression import low_rank_ranks, record_of
 from analysis.evaluate import EvalSettings, EvaluationError, evaluate
+from analysis.models import ModelLoadError
 from analysis.recipe import candidate_name, variant_recipe
 from analysis.surgery import PruneError, export_checkpoint, verify_export
 from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError, bundled_text
@@ -64,8 +65,8 @@ def apply_and_evaluate(ws, action: dict, settings: EvalSettings, name: str | Non
         table = run_with_progress("Evaluating", lambda p: evaluate(
             ws.lm.model, ws.lm.tokenizer, eval_text, settings, candidate=model, candidate_name=cname,
             original_key=ws.lm.fingerprint, progress=p))
-    except (PruneError, EvaluationError, TextError, ValueError) as exc:
-        st.error(str(exc))
+    except (PruneError, EvaluationError, TextError, ValueError, ModelLoadError) as exc:
+        st.error(str(exc))  # ModelLoadError: a results-only folder has no weights to change
         return None
     recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
     variant = Variant(name=name or describe_action(action), model=model, action=action,
