@@ -20,6 +20,6 @@ else:
 
     sidebar.render()
     try:
-        st.navigation(navigation.pages()).run()
+        st.navigation(navigation.pages(), expanded=True).run()  # every page listed, none behind "View more"
     except ModelLoadError as exc:  # e.g. a results-only folder asked to compute something new
         st.error(str(exc))
