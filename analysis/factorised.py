@@ -439,43 +439,16 @@ def load_factorised(
     ``dtype`` defaults to the dtype stored in the checkpoint. Missing weights other than tied ones, or
     unexpected keys, raise ``ValueError``: a factorised checkpoint never loads half-initialised.
     """
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
+    from transformers import AutoConfig
 
     directory = Path(directory)
     config = AutoConfig.from_pretrained(directory)
     ranks: dict[str, int] = dict(getattr(config, CONFIG_KEY, None) or {})
     if not ranks:
         raise ValueError(f"{directory} is not a factorised checkpoint (no {CONFIG_KEY!r} in config.json)")
-    state: dict[str, Tensor] = {}
-    for file in _checkpoint_files(directory):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                state[key] = handle.get_tensor(key)
-    if dtype is None:
-        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    for name, rank in ranks.items():
-        original = model.get_submodule(name)
-        if not isinstance(original, nn.Linear):
-            raise ValueError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
-        model.set_submodule(
-            name,
-            FactorisedLinear(original.in_features, original.out_features, int(rank), bias=original.bias is not None, dtype=dtype),
-        )
-    model.tie_weights()  # tied parameters now share storage, so a missing tied key is recognisable
-    result = model.load_state_dict(state, strict=False)
-    tied = _tied_parameter_names(model)
-    missing = [k for k in result.missing_keys if k not in tied]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"checkpoint does not match the rebuilt model: missing {missing}, unexpected {result.unexpected_keys}")
-    model.tie_weights()
-    if device is not None:
-        model.to(device)
-    model.eval()
-    return model
+    from .checkpoint import load_checkpoint  # one loader for every checkpoint form (lazy: it imports this module)
+
+    return load_checkpoint(directory, dtype=dtype, device=device)
 
 
 def _tied_parameter_names(model: nn.Module) -> set[str]:

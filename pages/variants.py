@@ -22,7 +22,7 @@ if not kept:
     st.stop()
 
 frame = variants_frame(kept)
-st.dataframe(frame, hide_index=True)
+st.dataframe(frame.style.format(na_rep="—", precision=4, thousands=","), hide_index=True)  # "—": not measured
 csv_download(frame, "variants.csv", key="variants-csv")
 
 c = st.columns(2)

@@ -3,10 +3,6 @@ calibration windows of 128 tokens (1024 tokens: fewer than the 1536 inputs of do
 and needs the documented damping), short evaluations."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +15,9 @@ from analysis.lowrank import rank_for_ratio
 from analysis.surgery import export_checkpoint, verify_export
 from analysis.variants import apply_actions
 from analysis.workspace import Calibration, Workspace
+from tests.cli import cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = [3, 4]
 SMALL_EVAL = EvalSettings(text="asyoulik", n_tokens=512, context=256, stride=256, measure_speed=False,
                           max_new_tokens=8)
@@ -118,15 +114,6 @@ def test_replace_linear_is_evaluated_and_exported(small_ws, lm, asyoulik, tmp_pa
                             save_fn=lambda m, d: save_checkpoint(m, d))
     assert json.loads((out / "config.json").read_text())[LINEAR_BLOCKS_KEY] == [12]
     assert verify_export(out, model, lm.tokenizer, loader=load_checkpoint)["ok"]
-
-
-def cli(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-m", "analysis", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def test_cli_compress_writes_checkpoint_and_recipe(tmp_path, small_ws):

@@ -1,28 +1,17 @@
 """Issue 6 on the real model: recipe round trip (CLI run → dashboard), report, overview, results-only folders."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from analysis.models import ModelSpec, ResultsOnlyModel, load_model
+from tests.cli import cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_EVAL = {"text": "asyoulik", "n_tokens": 1024, "context": 256, "stride": 128, "measure_speed": False,
               "max_new_tokens": 12}
-
-
-def cli(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1800)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
