@@ -136,8 +136,8 @@ def capture_hidden_states(
             for row, s in enumerate(keep):
                 h = hidden[s] if positions == "all" else hidden[s][:, -1:]
                 out[row, start:stop] = h.float().cpu().numpy()
-        out.flush()
-        del out
+        del out  # unmapped, not msync'ed: like every other cache write, the kernel writes it back (an msync of
+        # the whole array made capture 54% slower than a bare forward pass here; without it, 14%)
         w.data = {**params, "state_ids": keep, "n_states_model": n_states, "seconds": time.perf_counter() - t0,
                   "model_name": lm.name, "text_name": text.label,
                   "last_state_is_normed": lm.card()["last_state_is_normed"]}

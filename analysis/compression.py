@@ -591,9 +591,9 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
         (warn or (lambda m: None))(w)
     stats = None
     calibration = None
-    if spec.method != "svd":
-        if ws is None:
-            raise CompressionError(f"{LABELS[spec.method]} needs calibration statistics: apply it on a workspace")
+    if spec.method != "svd" and ws is None:
+        raise CompressionError(f"{LABELS[spec.method]} needs calibration statistics: apply it on a workspace")
+    if ws is not None:  # plain SVD ignores them, but they give its predicted loss on the same tokens as the others
         text, n_windows, window_len = calibration_of(spec, ws)
         groups = sorted({group_of(n) for n in plan})
         blocks = None if spec.blocks is None else sorted({block_of(n) for n in plan})
