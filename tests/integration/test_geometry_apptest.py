@@ -138,3 +138,23 @@ def test_id_page_compares_with_gemma_when_installed(at):
     specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))
     assert "gemma" in specs.lower() and "against depth as a fraction" in specs
     assert "18 blocks, width 640" in _texts(at)
+
+
+def test_avss_page_compares_with_the_sidebars_variant(at):
+    from analysis.models import ModelSpec
+    from analysis.variants import Variant, apply_actions
+    from components.state import _load
+
+    spec = ModelSpec()
+    lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
+    action = {"remove_blocks": [12, 13]}
+    at.session_state["variants"] = [Variant(name="minus 12,13", model=apply_actions(lm.model, action),
+                                            action=action, base_fingerprint=lm.fingerprint)]
+    at.session_state["compare_variant"] = "minus 12,13"
+    at.switch_page("pages/avss.py")
+    at.run()
+    assert "Compared with minus 12,13" in [h.value for h in at.header]
+    at.toggle(key="avss-compare").set_value(True).run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "Normalised AVSS per block" in specs and "minus 12,13" in specs
