@@ -71,6 +71,21 @@ def test_zigzag_page_computes_shows_the_views_and_sends_the_suggestion(lm, alice
     assert any("Zigzag persistence" in i.value for i in at.info)  # "Selection from Zigzag persistence ..."
 
 
+def test_zigzag_page_draws_the_compared_variant_beside_the_original(lm):
+    from analysis.variants import Variant, apply_actions
+
+    action = {"remove_blocks": [12, 13]}
+    variant = Variant(name="minus 12,13", model=apply_actions(lm.model, action), action=action,
+                      base_fingerprint=lm.fingerprint)
+    at = open_page("pages/zigzag.py", variants=[variant], compare_variant="minus 12,13")
+    submit_zigzag(at)
+    assert "Compared with minus 12,13" in [h.value for h in at.header]
+    at.toggle(key="zz-compare").set_value(True).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "depth (hidden state index" in specs and "minus 12,13" in specs
+
+
 @pytest.mark.parametrize(
     "windows, k, m, message",
     [
