@@ -62,7 +62,9 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
     at.run()
     assert not at.exception, at.exception
     assert "correlators" in _texts(at) and "could not be checked" in _texts(at)
-    assert "Compute ID profile" in _texts(at)  # nothing heavy runs before the button
+    # nothing heavy runs before the button, unless a profile of these settings is in the session's cache already
+    # (the browser test computes the same 8 x 64 profile when it runs first): then the page shows it at once
+    assert "Compute ID profile" in _texts(at) or _charts(at) >= 2
     at.number_input(key="id-points").set_value(512)  # points per state: all 512 tokens of 8 x 64
     at.button(key="id-compute").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)
