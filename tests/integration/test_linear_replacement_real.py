@@ -1,12 +1,9 @@
-"""Slow check on the real converted SmolLM2-135M (``/tmp/conv``): block 12 replaced by a fitted linear map.
-
-Skips when the converted model is missing. Run with
-``python -m pytest tests/integration/test_linear_replacement_real.py -m slow``.
-"""
+"""The bundled SmolLM2-135M with block 12 replaced by a linear map fitted on real text (alice): the forward pass,
+the loss, and greedy generation with and without the KV cache."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
 
 import pytest
 import torch
@@ -17,29 +14,15 @@ from analysis.linear_replacement import (
     fit_linear_map_from_moments,
     replace_decoder_layer,
 )
+from analysis.texts import calibration_windows
 
-MODEL_DIR = Path("/tmp/conv")
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="converted model not found at /tmp/conv"),
-]
-
-TEXT = (
-    "The history of the printing press begins in the fifteenth century, when movable type made books cheaper "
-    "to produce. Within a few decades printers had spread across Europe, and the number of books in circulation "
-    "grew from thousands to millions. Scholars, merchants and clergy all benefited from the new technology, "
-    "which also changed how news, science and religious ideas travelled between cities. "
-)
+pytestmark = pytest.mark.slow
 
 
-def test_block_12_replaced_runs_forward_and_generate() -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval()
-    ids = tok(TEXT * 8, return_tensors="pt").input_ids[:, :512]
-    windows = [ids[:, i : i + 128] for i in range(0, ids.shape[1] - 127, 128)]
+def test_block_12_replaced_runs_forward_and_generate(lm, alice) -> None:
+    tok = lm.tokenizer
+    model = copy.deepcopy(lm.model).eval()  # the session's model stays untouched
+    windows = [torch.as_tensor(w[None]) for w in calibration_windows(tok, alice, 8, 128)]
     moments = collect_block_moments(model, 12, windows)
     W, c, residual = fit_linear_map_from_moments(moments)
     assert 0.0 < residual < 1.0
@@ -51,7 +34,7 @@ def test_block_12_replaced_runs_forward_and_generate() -> None:
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     assert torch.isfinite(out.logits).all()
     assert float(out.loss) < base_loss + 3.0  # degraded, not destroyed
-    prompt = tok("The printing press", return_tensors="pt").input_ids
+    prompt = tok("Alice was beginning to get very tired", return_tensors="pt").input_ids
     kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
         cached = model.generate(prompt, use_cache=True, **kwargs)
