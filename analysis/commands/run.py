@@ -51,9 +51,13 @@ def run(args) -> int:
     if want and want != lm.fingerprint:
         print(f"warning: the model's fingerprint {lm.fingerprint} differs from the recipe's {want}", file=sys.stderr)
     ws = Workspace(lm=lm, text=rc.text_of(recipe, args.text), calibration=rc.calibration_of(recipe))
-    ws.capture(TqdmProgress("capture"))
-    groups = resolve_groups(list(recipe.get("metrics") or {}) or None)
-    write_metric_files(ws, groups, out, progress_factory=TqdmProgress)
+    # the recipe's metric groups; an empty "metrics" section (a change made on the compress page or by the compress
+    # command) computes none, and a recipe without the section gets the default group
+    metrics = recipe.get("metrics")
+    groups = resolve_groups(list(metrics or {}) or None) if metrics or metrics is None else []
+    if groups:
+        ws.capture(TqdmProgress("capture"))
+        write_metric_files(ws, groups, out, progress_factory=TqdmProgress)
 
     action = recipe.get("action") or {}
     done = rc.variant_recipe(ws, action, metrics={g: (recipe.get("metrics") or {}).get(g, {}) for g in groups})

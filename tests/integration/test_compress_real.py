@@ -140,6 +140,12 @@ def test_cli_compress_writes_checkpoint_and_recipe(tmp_path, small_ws):
     res = json.loads(cli("evaluate", "--model", str(out), "--text", "asyoulik", "--tokens", "512",
                          "--context", "256", "--stride", "256").stdout)
     assert abs(res["perplexity"] - ev["compressed"]["perplexity"]) / res["perplexity"] < 1e-3
+    # the recipe reproduces the change headless: same ranks, same perplexity, a factorised export that reloads
+    cli("run", out / "recipe.json", "--out", tmp_path / "rerun")
+    again = json.loads((tmp_path / "rerun" / "recipe.json").read_text())
+    assert again["evaluation"]["compressed"]["perplexity"] == pytest.approx(ev["compressed"]["perplexity"], rel=1e-6)
+    assert again["compression"]["low_rank"]["ranks"] == low["ranks"]
+    assert again["export"]["form"] == "factorised" and again["export"]["reload_check"]["ok"]
 
 
 @pytest.mark.parametrize("args,message", [
