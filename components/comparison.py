@@ -68,3 +68,22 @@ def second_model(kind: str, base: LoadedModel, source: str = "") -> LoadedModel:
     else:
         raise ModelLoadError(f"nothing to compare with ({kind!r})")
     return _load_second(source, base.spec.device, base.spec.dtype)
+
+
+def compared_variant_section(ws, what: str, same: str, key: str):
+    """The section of a metric page that draws the sidebar's *Compare with* variant beside the original.
+
+    Shows the header and what is held equal (``same``), and an opt-in toggle (computing ``what`` on the variant
+    costs as much as on the original). Returns ``(workspace on the variant, its name)`` once the user asked for it,
+    else ``None``.
+    """
+    other = state.compare_workspace(ws)
+    if other is None:
+        return None
+    name = state.compare_variant().name
+    st.header(f"Compared with {name}")
+    st.caption(f"The variant chosen under *Compare with* in the sidebar, {same}; depth as a fraction of each model's "
+               "depth (a pruned variant has fewer blocks).")
+    if not st.toggle(f"Compute {what} on {name} too", key=key):
+        return None
+    return other, name

@@ -7,7 +7,7 @@ import streamlit as st
 from analysis.geometry import (DEFAULT_EPS, DEFAULT_RELATIVE_EPS, DEFAULT_SHARE, NEAR_ZERO_SPARSITY, SITE_LABELS,
                                SITES, AVSSSettings, avss_result)
 from components import geometry_figures as gf
-from components import state
+from components import comparison, state
 from components.figures import comparison_curves
 from components.widgets import figure_with_csv, run_with_progress, workspace_caption
 
@@ -118,25 +118,22 @@ curve = res.curve()
 fig = gf.cumulative_curve(curve, None if rule == "k lowest" else share_pct / 100.0, chosen)
 figure_with_csv(fig, curve, f"avss_cumulative_{site}.csv", key="avss-cum")
 
-other = state.compare_workspace(ws)
-if other is not None:
-    name = state.compare_variant().name
-    st.header(f"Compared with {name}")
-    st.caption("The variant chosen under *Compare with* in the sidebar, at the same site and threshold on the same "
-               "calibration windows, with depth as a fraction of each model's blocks (a pruned variant has fewer).")
-    if st.toggle(f"Compute AVSS on {name} too", key="avss-compare"):
-        try:
-            res_o = run_with_progress(f"AVSS of {name}", lambda p: avss_result(other, settings, progress=p))
-        except (ValueError, RuntimeError) as exc:  # e.g. a block replaced by a linear map has no MLP to hook
-            st.error(f"AVSS cannot be computed on {name}: {exc}")
-        else:
-            t_o, L_o = res_o.table, other.n_blocks
-            fig = comparison_curves({"original": (np.arange(L) / L, table["navss"].to_numpy()),
-                                     name: (np.arange(L_o) / L_o, t_o["navss"].to_numpy())},
-                                    f"Normalised AVSS per block, {SITE_LABELS[site]}", "NAVSS")
-            frame = pd.concat([table[["block", "navss"]].assign(model="original"),
-                               t_o[["block", "navss"]].assign(model=name)])
-            figure_with_csv(fig, frame, f"navss_{site}_compared.csv", key="avss-cmp-fig")
+compared = comparison.compared_variant_section(ws, "AVSS", "at the same site and threshold on the same calibration "
+                                               "windows", key="avss-compare")
+if compared is not None:
+    other, name = compared
+    try:
+        res_o = run_with_progress(f"AVSS of {name}", lambda p: avss_result(other, settings, progress=p))
+    except (ValueError, RuntimeError) as exc:  # e.g. a block replaced by a linear map has no MLP to hook
+        st.error(f"AVSS cannot be computed on {name}: {exc}")
+    else:
+        t_o, L_o = res_o.table, other.n_blocks
+        fig = comparison_curves({"original": (np.arange(L) / L, table["navss"].to_numpy()),
+                                 name: (np.arange(L_o) / L_o, t_o["navss"].to_numpy())},
+                                f"Normalised AVSS per block, {SITE_LABELS[site]}", "NAVSS")
+        frame = pd.concat([table[["block", "navss"]].assign(model="original"),
+                           t_o[["block", "navss"]].assign(model=name)])
+        figure_with_csv(fig, frame, f"navss_{site}_compared.csv", key="avss-cmp-fig")
 
 with st.expander("Table"):
     t = show.copy()

@@ -6,7 +6,7 @@ import streamlit as st
 
 from analysis import topology as topo
 from analysis.texts import TextError
-from components import figures, state
+from components import comparison, figures, state
 from components import topology_figures as tf
 from components.widgets import figure_with_csv, run_with_progress
 
@@ -149,28 +149,25 @@ for f in fractions:
     if cols[1].button("Send to prune page", key=f"zz-send-{f:g}", disabled=not sug["blocks"]):
         state.send_to_prune(sug["blocks"], f"Zigzag persistence Z̄_{view.p} ≥ {f:g}·max "
                                            f"(k={s.k}, m={s.max_dim}, α={view.alpha:g}, {s.n_windows} windows)")
-other = state.compare_workspace(ws)
-if other is not None:
-    name = state.compare_variant().name
-    st.header(f"Compared with {name}")
-    st.caption("The variant chosen under *Compare with* in the sidebar, with the same windows, k, m, p, α and minimum "
-               "lifetime; depth as a fraction of each model's hidden states (a pruned variant has fewer).")
-    if st.toggle(f"Compute the zigzag on {name} too", key="zz-compare"):
-        try:
-            res_o = run_with_progress(f"Zigzag of {name}", lambda p_: topo.compute_zigzag(
-                other.lm, other.text, s, progress=p_, allow_large=True))
-            view_o = topo.describe_zigzag(res_o, p=int(p), alpha=float(alpha), min_lifetime=int(min_life),
-                                          fractions=fractions)
-        except (topo.TopologyError, TextError, ValueError) as exc:
-            st.error(f"The zigzag cannot be computed on {name}: {exc}")
-        else:
-            n_o = res_o.n_layers
-            fig = figures.comparison_curves(
-                {"original": (np.arange(n) / (n - 1), view.zbar), name: (np.arange(n_o) / (n_o - 1), view_o.zbar)},
-                f"Averaged inter-layer persistence Z̄_{view.p}, α = {view.alpha:g}", f"Z̄_{view.p}",
-                x_title="depth (hidden state index / last index)")
-            frame = pd.concat([pd.DataFrame({"model": "original", "state": range(n), "zbar": view.zbar}),
-                               pd.DataFrame({"model": name, "state": range(n_o), "zbar": view_o.zbar})])
-            figure_with_csv(fig, frame, "zigzag_zbar_compared.csv", key="zz-cmp-fig")
+compared = comparison.compared_variant_section(ws, "the zigzag", "with the same windows, k, m, p, α and minimum "
+                                               "lifetime", key="zz-compare")
+if compared is not None:
+    other, name = compared
+    try:
+        res_o = run_with_progress(f"Zigzag of {name}", lambda p_: topo.compute_zigzag(
+            other.lm, other.text, s, progress=p_, allow_large=True))
+        view_o = topo.describe_zigzag(res_o, p=int(p), alpha=float(alpha), min_lifetime=int(min_life),
+                                      fractions=fractions)
+    except (topo.TopologyError, TextError, ValueError) as exc:
+        st.error(f"The zigzag cannot be computed on {name}: {exc}")
+    else:
+        n_o = res_o.n_layers
+        fig = figures.comparison_curves(
+            {"original": (np.arange(n) / (n - 1), view.zbar), name: (np.arange(n_o) / (n_o - 1), view_o.zbar)},
+            f"Averaged inter-layer persistence Z̄_{view.p}, α = {view.alpha:g}", f"Z̄_{view.p}",
+            x_title="depth (hidden state index / last index)")
+        frame = pd.concat([pd.DataFrame({"model": "original", "state": range(n), "zbar": view.zbar}),
+                           pd.DataFrame({"model": name, "state": range(n_o), "zbar": view_o.zbar})])
+        figure_with_csv(fig, frame, "zigzag_zbar_compared.csv", key="zz-cmp-fig")
 with st.expander("Settings of this result"):
     st.json(topo.zigzag_suggestion(result, view, ws.lm, ws.text))
