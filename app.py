@@ -18,8 +18,12 @@ if presentation.options().present:
 else:
     from analysis.models import ModelLoadError
 
+    page = st.navigation(navigation.pages(), expanded=True)  # every page listed, none behind "View more"
+    # the sidebar after st.navigation: its widgets' ids include the active page's hash, which on a fresh server's
+    # first run is only settled once the navigation is known (before, the first form submission of the first
+    # session was lost)
     sidebar.render()
     try:
-        st.navigation(navigation.pages(), expanded=True).run()  # every page listed, none behind "View more"
+        page.run()
     except ModelLoadError as exc:  # e.g. a results-only folder asked to compute something new
         st.error(str(exc))

@@ -88,22 +88,12 @@ def _open_ready(context, url: str):
     return tab
 
 
-@pytest.fixture(scope="session")
-def warm_app(browser, app_url):
-    """Open and close one session before the tests: on a freshly started server, Streamlit 1.67 drops the first
-    form submission of the very first session (a second press works; every later session is fine)."""
-    context = browser.new_context()
-    _open_ready(context, app_url)
-    context.close()
-    return app_url
-
-
 @pytest.fixture(scope="module")
-def page(browser, warm_app, artifacts):
+def page(browser, app_url, artifacts):
     """One browser tab per test module: state flows from test to test inside a module, and every module starts
     from a fresh Streamlit session (a new tab is a new session), so modules do not depend on their order."""
     context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
-    tab = _open_ready(context, warm_app)
+    tab = _open_ready(context, app_url)
     yield tab
     context.close()
 
