@@ -351,15 +351,6 @@ def _write_extra_files(directory: Path, extra_files: Mapping[str, str | bytes] |
         path.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
-def _edit_config(directory: Path, ranks: Mapping[str, int] | None) -> None:
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    config.pop(CONFIG_KEY, None)
-    if ranks:
-        config[CONFIG_KEY] = dict(ranks)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def save_dense(
     model: nn.Module,
     directory: str | Path,
@@ -375,14 +366,7 @@ def save_dense(
     """
     if factorised_ranks(model):
         raise ValueError("the model contains FactorisedLinear modules; densify() it or use save_factorised()")
-    directory = Path(directory)
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)  # type: ignore[operator]
-        _edit_config(tmp, None)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
-        _write_extra_files(tmp, extra_files)
-    return directory
+    return _save_atomically(model, directory, "dense", tokenizer, overwrite, extra_files)
 
 
 def save_factorised(
@@ -398,13 +382,20 @@ def save_factorised(
     ``<name>.B.weight``, ``<name>.B.bias``); ``config.json`` gains ``"layerscope_factorised": {name: rank}``.
     Reload with :func:`load_factorised`. Atomic, never overwrites a non-empty directory unless ``overwrite``.
     """
-    ranks = factorised_ranks(model)
-    if not ranks:
+    if not factorised_ranks(model):
         raise ValueError("the model has no FactorisedLinear modules; use save_dense()")
+    return _save_atomically(model, directory, "factorised", tokenizer, overwrite, extra_files)
+
+
+def _save_atomically(model: nn.Module, directory: str | Path, form: str, tokenizer: object | None, overwrite: bool,
+                     extra_files: Mapping[str, str | bytes] | None) -> Path:
+    """:func:`analysis.checkpoint.save_checkpoint` (weights and config keys) plus tokenizer and extra files, all in
+    one atomic directory."""
+    from .checkpoint import save_checkpoint  # lazy: checkpoint imports this module
+
     directory = Path(directory)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)  # type: ignore[operator]
-        _edit_config(tmp, ranks)
+        save_checkpoint(model, tmp, form)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
         _write_extra_files(tmp, extra_files)
