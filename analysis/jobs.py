@@ -1,0 +1,237 @@
+"""Background jobs: long computations that run in a worker thread of the server process, not in a page run.
+
+A job is found again by its **key** (a string naming the computation and its settings, e.g. a cache key), so a
+page that is left and re-opened, or a browser tab that is reloaded (a new Streamlit session), finds the job that is
+still running or its result. The registry lives in this module, i.e. once per server process; the command line
+runs the same work functions directly, in the foreground.
+
+Each *owner* (a dashboard session, or any name) runs one job at a time; further jobs of the same owner wait in
+its queue. Different owners run side by side. A work function receives the :class:`Job` and reports progress with
+``job.report(done, total, message)`` — the same signature as the ``progress`` callbacks of ``analysis`` — which
+raises :class:`JobCancelled` once :meth:`Job.cancel` was asked, so cancelling takes effect at the next report.
+A job whose function raises ends ``failed`` with the error's message; work functions must write their results
+atomically (``cache.atomic_directory``) so that a failed or cancelled job leaves nothing half-written.
+
+No Streamlit here: ``components/jobs.py`` draws jobs in the pages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+
+
+class JobCancelled(Exception):
+    """Raised inside a work function (by :meth:`Job.report` or :meth:`Job.check`) once the job was cancelled."""
+
+
+@dataclass(eq=False)
+class Job:
+    key: str
+    label: str
+    owner: str
+    fn: Callable[["Job"], Any] = field(repr=False)
+    id: int = 0
+    state: str = QUEUED
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    stage: str = ""
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: Any = field(default=None, repr=False)
+    error: str | None = None
+    error_detail: str | None = field(default=None, repr=False)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    # ---- called by the work function -------------------------------------------------------------------------
+    def report(self, done: int | float, total: int | float, message: str = "") -> None:
+        """Progress ``done`` of ``total`` (``total`` 0 = unknown); raises :class:`JobCancelled` when cancelled."""
+        self.done, self.total = done, total
+        if message:
+            self.message = message
+        self.check()
+
+    def set_stage(self, stage: str) -> None:
+        """A named stage, for work that cannot count its steps (shown instead of a bar)."""
+        self.stage = stage
+        self.message = stage
+        self.check()
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled(f"{self.label}: cancelled")
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    # ---- read by the pages -----------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        self._cancel.set()
+        with _LOCK:
+            if self.state == QUEUED:  # never started: leave the queue at once
+                self.state, self.finished = CANCELLED, time.time()
+                q = _QUEUES.get(self.owner)
+                if q is not None and self in q:
+                    q.remove(self)
+
+    @property
+    def fraction(self) -> float | None:
+        if self.state == DONE:
+            return 1.0
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, float(self.done) / float(self.total)))
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def finished_ok(self) -> bool:
+        return self.state == DONE
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in (QUEUED, RUNNING)
+
+    def position(self) -> int:
+        """0 while running, else the place in its owner's queue (1 = next)."""
+        with _LOCK:
+            q = _QUEUES.get(self.owner, ())
+            return list(q).index(self) + 1 if self in q else 0
+
+
+_LOCK = threading.RLock()
+_JOBS: dict[str, Job] = {}
+_QUEUES: dict[str, deque[Job]] = {}
+_WORKERS: dict[str, threading.Thread] = {}
+_IDS = itertools.count(1)
+
+
+def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default", restart: bool = False) -> Job:
+    """Start (or queue) ``fn(job)`` under ``key`` and return at once.
+
+    A job with the same key that is queued, running or done is returned as it is (``restart=True`` replaces a
+    finished one); a failed or cancelled one is replaced by a new run.
+    """
+    with _LOCK:
+        old = _JOBS.get(key)
+        if old is not None and (old.is_active or (old.state == DONE and not restart)):
+            return old
+        job = Job(key=key, label=label, owner=owner, fn=fn, id=next(_IDS))
+        _JOBS[key] = job
+        _QUEUES.setdefault(owner, deque()).append(job)
+        worker = _WORKERS.get(owner)
+        if worker is None or not worker.is_alive():
+            worker = threading.Thread(target=_work, args=(owner,), name=f"layerscope-job-{owner}", daemon=True)
+            _WORKERS[owner] = worker
+            worker.start()
+        return job
+
+
+def _work(owner: str) -> None:
+    while True:
+        with _LOCK:
+            q = _QUEUES.get(owner)
+            if not q:
+                _WORKERS.pop(owner, None)
+                return
+            job = q.popleft()
+            if job.state != QUEUED:
+                continue
+            job.state, job.started = RUNNING, time.time()
+        try:
+            job.check()
+            result = job.fn(job)
+        except JobCancelled:
+            job.state = CANCELLED
+        except BaseException as exc:  # noqa: BLE001 - a job's failure is shown on its page, never lost
+            job.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+            job.error_detail = traceback.format_exc()
+            job.state = FAILED
+        else:
+            job.result = result
+            job.state = DONE if not job.cancel_requested else CANCELLED
+        finally:
+            job.finished = time.time()
+
+
+def get(key: str) -> Job | None:
+    with _LOCK:
+        return _JOBS.get(key)
+
+
+def cancel(key: str) -> bool:
+    job = get(key)
+    if job is None or not job.is_active:
+        return False
+    job.cancel()
+    return True
+
+
+def forget(key: str) -> None:
+    """Drop a finished job from the registry (a running one is cancelled first)."""
+    with _LOCK:
+        job = _JOBS.get(key)
+        if job is None:
+            return
+        if job.is_active:
+            job.cancel()
+        _JOBS.pop(key, None)
+
+
+def jobs(owner: str | None = None) -> list[Job]:
+    """Every known job (of ``owner``), oldest first."""
+    with _LOCK:
+        found = [j for j in _JOBS.values() if owner is None or j.owner == owner]
+    return sorted(found, key=lambda j: j.id)
+
+
+def active(owner: str | None = None) -> list[Job]:
+    return [j for j in jobs(owner) if j.is_active]
+
+
+def wait(key: str, timeout: float | None = None, poll: float = 0.05) -> Job | None:
+    """Block until the job under ``key`` has finished (for tests and the command line); the job, or None."""
+    end = None if timeout is None else time.time() + timeout
+    while True:
+        job = get(key)
+        if job is None or not job.is_active:
+            return job
+        if end is not None and time.time() > end:
+            return job
+        time.sleep(poll)
+
+
+def run_in_foreground(fn: Callable[[Job], Any], label: str = "job",
+                      progress: Callable[[int, int, str], None] | None = None) -> Any:
+    """Run a job function now, in this thread (the command line): ``job.report`` forwards to ``progress``."""
+    job = _ForegroundJob(key=f"foreground-{next(_IDS)}", label=label, owner="foreground", fn=fn)
+    job._progress = progress
+    job.state, job.started = RUNNING, time.time()
+    try:
+        return fn(job)
+    finally:
+        job.finished = time.time()
+
+
+class _ForegroundJob(Job):
+    _progress: Callable[[int, int, str], None] | None = None
+
+    def report(self, done, total, message: str = "") -> None:
+        super().report(done, total, message)
+        if self._progress is not None:
+            self._progress(done, total, message)
