@@ -26,7 +26,8 @@ flag lets a UI mark the bar. The raw ``sparsity`` (0.0) is always in the table b
 Memory does not grow with the number of tokens: the accumulator keeps a few sums per block.
 
 Capturing activations from a model is the caller's job; :func:`attach_avss_hooks` is a small helper for Hugging
-Face Llama-style decoders (``block.self_attn``, ``block.mlp.down_proj``).
+Face decoders of every family :mod:`analysis.architecture` knows (the sites are found by structure, see
+:func:`site_hook`; a mixture of experts' MLP site is the MoE block's output).
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ __all__ = [
     "sorted_cumulative",
     "decoder_blocks",
     "site_modules",
+    "site_hook",
+    "site_hooks",
     "attach_avss_hooks",
     "AVSSHooks",
 ]
 
 SITES = ("residual", "mlp", "attention")
-"""Activation sites: block output (residual stream), MLP hidden activation (input of ``down_proj``), attention
-output (first element of the ``self_attn`` output)."""
+"""Activation sites: block output (residual stream), MLP hidden activation (input of the feed-forward's output
+projection, e.g. ``down_proj``; a mixture of experts: the MoE block's output), attention output (output of the
+attention's output projection, e.g. ``o_proj``)."""
 
 
 @dataclass
@@ -229,48 +233,103 @@ def suggest_k_lowest(result: pd.DataFrame, k: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# hooks on Hugging Face Llama-style decoders
+# hooks on Hugging Face decoders (sites found by analysis.architecture)
 
 
 def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder blocks of a causal LM: ``model.model.layers`` (Llama, Mistral, Qwen, …), ``model.layers``,
-    ``model.transformer.h`` (GPT-2) or ``model.gpt_neox.layers``."""
-    for path in ("model.layers", "layers", "transformer.h", "gpt_neox.layers"):
-        obj: Any = model
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-            if obj is None:
-                break
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
+    """The decoder blocks of a causal LM, found by structure (:func:`analysis.models.block_list`: ``model.layers``
+    for Llama-like models, ``transformer.h`` for GPT-2/Falcon/Bloom/GPT-J, ``gpt_neox.layers``,
+    ``model.decoder.layers`` for OPT ...)."""
+    from .models import ModelLoadError, block_list
+
+    try:
+        return block_list(model)[1]
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def site_hook(block: torch.nn.Module, site: str, index: int) -> tuple[torch.nn.Module, str]:
+    """``(module, "input" | "output")``: where ``site`` is read in ``block`` (see :data:`SITES`).
+
+    ``"residual"``: the block's output; ``"attention"``: the output of the attention's output projection (its
+    contribution to the residual stream, the same tensor as Llama's ``self_attn`` output); ``"mlp"``: the input
+    of the feed-forward's output projection (the MLP hidden activation: ``down_proj``, GPT-2's ``mlp.c_proj``,
+    ``dense_4h_to_h``, OPT's ``fc2`` ...) — for a **mixture of experts**, whose hidden activations exist per
+    expert only for the tokens routed to it, the output of the MoE block (the experts' weighted down projections,
+    summed). Found by :mod:`analysis.architecture`; a block without the part raises ``ValueError`` naming it.
+    """
+    from . import architecture as arch
+
+    if site == "residual":
+        return block, "output"
+    try:
+        if site == "attention":
+            return arch.attention_site(block, index), "output"
+        if site == "mlp":
+            return arch.mlp_site(block, index)
+    except arch.ArchitectureError as exc:
+        raise ValueError(f"the {site} site: {exc}") from None
+    raise ValueError(f"unknown site {site!r}; choose from {SITES}")
 
 
 def _site_module(block: torch.nn.Module, site: str, index: int) -> torch.nn.Module:
-    if site == "residual":
-        return block
-    if site == "attention":
-        module = getattr(block, "self_attn", None)
-        if module is None:
-            raise ValueError(f"block {index} has no `self_attn`; the attention site needs a Llama-style block")
-        return module
-    if site == "mlp":
-        module = getattr(getattr(block, "mlp", None), "down_proj", None)
-        if module is None:
-            raise ValueError(f"block {index} has no `mlp.down_proj`; the MLP site needs a Llama-style block")
-        return module
-    raise ValueError(f"unknown site {site!r}; choose from {SITES}")
+    return site_hook(block, site, index)[0]
 
 
 def site_modules(
     model: torch.nn.Module, site: str, blocks: torch.nn.ModuleList | None = None
 ) -> list[torch.nn.Module]:
-    """The module to hook in each block for ``site``: the block (``"residual"``, its output), ``block.self_attn``
-    (``"attention"``, its output[0]) or ``block.mlp.down_proj`` (``"mlp"``, its input)."""
+    """The module to hook in each block for ``site`` (see :func:`site_hook`; read its output, or for the MLP
+    site of a dense MLP its input)."""
+    return [m for m, _ in site_hooks(model, site, blocks)]
+
+
+def site_hooks(
+    model: torch.nn.Module, site: str, blocks: torch.nn.ModuleList | None = None
+) -> list[tuple[torch.nn.Module, str]]:
+    """:func:`site_hook` of every block: ``[(module, "input" | "output"), …]``."""
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose from {SITES}")
     blocks = decoder_blocks(model) if blocks is None else blocks
-    return [_site_module(block, site, i) for i, block in enumerate(blocks)]
+    return [site_hook(block, site, i) for i, block in enumerate(blocks)]
+
+
+def hook_site_activations(
+    blocks: torch.nn.ModuleList | Sequence[torch.nn.Module], site: str, callback: Any
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register hooks that call ``callback(block_index, activations)`` with the ``site`` activations of every block
+    on each forward pass, always as ``[batch, seq, width]``: families that flatten the tokens inside the block
+    (OPT's ``fc1``/``fc2`` see ``[batch·seq, width]``) are reshaped with the block's own input shape.
+    Returns the handles (remove them when done)."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    shapes: dict[int, tuple[int, int]] = {}
+    try:
+        for index, block in enumerate(blocks):
+            module, kind = site_hook(block, site, index)
+
+            def remember(_m: torch.nn.Module, args: tuple, kwargs: dict, index: int = index) -> None:
+                h = args[0] if args else kwargs.get("hidden_states")
+                if isinstance(h, torch.Tensor) and h.ndim == 3:
+                    shapes[index] = (int(h.shape[0]), int(h.shape[1]))
+
+            def feed(t: torch.Tensor, index: int) -> None:
+                shape = shapes.get(index)
+                if t.ndim == 2 and shape is not None and t.shape[0] == shape[0] * shape[1]:
+                    t = t.reshape(shape[0], shape[1], t.shape[-1])
+                callback(index, t)
+
+            handles.append(block.register_forward_pre_hook(remember, with_kwargs=True))
+            if kind == "input":
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, args, index=index: feed(_first_tensor(args), index)))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda _m, _args, output, index=index: feed(_first_tensor(output), index)))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
@@ -326,7 +385,8 @@ def attach_avss_hooks(
         raise ValueError(f"unknown site {site!r}; choose from {SITES}")
     if len(blocks) != accumulator.n_blocks:
         raise ValueError(f"{len(blocks)} blocks but the accumulator expects {accumulator.n_blocks}")
-    modules = [_site_module(block, site, i) for i, block in enumerate(blocks)]
+    for i, block in enumerate(blocks):
+        site_hook(block, site, i)  # a block without the site fails before any hook is registered
     hooks = AVSSHooks(accumulator=accumulator, site=site)
 
     def capture_mask(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -346,17 +406,6 @@ def attach_avss_hooks(
     hooks.handles.append(model.register_forward_pre_hook(capture_mask, with_kwargs=True))
     hooks.handles.append(model.register_forward_hook(clear_mask))
 
-    for index, module in enumerate(modules):
-        if site == "mlp":
-
-            def read_input(_module: torch.nn.Module, args: tuple, index: int = index) -> None:
-                accumulator.update(index, _first_tensor(args), hooks.attention_mask)
-
-            hooks.handles.append(module.register_forward_pre_hook(read_input))
-        else:
-
-            def read_output(_module: torch.nn.Module, _args: tuple, output: Any, index: int = index) -> None:
-                accumulator.update(index, _first_tensor(output), hooks.attention_mask)
-
-            hooks.handles.append(module.register_forward_hook(read_output))
+    hooks.handles.extend(hook_site_activations(blocks, site, lambda index, a: accumulator.update(
+        index, a, hooks.attention_mask)))
     return hooks

@@ -105,19 +105,21 @@ def factorised_copy(model: nn.Module) -> nn.Module:
     attribute travels with the module, so it stays right after blocks are removed and renumbered. ``model`` itself
     is returned when nothing is left to factorise.
     """
+    from .architecture import is_conv1d, is_linear, linear_dims, linear_weight
+
     todo = {name: int(module.__dict__[RANK_ATTR]) for name, module in model.named_modules()
-            if type(module) is nn.Linear and module.__dict__.get(RANK_ATTR) is not None}
+            if is_linear(module) and module.__dict__.get(RANK_ATTR) is not None}
     if not todo:
         return model
     from .compression import decomposition_threads
 
     out = _structural_copy(model)
     for name, k in todo.items():
-        linear: nn.Linear = out.get_submodule(name)  # type: ignore[assignment]
-        check_rank(linear.out_features, linear.in_features, k)
+        linear = out.get_submodule(name)
+        check_rank(*linear_dims(linear), k)
         with decomposition_threads():
-            B, A = svd_truncate(linear.weight, k)
-        replacement = FactorisedLinear.from_factors(B, A, linear.bias)
+            B, A = svd_truncate(linear_weight(linear), k)
+        replacement = FactorisedLinear.from_factors(B, A, linear.bias, conv1d=is_conv1d(linear))
         replacement.train(linear.training)
         out.set_submodule(name, replacement)
     return out
@@ -153,7 +155,28 @@ def save_checkpoint(model: nn.Module, directory: str | Path, form: str = "dense"
             raise ValueError("this model has no low-rank matrices to store factorised; export it as 'dense'")
     directory = Path(directory)
     out.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
-    _edit_config(directory, factorised_ranks(out), linear_blocks(out))
+    ranks, blocks = factorised_ranks(out), linear_blocks(out)
+    _edit_config(directory, ranks, blocks)
+    if ranks or blocks:
+        _write_module_state(out, directory)
+
+
+def _write_module_state(model: nn.Module, directory: Path) -> None:
+    """Replace the weights ``save_pretrained`` wrote by the model's own state dict, under its in-memory names.
+
+    ``save_pretrained`` applies the family's checkpoint conversion in reverse (GPT-NeoX's ``lm_head`` is written
+    ``embed_out``; Mixtral's fused experts are split into ``experts.<i>.w1/w2/w3``), which only
+    ``from_pretrained`` undoes. A checkpoint with factorised matrices or linear blocks is read back by
+    :func:`load_checkpoint` with ``load_state_dict``, so it stores exactly the names of the rebuilt model (tied
+    parameters once, under their first name).
+    """
+    from safetensors.torch import save_file
+
+    for old in list(directory.glob("model*.safetensors")) + [directory / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    tied = _tied_parameter_names(model)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 @torch.no_grad()
@@ -191,12 +214,16 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
     hidden = int(model.get_input_embeddings().weight.shape[1])
     for b in blocks:
         replace_decoder_layer(model, b, LinearBlock(hidden, layer_idx=b, bias=True, dtype=dtype))
+    from .architecture import is_conv1d, is_linear, linear_dims
+
     for name, rank in ranks.items():
         original = model.get_submodule(name)
-        if not isinstance(original, nn.Linear):
+        if not is_linear(original):
             raise ValueError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
-        model.set_submodule(name, FactorisedLinear(original.in_features, original.out_features, int(rank),
-                                                   bias=original.bias is not None, dtype=dtype))
+        out_features, in_features = linear_dims(original)
+        model.set_submodule(name, FactorisedLinear(in_features, out_features, int(rank),
+                                                   bias=original.bias is not None, dtype=dtype,
+                                                   conv1d=is_conv1d(original)))
     model.tie_weights()
     result = model.load_state_dict(state, strict=False)
     tied = _tied_parameter_names(model)

@@ -122,16 +122,28 @@ def method_name(method: str) -> str:
     return key
 
 
-def group_of(name: str) -> str:
-    """``attn``, ``mlp`` or ``other`` for a qualified linear name (by the module under the block, as
-    :func:`analysis.lowrank.target_linears` decides)."""
+def group_of(name: str, model: nn.Module | None = None) -> str:
+    """``attn``, ``mlp`` or ``other`` for a qualified linear name, as :func:`analysis.lowrank.target_linears`
+    decides: by structure (:func:`analysis.architecture.block_parts`) when ``model`` is given, otherwise by the
+    module under the block (``*attn*`` / ``*attention*``; ``mlp`` / ``feed_forward`` / ``ffn``, or OPT's ``fc1`` /
+    ``fc2`` directly in the block) — the two agree on every family in the README's table."""
+    if model is not None:
+        from .architecture import block_parts
+
+        prefix, layers = decoder_layers(model)
+        head = f"{prefix}." if prefix else ""
+        if name.startswith(head):
+            index, _, rel = name[len(head):].partition(".")
+            if index.isdigit() and int(index) < len(layers) and rel:
+                return block_parts(layers[int(index)]).group_of(rel)
+        return "other"
     parts = name.split(".")
     for i, part in enumerate(parts):
         if part.isdigit() and i + 1 < len(parts):
             head = parts[i + 1].lower()
             if any(w in head for w in ("attn", "attention")):
                 return "attn"
-            if any(w in head for w in ("mlp", "feed_forward", "ffn")):
+            if any(w in head for w in ("mlp", "feed_forward", "ffn")) or (head in ("fc1", "fc2") and i + 2 == len(parts)):
                 return "mlp"
             return "other"
     return "other"
@@ -169,10 +181,22 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "mlp",
     return names, skipped
 
 
+def moe_blocks(model: nn.Module, blocks: Iterable[int] | None = None) -> list[int]:
+    """0-based blocks (of ``blocks``, default all) whose feed-forward is a mixture of experts."""
+    from .architecture import block_parts
+
+    _, layers = decoder_layers(model)
+    chosen = range(len(layers)) if blocks is None else sorted({int(b) for b in blocks})
+    return [b for b in chosen if 0 <= b < len(layers) and block_parts(layers[b]).moe]
+
+
 def linear_shape(model: nn.Module, name: str) -> tuple[int, int]:
+    """``(out, in)`` of a linear layer (``nn.Linear``, GPT-2 ``Conv1D``, or a factorised one)."""
+    from .architecture import is_linear, linear_dims
+
     module = model.get_submodule(name)
-    if isinstance(module, (nn.Linear, FactorisedLinear)):
-        return int(module.out_features), int(module.in_features)
+    if is_linear(module) or isinstance(module, FactorisedLinear):
+        return linear_dims(module)
     raise CompressionError(f"{name!r} is a {type(module).__name__}, not a linear layer")
 
 
@@ -266,7 +290,7 @@ def _group_names(model: nn.Module, group: str, blocks: Sequence[int] | None) -> 
         every = target_linears(model, "all", blocks)
     except ValueError:
         return []
-    return [n for n in every if group_of(n) == group]
+    return [n for n in every if group_of(n, model) == group]
 
 
 def _read_stats(e: cache.Entry, names: set[str] | None) -> CalibrationStats:
@@ -595,7 +619,7 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
         raise CompressionError(f"{LABELS[spec.method]} needs calibration statistics: apply it on a workspace")
     if ws is not None:  # plain SVD ignores them, but they give its predicted loss on the same tokens as the others
         text, n_windows, window_len = calibration_of(spec, ws)
-        groups = sorted({group_of(n) for n in plan})
+        groups = sorted({group_of(n, model) for n in plan})
         blocks = None if spec.blocks is None else sorted({block_of(n) for n in plan})
         stats, info = calibration_stats(ws.lm, text, n_windows, window_len, groups, blocks, names=plan,
                                         progress=progress)
@@ -612,9 +636,11 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
                                       alpha=spec.alpha, k1_share=spec.k1_share, damping=spec.damping, progress=step)
     except ValueError as exc:
         raise CompressionError(str(exc)) from None
+    from .architecture import is_linear
+
     for name, k in plan.items():
         module = model.get_submodule(name)
-        if type(module) is nn.Linear:
+        if is_linear(module):
             module.__dict__[RANK_ATTR] = k  # a dense W' of rank k: factorised_copy can store it exactly
     rows = []
     for r in report.records():
@@ -625,6 +651,11 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
     if skipped:
         notes.append(f"blocks {', '.join(map(str, skipped))} are replaced by linear maps: their matrices were not "
                      "truncated")
+    moe = moe_blocks(model, spec.blocks)
+    if moe and (spec.targets in ("mlp", "all")):
+        notes.append(f"the experts of the mixture-of-experts block{'s' if len(moe) > 1 else ''} "
+                     f"{', '.join(map(str, moe))} were not truncated: they are fused 3-D tensors, not linear layers "
+                     "(only the attention and dense-MLP linears are)")
     if damped:
         notes.append(f"{len(damped)} input Gram matri{'ces were' if len(damped) > 1 else 'x was'} not positive "
                      "definite and got the damping λ·I (see each matrix's 'damping')")
@@ -726,7 +757,9 @@ def describe_replace_linear(value) -> str:
 def matrix_spectra(model: nn.Module, stats: CalibrationStats, name: str, alpha: float = 0.5,
                    damping: float | None = None) -> Spectra:
     """Singular values of ``W``, of the whitened ``W S`` (SVD-LLM) and of ASVD's ``W diag(mean|x|)^α``."""
-    W = model.get_submodule(name).weight
+    from .architecture import linear_weight
+
+    W = linear_weight(model.get_submodule(name))
     with decomposition_threads():
         return spectra(W, stats[name], alpha=alpha, damping=damping)
 
@@ -735,7 +768,9 @@ def loss_curves(model: nn.Module, stats: CalibrationStats, name: str, methods: I
                 alpha: float = 0.5, k1_share: float = 0.95, damping: float | None = None,
                 nsvd_points: int | None = 48) -> dict[str, LossCurve]:
     """Predicted ``‖WX − W'X‖_F`` (over the calibration tokens) against rank, per method."""
-    W = model.get_submodule(name).weight
+    from .architecture import linear_weight
+
+    W = linear_weight(model.get_submodule(name))
     with decomposition_threads():
         return {m: predicted_loss_curve(W, stats[name], _LIB_METHOD[method_name(m)], alpha=alpha, k1_share=k1_share,
                                         damping=damping, nsvd_points=nsvd_points) for m in methods}
@@ -748,11 +783,13 @@ def loss_curves(model: nn.Module, stats: CalibrationStats, name: str, methods: I
 
 def factorised_parameters(model: nn.Module) -> int:
     """Parameters of ``model`` if every dense low-rank matrix (``layerscope_rank``) were stored as ``B·A``."""
+    from .architecture import is_linear, linear_dims
+
     total = count_parameters(model)
     for module in model.modules():
         k = module.__dict__.get(RANK_ATTR)
-        if k is not None and type(module) is nn.Linear:
-            m, n = module.out_features, module.in_features
+        if k is not None and is_linear(module):
+            m, n = linear_dims(module)
             total -= m * n - k * (m + n)
     return total
 
@@ -763,9 +800,15 @@ def low_rank_ranks(model: nn.Module) -> dict[str, int]:
     for name, module in model.named_modules():
         if isinstance(module, FactorisedLinear):
             out[name] = module.rank
-        elif type(module) is nn.Linear and module.__dict__.get(RANK_ATTR) is not None:
+        elif module.__dict__.get(RANK_ATTR) is not None and _is_linear(module):
             out[name] = int(module.__dict__[RANK_ATTR])
     return out
+
+
+def _is_linear(module: nn.Module) -> bool:
+    from .architecture import is_linear
+
+    return is_linear(module)
 
 
 def recipe_sections(model: nn.Module, original: nn.Module, candidate: str = "compressed") -> dict:

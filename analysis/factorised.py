@@ -76,7 +76,9 @@ CONFIG_KEY = "layerscope_factorised"
 class FactorisedLinear(nn.Module):
     """``y = B(A(x))``: ``A = Linear(n → k, bias=False)``, ``B = Linear(k → m, bias=<as the original>)``.
 
-    Replaces an ``nn.Linear(n → m)`` whose weight is approximated by ``B.weight @ A.weight`` (``m×k`` · ``k×n``).
+    Replaces an ``nn.Linear(n → m)`` (or a GPT-2 ``Conv1D`` of the same shape: ``conv1d=True`` remembers it, so
+    :meth:`to_linear` gives back a ``Conv1D``) whose weight is approximated by ``B.weight @ A.weight``
+    (``m×k`` · ``k×n``).
     """
 
     def __init__(
@@ -87,21 +89,24 @@ class FactorisedLinear(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        conv1d: bool = False,
     ) -> None:
         super().__init__()
         check_rank(out_features, in_features, rank)
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
+        self.conv1d = bool(conv1d)
         self.A = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.B = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
 
     @classmethod
-    def from_factors(cls, B: Tensor, A: Tensor, bias: Tensor | None = None) -> FactorisedLinear:
+    def from_factors(cls, B: Tensor, A: Tensor, bias: Tensor | None = None, conv1d: bool = False) -> FactorisedLinear:
         """Module with ``B.weight = B`` (``m×k``), ``A.weight = A`` (``k×n``) and the given output bias."""
         if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
             raise ValueError(f"factors do not chain: B {tuple(B.shape)}, A {tuple(A.shape)}")
-        module = cls(A.shape[1], B.shape[0], A.shape[0], bias=bias is not None, device=A.device, dtype=A.dtype)
+        module = cls(A.shape[1], B.shape[0], A.shape[0], bias=bias is not None, device=A.device, dtype=A.dtype,
+                     conv1d=conv1d)
         with torch.no_grad():
             module.A.weight.copy_(A)
             module.B.weight.copy_(B)
@@ -120,9 +125,21 @@ class FactorisedLinear(nn.Module):
         """``B @ A`` as one ``m×n`` matrix."""
         return self.B.weight @ self.A.weight
 
-    def to_linear(self) -> nn.Linear:
-        """An ``nn.Linear`` with weight ``B @ A`` and the same bias."""
+    def to_linear(self) -> nn.Module:
+        """An ``nn.Linear`` with weight ``B @ A`` and the same bias (a GPT-2 ``Conv1D`` holding ``(B @ A)ᵀ`` when it
+        replaced one, so that plain transformers reloads the saved weights)."""
         w = self.A.weight
+        if self.conv1d:
+            from transformers.pytorch_utils import Conv1D
+
+            conv = Conv1D(self.out_features, self.in_features).to(device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                conv.weight.copy_(self.dense_weight().T)
+                if self.B.bias is not None:
+                    conv.bias.copy_(self.B.bias)
+                else:
+                    conv.bias.zero_()
+            return conv
         linear = nn.Linear(self.in_features, self.out_features, bias=self.B.bias is not None, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
@@ -131,7 +148,8 @@ class FactorisedLinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+                + (", conv1d=True" if self.conv1d else ""))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,14 +204,16 @@ class TruncationReport:
 
 
 def plan_for_ratio(model: nn.Module, names: Sequence[str], ratio: float) -> dict[str, int]:
-    """``{name: rank_for_ratio(m, n, ratio)}`` for every named ``nn.Linear`` (the uniform-ratio plan)."""
+    """``{name: rank_for_ratio(m, n, ratio)}`` for every named linear layer (the uniform-ratio plan)."""
+    from .architecture import is_linear, linear_dims
+
     modules = dict(model.named_modules())
     plan: dict[str, int] = {}
     for name in names:
         module = modules.get(name)
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"{name!r} is not an nn.Linear of this model")
-        plan[name] = rank_for_ratio(module.out_features, module.in_features, ratio)
+        if module is None or not is_linear(module):
+            raise ValueError(f"{name!r} is not a linear layer of this model")
+        plan[name] = rank_for_ratio(*linear_dims(module), ratio)
     return plan
 
 
@@ -209,7 +229,10 @@ def apply_truncation(
     damping: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> TruncationReport:
-    """Truncate every ``nn.Linear`` named in ``plan`` (``name → rank``) **in place** and report what happened.
+    """Truncate every linear layer named in ``plan`` (``name → rank``) **in place** and report what happened.
+
+    Linear layers are ``nn.Linear`` (and subclasses) and GPT-2's ``Conv1D`` (treated as a linear whose weight is
+    stored transposed: the decomposition always sees ``W`` as ``out × in``).
 
     ``method`` is ``"svd"``, ``"asvd"`` (``alpha``), ``"svd_llm"`` (``damping``) or ``"nsvd"`` (``k1_share``,
     ``damping``); ``stats`` may be ``None`` only for ``"svd"`` (the predicted loss is then NaN).
@@ -222,20 +245,22 @@ def apply_truncation(
         raise ValueError(f"form must be 'dense' or 'factorised', got {form!r}")
     if stats is None and method != "svd":
         raise ValueError(f"method {method!r} needs calibration statistics")
+    from .architecture import is_conv1d, is_linear, linear_dims, linear_weight, set_linear_weight
+
     modules = dict(model.named_modules())
     for name, k in plan.items():
         module = modules.get(name)
-        if not isinstance(module, nn.Linear):
+        if module is None or not is_linear(module):
             kind = "missing" if module is None else type(module).__name__
-            raise ValueError(f"{name!r} is not an nn.Linear of this model ({kind})")
-        check_rank(module.out_features, module.in_features, k)
+            raise ValueError(f"{name!r} is not a linear layer of this model ({kind})")
+        check_rank(*linear_dims(module), k)
         if stats is not None and name not in stats:
             raise ValueError(f"no calibration statistics for {name!r}")
     whitenings: dict[int, Whitening] = {}
     rows: list[TruncatedMatrix] = []
     for i, (name, k) in enumerate(plan.items()):
-        linear: nn.Linear = modules[name]  # type: ignore[assignment]
-        W = linear.weight
+        linear: nn.Module = modules[name]
+        W = linear_weight(linear)
         m, n = W.shape
         site = stats[name] if stats is not None else None
         white = None
@@ -255,9 +280,9 @@ def apply_truncation(
             loss = relative = float("nan")
         if form == "dense":
             # a new Parameter, never a write into the old one: the model may share its tensors with another
-            linear.weight = nn.Parameter(factors.weight().to(W.dtype), requires_grad=W.requires_grad)
+            set_linear_weight(linear, factors.weight().to(W.dtype))
         else:
-            replacement = FactorisedLinear.from_factors(factors.B, factors.A, linear.bias)
+            replacement = FactorisedLinear.from_factors(factors.B, factors.A, linear.bias, conv1d=is_conv1d(linear))
             replacement.train(linear.training)
             model.set_submodule(name, replacement)
         rows.append(
@@ -293,7 +318,8 @@ def factorised_ranks(model: nn.Module) -> dict[str, int]:
 
 @torch.no_grad()
 def densify(model: nn.Module) -> list[str]:
-    """Replace every :class:`FactorisedLinear` by an ``nn.Linear`` holding ``B @ A``, in place; return their names."""
+    """Replace every :class:`FactorisedLinear` by the dense layer it stands for (``nn.Linear`` holding ``B @ A``;
+    a GPT-2 ``Conv1D`` where it replaced one), in place; return their names."""
     names = list(factorised_ranks(model))
     for name in names:
         module: FactorisedLinear = model.get_submodule(name)  # type: ignore[assignment]

@@ -5,8 +5,9 @@ This module joins the tested math (:mod:`analysis.avss`, :mod:`analysis.intrinsi
 workspace key (model fingerprint, text hash, calibration windows) so the dashboard and the command line share them.
 
 **AVSS** (METHODS.md §3): the model runs once more over the calibration windows with forward hooks on the chosen
-site of every block — ``residual`` (block output), ``mlp`` (MLP hidden activation = input of ``down_proj``) or
-``attention`` (attention output) — and an :class:`~analysis.avss.AVSSAccumulator` keeps a few sums per block, so
+site of every block — ``residual`` (block output), ``mlp`` (MLP hidden activation = input of ``down_proj`` or the
+family's feed-forward output projection; a mixture of experts: the MoE block's output) or ``attention`` (output of
+the attention's output projection), found by :mod:`analysis.architecture` — and an :class:`~analysis.avss.AVSSAccumulator` keeps a few sums per block, so
 memory does not grow with the number of tokens. Calibration windows are never padded; the first
 ``calibration.exclude_first`` positions of every window are left out of the statistics (not out of the model's
 context), as they are left out of every all-token cloud. Cached per (workspace, site, ε, relative, ddof).
@@ -54,8 +55,8 @@ Progress = Callable[[int, int, str], None]
 SITES = avss_math.SITES
 SITE_LABELS = {
     "residual": "block output (residual stream)",
-    "mlp": "MLP hidden activation (input of down_proj)",
-    "attention": "attention output",
+    "mlp": "MLP hidden activation (input of down_proj; a mixture of experts: the MoE block's output)",
+    "attention": "attention output (of its output projection, o_proj)",
 }
 DEFAULT_SITE = "mlp"
 DEFAULT_EPS = 1e-5
@@ -160,19 +161,8 @@ def avss_hooks(lm: LoadedModel, site: str, accumulator: avss_math.AVSSAccumulato
     here is ``count.mask``, set by the caller before each batch: the model sees every position as context, and
     the statistics leave out the ones the mask zeros (the excluded first positions).
     """
-    modules = avss_math.site_modules(lm.model, site, blocks=lm.blocks)
-    handles = []
-    for index, module in enumerate(modules):
-        if site == "mlp":
-            def read_input(_m, args, index=index):
-                accumulator.update(index, avss_math._first_tensor(args), count.mask)
-
-            handles.append(module.register_forward_pre_hook(read_input))
-        else:
-            def read_output(_m, _args, output, index=index):
-                accumulator.update(index, avss_math._first_tensor(output), count.mask)
-
-            handles.append(module.register_forward_hook(read_output))
+    handles = avss_math.hook_site_activations(lm.blocks, site, lambda index, a: accumulator.update(
+        index, a, count.mask))
     try:
         yield
     finally:

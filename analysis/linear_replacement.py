@@ -210,14 +210,17 @@ def collect_moments_of_blocks(
 class LinearBlock(nn.Module):
     """A decoder block replaced by ``h ↦ h W + c`` (stored as ``self.linear``: weight ``Wᵀ``, bias ``c``).
 
-    Call signature of a transformers 5.x decoder layer: ``hidden_states`` first, then any keyword arguments
-    (``attention_mask``, ``position_ids``, ``past_key_values``, ``use_cache``, ``cache_position``,
-    ``position_embeddings`` ...), which are ignored except ``past_key_values``. Returns a tensor, as
-    ``LlamaDecoderLayer.forward`` does in transformers 5.23.
+    Call signature of a transformers 5.x decoder layer: ``hidden_states`` first, then any positional or keyword
+    arguments (``attention_mask``, ``position_ids``, ``past_key_values`` / ``layer_past``, ``use_cache``,
+    ``position_embeddings``, ``alibi`` ...), which are ignored except the cache. Returns a tensor, as
+    ``LlamaDecoderLayer.forward`` does in transformers 5.23, or ``(tensor, None)`` when ``returns_tuple`` is set
+    (Falcon, Bloom, GPT-J: their models take ``[0]`` of each block's output; :func:`replace_decoder_layer` sets it
+    from :func:`analysis.architecture.block_returns_tuple`).
 
     It holds no attention, so it caches nothing real; but transformers reads the cache length from layer 0, so when
-    a ``past_key_values`` is passed and ``layer_idx`` is set, a zero placeholder key/value of shape
-    ``[batch, 1, T, 1]`` is appended to its cache slot (a few bytes per token), keeping ``get_seq_length()`` right.
+    a cache is passed (``past_key_values``, ``layer_past``, or GPT-2's second positional argument) and
+    ``layer_idx`` is set, a zero placeholder key/value of shape ``[batch, 1, T, 1]`` is appended to its cache slot
+    (a few bytes per token), keeping ``get_seq_length()`` right.
     """
 
     def __init__(
@@ -231,6 +234,7 @@ class LinearBlock(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.layer_idx = layer_idx
+        self.returns_tuple = False
         self.linear = nn.Linear(hidden_size, hidden_size, bias=bias, device=device, dtype=dtype)
 
     @classmethod
@@ -253,12 +257,17 @@ class LinearBlock(nn.Module):
                 block.linear.bias.copy_(c.to(dtype))
         return block
 
-    def forward(self, hidden_states: Tensor, *args: object, past_key_values: object = None, **kwargs: object) -> Tensor:
-        if past_key_values is not None and self.layer_idx is not None and hasattr(past_key_values, "update"):
+    def forward(self, hidden_states: Tensor, *args: object, past_key_values: object = None, layer_past: object = None,
+                **kwargs: object) -> Tensor | tuple[Tensor, None]:
+        cache = past_key_values if past_key_values is not None else layer_past
+        if cache is None and args and hasattr(args[0], "update") and hasattr(args[0], "get_seq_length"):
+            cache = args[0]  # GPT-2 passes its cache as the second positional argument
+        if cache is not None and self.layer_idx is not None and hasattr(cache, "update"):
             b, t = hidden_states.shape[0], hidden_states.shape[1]
             placeholder = hidden_states.new_zeros(b, 1, t, 1)
-            past_key_values.update(placeholder, placeholder, self.layer_idx)
-        return self.linear(hidden_states)
+            cache.update(placeholder, placeholder, self.layer_idx)
+        out = self.linear(hidden_states)
+        return (out, None) if self.returns_tuple else out
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, layer_idx={self.layer_idx}"
@@ -303,6 +312,10 @@ def replace_decoder_layer(model: nn.Module, block_index: int, new_layer: nn.Modu
         getattr(new_layer, attr).update(getattr(old, attr))
     if hasattr(new_layer, "layer_idx") and new_layer.layer_idx is None:
         new_layer.layer_idx = block_index
+    if hasattr(new_layer, "returns_tuple"):
+        from .architecture import block_returns_tuple
+
+        new_layer.returns_tuple = block_returns_tuple(owner if owner is not None else model)
     if hasattr(old, "attention_type") and not hasattr(new_layer, "attention_type"):
         new_layer.attention_type = old.attention_type  # some models pick the mask by the layer's attention type
     layers[block_index] = new_layer

@@ -144,21 +144,26 @@ def target_linears(
     targets: str | Sequence[str] = "all",
     blocks: Iterable[int] | None = None,
 ) -> list[str]:
-    """Qualified names of the ``nn.Linear`` modules to truncate, block by block in model order.
+    """Qualified names of the linear layers to truncate, block by block in model order.
 
-    ``targets``:
-        * ``"attn"`` — linears under the block's attention module (Llama: ``q_proj, k_proj, v_proj, o_proj``);
-        * ``"mlp"`` — linears under the feed-forward module (Llama: ``gate_proj, up_proj, down_proj``);
-        * ``"all"`` — every ``nn.Linear`` inside the blocks (never the LM head or the embeddings);
+    Linear layers are ``nn.Linear`` (and subclasses) and GPT-2's ``Conv1D`` (:data:`analysis.architecture.
+    LINEAR_TYPES`). ``targets``:
+        * ``"attn"`` — linears under the block's attention module (Llama: ``q_proj, k_proj, v_proj, o_proj``;
+          GPT-2: ``c_attn, c_proj``; Phi-3: the fused ``qkv_proj, o_proj`` ...);
+        * ``"mlp"`` — linears of the feed-forward (Llama: ``gate_proj, up_proj, down_proj``; OPT: ``fc1, fc2``
+          in the block itself; GPT-NeoX/Falcon/Bloom: ``dense_h_to_4h, dense_4h_to_h`` ...);
+        * ``"all"`` — every linear inside the blocks (never the LM head or the embeddings);
         * a sequence of names, each matched against the full name (``model.layers.3.mlp.down_proj``), the name
           relative to the block (``mlp.down_proj``) or the leaf name (``down_proj``); a name that matches nothing
           raises ``ValueError``.
     ``blocks``: 0-based block indices to restrict to (default: all blocks).
 
-    Attention and MLP are recognised by the first component of the name inside the block containing ``attn`` /
-    ``attention`` or ``mlp`` / ``feed_forward`` / ``ffn``. GPT-2 style ``Conv1D`` modules are not ``nn.Linear``
-    and are not listed.
+    Attention and feed-forward are found by structure (:func:`analysis.architecture.block_parts`). The experts of
+    a mixture of experts are fused 3-D tensors, not linear layers: they are never targets (``"mlp"`` on a
+    model whose every feed-forward is a mixture of experts raises ``ValueError`` saying so).
     """
+    from .architecture import block_parts, is_linear
+
     prefix, layers = decoder_layers(model)
     n_blocks = len(layers)
     if blocks is None:
@@ -178,10 +183,14 @@ def target_linears(
             raise ValueError("the list of target names is empty")
     names: list[str] = []
     matched: set[str] = set()
+    moe_blocks: list[int] = []
     for b in chosen:
         block_prefix = f"{prefix}.{b}" if prefix else str(b)
+        parts = block_parts(layers[b])
+        if parts.moe:
+            moe_blocks.append(b)
         for rel, module in layers[b].named_modules():
-            if not isinstance(module, nn.Linear) or not rel:
+            if not rel or not is_linear(module):
                 continue
             full = f"{block_prefix}.{rel}"
             if explicit is not None:
@@ -191,19 +200,31 @@ def target_linears(
                     matched.update(hits)
                     names.append(full)
                 continue
-            head = rel.split(".", 1)[0].lower()
-            group = (
-                "attn" if any(w in head for w in _ATTN_WORDS) else "mlp" if any(w in head for w in _MLP_WORDS) else None
-            )
-            if targets == "all" or group == targets:
+            if targets == "all" or parts.group_of(rel) == targets:
                 names.append(full)
+    experts_note = ""
+    if moe_blocks:
+        experts_note = (f"; the feed-forward of block{'s' if len(moe_blocks) > 1 else ''} "
+                        f"{_ranges(moe_blocks)} is a mixture of experts whose experts are fused 3-D tensors, not "
+                        "linear layers (low rank applies to the attention and dense-MLP linears only)")
     if explicit is not None:
         missing = [t for t in explicit if t not in matched]
         if missing:
-            raise ValueError(f"no nn.Linear named {missing} in the chosen blocks")
+            raise ValueError(f"no linear layer named {', '.join(missing)} in the chosen blocks{experts_note}")
     if not names:
-        raise ValueError(f"no nn.Linear modules match target {targets!r} in blocks {chosen}")
+        raise ValueError(f"no linear layers match target {targets!r} in blocks {_ranges(chosen)}{experts_note}")
     return names
+
+
+def _ranges(blocks: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2, 5"``."""
+    out: list[str] = []
+    for b in blocks:
+        if out and b == int(out[-1].rsplit("-", 1)[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{b}"
+        else:
+            out.append(str(b))
+    return ", ".join(out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -367,6 +388,12 @@ class CalibrationStats:
         return cls.from_tensors(load_file(str(path)), device=device)
 
 
+def _is_linear(module: nn.Module) -> bool:
+    from .architecture import is_linear
+
+    return is_linear(module)
+
+
 def _batch_parts(batch: object) -> tuple[Tensor, Tensor | None]:
     if isinstance(batch, Tensor):
         return batch, None
@@ -399,8 +426,8 @@ def collect_stats(
     for name in linear_names:
         if name not in modules:
             raise ValueError(f"model has no module named {name!r}")
-        if not isinstance(modules[name], nn.Linear):
-            raise ValueError(f"{name!r} is a {type(modules[name]).__name__}, not an nn.Linear")
+        if not _is_linear(modules[name]):
+            raise ValueError(f"{name!r} is a {type(modules[name]).__name__}, not a linear layer")
     stats = stats if stats is not None else CalibrationStats()
     state: dict[str, object] = {"last_x": None, "last_name": None, "mask": None}
 

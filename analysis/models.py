@@ -258,12 +258,13 @@ def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
-    base = getattr(model, "base_model", model)
-    for attr in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
-        mod = getattr(base, attr, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    return None
+    """The norm after the last block (:func:`analysis.architecture.final_norm`), ``None`` if there is none."""
+    from .architecture import final_norm
+
+    try:
+        return final_norm(model)
+    except ModelLoadError:
+        return None
 
 
 def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:

@@ -101,13 +101,31 @@ def _replace_module_list(root: nn.Module, old: nn.ModuleList, new: nn.ModuleList
     raise PruneError("could not locate the decoder block list to replace")
 
 
+#: Config lists that hold layer *indices* (not one entry per layer): renumbered, never trimmed by position.
+_INDEX_LISTS = ("mlp_only_layers",)
+
+
 def _trim_config(config, n_old: int, keep: list[int]) -> None:
-    """Set the layer count and keep only the kept entries of per-layer lists (e.g. ``layer_types``)."""
+    """Set the layer count and keep only the kept entries of per-layer lists (e.g. ``layer_types``).
+
+    Mixture-of-experts layouts given by a rule (Qwen-MoE's ``decoder_sparse_step`` and ``mlp_only_layers``: which
+    layers have a dense MLP) are rewritten for the new numbering: ``decoder_sparse_step = 1`` and
+    ``mlp_only_layers`` = the new indices of the kept blocks that had a dense MLP, so every kept block is rebuilt
+    with the feed-forward it had.
+    """
+    if isinstance(getattr(config, "mlp_only_layers", None), (list, tuple)) and hasattr(config, "decoder_sparse_step"):
+        dense_old = set(config.mlp_only_layers)
+        step = int(getattr(config, "decoder_sparse_step", 1) or 1)
+        n_experts = int(getattr(config, "num_experts", 0) or 0)
+        dense_old |= {i for i in range(n_old) if not (n_experts > 0 and (i + 1) % step == 0)}
+        config.mlp_only_layers = [new for new, old in enumerate(keep) if old in dense_old]
+        config.decoder_sparse_step = 1
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         if getattr(config, attr, None) == n_old:
             setattr(config, attr, len(keep))
     for attr, value in list(vars(config).items()):
-        if isinstance(value, (list, tuple)) and len(value) == n_old and not attr.startswith("_"):
+        if (isinstance(value, (list, tuple)) and len(value) == n_old and not attr.startswith("_")
+                and attr not in _INDEX_LISTS):
             setattr(config, attr, type(value)(value[i] for i in keep))
     for sub in ("text_config",):
         if hasattr(config, sub):
