@@ -211,7 +211,7 @@ def test_site_modules_on_llama(tiny_llama: torch.nn.Module) -> None:
     blocks = decoder_blocks(tiny_llama)
     assert len(blocks) == 3
     assert site_modules(tiny_llama, "residual") == list(blocks)
-    assert site_modules(tiny_llama, "attention") == [b.self_attn for b in blocks]
+    assert site_modules(tiny_llama, "attention") == [b.self_attn.o_proj for b in blocks]  # its output = self_attn[0]
     assert site_modules(tiny_llama, "mlp") == [b.mlp.down_proj for b in blocks]
     with pytest.raises(ValueError, match="unknown site"):
         site_modules(tiny_llama, "logits")

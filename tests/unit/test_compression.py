@@ -134,7 +134,7 @@ def test_a_corrupt_statistics_entry_is_recomputed():
     ({"method": "svd", "rank": 40}, "rank 40 is impossible for model.layers.0.mlp.gate_proj (64×32): it must lie in "
                                     "[1, 32]"),
     ({"method": "svd", "ratio": 0.2, "blocks": [4]}, "block 4 out of range"),
-    ({"method": "svd", "ratio": 0.2, "targets": ["nope_proj"]}, "no nn.Linear named ['nope_proj']"),
+    ({"method": "svd", "ratio": 0.2, "targets": ["nope_proj"]}, "no linear layer named nope_proj"),
 ])
 def test_bad_low_rank_values_get_clear_messages(value, message):
     ws = workspace()

@@ -355,7 +355,7 @@ def test_target_linears_groups_and_blocks() -> None:
     ]
     with pytest.raises(ValueError, match="out of range"):
         target_linears(model, "mlp", blocks=[3])
-    with pytest.raises(ValueError, match="no nn.Linear named"):
+    with pytest.raises(ValueError, match="no linear layer named"):
         target_linears(model, ["nope"])
     with pytest.raises(ValueError, match="unknown target group"):
         target_linears(model, "mlps")
