@@ -96,3 +96,29 @@ def test_block_output_kind():
     model = tiny_model("llama")
     model.config.model_type = "unknown-family"  # probed with a one-token pass
     assert arch.block_returns_tuple(model) is False
+
+
+@torch.no_grad()
+def test_pruning_a_qwen_moe_with_a_sparse_step_keeps_every_blocks_feed_forward(tmp_path):
+    """decoder_sparse_step=2: blocks 1 and 3 are MoE, 0 and 2 dense. Removing block 0 must not shift the rule."""
+    from transformers import AutoModelForCausalLM
+
+    from analysis.lowrank import target_linears
+    from analysis.surgery import remove_blocks
+    from tests.families import tiny_config
+
+    cfg = tiny_config("qwen3_moe")
+    cfg.decoder_sparse_step = 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    moe = [arch.block_parts(b).moe for b in block_list(model)[1]]
+    assert moe == [False, True, False, True]
+    assert {n.split(".")[2] for n in target_linears(model, "mlp")} == {"0", "2"}  # the dense MLPs only
+    pruned = remove_blocks(model, [0])
+    assert pruned.config.decoder_sparse_step == 1 and pruned.config.mlp_only_layers == [1]
+    assert model.config.decoder_sparse_step == 2 and model.config.mlp_only_layers == []  # original untouched
+    pruned.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert [arch.block_parts(b).moe for b in block_list(reloaded)[1]] == [True, False, True]
+    x = torch.arange(5, 25)[None]
+    torch.testing.assert_close(reloaded(x).logits, pruned(x).logits)
