@@ -67,6 +67,14 @@ def errors(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith(("error:", "Traceback"))]
 
 
+#: Families whose ``metrics --metrics all`` + ``topology`` run in the quick suite: one of each kind of structure
+#: (Conv1D, the MLP in the block, tuple-returning blocks with the residual inside the attention, MoE, Llama-like).
+#: The other families' runs (about 15 s of CPU each, minutes on a busy machine) are marked slow.
+QUICK_METRICS = ("gpt2", "opt", "bloom", "mixtral", "llama")
+
+
+@pytest.mark.parametrize("family", [f if f in QUICK_METRICS else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in FAMILIES], indirect=True)
 def test_metrics_all_and_zigzag(family, tmp_path, capsys, small_zigzag):
     name, model_dir = family
     from analysis import registry
