@@ -10,21 +10,46 @@ from analysis import compression as cp
 from components import figures, state
 from components.widgets import figure_with_csv
 
-PROJECTION_HELP = ("attention: q_proj, k_proj, v_proj, o_proj; MLP: gate_proj, up_proj, down_proj (Llama names; "
-                   "any nn.Linear inside the blocks is offered)")
+PROJECTION_HELP = ("Llama-like: attention q_proj, k_proj, v_proj, o_proj; MLP gate_proj, up_proj, down_proj. Other "
+                   "families offer their own (GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; OPT: fc1, fc2 …); "
+                   "every linear layer inside the blocks is offered")
+
+
+def _block0_names(model) -> list[tuple[str, str]]:
+    """``(name to offer, qualified name)`` of the linears of block 0: the leaf (``down_proj``), or the name inside
+    the block (``mlp.c_proj``) where two linears share a leaf (GPT-2's two ``c_proj``)."""
+    names = cp.target_linears(model, "all", [0])
+    prefix = names[0].rsplit(".", 1)[0] if names else ""
+    prefix = prefix[:prefix.index(".0.") + 3] if ".0." in prefix else ""
+    leaves = [n.rsplit(".", 1)[-1] for n in names]
+    out = []
+    for n, leaf in zip(names, leaves):
+        out.append((leaf if leaves.count(leaf) == 1 or not n.startswith(prefix) else n[len(prefix):], n))
+    return out
 
 
 def projection_names(model) -> list[str]:
-    """Leaf names of the linears inside block 0, attention first (e.g. q_proj … down_proj)."""
-    names = cp.target_linears(model, "all", [0])
-    leaves = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
-    return sorted(leaves, key=lambda leaf: {"attn": 0, "mlp": 1}.get(
-        cp.group_of(next(n for n in names if n.endswith("." + leaf))), 2))
+    """Names of the linears inside block 0, attention first (e.g. q_proj … down_proj)."""
+    pairs = _block0_names(model)
+    order = {"attn": 0, "mlp": 1}
+    return [offer for offer, _ in sorted(pairs, key=lambda p: order.get(cp.group_of(p[1], model), 2))]
 
 
 def default_mlp(model) -> list[str]:
-    names = cp.target_linears(model, "all", [0])
-    return [n.rsplit(".", 1)[-1] for n in names if cp.group_of(n) == "mlp"]
+    """The MLP's linears of block 0; the attention's where the feed-forward is a mixture of experts (its experts
+    are fused 3-D tensors, not linear layers)."""
+    pairs = _block0_names(model)
+    mlp = [offer for offer, n in pairs if cp.group_of(n, model) == "mlp"]
+    return mlp or [offer for offer, n in pairs if cp.group_of(n, model) == "attn"]
+
+
+def moe_note(model) -> str | None:
+    """One line for a mixture of experts (what low rank cannot touch), ``None`` otherwise."""
+    moe = cp.moe_blocks(model)
+    if not moe:
+        return None
+    return (f"{len(moe)} of the blocks have a mixture-of-experts feed-forward: its experts are fused 3-D tensors, "
+            "not linear layers, so low rank applies to the attention (and any dense-MLP) matrices only.")
 
 
 def also_remove(ws, key: str, exclude: list[int] | None = None) -> list[int]:

@@ -5,8 +5,8 @@ import streamlit as st
 from analysis import compression as cp
 from components import state
 from components.change import apply_and_evaluate, evaluation_form, export_section, variant_result
-from components.compress import (PROJECTION_HELP, also_remove, default_mlp, matrix_views, plan_frame, plan_summary,
-                                 projection_names, result_frame)
+from components.compress import (PROJECTION_HELP, also_remove, default_mlp, matrix_views, moe_note, plan_frame,
+                                 plan_summary, projection_names, result_frame)
 from components.widgets import csv_download, run_with_progress, workspace_caption
 
 st.title("Compress: low-rank truncation")
@@ -35,6 +35,8 @@ k1_share = c[2].number_input("NSVD k1 share", 0.05, 1.0, 0.95, step=0.05, key="l
                              help="k1 = round(share·k) ranks of whitened truncation, k − k1 of plain SVD of the "
                                   "residual (unverified equations)")
 leaves = projection_names(model)
+if moe_note(model):
+    st.info(moe_note(model))
 c = st.columns([2, 1])
 chosen_leaves = c[0].multiselect("Matrices", leaves, default=default_mlp(model), key="lr-targets", help=PROJECTION_HELP)
 scope = c[1].radio("Blocks", ["all blocks", "chosen blocks"], horizontal=True, key="lr-scope")
@@ -73,7 +75,7 @@ if len(warnings) > 5:
 
 st.header("2 · Calibration statistics")
 c = ws.calibration
-groups = sorted({cp.group_of(n) for n in names})
+groups = sorted({cp.group_of(n, model) for n in names})
 st.caption(f"X Xᵀ and mean |x| of the input of every {' and '.join(groups)} matrix in all {L} blocks, gathered in one "
            f"streamed pass over the first {c.n_windows} windows of {c.window_len} tokens of **{ws.text.label}**, "
            "cached on disk and shared by every method (and by `python -m analysis compress`).")
