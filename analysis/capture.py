@@ -1,8 +1,9 @@
 """Capture of the residual stream ``h_0 … h_L`` of every token of the calibration windows.
 
 ``h_0`` is the embedding output and ``h_s`` the residual stream after block ``s − 1``, exactly as Hugging Face
-returns them with ``output_hidden_states=True``; for Llama-style models the last one, ``h_L``, already has the
-final norm applied (the views say so).
+returns them with ``output_hidden_states=True``; the last one, ``h_L``, already has the final norm applied (the views
+say so) — in transformers 5.23 that holds for every family in the README's table (tested), not only Llama-style
+ones.
 
 The result is an array ``[n_states, n_windows, window_len, width]`` written straight into a memory-mapped
 ``.npy`` in ``cache/capture/<key>/`` (atomically), keyed by (model fingerprint, text hash, N, T, storage dtype,

@@ -146,7 +146,7 @@ class LoadedModel:
             "model_type": getattr(cfg, "model_type", "?"),
             "blocks": self.n_blocks,
             "width": self.width,
-            "mlp_width": getattr(cfg, "intermediate_size", None),
+            "mlp_width": _mlp_width(cfg),
             "attention_heads": getattr(cfg, "num_attention_heads", None),
             "kv_heads": getattr(cfg, "num_key_value_heads", None),
             "vocabulary": getattr(cfg, "vocab_size", None),
@@ -159,6 +159,18 @@ class LoadedModel:
             "last_state_is_normed": last_is_normed,
             "load_seconds": round(self.load_seconds, 2),
         }
+
+
+def _mlp_width(cfg) -> int | None:
+    """The feed-forward's hidden width under the family's name for it (GPT-2's ``n_inner`` defaults to 4·width)."""
+    for attr in ("intermediate_size", "ffn_dim", "ffn_hidden_size", "n_inner", "moe_intermediate_size"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    if getattr(cfg, "model_type", None) in ("gpt2", "gptj", "bloom", "falcon"):
+        width = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+        return 4 * int(width) if width else None
+    return None
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -36,8 +36,9 @@ c = st.columns([2, 2, 1])
 site = c[0].selectbox("Activation site", SITES, index=SITES.index("mlp"), format_func=lambda s: SITE_LABELS[s],
                       key="avss-site",
                       help="block output = the residual stream h_(b+1) (before the final norm for the last block); "
-                           "MLP hidden activation = the input of down_proj; attention output = self_attn's output "
-                           "before it is added to the residual")
+                           "MLP hidden activation = the input of down_proj (or the family's feed-forward output "
+                           "projection; a mixture of experts: the MoE block's output); attention output = the output "
+                           "of the attention's output projection (o_proj), before it is added to the residual")
 relative = c[1].toggle("Relative threshold ε · RMS(a)", key=RELATIVE_KEY,
                        help="count |a_j| < ε · RMS(a) per token vector a instead of |a_j| < ε: scale-free, so it "
                             "also works on the residual stream, whose entries are almost never below 1e-5")

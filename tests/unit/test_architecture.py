@@ -122,3 +122,12 @@ def test_pruning_a_qwen_moe_with_a_sparse_step_keeps_every_blocks_feed_forward(t
     assert [arch.block_parts(b).moe for b in block_list(reloaded)[1]] == [True, False, True]
     x = torch.arange(5, 25)[None]
     torch.testing.assert_close(reloaded(x).logits, pruned(x).logits)
+
+
+@torch.no_grad()
+def test_last_hidden_state_has_the_final_norm(family):
+    """capture.py's promise: h_L of output_hidden_states is the final norm's output in every family."""
+    _, model = family
+    out = model.base_model(input_ids=torch.arange(3, 20)[None], output_hidden_states=True, use_cache=False)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, rtol=0, atol=0)
+    assert arch.final_norm(model) is not None
