@@ -143,7 +143,8 @@ def group_of(name: str, model: nn.Module | None = None) -> str:
             head = parts[i + 1].lower()
             if any(w in head for w in ("attn", "attention")):
                 return "attn"
-            if any(w in head for w in ("mlp", "feed_forward", "ffn")) or (head in ("fc1", "fc2") and i + 2 == len(parts)):
+            in_block_mlp = head in ("fc1", "fc2") and i + 2 == len(parts)  # OPT
+            if any(w in head for w in ("mlp", "feed_forward", "ffn")) or in_block_mlp:
                 return "mlp"
             return "other"
     return "other"

@@ -7,7 +7,8 @@ workspace key (model fingerprint, text hash, calibration windows) so the dashboa
 **AVSS** (METHODS.md §3): the model runs once more over the calibration windows with forward hooks on the chosen
 site of every block — ``residual`` (block output), ``mlp`` (MLP hidden activation = input of ``down_proj`` or the
 family's feed-forward output projection; a mixture of experts: the MoE block's output) or ``attention`` (output of
-the attention's output projection), found by :mod:`analysis.architecture` — and an :class:`~analysis.avss.AVSSAccumulator` keeps a few sums per block, so
+the attention's output projection), found by :mod:`analysis.architecture` — and an
+:class:`~analysis.avss.AVSSAccumulator` keeps a few sums per block, so
 memory does not grow with the number of tokens. Calibration windows are never padded; the first
 ``calibration.exclude_first`` positions of every window are left out of the statistics (not out of the model's
 context), as they are left out of every all-token cloud. Cached per (workspace, site, ε, relative, ddof).

@@ -10,8 +10,8 @@ from analysis import compression as cp
 from components import figures, state
 from components.widgets import figure_with_csv
 
-PROJECTION_HELP = ("Llama-like: attention q_proj, k_proj, v_proj, o_proj; MLP gate_proj, up_proj, down_proj. Other "
-                   "families offer their own (GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; OPT: fc1, fc2 …); "
+PROJECTION_HELP = ("Llama-like: attention q_proj, k_proj, v_proj, o_proj; MLP gate_proj, up_proj, down_proj. "
+                   "Other families offer their own (GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj; OPT: fc1, fc2 …); "
                    "every linear layer inside the blocks is offered")
 
 

@@ -5,7 +5,8 @@ No download: each model is ``AutoModelForCausalLM.from_config`` of a small confi
 the vocabulary is 257 and every text tokenizes). :func:`tiny_model_dir` writes one into a folder that the command
 line and the dashboard load like any checkpoint folder.
 
-    python -m tests.families gpt2 /tmp/tiny-gpt2      # writes a folder; then: python -m analysis metrics --model /tmp/tiny-gpt2 ...
+    python -m tests.families gpt2 /tmp/tiny-gpt2      # writes a folder
+    python -m analysis metrics --model /tmp/tiny-gpt2 --sequences 8 --seq-len 32 --out /tmp/m
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def byte_tokenizer():
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte → printable character map (what ByteLevel pre-tokenisation produces)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
