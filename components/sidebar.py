@@ -131,6 +131,9 @@ def _apply_text(kind, name, uploaded, pasted, cal: Calibration) -> None:
         if lm is not None:
             have = int(token_ids(lm.tokenizer, new).size)
             need = cal.n_windows * cal.window_len
+            if have < cal.window_len:
+                raise TextError(f"{new.label} has only {have:,} tokens, fewer than one window of {cal.window_len}: "
+                                f"use a longer text, or at most {have} tokens per window (T).")
             if have < need:
                 raise TextError(f"{new.label} has {have:,} tokens; {cal.n_windows} windows of {cal.window_len} "
                                 f"tokens need {need:,}. Use at most {have // cal.window_len} windows of "
