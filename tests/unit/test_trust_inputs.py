@@ -257,3 +257,22 @@ def test_report_file_destination(tmp_path):
         destinations.check(other, overwrite=True, kind="file")
     with pytest.raises(destinations.DestinationError, match="is a folder"):
         destinations.check(tmp_path, kind="file")
+
+
+def test_a_damaged_converted_copy_is_detected_by_its_checksums_or_structure(tmp_path):
+    from analysis import cache
+
+    folder = _tiny_llama(tmp_path, "converted")
+    files = {f.name: cache.file_checksum(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    (folder / models.SOURCE_FILE).write_text(json.dumps({"gguf": "x.gguf", "files": files}))
+    assert models.converted_damage(folder) is None
+    weights = folder / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one byte inside a weight: the header and the length are still right
+    weights.write_bytes(bytes(raw))
+    cache._VERIFIED.clear()
+    assert "model.safetensors does not match its checksum" in models.converted_damage(folder)
+    (folder / models.SOURCE_FILE).write_text(json.dumps({"gguf": "x.gguf"}))  # converted before checksums
+    assert models.converted_damage(folder) is None  # structure intact: accepted
+    weights.write_bytes(bytes(raw[:-10]))
+    assert "truncated" in models.converted_damage(folder)
