@@ -4,22 +4,34 @@ Every result lives under ``cache/<kind>/<key>/`` where ``key`` is a hash of ever
 (model fingerprint, text hash, window settings, metric parameters). A result written by ``python -m analysis`` is
 the same file the dashboard reads, and the other way round.
 
-Writes are atomic: a result is written into a temporary sibling directory and renamed into place, so a reader
-never sees half a result and an interrupted run leaves nothing behind but a ``.tmp-*`` folder that is ignored
-(and removed on the next write of the same key). A file that cannot be read (truncated, corrupt, from an older
-format) is reported through :class:`CacheCorrupt`, removed, and recomputed by :func:`cached`.
+Writes are atomic: a result is written into a temporary sibling directory (``.tmp-<key>-<pid>-<random>``) and
+renamed into place, so a reader never sees half a result. An interrupted run leaves a ``.tmp-*`` folder that is
+ignored and removed once it is *stale* — its process is gone (or it is over a week old) — on the next write of the
+same key and by :func:`clean_stale` (every command-line run calls it). Two processes finishing the same key at the
+same moment both succeed: the first rename wins and the other finds the winner's result in place.
+
+Every entry carries checksums, verified on read (:func:`read_entry`): ``meta.json`` records, for every array file,
+its size and the xxh3-64 hash of each 16 MiB block, and the hash of its own content (parameters, data, file
+list). A file that cannot be read or does not match (truncated, bytes changed, from an older format) is reported
+through :class:`CacheCorrupt`, removed, and recomputed by :func:`cached`. Cost: xxh3 runs at several GB/s, so a
+full check of the bundled model's default capture (31 × 32 × 128 × 576 float32, 290 MB) takes a fraction of a
+second from the page cache; a file is verified once per process while its size and mtime stay the same, and
+files above ``LAYERSCOPE_VERIFY_FULL_MB`` (default 1024 MiB) are checked on their size and 64 evenly spaced
+blocks (first and last included) instead of every block, which keeps a read of a multi-GB capture affordable.
 
 The location is ``cache/`` next to the code, or ``$LAYERSCOPE_CACHE`` when set. Deleting it is always safe.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import xxhash
 
 log = logging.getLogger(__name__)
 
@@ -70,39 +83,143 @@ def entry(kind: str, params: dict) -> Entry:
     return Entry(kind=kind, key=stable_hash({"v": FORMAT_VERSION, "kind": kind, **params}), params=params)
 
 
+STALE_SECONDS = 7 * 24 * 3600  # a temporary whose process cannot be told dead is stale after a week
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".tmp-{name}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def is_stale(path: Path, now: float | None = None) -> bool:
+    """A ``.tmp-*`` / ``.old-*`` leftover no live writer owns: its process id is gone, or it is over a week old.
+
+    ``.old-*`` folders are always stale (they are only ever moved aside to be deleted). Temporaries written before
+    process ids were part of the name are stale after an hour.
+    """
+    name = path.name
+    if name.startswith(".old-"):
+        return True
+    try:
+        age = (now or time.time()) - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    parts = name.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return not _pid_alive(int(parts[1])) or age > STALE_SECONDS
+    return age > 3600
+
+
+def clean_stale_siblings(final: Path) -> list[Path]:
+    """Remove stale ``.tmp-<name>-*`` / ``.old-<name>-*`` leftovers beside ``final``; returns what was removed."""
+    final = Path(final)
+    removed = []
+    try:
+        candidates = [p for p in final.parent.iterdir()
+                      if p.name.startswith((f".tmp-{final.name}-", f".old-{final.name}-"))]
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    now = time.time()
+    for p in candidates:
+        if is_stale(p, now):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def clean_stale(root: Path | None = None) -> list[Path]:
+    """Remove stale temporaries anywhere in the cache (``cache/<kind>/.tmp-*``, ``cache/models/.tmp-*`` …)."""
+    root = Path(root or cache_root())
+    removed = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    dirs = [root] + [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    for d in dirs:
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if p.name.startswith((".tmp-", ".old-")) and is_stale(p, now):
+                _remove(p)
+                removed.append(p)
+    return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _complete(final: Path) -> bool:
+    return (final / "meta.json").is_file()
+
+
 @contextmanager
-def atomic_directory(final: Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_directory(final: Path, overwrite: bool = True, keep_existing: bool = False,
+                     complete: Callable[[Path], bool] = _complete) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success rename it to ``final``.
 
     On any exception the temporary directory is removed and ``final`` is left as it was. With
     ``overwrite=False`` an existing non-empty ``final`` raises :class:`FileExistsError` before anything is
-    written.
+    written. With ``keep_existing=True`` (cache entries: one key, one content) a ``final`` that is already
+    complete when we finish — another process won the race — is kept and our copy discarded; otherwise the
+    old ``final`` is moved aside and replaced in one rename. Stale leftovers of earlier writes of the same
+    name are removed first.
     """
     final = Path(final)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise FileExistsError(f"{final} exists and is not empty")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    clean_stale_siblings(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final.name), dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            # Move the old one aside first so that the rename below is a single atomic step.
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _commit(tmp, final, keep_existing, complete)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Path], bool]) -> None:
+    for _ in range(20):
+        try:
+            os.rename(tmp, final)  # onto a missing or empty directory: one atomic step
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+        if keep_existing and complete(final):
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same key first: theirs stands
+            return
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(final, old)  # move the old one aside, then retry the rename
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    raise OSError(f"could not move {tmp.name} into place at {final}: it keeps being replaced")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -110,6 +227,60 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- checksums ------------------------------------------------------------------------------------------------
+
+BLOCK_BYTES = 16 << 20
+SAMPLED_BLOCKS = 64
+_VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime_ns, inode) of files verified in this process
+
+
+def _full_check_limit() -> int:
+    return int(float(os.environ.get("LAYERSCOPE_VERIFY_FULL_MB", 1024)) * (1 << 20))
+
+
+def file_checksum(path: Path) -> dict:
+    """``{"size": bytes, "xxh3_blocks": [hex per 16 MiB block]}`` of a file."""
+    blocks = []
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(BLOCK_BYTES)
+            if not chunk:
+                break
+            blocks.append(xxhash.xxh3_64_hexdigest(chunk))
+    return {"size": Path(path).stat().st_size, "xxh3_blocks": blocks}
+
+
+def verify_file(path: Path, expected: dict) -> None:
+    """Raise :class:`CacheCorrupt` if ``path`` does not match its recorded :func:`file_checksum`."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CacheCorrupt(f"{path.name} is missing") from None
+    if st.st_size != expected.get("size"):
+        raise CacheCorrupt(f"{path.name} has {st.st_size} bytes, {expected.get('size')} were written")
+    blocks = list(expected.get("xxh3_blocks") or [])
+    memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, tuple(blocks))
+    if _VERIFIED.get(memo):
+        return
+    n = len(blocks)
+    if st.st_size <= _full_check_limit() or n <= SAMPLED_BLOCKS:
+        which = range(n)
+    else:  # evenly spaced blocks, the first and the last included
+        which = sorted({round(i * (n - 1) / (SAMPLED_BLOCKS - 1)) for i in range(SAMPLED_BLOCKS)})
+    with open(path, "rb") as f:
+        for i in which:
+            f.seek(i * BLOCK_BYTES)
+            if xxhash.xxh3_64_hexdigest(f.read(BLOCK_BYTES)) != blocks[i]:
+                raise CacheCorrupt(f"{path.name} does not match its checksum (block {i} of {n} changed)")
+    _VERIFIED[memo] = True
+
+
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return xxhash.xxh3_64_hexdigest(json.dumps(body, sort_keys=True, default=_json_default).encode())
 
 
 class EntryWriter:
@@ -131,19 +302,25 @@ class EntryWriter:
 
 
 @contextmanager
-def entry_writer(e: Entry) -> Iterator[EntryWriter]:
-    """Write a result atomically: add arrays to the writer, set ``writer.data``; ``meta.json`` is written last."""
-    with atomic_directory(e.path) as tmp:
+def entry_writer(e: Entry, replace: bool = False) -> Iterator[EntryWriter]:
+    """Write a result atomically: add arrays to the writer, set ``writer.data``; ``meta.json`` (with the
+    checksums of every file) is written last. If another process completes the same entry first, its result is
+    kept (``replace=True``: ours replaces it)."""
+    with atomic_directory(e.path, keep_existing=not replace) as tmp:
         w = EntryWriter(tmp)
         yield w
+        files = {f"{name}.npy": file_checksum(tmp / f"{name}.npy") for name in sorted(set(w.arrays))}
         meta = {"format": FORMAT_VERSION, "kind": e.kind, "params": e.params, "data": w.data,
-                "arrays": sorted(w.arrays)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+                "arrays": sorted(w.arrays), "files": files}
+        meta = json.loads(json.dumps(meta, default=_json_default))  # the digest is of what is read back
+        meta["digest"] = _meta_digest(meta)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def write_entry(e: Entry, arrays: dict[str, np.ndarray] | None = None, data: dict | None = None) -> Path:
+def write_entry(e: Entry, arrays: dict[str, np.ndarray] | None = None, data: dict | None = None,
+                replace: bool = False) -> Path:
     """Write a result atomically: arrays as ``.npy`` files, ``data`` and the parameters in ``meta.json``."""
-    with entry_writer(e) as w:
+    with entry_writer(e, replace=replace) as w:
         for name, arr in (arrays or {}).items():
             w.add_array(name, arr)
         w.data = data or {}
@@ -151,18 +328,27 @@ def write_entry(e: Entry, arrays: dict[str, np.ndarray] | None = None, data: dic
 
 
 def read_entry(e: Entry, mmap: bool = False) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a result written by :func:`write_entry`; raise :class:`CacheCorrupt` if any part is unreadable."""
+    """Read a result written by :func:`write_entry`, verifying its checksums; raise :class:`CacheCorrupt` if any
+    part is unreadable or does not match what was written."""
     try:
         meta = json.loads((e.path / "meta.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise CacheCorrupt(f"{e.path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
+        if "digest" not in meta or "files" not in meta:
+            raise CacheCorrupt(f"{e.path} was written without checksums (an older LayerScope)")
+        if meta["digest"] != _meta_digest(meta):
+            raise CacheCorrupt(f"{e.path}/meta.json does not match its checksum")
+        for name in meta["arrays"]:
+            verify_file(e.path / f"{name}.npy", meta["files"].get(f"{name}.npy") or {})
         arrays = {
             name: np.load(e.path / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             for name in meta["arrays"]
         }
         return arrays, meta["data"]
-    except CacheCorrupt:
-        raise
+    except CacheCorrupt as exc:
+        if str(e.path) in str(exc):
+            raise
+        raise CacheCorrupt(f"cannot use {e.path}: {exc}") from None
     except Exception as exc:  # truncated npy, bad JSON, missing file ...
         raise CacheCorrupt(f"cannot read {e.path}: {exc}") from exc
 
@@ -202,7 +388,7 @@ def cached(
             note = f"The cached result was unreadable and has been recomputed ({exc})."
             remove_entry(e)
     arrays, data = compute()
-    write_entry(e, arrays, data)
+    write_entry(e, arrays, data, replace=refresh)
     if mmap:  # hand back the memory-mapped copy so that large results are not held twice
         arrays, data = read_entry(e, mmap=True)
     return arrays, data, CacheOutcome("recomputed" if note else "computed", e.path, note)

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        from .cache import clean_stale
+
+        clean_stale()  # leftovers of killed writes (their process is gone) in cache/
+    except OSError:
+        pass
+    try:
         return int(args._run(args) or 0)
     except _user_errors() as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -173,8 +173,8 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "mlp",
     keep = [b for b in chosen if b not in skipped]
     if not keep:
         raise CompressionError("every chosen block is replaced by a linear map: no matrices are left to truncate")
-    if isinstance(targets, str) and "," in targets:
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if isinstance(targets, str) and ("," in targets or targets.strip() not in ("attn", "mlp", "all")):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]  # one name (down_proj) is a list of one
     try:
         names = target_linears(model, targets, keep)
     except ValueError as exc:

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -342,6 +343,53 @@ def classify_source(source: str) -> str:
     return "hub"
 
 
+def _resolve(spec: ModelSpec, say) -> tuple[str, str, str, Path | None, bool, list[str]]:
+    """``(kind, name, target, folder, local_only, notes)`` of a spec; a bundled or .gguf model is converted first."""
+    kind = classify_source(spec.source)
+    notes: list[str] = []
+    if kind in ("default", "gguf"):
+        gguf = default_gguf_path() if kind == "default" else Path(os.path.expanduser(spec.source)).resolve()
+        folder = converted_gguf_folder(gguf, say)
+        name = "SmolLM2-135M-Instruct (bundled GGUF, de-quantised to fp32)" if kind == "default" else gguf.name
+        notes.append(f"de-quantised from {gguf.name}; fp32 copy cached in {folder}")
+        return kind, name, str(folder), folder, True, notes
+    if kind == "folder":
+        folder = Path(os.path.expanduser(spec.source)).resolve()
+        return kind, folder.name, str(folder), folder, True, notes
+    if kind == "results":
+        folder = Path(os.path.expanduser(spec.source)).resolve()
+        return kind, folder.name, str(folder), folder, True, notes
+    return kind, spec.source, spec.source, None, _hub_local_only(spec.source), notes
+
+
+def read_config(spec: ModelSpec, progress: Callable[[str], None] | None = None):
+    """The model's configuration, without its weights (cheap), refused unless it is a decoder-only causal LM.
+
+    Used to validate a whole command (block indices, window lengths against the maximum positions …) before any
+    weight is loaded. ``None`` for a results folder (it has no configuration, only a card).
+    """
+    say = progress or (lambda msg: log.info(msg))
+    kind, _, target, _, local_only, _ = _resolve(spec, say)
+    if kind == "results":
+        return None
+    return _read_config(target, spec, local_only, say)
+
+
+def read_tokenizer(spec: ModelSpec, progress: Callable[[str], None] | None = None):
+    """The model's tokenizer, without its weights (to check a text's length before loading anything)."""
+    from transformers import AutoTokenizer
+
+    say = progress or (lambda msg: log.info(msg))
+    kind, _, target, folder, local_only, _ = _resolve(spec, say)
+    if kind == "results":
+        target = str(folder / "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(target, trust_remote_code=spec.trust_remote_code,
+                                             local_files_only=local_only)
+    except Exception as exc:  # noqa: BLE001 - any tokenizer failure is one line
+        raise ModelLoadError(f"cannot load the tokenizer of {target!r}: {_first_line(exc)}") from None
+
+
 def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -> LoadedModel:
     """Load the model a spec names; every failure a user can cause ends in :class:`ModelLoadError`."""
     say = progress or (lambda msg: log.info(msg))
@@ -350,23 +398,19 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
     device = resolve_device(spec.device)
     if spec.dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {spec.dtype!r}; use one of {', '.join(DTYPES)}")
-    notes: list[str] = []
     if kind == "results":
         return open_results(Path(os.path.expanduser(spec.source)).resolve(), spec)
-    if kind in ("default", "gguf"):
-        gguf = default_gguf_path() if kind == "default" else Path(os.path.expanduser(spec.source)).resolve()
-        folder = converted_gguf_folder(gguf, say)
-        name = "SmolLM2-135M-Instruct (bundled GGUF, de-quantised to fp32)" if kind == "default" else gguf.name
-        notes.append(f"de-quantised from {gguf.name}; fp32 copy cached in {folder}")
-        local_only = True
-        target = str(folder)
-    elif kind == "folder":
-        folder = Path(os.path.expanduser(spec.source)).resolve()
-        name, target, local_only = folder.name, str(folder), True
-    else:
-        name, target, folder = spec.source, spec.source, None
-        local_only = _hub_local_only(spec.source)
-    model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
+    kind, name, target, folder, local_only, notes = _resolve(spec, say)
+    try:
+        model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
+    except ModelLoadError as exc:
+        if kind not in ("default", "gguf") or not any(w in str(exc) for w in ("damaged", "weights", "cannot load")):
+            raise
+        # a converted copy that passed its checks but still does not load: convert again, once
+        say("the converted copy does not load; converting the GGUF again")
+        shutil.rmtree(folder, ignore_errors=True)
+        kind, name, target, folder, local_only, notes = _resolve(spec, say)
+        model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
     say("fingerprinting weights")
     fp = fingerprint(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name, fingerprint=fp,
@@ -394,28 +438,165 @@ def _hub_local_only(repo_id: str) -> bool:
     return False
 
 
-def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool, say) -> tuple[nn.Module, object]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+_ENCODER_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+                  "ForMultipleChoice", "ForNextSentencePrediction", "ForPreTraining", "ForImageClassification",
+                  "ForAudioClassification", "ForCTC", "ForSpeechSeq2Seq", "ForMaskedImageModeling")
+
+
+def check_causal_lm(config, target: str, trust_remote_code: bool = False) -> None:
+    """Refuse a configuration that is not a decoder-only causal language model, naming what it is.
+
+    The rules: an encoder-decoder (``is_encoder_decoder``: T5, BART …) is refused; a model type that also has a
+    masked-LM class (BERT, RoBERTa, ELECTRA …) is an encoder unless its config says ``is_decoder``; a model type
+    without a causal-LM class is refused; and a folder whose recorded ``architectures`` are all task heads other
+    than a language-model head (``…ForSequenceClassification``, ``…ForMaskedLM``) is refused, because loading it
+    as a causal LM would give it a randomly initialised output head.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None) or type(config).__name__
+    archs = [str(a) for a in (getattr(config, "architectures", None) or [])]
+    what = f"{target} is a {model_type!r} model" + (f" ({', '.join(archs)})" if archs else "")
+    tail = "; LayerScope inspects and changes decoder-only causal language models (GPT-2, Llama, Qwen, …) only"
+    auto_map = getattr(config, "auto_map", None) or {}
+    remote_causal = trust_remote_code and "AutoModelForCausalLM" in auto_map
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(f"{what}: an encoder-decoder (sequence-to-sequence) model, not a decoder-only causal "
+                             f"language model{tail}")
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise ModelLoadError(f"{what}: an encoder (masked language model), not a decoder-only causal language "
+                             f"model{tail}")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote_causal:
+        raise ModelLoadError(f"{what}, which is not a causal language model (AutoModelForCausalLM has no class for "
+                             f"it){tail}")
+    causal = {v for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for v in ((v,) if isinstance(v, str) else v)}
+    if archs and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) \
+            and any(a.endswith(_ENCODER_HEADS) for a in archs):
+        raise ModelLoadError(f"{what}: its weights are for {', '.join(archs)}, not a language-model head{tail}")
+
+
+def remote_code_files(spec: ModelSpec) -> list[Path] | None:
+    """The Python files a model would run with ``trust_remote_code`` (``auto_map`` in its config), or ``None``
+    when it needs no code of its own. For a hub id not in the local cache, ``[]``: the code would be downloaded."""
+    try:
+        kind = classify_source(spec.source)
+    except ModelLoadError:
+        return None
+    if kind in ("default", "gguf", "results"):
+        return None
+    folder: Path | None = None
+    if kind == "folder":
+        folder = Path(os.path.expanduser(spec.source)).resolve()
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(spec.source, "config.json")
+            folder = Path(hit).parent if isinstance(hit, str) else None
+        except Exception:  # noqa: BLE001
+            folder = None
+        if folder is None:
+            return []
+    modules: set[str] = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            info = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for ref in (info.get("auto_map") or {}).values():
+            for r in (ref if isinstance(ref, (list, tuple)) else [ref]):
+                if isinstance(r, str) and "." in r:
+                    modules.add(r.split("--")[-1].rsplit(".", 1)[0])
+    if not modules:
+        return None
+    files = {folder / f"{m.replace('.', '/')}.py" for m in modules}
+    files |= set(folder.glob("*.py"))  # what those modules may import from beside them
+    return sorted(files)
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse, naming the file, a checkpoint folder whose safetensors files are truncated or have a bad header.
+
+    Reads only each file's header (8 bytes of length, then JSON): the file must be exactly as long as the header
+    says its tensors need. Cheap (a few KB per file), so it runs on every load.
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            raise ModelLoadError(f"{index} is damaged: it is not a readable safetensors index") from None
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise ModelLoadError(f"{folder / missing[0]} is missing (listed in {index.name})")
+    for f in files:
+        reason = _safetensors_damage(f)
+        if reason:
+            raise ModelLoadError(f"{f} is damaged: {reason}; replace the file (download or export it again)")
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"it has {size} bytes, too short for a safetensors header"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, 100 << 20):
+                return "its header length is impossible (a bad header or not a safetensors file)"
+            header = json.loads(fh.read(n))
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not valid JSON (a bad header)"
+    except OSError as exc:
+        return f"it cannot be read ({exc})"
+    if not isinstance(header, dict):
+        return "its header is not a table of tensors"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            a, b = info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            return f"its header entry {name!r} has no data offsets"
+        end = max(end, int(b))
+    if 8 + n + end != size:
+        return (f"it has {size:,} bytes but its header needs {8 + n + end:,} (truncated)" if size < 8 + n + end
+                else f"it has {size - 8 - n - end:,} bytes more than its header describes")
+    return None
+
+
+def _read_config(target: str, spec: ModelSpec, local_only: bool, say):
+    from transformers import AutoConfig
 
     kw = dict(trust_remote_code=spec.trust_remote_code, local_files_only=local_only)
     say(f"reading the configuration of {target}")
     try:
         config = AutoConfig.from_pretrained(target, **kw)
     except ValueError as exc:
-        if "trust_remote_code" in str(exc):
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
             raise ModelLoadError(
                 f"{target} needs custom code from its repository; turn on 'trust remote code' only if you trust it"
             ) from None
-        raise ModelLoadError(f"cannot read the configuration of {target}: {exc}") from None
+        raise ModelLoadError(f"cannot read the configuration of {target}: {_first_line(exc)}") from None
     except OSError as exc:
         raise ModelLoadError(f"cannot load {target!r}: {_first_line(exc)}") from None
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    except Exception as exc:  # noqa: BLE001 - a damaged config.json and the like
+        raise ModelLoadError(f"cannot read the configuration of {target}: {_first_line(exc)}") from None
+    check_causal_lm(config, target, spec.trust_remote_code)
+    return config
 
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not spec.trust_remote_code:
-        raise ModelLoadError(
-            f"{target} is a {getattr(config, 'model_type', type(config).__name__)!r} model, which is not a causal "
-            "language model (AutoModelForCausalLM has no class for it)"
-        )
+
+def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool, say) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(trust_remote_code=spec.trust_remote_code, local_files_only=local_only)
+    config = _read_config(target, spec, local_only, say)
+    if Path(target).is_dir():
+        check_weight_files(Path(target))
     say(f"loading weights ({spec.dtype}) onto {'several devices' if spec.device_map_auto else device}")
     load_kw = dict(kw, dtype=DTYPES[spec.dtype])
     if spec.device_map_auto:
@@ -439,8 +620,13 @@ def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool
         else:
             model = AutoModelForCausalLM.from_pretrained(target, **load_kw)
         tokenizer = AutoTokenizer.from_pretrained(target, **kw)
+    except ModelLoadError:
+        raise
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {target!r}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. safetensors' SafetensorError on a damaged file
+        raise ModelLoadError(f"cannot load the weights of {target!r}: {type(exc).__name__}: {_first_line(exc)}") \
+            from None
     if not spec.device_map_auto:
         model.to(device)
     model.eval()
@@ -458,7 +644,12 @@ def converted_gguf_folder(gguf: Path, say=lambda m: None) -> Path:
     key = cache.stable_hash({"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns}, 12)
     folder = cache.cache_root() / "models" / f"{gguf.stem}-{key}"
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-        return folder
+        damage = converted_damage(folder)
+        if damage is None:
+            return folder
+        log.warning("the converted copy %s is damaged (%s); converting again", folder, damage)
+        say(f"the converted copy in {folder} is damaged ({damage}); converting {gguf.name} again")
+        _discard(folder)
     say(f"de-quantising {gguf.name} to fp32 (once; ~20 s for the bundled model)")
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -473,12 +664,57 @@ def converted_gguf_folder(gguf: Path, say=lambda m: None) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict(), strict=True)
     del quantised
-    with cache.atomic_directory(folder) as tmp:
+    with cache.atomic_directory(folder, keep_existing=True, complete=lambda p: (p / SOURCE_FILE).is_file()) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "layerscope_source.json").write_text(json.dumps(
-            {"gguf": str(gguf), "sha256": _sha256(gguf), "size": st.st_size}, indent=1))
+        files = {f.name: cache.file_checksum(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / SOURCE_FILE).write_text(json.dumps(
+            {"gguf": str(gguf), "sha256": _sha256(gguf), "size": st.st_size, "files": files}, indent=1))
     return folder
+
+
+SOURCE_FILE = "layerscope_source.json"
+
+
+def converted_damage(folder: Path) -> str | None:
+    """Why a converted copy in ``cache/models`` cannot be used, or ``None``.
+
+    Every file is checked against the xxh3 block checksums recorded at conversion (once per process while its
+    size and mtime stay the same: ~0.1 s for the bundled model's 538 MB); a copy converted before checksums were
+    recorded gets the structural safetensors check (header and length) instead.
+    """
+    try:
+        info = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        info = {}
+    files = info.get("files") if isinstance(info, dict) else None
+    if isinstance(files, dict) and files:
+        for name, expected in files.items():
+            try:
+                cache.verify_file(folder / name, expected)
+            except cache.CacheCorrupt as exc:
+                return str(exc)
+        return None
+    for f in sorted(folder.glob("*.safetensors")):
+        reason = _safetensors_damage(f)
+        if reason:
+            return f"{f.name}: {reason}"
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "config.json is not readable JSON"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged converted copy aside (one rename) and delete it."""
+    aside = folder.parent / f".old-{folder.name}-{os.getpid()}"
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

@@ -6,7 +6,8 @@ dashboard restores a session from it. Keys (unknown keys are refused, so a typo 
 
 * ``layerscope``: format version; ``created``: when; ``name``: a label for the run;
 * ``model``: ``source`` (required: ``default``, a hub id, a folder or a .gguf), ``dtype``, ``device``,
-  ``device_map_auto``, ``trust_remote_code``; written back: ``name``, ``fingerprint``, ``parameters``, ``blocks``,
+  ``device_map_auto``, ``trust_remote_code`` (recorded, never honoured: only the user's own flag or tick runs a
+  model's code); written back: ``name``, ``fingerprint``, ``parameters``, ``blocks``,
   ``architecture`` (a different fingerprint on reload is reported, not fatal);
 * ``calibration``: ``text`` (a bundled name, or ``{name, source, sha256}``; an uploaded text needs ``path``),
   ``windows``, ``window_len``, ``exclude_first``, ``n_max``, ``seed``, ``storage``;
@@ -148,13 +149,21 @@ def variant_recipe(ws: Workspace, action: dict, evaluation: dict | None = None, 
     return r
 
 
-def spec_of(recipe: dict):
+def spec_of(recipe: dict, trust_remote_code: bool = False):
+    """The model spec a recipe names. ``trust_remote_code`` is the user's own choice (the ``--trust-remote-code``
+    flag, the sidebar's tick), never the recipe's: a recipe is a file that may come from someone else, and its
+    ``"trust_remote_code": true`` is recorded for information only (see :func:`asks_for_remote_code`)."""
     from .models import ModelSpec
 
     m = recipe["model"]
     return ModelSpec(source=m["source"], device=m.get("device", "auto"), dtype=m.get("dtype", "float32"),
                      device_map_auto=bool(m.get("device_map_auto", False)),
-                     trust_remote_code=bool(m.get("trust_remote_code", False)))
+                     trust_remote_code=bool(trust_remote_code))
+
+
+def asks_for_remote_code(recipe: dict) -> bool:
+    """Whether the recipe was written with ``trust_remote_code`` on (it is never honoured from the file)."""
+    return bool((recipe.get("model") or {}).get("trust_remote_code"))
 
 
 def text_of(recipe: dict, text_path: str | None = None):

@@ -7,8 +7,9 @@ model is a structural copy that *shares* the original's weight tensors (no secon
 change to the pruned model must replace a parameter, never write into it.
 
 Export: ``save_pretrained`` (safetensors) with the tokenizer and ``recipe.json``, written into a temporary sibling
-directory and renamed, so an interrupted export leaves nothing half-written. A non-empty target folder is refused
-unless ``overwrite=True``. :func:`verify_export` reloads the folder with plain ``AutoModelForCausalLM`` and
+directory and renamed, so an interrupted export leaves nothing half-written. The target is checked by
+:func:`analysis.destinations.check`: a non-empty folder is refused unless ``overwrite=True``, and even then only a
+folder LayerScope wrote is replaced. :func:`verify_export` reloads the folder with plain ``AutoModelForCausalLM`` and
 compares logits with the in-memory model.
 """
 
@@ -30,26 +31,40 @@ class PruneError(ValueError):
     """The requested change is impossible (the message says why)."""
 
 
-def parse_blocks(spec: str | Iterable[int]) -> list[int]:
-    """``"12,13"``, ``"12-15"`` (inclusive, as typed) or ``"[12, 16)"`` → sorted block list; duplicates are an error."""
+def parse_blocks(spec: str | Iterable[int], what: str = "blocks") -> list[int]:
+    """``"12,13"``, ``"12-15"`` (inclusive, as typed) or ``"[12, 16)"`` → sorted block list; duplicates are an error.
+
+    Anything else raises :class:`PruneError` naming ``what`` (the option, e.g. ``--remove``) and the forms allowed.
+    """
+    forms = "0-based block numbers as '12,13', '12-15' (inclusive) or '[12,16)'"
     if not isinstance(spec, str):
-        blocks = [int(b) for b in spec]
+        try:
+            blocks = [int(b) for b in spec]
+        except (TypeError, ValueError):
+            raise PruneError(f"{what}: {spec!r} is not a list of block numbers; give {forms}") from None
     else:
         s = spec.strip()
         blocks = []
-        if s.startswith("[") and s.endswith(")"):
-            a, b = s[1:-1].split(",")
-            blocks = list(range(int(a), int(b)))
-        elif s:
-            for part in s.split(","):
-                part = part.strip()
-                if not part:
-                    continue
-                if "-" in part[1:]:
-                    a, b = part.split("-", 1)
-                    blocks.extend(range(int(a), int(b) + 1))
-                else:
-                    blocks.append(int(part))
+        try:
+            if s.startswith("[") and s.endswith(")"):
+                a, b = s[1:-1].split(",")
+                blocks = list(range(int(a), int(b)))
+            elif s:
+                for part in s.split(","):
+                    part = part.strip()
+                    if not part:
+                        continue
+                    if "-" in part[1:]:
+                        a, b = part.split("-", 1)
+                        if int(b) < int(a):
+                            raise PruneError(f"{what}: the range {part!r} ends before it starts; give {forms}")
+                        blocks.extend(range(int(a), int(b) + 1))
+                    else:
+                        blocks.append(int(part))
+        except ValueError as exc:
+            if isinstance(exc, PruneError):
+                raise
+            raise PruneError(f"{what}: {spec!r} is not a block list; give {forms}") from None
     dup = sorted({b for b in blocks if blocks.count(b) > 1})
     if dup:
         raise PruneError(f"block{'s' if len(dup) > 1 else ''} {', '.join(map(str, dup))} named more than once")
@@ -138,19 +153,18 @@ def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: 
 
     ``save_fn(model, directory)`` replaces ``model.save_pretrained`` (used for factorised checkpoints).
     """
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or confirm overwriting it")
-    with cache.atomic_directory(out, overwrite=True) as tmp:
+    from . import destinations
+
+    dest = destinations.check(out_dir, overwrite=overwrite, what="export folder",
+                              option="confirm replacing it (--overwrite)")
+    with destinations.writing(dest, what="export") as tmp:
         if save_fn is None:
             model.save_pretrained(tmp, safe_serialization=True)
         else:
             save_fn(model, tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "recipe.json").write_text(cache.dumps(recipe))
-    return out
+    return dest.path
 
 
 @torch.no_grad()

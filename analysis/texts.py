@@ -133,6 +133,12 @@ def calibration_windows(tokenizer, text: Text, n_windows: int, window_len: int) 
         raise TextError(f"need at least 1 window of at least 2 tokens (asked for {n_windows} × {window_len})")
     ids = token_ids(tokenizer, text)
     need = n_windows * window_len
+    if ids.size < window_len:
+        raise TextError(
+            f"{text.label} has only {ids.size} tokens, fewer than one window of {window_len} tokens: use a longer "
+            f"text (at least {need} tokens for {n_windows} windows of {window_len})"
+            + (f" or windows of at most {ids.size} tokens." if ids.size >= 2 else ".")
+        )
     if ids.size < need:
         raise TextError(
             f"{text.label} has {ids.size} tokens; {n_windows} windows of {window_len} tokens need {need}. "

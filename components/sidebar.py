@@ -6,12 +6,13 @@ import dataclasses
 
 import streamlit as st
 
-from analysis.models import DTYPES, ModelSpec
+from analysis.models import DTYPES, ModelSpec, remote_code_files
 from analysis.texts import BUNDLED, TextError, bundled_text, text_from_bytes, text_from_string, token_ids
 from analysis.workspace import Calibration
 from components import state
 from components.widgets import format_bytes
 
+REMOTE_CODE_PENDING = "remote-code-pending"
 MODEL_HELP = ("'default' is the bundled SmolLM2-135M-Instruct. Or a Hugging Face id (from the local hub cache, or "
               "downloaded when the hub is reachable), a local checkpoint folder, or a path to a .gguf file.")
 
@@ -58,7 +59,28 @@ def _model_section() -> None:
             trust = st.checkbox("Trust remote code", value=current.trust_remote_code,
                                 help="runs Python code shipped with the checkpoint; off unless you trust it")
         if st.form_submit_button("Load model", type="primary"):
-            state.request_model(ModelSpec(source.strip(), device, dtype, dmap, trust, max_mem.strip()))
+            spec = ModelSpec(source.strip(), device, dtype, dmap, trust, max_mem.strip())
+            st.session_state.pop(REMOTE_CODE_PENDING, None)
+            files = remote_code_files(spec) if trust else None
+            if files is not None:  # show the code it would run, and ask, before anything runs
+                st.session_state[REMOTE_CODE_PENDING] = (spec, [str(f) for f in files])
+            else:
+                state.request_model(spec)
+    pending = st.session_state.get(REMOTE_CODE_PENDING)
+    if pending:
+        spec, files = pending
+        st.warning("**Trust remote code** runs this Python code from the model's folder with your permissions:\n\n"
+                   + ("\n".join(f"- `{f}`" for f in files) if files else
+                      f"- code from the hub repository `{spec.source}` (downloaded; not yet on this machine)")
+                   + "\n\nRead it first. Run it and load the model?")
+        c = st.columns(2)
+        if c[0].button("Run this code and load", key="remote-code-yes", type="primary"):
+            st.session_state.pop(REMOTE_CODE_PENDING, None)
+            state.request_model(spec)
+            st.rerun()
+        if c[1].button("Cancel", key="remote-code-no"):
+            st.session_state.pop(REMOTE_CODE_PENDING, None)
+            st.rerun()
     lm = state.loaded_model()
     err = st.session_state.get(state.MODEL_ERROR)
     if err:
@@ -131,6 +153,9 @@ def _apply_text(kind, name, uploaded, pasted, cal: Calibration) -> None:
         if lm is not None:
             have = int(token_ids(lm.tokenizer, new).size)
             need = cal.n_windows * cal.window_len
+            if have < cal.window_len:
+                raise TextError(f"{new.label} has only {have:,} tokens, fewer than one window of {cal.window_len}: "
+                                f"use a longer text, or at most {have} tokens per window (T).")
             if have < need:
                 raise TextError(f"{new.label} has {have:,} tokens; {cal.n_windows} windows of {cal.window_len} "
                                 f"tokens need {need:,}. Use at most {have // cal.window_len} windows of "

@@ -51,13 +51,17 @@ if upload is not None:
         loaded = None
     if loaded is not None:
         st.write(f"Model **{loaded['model']['source']}**, change: **{describe_action(loaded.get('action') or {})}**")
+        if rc.asks_for_remote_code(loaded):
+            st.warning("This recipe was written with 'trust remote code' on. A recipe never switches it on: the "
+                       "model is restored with it off. If it needs its own code, tick 'Trust remote code' in the "
+                       "sidebar yourself after checking the files it lists.")
         if st.button("Restore this session", type="primary"):
             try:
                 text_obj = rc.text_of(loaded)
             except (rc.RecipeError, TextError) as exc:
                 st.error(str(exc))
             else:
-                state.request_model(rc.spec_of(loaded))
+                state.request_model(rc.spec_of(loaded))  # trust_remote_code off: only the sidebar tick turns it on
                 state.set_calibration_text(text_obj)
                 state.set_calibration(rc.calibration_of(loaded))
                 st.session_state["recipe-metrics"] = list(loaded.get("metrics") or {"linearity": {}})

@@ -107,9 +107,46 @@ def print_json(obj) -> None:
     print(json.dumps(json.loads(cache.dumps(obj)), indent=2))
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "results folder") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace a non-empty {what} (only one LayerScope wrote; any other folder is refused)")
+
+
+def out_destination(args, what: str = "output folder", option: str = "--out"):
+    """Check ``args.out`` before any work (see :mod:`analysis.destinations`); write into it with
+    ``destinations.writing(dest)``."""
+    from .. import destinations
+
+    return destinations.check(getattr(args, option.lstrip("-").replace("-", "_")),
+                              overwrite=bool(getattr(args, "overwrite", False)), what=f"{option} {what}")
+
+
+def preflight_calibration(args, spec=None, text=None):
+    """Check the windows and the text's length against the model's configuration and tokenizer (no weights);
+    returns the text."""
+    from .. import preflight
+    from ..models import read_config, read_tokenizer
+    from ..texts import resolve_text
+
+    preflight.check_windows(None, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
+                            getattr(args, "n_max", None))
+    text = text or resolve_text(args.text)
+    spec = spec or spec_from(args)
+    say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
+    config = read_config(spec, say)
+    if config is not None:
+        preflight.check_windows(config, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
+                                getattr(args, "n_max", None))
+        preflight.check_text_windows(read_tokenizer(spec), text, args.sequences, args.seq_len)
+    return text
+
+
 def prepare_out_dir(out: str, overwrite: bool = False, what: str = "output") -> Path:
-    path = Path(out).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} is a file, not a folder")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Check ``out`` (refused when it holds anything, unless ``overwrite`` and LayerScope wrote it) and create it.
+    Prefer :func:`out_destination` + ``destinations.writing``, which leave no empty folder after a failure."""
+    from .. import destinations
+
+    dest = destinations.check(out, overwrite=overwrite, what=f"--out {what} folder")
+    dest.path.mkdir(parents=True, exist_ok=True)
+    destinations.mark(dest.path, what, files=False)
+    return dest.path

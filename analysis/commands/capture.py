@@ -30,10 +30,11 @@ def run(args) -> int:
     from ..capture import capture_hidden_states
     from ..surgery import parse_blocks
     from ..texts import resolve_text
-    from ._common import TqdmProgress, load, print_json
+    from ._common import TqdmProgress, load, preflight_calibration, print_json
 
+    states = parse_blocks(args.states, what="--states") if args.states else None
+    preflight_calibration(args)  # windows, text length, positions: before any weight is loaded
     lm = load(args)
-    states = parse_blocks(args.states) if args.states else None
     if states is not None and (states[0] < 0 or states[-1] > lm.n_blocks):
         raise ValueError(f"--states must lie in 0..{lm.n_blocks}")
     positions = "last" if args.last_only else "all"

@@ -56,7 +56,8 @@ def add_arguments(p):
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
 
 
 def build_action(args, n_blocks: int | None = None) -> dict:
@@ -67,7 +68,8 @@ def build_action(args, n_blocks: int | None = None) -> dict:
     action: dict = {}
     if args.ratio is not None or args.rank is not None:
         value = {"method": args.method.replace("_", "-"), "targets": args.targets,
-                 "blocks": None if args.blocks is None else parse_blocks(args.blocks), "alpha": args.alpha,
+                 "blocks": None if args.blocks is None else parse_blocks(args.blocks, what="--blocks"),
+                 "alpha": args.alpha,
                  "k1_share": args.k1_share, "damping": args.damping, "form": args.form or "factorised",
                  "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
         if args.ratio is not None:
@@ -79,9 +81,9 @@ def build_action(args, n_blocks: int | None = None) -> dict:
     elif args.blocks is not None:
         raise CompressionError("--blocks chooses where to truncate: give --ratio or --rank with it")
     if args.replace:
-        action["replace_linear"] = parse_blocks(args.replace)
+        action["replace_linear"] = parse_blocks(args.replace, what="--replace")
     if args.remove:
-        removed = parse_blocks(args.remove)
+        removed = parse_blocks(args.remove, what="--remove")
         action["remove_blocks"] = validate_removal(removed, n_blocks) if n_blocks else removed
     if not action.get("low_rank") and not action.get("replace_linear"):
         raise CompressionError("nothing to compress: give --ratio or --rank (low-rank truncation) and/or --replace "
@@ -94,8 +96,6 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ..cache import atomic_write_text, dumps
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..compression import record_of
@@ -104,14 +104,22 @@ def run(args) -> int:
     from ..surgery import export_checkpoint, verify_export
     from ..texts import resolve_text
     from ..variants import apply_actions, describe_action
-    from ._common import TqdmProgress, eval_settings_from, load, print_json, workspace_from
+    from .. import preflight
+    from ..models import read_config, read_tokenizer
+    from ._common import (TqdmProgress, eval_settings_from, load, out_destination, preflight_calibration, print_json,
+                          spec_from, workspace_from)
 
-    out = Path(args.out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --overwrite")
-    build_action(args)  # refuse bad arguments before loading anything
+    action = build_action(args)  # refuse bad arguments before loading anything
     settings = eval_settings_from(args)
+    preflight.check_eval(None, None, settings)
     eval_text = resolve_text(settings.text)
+    out = out_destination(args, "export folder").path  # checked again when the export is written
+    spec = spec_from(args)
+    config = read_config(spec)  # no weights yet: blocks, windows, context and the texts' lengths checked first
+    preflight.check_action(config, action)
+    preflight.check_eval(config, read_tokenizer(spec), settings, text=eval_text)
+    if "low_rank" in action or "replace_linear" in action:
+        preflight_calibration(args, spec)
     lm = load(args)
     ws = workspace_from(args, lm)
     action = build_action(args, lm.n_blocks)

@@ -32,12 +32,16 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, or 0)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--out", default=None, help="also write DIR/downstream.json")
+    p.add_argument("--out", default=None, help="also write DIR/downstream.json (new or empty unless --overwrite)")
+    from ._common import add_overwrite_arg
+
+    add_overwrite_arg(p)
 
 
 def run(args) -> int:
     from .. import downstream as ds
-    from ._common import TqdmProgress, load, prepare_out_dir, print_json, write_json
+    from .. import destinations
+    from ._common import TqdmProgress, load, out_destination, print_json, write_json
 
     task_dirs = args.task_dir  # None: $LAYERSCOPE_TASKS
     if args.list:
@@ -51,12 +55,12 @@ def run(args) -> int:
         raise ds.DownstreamError(f"--limit must be at least 1 (got {args.limit})")
     if ds.lm_eval_version() is None:
         raise ds.DownstreamError("lm-eval is not installed; run `make setup`")
-    out_dir = prepare_out_dir(args.out) if args.out else None
+    dest = out_destination(args) if args.out else None
     blocks = None
     if args.remove is not None:
         from ..surgery import parse_blocks
 
-        blocks = parse_blocks(args.remove)
+        blocks = parse_blocks(args.remove, what="--remove")
     lm = load(args)
     candidate = None
     if blocks is not None:
@@ -77,8 +81,9 @@ def run(args) -> int:
     if blocks is not None:
         result["removed_blocks"] = blocks
     result["task_info"] = {t.name: t.to_dict() for t in infos}
-    if out_dir is not None:
-        write_json(out_dir / "downstream.json", result)
+    if dest is not None:
+        with destinations.writing(dest, "downstream") as out_dir:
+            write_json(out_dir / "downstream.json", result)
     print_json(result)
     failed = [(name, row["reason"]) for run in _runs(result) for name, row in run["tasks"].items() if not row["ran"]]
     if failed:

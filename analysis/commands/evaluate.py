@@ -22,14 +22,21 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from .. import preflight
     from ..evaluate import EvalSettings, perplexity
+    from ..models import read_config, read_tokenizer
     from ..texts import resolve_text
-    from ._common import TqdmProgress, load, print_json
+    from ._common import TqdmProgress, load, print_json, spec_from
 
-    lm = load(args)
     text = resolve_text(args.text)
     settings = EvalSettings(text=args.text, n_tokens=args.tokens, context=args.context, stride=args.stride,
                             measure_speed=False)
+    names = {**preflight.CLI, "n_tokens": "--tokens", "eval_text": "--text"}
+    preflight.check_eval(None, None, settings, names)
+    config = read_config(spec_from(args))
+    preflight.check_eval(config, read_tokenizer(spec_from(args)) if config is not None else None, settings, names,
+                         text=text)
+    lm = load(args)
     result = perplexity(lm.model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
     result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,
                        "parameters": lm.n_parameters()}

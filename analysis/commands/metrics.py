@@ -23,7 +23,10 @@ def add_arguments(p):
     p.add_argument("--metrics", default="linearity",
                    help="comma-separated metric groups (default: linearity = linearity, linearity_no_residual, "
                         "block_influence, angular_distance); 'all' for every registered group")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
+    from ._common import add_overwrite_arg
+
+    add_overwrite_arg(p)
     g = p.add_argument_group("AVSS (--metrics avss)")
     g.add_argument("--avss-site", default="mlp", choices=["residual", "mlp", "attention"],
                    help="activation site: block output, MLP hidden activation (input of down_proj; default), "
@@ -34,14 +37,17 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from .. import destinations
     from ..runs import resolve_groups, write_metric_files
-    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from
+    from ._common import TqdmProgress, load, out_destination, preflight_calibration, workspace_from
 
     groups = resolve_groups(args.metrics)
     group_params = {"avss": {"site": args.avss_site, "eps": args.avss_eps, "relative": args.avss_relative}}
-    out = prepare_out_dir(args.out)
+    dest = out_destination(args)
+    preflight_calibration(args)  # windows, text length, positions: before any weight is loaded
     ws = workspace_from(args, load(args))
-    ws.capture(TqdmProgress("capture"))
-    write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)
-    print(out / "layers.csv")
+    with destinations.writing(dest, "metrics") as out:
+        ws.capture(TqdmProgress("capture"))
+        write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)
+    print(dest.path / "layers.csv")
     return 0

@@ -21,17 +21,27 @@ def add_arguments(p):
     p.add_argument("--k", type=int, default=4, help="blocks each metric suggests")
     p.add_argument("--metrics", default=None, help="comma-separated metric keys (default: every registered one)")
     p.add_argument("--compute", action="store_true", help="compute metrics that are not cached yet")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
+    from ._common import add_overwrite_arg
+
+    add_overwrite_arg(p)
 
 
 def run(args) -> int:
     import pandas as pd
 
     from .. import consensus, registry
-    from ._common import TqdmProgress, load, prepare_out_dir, workspace_from, write_csv, write_json
+    from .. import destinations, preflight
+    from ..models import read_config
+    from ._common import (TqdmProgress, load, out_destination, preflight_calibration, spec_from, workspace_from,
+                          write_csv, write_json)
 
     chosen = registry.metrics() if not args.metrics else [registry.get(k.strip()) for k in args.metrics.split(",")]
-    out = prepare_out_dir(args.out)
+    dest = out_destination(args)
+    n = preflight.n_layers(read_config(spec_from(args)) or {}) if args.model else None
+    if n is not None and not 1 <= args.k < n:
+        raise ValueError(f"--k must lie in 1..{n - 1} (the model has {n} blocks), got {args.k}")
+    preflight_calibration(args)
     ws = workspace_from(args, load(args))
     if not args.compute:
         chosen = consensus.computed_metrics(ws, chosen)
@@ -44,11 +54,12 @@ def run(args) -> int:
     suggested = consensus.suggestions(ws, chosen, args.k, scores)
     agreed = consensus.consensus(suggested, ranks, args.k)
     table = pd.concat([scores, ranks.add_suffix("_rank")], axis=1).reset_index()
-    write_csv(out / "overview.csv", table)
-    write_csv(out / "overlap.csv", consensus.pairwise_overlap(suggested), index=True)
-    write_json(out / "suggestions.json", {
-        "k": args.k, "metrics": {m.key: {"blocks": suggested[m.key], "redundant_when": m.redundant_when}
-                                 for m in chosen},
-        "votes": consensus.votes(suggested, ws.n_blocks).tolist(), "consensus": agreed, **ws.describe()})
-    print(out / "suggestions.json")
+    with destinations.writing(dest, "overview") as out:
+        write_csv(out / "overview.csv", table)
+        write_csv(out / "overlap.csv", consensus.pairwise_overlap(suggested), index=True)
+        write_json(out / "suggestions.json", {
+            "k": args.k, "metrics": {m.key: {"blocks": suggested[m.key], "redundant_when": m.redundant_when}
+                                     for m in chosen},
+            "votes": consensus.votes(suggested, ws.n_blocks).tolist(), "consensus": agreed, **ws.describe()})
+    print(dest.path / "suggestions.json")
     return 0

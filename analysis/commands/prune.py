@@ -24,27 +24,31 @@ def add_arguments(p):
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ..evaluate import evaluate
     from ..recipe import pruning_recipe
     from ..surgery import export_checkpoint, parse_blocks, remove_blocks, validate_removal, verify_export
     from ..texts import resolve_text
-    from ._common import TqdmProgress, eval_settings_from, load, print_json, workspace_from
+    from .. import preflight
+    from ..models import read_config, read_tokenizer
+    from ._common import TqdmProgress, eval_settings_from, load, out_destination, print_json, spec_from, workspace_from
 
-    out = Path(args.out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --overwrite")
-    blocks = parse_blocks(args.remove)
+    blocks = parse_blocks(args.remove, what="--remove")
+    settings = eval_settings_from(args)
+    preflight.check_eval(None, None, settings)
+    eval_text = resolve_text(settings.text)
+    out = out_destination(args, "export folder").path  # checked again when the export is written
+    spec = spec_from(args)
+    config = read_config(spec)  # no weights yet: block indices, context and text length checked first
+    preflight.check_action(config, {"remove_blocks": blocks})
+    preflight.check_eval(config, read_tokenizer(spec), settings, text=eval_text)
     lm = load(args)
     blocks = validate_removal(blocks, lm.n_blocks)
     ws = workspace_from(args, lm)
-    settings = eval_settings_from(args)
-    eval_text = resolve_text(settings.text)
     pruned = remove_blocks(lm.model, blocks)
     print(f"[prune] removed blocks {blocks}; evaluating on {eval_text.label}", file=sys.stderr)
     table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned, candidate_name="pruned",

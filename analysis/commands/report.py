@@ -9,6 +9,8 @@ Example:
   python -m analysis report --recipe out/pruned/recipe.json --out out/report.html
 """
 
+import argparse
+
 NAME = "report"
 HELP = "write the self-contained HTML report from cached results"
 
@@ -20,7 +22,8 @@ def add_arguments(p):
     add_calibration_args(p)
     p.add_argument("--recipe", default=None, help="take model, text and windows from this recipe and show its change")
     p.add_argument("--title", default=None)
-    p.add_argument("--out", required=True, help="the .html file to write")
+    p.add_argument("--out", required=True, help="the .html file to write (a new file unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier LayerScope report at --out")
 
 
 def run(args) -> int:
@@ -29,17 +32,20 @@ def run(args) -> int:
     from ..report import build_report, write_report
     from ..variants import describe_action
     from ..workspace import Workspace
+    from .. import destinations
     from ._common import load, workspace_from
 
+    dest = destinations.check(args.out, overwrite=args.overwrite, what="--out report", kind="file")
     changes = []
     if args.recipe:
-        recipe = rc.load(args.recipe)
-        ws = Workspace(lm=load_model(rc.spec_of(recipe)), text=rc.text_of(recipe), calibration=rc.calibration_of(recipe))
+        recipe = rc.load(args.recipe)  # its trust_remote_code is never honoured: only --trust-remote-code
+        ws = Workspace(lm=load_model(rc.spec_of(recipe, trust_remote_code=args.trust_remote_code)),
+                       text=rc.text_of(recipe), calibration=rc.calibration_of(recipe))
         if recipe.get("action"):
             changes.append({"name": recipe.get("name") or describe_action(recipe["action"]),
                             "action": recipe["action"], "evaluation": recipe.get("evaluation"), "recipe": recipe})
     else:
         ws = workspace_from(args, load(args))
-    path = write_report(args.out, build_report(ws, changes, title=args.title))
+    path = write_report(dest.path, build_report(ws, changes, title=args.title))
     print(path)
     return 0

@@ -63,7 +63,10 @@ def add_arguments(p):
     g.add_argument("--exclude-first", type=int, default=0,
                    help="drop the first positions of each window from the all-token cloud (attention sink)")
     g.add_argument("--no-persistence", action="store_true", help="skip the per-layer persistence")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
+    from ._common import add_overwrite_arg
+
+    add_overwrite_arg(p)
 
 
 def _settings(args):
@@ -87,54 +90,56 @@ def run(args) -> int:
     from .. import topology as topo
     from ..texts import resolve_text
     from ..workspace import Calibration, Workspace
-    from ._common import TqdmProgress, load, prepare_out_dir, write_csv, write_json
+    from .. import destinations
+    from ._common import TqdmProgress, load, out_destination, write_csv, write_json
 
     zs, ps = _settings(args)  # bad settings fail before the model is loaded
-    out = prepare_out_dir(args.out)
+    dest = out_destination(args)
     text = resolve_text(args.text)
     lm = load(args)
     topo.check_zigzag_settings(zs, lm, text)  # text too short -> TextError with its token count
 
-    estimate = topo.zigzag_estimate(lm, text, zs, progress=TqdmProgress("capture"))
-    print(f"[topology] {estimate.describe()}", file=sys.stderr)
-    if estimate.too_large:
-        print(f"warning: {estimate.warning()}", file=sys.stderr)
-    if args.estimate_only:
-        print_estimate = {"estimate": {"simplices": estimate.total, "events": estimate.n_events,
-                                       "exact": estimate.exact, "seconds": estimate.seconds,
-                                       "too_large": estimate.too_large}}
-        write_json(out / "estimate.json", {**print_estimate, "settings": zs.to_dict()})
-        print(out / "estimate.json")
-        return 0
+    with destinations.writing(dest, "topology") as out:
+        estimate = topo.zigzag_estimate(lm, text, zs, progress=TqdmProgress("capture"))
+        print(f"[topology] {estimate.describe()}", file=sys.stderr)
+        if estimate.too_large:
+            print(f"warning: {estimate.warning()}", file=sys.stderr)
+        if args.estimate_only:
+            print_estimate = {"estimate": {"simplices": estimate.total, "events": estimate.n_events,
+                                           "exact": estimate.exact, "seconds": estimate.seconds,
+                                           "too_large": estimate.too_large}}
+            write_json(out / "estimate.json", {**print_estimate, "settings": zs.to_dict()})
+            print(dest.path / "estimate.json")
+            return 0
 
-    result = topo.compute_zigzag(lm, text, zs, progress=TqdmProgress("zigzag"), allow_large=True)
-    fractions = tuple(dict.fromkeys([float(args.threshold), 0.8]))
-    view = topo.describe_zigzag(result, p=args.p, alpha=args.alpha, min_lifetime=args.min_lifetime,
-                                fractions=fractions)
-    write_csv(out / "zigzag_bars.csv", view.bars[["dim", "birth_index", "death_index", "birth_layer",
-                                                  "death_layer"]])
-    write_csv(out / "zigzag_layers.csv", topo.zigzag_layers_frame(result, view))
-    suggestion = topo.zigzag_suggestion(result, view, lm, text)
+        result = topo.compute_zigzag(lm, text, zs, progress=TqdmProgress("zigzag"), allow_large=True)
+        fractions = tuple(dict.fromkeys([float(args.threshold), 0.8]))
+        view = topo.describe_zigzag(result, p=args.p, alpha=args.alpha, min_lifetime=args.min_lifetime,
+                                    fractions=fractions)
+        write_csv(out / "zigzag_bars.csv", view.bars[["dim", "birth_index", "death_index", "birth_layer",
+                                                      "death_layer"]])
+        write_csv(out / "zigzag_layers.csv", topo.zigzag_layers_frame(result, view))
+        suggestion = topo.zigzag_suggestion(result, view, lm, text)
 
-    if not args.no_persistence:
-        cal = Calibration(n_windows=args.calib_sequences, window_len=args.calib_seq_len,
-                          exclude_first=args.exclude_first)
-        ws = Workspace(lm=lm, text=text, calibration=cal)
-        print(f"[topology] per-layer Rips persistence, about {topo.estimate_persistence_seconds(ps, ws.n_states):.0f}"
-              f" s estimated", file=sys.stderr)
-        pres = topo.layer_persistence(ws, ps, progress=TqdmProgress("persistence"))
-        write_csv(out / "persistence_layers.csv", topo.persistence_summary(pres, noise=args.noise))
-        cloud = (f"all tokens of {cal.n_windows} windows of {cal.window_len} tokens" if ps.cloud == "all" else
-                 f"last token of {ps.last_windows} windows of {ps.last_window_len} tokens")
-        suggestion["persistence"] = {**ps.to_dict(), "noise": args.noise, "cloud_description": cloud,
-                                     "normalisation": "each state's cloud divided by its median pairwise distance",
-                                     "subsample": "greedy farthest-point"}
-    write_json(out / "suggestion.json", suggestion)
+        if not args.no_persistence:
+            cal = Calibration(n_windows=args.calib_sequences, window_len=args.calib_seq_len,
+                              exclude_first=args.exclude_first)
+            ws = Workspace(lm=lm, text=text, calibration=cal)
+            print(f"[topology] per-layer Rips persistence, about {topo.estimate_persistence_seconds(ps, ws.n_states):.0f}"
+                  f" s estimated", file=sys.stderr)
+            pres = topo.layer_persistence(ws, ps, progress=TqdmProgress("persistence"))
+            write_csv(out / "persistence_layers.csv", topo.persistence_summary(pres, noise=args.noise))
+            cloud = (f"all tokens of {cal.n_windows} windows of {cal.window_len} tokens" if ps.cloud == "all" else
+                     f"last token of {ps.last_windows} windows of {ps.last_window_len} tokens")
+            suggestion["persistence"] = {**ps.to_dict(), "noise": args.noise, "cloud_description": cloud,
+                                         "normalisation": "each state's cloud divided by its median pairwise distance",
+                                         "subsample": "greedy farthest-point"}
+        write_json(out / "suggestion.json", suggestion)
 
-    first = view.suggestions[fractions[0]]
-    print(f"[topology] zigzag: {result.info['n_simplices']:,} simplices, {len(view.bars):,} bars, "
-          f"{result.info.get('seconds', 0):.1f} s ({result.outcome.status})", file=sys.stderr)
-    print(f"[topology] Z̄_{args.p} >= {fractions[0]:g} · max: remove blocks {first['blocks']} "
-          f"(ranges {[f'[{a}, {b})' for a, b in first['ranges']]})", file=sys.stderr)
-    print(out)
+        first = view.suggestions[fractions[0]]
+        print(f"[topology] zigzag: {result.info['n_simplices']:,} simplices, {len(view.bars):,} bars, "
+              f"{result.info.get('seconds', 0):.1f} s ({result.outcome.status})", file=sys.stderr)
+        print(f"[topology] Z̄_{args.p} >= {fractions[0]:g} · max: remove blocks {first['blocks']} "
+              f"(ranges {[f'[{a}, {b})' for a, b in first['ranges']]})", file=sys.stderr)
+    print(dest.path)
     return 0

@@ -101,8 +101,23 @@ def test_prune_page_apply_evaluate_and_export(app, tmp_path):
     # a second export into the same, now non-empty folder asks for confirmation and keeps the files
     [b for b in app.button if b.label == "Export checkpoint"][0].click()
     app.run()
-    assert any("not empty" in str(w.value) for w in app.warning)
+    assert any("not empty" in str(w.value) and "recipe.json" in str(w.value) for w in app.warning)
     assert (out / "model.safetensors").exists()
+    [b for b in app.button if b.label == "Replace it"][0].click()  # LayerScope's own export: replaced when asked
+    app.run()
+    no_exceptions(app)
+    assert any("reloaded with plain" in str(s.value) for s in app.success) and (out / "model.safetensors").exists()
+    # a folder LayerScope did not write is refused, its content listed, nothing in it changed
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    [t for t in app.text_input if t.label == "Export folder"][0].set_value(str(notes))
+    [b for b in app.button if b.label == "Export checkpoint"][0].click()
+    app.run()
+    no_exceptions(app)
+    assert any("not written by LayerScope" in str(e.value) and "todo.txt" in str(e.value) for e in app.error)
+    assert not [b for b in app.button if b.label == "Replace it"]
+    assert sorted(p.name for p in notes.iterdir()) == ["sub", "todo.txt"]
 
 
 def test_prune_page_refuses_removing_every_block(app):

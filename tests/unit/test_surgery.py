@@ -86,8 +86,16 @@ def test_export_refuses_a_non_empty_folder(tiny, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         surgery.export_checkpoint(tiny, TinyTokenizer(), target, {})
     assert (target / "notes.txt").read_text() == "mine"
-    surgery.export_checkpoint(tiny, TinyTokenizer(), target, {}, overwrite=True)
-    assert not (target / "notes.txt").exists() and (target / "recipe.json").exists()
+    # a folder LayerScope did not write is never replaced, even when asked (issue 13: a notes folder was wiped)
+    with pytest.raises(FileExistsError, match="not written by LayerScope"):
+        surgery.export_checkpoint(tiny, TinyTokenizer(), target, {}, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    ours = tmp_path / "ours"
+    surgery.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1})
+    with pytest.raises(FileExistsError, match="not empty"):
+        surgery.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1})
+    surgery.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1, "v": 2}, overwrite=True)
+    assert surgery.read_recipe(ours)["v"] == 2
 
 
 def test_interrupted_export_leaves_nothing(tiny, tmp_path):

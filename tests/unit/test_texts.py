@@ -38,7 +38,7 @@ def test_windows_are_first_non_overlapping():
 
 def test_text_too_short_says_how_many_tokens():
     t = texts.text_from_string("a bb ccc")
-    with pytest.raises(texts.TextError, match="has 3 tokens; 2 windows of 4 tokens need 8"):
+    with pytest.raises(texts.TextError, match="has only 3 tokens, fewer than one window of 4 tokens"):
         texts.calibration_windows(WordTokenizer(), t, 2, 4)
 
 
