@@ -272,3 +272,21 @@ def sidebar() -> None:
             st.caption(describe(j))
 
     running_jobs()
+
+
+def restore_widgets(tag: str, context: str = "") -> core.Job | None:
+    """After a reload (a new session): seed the page's widgets that have no value yet from the settings of this
+    owner's last job with ``tag`` (``meta["widgets"]``, for the same ``meta["context"]``, e.g. the model), so the
+    page finds that job (or its cached result) again. Returns that job, or None."""
+    job = latest(tag)
+    if job is None or job.meta.get("context", "") != context:
+        return None
+    for k, v in (job.meta.get("widgets") or {}).items():
+        if k not in st.session_state:
+            st.session_state[k] = v
+    return job
+
+
+def widget_values(keys: list[str]) -> dict:
+    """The current values of these widgets (for a job's ``meta["widgets"]``)."""
+    return {k: st.session_state[k] for k in keys if k in st.session_state}
