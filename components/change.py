@@ -126,7 +126,8 @@ def start_apply(ws, tag: str, action: dict, settings: EvalSettings, name: str | 
         {"base": ws.lm.fingerprint, "text": ws.text.sha256, "calibration": ws.calibration.__dict__,
          "action": action, "settings": settings.to_dict(), "name": name, "metrics": metrics})
     job = jobs.start(key, f"Apply and evaluate {name}", apply_work(ws, action, settings, name, metrics),
-                     meta={"tag": tag, "name": name, "action": action, "base": ws.lm.fingerprint})
+                     meta={"tag": tag, "name": name, "action": action, "base": ws.lm.fingerprint},
+                     restart=True)  # pressed again: evaluated again (speed included), unless it is still running
     st.session_state[f"apply-job-{tag}"] = key
     return job
 

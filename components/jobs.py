@@ -71,7 +71,8 @@ def start(key: str, label: str, fn: Callable[[core.Job], Any], meta: dict | None
     job (``meta["tag"]``: the kind of job, so a page can find this owner's last one with :func:`latest`).
     """
     job = core.submit(key, label, fn, owner=owner(), restart=restart, meta=meta)
-    _delivered().discard(job.id)  # asked for again: its result goes to on_done again
+    _delivered().discard(job.id)  # asked for again: its result goes to on_done again (and its variant back in)
+    st.session_state.setdefault("_jobs_variants_taken", set()).discard(job.id)
     if job.is_active:
         st.session_state.setdefault(_SEEN_ACTIVE, set()).add(job.id)
     return job

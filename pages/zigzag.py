@@ -69,9 +69,11 @@ if submitted:
         jobs.start(job_key(settings), f"Zigzag of {settings.n_windows} windows (k = {settings.k}, m = "
                    f"{settings.max_dim})", lambda job: topo.compute_zigzag(
                        ws.lm, ws.text, settings, progress=job.report, allow_large=allow_large),
-                   meta={"tag": "zigzag", "context": ws.lm.fingerprint, "settings": settings.to_dict()})
+                   meta={"tag": "zigzag", "context": ws.lm.fingerprint, "settings": settings.to_dict()},
+                   restart=not topo.zigzag_is_cached(ws.lm, ws.text, settings))
     except (topo.TopologyError, TextError) as exc:
         st.error(str(exc))
+        st.stop()
 job = jobs.show(job_key(current), on_done=lambda j: st.session_state.__setitem__("_zigzag_fresh", j.result),
                 on_error=too_large)
 if job is not None and job.is_active:
