@@ -34,7 +34,7 @@ _ANNOUNCED = "_jobs_announced"  # ids of finished jobs announced in the sidebar
 _SEEN_ACTIVE = "_jobs_seen_active"  # ids of jobs this session saw queued or running (to announce their end)
 _OWNER_RE = re.compile(r"^[0-9a-f]{8,32}$")
 REFRESH_S = 1.0  # the panel's refresh while a job is queued or running
-SIDEBAR_REFRESH_S = 2.0
+SIDEBAR_REFRESH_S = 3.0
 INLINE_WAIT_S = 1.5  # show() waits this long for a job that was just started: quick work draws without a panel
 # Tests (AppTest) set LAYERSCOPE_JOB_WAIT to wait for every job inline, so a page behaves as before jobs
 _ENV_WAIT = "LAYERSCOPE_JOB_WAIT"

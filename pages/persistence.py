@@ -70,7 +70,8 @@ running = (jobs.get(job_key) is not None and jobs.get(job_key).is_active)
 pressed = st.button("Compute diagrams", type="primary", disabled=cached or running, key="ph-compute")
 if pressed:  # a background job: it survives leaving the page, a reload and a dropped connection
     jobs.start(job_key, f"Rips persistence of {ws.n_states} states ({cloud} tokens, {settings.n_points} points)",
-               lambda job: topo.layer_persistence(ws, settings, progress=job.report),
+               lambda job: job.set_stage("Capturing the clouds") or topo.layer_persistence(ws, settings,
+                                                                                           progress=job.report),
                meta={"tag": "persistence", "context": ws.lm.fingerprint, "widgets": jobs.widget_values(WIDGETS)},
                restart=True)  # the button is enabled only when not cached: an old finished job is not the answer
 job = jobs.show(job_key)

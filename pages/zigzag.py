@@ -67,8 +67,8 @@ if submitted:
         st.session_state[SETTINGS] = current = settings
         # a background job: it survives leaving the page, a reload and a dropped connection
         jobs.start(job_key(settings), f"Zigzag of {settings.n_windows} windows (k = {settings.k}, m = "
-                   f"{settings.max_dim})", lambda job: topo.compute_zigzag(
-                       ws.lm, ws.text, settings, progress=job.report, allow_large=allow_large),
+                   f"{settings.max_dim})", lambda job: job.set_stage("Capturing the last-token clouds") or
+                   topo.compute_zigzag(ws.lm, ws.text, settings, progress=job.report, allow_large=allow_large),
                    meta={"tag": "zigzag", "context": ws.lm.fingerprint, "settings": settings.to_dict()},
                    restart=not topo.zigzag_is_cached(ws.lm, ws.text, settings))
     except (topo.TopologyError, TextError) as exc:

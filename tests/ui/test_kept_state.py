@@ -1,5 +1,5 @@
 """Choices survive navigation: a keyed widget that a run does not draw (another page was open) gets its value back
-(components.state.keep_widgets); the file watcher does not watch the checkout recursively."""
+(components.state.keep_widgets); the server configuration the background jobs need."""
 
 from __future__ import annotations
 
@@ -52,3 +52,10 @@ def test_the_file_watcher_polls_the_app_source_only():
     assert server["fileWatcherType"] in ("poll", "none")  # no recursive inotify watch over .venv and cache/
     assert {"cache", "artifacts", "exports"} <= set(server["folderWatchBlacklist"])
     assert server["runOnSave"] is False
+
+
+def test_no_full_garbage_collection_after_every_script_run():
+    # a job panel refreshes every second; Streamlit's gc.collect(2) after each run (~1 s with the model loaded on a
+    # busy 2-core machine, holding the GIL) starved the job's thread
+    runner = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["runner"]
+    assert runner["postScriptGC"] is False
