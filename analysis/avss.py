@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .jobs import this_thread_only  # a hook records only its own thread's passes (jobs share the model)
+
 __all__ = [
     "SITES",
     "AVSSAccumulator",
@@ -343,8 +345,8 @@ def attach_avss_hooks(
     def clear_mask(*_: object) -> None:
         hooks.attention_mask = None
 
-    hooks.handles.append(model.register_forward_pre_hook(capture_mask, with_kwargs=True))
-    hooks.handles.append(model.register_forward_hook(clear_mask))
+    hooks.handles.append(model.register_forward_pre_hook(this_thread_only(capture_mask), with_kwargs=True))
+    hooks.handles.append(model.register_forward_hook(this_thread_only(clear_mask)))
 
     for index, module in enumerate(modules):
         if site == "mlp":
@@ -352,11 +354,11 @@ def attach_avss_hooks(
             def read_input(_module: torch.nn.Module, args: tuple, index: int = index) -> None:
                 accumulator.update(index, _first_tensor(args), hooks.attention_mask)
 
-            hooks.handles.append(module.register_forward_pre_hook(read_input))
+            hooks.handles.append(module.register_forward_pre_hook(this_thread_only(read_input)))
         else:
 
             def read_output(_module: torch.nn.Module, _args: tuple, output: Any, index: int = index) -> None:
                 accumulator.update(index, _first_tensor(output), hooks.attention_mask)
 
-            hooks.handles.append(module.register_forward_hook(read_output))
+            hooks.handles.append(module.register_forward_hook(this_thread_only(read_output)))
     return hooks

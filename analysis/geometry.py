@@ -42,6 +42,7 @@ from . import avss as avss_math
 from . import intrinsic_dimension as idm
 from .cache import CacheOutcome
 from .clouds import dedupe_rows, normalise_scale, subsample_indices
+from .jobs import this_thread_only  # a hook records only its own thread's passes (jobs share the model)
 from .models import LoadedModel
 from .texts import calibration_windows
 from .workspace import Workspace
@@ -167,12 +168,12 @@ def avss_hooks(lm: LoadedModel, site: str, accumulator: avss_math.AVSSAccumulato
             def read_input(_m, args, index=index):
                 accumulator.update(index, avss_math._first_tensor(args), count.mask)
 
-            handles.append(module.register_forward_pre_hook(read_input))
+            handles.append(module.register_forward_pre_hook(this_thread_only(read_input)))
         else:
             def read_output(_m, _args, output, index=index):
                 accumulator.update(index, avss_math._first_tensor(output), count.mask)
 
-            handles.append(module.register_forward_hook(read_output))
+            handles.append(module.register_forward_hook(this_thread_only(read_output)))
     try:
         yield
     finally:

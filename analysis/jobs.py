@@ -17,6 +17,7 @@ No Streamlit here: ``components/jobs.py`` draws jobs in the pages.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -257,6 +258,23 @@ def wait(key: str, timeout: float | None = None, poll: float = 0.05) -> Job | No
         if end is not None and time.time() > end:
             return job
         time.sleep(poll)
+
+
+def this_thread_only(hook: Callable) -> Callable:
+    """A forward hook that fires only for forward passes made by the thread that registered it.
+
+    A job's worker thread and a page's script thread may run the same (shared) model at once: a hook that gathers
+    statistics during one pass must not also record the other thread's tokens.
+    """
+    owner_thread = threading.get_ident()
+
+    @functools.wraps(hook)
+    def wrapped(*args, **kwargs):
+        if threading.get_ident() == owner_thread:
+            return hook(*args, **kwargs)
+        return None
+
+    return wrapped
 
 
 def run_in_foreground(fn: Callable[[Job], Any], label: str = "job",

@@ -85,3 +85,17 @@ def test_an_unexpected_error_names_its_type_and_old_finished_jobs_are_forgotten(
     kept = jobs.jobs("t5")
     assert len(kept) == jobs.KEEP_FINISHED and kept[-1].key == f"t-trim-{jobs.KEEP_FINISHED + 2}"
     assert jobs.get("t-key") is None  # the oldest went first
+
+
+def test_a_forward_hook_records_only_its_own_threads_passes():
+    import torch
+
+    seen = []
+    layer = torch.nn.Linear(3, 2)
+    handle = layer.register_forward_pre_hook(jobs.this_thread_only(lambda module, args: seen.append(args[0].shape)))
+    other = threading.Thread(target=lambda: layer(torch.zeros(5, 3)))  # e.g. a page's pass during a job's
+    other.start()
+    other.join()
+    layer(torch.zeros(1, 3))
+    handle.remove()
+    assert seen == [torch.Size([1, 3])]
