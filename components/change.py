@@ -176,9 +176,15 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ws.lm.name.split(" ")[0]).strip("-").lower()
     suffix = re.sub(r"[^A-Za-z0-9]+", "-", variant.name).strip("-").lower()
     default_dir = Path("exports") / f"{slug}-{suffix}"
-    folders = st.session_state.setdefault(f"export-dir-{key}", {})  # kept across navigation, per variant
+    # the folder is kept across navigation, per variant (a session key that is not the widget's, which is re-seeded
+    # when Streamlit dropped it or another variant is shown)
+    folders = st.session_state.setdefault(f"export-dir-{key}", {})
+    widget = f"export-folder-{key}"
+    if widget not in st.session_state or st.session_state.get(widget + "-for") != variant.name:
+        st.session_state[widget] = folders.get(variant.name, str(default_dir))
+        st.session_state[widget + "-for"] = variant.name
     with st.form(f"export-{key}"):
-        out_dir = st.text_input("Export folder", folders.get(variant.name, str(default_dir)),
+        out_dir = st.text_input("Export folder", key=widget,
                                 help="a Hugging Face folder: safetensors, tokenizer, config, recipe.json")
         available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
         form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f][0], horizontal=True) \

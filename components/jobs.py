@@ -115,8 +115,8 @@ def describe(job: core.Job) -> str:
     """One line: what the job is doing now (for the panel and the sidebar)."""
     if job.state == core.QUEUED:
         place = job.position()
-        return (f"queued ({'next' if place == 1 else f'{place}th in line' if place else 'starting'}; "
-                f"one job at a time per session), waiting {format_seconds(job.waited)}")
+        where = "next" if place == 1 else f"{place - 1} queued ahead of it" if place else "starting"
+        return f"queued ({where}; one job at a time per session), waiting {format_seconds(job.waited)}"
     if job.state == core.RUNNING:
         frac = job.fraction
         what = job.message or job.stage or "working"
