@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from .jobs import this_thread_only
 
 __all__ = [
     "SITES",
@@ -320,11 +321,11 @@ def hook_site_activations(
 
             handles.append(block.register_forward_pre_hook(remember, with_kwargs=True))
             if kind == "input":
-                handles.append(module.register_forward_pre_hook(
-                    lambda _m, args, index=index: feed(_first_tensor(args), index)))
+                handles.append(module.register_forward_pre_hook(this_thread_only(
+                    lambda _m, args, index=index: feed(_first_tensor(args), index))))
             else:
-                handles.append(module.register_forward_hook(
-                    lambda _m, _args, output, index=index: feed(_first_tensor(output), index)))
+                handles.append(module.register_forward_hook(this_thread_only(
+                    lambda _m, _args, output, index=index: feed(_first_tensor(output), index))))
     except BaseException:
         for h in handles:
             h.remove()

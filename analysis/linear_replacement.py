@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .jobs import this_thread_only  # a hook records only its own thread's passes (jobs share the model)
 from .lowrank import _batch_parts, decoder_layers
 
 __all__ = [
@@ -182,7 +183,7 @@ def collect_moments_of_blocks(
 
         return hook
 
-    handles = [layers[b].register_forward_hook(make_hook(b), with_kwargs=True) for b in dict.fromkeys(chosen)]
+    handles = [layers[b].register_forward_hook(this_thread_only(make_hook(b)), with_kwargs=True) for b in dict.fromkeys(chosen)]
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     device = next(model.parameters()).device
     was_training = model.training

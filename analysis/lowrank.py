@@ -40,6 +40,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .jobs import this_thread_only  # a hook records only its own thread's passes (jobs share the model)
+
 __all__ = [
     "METHODS",
     "Method",
@@ -453,7 +455,7 @@ def collect_stats(
 
         return hook
 
-    handles = [modules[name].register_forward_pre_hook(make_hook(name)) for name in linear_names]
+    handles = [modules[name].register_forward_pre_hook(this_thread_only(make_hook(name))) for name in linear_names]
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     first_param = next(model.parameters())
     was_training = model.training
