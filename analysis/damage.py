@@ -37,7 +37,7 @@ from torch import nn
 
 from . import cache
 from .architecture import ArchitectureError, final_norm, output_head
-from .halfblocks import HALVES, output_projection
+from .halfblocks import HALVES, output_projection  # noqa: F401  (HALVES re-exported)
 from .models import find_blocks, input_device
 from .texts import Text, TextError, resolve_text, token_ids
 
