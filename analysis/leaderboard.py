@@ -74,8 +74,11 @@ class LeaderboardSettings:
         return d
 
 
-def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | None = None) -> tuple[Text, Text]:
-    """Refuse what cannot run (before anything is computed); the search and evaluation texts."""
+def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | None = None,
+             tokenizer=None) -> tuple[Text, Text]:
+    """Refuse what cannot run (before anything is computed); the search and evaluation texts.
+
+    With the ``tokenizer``, a search or evaluation text too short for its tokens is refused too."""
     k_max = settings.k_max if settings.k_max is not None else max(1, n_blocks // 4)
     if settings.k_min < 1 or k_max < settings.k_min:
         raise LeaderboardError(f"k must be a range 1 ≤ k_min ≤ k_max (got {settings.k_min}-{k_max})")
@@ -99,6 +102,12 @@ def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | N
         bad = [b for b in sel if not 0 <= b < n_blocks]
         if bad:
             raise LeaderboardError(f"blocks {bad} out of range 0..{n_blocks - 1}")
+    if tokenizer is not None:
+        from .damage import search_windows
+        from .evaluate import evaluation_ids
+
+        search_windows(tokenizer, search, settings.search)
+        evaluation_ids(tokenizer, evaluation, settings.evaluation.n_tokens)
     return search, evaluation
 
 
@@ -369,7 +378,7 @@ def plan(board: Board) -> list[tuple[Rule, int, int, dict]]:
 def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None) -> Result:
     """Compute the leaderboard (everything cached on the way), keep it for the report, and return it."""
     t0 = time.perf_counter()
-    _, eval_text = validate(settings, ws.n_blocks, ws.text)
+    _, eval_text = validate(settings, ws.n_blocks, ws.text, ws.lm.tokenizer)
     say = progress or (lambda d, t, m: None)
     board = Board(ws=ws, settings=settings, progress=lambda d, t, m: say(d, t, f"search · {m}"))
     metrics = board.metrics()

@@ -39,9 +39,10 @@ with st.form("leaderboard-settings"):
     context = c[2].number_input("Context", 16, 8192, 512, step=64)
     stride = c[3].number_input("Stride", 1, 8192, 256, step=64)
     c = st.columns([3, 1, 1])
-    cheap = [m for m in registry.metrics() if m.key in lb.CHEAP_METRICS or m.cached(ws)]
-    metrics = c[0].multiselect("Metrics", registry.metrics(), default=cheap, format_func=lambda m: m.label,
-                               help="cached metrics and the cheap ones by default; others are computed first")
+    ready = [m for m in registry.metrics() if m.key == lb.DAMAGE_KEY or m.cached(ws)]
+    metrics = c[0].multiselect("Metrics", registry.metrics(), default=ready, format_func=lambda m: m.label,
+                               help="measured damage and the metrics already computed for this text by default; "
+                                    "others you add are computed first with their default settings")
     n_random = c[1].number_input("Random samples", 0, 50, 5)
     half = c[2].checkbox("Half-block search", False, help="also BlockPruner's greedy over attention / MLP halves "
                                                           "(twice the scans)")
@@ -54,7 +55,7 @@ try:
         evaluation=lb.default_eval_settings(text=eval_text, n_tokens=int(eval_tokens), context=int(context),
                                             stride=int(stride)),
         metrics=tuple(m.key for m in metrics), half_blocks=bool(half), random_samples=int(n_random))
-    lb.validate(settings, L, ws.text)
+    lb.validate(settings, L, ws.text, ws.lm.tokenizer)
 except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ValueError) as exc:
     st.error(str(exc))
     st.stop()

@@ -84,7 +84,7 @@ def run(args) -> int:
             registry.get(m)
     lm = load(args)
     ws = workspace_from(args, lm)
-    lb.validate(settings, ws.n_blocks, ws.text)
+    lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)
     est = lb.estimate(ws, settings)
     print(f"[leaderboard] estimate: about {lb.format_seconds(est['seconds'])} ({est['scans']} scans, up to "
           f"{est['evaluations']} evaluations of ~{est['per_evaluation_s']:.0f} s; cached work is skipped)",
