@@ -63,8 +63,11 @@ class LeaderboardSettings:
     random_samples: int = 5
     seed: int = 0
     also: tuple[tuple[int, ...], ...] = ()  # extra fixed selections ("chosen" rows)
+    k_list: tuple[int, ...] = ()  # only these sizes (e.g. 2, 4, 8) instead of k_min..k_max
 
     def ks(self, n_blocks: int) -> list[int]:
+        if self.k_list:
+            return sorted(set(int(k) for k in self.k_list))
         k_max = self.k_max if self.k_max is not None else max(1, n_blocks // 4)
         return list(range(self.k_min, k_max + 1))
 
@@ -79,9 +82,10 @@ def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | N
     """Refuse what cannot run (before anything is computed); the search and evaluation texts.
 
     With the ``tokenizer``, a search or evaluation text too short for its tokens is refused too."""
-    k_max = settings.k_max if settings.k_max is not None else max(1, n_blocks // 4)
-    if settings.k_min < 1 or k_max < settings.k_min:
-        raise LeaderboardError(f"k must be a range 1 ≤ k_min ≤ k_max (got {settings.k_min}-{k_max})")
+    ks = settings.ks(n_blocks)
+    k_max = max(ks) if ks else 0
+    if not ks or min(ks) < 1:
+        raise LeaderboardError(f"k must be a range 1 ≤ k_min ≤ k_max or sizes ≥ 1 (got {ks or 'none'})")
     if k_max > n_blocks - 1:
         raise LeaderboardError(f"K = {k_max} is more than L − 1 = {n_blocks - 1}: removing {k_max} of {n_blocks} "
                                "blocks leaves none (at least one must remain)")
@@ -434,7 +438,8 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings()) -> dict:
     ev = settings.evaluation
     wins = len(windows_for(np.zeros(ev.n_tokens), ev.context, ev.stride))
     per_eval = per_token * wins * ev.context * 0.85
-    n_rules = len(CHEAP_METRICS) + 3 + settings.random_samples + (1 if settings.half_blocks else 0)
+    n_metrics = len(settings.metrics) if settings.metrics is not None else len(CHEAP_METRICS)
+    n_rules = n_metrics + 3 + settings.random_samples + (1 if settings.half_blocks else 0) + len(settings.also)
     n_evals = n_rules * len(settings.ks(L))
     seconds = scans + n_evals * per_eval + per_eval  # + the original's pass
     return {"seconds": seconds, "scans": n_scans, "evaluations": n_evals, "per_evaluation_s": per_eval,

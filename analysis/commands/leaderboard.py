@@ -23,9 +23,11 @@ NAME = "leaderboard"
 HELP = "measured damage, greedy/reverse/random search and a leaderboard of every rule's blocks"
 
 
-def parse_k(spec: str) -> tuple[int, int]:
+def parse_k(spec: str) -> tuple[int, int] | list[int]:
     s = str(spec).strip()
     try:
+        if "," in s:
+            return [int(x) for x in s.split(",") if x.strip()]
         if "-" in s:
             a, b = s.split("-", 1)
             return int(a), int(b)
@@ -41,7 +43,7 @@ def add_arguments(p):
     add_calibration_args(p)
     add_eval_args(p)
     g = p.add_argument_group("search")
-    g.add_argument("--k", default=None, help="sizes: K (1..K) or a range '1-8' (default 1..L/4)")
+    g.add_argument("--k", default=None, help="sizes: K (1..K), a range '1-8' or a list '2,4,8' (default 1..L/4)")
     g.add_argument("--search-text", default="lcet10", help="text of the damage scan and the searches (bundled name "
                                                            "or path; not the evaluation or calibration text)")
     g.add_argument("--search-tokens", type=int, default=1024, help="tokens of the search text")
@@ -63,7 +65,9 @@ def run(args) -> int:
     from ..surgery import parse_blocks
     from ._common import TqdmProgress, load, prepare_out_dir, workspace_from, write_csv, write_json
 
-    k_min, k_max = parse_k(args.k) if args.k else (1, None)
+    k = parse_k(args.k) if args.k else (1, None)
+    k_list = tuple(k) if isinstance(k, list) else ()
+    k_min, k_max = (1, max(k_list)) if k_list else k
     also = tuple(tuple(parse_blocks(s)) for s in args.also)
     ev = lb.default_eval_settings(text=args.eval_text, n_tokens=args.eval_tokens, context=args.context,
                                   stride=args.stride)
@@ -71,7 +75,7 @@ def run(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
     settings = lb.LeaderboardSettings(k_min=k_min, k_max=k_max, search=search, evaluation=ev, metrics=metrics,
                                       half_blocks=args.half_blocks, random_samples=args.random, seed=args.seed,
-                                      also=also)
+                                      also=also, k_list=k_list)
     # what can be refused without the model is refused before loading it
     search.validate()
     ev.validate()
