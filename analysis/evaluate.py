@@ -257,7 +257,8 @@ def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings) -> Model
     if settings.measure_speed:
         row.prefill_tokens_per_s, row.peak_memory_bytes = measure_prefill(model, settings.context)
         row.decode_ms_per_token = measure_decode(model, tokenizer, settings.prompt, settings.max_new_tokens)
-    row.generation = generate(model, tokenizer, settings.prompt, settings.max_new_tokens)
+    if settings.max_new_tokens > 0:  # 0: no generation (the leaderboard's many evaluations)
+        row.generation = generate(model, tokenizer, settings.prompt, settings.max_new_tokens)
     return row
 
 

@@ -46,6 +46,7 @@ register_action(Action(
 ))
 
 from . import compression  # noqa: E402,F401  (registers low_rank and replace_linear)
+from . import halfblocks  # noqa: E402,F401  (registers skip_attention and skip_mlp)
 
 
 def validate_action(action: dict) -> None:

@@ -18,6 +18,7 @@ PAGES = {
     ],
     "Decide": [
         ("pages/overview.py", "Overview", ":material/join_inner:", False),
+        ("pages/leaderboard.py", "Leaderboard", ":material/leaderboard:", False),
     ],
     "Change": [
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),

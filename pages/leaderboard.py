@@ -1,0 +1,140 @@
+"""Leaderboard: which rule's blocks to cut, measured on held-out text against the damage they really do."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis import cache, registry
+from analysis import leaderboard as lb
+from analysis.damage import DamageError, SearchSettings
+from analysis.evaluate import EvaluationError
+from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError
+from components import figures, jobs, state
+from components.widgets import csv_download, figure_with_csv, workspace_caption
+
+st.title("Leaderboard: which blocks to cut, measured")
+st.caption("Every metric suggests blocks from a proxy; here each suggestion of k blocks is removed and evaluated "
+           "against the original on held-out text, beside greedy search (SLEB: remove the least damaging block on "
+           "a separate search text, k times), reverse order [L−1−k, L−1) and random selections. Measured damage "
+           "(the cost of removing one block alone on the search text) is also a metric of the overview.")
+ws = state.workspace()
+if ws is None:
+    st.stop()
+workspace_caption(ws)
+L = ws.n_blocks
+if L < 2:
+    st.error("The model has a single block: nothing can be removed.")
+    st.stop()
+
+names = list(BUNDLED)
+with st.form("leaderboard-settings"):
+    c = st.columns(4)
+    k_max = c[0].number_input("Largest k (K)", 1, L - 1, max(1, L // 4), help="k = 1..K blocks removed")
+    search_text = c[1].selectbox("Search text", names, index=names.index("lcet10"),
+                                 help="the damage scan and greedy search run on it: not the evaluation text")
+    search_tokens = c[2].number_input("Search tokens", 16, 65536, 1024, step=128)
+    search_context = c[3].number_input("Search window", 8, 8192, 512, step=64)
+    c = st.columns(4)
+    eval_text = c[0].selectbox("Held-out text", names, index=names.index(DEFAULT_EVALUATION_TEXT))
+    eval_tokens = c[1].number_input("Tokens", 64, 65536, 4096, step=256)
+    context = c[2].number_input("Context", 16, 8192, 512, step=64)
+    stride = c[3].number_input("Stride", 1, 8192, 256, step=64)
+    c = st.columns([3, 1, 1])
+    ready = [m for m in registry.metrics() if m.key == lb.DAMAGE_KEY or m.cached(ws)]
+    metrics = c[0].multiselect("Metrics", registry.metrics(), default=ready, format_func=lambda m: m.label,
+                               help="measured damage and the metrics already computed for this text by default; "
+                                    "others you add are computed first with their default settings")
+    n_random = c[1].number_input("Random samples", 0, 50, 5)
+    half = c[2].checkbox("Half-block search", False, help="also BlockPruner's greedy over attention / MLP halves "
+                                                          "(twice the scans)")
+    submitted = st.form_submit_button("Estimate")
+
+try:
+    settings = lb.LeaderboardSettings(
+        k_max=int(k_max), search=SearchSettings(text=search_text, n_tokens=int(search_tokens),
+                                                context=int(search_context)),
+        evaluation=lb.default_eval_settings(text=eval_text, n_tokens=int(eval_tokens), context=int(context),
+                                            stride=int(stride)),
+        metrics=tuple(m.key for m in metrics), half_blocks=bool(half), random_samples=int(n_random))
+    lb.validate(settings, L, ws.text, ws.lm.tokenizer)
+except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ValueError) as exc:
+    st.error(str(exc))
+    st.stop()
+
+job_key = "leaderboard:" + cache.stable_hash({"model": ws.lm.fingerprint, "text": ws.text.sha256,
+                                               "calibration": ws.calibration.to_dict(), **settings.to_dict()})
+est_key = "_leaderboard_estimate"
+if submitted or st.session_state.get(est_key, {}).get("key") != job_key:
+    if submitted:
+        with st.spinner("Timing a short probe …"):
+            st.session_state[est_key] = {"key": job_key, "estimate": lb.estimate(ws, settings)}
+est = st.session_state.get(est_key, {})
+if est.get("key") == job_key:
+    e = est["estimate"]
+    st.info(f"Estimated time: about **{lb.format_seconds(e['seconds'])}** ({e['scans']} damage scans, up to "
+            f"{e['evaluations']} evaluations of ~{e['per_evaluation_s']:.0f} s each). Scans and evaluations "
+            "already in the cache are skipped, so a stopped run resumes where it was.")
+else:
+    st.caption("Press **Estimate** to see how long it will take, then start it.")
+
+if st.button("Start leaderboard", type="primary", key="lb-start"):
+    ws_copy, settings_copy = ws, settings
+    jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}",
+               lambda job: lb.run(ws_copy, settings_copy, progress=job.report), meta={"tag": "leaderboard"})
+job = jobs.show(job_key)
+if job is not None and job.is_active:
+    st.stop()
+
+result = job.result if job is not None and job.finished_ok else lb.latest(ws)
+if result is None:
+    st.caption("No leaderboard for this model yet.")
+    st.stop()
+if job is None or not job.finished_ok:
+    st.caption("Showing the last leaderboard finished for this model (its own settings).")
+
+s = result.settings
+st.header("Perplexity against k")
+figure_with_csv(lb.figure(result), lb.leaderboard_csv(result), "leaderboard.csv", key="lb-chart")
+st.header("Winner at each k")
+st.dataframe(result.winners(), hide_index=True)
+st.header("Table")
+st.dataframe(lb.table(result), width="stretch")
+
+st.header("Send a selection to the prune page")
+rows = result.rows
+sendable = rows[rows["action"].map(lambda a: set(__import__("json").loads(a)) <= {"remove_blocks"})]
+rule_labels = dict(zip(sendable["rule"], sendable["label"]))
+c = st.columns([3, 1, 1, 1])
+rule = c[0].selectbox("Rule", list(rule_labels), format_func=lambda r: rule_labels[r], key="lb-rule")
+ks = sorted(sendable.loc[sendable["rule"] == rule, "k"].unique())
+k = c[1].selectbox("k", ks, key="lb-k")
+samples = sendable[(sendable["rule"] == rule) & (sendable["k"] == k)]
+sample = c[2].selectbox("Sample", list(samples["sample"]), key="lb-sample") if len(samples) > 1 else \
+    int(samples["sample"].iloc[0])
+chosen = samples[samples["sample"] == sample].iloc[0]
+c[3].write("")
+if c[3].button("Send to prune", type="primary", key="lb-send"):
+    import json
+
+    state.send_to_prune(json.loads(chosen["action"])["remove_blocks"],
+                        f"leaderboard: {rule_labels[rule]} (k={k})")
+st.caption(f"Blocks: {chosen['blocks']} · perplexity {chosen['perplexity']:.2f} · KL {chosen['kl']:.4f} · "
+           f"top-1 {chosen['top1']:.1%}. Half-block selections are not sent (the prune page removes whole blocks).")
+
+st.header("Measured damage and the proxies")
+corr = result.correlation
+st.dataframe(corr.rename(columns={"label": "metric name"}), hide_index=True)
+st.caption("Spearman ρ between each metric (oriented so that low = redundant) and the measured damage of removing "
+           "each block alone; +1 = the metric orders the blocks as their damage does.")
+damage = result.damage
+wide = damage.pivot_table(index="block", columns="site", values="delta_nll")
+fig = figures.curves(list(wide.index), {c: wide[c].tolist() for c in wide.columns},
+                     f"Damage of removing each block or half alone (ΔNLL on {s['search']['text']})",
+                     figures.BLOCK_AXIS, "ΔNLL (nats)")
+figure_with_csv(fig, lb.damage_csv(result), "damage.csv", key="lb-damage")
+g = pd.DataFrame(result.greedy)
+if len(g):
+    fig = figures.curves(list(g["step"]), {"greedy (SLEB)": g["perplexity"].tolist()},
+                         f"Greedy search on the search text: perplexity after each step", "step", "perplexity")
+    figure_with_csv(fig, lb.greedy_csv(result), "greedy.csv", key="lb-greedy")
+    st.caption("Removed in order: " + ", ".join(f"{b}" for b in g["block"]))
+csv_download(lb.correlation_csv(result), "correlation.csv", key="lb-corr")

@@ -1,0 +1,66 @@
+"""The leaderboard on the bundled model, through the command line: its evaluation of a selection equals what
+``prune`` reports for the same text and tokens; its files; bad input refused before anything is written."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.cli import cli
+
+pytestmark = pytest.mark.slow
+EVAL = ["--eval-tokens", "512", "--context", "256", "--stride", "128"]
+SMALL = ["--k", "1-2", "--search-tokens", "256", "--search-context", "128", *EVAL, "--random", "2",
+         "--metrics", "block_influence,measured_damage"]
+
+
+def test_leaderboard_matches_prune_and_writes_its_tables(tmp_path):
+    out = tmp_path / "lb"
+    proc = cli("leaderboard", *SMALL, "--also", "12,13", "--out", out)
+    assert "estimate: about" in proc.stderr
+    damage = pd.read_csv(out / "damage.csv")
+    assert list(damage.columns) == ["block", "site", "delta_nll", "perplexity", "kl", "top1"]
+    assert len(damage) == 3 * 30 and set(damage["site"]) == {"block", "attention", "mlp"}
+    greedy = pd.read_csv(out / "greedy.csv")
+    assert list(greedy.columns[:4]) == ["step", "block", "site", "perplexity"] and list(greedy["step"]) == [1, 2]
+    # greedy's first step is the least damaging single block of the scan
+    blocks = damage[damage["site"] == "block"]
+    assert greedy["block"][0] == int(blocks.sort_values("perplexity")["block"].iloc[0])
+    assert greedy["perplexity"][0] == pytest.approx(blocks["perplexity"].min())
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board.columns[:6]) == ["rule", "k", "blocks", "perplexity", "kl", "top1"]
+    assert {"metric:block_influence", "metric:measured_damage", "greedy", "reverse", "random", "chosen"} <= \
+        set(board["rule"])
+    assert board[(board["rule"] == "reverse") & (board["k"] == 2)]["blocks"].iloc[0] == "27,28"
+    assert len(board[(board["rule"] == "random") & (board["k"] == 2)]) == 2
+    corr = pd.read_csv(out / "correlation.csv")
+    assert list(corr.columns) == ["metric", "spearman"] and corr["metric"].tolist() == ["block_influence"]
+    assert -1 <= corr["spearman"][0] <= 1
+    chosen = board[board["rule"] == "chosen"].iloc[0]
+
+    pruned = cli("prune", "--remove", "12,13", *EVAL, "--no-speed", "--out", tmp_path / "pruned")
+    report = json.loads(pruned.stdout)
+    assert chosen["perplexity"] == pytest.approx(report["perplexity"]["pruned"], rel=1e-6)
+    assert chosen["kl"] == pytest.approx(report["kl_to_original"], rel=1e-5, abs=1e-7)
+    assert chosen["top1"] == pytest.approx(report["top1_agreement"], abs=1e-9)
+
+    # a rerun reads every scan and evaluation from the cache
+    again = cli("leaderboard", *SMALL, "--also", "12,13", "--out", tmp_path / "again")
+    assert pd.read_csv(tmp_path / "again" / "leaderboard.csv")["perplexity"].tolist() == board["perplexity"].tolist()
+    assert "done in" in again.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--k", "1-30"], "more than L − 1 = 29"),
+    (["--search-text", "asyoulik"], "tune on the test"),
+    (["--search-tokens", "64", "--search-context", "128"], "fewer than the window"),
+    (["--search-tokens", "100000000"], "the search needs 100000000"),
+    (["--k", "2", "--also", "0-29"], "removes every block"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg):
+    out = tmp_path / "out"
+    proc = cli("leaderboard", *args, "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and msg in last and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,50 @@
+"""AppTest of the leaderboard page: a small board (K = 1) computed as a job, its chart and tables, one selection
+sent to the prune page."""
+
+import pytest
+
+from tests.ui.conftest import no_exceptions, open_page, texts
+
+pytestmark = pytest.mark.slow
+SMALL = {"Largest k (K)": 1, "Search tokens": 128, "Search window": 64, "Tokens": 256, "Context": 128,
+         "Stride": 64, "Random samples": 2}
+
+
+def test_leaderboard_page_runs_a_small_board_and_sends_to_prune(app):
+    open_page(app, "pages/leaderboard.py")
+    no_exceptions(app)
+    assert "Leaderboard" in app.title[0].value
+    for n in app.number_input:
+        if n.label in SMALL:
+            n.set_value(SMALL[n.label])
+    box = [m for m in app.multiselect if m.label == "Metrics"][0]
+    assert [m.key for m in box.value] == ["measured_damage"]  # nothing else is computed for this text yet
+    [b for b in app.button if b.label == "Estimate"][0].click()
+    app.run()
+    no_exceptions(app)
+    assert "Estimated time: about" in texts(app)
+    [b for b in app.button if b.label == "Start leaderboard"][0].click()
+    app.run()  # the job is waited for inline in AppTest (LAYERSCOPE_JOB_WAIT)
+    no_exceptions(app)
+    assert len(app.get("plotly_chart")) >= 3  # leaderboard, damage, greedy
+    winners = [d.value for d in app.dataframe if "winner" in d.value.columns][0]
+    assert list(winners["k"]) == [1]
+    corr = [d.value for d in app.dataframe if "spearman" in d.value.columns]
+    assert corr  # (empty: no proxy metric chosen)
+    app.selectbox(key="lb-rule").set_value("reverse")
+    app.run()
+    [b for b in app.button if b.label == "Send to prune"][0].click()
+    app.run()
+    no_exceptions(app)
+    assert app.multiselect(key="prune-blocks").value == [28]
+    assert "leaderboard: Reverse order (k=1)" in texts(app)
+
+
+def test_leaderboard_page_refuses_the_evaluation_text_as_search_text(app):
+    open_page(app, "pages/leaderboard.py")
+    box = [s for s in app.selectbox if s.label == "Search text"][0]
+    box.set_value("asyoulik")
+    [b for b in app.button if b.label == "Estimate"][0].click()
+    app.run()
+    no_exceptions(app)
+    assert any("tune on the test" in str(e.value) for e in app.error)
