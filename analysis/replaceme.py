@@ -765,13 +765,15 @@ def choose_run(ws, n: int, by: str = "cosine", progress: Progress | None = None)
     return best_start(run_scores(ws, by, progress), n)
 
 
-def replaceme_action(ws, k: int, by: str = "cosine", method: str = "lstsq", progress: Progress | None = None) -> dict:
-    """The action of the leaderboard's "replace (ReplaceMe)" rule at ``k``: the run ``[l, l+k)`` chosen by ``by``."""
+def replaceme_rule(ws, k: int, by: str = "cosine", method: str = "lstsq", progress: Progress | None = None) -> dict:
+    """The leaderboard's "replace (ReplaceMe)" action at ``k``: ``{"replaceme": {start, n, method, calibration}}``
+    with the run ``[l, l+k)`` chosen by ``by`` (:func:`run_scores`). The action names the calibration text's hash
+    and windows, so a cache keyed by the action never mixes two calibrations."""
     start, _ = choose_run(ws, k, by, progress)
-    return {KEY: {"start": start, "n": int(k), "method": method}}
-
-
-replaceme_rule = replaceme_action
+    c = ws.calibration
+    return {KEY: {"start": int(start), "n": int(k), "method": method,
+                  "calibration": {"text": ws.text.name, "sha256": ws.text.sha256, "windows": c.n_windows,
+                                  "window_len": c.window_len}}}
 
 
 def _register() -> None:

@@ -222,7 +222,10 @@ def test_run_distances_and_choice_of_the_run():
     D = rm.run_distances(ws)
     assert D.shape == (6, 6) and np.isnan(D[5, 1]) and D[3, 1] == pytest.approx(0.0, abs=1e-6)
     assert rm.best_start(D, 2) == (3, pytest.approx(0.0, abs=1e-6))
-    assert rm.replaceme_rule(ws, 2) == {"replaceme": {"start": 3, "n": 2, "method": "lstsq"}}
+    rule = rm.replaceme_rule(ws, 2)
+    assert {k: v for k, v in rule["replaceme"].items() if k != "calibration"} == {"start": 3, "n": 2, "method": "lstsq"}
+    assert rule["replaceme"]["calibration"]["sha256"] == ws.text.sha256
+    assert len(apply_actions(model, rule, ws).model.layers) == 4  # the calibration entry resolves to ws.text
     # the distance of a run is the plain removal's cosine distance the fit records
     variant = apply_actions(model, {"replaceme": {"start": 2, "n": 2}}, ws)
     assert record_of(variant)["replaceme"]["removal_cosine_distance"] == pytest.approx(D[2, 1], rel=1e-4)
