@@ -3,7 +3,9 @@
 Changes are *actions*, named by the keys of a recipe's ``action`` section. Each action is registered here with
 the function that applies it; :func:`apply_actions` applies them in a fixed order so that block indices always
 refer to the **original** model: first the actions that change blocks in place (registered with ``order`` < 100,
-e.g. low-rank truncation or linear replacement), then ``remove_blocks``. The original is never modified: depth
+e.g. low-rank truncation or linear replacement), then ``remove_blocks``. An action that takes blocks out itself
+(``replaceme``: its run ``[l, l+n)``) says which with ``removes``; they are removed together with ``remove_blocks``'
+blocks in that last step, so every index still refers to the original. The original is never modified: depth
 pruning shares the original's weight tensors, and in-place actions must replace parameters, not write into them.
 """
 
@@ -25,6 +27,8 @@ class Action:
     apply: Callable  # (model, value, workspace | None, progress) -> model
     describe: Callable[[object], str]
     order: int = 50
+    removes: Callable[[object], list[int]] | None = None  # blocks it takes out (removed with remove_blocks, last)
+    check: Callable[[object, dict], None] | None = None  # refuses combinations with the other actions
 
 
 _ACTIONS: dict[str, Action] = {}
@@ -47,12 +51,31 @@ register_action(Action(
 
 from . import compression  # noqa: E402,F401  (registers low_rank and replace_linear)
 from . import halfblocks  # noqa: E402,F401  (registers skip_attention and skip_mlp)
+from . import replaceme  # noqa: E402,F401  (registers replaceme)
 
 
 def validate_action(action: dict) -> None:
     unknown = sorted(set(action) - set(_ACTIONS))
     if unknown:
         raise ValueError(f"unknown action key(s) {', '.join(unknown)}; known: {', '.join(sorted(_ACTIONS))}")
+
+
+def removed_by(action: dict) -> list[int]:
+    """Every block ``action`` takes out (``remove_blocks`` and the runs of actions such as ``replaceme``), in the
+    original's numbering; a block taken out twice is an error."""
+    validate_action(action)
+    seen: dict[int, str] = {int(b): "remove_blocks" for b in (action.get("remove_blocks") or [])}
+    for key, value in action.items():
+        act = _ACTIONS[key]
+        if not value or act.removes is None:
+            continue
+        if act.check is not None:
+            act.check(value, action)
+        for b in act.removes(value):
+            if b in seen:
+                raise ValueError(f"block {b} is taken out twice: by {seen[b]} and by {key}")
+            seen[b] = key
+    return sorted(seen)
 
 
 def describe_action(action: dict) -> str:
@@ -63,14 +86,16 @@ def describe_action(action: dict) -> str:
 
 def apply_actions(model: nn.Module, action: dict, ws=None, progress=None) -> nn.Module:
     """The original with ``action`` applied (the original is never modified)."""
-    validate_action(action)
+    removal = removed_by(action)
     out = model
     for key, value in sorted(action.items(), key=lambda kv: _ACTIONS[kv[0]].order):
-        if not value:
+        if not value or key == "remove_blocks":
             continue
         if out is model and _ACTIONS[key].order < 100:
             out = shallow_structural_copy(model)  # in-place actions work on a copy that shares the weights
         out = _ACTIONS[key].apply(out, value, ws, progress)
+    if removal:  # remove_blocks' own blocks and the runs other actions take out, all in the original's numbering
+        out = _ACTIONS["remove_blocks"].apply(out, removal, ws, progress)
     return out
 
 
@@ -85,7 +110,7 @@ class Variant:
 
     @property
     def removed_blocks(self) -> list[int]:
-        return list(self.action.get("remove_blocks", []))
+        return removed_by(self.action)
 
     def as_loaded_model(self, base: LoadedModel) -> LoadedModel:
         """The variant as a :class:`LoadedModel`, so every view can run on it (cached under its own fingerprint)."""

@@ -1,23 +1,32 @@
-"""Linear replacement: replace nearly linear blocks by a least-squares map h_b → h_(b+1), evaluate and export."""
+"""Replacing blocks by linear maps: one full-residual map per block (Razzhigaev et al.), or ReplaceMe (a run of blocks
+removed and one map folded into the block before it: a plain checkpoint)."""
 
 import pandas as pd
 import streamlit as st
 
 from analysis import compression as cp
-from components import state
-from components.change import apply_panel, evaluation_form, export_section, result_marker, start_apply, variant_result
+from components import replaceme, state
+from components.change import (apply_and_evaluate, apply_panel, evaluation_form, export_section, result_marker,
+                               start_apply, variant_result)
 from components.compress import also_remove, residual_figure
 from components.widgets import figure_with_csv, run_with_progress, workspace_caption
 
 st.title("Linear replacement of blocks")
-st.caption("Razzhigaev et al., *Your Transformer is Secretly Linear* (arXiv 2405.12250): consecutive hidden states are "
-           "nearly linear in each other, so a block can be replaced by one affine map h ↦ h·W + c, fitted by least "
-           "squares from the block's real input h_b to its real output h_(b+1) on the calibration tokens (METHODS.md "
-           "§1). The map has d² + d parameters instead of the block's attention and MLP.")
 ws = state.workspace()
 if ws is None:
     st.stop()
 workspace_caption(ws)
+METHODS = {"linear": "a linear map per block (full residual; the project's loader)",
+           "replaceme": "ReplaceMe: a run removed, one map folded into the block before it (plain checkpoint)"}
+method = st.radio("Method", list(METHODS), format_func=METHODS.get, key="replace-method", horizontal=True,
+                  help="removing blocks without a map is the prune page")
+if method == "replaceme":
+    replaceme.page(ws)
+    st.stop()
+st.caption("Razzhigaev et al., *Your Transformer is Secretly Linear* (arXiv 2405.12250): consecutive hidden states are "
+           "nearly linear in each other, so a block can be replaced by one affine map `h ↦ h·W + c`, fitted by "
+           "least squares from the block's real input `h_b` to its real output `h_(b+1)` on the calibration tokens (METHODS.md "
+           "§1). The map has d² + d parameters instead of the block's attention and MLP.")
 L = ws.n_blocks
 c = ws.calibration
 
@@ -25,7 +34,7 @@ st.header("1 · How linear is each block?")
 bm = run_with_progress("Streaming every block's input and output moments",
                        lambda p: cp.block_moments(ws.lm, ws.text, c.n_windows, c.window_len, progress=p))
 residuals = bm.residuals
-st.caption(f"Relative residual ‖H_b W + c − H_(b+1)‖_F / ‖H_(b+1) − mean‖_F of the fitted map on {bm.tokens:,} "
+st.caption(f"Relative residual `‖H_b W + c − H_(b+1)‖_F / ‖H_(b+1) − mean‖_F` of the fitted map on {bm.tokens:,} "
            "calibration tokens (0 = exactly affine, 1 = no better than the mean), from moments streamed in one pass "
            "and cached. The last block is fitted on its own output, before the final norm. In-sample: with "
            f"{bm.tokens:,} tokens and d = {ws.lm.width} the fit has {ws.lm.width ** 2 + ws.lm.width:,} parameters per "

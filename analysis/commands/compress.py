@@ -19,12 +19,21 @@ Examples:
   python -m analysis compress --method nsvd --k1-share 0.9 --rank 200 --targets down_proj --blocks 10-19 --out DIR
   python -m analysis compress --method asvd --alpha 0.5 --ratio 0.3 --remove 12,13 --form dense --out DIR
   python -m analysis compress --replace 12,13 --out out/linear-12-13
+  python -m analysis compress --replaceme 14:2 --out out/replaceme-14-2          # ReplaceMe, plain checkpoint
+  python -m analysis compress --replaceme auto:4 --replaceme-method cosine --out DIR  # start by cosine distance
+
+ReplaceMe (--replaceme START:N, [START,END) or auto:N): blocks [START, START+N) are removed and one linear map,
+fitted on the calibration tokens, is folded into the feed-forward output projection of block START-1; the export is
+a plain checkpoint (AutoModelForCausalLM) with N fewer blocks. auto:N picks the start by --replaceme-by (default
+cosine: ReplaceMe's mean cosine distance between the input of block START and the output of block START+N-1).
+With --remove, both are removed in one step and every index refers to the original model.
 """
 
 import sys
 
 NAME = "compress"
-HELP = "low-rank truncation (svd, asvd, svd-llm, nsvd) and/or linear replacement of blocks; evaluate; export"
+HELP = ("low-rank truncation (svd, asvd, svd-llm, nsvd), linear replacement of blocks and/or ReplaceMe; evaluate; "
+        "export")
 
 
 def add_arguments(p):
@@ -53,6 +62,17 @@ def add_arguments(p):
     g = p.add_argument_group("other changes")
     g.add_argument("--replace", default=None, help="blocks to replace by a least-squares linear map h_b → h_(b+1)")
     g.add_argument("--remove", default=None, help="blocks to remove as well (depth pruning), 0-based")
+    g = p.add_argument_group("ReplaceMe (a run of blocks replaced by a map folded into the block before it)")
+    g.add_argument("--replaceme", default=None, metavar="START:N",
+                   help="the run [START, START+N) to replace: START:N, [START,END) or auto:N (start chosen by "
+                        "--replaceme-by); START >= 1")
+    g.add_argument("--replaceme-method", choices=["lstsq", "cosine"], default="lstsq",
+                   help="lstsq: least squares from streamed moments; cosine: Adam on the cosine distance from the "
+                        "least-squares map")
+    g.add_argument("--replaceme-ridge", type=float, default=0.0, help="relative ridge λ/(tr(MᵀM)/d) of the fit")
+    g.add_argument("--replaceme-by", default="cosine",
+                   help="for auto:N: cosine (ReplaceMe's distance), angular (Gromov et al.'s d(l, n)) or a block "
+                        "metric key (its score summed over the run)")
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
@@ -82,22 +102,34 @@ def build_action(args, n_blocks: int | None = None) -> dict:
         raise CompressionError("--blocks chooses where to truncate: give --ratio or --rank with it")
     if args.replace:
         action["replace_linear"] = parse_blocks(args.replace, what="--replace")
+    if getattr(args, "replaceme", None):
+        from ..replaceme import ReplaceMeSpec, parse_run
+
+        start, n = parse_run(args.replaceme)
+        value = {"start": start, "n": n, "method": args.replaceme_method, "ridge": args.replaceme_ridge,
+                 "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
+        ReplaceMeSpec.from_value({**value, "start": 1 if start == -1 else start})  # auto: the start comes later
+        action["replaceme"] = value
     if args.remove:
         removed = parse_blocks(args.remove, what="--remove")
         action["remove_blocks"] = validate_removal(removed, n_blocks) if n_blocks else removed
-    if not action.get("low_rank") and not action.get("replace_linear"):
-        raise CompressionError("nothing to compress: give --ratio or --rank (low-rank truncation) and/or --replace "
-                               "BLOCKS (linear replacement)")
+    if not action.get("low_rank") and not action.get("replace_linear") and not action.get("replaceme"):
+        raise CompressionError("nothing to compress: give --ratio or --rank (low-rank truncation), --replace "
+                               "BLOCKS (linear replacement) and/or --replaceme START:N (ReplaceMe)")
     both = sorted(set(action.get("replace_linear", [])) & set(action.get("remove_blocks", [])))
     if both:
         raise CompressionError(f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
                                "replaced and removed")
+    if action.get("replaceme") and action["replaceme"]["start"] != -1:
+        from ..variants import removed_by
+
+        removed_by(action)  # a run that overlaps --remove, or a removed block l-1, is refused before loading
     return action
 
 
 def run(args) -> int:
     from ..cache import atomic_write_text, dumps
-    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..checkpoint import load_checkpoint, needs_project_loader, save_checkpoint
     from ..compression import record_of
     from ..evaluate import evaluate
     from ..recipe import candidate_name, variant_recipe
@@ -125,6 +157,18 @@ def run(args) -> int:
     action = build_action(args, lm.n_blocks)
     if "low_rank" in action and ws.text.source != "bundled":
         action["low_rank"]["calibration"]["text"] = ws.text.name
+    if "replaceme" in action:
+        from ..replaceme import best_start, run_scores
+
+        if ws.text.source != "bundled":
+            action["replaceme"]["calibration"]["text"] = ws.text.name
+        if action["replaceme"]["start"] == -1:
+            n = action["replaceme"]["n"]
+            exclude = list(action.get("remove_blocks") or []) + list(action.get("replace_linear") or [])
+            start, score = best_start(run_scores(ws, args.replaceme_by, TqdmProgress("choose")), n, exclude=exclude)
+            action["replaceme"]["start"] = start
+            print(f"[compress] ReplaceMe: run [{start}, {start + n}) chosen by {args.replaceme_by} (score "
+                  f"{score:.4f})", file=sys.stderr)
     form = args.form or ("factorised" if "low_rank" in action else "dense")
     print(f"[compress] {describe_action(action)}", file=sys.stderr)
     model = apply_actions(lm.model, action, ws, progress=TqdmProgress("compress"))
@@ -151,5 +195,9 @@ def run(args) -> int:
                 "parameters": recipe.get("parameters"), "matrices": len(low.get("ranks", {})),
                 "damped": len(low.get("damped", [])),
                 "fit_residual": (record.get("replace_linear") or {}).get("fit_residual"),
-                "size_bytes": recipe["export"]["size_bytes"], "reload_check": check})
+                "replaceme": {k: v for k, v in (record.get("replaceme") or {}).items()
+                              if k in ("start", "n", "method", "fit_residual", "removal_residual", "fold_into")}
+                or None,
+                "size_bytes": recipe["export"]["size_bytes"], "reload_check": check,
+                "plain_checkpoint": not needs_project_loader(out)})
     return 0 if check["ok"] else 1
