@@ -46,6 +46,7 @@ register_action(Action(
 ))
 
 from . import compression  # noqa: E402,F401  (registers low_rank and replace_linear)
+from . import healing  # noqa: E402,F401  (registers heal, applied last)
 
 
 def validate_action(action: dict) -> None:
