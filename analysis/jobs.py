@@ -51,6 +51,8 @@ class Job:
     result: Any = field(default=None, repr=False)
     error: str | None = None
     error_detail: str | None = field(default=None, repr=False)
+    exception: BaseException | None = field(default=None, repr=False)  # the failure itself (pages may test its type)
+    meta: dict = field(default_factory=dict, repr=False)  # plain data a page needs to find it again (tag, settings)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # ---- called by the work function -------------------------------------------------------------------------
@@ -113,25 +115,37 @@ class Job:
             q = _QUEUES.get(self.owner, ())
             return list(q).index(self) + 1 if self in q else 0
 
+    @property
+    def waited(self) -> float:
+        """Seconds spent in the queue (so far, while queued)."""
+        return (self.started or (self.finished if self.state == CANCELLED else None) or time.time()) - self.submitted
+
+    @property
+    def tag(self) -> str | None:
+        return self.meta.get("tag")
+
 
 _LOCK = threading.RLock()
 _JOBS: dict[str, Job] = {}
 _QUEUES: dict[str, deque[Job]] = {}
 _WORKERS: dict[str, threading.Thread] = {}
 _IDS = itertools.count(1)
+KEEP_FINISHED = 8  # finished jobs remembered per owner (their results may hold models: older ones are forgotten)
 
 
-def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default", restart: bool = False) -> Job:
+def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default", restart: bool = False,
+           meta: dict | None = None) -> Job:
     """Start (or queue) ``fn(job)`` under ``key`` and return at once.
 
     A job with the same key that is queued, running or done is returned as it is (``restart=True`` replaces a
-    finished one); a failed or cancelled one is replaced by a new run.
+    finished one); a failed or cancelled one is replaced by a new run. ``meta`` is plain data kept with the job
+    (``meta["tag"]`` names the kind of job, e.g. the page that started it: see :func:`latest`).
     """
     with _LOCK:
         old = _JOBS.get(key)
         if old is not None and (old.is_active or (old.state == DONE and not restart)):
             return old
-        job = Job(key=key, label=label, owner=owner, fn=fn, id=next(_IDS))
+        job = Job(key=key, label=label, owner=owner, fn=fn, id=next(_IDS), meta=dict(meta or {}))
         _JOBS[key] = job
         _QUEUES.setdefault(owner, deque()).append(job)
         worker = _WORKERS.get(owner)
@@ -159,14 +173,36 @@ def _work(owner: str) -> None:
         except JobCancelled:
             job.state = CANCELLED
         except BaseException as exc:  # noqa: BLE001 - a job's failure is shown on its page, never lost
-            job.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+            job.error = _message(exc)
             job.error_detail = traceback.format_exc()
+            job.exception = exc
             job.state = FAILED
         else:
             job.result = result
             job.state = DONE if not job.cancel_requested else CANCELLED
         finally:
             job.finished = time.time()
+            _trim(owner)
+
+
+def _message(exc: BaseException) -> str:
+    """One line for the page: the error's own message, or its type when it has none (never a traceback)."""
+    text = str(exc).strip()
+    if isinstance(exc, KeyError) and text.startswith("'"):
+        text = f"missing {text}"
+    if not text:
+        return type(exc).__name__
+    ours = type(exc).__module__.startswith("analysis") or isinstance(exc, (ValueError, OSError))
+    return text if ours else f"{type(exc).__name__}: {text}"
+
+
+def _trim(owner: str) -> None:
+    """Forget the owner's oldest finished jobs beyond :data:`KEEP_FINISHED`."""
+    with _LOCK:
+        finished = sorted((j for j in _JOBS.values() if j.owner == owner and not j.is_active), key=lambda j: j.id)
+        for j in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+            if _JOBS.get(j.key) is j:
+                del _JOBS[j.key]
 
 
 def get(key: str) -> Job | None:
@@ -202,6 +238,13 @@ def jobs(owner: str | None = None) -> list[Job]:
 
 def active(owner: str | None = None) -> list[Job]:
     return [j for j in jobs(owner) if j.is_active]
+
+
+def latest(owner: str | None = None, tag: str | None = None) -> Job | None:
+    """The newest job (of ``owner``, with ``meta["tag"] == tag``), or None: how a page re-opened in a new session
+    (a reloaded tab) finds what it started before."""
+    found = [j for j in jobs(owner) if tag is None or j.tag == tag]
+    return found[-1] if found else None
 
 
 def wait(key: str, timeout: float | None = None, poll: float = 0.05) -> Job | None:

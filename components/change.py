@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis.cache import stable_hash
 from analysis.checkpoint import load_checkpoint, needs_project_loader, save_checkpoint
 from analysis.compression import low_rank_ranks, record_of
 from analysis.evaluate import EvalSettings, EvaluationError, evaluate
@@ -18,8 +19,8 @@ from analysis.models import ModelLoadError
 from analysis.recipe import candidate_name, variant_recipe
 from analysis.surgery import PruneError, export_checkpoint, verify_export
 from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError, bundled_text
-from analysis.variants import Variant, apply_actions, describe_action
-from components import state
+from analysis.variants import Variant, apply_actions, describe_action, validate_action
+from components import jobs, state
 from components.evaluation import evaluation_view
 from components.widgets import run_with_progress, text_bytes_download
 
@@ -36,18 +37,20 @@ EXPORT_FORMS: dict[str, tuple[str, object, object]] = {
 
 def evaluation_form(key: str, submit_label: str = "Apply and evaluate") -> EvalSettings | None:
     """The evaluation settings form; returns the settings when the user presses the button."""
+    k = f"eval-{key}-"  # keyed and kept (components.state.keep_widgets): the settings survive navigation
+    state.keep_widgets([k + n for n in ("text", "tokens", "context", "stride", "prompt", "new", "speed")])
     with st.form(f"evaluate-{key}"):
         c = st.columns(4)
         names = list(BUNDLED)
         eval_name = c[0].selectbox("Held-out text", names, index=names.index(DEFAULT_EVALUATION_TEXT),
-                                   help="evaluate on text different from the calibration text")
-        n_tokens = c[1].number_input("Tokens", 256, 65536, 4096, step=256)
-        context = c[2].number_input("Context", 16, 8192, 512, step=64)
-        stride = c[3].number_input("Stride", 1, 8192, 256, step=64)
+                                   help="evaluate on text different from the calibration text", key=k + "text")
+        n_tokens = c[1].number_input("Tokens", 256, 65536, 4096, step=256, key=k + "tokens")
+        context = c[2].number_input("Context", 16, 8192, 512, step=64, key=k + "context")
+        stride = c[3].number_input("Stride", 1, 8192, 256, step=64, key=k + "stride")
         c = st.columns([3, 1, 1])
-        prompt = c[0].text_input("Generation prompt", EvalSettings().prompt)
-        new_tokens = c[1].number_input("New tokens", 1, 512, 32)
-        speed = c[2].checkbox("Measure speed", True)
+        prompt = c[0].text_input("Generation prompt", EvalSettings().prompt, key=k + "prompt")
+        new_tokens = c[1].number_input("New tokens", 1, 512, 32, key=k + "new")
+        speed = c[2].checkbox("Measure speed", True, key=k + "speed")
         if st.form_submit_button(submit_label, type="primary"):
             return EvalSettings(text=eval_name, n_tokens=int(n_tokens), context=int(context), stride=int(stride),
                                 prompt=prompt, max_new_tokens=int(new_tokens), measure_speed=speed)
@@ -78,6 +81,89 @@ def apply_and_evaluate(ws, action: dict, settings: EvalSettings, name: str | Non
     return variant
 
 
+def apply_work(ws, action: dict, settings: EvalSettings, name: str | None = None, metrics: dict | None = None):
+    """The job of an Apply: apply ``action`` to the original, evaluate it, return the :class:`Variant`.
+
+    Runs in a worker thread (components.jobs): plain data in, no Streamlit here.
+    """
+    def phase(job, what: str):
+        return lambda done, total, message="": job.report(done, total, f"{what}: {message}" if message else what)
+
+    def work(job):
+        eval_text = bundled_text(settings.text)
+        job.set_stage("Applying the change")
+        model = apply_actions(ws.lm.model, action, ws, progress=phase(job, "Applying"))
+        job.set_stage("Evaluating against the original")
+        table = evaluate(ws.lm.model, ws.lm.tokenizer, eval_text, settings, candidate=model,
+                         candidate_name=candidate_name(action), original_key=ws.lm.fingerprint,
+                         progress=phase(job, "Evaluating"))
+        job.check()
+        recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
+        variant = Variant(name=name or describe_action(action), model=model, action=action,
+                          base_fingerprint=ws.lm.fingerprint, evaluation=table, recipe=recipe)
+        recipe["name"] = variant.name
+        return variant
+
+    return work
+
+
+def start_apply(ws, tag: str, action: dict, settings: EvalSettings, name: str | None = None,
+                metrics: dict | None = None):
+    """Start Apply-and-evaluate as this session's background job (checked first: bad input is one message here).
+
+    ``tag`` names the page (``prune``, ``compress``, ``replace``); :func:`apply_panel` draws the job and hands its
+    variant to the session. Returns the job, or None after an error message.
+    """
+    try:
+        settings.validate()
+        bundled_text(settings.text)
+        validate_action(action)
+    except (EvaluationError, TextError, ValueError) as exc:
+        st.error(str(exc))
+        return None
+    name = name or describe_action(action)
+    key = "apply:" + jobs.owner() + ":" + stable_hash(
+        {"base": ws.lm.fingerprint, "text": ws.text.sha256, "calibration": ws.calibration.__dict__,
+         "action": action, "settings": settings.to_dict(), "name": name, "metrics": metrics})
+    job = jobs.start(key, f"Apply and evaluate {name}", apply_work(ws, action, settings, name, metrics),
+                     meta={"tag": tag, "name": name, "action": action, "base": ws.lm.fingerprint},
+                     restart=True)  # pressed again: evaluated again (speed included), unless it is still running
+    st.session_state[f"apply-job-{tag}"] = key
+    return job
+
+
+def apply_panel(ws, tag: str):
+    """The page's Apply job (this session's, or after a reload the owner's last one): its live panel while it runs;
+    once done its variant is in the session's variants (and its warnings shown). Returns the job or None."""
+    key = st.session_state.get(f"apply-job-{tag}")
+    if jobs.get(key) is None:
+        last = jobs.latest(tag)
+        key = last.key if last is not None and last.meta.get("base") == ws.lm.fingerprint else None
+    if key is None:
+        return None
+    st.session_state[f"apply-job-{tag}"] = key
+
+    def done(job) -> None:
+        for note in (record_of(job.result.model).get("low_rank") or {}).get("notes", []):
+            st.warning(note)
+
+    return jobs.show(key, on_done=done)
+
+
+def result_marker(variant: Variant, part: str, selected: list[int], what: str = "selection") -> bool:
+    """Say which selection the shown result belongs to; warn when the selection has changed since. True if stale."""
+    evaluated = sorted(int(b) for b in variant.action.get(part) or [])
+    now = sorted(int(b) for b in selected or [])
+    blocks = ", ".join(map(str, evaluated)) or "none"
+    if evaluated == now:
+        st.caption(f"Result for the current {what}: blocks {blocks} (variant **{variant.name}**).")
+        return False
+    st.warning(f"**Stale result**: the evaluation and export below belong to blocks {blocks} (variant "
+               f"**{variant.name}**), not to the current {what} ({', '.join(map(str, now)) or 'none'}). Press "
+               "**Apply and evaluate** to evaluate the current one.", icon=":material/history:")
+    return True
+
+
 def variant_result(ws, variant: Variant | None) -> None:
     if variant is None:
         return
@@ -90,8 +176,9 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ws.lm.name.split(" ")[0]).strip("-").lower()
     suffix = re.sub(r"[^A-Za-z0-9]+", "-", variant.name).strip("-").lower()
     default_dir = Path("exports") / f"{slug}-{suffix}"
+    folders = st.session_state.setdefault(f"export-dir-{key}", {})  # kept across navigation, per variant
     with st.form(f"export-{key}"):
-        out_dir = st.text_input("Export folder", str(default_dir),
+        out_dir = st.text_input("Export folder", folders.get(variant.name, str(default_dir)),
                                 help="a Hugging Face folder: safetensors, tokenizer, config, recipe.json")
         available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
         form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f][0], horizontal=True) \
@@ -99,6 +186,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         overwrite = st.checkbox("Replace the folder if it is not empty")
         do_export = st.form_submit_button("Export checkpoint")
     if do_export:
+        folders[variant.name] = out_dir
         _, save_fn, loader = EXPORT_FORMS[form]
         recipe = dict(variant.recipe, export={"path": str(Path(out_dir).resolve()), "form": form})
         try:

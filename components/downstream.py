@@ -5,9 +5,25 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.downstream import DownstreamError, available_tasks, evaluate_downstream, to_frame
+from analysis.cache import stable_hash
+from analysis.downstream import available_tasks, evaluate_downstream, to_frame
 from analysis.models import fingerprint
-from components.widgets import csv_download, run_with_progress
+from components import jobs
+from components.widgets import csv_download
+
+
+def _work(ws, variant, tasks: list[str], limit: int | None):
+    """The job: score the tasks on the original and the variant, and keep the table in the variant's recipe
+    (runs in a worker thread: no Streamlit here)."""
+    def work(job):
+        result = evaluate_downstream(ws.lm.model, ws.lm.tokenizer, tasks, candidate=variant.model,
+                                     candidate_name=variant.name, limit=limit, progress=job.report,
+                                     original_key=ws.lm.fingerprint, candidate_key=fingerprint(variant.model))
+        rows = to_frame(result).to_dict(orient="records")
+        variant.recipe.setdefault("evaluation", {})["downstream"] = rows
+        return rows
+
+    return work
 
 
 def downstream_section(ws, variant) -> None:
@@ -22,17 +38,17 @@ def downstream_section(ws, variant) -> None:
         tasks = st.multiselect("Tasks", runnable, default=runnable[:1])
         limit = st.number_input("Examples per task (0 = all)", 0, 100000, 0)
         go = st.form_submit_button(f"Run on the original and {variant.name}")
-    if go and tasks:
-        try:
-            result = run_with_progress("Scoring choices", lambda p: evaluate_downstream(
-                ws.lm.model, ws.lm.tokenizer, tasks, candidate=variant.model, candidate_name=variant.name,
-                limit=int(limit) or None, progress=p, original_key=ws.lm.fingerprint,
-                candidate_key=fingerprint(variant.model)))
-        except DownstreamError as exc:
-            st.error(str(exc))
+    tag = f"downstream-{variant.name}"
+    if go and tasks:  # a background job: the variants page may be left while the tasks are scored
+        key = "downstream:" + jobs.owner() + ":" + stable_hash(
+            {"variant": variant.name, "model": id(variant.model), "tasks": sorted(tasks), "limit": int(limit)})
+        jobs.start(key, f"Downstream tasks on the original and {variant.name}",
+                   _work(ws, variant, list(tasks), int(limit) or None), meta={"tag": tag})
+    last = jobs.latest(tag)
+    if last is not None:
+        job = jobs.show(last.key)
+        if job.is_active:
             return
-        frame = to_frame(result)
-        variant.recipe.setdefault("evaluation", {})["downstream"] = frame.to_dict(orient="records")
     rows = (variant.recipe.get("evaluation") or {}).get("downstream")
     if rows:
         frame = pd.DataFrame(rows)

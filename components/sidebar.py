@@ -9,7 +9,7 @@ import streamlit as st
 from analysis.models import DTYPES, ModelSpec
 from analysis.texts import BUNDLED, TextError, bundled_text, text_from_bytes, text_from_string, token_ids
 from analysis.workspace import Calibration
-from components import state
+from components import jobs, state
 from components.widgets import format_bytes
 
 MODEL_HELP = ("'default' is the bundled SmolLM2-135M-Instruct. Or a Hugging Face id (from the local hub cache, or "
@@ -22,6 +22,7 @@ def render() -> None:
         st.divider()
         _text_section()
         _compare_section()
+        jobs.sidebar()  # this session's background jobs; finished ones announced, their variants taken
 
 
 def _compare_section() -> None:

@@ -141,6 +141,25 @@ def sync_widget(widget_key: str, value_key: str) -> bool:
     return False
 
 
+KEPT = "_kept_widgets"
+
+
+def keep_widgets(keys: list[str], context: str = "") -> None:
+    """Let keyed widgets keep their values across navigation (and while a page's job runs elsewhere).
+
+    Streamlit drops a widget's state once a run does not draw it (another page was opened). Call this before the
+    widgets are drawn: the values of live widgets are copied to a session key that is not a widget key, and a
+    widget whose state was dropped is re-seeded from it. ``context`` (e.g. the model's fingerprint) keeps values
+    from being re-seeded into a page drawn for another model, whose options differ.
+    """
+    store = st.session_state.setdefault(KEPT, {})
+    for k in keys:
+        if k in st.session_state:
+            store[k] = (context, st.session_state[k])
+        elif k in store and store[k][0] == context:
+            st.session_state[k] = store[k][1]
+
+
 def widget_to_selection(widget_key: str) -> None:
     """on_change of the block picker: the widget becomes the selection (typed by hand)."""
     st.session_state[PRUNE_SELECTION] = sorted(st.session_state.get(widget_key, []))

@@ -4,7 +4,7 @@ import streamlit as st
 
 from analysis import compression as cp
 from components import state
-from components.change import apply_and_evaluate, evaluation_form, export_section, variant_result
+from components.change import apply_panel, evaluation_form, export_section, start_apply, variant_result
 from components.compress import (PROJECTION_HELP, also_remove, default_mlp, matrix_views, plan_frame, plan_summary,
                                  projection_names, result_frame)
 from components.widgets import csv_download, run_with_progress, workspace_caption
@@ -25,6 +25,8 @@ model = ws.lm.model
 L = ws.n_blocks
 
 st.header("1 · Method, matrices and amount")
+state.keep_widgets(["lr-method", "lr-alpha", "lr-k1", "lr-targets", "lr-scope", "lr-blocks", "lr-amount", "lr-ratio",
+                    "lr-rank", "lr-form", "lr-remove"], context=ws.lm.fingerprint)  # the choices survive navigation
 c = st.columns([2, 1, 1])
 method = c[0].radio("Method", cp.METHODS, format_func=lambda m: cp.LABELS[m], horizontal=True, key="lr-method",
                     index=cp.METHODS.index("svd-llm"), help="\n\n".join(f"**{cp.LABELS[m]}**: {cp.DESCRIPTIONS[m]}"
@@ -122,10 +124,12 @@ if settings is not None:
     label = "mlp" if value["targets"] == "mlp" else "+".join(chosen_leaves)
     variant_name = f"{cp.LABELS[method]} {amount_text} {label}{where}" + (
         f" minus {','.join(map(str, removed))}" if removed else "")
-    apply_and_evaluate(ws, action, settings, name=variant_name)
+    start_apply(ws, "compress", action, settings, name=variant_name)
+job = apply_panel(ws, "compress")  # a background job: this page may be left (or reloaded) while it runs
 variant = state.latest_variant("low_rank")
 if variant is None:
-    st.caption("Nothing applied yet: choose the settings above and press **Apply and evaluate**.")
+    if job is None or not job.is_active:
+        st.caption("Nothing applied yet: choose the settings above and press **Apply and evaluate**.")
     st.stop()
 variant_result(ws, variant)
 record = cp.record_of(variant.model).get("low_rank") or {}

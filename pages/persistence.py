@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from analysis import topology as topo
+from analysis.cache import stable_hash
 from analysis.texts import TextError
-from components import figures, state
+from components import figures, jobs, state
 from components import topology_figures as tf
 from components.widgets import figure_with_csv, run_with_progress, workspace_caption
 
@@ -22,6 +23,9 @@ if ws is None:
     st.stop()
 workspace_caption(ws)
 L = ws.n_blocks
+WIDGETS = ["ph-cloud", "ph-metric", "ph-points", "ph-dim", "ph-last-n", "ph-last-t"]
+state.keep_widgets(WIDGETS, context=ws.lm.fingerprint)  # the settings survive navigation …
+jobs.restore_widgets("persistence", context=ws.lm.fingerprint)  # … and a reload, from this tab's last job
 
 c = st.columns(4)
 cloud = c[0].radio("Cloud", ["all", "last"], horizontal=True, key="ph-cloud",
@@ -61,14 +65,24 @@ elif total > 2 * default_total + 5:
     st.warning(f"{cost} The default (300 points, H0 and H1) takes about {default_total:.1f} s.")
 else:
     st.caption(cost)
-pressed = st.button("Compute diagrams", type="primary", disabled=cached, key="ph-compute")
-
-if not (pressed or cached):
+job_key = "persistence:" + stable_hash(topo.persistence_params(ws, settings))  # the computation's settings
+running = (jobs.get(job_key) is not None and jobs.get(job_key).is_active)
+pressed = st.button("Compute diagrams", type="primary", disabled=cached or running, key="ph-compute")
+if pressed:  # a background job: it survives leaving the page, a reload and a dropped connection
+    jobs.start(job_key, f"Rips persistence of {ws.n_states} states ({cloud} tokens, {settings.n_points} points)",
+               lambda job: topo.layer_persistence(ws, settings, progress=job.report),
+               meta={"tag": "persistence", "context": ws.lm.fingerprint, "widgets": jobs.widget_values(WIDGETS)},
+               restart=True)  # the button is enabled only when not cached: an old finished job is not the answer
+job = jobs.show(job_key)
+if job is not None and job.is_active:
+    st.stop()
+cached = cached or topo.persistence_is_cached(ws, settings)
+if not cached:
     st.info("Choose the cloud and press **Compute diagrams**. Every state's diagrams are cached on their own, so an "
             "interrupted run resumes where it stopped.")
     st.stop()
 try:
-    result = run_with_progress("Rips persistence", lambda p: topo.layer_persistence(ws, settings, progress=p))
+    result = topo.layer_persistence(ws, settings)  # reads the cache
 except (topo.TopologyError, TextError) as exc:
     st.error(str(exc))
     st.stop()

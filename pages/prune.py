@@ -4,7 +4,7 @@ import streamlit as st
 
 from analysis import registry
 from components import state
-from components.change import apply_and_evaluate, evaluation_form, export_section, variant_result
+from components.change import apply_panel, evaluation_form, export_section, result_marker, start_apply, variant_result
 from components.widgets import workspace_caption
 
 st.title("Prune and evaluate")
@@ -42,12 +42,15 @@ if settings is not None:
     if not blocks:
         st.error("No blocks chosen to remove: pick at least one block above.")
         st.stop()
-    apply_and_evaluate(ws, {"remove_blocks": blocks}, settings, name=f"minus {','.join(map(str, blocks))}",
-                       metrics={"selection_source": st.session_state.get(state.PRUNE_SOURCE)})
+    start_apply(ws, "prune", {"remove_blocks": blocks}, settings, name=f"minus {','.join(map(str, blocks))}",
+                metrics={"selection_source": st.session_state.get(state.PRUNE_SOURCE)})
+job = apply_panel(ws, "prune")  # a background job: this page may be left (or reloaded) while it runs
 variant = state.latest_variant("remove_blocks")
 if variant is None:
-    st.caption("Nothing applied yet: pick blocks and press **Apply and evaluate**.")
+    if job is None or not job.is_active:
+        st.caption("Nothing applied yet: pick blocks and press **Apply and evaluate**.")
     st.stop()
+result_marker(variant, "remove_blocks", st.session_state.get("prune-blocks") or [])
 variant_result(ws, variant)
 
 st.header("3 · Export")

@@ -5,7 +5,7 @@ import streamlit as st
 
 from analysis import compression as cp
 from components import state
-from components.change import apply_and_evaluate, evaluation_form, export_section, variant_result
+from components.change import apply_panel, evaluation_form, export_section, result_marker, start_apply, variant_result
 from components.compress import also_remove, residual_figure
 from components.widgets import figure_with_csv, run_with_progress, workspace_caption
 
@@ -34,6 +34,7 @@ if bm.tokens < 2 * ws.lm.width:
     st.warning(f"Only {bm.tokens} calibration tokens for width {ws.lm.width}: the fit can match them exactly and the "
                "residual says nothing. Use more windows in the sidebar (at least 2·d tokens).")
 state_key = "replace-blocks"
+state.keep_widgets([state_key, "replace-k", "replace-remove"], context=ws.lm.fingerprint)  # kept on navigation
 k = st.slider("Blocks to suggest (lowest residual)", 1, L - 1, max(1, L // 10), key="replace-k")
 cols = st.columns([3, 1])
 lowest = sorted(int(b) for b in residuals.argsort()[:k])
@@ -61,11 +62,14 @@ if settings is not None:
     if removed:
         action["remove_blocks"] = removed
     name = f"linear {','.join(map(str, blocks))}" + (f" minus {','.join(map(str, removed))}" if removed else "")
-    apply_and_evaluate(ws, action, settings, name=name)
+    start_apply(ws, "replace", action, settings, name=name)
+job = apply_panel(ws, "replace")  # a background job: this page may be left (or reloaded) while it runs
 variant = state.latest_variant("replace_linear")
 if variant is None:
-    st.caption("Nothing applied yet: pick blocks and press **Apply and evaluate**.")
+    if job is None or not job.is_active:
+        st.caption("Nothing applied yet: pick blocks and press **Apply and evaluate**.")
     st.stop()
+result_marker(variant, "replace_linear", chosen, what="choice of blocks to replace")
 variant_result(ws, variant)
 fit = (cp.record_of(variant.model).get("replace_linear") or {}).get("fit_residual", {})
 if fit:

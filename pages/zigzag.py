@@ -5,8 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from analysis import topology as topo
+from analysis.cache import stable_hash
 from analysis.texts import TextError
-from components import comparison, figures, state
+from components import comparison, figures, jobs, state
 from components import topology_figures as tf
 from components.widgets import figure_with_csv, run_with_progress
 
@@ -26,7 +27,22 @@ st.caption(
 ws = state.workspace()
 if ws is None:
     st.stop()
+if SETTINGS not in st.session_state:  # a reloaded tab: the settings of its last zigzag job, which it finds again
+    last = jobs.latest("zigzag")
+    if last is not None and last.meta.get("context") == ws.lm.fingerprint:
+        st.session_state[SETTINGS] = topo.ZigzagSettings(**last.meta["settings"])
 current: topo.ZigzagSettings = st.session_state.get(SETTINGS) or topo.ZigzagSettings()
+
+
+def job_key(settings: topo.ZigzagSettings) -> str:
+    return "zigzag:" + stable_hash(topo.zigzag_params(ws.lm, ws.text, settings))
+
+
+def too_large(job) -> None:
+    if isinstance(job.exception, topo.ZigzagTooLarge):
+        st.warning(f"{job.error} Tick **Run even if the estimated cost is large** and press **Compute zigzag** again.")
+    else:
+        st.error(job.error)
 
 with st.form("zigzag-form"):
     c = st.columns(4)
@@ -48,18 +64,28 @@ if submitted:
     settings = topo.ZigzagSettings(int(n_windows), int(window_len), int(k), int(m))
     try:
         topo.check_zigzag_settings(settings, ws.lm, ws.text)
-        st.session_state[SETTINGS] = settings
-        result = run_with_progress("Zigzag persistence", lambda p: topo.compute_zigzag(
-            ws.lm, ws.text, settings, progress=p, allow_large=allow_large))
-    except topo.ZigzagTooLarge as exc:
-        st.warning(f"{exc} Tick **Run even if the estimated cost is large** and press **Compute zigzag** again.")
+        st.session_state[SETTINGS] = current = settings
+        # a background job: it survives leaving the page, a reload and a dropped connection
+        jobs.start(job_key(settings), f"Zigzag of {settings.n_windows} windows (k = {settings.k}, m = "
+                   f"{settings.max_dim})", lambda job: topo.compute_zigzag(
+                       ws.lm, ws.text, settings, progress=job.report, allow_large=allow_large),
+                   meta={"tag": "zigzag", "context": ws.lm.fingerprint, "settings": settings.to_dict()},
+                   restart=not topo.zigzag_is_cached(ws.lm, ws.text, settings))
     except (topo.TopologyError, TextError) as exc:
         st.error(str(exc))
+        st.stop()
+job = jobs.show(job_key(current), on_done=lambda j: st.session_state.__setitem__("_zigzag_fresh", j.result),
+                on_error=too_large)
+if job is not None and job.is_active:
+    st.stop()
+fresh = st.session_state.pop("_zigzag_fresh", None)
+if fresh is not None and fresh.settings == current:
+    result = fresh  # computed by the job just now
 elif topo.zigzag_is_cached(ws.lm, ws.text, current):
     result = topo.compute_zigzag(ws.lm, ws.text, current)  # reads the cache
 
 if result is None:
-    if not submitted:
+    if not submitted and job is None:
         s = current
         st.info(f"Press **Compute zigzag** to capture the last token of {s.n_windows} windows of {s.window_len} "
                 f"tokens of {ws.text.label} (once, cached) and run the zigzag with k = {s.k}, m = {s.max_dim}. The "

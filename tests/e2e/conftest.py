@@ -40,6 +40,7 @@ def chromium_path() -> str:
 def app_url(cache_dir):
     port = _free_port()
     env = dict(os.environ, LAYERSCOPE_CACHE=str(cache_dir), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    env.pop("LAYERSCOPE_JOB_WAIT", None)  # background jobs as a user gets them (not waited for inline)
     log = open(ROOT / "artifacts" / "streamlit-e2e.log", "w") if (ROOT / "artifacts").is_dir() else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),

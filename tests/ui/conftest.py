@@ -48,6 +48,13 @@ def texts(at: AppTest) -> str:
     return "\n".join(map(str, parts))
 
 
+@pytest.fixture(autouse=True)
+def jobs_wait_inline(monkeypatch):
+    """Pages start their long computations as background jobs (components/jobs.py); in AppTest a page waits for
+    its job inline, so a test sees the result in the run that started it (tests of the panel itself set 0)."""
+    monkeypatch.setenv("LAYERSCOPE_JOB_WAIT", "900")
+
+
 @pytest.fixture
 def app(lm):  # the session model fixture makes sure the conversion happened once
     return new_app()

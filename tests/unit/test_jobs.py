@@ -58,3 +58,30 @@ def test_foreground_forwards_progress():
     seen = []
     out = jobs.run_in_foreground(lambda job: job.report(1, 1, "x") or 7, progress=lambda d, t, m: seen.append(m))
     assert out == 7 and seen == ["x"]
+
+
+def test_meta_tag_finds_an_owners_latest_job_and_the_failure_is_kept():
+    from analysis.topology import TopologyError
+
+    def boom(job):
+        raise TopologyError("k must be at least 1")
+
+    a = jobs.wait(jobs.submit("t-meta-a", "a", lambda job: 1, owner="t4", meta={"tag": "zigzag", "k": 4}).key, 5)
+    b = jobs.wait(jobs.submit("t-meta-b", "b", boom, owner="t4", meta={"tag": "zigzag", "k": 0}).key, 5)
+    jobs.wait(jobs.submit("t-meta-c", "c", lambda job: 2, owner="t4", meta={"tag": "prune"}).key, 5)
+    assert jobs.latest("t4", "zigzag") is b and b.meta["k"] == 0 and a.tag == "zigzag"
+    assert isinstance(b.exception, TopologyError) and b.error == "k must be at least 1"
+    assert jobs.latest("t4", "nothing") is None and jobs.latest("nobody") is None
+
+
+def test_an_unexpected_error_names_its_type_and_old_finished_jobs_are_forgotten():
+    def boom(job):
+        raise KeyError("hidden")
+
+    j = jobs.wait(jobs.submit("t-key", "k", boom, owner="t5").key, 5)
+    assert j.error == "KeyError: missing 'hidden'"
+    for i in range(jobs.KEEP_FINISHED + 3):
+        jobs.wait(jobs.submit(f"t-trim-{i}", "x", lambda job: i, owner="t5").key, 5)
+    kept = jobs.jobs("t5")
+    assert len(kept) == jobs.KEEP_FINISHED and kept[-1].key == f"t-trim-{jobs.KEEP_FINISHED + 2}"
+    assert jobs.get("t-key") is None  # the oldest went first
