@@ -92,7 +92,7 @@ class HealSpec:
     schedule: str = "cosine"
     warmup: float = 0.1
     batch_size: int = 4
-    window_len: int = 128
+    window_len: int = 64
     windows: int | None = None
     seed: int = 0
     rank: int = 8

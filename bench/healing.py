@@ -11,7 +11,7 @@ Two parts (each can run alone):
   ρ = 0.2 on the MLPs (compression action ``low_rank``), each healed with each loss (``ce``, ``kd``) on lcet10 and
   evaluated on asyoulik (the product's evaluation, the same settings for original, cut and healed).
 
-    python -m bench.healing speed
+    python -m bench.healing speed [--default-steps 8]
     python -m bench.healing gap --steps 20 --batch-size 2 --window-len 64 --eval-tokens 1024 --context 256 \\
         --stride 256 --calib-windows 16
 
@@ -84,16 +84,21 @@ def speed(args) -> dict:
         print_table("steps per second (median of interleaved repeats)", rows[-1:])
         del trainee
         gc.collect()
-    spec = hl.HealSpec()  # the default run
+    spec = hl.HealSpec()  # the default run (or its first --default-steps steps, extrapolated)
+    run = spec if not args.default_steps else hl.HealSpec(steps=args.default_steps)
     windows = hl.training_windows(lm.tokenizer, text, spec)
+    est = hl.estimate(cut, spec, windows, lm.model)
     t0 = time.perf_counter()
-    healed = hl.heal_model(cut, spec, windows, lm.model, text=text)
+    healed = hl.heal_model(cut, run, windows, lm.model, text=text)
     wall = time.perf_counter() - t0
     rec = hl.record_of(healed)
-    default = {"settings": spec.to_value(), "wall_seconds": wall, "first_loss": rec["first_loss"],
-               "final_loss": rec["final_loss"]}
-    print_table("the default healing run (LoRA, KD) of minus 12,13", [
-        {"steps": spec.steps, "batch": spec.batch_size, "window": spec.window_len, "wall s": wall,
+    full = wall if run is spec else wall * spec.steps / run.steps
+    default = {"settings": spec.to_value(), "measured_steps": run.steps, "wall_seconds": wall,
+               "wall_seconds_full_run": full, "estimate_seconds": est["total_seconds"],
+               "first_loss": rec["first_loss"], "final_loss": rec["final_loss"]}
+    print_table("the default healing run (LoRA, KD, merge included) of minus 12,13", [
+        {"steps": spec.steps, "measured steps": run.steps, "batch": spec.batch_size, "window": spec.window_len,
+         "wall s (measured)": wall, "wall s (whole run)": full, "page estimate s": est["total_seconds"],
          "first loss": rec["first_loss"], "final loss": rec["final_loss"]}])
     return {"speed": rows, "default_run": default}
 
@@ -159,6 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--window-len", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="speed: interleaved timed steps per method")
+    p.add_argument("--default-steps", type=int, default=None,
+                   help="speed: time only this many steps of the default run and scale to its step count")
     p.add_argument("--text", default="lcet10")
     p.add_argument("--eval-text", default="asyoulik")
     p.add_argument("--eval-tokens", type=int, default=1024)
