@@ -132,7 +132,9 @@ def run(args) -> int:
     table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=healed, candidate_name="healed",
                      original_key=lm.fingerprint, progress=TqdmProgress("evaluate healed"))
     recipe = rc.variant_recipe(ws, full, evaluation=table.to_dict(), model=healed)
-    recipe["name"] = (describe_action(action) if action else "original") + " · healed"
+    cut_name = ("minus " + ",".join(map(str, action["remove_blocks"])) if set(action) == {"remove_blocks"} else
+                describe_action(action) if action else "original")
+    recipe["name"] = f"{cut_name} · healed"
     ppl_o, ppl_h = table.original.perplexity, table.candidate.perplexity
     ppl_c = cut_table.candidate.perplexity if cut_table is not None else ppl_o
     gap = hl.record_gap(healed, recipe, ppl_o, ppl_c, ppl_h, settings.to_dict())

@@ -104,7 +104,7 @@ def test_heal_command_exports_merged_and_adapter_and_run_reproduces(tmp_path, lm
     assert recipe["action"]["remove_blocks"] == [12, 13]
     heal = recipe["action"]["heal"]
     assert heal["steps"] == 3 and heal["text"]["name"] == "lcet10" and len(heal["text"]["sha256"]) == 64
-    assert len(recipe["healing"]["curve"]) == 3 and recipe["name"] == "remove blocks 12, 13 · healed"
+    assert len(recipe["healing"]["curve"]) == 3 and recipe["name"] == "minus 12,13 · healed"
     gap = recipe["healing"]["gap"]
     assert gap["perplexity_cut"] > gap["perplexity_original"] and gap["gap_closed"] is not None
     # merged weights: plain transformers; the adapter: peft on top of the cut model's own export
