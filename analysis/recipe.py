@@ -47,7 +47,7 @@ SCHEMA: dict[str, object] = {
     "action": None,  # checked against the registered actions
     "removed_blocks": None,
     "evaluation": None,  # settings checked against EvalSettings; results are free-form
-    "export": {"form", "path", "reload_check", "size_bytes"},
+    "export": {"form", "path", "reload_check", "size_bytes", "adapter"},
     "compression": None,  # written by the low_rank / replace_linear actions (analysis.compression)
     "parameters": None,
     "healing": None,  # written by the heal action (analysis.healing): settings, text hash, loss curve, gap closed
