@@ -814,13 +814,16 @@ def _is_linear(module: nn.Module) -> bool:
 
 def recipe_sections(model: nn.Module, original: nn.Module, candidate: str = "compressed") -> dict:
     """``{"parameters": …, "compression": …}`` for a recipe; empty when no registered compression action ran."""
+    from .healing import recipe_section
+
     rec = record_of(model)
+    healing = recipe_section(model)  # the heal action's settings, text hash and loss curve
     if not rec:
-        return {}
+        return healing
     params = {"original": count_parameters(original), candidate: count_parameters(model)}
     if low_rank_ranks(model):
         params["factorised"] = factorised_parameters(model)  # the same model with every low-rank matrix as B·A
-    return {"parameters": params, "compression": rec}
+    return {"parameters": params, "compression": rec, **healing}
 
 
 def _register() -> None:

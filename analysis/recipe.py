@@ -23,6 +23,8 @@ dashboard restores a session from it. Keys (unknown keys are refused, so a typo 
   ``factorised`` (the same model with every low-rank matrix stored as ``B·A``);
 * ``export``: ``form`` (``dense`` or ``factorised``) and, once written, ``path``, ``size_bytes`` and the reload
   check;
+* ``healing``: what the ``heal`` action did (method, loss, every setting, the healing text's sha256, the trained
+  parts, the loss curve, and — once evaluated — the perplexities and the gap closed);
 * ``report``: ``true`` to write ``report.html`` (default true for ``run``).
 """
 
@@ -46,9 +48,10 @@ SCHEMA: dict[str, object] = {
     "action": None,  # checked against the registered actions
     "removed_blocks": None,
     "evaluation": None,  # settings checked against EvalSettings; results are free-form
-    "export": {"form", "path", "reload_check", "size_bytes"},
+    "export": {"form", "path", "reload_check", "size_bytes", "adapter"},
     "compression": None,  # written by the low_rank / replace_linear actions (analysis.compression)
     "parameters": None,
+    "healing": None,  # written by the heal action (analysis.healing): settings, text hash, loss curve, gap closed
     "report": None,
 }
 
@@ -121,6 +124,8 @@ def base_recipe(ws: Workspace) -> dict:
 
 
 def candidate_name(action: dict) -> str:
+    if action.get("heal"):
+        return "healed"
     depth = bool(action.get("remove_blocks"))
     other = any(v for k, v in action.items() if k != "remove_blocks")
     return "changed" if depth and other else "pruned" if depth else "compressed" if other else "candidate"

@@ -52,6 +52,7 @@ register_action(Action(
 from . import compression  # noqa: E402,F401  (registers low_rank and replace_linear)
 from . import halfblocks  # noqa: E402,F401  (registers skip_attention and skip_mlp)
 from . import replaceme  # noqa: E402,F401  (registers replaceme)
+from . import healing  # noqa: E402,F401  (registers heal, applied last)
 
 
 def validate_action(action: dict) -> None:

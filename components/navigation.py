@@ -24,6 +24,7 @@ PAGES = {
         ("pages/prune.py", "Prune and evaluate", ":material/content_cut:", False),
         ("pages/compress.py", "Compress (low rank)", ":material/compress:", False),
         ("pages/replace.py", "Replace blocks (linear)", ":material/linear_scale:", False),
+        ("pages/heal.py", "Heal after the cut", ":material/healing:", False),
     ],
     "Compare and share": [
         ("pages/variants.py", "Variants", ":material/compare:", False),

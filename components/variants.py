@@ -17,12 +17,20 @@ def variants_frame(variants) -> pd.DataFrame:
             continue
         if not rows:
             rows.append(_row("original", "—", ev.original))
-        rows.append(_row(v.name, describe_action(v.action), ev.candidate))
+        rows.append(_row(v.name, describe_action(v.action), ev.candidate, gap_closed(v)))
     return pd.DataFrame(rows)
 
 
-def _row(name: str, change: str, r) -> dict:
-    return {"variant": name, "change": change, "perplexity": r.perplexity, "recovery": r.recovery,
+def gap_closed(variant) -> float | None:
+    """(ppl_cut − ppl_healed) / (ppl_cut − ppl_original) of a healed variant (None for the others), as measured
+    when it was healed: the cut and the healed variant evaluated with the same settings."""
+    if not variant.action.get("heal"):
+        return None
+    return ((variant.recipe.get("healing") or {}).get("gap") or {}).get("gap_closed")
+
+
+def _row(name: str, change: str, r, gap: float | None = None) -> dict:
+    return {"variant": name, "change": change, "perplexity": r.perplexity, "recovery": r.recovery, "gap closed": gap,
             "KL to original": r.kl_to_original, "top-1 agreement": r.top1_agreement, "parameters": r.parameters,
             "weights MB": r.weight_bytes / 2**20, "prefill tokens/s": r.prefill_tokens_per_s,
             "decode ms/token": r.decode_ms_per_token,

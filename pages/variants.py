@@ -18,7 +18,7 @@ if ws is None:
 workspace_caption(ws)
 kept = state.variants()
 if not kept:
-    st.info("No variant yet: apply a change on the Prune or Compress page.")
+    st.info("No variant yet: apply a change on the Prune or Compress page (then heal it on the Heal page).")
     st.stop()
 
 frame = variants_frame(kept)
@@ -27,7 +27,8 @@ csv_download(frame, "variants.csv", key="variants-csv")
 
 c = st.columns(2)
 x = c[0].selectbox("Cost", ["parameters", "weights MB", "decode ms/token", "prefill tokens/s", "peak memory MB"])
-y = c[1].selectbox("Quality", ["perplexity", "recovery", "KL to original", "top-1 agreement"])
+y = c[1].selectbox("Quality", ["perplexity", "recovery", "KL to original", "top-1 agreement", "gap closed"],
+                   help="gap closed (healed variants only) = (ppl_cut − ppl_healed) / (ppl_cut − ppl_original)")
 figure_with_csv(quality_cost_figure(frame, x, y), frame, "variants_quality_cost.csv", key="variants-fig")
 
 st.header("Side by side")
