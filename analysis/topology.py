@@ -84,6 +84,7 @@ __all__ = [
     "zigzag_representatives",
     "representatives_are_cached",
     "window_texts",
+    "layer_projection",
     "describe_zigzag",
     "zigzag_layers_frame",
     "zigzag_suggestion",
@@ -562,6 +563,29 @@ class ZigzagRepresentatives:
         b = self.bar(bar)
         alive = f"h{int(b['birth_layer'])}–h{int(b['death_layer']) - 1}"
         return f"H{int(b['dim'])} bar {int(bar)}: alive in {alive} ({int(b['lifetime'])} layers)"
+
+
+def layer_projection(lm: LoadedModel, text: Text, settings: ZigzagSettings, layer: int,
+                     method: str = "pca") -> np.ndarray:
+    """2-D coordinates of one layer's last-token cloud (the zigzag's points), PCA or UMAP
+    (:mod:`analysis.projection`, seed 0); cached, kind ``zigzag-projection``."""
+    from .projection import pca_2d3d, umap_embed
+
+    if method not in ("pca", "umap"):
+        raise TopologyError(f"projection must be 'pca' or 'umap', got {method!r}")
+
+    def compute():
+        cap = last_token_capture(lm, text, settings.n_windows, settings.window_len)
+        X = np.asarray(cap.last_token_cloud(cap.state_ids[int(layer)]), dtype=np.float32)
+        if method == "pca":
+            coords, ratio = pca_2d3d(X, 2)
+            return {"coords": coords}, {"explained": [float(r) for r in ratio]}
+        return {"coords": umap_embed(X, 2, n_neighbors=min(15, X.shape[0] - 1))}, {}
+
+    params = {"model": lm.fingerprint, "text": text.sha256, "windows": int(settings.n_windows),
+              "window_len": int(settings.window_len), "layer": int(layer), "method": method, "v": 1}
+    arrays, _, _ = cache.cached("zigzag-projection", params, compute)
+    return np.asarray(arrays["coords"], dtype=np.float32)
 
 
 def _ranges_text(layers: Sequence[int]) -> str:
