@@ -110,9 +110,10 @@ PAPER_SETTINGS = {
 }
 
 #: Estimated zigzag seconds above which :func:`compute_zigzag` asks for ``allow_large=True`` (the page shows a
-#: warning and a "run anyway" box). The default setting (500 windows x 31 states, k = 4, m = 3) is estimated at
-#: 12 s (measured 11-24 s on the shared 2-core development machine, depending on its load); 2000 windows (about
-#: 200 s) or k = 8 on 500 windows (about 8 min) pass it: the time grows like events ** 2.27 (:mod:`analysis.zigzag`).
+#: warning and a "run anyway" box). With FastZigzag the default setting (500 windows x 31 states, k = 4, m = 3) is
+#: estimated at 4 s (measured 4.3 s on the shared 2-core machine at load 16-22) and m = 4 at 4.5 s; 1000 windows
+#: (about 13 s) run without asking, 2000 windows (about 40 s under that load) too; the time grows like
+#: events ** 1.45 (:mod:`analysis.zigzag`).
 ZIGZAG_WARN_SECONDS = 60.0
 
 #: Tokens per forward pass while capturing last-token clouds: on a loaded 2-core machine batches of 8 windows of
@@ -228,7 +229,7 @@ class ZigzagEstimate:
             "more than 200,000 cliques of one dimension in some layer (counts extrapolated)"
         return (f"{s.n_windows} points x {self.per_layer.shape[0]} states, k = {s.k}, m = {s.max_dim}: "
                 f"{self.total:,} simplices summed over the layers, {events}; estimated {self.seconds:,.0f} s in "
-                "Dionysus (expect a factor of 2-3 either way on a busy machine)")
+                "graphs, cliques and FastZigzag (expect a factor of 2-3 either way on a busy machine)")
 
     def warning(self) -> str:
         s = self.settings
@@ -314,7 +315,8 @@ def compute_zigzag(lm: LoadedModel, text: Text, settings: ZigzagSettings | None 
                    refresh: bool = False) -> ZigzagResult:
     """The zigzag bars of the last-token clouds of ``text`` on ``lm`` (cached; a rerun reads the cache).
 
-    Before a first computation the simplices are counted (:func:`zigzag_estimate`); a setting estimated above
+    Before a first computation the simplices are counted (:func:`zigzag_estimate`; the complexes built for the count
+    feed the zigzag, so the graphs and cliques are built once); a setting estimated above
     :data:`ZIGZAG_WARN_SECONDS` raises :class:`ZigzagTooLarge` unless ``allow_large``. Raises
     :class:`TopologyError` / :class:`TextError` for settings that cannot run (see :func:`check_zigzag_settings`).
     """

@@ -585,15 +585,16 @@ def count_and_complexes(
     return count, (complexes if exact else None)
 
 
-#: Dionysus' zigzag time grows faster than its number of events (entries and exits of simplices): the cycle
-#: representatives it reduces get longer as the complexes grow. Fitted on last-token clouds of the bundled model
-#: (31 states, bench/topology.py): with N = 250, 500, 1000, 2000 points (k = 4, m = 3) the events grew 30k, 55k,
-#: 112k, 221k and the time 4.4, 18, 79, 429 s on the shared, loaded 2-core machine, i.e. ``seconds ~ events ** 2.27``
-#: (k = 8 on 500 points, 314k events: 527 s, on the same law). The reference is the default setting, 500 windows of
-#: 32 tokens, k = 4, m = 3: 63,086 events, about 11-12 s on one idle core (15-24 s measured under load).
-ZIGZAG_REFERENCE_EVENTS = 63_086
-ZIGZAG_REFERENCE_SECONDS = 12.0
-ZIGZAG_EVENTS_EXPONENT = 2.27
+#: Wall time of :func:`zigzag_bars` with FastZigzag (kNN graphs + cliques + Dionysus) against the zigzag's events
+#: (entries and exits of simplices). Fitted on last-token clouds of the bundled model (31 states, k = 4, m = 3,
+#: ``bench/topology.py``, shared 2-core machine at a load average of 16-22): N = 250, 500, 1000, 2000 points gave
+#: 30k, 54k, 113k, 220k events and 2.3, 8.5, 13.0, 40.7 s, i.e. ``seconds ~ events ** 1.45``; the reference is the
+#: default setting, 500 windows of 32 tokens: 63,128 events, 4.3 s in the same run (m = 4: 64,603 events, 6.5 s).
+#: On an idle machine expect about a third of that. The old engine (``engine="zigzag"``) grew like
+#: ``events ** 2.27`` and took 92 s on the default in the same run (12 s idle).
+ZIGZAG_REFERENCE_EVENTS = 63_128
+ZIGZAG_REFERENCE_SECONDS = 4.3
+ZIGZAG_EVENTS_EXPONENT = 1.45
 #: Kept for callers of the earlier linear estimate: the reference's seconds per event.
 ZIGZAG_SECONDS_PER_EVENT = ZIGZAG_REFERENCE_SECONDS / ZIGZAG_REFERENCE_EVENTS
 
@@ -602,7 +603,7 @@ def estimate_zigzag_seconds(count: SimplexCount) -> float:
     """Rough wall time of :func:`zigzag_bars` from :func:`estimate_simplex_count` (expect a factor of 2 either way).
 
     ``ZIGZAG_REFERENCE_SECONDS * (events / ZIGZAG_REFERENCE_EVENTS) ** ZIGZAG_EVENTS_EXPONENT``: a power law fitted on
-    real clouds from 30k to 314k events (see the constants). Uses the exact number of zigzag events when known, else
+    real clouds from 30k to 220k events with FastZigzag (see the constants). Uses the exact number of zigzag events when known, else
     the simplices summed over layers (events are between 0.3 and 2 times that, depending on how much consecutive
     layers share).
     """

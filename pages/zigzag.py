@@ -39,7 +39,7 @@ with st.form("zigzag-form"):
                           help="paper: 4 (runs at the default size in a few seconds); 1..4 accepted (above, the simplex "
                                "count explodes)")
     allow_large = st.checkbox("Run even if the estimated cost is large", key="zz-allow",
-                              help=f"above about {topo.ZIGZAG_WARN_SECONDS:.0f} s of Dionysus the run asks first")
+                              help=f"above about {topo.ZIGZAG_WARN_SECONDS:.0f} s (estimated) the run asks first")
     submitted = st.form_submit_button("Compute zigzag", type="primary")
 
 st.caption(f"**{ws.lm.name}** · {ws.n_blocks} blocks · text **{ws.text.label}**. The zigzag uses its own windows "
