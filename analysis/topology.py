@@ -79,6 +79,12 @@ __all__ = [
     "zigzag_estimate_is_cached",
     "compute_zigzag",
     "filter_bars",
+    "REPRESENTATIVE_TOP",
+    "ZigzagRepresentatives",
+    "zigzag_representatives",
+    "representatives_are_cached",
+    "window_texts",
+    "layer_projection",
     "describe_zigzag",
     "zigzag_layers_frame",
     "zigzag_suggestion",
@@ -104,9 +110,10 @@ PAPER_SETTINGS = {
 }
 
 #: Estimated zigzag seconds above which :func:`compute_zigzag` asks for ``allow_large=True`` (the page shows a
-#: warning and a "run anyway" box). The default setting (500 windows x 31 states, k = 4, m = 3) is estimated at
-#: 12 s (measured 11-24 s on the shared 2-core development machine, depending on its load); 2000 windows (about
-#: 200 s) or k = 8 on 500 windows (about 8 min) pass it: the time grows like events ** 2.27 (:mod:`analysis.zigzag`).
+#: warning and a "run anyway" box). With FastZigzag the default setting (500 windows x 31 states, k = 4, m = 3) is
+#: estimated at 4 s (measured 4.3 s on the shared 2-core machine at load 16-22) and m = 4 at 4.5 s; 1000 windows
+#: (about 13 s) run without asking, 2000 windows (about 40 s under that load) too; the time grows like
+#: events ** 1.45 (:mod:`analysis.zigzag`).
 ZIGZAG_WARN_SECONDS = 60.0
 
 #: Tokens per forward pass while capturing last-token clouds: on a loaded 2-core machine batches of 8 windows of
@@ -222,7 +229,7 @@ class ZigzagEstimate:
             "more than 200,000 cliques of one dimension in some layer (counts extrapolated)"
         return (f"{s.n_windows} points x {self.per_layer.shape[0]} states, k = {s.k}, m = {s.max_dim}: "
                 f"{self.total:,} simplices summed over the layers, {events}; estimated {self.seconds:,.0f} s in "
-                "Dionysus (expect a factor of 2-3 either way on a busy machine)")
+                "graphs, cliques and FastZigzag (expect a factor of 2-3 either way on a busy machine)")
 
     def warning(self) -> str:
         s = self.settings
@@ -251,6 +258,23 @@ def zigzag_estimate(lm: LoadedModel, text: Text, settings: ZigzagSettings,
                             data["n_events"])
     return ZigzagEstimate(count.per_layer, count.exact, count.n_distinct, count.n_events,
                           zz.estimate_zigzag_seconds(count), settings)
+
+
+def _estimate_and_complexes(lm: LoadedModel, text: Text, settings: ZigzagSettings,
+                            progress: Progress | None = None) -> tuple[ZigzagEstimate, list | None]:
+    """:func:`zigzag_estimate` (written to its cache) and the complexes built for it (None when not exact)."""
+    holder: dict = {}
+
+    def compute():
+        cap = last_token_capture(lm, text, settings.n_windows, settings.window_len, progress=progress)
+        t0 = time.perf_counter()
+        count, complexes = zz.count_and_complexes(_last_token_clouds(cap), settings.k, settings.max_dim)
+        holder["complexes"], holder["seconds"] = complexes, time.perf_counter() - t0
+        return ({"per_layer": count.per_layer},
+                {"exact": count.exact, "n_distinct": count.n_distinct, "n_events": count.n_events})
+
+    cache.cached("zigzag-estimate", zigzag_params(lm, text, settings), compute)
+    return zigzag_estimate(lm, text, settings), holder.get("complexes")
 
 
 def zigzag_is_cached(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> bool:
@@ -291,29 +315,41 @@ def compute_zigzag(lm: LoadedModel, text: Text, settings: ZigzagSettings | None 
                    refresh: bool = False) -> ZigzagResult:
     """The zigzag bars of the last-token clouds of ``text`` on ``lm`` (cached; a rerun reads the cache).
 
-    Before a first computation the simplices are counted (:func:`zigzag_estimate`); a setting estimated above
+    Before a first computation the simplices are counted (:func:`zigzag_estimate`; the complexes built for the count
+    feed the zigzag, so the graphs and cliques are built once); a setting estimated above
     :data:`ZIGZAG_WARN_SECONDS` raises :class:`ZigzagTooLarge` unless ``allow_large``. Raises
     :class:`TopologyError` / :class:`TextError` for settings that cannot run (see :func:`check_zigzag_settings`).
     """
     settings = (settings or ZigzagSettings()).validate()
     params = zigzag_params(lm, text, settings)
     e = cache.entry("zigzag", params)
+    built: dict = {}
     if not (e.exists() and not refresh):
         check_zigzag_settings(settings, lm, text)
-        estimate = zigzag_estimate(lm, text, settings, progress=progress)
+        if zigzag_estimate_is_cached(lm, text, settings):
+            estimate = zigzag_estimate(lm, text, settings, progress=progress)
+        else:  # count and build once: the complexes of the count feed the zigzag below
+            t_build = time.perf_counter()
+            estimate, built["complexes"] = _estimate_and_complexes(lm, text, settings, progress)
+            built["seconds"] = time.perf_counter() - t_build
         if estimate.too_large and not allow_large:
             raise ZigzagTooLarge(estimate)
 
     def compute():
+        t0 = time.perf_counter()
         cap = last_token_capture(lm, text, settings.n_windows, settings.window_len, progress=progress)
         estimate = zigzag_estimate(lm, text, settings)
-        t0 = time.perf_counter()
-        bars = zz.zigzag_bars(_last_token_clouds(cap), k=settings.k, max_dim=settings.max_dim, progress=progress,
-                              keep_top_dim=True)
-        seconds = time.perf_counter() - t0
+        complexes = built.get("complexes")
+        if complexes is not None:
+            bars = zz.zigzag_bars_of_complexes(complexes, settings.max_dim, progress=progress, keep_top_dim=True)
+            bars.attrs.update(k=int(settings.k), n_points=int(settings.n_windows))
+        else:
+            bars = zz.zigzag_bars(_last_token_clouds(cap), k=settings.k, max_dim=settings.max_dim,
+                                  progress=progress, keep_top_dim=True)
+        seconds = time.perf_counter() - t0 + built.get("seconds", 0.0)
         info = {key: bars.attrs[key] for key in ("n_layers", "max_dim", "n_simplices", "n_events",
                                                  "n_same_layer_dropped", "n_top_dim_bars", "build_seconds",
-                                                 "zigzag_seconds", "k", "n_points")}
+                                                 "zigzag_seconds", "k", "n_points", "engine")}
         info.update(seconds=seconds, estimated_seconds=estimate.seconds, model_name=lm.name, text_name=text.label,
                     last_state_is_normed=bool(cap.meta.get("last_state_is_normed", False)))
         table = bars[_BAR_INT_COLUMNS].to_numpy(np.int64)
@@ -446,6 +482,169 @@ def zigzag_suggestion(result: ZigzagResult, view: ZigzagView, lm: LoadedModel | 
     if text is not None:
         out["text"] = text.describe()
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What a bar is made of: its windows, layer by layer
+
+#: Bars whose representatives are computed, per homology dimension (the longest first).
+REPRESENTATIVE_TOP = {0: 10, 1: 20}
+
+
+def window_texts(lm: LoadedModel, text: Text, n_windows: int, window_len: int) -> list[str]:
+    """The text of every window of a last-token capture; the point of a window is its last token, shown as
+    ``…text⟦last token⟧``."""
+    windows = calibration_windows(lm.tokenizer, text, n_windows, window_len)
+    out = []
+    for row in windows.tolist():
+        body = lm.tokenizer.decode(row[:-1])
+        out.append(f"{body}⟦{lm.tokenizer.decode(row[-1:])}⟧".replace("\n", " ⏎ "))
+    return out
+
+
+@dataclass
+class ZigzagRepresentatives:
+    """Cycle representatives of the longest zigzag bars (see :func:`analysis.zigzag.zigzag_representatives`)."""
+
+    bars: pd.DataFrame  # bar, dim, birth_index, death_index, birth_layer, death_layer, lifetime, layers_shown
+    cells: pd.DataFrame  # zigzag.CELL_COLUMNS
+    unverified: list[tuple[int, int]]
+    texts: list[str]  # one per window (point)
+    settings: ZigzagSettings
+    seconds: float
+
+    def bar(self, bar: int) -> pd.Series:
+        return self.bars.set_index("bar").loc[int(bar)]
+
+    def layers(self, bar: int) -> list[int]:
+        """Layers in which the bar has a (verified) representative."""
+        c = self.cells[(self.cells["bar"] == int(bar)) & (self.cells["role"] == "cycle")]
+        return sorted(int(x) for x in c["layer"].unique())
+
+    def edges(self, bar: int, layer: int) -> np.ndarray:
+        c = self.cells
+        sel = c[(c["bar"] == int(bar)) & (c["layer"] == int(layer)) & (c["role"] == "cycle") & (c["simplex_dim"] == 1)]
+        return sel[["v0", "v1"]].to_numpy(np.int64).reshape(-1, 2)
+
+    def windows(self, bar: int, layer: int) -> pd.DataFrame:
+        """The windows of the bar at ``layer``: one row per window with ``window, role, degree, layers, n_layers,
+        text``. ``role``: ``cycle`` (a vertex of the loop / a vertex of the H0 representative) or ``component`` (in
+        the cluster of an H0 bar). ``layers``: the bar's layers in which this window is part of it (same role)."""
+        c = self.cells[self.cells["bar"] == int(bar)]
+        here = c[c["layer"] == int(layer)]
+        rows = []
+        dim = int(self.bar(bar)["dim"])
+        roles = ["cycle"] if dim == 1 else ["cycle", "component"]
+        seen: set[int] = set()
+        for role in roles:
+            part = here[here["role"] == role]
+            verts = np.concatenate([part["v0"].to_numpy(), part.loc[part["v1"] >= 0, "v1"].to_numpy()])
+            degree = pd.Series(verts).value_counts()
+            of_role = c[c["role"] == role]
+            for w in sorted(int(v) for v in degree.index):
+                if w in seen:
+                    continue
+                seen.add(w)
+                in_layers = sorted(int(x) for x in of_role[(of_role["v0"] == w) | (of_role["v1"] == w)]["layer"].unique())
+                rows.append({"window": w, "role": "representative" if role == "cycle" else "cluster",
+                             "degree": int(degree[w]) if dim == 1 else 0, "layers": _ranges_text(in_layers),
+                             "n_layers": len(in_layers), "text": self.texts[w] if w < len(self.texts) else ""})
+        return pd.DataFrame(rows, columns=["window", "role", "degree", "layers", "n_layers", "text"])
+
+    def frame(self) -> pd.DataFrame:
+        """Everything, for the CSV: one row per simplex of a representative (or cluster vertex) per layer, with the
+        bar's interval and the windows' texts."""
+        f = self.cells.merge(self.bars[["bar", "dim", "birth_layer", "death_layer", "lifetime"]], on="bar")
+        texts = np.asarray(self.texts + [""], dtype=object)
+        f["text_v0"] = texts[f["v0"].to_numpy()]
+        f["text_v1"] = texts[np.where(f["v1"].to_numpy() >= 0, f["v1"].to_numpy(), len(self.texts))]
+        return f[["bar", "dim", "birth_layer", "death_layer", "lifetime", "layer", "role", "simplex_dim", "v0", "v1",
+                  "text_v0", "text_v1"]].rename(columns={"v0": "window_v0", "v1": "window_v1"})
+
+    def describe(self, bar: int) -> str:
+        b = self.bar(bar)
+        alive = f"h{int(b['birth_layer'])}–h{int(b['death_layer']) - 1}"
+        return f"H{int(b['dim'])} bar {int(bar)}: alive in {alive} ({int(b['lifetime'])} layers)"
+
+
+def layer_projection(lm: LoadedModel, text: Text, settings: ZigzagSettings, layer: int,
+                     method: str = "pca") -> np.ndarray:
+    """2-D coordinates of one layer's last-token cloud (the zigzag's points), PCA or UMAP
+    (:mod:`analysis.projection`, seed 0); cached, kind ``zigzag-projection``."""
+    from .projection import pca_2d3d, umap_embed
+
+    if method not in ("pca", "umap"):
+        raise TopologyError(f"projection must be 'pca' or 'umap', got {method!r}")
+
+    def compute():
+        cap = last_token_capture(lm, text, settings.n_windows, settings.window_len)
+        X = np.asarray(cap.last_token_cloud(cap.state_ids[int(layer)]), dtype=np.float32)
+        if method == "pca":
+            coords, ratio = pca_2d3d(X, 2)
+            return {"coords": coords}, {"explained": [float(r) for r in ratio]}
+        return {"coords": umap_embed(X, 2, n_neighbors=min(15, X.shape[0] - 1))}, {}
+
+    params = {"model": lm.fingerprint, "text": text.sha256, "windows": int(settings.n_windows),
+              "window_len": int(settings.window_len), "layer": int(layer), "method": method, "v": 1}
+    arrays, _, _ = cache.cached("zigzag-projection", params, compute)
+    return np.asarray(arrays["coords"], dtype=np.float32)
+
+
+def _ranges_text(layers: Sequence[int]) -> str:
+    """``[3, 4, 5, 9]`` → ``"h3–h5, h9"``."""
+    if not layers:
+        return ""
+    parts, start, prev = [], layers[0], layers[0]
+    for x in list(layers[1:]) + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        parts.append(f"h{start}" if start == prev else f"h{start}–h{prev}")
+        if x is not None:
+            start = prev = x
+    return ", ".join(parts)
+
+
+def representatives_params(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> dict:
+    return {**zigzag_params(lm, text, settings), "top": {str(d): c for d, c in REPRESENTATIVE_TOP.items()},
+            "rep_v": 1}
+
+
+def representatives_are_cached(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> bool:
+    return cache.entry("zigzag-representatives", representatives_params(lm, text, settings)).exists()
+
+
+def zigzag_representatives(lm: LoadedModel, text: Text, settings: ZigzagSettings | None = None,
+                           progress: Progress | None = None) -> ZigzagRepresentatives:
+    """Representatives of the :data:`REPRESENTATIVE_TOP` longest bars of each meaningful dimension, in every layer
+    they are alive in (cached, kind ``zigzag-representatives``). Runs FastZigzag again with the reduction's ``V``
+    matrix (about 2-3x the plain run on the default setting). A plain function: ``progress`` gets stages (total 0)
+    and one step per bar, so a background job can show it as it is."""
+    settings = (settings or ZigzagSettings()).validate()
+    top = {d: c for d, c in REPRESENTATIVE_TOP.items() if d < settings.max_dim}
+
+    def compute():
+        check_zigzag_settings(settings, lm, text)
+        cap = last_token_capture(lm, text, settings.n_windows, settings.window_len, progress=progress)
+        t0 = time.perf_counter()
+        bars, cells = zz.representatives_of_clouds(_last_token_clouds(cap), settings.k, settings.max_dim, top=top,
+                                                   progress=progress)
+        roles = cells["role"].map({"cycle": 0, "component": 1}).to_numpy(np.int64)
+        table = np.c_[cells[["bar", "layer"]].to_numpy(np.int64), roles,
+                      cells[["simplex_dim", "v0", "v1"]].to_numpy(np.int64)].reshape(-1, 6)
+        return ({"bars": bars.to_numpy(np.int64).reshape(-1, len(bars.columns)), "cells": table},
+                {"bar_columns": list(bars.columns), "unverified": [list(x) for x in cells.attrs["unverified"]],
+                 "seconds": time.perf_counter() - t0})
+
+    arrays, data, _ = cache.cached("zigzag-representatives", representatives_params(lm, text, settings), compute)
+    bars = pd.DataFrame(np.asarray(arrays["bars"], dtype=np.int64).reshape(-1, len(data["bar_columns"])),
+                        columns=data["bar_columns"])
+    raw = np.asarray(arrays["cells"], dtype=np.int64).reshape(-1, 6)
+    cells = pd.DataFrame(raw, columns=zz.CELL_COLUMNS)
+    cells["role"] = np.where(raw[:, 2] == 0, "cycle", "component")
+    texts = window_texts(lm, text, settings.n_windows, settings.window_len)
+    return ZigzagRepresentatives(bars, cells, [tuple(x) for x in data["unverified"]], texts, settings,
+                                 float(data["seconds"]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ Pipeline
    (:func:`clique_complex`).
 2. The zigzag ``K_0 ⊇ K_0∩K_1 ⊆ K_1 ⊇ K_1∩K_2 ⊆ … ⊆ K_L``: zigzag index ``2l`` is layer ``l`` and the odd index
    ``2l + 1`` is the intersection ``K_l ∩ K_{l+1}``; ``2 L + 1 = 2 n_layers - 1`` complexes in all.
-3. Dionysus 2 ``zigzag_homology_persistence`` (Z/2 coefficients) gives bars ``[birth_index, death_index)`` in
-   zigzag indices: the class exists in the complexes ``birth_index .. death_index - 1``.
+3. Dionysus 2's FastZigzag (Dey & Hou, arXiv 2204.11080: ``fast_zigzag`` → cone, ``homology_persistence``,
+   ``init_zigzag_diagrams``; Z/2 coefficients) gives bars ``[birth_index, death_index)`` in zigzag indices: the
+   class exists in the complexes ``birth_index .. death_index - 1`` (the conversion of its closed/open interval
+   types is in :func:`_fast_zigzag_raw_bars`). ``zigzag_homology_persistence``, 10-15x slower, gives the same
+   bars and stays as the test oracle (``engine="zigzag"``).
 4. Zigzag index ``i`` maps to layer ``i // 2 + i % 2`` (:func:`zigzag_index_to_layer`), as in the paper and the
    authors' code.
 
@@ -54,6 +57,7 @@ import pandas as pd
 
 __all__ = [
     "MAX_CLIQUE_DIM",
+    "ENGINES",
     "BAR_COLUMNS",
     "Progress",
     "SimplexCount",
@@ -63,7 +67,11 @@ __all__ = [
     "zigzag_times",
     "zigzag_bars",
     "zigzag_bars_of_complexes",
+    "zigzag_representatives",
+    "representatives_of_clouds",
+    "CELL_COLUMNS",
     "estimate_simplex_count",
+    "count_and_complexes",
     "estimate_zigzag_seconds",
     "ZIGZAG_SECONDS_PER_EVENT",
     "ZIGZAG_REFERENCE_EVENTS",
@@ -81,8 +89,12 @@ __all__ = [
 #: Largest clique dimension ``m`` accepted (the paper uses 4; the default 3 keeps the view interactive).
 MAX_CLIQUE_DIM = 4
 
-#: ``progress(done, total, message)``: called while the zigzag is built and computed.
+#: ``progress(done, total, message)``: called while the zigzag is built and computed; ``total = 0`` means a stage
+#: whose steps cannot be counted (FastZigzag's reduction): show the message, not a bar.
 Progress = Callable[[int, int, str], None]
+
+#: Persistence engines: ``"fast"`` = FastZigzag (default), ``"zigzag"`` = ``zigzag_homology_persistence`` (oracle).
+ENGINES = ("fast", "zigzag")
 
 #: Columns of the bar table returned by :func:`zigzag_bars`.
 BAR_COLUMNS = ["dim", "birth_index", "death_index", "birth_layer", "death_layer", "truncation_artefact"]
@@ -161,6 +173,20 @@ def knn_graph(X: np.ndarray, k: int) -> np.ndarray:
     j = np.concatenate(tails)
     edges = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1).astype(np.int64)
     return np.unique(edges, axis=0)
+
+
+def _knn_graphs(clouds: Sequence[np.ndarray], k: int, progress: Progress | None = None) -> list[np.ndarray]:
+    """:func:`knn_graph` of every cloud on one BLAS thread: on the shared 2-core machine under load the 31 graphs of
+    the default setting took 4.2-4.6 s with the default threads and 1.6 s with one (identical edges)."""
+    from threadpoolctl import threadpool_limits
+
+    out = []
+    with threadpool_limits(1):
+        for layer, X in enumerate(clouds):
+            if progress is not None:
+                progress(layer, len(clouds), "kNN clique complexes")
+            out.append(knn_graph(X, k))
+    return out
 
 
 def clique_complex(edges: np.ndarray, n_vertices: int, max_dim: int) -> list[np.ndarray]:
@@ -301,14 +327,19 @@ def zigzag_bars_of_complexes(
     max_dim: int,
     progress: Progress | None = None,
     keep_top_dim: bool = False,
+    engine: str = "fast",
 ) -> pd.DataFrame:
     """Zigzag barcode of a sequence of simplicial complexes, one per layer.
 
     ``complexes[l][d]`` is an int array ``[n_d, d + 1]`` of the ``d``-simplices of layer ``l`` for ``d = 0..max_dim``
     (each complex closed under faces, e.g. from :func:`clique_complex`). Returns the bars as in :func:`zigzag_bars`.
+    ``engine``: ``"fast"`` (FastZigzag, the default) or ``"zigzag"`` (Dionysus' ``zigzag_homology_persistence``,
+    10-15x slower, kept as the test oracle: both give the same bars).
     """
     import dionysus
 
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     n_layers = len(complexes)
     if n_layers == 0:
         raise ValueError("zigzag persistence needs at least one layer; got none")
@@ -324,29 +355,13 @@ def zigzag_bars_of_complexes(
     build_seconds = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    if progress is None:
-        _, diagrams, _ = dionysus.zigzag_homology_persistence(filtration, times)
+    end_index = 2 * n_layers - 1
+    if engine == "fast":
+        raw = _fast_zigzag_raw_bars(filtration, times, end_index, progress)
     else:
-        every = max(1, n_events // 100)
-        progress(0, n_events, "zigzag persistence")
-        state = {"done": 0}
-
-        def on_step(i: int, t: float, d: bool, zz: object, cells: object) -> None:
-            state["done"] += 1
-            if state["done"] % every == 0:
-                progress(state["done"], n_events, "zigzag persistence")
-
-        _, diagrams, _ = dionysus.zigzag_homology_persistence(filtration, times, callback=on_step)
-        progress(n_events, n_events, "zigzag persistence")
+        raw = _old_zigzag_raw_bars(filtration, times, end_index, n_events, progress)
     zigzag_seconds = time.perf_counter() - t1
 
-    end_index = 2 * n_layers - 1
-    rows = []
-    for dim, dgm in enumerate(diagrams):
-        for point in dgm:
-            death = end_index if math.isinf(point.death) else int(round(point.death))
-            rows.append((dim, int(round(point.birth)), death))
-    raw = np.array(rows, dtype=np.int64).reshape(-1, 3)
     bars = pd.DataFrame(
         {
             "dim": raw[:, 0],
@@ -374,8 +389,83 @@ def zigzag_bars_of_complexes(
         top_dim_kept=bool(keep_top_dim),
         build_seconds=build_seconds,
         zigzag_seconds=zigzag_seconds,
+        engine=engine,
     )
     return bars
+
+
+def _fast_zigzag_raw_bars(filtration, times, end_index: int, progress: Progress | None) -> np.ndarray:
+    """``[n_bars, 3]`` (dim, birth_index, death_index) from FastZigzag (Dey & Hou, arXiv 2204.11080).
+
+    ``fast_zigzag`` builds the cone whose extended persistence equals the zigzag, ``homology_persistence`` reduces
+    it (Dionysus reports no steps: the progress shows stages) and ``init_zigzag_diagrams`` splits the bars by
+    interval type. Its endpoints are the event times of the zigzag (the times we passed), the type says whether
+    each end is closed (``c``) or open (``o``) on the real line. With our times, entries happen at even times
+    (into a layer complex ``2l``) and exits at odd times (into an intersection ``2l + 1``), so the type is fixed by
+    the parities: born by an entry at ``2l`` = ``c`` (closed) birth, by an exit at ``2l + 1`` = ``o`` birth; killed
+    by an exit at ``2l + 1`` = ``c`` (the class is still there when the simplex leaves), by an entry at ``2l`` =
+    ``o``. In complex indices every type is then alive in complexes ``birth .. death - 1`` (e.g. ``cc [0, 1]``
+    exists in ``K_0`` only, ``oo (1, 2)`` in ``K_0 ∩ K_1`` only): ``[birth_index, death_index)`` is ``(birth,
+    death)`` unchanged for all four types. :func:`_check_interval_type` asserts the parities, so a change in
+    Dionysus' convention fails loudly instead of shifting bars by one.
+    """
+    import dionysus
+
+    if progress is not None:
+        progress(0, 0, "FastZigzag: building the cone")
+    cone = dionysus.fast_zigzag(filtration, times)
+    if progress is not None:
+        progress(0, 0, f"FastZigzag: reducing the cone of {len(cone):,} cells (Dionysus reports no steps)")
+    reduced = dionysus.homology_persistence(cone)
+    if progress is not None:
+        progress(0, 0, "FastZigzag: reading the bars")
+    diagrams = dionysus.init_zigzag_diagrams(reduced, cone)
+    return _raw_from_typed(diagrams, end_index)
+
+
+def _raw_from_typed(diagrams, end_index: int) -> np.ndarray:
+    rows = []
+    for dim, by_type in enumerate(diagrams):
+        for kind, dgm in by_type.items():
+            for point in dgm:
+                birth = int(round(point.birth))
+                death = end_index if math.isinf(point.death) else int(round(point.death))
+                _check_interval_type(kind, birth, None if math.isinf(point.death) else death)
+                rows.append((dim, birth, death))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _check_interval_type(kind: str, birth: int, death: int | None) -> None:
+    """FastZigzag's closed/open ends must match the parities of our event times (see :func:`_fast_zigzag_raw_bars`)."""
+    if (kind[0] == "c") != (birth % 2 == 0) or (death is not None and (kind[1] == "c") != (death % 2 == 1)):
+        raise RuntimeError(f"FastZigzag interval {kind} ({birth}, {death}) does not match the zigzag's event times: "
+                           "Dionysus' endpoint convention changed; the bars cannot be converted safely")
+
+
+def _old_zigzag_raw_bars(filtration, times, end_index: int, n_events: int, progress: Progress | None) -> np.ndarray:
+    """The same bars from Dionysus' ``zigzag_homology_persistence`` (the oracle; reports every step)."""
+    import dionysus
+
+    if progress is None:
+        _, diagrams, _ = dionysus.zigzag_homology_persistence(filtration, times)
+    else:
+        every = max(1, n_events // 100)
+        progress(0, n_events, "zigzag persistence")
+        state = {"done": 0}
+
+        def on_step(i: int, t: float, d: bool, zz: object, cells: object) -> None:
+            state["done"] += 1
+            if state["done"] % every == 0:
+                progress(state["done"], n_events, "zigzag persistence")
+
+        _, diagrams, _ = dionysus.zigzag_homology_persistence(filtration, times, callback=on_step)
+        progress(n_events, n_events, "zigzag persistence")
+    rows = []
+    for dim, dgm in enumerate(diagrams):
+        for point in dgm:
+            death = end_index if math.isinf(point.death) else int(round(point.death))
+            rows.append((dim, int(round(point.birth)), death))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
 def zigzag_bars(
@@ -384,13 +474,15 @@ def zigzag_bars(
     max_dim: int = 3,
     progress: Progress | None = None,
     keep_top_dim: bool = False,
+    engine: str = "fast",
 ) -> pd.DataFrame:
     """Zigzag persistence bars of the kNN clique complexes of a sequence of layer clouds.
 
     ``clouds``: one ``[n, width]`` array per layer (``n_layers`` of them), the same ``n`` windows in the same order
     in every layer. ``k``: neighbours of the kNN graph (paper default 4). ``max_dim``: clique dimension ``m``
-    (1..4; the paper uses 4, 3 keeps it interactive). ``progress(done, total, message)`` is called per layer while
-    the complexes are built, then about 100 times during the zigzag.
+    (1..4; the paper uses 4). ``progress(done, total, message)`` is called per layer while the complexes are
+    built, then once per stage of FastZigzag with ``total = 0`` (it reports no steps); with ``engine="zigzag"``
+    (the old engine, the test oracle) about 100 times during the zigzag.
 
     Returns a DataFrame, one row per bar, sorted by ``dim, birth_index, death_index``, with columns
 
@@ -409,14 +501,10 @@ def zigzag_bars(
     clouds = _validate(clouds, k, max_dim)
     n_layers = len(clouds)
     n = clouds[0].shape[0]
-    complexes = []
-    for layer, X in enumerate(clouds):
-        if progress is not None:
-            progress(layer, n_layers, "kNN clique complexes")
-        complexes.append(clique_complex(knn_graph(X, k), n, max_dim))
+    complexes = [clique_complex(edges, n, max_dim) for edges in _knn_graphs(clouds, k, progress)]
     if progress is not None:
         progress(n_layers, n_layers, "kNN clique complexes")
-    bars = zigzag_bars_of_complexes(complexes, max_dim, progress=progress, keep_top_dim=keep_top_dim)
+    bars = zigzag_bars_of_complexes(complexes, max_dim, progress=progress, keep_top_dim=keep_top_dim, engine=engine)
     bars.attrs.update(k=int(k), n_points=int(n))
     return bars
 
@@ -463,13 +551,25 @@ def estimate_simplex_count(
     with more than ``max_exact`` cliques of one dimension stops the exact count (higher dimensions extrapolated
     geometrically). Same validation as :func:`zigzag_bars`. Feed the result to :func:`estimate_zigzag_seconds`.
     """
+    return count_and_complexes(clouds, k, max_dim, max_exact)[0]
+
+
+def count_and_complexes(
+    clouds: Sequence[np.ndarray],
+    k: int = 4,
+    max_dim: int = 3,
+    max_exact: int = 200_000,
+) -> tuple[SimplexCount, list[list[np.ndarray]] | None]:
+    """:func:`estimate_simplex_count` and the complexes it built (``None`` when not exact), so that a caller who
+    checks the cost first does not build the graphs and cliques twice (:func:`zigzag_bars_of_complexes`)."""
     clouds = _validate(clouds, k, max_dim)
     n = clouds[0].shape[0]
     rows: list[list[int]] = []
     complexes: list[list[np.ndarray]] = []
     exact = True
-    for X in clouds:
-        counts, cliques = _cliques_within_budget(knn_graph(X, k), n, max_dim, max_exact)
+    graphs = _knn_graphs(clouds, k)
+    for edges in graphs:
+        counts, cliques = _cliques_within_budget(edges, n, max_dim, max_exact)
         rows.append(counts)
         if cliques is None:
             exact = False
@@ -481,18 +581,20 @@ def estimate_simplex_count(
         _, presence = _union_and_presence(complexes, max_dim)
         simplex_of_event, _ = zigzag_times(presence)
         n_distinct, n_events = int(presence.shape[0]), int(simplex_of_event.size)
-    return SimplexCount(np.array(rows, dtype=np.int64), exact, n_distinct, n_events)
+    count = SimplexCount(np.array(rows, dtype=np.int64), exact, n_distinct, n_events)
+    return count, (complexes if exact else None)
 
 
-#: Dionysus' zigzag time grows faster than its number of events (entries and exits of simplices): the cycle
-#: representatives it reduces get longer as the complexes grow. Fitted on last-token clouds of the bundled model
-#: (31 states, bench/topology.py): with N = 250, 500, 1000, 2000 points (k = 4, m = 3) the events grew 30k, 55k,
-#: 112k, 221k and the time 4.4, 18, 79, 429 s on the shared, loaded 2-core machine, i.e. ``seconds ~ events ** 2.27``
-#: (k = 8 on 500 points, 314k events: 527 s, on the same law). The reference is the default setting, 500 windows of
-#: 32 tokens, k = 4, m = 3: 63,086 events, about 11-12 s on one idle core (15-24 s measured under load).
-ZIGZAG_REFERENCE_EVENTS = 63_086
-ZIGZAG_REFERENCE_SECONDS = 12.0
-ZIGZAG_EVENTS_EXPONENT = 2.27
+#: Wall time of :func:`zigzag_bars` with FastZigzag (kNN graphs + cliques + Dionysus) against the zigzag's events
+#: (entries and exits of simplices). Fitted on last-token clouds of the bundled model (31 states, k = 4, m = 3,
+#: ``bench/topology.py``, shared 2-core machine at a load average of 16-22): N = 250, 500, 1000, 2000 points gave
+#: 30k, 54k, 113k, 220k events and 2.3, 8.5, 13.0, 40.7 s, i.e. ``seconds ~ events ** 1.45``; the reference is the
+#: default setting, 500 windows of 32 tokens: 63,128 events, 4.3 s in the same run (m = 4: 64,603 events, 6.5 s).
+#: On an idle machine expect about a third of that. The old engine (``engine="zigzag"``) grew like
+#: ``events ** 2.27`` and took 92 s on the default in the same run (12 s idle).
+ZIGZAG_REFERENCE_EVENTS = 63_128
+ZIGZAG_REFERENCE_SECONDS = 4.3
+ZIGZAG_EVENTS_EXPONENT = 1.45
 #: Kept for callers of the earlier linear estimate: the reference's seconds per event.
 ZIGZAG_SECONDS_PER_EVENT = ZIGZAG_REFERENCE_SECONDS / ZIGZAG_REFERENCE_EVENTS
 
@@ -501,7 +603,7 @@ def estimate_zigzag_seconds(count: SimplexCount) -> float:
     """Rough wall time of :func:`zigzag_bars` from :func:`estimate_simplex_count` (expect a factor of 2 either way).
 
     ``ZIGZAG_REFERENCE_SECONDS * (events / ZIGZAG_REFERENCE_EVENTS) ** ZIGZAG_EVENTS_EXPONENT``: a power law fitted on
-    real clouds from 30k to 314k events (see the constants). Uses the exact number of zigzag events when known, else
+    real clouds from 30k to 220k events with FastZigzag (see the constants). Uses the exact number of zigzag events when known, else
     the simplices summed over layers (events are between 0.3 and 2 times that, depending on how much consecutive
     layers share).
     """
@@ -633,3 +735,229 @@ def blocks_to_ranges(blocks: Sequence[int] | np.ndarray) -> list[tuple[int, int]
     starts = np.r_[b[0], b[breaks + 1]]
     ends = np.r_[b[breaks], b[-1]] + 1
     return [(int(s), int(e)) for s, e in zip(starts, ends)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What a bar is made of: cycle representatives per layer
+
+#: Columns of :func:`zigzag_representatives`' cell table: one row per simplex of a bar's representative in one
+#: layer (``role`` ``"cycle"``), and for ``H_0`` bars one row per vertex of the connected components the
+#: representative's vertices lie in (``role`` ``"component"``). ``v1 = -1`` for vertices.
+CELL_COLUMNS = ["bar", "layer", "role", "simplex_dim", "v0", "v1"]
+
+
+def zigzag_representatives(
+    complexes: Sequence[Sequence[np.ndarray]],
+    max_dim: int,
+    top: dict[int, int] | None = None,
+    progress: Progress | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Representatives of the longest-lived bars, in every layer each one is alive in.
+
+    Runs FastZigzag with the reduction's ``V`` matrix (``homology_persistence(cone, method="matrix_v")``) and lifts
+    each chosen bar to Dionysus' *apex representative* (``dionysus.apex``: a chain over the bar's whole interval
+    whose restriction to any time inside it is a cycle of the complex at that time, representing the bar's class).
+    The representative in layer ``l`` is the apex representative at time ``2l + 0.5``: with entries at even and
+    exits at odd times, the complex between ``2l`` and ``2l + 1`` is exactly ``K_l``. A bar is alive in layer ``l``
+    iff ``birth_index <= 2l < death_index``.
+
+    ``top``: how many bars per dimension, longest first (lifetime in layers, then in zigzag indices, then earliest
+    birth); default ``{0: 10, 1: 20}``; dimensions ``>= max_dim`` (truncation artefacts) are refused. For ``H_1`` a
+    representative is a set of edges with every vertex of even degree (a Z/2 cycle of ``K_l``, not a boundary
+    there); for ``H_0`` a set of vertices (two, in different components, for a component that later merges; one for the
+    essential component) and the smallest connected component of ``K_l`` they touch — the cluster the bar is —
+    is added as ``role == "component"``.
+
+    Every per-layer chain is checked (:func:`_is_cycle_of`: its edges are in ``K_l`` and form a Z/2 cycle). A chain
+    that fails is left out and its ``(bar, layer)`` listed in ``cells.attrs["unverified"]``: on the bundled model
+    that happens for a few layers of some open-closed bars (born by a removal, dying by a removal), whose lift in
+    Dionysus follows triangle entries only and keeps an edge after it has left the layer.
+
+    Returns ``(bars, cells)``: ``bars`` has ``bar, dim, birth_index, death_index, birth_layer, death_layer,
+    lifetime, layers_shown`` (``bar`` numbers the chosen bars 0, 1, … in the order above, per dimension then rank;
+    ``layers_shown``: layers with a verified representative); ``cells`` has :data:`CELL_COLUMNS`.
+    """
+    import dionysus
+
+    top = {0: 10, 1: 20} if top is None else {int(d): int(c) for d, c in top.items()}
+    if any(d >= max_dim or d < 0 for d in top):
+        raise ValueError(f"representatives exist for the meaningful dimensions 0..{max_dim - 1} only (H_{max_dim} "
+                         "bars are truncation artefacts)")
+    n_layers = len(complexes)
+    end_index = 2 * n_layers - 1
+    simplices, presence = _union_and_presence(complexes, max_dim)
+    simplex_of_event, time_of_event = zigzag_times(presence)
+    vertex_lists = [row for block in simplices for row in block.tolist()]
+    bounds = np.searchsorted(simplex_of_event, np.arange(1, presence.shape[0]))
+    times = [t.tolist() for t in np.split(time_of_event, bounds)]
+    if progress is not None:
+        progress(0, 0, "FastZigzag with representatives: building the cone")
+    cone = dionysus.fast_zigzag(dionysus.Filtration(vertex_lists), times)
+    if progress is not None:
+        progress(0, 0, f"FastZigzag with representatives: reducing the cone of {len(cone):,} cells (no step count)")
+    reduced, v = dionysus.homology_persistence(cone, method="matrix_v")
+    diagrams = dionysus.init_zigzag_diagrams(reduced, cone)
+
+    candidates = []  # (dim, birth, death, point)
+    for dim, by_type in enumerate(diagrams):
+        if dim not in top:
+            continue
+        for kind, dgm in by_type.items():
+            for point in dgm:
+                birth = int(round(point.birth))
+                death = end_index if math.isinf(point.death) else int(round(point.death))
+                _check_interval_type(kind, birth, None if math.isinf(point.death) else death)
+                b_layer, d_layer = int(zigzag_index_to_layer(birth)), int(zigzag_index_to_layer(death))
+                if d_layer > b_layer:  # copy: Dionysus' diagram points are views that do not outlive the loop
+                    candidates.append((dim, birth, death, b_layer, d_layer,
+                                       _Point(float(point.birth), float(point.death), int(point.data))))
+    chosen = []
+    for dim in sorted(top):
+        mine = [c for c in candidates if c[0] == dim]
+        mine.sort(key=lambda c: (-(c[4] - c[3]), -(c[2] - c[1]), c[1], c[2]))
+        chosen.extend(mine[: top[dim]])
+
+    edges_of_layer = [np.asarray(c[1], dtype=np.int64).reshape(-1, 2) if len(c) > 1 else np.zeros((0, 2), np.int64)
+                      for c in complexes]
+    n_vertices = int(max((np.asarray(c[0]).size for c in complexes), default=0))
+    edge_sets = [set(map(tuple, e.tolist())) for e in edges_of_layer]
+    components = {}
+    bar_rows, cells, unverified = [], [], []
+    for bar_id, (dim, birth, death, b_layer, d_layer, point) in enumerate(chosen):
+        if progress is not None:
+            progress(bar_id, len(chosen), f"representative of H{dim} bar {bar_id + 1} of {len(chosen)}")
+        layers = list(range(b_layer, min(d_layer, n_layers)))
+        chains = _apex_cells(point, reduced, v, cone, [2 * layer + 0.5 for layer in layers])
+        verified = 0
+        for layer, chain in zip(layers, chains):
+            simplices_mod2: dict[tuple[int, ...], int] = {}
+            for idx in chain:  # a simplex that left and came back is two cells of the cone: add them mod 2
+                key = tuple(sorted(int(x) for x in cone[idx]))
+                simplices_mod2[key] = simplices_mod2.get(key, 0) ^ 1
+            chain_simplices = sorted(k for k, c in simplices_mod2.items() if c)
+            if not _is_cycle_of(chain_simplices, dim, edge_sets, layer):
+                unverified.append((bar_id, layer))
+                continue
+            verified += 1
+            verts = set()
+            for s in chain_simplices:
+                cells.append((bar_id, layer, "cycle", len(s) - 1, s[0], s[1] if len(s) > 1 else -1))
+                verts.update(s)
+            if dim == 0 and verts:
+                if layer not in components:
+                    components[layer] = _components(edges_of_layer[layer], n_vertices)
+                labels = components[layer]
+                touched = np.unique(labels[sorted(verts)])
+                sizes = np.bincount(labels)[touched]
+                members = np.flatnonzero(labels == touched[int(np.argmin(sizes))])
+                cells.extend((bar_id, layer, "component", 0, int(u), -1) for u in members)
+        bar_rows.append((bar_id, dim, birth, death, b_layer, d_layer, d_layer - b_layer, verified))
+    if progress is not None:
+        progress(len(chosen), len(chosen), "representatives done")
+    bars = pd.DataFrame(bar_rows, columns=["bar", "dim", "birth_index", "death_index", "birth_layer", "death_layer",
+                                           "lifetime", "layers_shown"])
+    frame = pd.DataFrame(cells, columns=CELL_COLUMNS)
+    frame.attrs["unverified"] = unverified
+    return bars, frame
+
+
+def _is_cycle_of(simplices: list[tuple[int, ...]], dim: int, edge_sets: list[set], layer: int) -> bool:
+    """A Z/2 ``dim``-cycle of the layer's complex: for ``H_1`` edges of ``K_l`` with every vertex of even degree, for
+    ``H_0`` a non-empty set of vertices."""
+    if not simplices or any(len(s) != dim + 1 for s in simplices):
+        return False
+    if dim == 0:
+        return True
+    if dim == 1:
+        degree: dict[int, int] = {}
+        for a, b in simplices:
+            if (a, b) not in edge_sets[layer]:
+                return False
+            degree[a] = degree.get(a, 0) ^ 1
+            degree[b] = degree.get(b, 0) ^ 1
+        return not any(degree.values())
+    return True
+
+
+_CONE_VERTEX = -1  # the apex w of Dionysus' cone
+
+
+def _apex_cells(point, reduced, v, cone, query_times: Sequence[float]) -> list[list[int]]:
+    """The cells (cone indices of base simplices) of a bar's apex representative at each of ``query_times``.
+
+    Follows ``dionysus.apex`` / ``lift_cycle`` (Dionysus 2.2.3, ``bindings/python/dionysus/zigzag.py``): the chain
+    ``z`` chosen by the interval type is lifted along the bar, each face's coefficient changing at the times of
+    the cofaces of ``z`` that contain it. Over Z/2 the coefficient of a face at time ``t`` is its starting value
+    (the extra chain of a closed-closed bar, else 0) plus the number of those coface times between the lift's start
+    and ``t``, mod 2. Computed here directly instead of through Dionysus' interval trees because, for the lifts that
+    run downwards in time (closed-open and open-open bars), ``lift_cycle`` attaches each coefficient to the
+    interval on the wrong side of its change time (we saw representatives with every coefficient 0 on this
+    model). Query times must not be event times (use half-integers).
+    """
+    w = _CONE_VERTEX
+    i = int(point.data)
+    j = reduced.pair(i)
+    i_cone, j_cone = w in cone[i], w in cone[j]
+    birth, death = float(point.birth), float(point.death)
+
+    def base(chain) -> list[int]:
+        return [int(x.index) for x in chain if int(x.element) % 2 and w not in cone[int(x.index)]]
+
+    start_chain: list[int] = []
+    if not i_cone and not j_cone:  # closed-open
+        z, start, finish = [int(x.index) for x in v[j] if int(x.element) % 2], death, birth
+    elif i_cone and j_cone:  # open-closed
+        z, start, finish = base(reduced[j]), birth, death
+    elif cone[i].data > cone[j].data:  # open-open
+        z, start, finish = [int(x.index) for x in reduced[j] if int(x.element) % 2], death, birth
+    else:  # closed-closed
+        z, start, finish = base(v[j]), birth, death
+        start_chain = base(reduced[j])
+    lo, hi = min(start, finish), max(start, finish)
+    coface_times: dict[int, list[float]] = {}
+    for y in z:
+        cell = cone[y]
+        if not lo <= cell.data <= hi:
+            continue
+        for face in cell.boundary():
+            f = cone.index(face, y)
+            if f != 0:  # the cone vertex w is not part of the boundary in H(cK, w)
+                coface_times.setdefault(int(f), []).append(float(cell.data))
+    initial = set(start_chain)
+    out = []
+    for t in query_times:
+        alive = set()
+        for f in set(coface_times) | initial:
+            flips = sum(1 for tau in coface_times.get(f, ()) if (start <= tau < t if start < finish else t < tau <= start))
+            if (f in initial) ^ (flips % 2 == 1) and w not in cone[f]:
+                alive.add(f)
+        out.append(sorted(alive))
+    return out
+
+
+@dataclass(frozen=True)
+class _Point:
+    """What ``dionysus.apex`` reads of a diagram point."""
+
+    birth: float
+    death: float
+    data: int
+
+
+def _components(edges: np.ndarray, n_vertices: int) -> np.ndarray:
+    """Connected-component label of every vertex of a graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n_vertices, n_vertices))
+    return connected_components(graph, directed=False)[1]
+
+
+def representatives_of_clouds(clouds: Sequence[np.ndarray], k: int = 4, max_dim: int = 3,
+                              top: dict[int, int] | None = None,
+                              progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`zigzag_representatives` of the kNN clique complexes of layer clouds (as :func:`zigzag_bars`)."""
+    clouds = _validate(clouds, k, max_dim)
+    n = clouds[0].shape[0]
+    complexes = [clique_complex(edges, n, max_dim) for edges in _knn_graphs(clouds, k, progress)]
+    return zigzag_representatives(complexes, max_dim, top=top, progress=progress)

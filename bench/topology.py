@@ -1,7 +1,7 @@
 """Cost of the topology views on the real default model: zigzag time and simplex count against the number of points,
 and per-layer Rips time against the subsample size.
 
-    PYTHONPATH=. nice python bench/topology.py [--sizes 250,500,1000,2000] [--window-len 8] [--k 4] [--max-dim 3]
+    PYTHONPATH=. nice python bench/topology.py [--sizes 250,500,1000,2000] [--old-sizes 500,1000] [--no-rips]
 
 Clouds: the last token of every hidden state (31 states of the bundled SmolLM2-135M) for the first 2000 windows of
 ``--window-len`` tokens of alice; size N uses the first N windows. Windows of 8 tokens keep the model run at the
@@ -9,11 +9,12 @@ cost of the dashboard's default capture (2000 x 8 = 500 x 32 = 16,000 tokens; al
 of 32 would need another text and 4x the capture). When the default 500 x 32 capture is in the cache (the zigzag
 page or ``python -m analysis topology`` made it), the default setting is timed too, as the reference row.
 
-Zigzag rows: the counts made before running (distinct simplices, simplices summed over layers, zigzag events) and
-the estimated seconds, against the measured time; ratios are against the first size of the same run. Dionysus' time
-grows like events ** 2.27, so N = 2000 takes minutes: a size whose time, predicted from the previous measured size,
-would exceed what is left of ``--budget`` seconds is counted but not run, and its row says so (``--budget 0`` runs
-everything; on the loaded 2-core development machine N = 2000 took 446 s).
+Zigzag rows: FastZigzag (the engine) and, for ``--old-sizes`` (500 and 1000) and the default setting, the old
+engine ``zigzag_homology_persistence`` on the same clouds in the same run: Dionysus time and total (graphs + cliques
++ Dionysus), the speed-ups, and whether the two bar multisets are identical. The old engine grows like
+events ** 2.27, so a size whose old-engine time, predicted from the previous one, exceeds what is left of
+``--old-budget`` seconds is not run with it. Also: the default 500 x 32 at m = 4 (the paper's value) and the
+representatives of the longest bars at the default. The load average is printed: the machine is shared.
 
 Rips rows: the middle state's cloud, scale-normalised and farthest-point subsampled once (a greedy farthest-point
 subsample of n points is the first n of a larger one), then Rips alone per size, best of ``--repeat`` runs, against
@@ -50,28 +51,28 @@ def count_zigzag(clouds: list[np.ndarray], k: int, m: int) -> dict:
             "estimate": estimate_zigzag_seconds(count), "count_s": time.perf_counter() - t}
 
 
-def time_zigzag(clouds: list[np.ndarray], k: int, m: int) -> dict:
+def time_zigzag(clouds: list[np.ndarray], k: int, m: int, engine: str = "fast", count: dict | None = None) -> dict:
+    from threadpoolctl import threadpool_limits
+
     from analysis.zigzag import zigzag_bars
 
-    r = count_zigzag(clouds, k, m)
+    r = dict(count) if count is not None else count_zigzag(clouds, k, m)
     t = time.perf_counter()
-    bars = zigzag_bars(clouds, k=k, max_dim=m)
-    r.update(total_s=time.perf_counter() - t, dionysus_s=bars.attrs["zigzag_seconds"], bars=len(bars))
+    bars = zigzag_bars(clouds, k=k, max_dim=m, keep_top_dim=True, engine=engine)
+    r.update(total_s=time.perf_counter() - t, dionysus_s=bars.attrs["zigzag_seconds"], bars=len(bars),
+             multiset=sorted(map(tuple, bars[["dim", "birth_index", "death_index"]].to_numpy().tolist())))
     return r
 
 
-def _row(label, r: dict, base: dict) -> list:
-    measured = "total_s" in r
-    return [label, f"{r['distinct']:,}", f"{r['sum']:,}", f"{r['events']:,}", f"{r['estimate']:.1f}",
-            f"{r['dionysus_s']:.1f}" if measured else "-",
-            f"{r['total_s']:.1f}" if measured else f"~{r['predicted']:.0f} (not run)",
-            f"{r['bars']:,}" if measured else "-", f"{r['distinct'] / base['distinct']:.2f}",
-            f"{r['total_s'] / base['total_s']:.2f}" if measured else f"~{r['predicted'] / base['total_s']:.0f}"]
+def _load() -> str:
+    return "load average %.1f / %.1f / %.1f" % os.getloadavg()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="250,500,1000,2000", help="numbers of points (windows) for the zigzag")
+    parser.add_argument("--old-sizes", default="500,1000",
+                        help="sizes also run with the old engine (zigzag_homology_persistence), same run")
     parser.add_argument("--window-len", type=int, default=8, help="tokens per window of the scaling clouds (8)")
     parser.add_argument("--text", default="alice")
     parser.add_argument("--k", type=int, default=4)
@@ -79,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rips-sizes", default="100,200,300,500,1000,1500")
     parser.add_argument("--rips-h2-sizes", default="100,200,300")
     parser.add_argument("--no-reference", action="store_true", help="skip the cached 500 x 32 default setting")
-    parser.add_argument("--budget", type=float, default=150.0,
-                        help="seconds of zigzag runs; a size predicted to exceed what is left is not run (0: no limit)")
+    parser.add_argument("--no-rips", action="store_true", help="skip the per-layer Rips rows")
+    parser.add_argument("--old-budget", type=float, default=1200.0,
+                        help="seconds of old-engine runs; a size predicted to exceed what is left is not run "
+                             "(0: no limit)")
     parser.add_argument("--repeat", type=int, default=2, help="Rips runs per size (the best is kept)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    old_sizes = {int(s) for s in args.old_sizes.split(",") if s}
 
     from analysis import topology as topo
     from analysis.models import ModelSpec, load_model
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.texts import bundled_text
 
     t0 = time.perf_counter()
+    print(f"start: {_load()} on {os.cpu_count()} CPUs (the machine is shared: timings move with the load)")
     lm = load_model(ModelSpec(device="cpu"))
     text = bundled_text(args.text)
     n_max = max(sizes)
@@ -102,42 +107,66 @@ def main(argv: list[str] | None = None) -> int:
           f"({'cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'})\n")
     full = [cap.last_token_cloud(s) for s in cap.state_ids]
 
-    print(f"Zigzag, {len(full)} states, k = {args.k}, m = {args.max_dim} (N = first N windows)")
-    from analysis.zigzag import ZIGZAG_EVENTS_EXPONENT
+    print(f"Zigzag, {len(full)} states, k = {args.k}, m = {args.max_dim} (N = first N windows): FastZigzag (the "
+          "engine) against zigzag_homology_persistence (the old engine, the oracle), same clouds, same run")
+    rows, spent_old = [], 0.0
+    last_old = None
 
-    rows, base, last, spent = [], None, None, 0.0
+    def run(label, clouds, m, with_old):
+        nonlocal spent_old, last_old
+        c = count_zigzag(clouds, args.k, m)
+        f = time_zigzag(clouds, args.k, m, "fast", c)
+        o = None
+        if with_old:
+            predicted = (last_old["total_s"] * (c["events"] / last_old["events"]) ** 2.27) if last_old else 0.0
+            if args.old_budget and spent_old + predicted > args.old_budget:
+                print(f"  {label}: old engine predicted {predicted:.0f} s, over --old-budget: not run", file=sys.stderr)
+            else:
+                o = time_zigzag(clouds, args.k, m, "zigzag", c)
+                spent_old += o["total_s"]
+                last_old = o
+        print(f"  {label}: fast {f['total_s']:.1f} s" + (f", old {o['total_s']:.1f} s" if o else "") + f"; {_load()}",
+              file=sys.stderr, flush=True)
+        rows.append([label, m, f"{c['distinct']:,}", f"{c['events']:,}", f"{c['estimate']:.1f}",
+                     f"{f['dionysus_s']:.2f}", f"{f['total_s']:.2f}",
+                     f"{o['dionysus_s']:.1f}" if o else "-", f"{o['total_s']:.1f}" if o else "-",
+                     f"{o['dionysus_s'] / f['dionysus_s']:.0f}x" if o else "-",
+                     f"{o['total_s'] / f['total_s']:.0f}x" if o else "-",
+                     ("yes" if o["multiset"] == f["multiset"] else "NO") if o else "-", f"{f['bars']:,}"])
+        return f
+
     for n in sizes:
-        clouds = [X[:n] for X in full]
-        r = count_zigzag(clouds, args.k, args.max_dim)
-        predicted = (last["total_s"] * (r["events"] / last["events"]) ** ZIGZAG_EVENTS_EXPONENT if last
-                     else r["estimate"])
-        if args.budget and last is not None and spent + predicted > args.budget:
-            r["predicted"] = predicted
-            print(f"  N = {n}: predicted {predicted:.0f} s, over the budget: not run", file=sys.stderr)
-        else:
-            r = time_zigzag(clouds, args.k, args.max_dim)
-            spent += r["total_s"]
-            last = r
-            print(f"  N = {n}: {r['total_s']:.1f} s", file=sys.stderr)
-        base = base or r
-        rows.append(_row(n, r, base))
-    headers = ["N", "simplices", "sum over layers", "events", "estimate s", "Dionysus s", "total s", "bars",
-               f"simplices / N={sizes[0]}", f"time / N={sizes[0]}"]
-    ref_note = ""
+        run(str(n), [X[:n] for X in full], args.max_dim, n in old_sizes)
+    rep_note = ""
     if not args.no_reference:
         if topo.last_token_is_captured(lm, text, 500, 32):
             ref = topo.last_token_capture(lm, text, 500, 32)
-            r = time_zigzag([ref.last_token_cloud(s) for s in ref.state_ids], args.k, args.max_dim)
-            rows.append(_row("500 x 32 (default)", r, base))
+            clouds = [ref.last_token_cloud(s) for s in ref.state_ids]
+            run("500 x 32 (default)", clouds, args.max_dim, True)
+            run("500 x 32, m = 4", clouds, 4, False)
+            from analysis.zigzag import representatives_of_clouds
+
+            t = time.perf_counter()
+            bars, cells = representatives_of_clouds(clouds, args.k, args.max_dim, top=topo.REPRESENTATIVE_TOP)
+            rep_note = (f"  representatives of the {len(bars)} longest bars ({dict(topo.REPRESENTATIVE_TOP)} per "
+                        f"dimension) at the default, every layer: {time.perf_counter() - t:.1f} s (graphs, cliques, "
+                        f"FastZigzag with the V matrix, lifts); {len(cells.attrs['unverified'])} (bar, layer) chains "
+                        "failed the cycle check and are not shown")
         else:
-            ref_note = ("  (the default 500 x 32 capture is not cached: open the zigzag page or run "
+            rep_note = ("  (the default 500 x 32 capture is not cached: open the zigzag page or run "
                         "`python -m analysis topology` once to add it as a reference row)")
+    headers = ["N", "m", "simplices", "events", "estimate s", "fast Dionysus s", "fast total s", "old Dionysus s",
+               "old total s", "speed-up Dionysus", "speed-up total", "same bars", "bars"]
     print(_table(headers, rows))
-    if ref_note:
-        print(ref_note)
-    print("  simplices = distinct simplices over all layers; events = entries + exits Dionysus performs; the "
-          "estimate is made before running (analysis.zigzag.estimate_zigzag_seconds); total = kNN graphs + cliques "
-          "+ Dionysus\n")
+    if rep_note:
+        print(rep_note)
+    print("  simplices = distinct simplices over all layers; events = entries + exits of the zigzag; the estimate is "
+          "made before running (analysis.zigzag.estimate_zigzag_seconds, FastZigzag total); total = kNN graphs + "
+          "cliques + Dionysus; same bars = identical (dim, birth, death) multisets, H_m artefacts included")
+    print(f"  after the zigzag rows: {_load()}\n")
+    if args.no_rips:
+        print(f"total bench time {time.perf_counter() - t0:.0f} s")
+        return 0
 
     from analysis.clouds import farthest_point_subsample, normalise_scale
     from analysis.persistence import rips_diagrams

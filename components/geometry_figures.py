@@ -87,7 +87,8 @@ def id_profile_chart(profiles: Sequence[tuple[str, object]], estimators: Sequenc
     """ID profiles: one line per (profile, estimator), a band over the subsets, peak and final ID annotated.
 
     ``profiles``: ``(name, IDProfile)``. ``x``: ``state`` (h_s) or ``depth`` (s / L, to compare models of
-    different depth). ``band``: ``range`` (min–max over subsets) or ``std`` (mean ± 1 s.d.).
+    different depth). The line is the estimate on the whole distinct cloud; ``band``: ``range`` (min–max over the
+    disjoint subsets) or ``std`` (the subsets' mean ± 1 s.d.).
     """
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot"]
@@ -101,8 +102,9 @@ def id_profile_chart(profiles: Sequence[tuple[str, object]], estimators: Sequenc
                 continue
             colour = PALETTE[(pi * len(estimators) + ei) % len(PALETTE)]
             xs = t[x].tolist()
-            lo = (t[f"{col}_min"] if band == "range" else t[col] - t[f"{col}_std"]).tolist()
-            hi = (t[f"{col}_max"] if band == "range" else t[col] + t[f"{col}_std"]).tolist()
+            centre = t[f"{col}_subset_mean"] if f"{col}_subset_mean" in t else t[col]
+            lo = (t[f"{col}_min"] if band == "range" else centre - t[f"{col}_std"]).tolist()
+            hi = (t[f"{col}_max"] if band == "range" else centre + t[f"{col}_std"]).tolist()
             label = f"{labels.get(est, est)}" + (f" · {name}" if len(profiles) > 1 else "")
             fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(colour, 0.18),
                                      mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False,
@@ -111,8 +113,9 @@ def id_profile_chart(profiles: Sequence[tuple[str, object]], estimators: Sequenc
                 x=xs, y=t[col].tolist(), mode="lines+markers", name=label, legendgroup=label,
                 line=dict(color=colour, dash=dashes[pi % len(dashes)]), marker=dict(size=5),
                 customdata=np.stack([t["state"], t[f"{col}_std"], t[f"{col}_min"], t[f"{col}_max"]], axis=1),
-                hovertemplate="h%{customdata[0]:.0f}: ID %{y:.2f} (s.d. %{customdata[1]:.2f}, range "
-                              "%{customdata[2]:.2f}–%{customdata[3]:.2f})<extra>" + label + "</extra>"))
+                hovertemplate="h%{customdata[0]:.0f}: ID %{y:.2f} on the whole cloud (subsets: s.d. "
+                              "%{customdata[1]:.2f}, range %{customdata[2]:.2f}–%{customdata[3]:.2f})<extra>" + label
+                              + "</extra>"))
             if annotate and ei == 0:
                 peak, final = prof.peak(est), prof.final(est)
                 if peak is not None:
@@ -137,7 +140,7 @@ def id_profile_chart(profiles: Sequence[tuple[str, object]], estimators: Sequenc
 
 def gride_sweep_chart(sweep: pd.DataFrame, states: Sequence[int], scale: str = "k") -> go.Figure:
     """GRIDE ID against scale for some states: x = neighbour order k (log 2) or the mean radius of the 2k-th
-    neighbour (in units of the state's median pairwise distance); band = range over subsets."""
+    neighbour (in units of the state's median pairwise distance); line = whole cloud, band = range over subsets."""
     fig = go.Figure()
     for i, s in enumerate(states):
         t = _finite(sweep[sweep["state"] == s], "id", "id_min", "id_max", "radius")

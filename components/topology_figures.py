@@ -155,3 +155,47 @@ def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], 
                       yaxis2=dict(title=dict(text=f"{y_title}, H1+", font=dict(color=_colour(1))), overlaying="y",
                                   side="right", showgrid=False))
     return fig
+
+
+def _wrap(text: str, width: int = 60, limit: int = 400) -> str:
+    """Hover text: at most ``limit`` characters, broken into lines of about ``width``."""
+    import html
+    import textwrap
+
+    t = text if len(text) <= limit else "…" + text[-limit:]
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(t, width)) or " "
+
+
+def representative_figure(coords: np.ndarray, texts: Sequence[str], edges: np.ndarray, cycle: Sequence[int],
+                          cluster: Sequence[int], title: str, axis: str = "PC") -> go.Figure:
+    """A layer's points (grey), the bar's windows (coloured) and the loop's edges (lines) over a 2-D projection.
+
+    Hover on any point shows its window's text (the point is the window's last token, in ⟦ ⟧)."""
+    coords = np.asarray(coords, dtype=float)
+    n = coords.shape[0]
+    fig = go.Figure()
+    fig.add_trace(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", name="other windows",
+                               marker=dict(size=5, color="#c8c8c8"),
+                               text=[f"window {i}<br>{_wrap(texts[i])}" for i in range(n)], hoverinfo="text"))
+    if len(cluster):
+        c = np.asarray(cluster, dtype=int)
+        fig.add_trace(go.Scattergl(x=coords[c, 0], y=coords[c, 1], mode="markers", name="cluster (H0)",
+                                   marker=dict(size=7, color="#9ecae1", line=dict(width=0.5, color="#3182bd")),
+                                   text=[f"window {i}<br>{_wrap(texts[i])}" for i in c], hoverinfo="text"))
+    if len(edges):
+        xs, ys = [], []
+        for a, b in np.asarray(edges, dtype=int).tolist():
+            xs += [coords[a, 0], coords[b, 0], None]
+            ys += [coords[a, 1], coords[b, 1], None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="loop edges (kNN graph)",
+                                 line=dict(color=DIM_COLOURS[1], width=2), hoverinfo="skip"))
+    if len(cycle):
+        v = np.asarray(cycle, dtype=int)
+        fig.add_trace(go.Scatter(x=coords[v, 0], y=coords[v, 1], mode="markers+text", name="windows of the feature",
+                                 marker=dict(size=11, color=DIM_COLOURS[3], line=dict(width=1, color="white")),
+                                 text=[str(i) for i in v], textposition="top center", textfont=dict(size=10),
+                                 hovertext=[f"window {i}<br>{_wrap(texts[i])}" for i in v], hoverinfo="text"))
+    fig.update_layout(title=title, xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", height=560,
+                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.12),
+                      hoverlabel=dict(align="left"))
+    return fig

@@ -25,8 +25,11 @@ st.caption(
     "scale) and the **correlation dimension** (Grassberger–Procaccia, between the 0.1 % and 5 % quantiles of pair "
     "distances). The seed paper's \"correlators\" could not be checked — their exact definition is not available "
     "to us — so the correlation dimension is shown as the closest standard estimator, not as the paper's "
-    "measure. Each cloud is divided by its median pairwise distance and exact duplicates are removed; the band is "
-    "the spread over disjoint random subsets.")
+    "measure. Each cloud is divided by its median pairwise distance and exact duplicates are removed. **The line is "
+    "each estimator on the whole distinct cloud** (what dadapy and scikit-dimension return for it); the band is the "
+    "spread over disjoint random subsets of the size shown. TwoNN and GRIDE depend on the sample size — fewer "
+    "points probe larger scales — so smaller subsets read higher: the band shows that, and the GRIDE sweep below "
+    "puts the scale on its own axis.")
 
 ws = state.workspace()
 if ws is None:
@@ -38,9 +41,13 @@ n_tokens = ws.n_cloud_tokens()
 current: IDSettings = st.session_state.get(SETTINGS) or IDSettings(max_points=max(MIN_POINTS, min(4096, n_tokens)))
 with st.form("id-form"):
     c = st.columns(4)
-    n_subsets = c[0].number_input("Disjoint subsets", 2, 16, current.n_subsets, key="id-subsets",
-                                  help="each state's cloud is split into this many disjoint random subsets; "
-                                       "the band is their spread (at least 4 recommended)")
+    default_size = current.subset_size or max(MIN_POINTS, min(current.max_points or n_tokens, n_tokens)
+                                              // current.n_subsets)
+    subset_size = c[0].number_input("Points per subset (band)", MIN_POINTS, 1_000_000, int(default_size), step=256,
+                                    key="id-subset-size",
+                                    help="the band is the spread of the estimates on disjoint random subsets of "
+                                         "this many distinct points (as many subsets as fit); the line is always "
+                                         "the whole cloud. Smaller subsets probe larger scales")
     max_points = c[1].number_input("Points per state", MIN_POINTS, 1_000_000,
                                    max(MIN_POINTS, min(current.max_points or n_tokens, n_tokens)), step=256,
                                    key="id-points",
@@ -51,7 +58,7 @@ with st.form("id-form"):
     c[3].write("")
     submitted = c[3].form_submit_button("Compute ID profile", type="primary", key="id-compute")
 try:
-    settings = IDSettings(n_subsets=int(n_subsets), max_points=int(max_points), gride_k=int(gride_k))
+    settings = IDSettings(max_points=int(max_points), gride_k=int(gride_k), subset_size=int(subset_size))
 except ValueError as exc:
     st.error(str(exc))
     st.stop()
@@ -62,9 +69,10 @@ if settings is None:
     if has_id_profile(ws, current):
         settings = current
     else:
-        st.info(f"Press **Compute ID profile**: {ws.n_states} hidden states × {current.n_subsets} subsets of "
-                f"~{min(current.max_points or n_tokens, n_tokens) // current.n_subsets:,} points (about 2–6 s per "
-                "state on a CPU; cached afterwards).")
+        n_pts = min(current.max_points or n_tokens, n_tokens)
+        st.info(f"Press **Compute ID profile**: {ws.n_states} hidden states, each on its whole cloud of up to "
+                f"{n_pts:,} points and on disjoint subsets of {int(default_size):,} points for the band (about 4–12 s "
+                "per state on a CPU; cached afterwards).")
         st.stop()
 
 ensure_capture(ws)
@@ -84,7 +92,7 @@ c = st.columns([3, 2])
 estimators = c[0].multiselect("Estimators", list(ID_ESTIMATORS), default=["twonn", "gride"],
                               format_func=lambda e: ID_LABELS[e], key="id-estimators")
 band = c[1].radio("Band", ["range", "std"], horizontal=True, key="id-band",
-                  format_func=lambda b: "min–max over subsets" if b == "range" else "mean ± 1 s.d.")
+                  format_func=lambda b: "min–max over subsets" if b == "range" else "subsets' mean ± 1 s.d.")
 if not estimators:
     st.info("Choose at least one estimator.")
     st.stop()
@@ -99,15 +107,17 @@ if peak is not None:
 if final is not None:
     m[2].metric("Final ID", f"{final[1]:.1f}", f"h{final[0]}", delta_color="off", delta_arrow="off")
 m[3].metric("Width (for reference)", prof.width)
-st.caption(f"Shape ({ID_LABELS[main]}): {prof.shape(main)}. Hidden state h_0 is the embedding output; "
-           f"h_{L} already has the final norm applied. {settings.n_subsets} subsets of "
-           f"~{int(prof.table['n_distinct'].max()) // settings.n_subsets:,} distinct points per state.")
+st.caption(f"Shape ({ID_LABELS[main]}, whole cloud): {prof.shape(main)}. Hidden state h_0 is the embedding "
+           f"output; h_{L} already has the final norm applied. Line: each state's whole distinct cloud (up to "
+           f"{int(prof.table['n_distinct'].max()):,} points); band: {prof.subset_size_text()} per state.")
 fig = gf.id_profile_chart([(prof.model_name, prof)], estimators, ID_LABELS, x="state", band=band)
 figure_with_csv(fig, prof.csv_frame(), "id_profile.csv", key="id-profile")
 
 st.header("ID against scale (GRIDE sweep)")
-st.caption("GRIDE with neighbours of order k and 2k for k = 1, 2, 4, …: small k probes short scales (sensitive to "
-           "noise), large k larger scales (sensitive to curvature). A plateau means a well-defined dimension.")
+st.caption("GRIDE with neighbours of order k and 2k for k = 1, 2, 4, …, on the whole cloud (line) and on the "
+           f"subsets (band: {prof.subset_size_text()}): the scale axis. Small k probes short scales (sensitive to "
+           "noise), large k larger scales (sensitive to curvature); a subset of n/4 points at order k probes about "
+           "the scale of the whole cloud at order 4k. A plateau means a well-defined dimension.")
 default_states = sorted({0, peak[0] if peak else 0, L})
 c = st.columns([3, 1])
 states = c[0].multiselect("States", list(range(L + 1)), default=default_states, format_func=lambda s: f"h{s}",

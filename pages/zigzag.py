@@ -9,7 +9,7 @@ from analysis.cache import stable_hash
 from analysis.texts import TextError
 from components import comparison, figures, jobs, state
 from components import topology_figures as tf
-from components.widgets import figure_with_csv, run_with_progress
+from components.widgets import csv_download, figure_with_csv, run_with_progress
 
 SETTINGS = "zigzag_settings"
 
@@ -18,10 +18,11 @@ st.caption(
     "Gardinazzi et al., *Persistent Topological Features in Large Language Models* (arXiv 2410.11042, ICML 2025). "
     "The last-token cloud of every hidden state h_0 … h_L (one point per window) → symmetrised k-nearest-neighbour "
     "graph → clique complex up to dimension m → the zigzag K_0 ⊇ K_0∩K_1 ⊆ K_1 ⊇ … ⊆ K_L → barcodes from "
-    "Dionysus 2. **What the paper used:** k scanned from 1 to 15, m = 4, α = 0, and the pruning rule "
+    "Dionysus 2's FastZigzag (Dey & Hou, arXiv 2204.11080, the algorithm the paper's authors used). **What the "
+    "paper used:** k scanned from 1 to 15, m = 4, α = 0, and the pruning rule "
     "Z̄_1(l) ≥ 0.9 · max (0.8 also shown); its clouds are the normalised inputs of each block's MLP. **Here** the "
-    "states are the residual-stream last-token clouds (h_L already has the final norm applied), and m = 3 by "
-    "default to stay interactive. Only H_p with p < m is meaningful: the H_m bars are artefacts of cutting the "
+    "states are the residual-stream last-token clouds (h_L already has the final norm applied); m = 3 by "
+    "default, m = 4 (the paper's) runs at the default size too. Only H_p with p < m is meaningful: the H_m bars are artefacts of cutting the "
     "complex at dimension m and are left out.")
 
 ws = state.workspace()
@@ -51,9 +52,10 @@ with st.form("zigzag-form"):
     window_len = c[1].number_input("Tokens per window", 2, 4096, current.window_len, key="zz-len")
     k = c[2].number_input("k (nearest neighbours)", 1, 100, current.k, key="zz-k", help="paper: scanned 1-15")
     m = c[3].number_input("m (clique dimension)", 1, 10, current.max_dim, key="zz-m",
-                          help="paper: 4; 1..4 accepted (above, the simplex count explodes)")
+                          help="paper: 4 (runs at the default size in a few seconds); 1..4 accepted (above, the simplex "
+                               "count explodes)")
     allow_large = st.checkbox("Run even if the estimated cost is large", key="zz-allow",
-                              help=f"above about {topo.ZIGZAG_WARN_SECONDS:.0f} s of Dionysus the run asks first")
+                              help=f"above about {topo.ZIGZAG_WARN_SECONDS:.0f} s (estimated) the run asks first")
     submitted = st.form_submit_button("Compute zigzag", type="primary")
 
 st.caption(f"**{ws.lm.name}** · {ws.n_blocks} blocks · text **{ws.text.label}**. The zigzag uses its own windows "
@@ -88,8 +90,9 @@ if result is None:
     if not submitted and job is None:
         s = current
         st.info(f"Press **Compute zigzag** to capture the last token of {s.n_windows} windows of {s.window_len} "
-                f"tokens of {ws.text.label} (once, cached) and run the zigzag with k = {s.k}, m = {s.max_dim}. The "
-                "default setting takes about 10-25 s of Dionysus on one CPU core after the capture.")
+                f"tokens of {ws.text.label} (once, cached) and run the zigzag with k = {s.k}, m = {s.max_dim}. After "
+                "the capture the default setting takes a few seconds (graphs, cliques and FastZigzag; more on a busy "
+                "machine).")
         if topo.zigzag_estimate_is_cached(ws.lm, ws.text, s):
             st.caption(f"Counted before: {topo.zigzag_estimate(ws.lm, ws.text, s).describe()}.")
     st.stop()
@@ -136,6 +139,62 @@ figure_with_csv(fig, view.bars[["dim", "birth_index", "death_index", "birth_laye
                 "zigzag_bars.csv", key="zz-bars")
 if hidden:
     st.caption(f"{hidden:,} shorter bars are not drawn (the CSV has all {len(view.bars):,}).")
+
+st.header("What a persistent feature is made of")
+st.caption(
+    "Each point is one window of text (its last token's hidden state). A long-lived **H1 bar** is a loop of the "
+    "k-nearest-neighbour graph: a ring of windows, each a neighbour of the next, around a hole, that survives from "
+    "layer to layer. A long-lived **H0 bar** is a cluster of windows cut off from the rest. Below: the windows that "
+    "form a chosen bar at a chosen layer (Dionysus' apex representative of the bar, read at that layer; every chain "
+    "is checked to be a loop of that layer's graph), drawn over the layer's 2-D projection; hover a point for its "
+    "text (the last token is in ⟦ ⟧). The table lists, per window, the layers of the bar in which it is part of it.")
+reps = None
+if topo.representatives_are_cached(ws.lm, ws.text, s):
+    reps = topo.zigzag_representatives(ws.lm, ws.text, s)
+elif st.button("Find the windows of the longest bars", key="zz-rep-go",
+               help=f"representatives of the {topo.REPRESENTATIVE_TOP[1]} longest H1 and "
+                    f"{topo.REPRESENTATIVE_TOP[0]} longest H0 bars in every layer they live in (cached)"):
+    reps = run_with_progress("Cycle representatives", lambda p: topo.zigzag_representatives(ws.lm, ws.text, s,
+                                                                                              progress=p))
+else:
+    st.info("Press **Find the windows of the longest bars**: FastZigzag runs once more, keeping its reduction "
+            "matrices, and the representatives of the longest bars are lifted to every layer (about 2-3× the "
+            "zigzag's time; cached).")
+if reps is not None and not reps.bars.empty:
+    c = st.columns([1, 3, 1])
+    dims_here = sorted(int(d) for d in reps.bars["dim"].unique())
+    rep_dim = c[0].radio("Feature", dims_here, index=dims_here.index(1) if 1 in dims_here else 0, key="zz-rep-dim",
+                         format_func=lambda d: "H1 loops" if d == 1 else "H0 clusters")
+    choices = reps.bars[reps.bars["dim"] == rep_dim]["bar"].tolist()
+    rep_bar = c[1].selectbox("Bar (longest first)", choices, key="zz-rep-bar", format_func=reps.describe)
+    method = c[2].radio("Projection", ["pca", "umap"], horizontal=True, key="zz-rep-proj",
+                        format_func=lambda m_: m_.upper(), help="UMAP takes ~10-20 s per layer the first time")
+    rep_layers = reps.layers(rep_bar)
+    if not rep_layers:
+        st.warning("No verified representative for this bar in any layer.")
+    else:
+        rep_layer = st.select_slider("Layer", rep_layers, value=rep_layers[len(rep_layers) // 2], key="zz-rep-layer",
+                                     format_func=lambda x: f"h{x}")
+        windows = reps.windows(rep_bar, rep_layer)
+        coords = topo.layer_projection(ws.lm, ws.text, s, rep_layer, method)
+        cycle_w = windows[windows["role"] == "representative"]["window"].tolist()
+        cluster_w = windows[windows["role"] == "cluster"]["window"].tolist()
+        what = (f"a loop of {len(cycle_w)} windows" if rep_dim == 1 else
+                f"a cluster of {len(cluster_w)} windows")
+        fig = tf.representative_figure(coords, reps.texts, reps.edges(rep_bar, rep_layer), cycle_w, cluster_w,
+                                       f"{reps.describe(rep_bar)} — at h{rep_layer}: {what}",
+                                       axis="PC" if method == "pca" else "UMAP")
+        frame = reps.frame()
+        figure_with_csv(fig, frame[frame["bar"] == rep_bar], f"zigzag_representative_bar{rep_bar}.csv",
+                        key="zz-rep-fig")
+        st.dataframe(windows, hide_index=True, key="zz-rep-table",
+                     column_config={"layers": st.column_config.TextColumn("layers it is part of the bar"),
+                                    "degree": st.column_config.NumberColumn("edges of the loop at it")})
+        missing = [layer for b_, layer in reps.unverified if b_ == rep_bar]
+        if missing:
+            st.caption("Not shown for this bar (the lifted chain failed the loop check there): "
+                       + ", ".join(f"h{x}" for x in missing) + ".")
+        csv_download(frame, "zigzag_representatives.csv", "CSV of every representative", key="zz-rep-all")
 
 c = st.columns(2)
 with c[0]:

@@ -3,9 +3,10 @@
 The ID is a property of a hidden state, not of a block, so this module registers no per-block metric (a score
 such as "ID change across the block" has no published meaning as a redundancy measure). It registers a group
 writer: ``--metrics id`` writes ``DIR/states.csv``, one row per hidden state ``h_0 … h_L``, with
-``state, depth, id_twonn, id_twonn_std, id_gride, id_gride_std, id_corr, id_corr_std`` (mean and sample standard
-deviation over 4 disjoint subsets of each state's scale-normalised, deduplicated all-token cloud), the min/max
-over subsets, ``n_points, n_distinct, scale``; and the settings, the peak and the final ID in ``run.json``.
+``state, depth`` and per estimator ``id_<e>`` (the estimate on each state's whole scale-normalised, deduplicated
+all-token cloud: what dadapy / scikit-dimension return for it), ``id_<e>_subset_mean, id_<e>_std, id_<e>_min,
+id_<e>_max`` (over 4 disjoint subsets: the spread), ``n_points, n_distinct, subset_size, scale``; and the
+settings, the peak and the final ID (whole cloud) in ``run.json``.
 A state that cannot be estimated has empty cells and its reason in ``run.json`` (never a made-up number).
 """
 
@@ -23,6 +24,8 @@ def write_states_csv(ws, out_dir, progress, params: dict | None = None):
     write_csv(out_dir / "states.csv", prof.csv_frame())
     peak, final = prof.peak("twonn"), prof.final("twonn")
     info = {
+        "headline": "each estimator on the whole distinct cloud of the state",
+        "band": f"spread over {prof.subset_size_text()}",
         "n_subsets": settings.n_subsets,
         "max_points": settings.max_points,
         "seed": settings.seed,
@@ -60,11 +63,15 @@ def _report(ws) -> list:
         if v.empty:
             continue
         fig.add_trace(go.Scatter(x=v["state"], y=v[f"id_{est}"], name=label, mode="lines+markers",
-                                 error_y=dict(type="data", array=v[f"id_{est}_std"], visible=True)))
+                                 error_y=dict(type="data", symmetric=False,
+                                              array=(v[f"id_{est}_max"] - v[f"id_{est}"]).clip(lower=0),
+                                              arrayminus=(v[f"id_{est}"] - v[f"id_{est}_min"]).clip(lower=0),
+                                              visible=True)))
     fig.update_layout(title="Intrinsic dimension against depth", xaxis_title="hidden state h_s",
                       yaxis_title="intrinsic dimension", height=400, margin=dict(l=60, r=20, t=50, b=50))
-    return [("figure", fig, f"{prof.shape('twonn')} (TwoNN). Error bars: spread over {settings.n_subsets} disjoint "
-                            f"subsets; width {prof.width}. Correlation dimension is the closest standard estimator to "
+    return [("figure", fig, f"{prof.shape('twonn')} (TwoNN, whole cloud). Points: each estimator on the whole "
+                            f"distinct cloud of the state; error bars: the range over {prof.subset_size_text()} "
+                            f"(smaller samples read higher); width {prof.width}. Correlation dimension is the closest standard estimator to "
                             "the seed paper's unverified 'correlators'.")]
 
 

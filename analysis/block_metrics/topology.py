@@ -119,3 +119,42 @@ def _report(ws) -> list:
 from ..registry import ReportSection, register_report_section  # noqa: E402
 
 register_report_section(ReportSection("zigzag", "Zigzag persistence across layers", _report, order=50))
+
+
+#: Bars of each dimension whose windows the report lists.
+REPORT_TOP_BARS = 3
+
+
+def _representatives_report(ws) -> list:
+    """The windows of the longest H1 bars (and the longest finite H0 cluster) at each bar's middle layer, if the
+    representatives of the default zigzag were computed (the zigzag page's button); never computes."""
+    from ..topology import representatives_are_cached, zigzag_representatives
+
+    settings = _settings(DEFAULTS)
+    if not representatives_are_cached(ws.lm, ws.text, settings):
+        return []
+    reps = zigzag_representatives(ws.lm, ws.text, settings)
+    items = [("text", "Each point of the zigzag is one window of text (its last token's hidden state). A long "
+                      "H1 bar is a ring of windows, each among the k nearest neighbours of the next, around a hole "
+                      "that lasts from layer to layer; an H0 bar is a cluster cut off from the rest. Listed: the "
+                      "windows of the longest bars at each bar's middle layer (Dionysus' apex representative, "
+                      "checked to be a loop of that layer's graph), with the layers in which each window is part "
+                      "of the bar; the window's last token is in ⟦ ⟧.", "")]
+    h1 = reps.bars[reps.bars["dim"] == 1].head(REPORT_TOP_BARS)
+    h0 = reps.bars[(reps.bars["dim"] == 0) & (reps.bars["death_layer"] < reps.bars["death_layer"].max())].head(1)
+    for _, b in list(h1.iterrows()) + list(h0.iterrows()):
+        layers = reps.layers(int(b["bar"]))
+        if not layers:
+            continue
+        mid = layers[len(layers) // 2]
+        w = reps.windows(int(b["bar"]), mid)
+        if int(b["dim"]) == 0:
+            w = w[w["role"] == "cluster"].head(20)
+        table = w[["window", "layers", "text"]].rename(columns={"layers": "part of the bar in"})
+        items.append(("table", table, f"{reps.describe(int(b['bar']))}; windows at h{mid}"
+                                      + (" (first 20 of the cluster)" if int(b["dim"]) == 0 else "")))
+    return items
+
+
+register_report_section(ReportSection("zigzag_representatives", "What the longest zigzag features are made of",
+                                      _representatives_report, order=51))

@@ -66,9 +66,11 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
     # (the browser test computes the same 8 x 64 profile when it runs first): then the page shows it at once
     assert "Compute ID profile" in _texts(at) or _charts(at) >= 2
     at.number_input(key="id-points").set_value(512)  # points per state: all 512 tokens of 8 x 64
+    at.number_input(key="id-subset-size").set_value(128)
     at.button(key="id-compute").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)
     assert _charts(at) >= 2  # profile and GRIDE sweep
+    assert "whole distinct cloud" in _texts(at) and "disjoint subsets of 128 points" in _texts(at)
     labels = [m.label for m in at.metric]
     assert any(lbl.startswith("Peak") for lbl in labels) and "Width (for reference)" in labels
     assert "576" in [str(m.value) for m in at.metric]
@@ -93,11 +95,12 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
 def test_id_page_refuses_impossible_settings(at):
     at.switch_page("pages/intrinsic_dimension.py")
     at.run()
-    at.number_input(key="id-subsets").set_value(16)
-    at.number_input(key="id-points").set_value(200)  # 200 points / 16 subsets < 20: refused with a message
+    at.number_input(key="id-subset-size").set_value(300)
+    at.number_input(key="id-points").set_value(200)  # subsets of 300 of 200 points: refused with a message
     at.button(key="id-compute").click().run()
     assert not at.exception
-    assert any("cannot make 16 disjoint subsets" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("subsets of 300 points need at least that many" in e.value for e in at.error), \
+        [e.value for e in at.error]
 
 
 def test_projections_page_pca_then_umap(at):
@@ -123,8 +126,8 @@ def test_id_page_compares_with_gemma_when_installed(at):
 
     at.switch_page("pages/intrinsic_dimension.py")
     at.run()
-    at.number_input(key="id-subsets").set_value(4)
     at.number_input(key="id-points").set_value(512)
+    at.number_input(key="id-subset-size").set_value(128)
     at.button(key="id-compute").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)
     if not gemma_installed():

@@ -77,6 +77,27 @@ def test_id_profile_on_the_real_model(small_ws):
     print("\nTwoNN profile (8x64 alice, 4 subsets):", np.round(twonn, 1).tolist(), "|", prof.shape("twonn"))
 
 
+@pytest.mark.parametrize("state", [1, 8, 15, 22, 30])
+def test_headline_twonn_is_scikit_dimensions_twonn_of_the_whole_distinct_cloud(ws, state):
+    """The headline is the estimate of the cloud itself, not a mean over subsets: on the default workspace (alice,
+    32 x 128 tokens, 4096 rows per state) it equals scikit-dimension's TwoNN on the same distinct rows."""
+    import skdim
+
+    from analysis.geometry import IDSettings, distinct_cloud, state_id
+
+    c = ws.calibration
+    cloud = ws.capture().all_token_cloud(state, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
+    settings = IDSettings()
+    X, _, _ = distinct_cloud(cloud, settings)
+    r = state_id(cloud, settings)
+    assert r["n_distinct"] == X.shape[0] > 3000
+    theirs = float(skdim.id.TwoNN().fit(X).dimension_)
+    assert r["whole"]["twonn"] == pytest.approx(theirs, rel=1e-6)
+    assert r["subset_size"] == X.shape[0] // 4 and r["twonn"].shape == (4,)
+    print(f"\nh{state}: whole-cloud TwoNN {r['whole']['twonn']:.2f} (skdim {theirs:.2f}); subsets of "
+          f"{r['subset_size']}: mean {r['twonn'].mean():.2f}")
+
+
 def test_id_profile_of_a_pruned_variant_shares_the_depth_axis(lm, small_ws):
     from analysis.surgery import remove_blocks
 

@@ -141,3 +141,41 @@ def test_persistence_page_computes_on_press_and_shows_the_views():
     at.selectbox(key="ph-dim").set_value(2)
     at.run()
     assert any("Expected cost" in w.value and "default (300 points" in w.value for w in at.warning)
+
+
+def test_zigzag_page_shows_the_windows_of_the_longest_loop(lm, alice):
+    """The representative view: on a press, the longest H1 bar's loop at its middle layer, over PCA, with the
+    windows' texts in a table; another layer changes the loop; H0 clusters are offered too."""
+    at = open_page("pages/zigzag.py")
+    submit_zigzag(at)
+    go = [b for b in at.button if b.label == "Find the windows of the longest bars"]
+    if go:  # not cached yet
+        go[0].click()
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    reps = topo.zigzag_representatives(lm, alice, SMALL)
+    longest = int(reps.bars[reps.bars["dim"] == 1]["bar"].iloc[0])
+    assert at.selectbox(key="zz-rep-bar").value == longest
+    layers = reps.layers(longest)
+    assert at.select_slider(key="zz-rep-layer").value == layers[len(layers) // 2]
+    table = next(d for d in at.dataframe if "text" in d.value.columns and "layers" in d.value.columns).value
+    expected = reps.windows(longest, layers[len(layers) // 2])
+    assert table["window"].tolist() == expected["window"].tolist() and len(table) >= 3
+    assert all("⟦" in t for t in table["text"])  # each window's text with its last token marked
+    assert (table["role"] == "representative").all()
+    # the figure: the loop's title and one edge per representative edge
+    figures = [f for f in at.get("plotly_chart") if "H1 bar" in f.proto.spec]
+    assert figures and "a loop of" in figures[0].proto.spec
+
+    at.select_slider(key="zz-rep-layer").set_value(layers[0])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table2 = next(d for d in at.dataframe if "text" in d.value.columns and "layers" in d.value.columns).value
+    assert table2["window"].tolist() == reps.windows(longest, layers[0])["window"].tolist()
+
+    at.radio(key="zz-rep-dim").set_value(0)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="zz-rep-bar").value == int(reps.bars[reps.bars["dim"] == 0]["bar"].iloc[0])
+    clusters = next(d for d in at.dataframe if "text" in d.value.columns and "layers" in d.value.columns).value
+    assert {"representative", "cluster"} >= set(clusters["role"]) and len(clusters) > 0

@@ -23,8 +23,10 @@ from analysis.zigzag import (
     knn_graph,
     states_to_blocks,
     suggest_states,
+    representatives_of_clouds,
     zigzag_bars,
     zigzag_bars_of_complexes,
+    zigzag_representatives,
     zigzag_index_to_layer,
     zigzag_times,
 )
@@ -291,9 +293,16 @@ def test_progress_is_reported():
     calls: list[tuple[int, int, str]] = []
     zigzag_bars(random_layers(n=30, n_layers=3, width=3, drift=0.3, seed=7), k=3, max_dim=2,
                 progress=lambda done, total, message: calls.append((done, total, message)))
-    messages = {m for _, _, m in calls}
-    assert messages == {"kNN clique complexes", "zigzag persistence"}
-    last = [c for c in calls if c[2] == "zigzag persistence"][-1]
+    messages = [m for _, _, m in calls]
+    assert "kNN clique complexes" in messages
+    # FastZigzag reports no steps: stages with total 0 (shown as text, never as a made-up bar)
+    stages = [c for c in calls if c[2].startswith("FastZigzag")]
+    assert [c[2].split(":")[1].split()[0] for c in stages] == ["building", "reducing", "reading"]
+    assert all(done == 0 and total == 0 for done, total, _ in stages)
+    old: list[tuple[int, int, str]] = []
+    zigzag_bars(random_layers(n=30, n_layers=3, width=3, drift=0.3, seed=7), k=3, max_dim=2, engine="zigzag",
+                progress=lambda done, total, message: old.append((done, total, message)))
+    last = [c for c in old if c[2] == "zigzag persistence"][-1]
     assert last[0] == last[1] > 0
 
 
@@ -315,3 +324,119 @@ def test_bad_input_raises_a_clear_value_error(clouds, k, max_dim, message):
         zigzag_bars(clouds, k=k, max_dim=max_dim)
     with pytest.raises(ValueError, match=message):
         estimate_simplex_count(clouds, k=k, max_dim=max_dim)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FastZigzag against the old engine, and the representatives
+
+
+def _multiset(bars: pd.DataFrame) -> list[tuple[int, ...]]:
+    return sorted(map(tuple, bars[["dim", "birth_index", "death_index"]].to_numpy().tolist()))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fast_zigzag_gives_the_old_engines_bars_on_random_filtrations(seed):
+    """The oracle: Dionysus' zigzag_homology_persistence. Random clouds drifting over 1-6 layers, k 2-5, m 1-3, with
+    the H_m artefacts kept so that every dimension is compared."""
+    rng = np.random.default_rng(seed)
+    clouds = random_layers(n=int(rng.integers(8, 40)), n_layers=int(rng.integers(1, 7)), width=int(rng.integers(2, 5)),
+                           drift=float(rng.uniform(0.05, 1.0)), seed=seed)
+    k, m = int(rng.integers(2, 6)), int(rng.integers(1, 4))
+    fast = zigzag_bars(clouds, k=k, max_dim=m, keep_top_dim=True)
+    old = zigzag_bars(clouds, k=k, max_dim=m, keep_top_dim=True, engine="zigzag")
+    assert _multiset(fast) == _multiset(old)
+    assert fast.attrs["n_same_layer_dropped"] == old.attrs["n_same_layer_dropped"]
+    assert fast.attrs["engine"] == "fast" and old.attrs["engine"] == "zigzag"
+
+
+def test_fast_zigzag_interval_types_map_to_the_same_half_open_bars():
+    """The four FastZigzag types on known answers: the octagon of the middle layer is closed-closed [2, 3] (born by
+    entries at 2, killed by the exit at 3) = [2, 3), alive in layer 1 only; the loop of an intersection only is
+    open-open (1, 2) = [1, 2), dropped by the same-layer rule; identical layers: closed-open to the end."""
+    import dionysus
+
+    from analysis.zigzag import _union_and_presence
+
+    bars = zigzag_bars([doubling_line(), polygon(), doubling_line()], k=2, max_dim=2)
+    assert bars[bars["dim"] == 1][["birth_index", "death_index"]].values.tolist() == [[2, 3]]
+    K0, K1 = square_with_diagonal(0, 2), square_with_diagonal(1, 3)
+    simplices, presence = _union_and_presence([K0, K1], 2)
+    s, t = zigzag_times(presence)
+    times = [x.tolist() for x in np.split(t, np.searchsorted(s, np.arange(1, presence.shape[0])))]
+    cone = dionysus.fast_zigzag([r for b in simplices for r in b.tolist()], times)
+    typed = dionysus.init_zigzag_diagrams(dionysus.homology_persistence(cone), cone)
+    assert [(p.birth, p.death) for p in typed[1]["oo"]] == [(1.0, 2.0)]
+    assert zigzag_bars_of_complexes([K0, K1], max_dim=2).attrs["n_same_layer_dropped"] == 1
+    with pytest.raises(ValueError, match="engine"):
+        zigzag_bars_of_complexes([K0, K1], max_dim=2, engine="nope")
+
+
+def test_representative_of_the_middle_layer_loop_is_the_octagon():
+    bars, cells = representatives_of_clouds([doubling_line(), polygon(), polygon(), doubling_line()], k=2, max_dim=2)
+    loop = bars[bars["dim"] == 1]
+    assert loop[["birth_layer", "death_layer", "lifetime", "layers_shown"]].values.tolist() == [[1, 3, 2, 2]]
+    bar = int(loop["bar"].iloc[0])
+    for layer in (1, 2):
+        edges = cells[(cells["bar"] == bar) & (cells["layer"] == layer)][["v0", "v1"]].values.tolist()
+        assert sorted(edges) == sorted([[i, (i + 1) % 8] if i < 7 else [0, 7] for i in range(8)])
+    # the essential component: one vertex and its component, all 8 windows, in every layer
+    comp = cells[(cells["bar"] == 0) & (cells["role"] == "component")]
+    assert comp.groupby("layer").size().tolist() == [8, 8, 8, 8]
+
+
+def _is_boundary_mod2(cycle: list[tuple[int, int]], triangles: np.ndarray) -> bool:
+    """Is the edge set the boundary of some set of triangles (Gaussian elimination over Z/2, bitsets)?"""
+    index: dict[tuple[int, int], int] = {}
+    columns = []
+    for a, b, c in triangles.tolist():
+        bits = 0
+        for e in ((a, b), (a, c), (b, c)):
+            bits |= 1 << index.setdefault(e, len(index))
+        columns.append(bits)
+    target = 0
+    for e in cycle:
+        if e not in index:
+            return False
+        target |= 1 << index[e]
+    pivots: dict[int, int] = {}
+    for col in columns:
+        while col:
+            top = col.bit_length() - 1
+            if top not in pivots:
+                pivots[top] = col
+                break
+            col ^= pivots[top]
+    while target:
+        top = target.bit_length() - 1
+        if top not in pivots:
+            return False
+        target ^= pivots[top]
+    return True
+
+
+@pytest.mark.parametrize("seed", [0, 3, 5])
+def test_representatives_are_non_trivial_cycles_of_each_layer(seed):
+    clouds = random_layers(n=40, n_layers=5, width=3, drift=0.25, seed=seed)
+    complexes = [clique_complex(knn_graph(X, 3), 40, 2) for X in clouds]
+    bars, cells = zigzag_representatives(complexes, max_dim=2, top={0: 5, 1: 10})
+    fast = zigzag_bars_of_complexes(complexes, max_dim=2)
+    assert len(bars[bars["dim"] == 1]) == min(10, int((fast["dim"] == 1).sum()))
+    checked = 0
+    for (bar, layer), g in cells[cells["role"] == "cycle"].groupby(["bar", "layer"]):
+        row = bars.set_index("bar").loc[bar]
+        assert row["birth_layer"] <= layer < row["death_layer"]
+        if row["dim"] == 1:
+            edges = [tuple(e) for e in g[["v0", "v1"]].values.tolist()]
+            layer_edges = set(map(tuple, complexes[layer][1].tolist()))
+            assert set(edges) <= layer_edges
+            degree = np.bincount(np.array(edges).ravel(), minlength=40)
+            assert np.all(degree % 2 == 0)
+            assert not _is_boundary_mod2(edges, complexes[layer][2])  # a real loop, not a filled one
+            checked += 1
+    assert checked > 0
+    assert int(bars["layers_shown"].sum()) == cells[cells["role"] == "cycle"].groupby(["bar", "layer"]).ngroups
+
+
+def test_representatives_refuse_the_truncated_dimension():
+    with pytest.raises(ValueError, match="truncation"):
+        representatives_of_clouds([polygon()], k=2, max_dim=2, top={2: 1})
