@@ -26,9 +26,15 @@ s = c[0].slider("Hidden state h_s", 0, L, L // 2, key="proj-state",
 method = c[1].radio("Method", ["pca", "umap"], format_func=str.upper, key="proj-method")
 dims = c[2].radio("Dimensions", [2, 3], format_func=lambda d: f"{d}-D", key="proj-dims")
 colour = c[3].selectbox("Colour by", list(COLOURINGS), format_func=lambda k: COLOURINGS[k], key="proj-colour")
-drop_first = st.checkbox("Hide the first position of each window (attention sink)", key="proj-drop-first",
+sink_default = ws.calibration.exclude_first == 0  # the sidebar may leave it out of every cloud already
+drop_first = st.checkbox("Hide the first position of each window (attention sink)", value=sink_default,
+                         key="proj-drop-first", disabled=not sink_default,
                          help="the first token of every window has no context and, in most LLMs, activations "
                               "~100× larger than the rest: it alone can fill the first principal axis")
+if drop_first:
+    st.caption("The first position of each window is hidden by default: in most LLMs it carries the attention "
+               "sink, whose activations are ~100× the others' and would squash the rest of the cloud (PCA's "
+               "first axis goes to it alone). Untick to see it.")
 with st.expander("Points and UMAP settings"):
     c = st.columns(3)
     n_points = c[0].number_input("Points", 4, max(4, n_tokens), min(DEFAULT_PROJECTION_POINTS, max(4, n_tokens)),
