@@ -272,3 +272,21 @@ def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], 
                       yaxis2=dict(title=dict(text=f"{y_title}, H1+", font=dict(color=_dim_colour(1))), overlaying="y",
                                   side="right", showgrid=False))
     return fig
+
+
+def quality_cost_figure(frame: pd.DataFrame, x: str, y: str) -> go.Figure:
+    """Variants as labelled points of quality ``y`` against cost ``x``; the original is a red star (the Variants
+    page and the report)."""
+    fig = go.Figure()
+    orig = frame[frame.variant == "original"]
+    rest = frame[frame.variant != "original"]
+    fig.add_trace(go.Scatter(x=rest[x], y=rest[y], mode="markers+text", text=rest.variant, textposition="top center",
+                             name="variants", marker=dict(size=11, color=BASE),
+                             hovertemplate="%{text}: " + x + " %{x:,.4g}, " + y + " %{y:.4g}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=orig[x], y=orig[y], mode="markers+text", text=["original"] * len(orig),
+                             textposition="top center", name="original",
+                             marker=dict(size=16, symbol="star", color=HIGHLIGHT),
+                             hovertemplate="original: " + x + " %{x:,.4g}, " + y + " %{y:.4g}<extra></extra>"))
+    fig.update_layout(title=f"{y} against {x} (the original is the star)", xaxis_title=x, yaxis_title=y, height=440,
+                      margin=dict(l=60, r=20, t=50, b=50), showlegend=True, legend=dict(orientation="h", y=-0.2))
+    return fig

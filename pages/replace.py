@@ -11,8 +11,8 @@ from components.widgets import figure_with_csv, run_with_progress, workspace_cap
 
 st.title("Linear replacement of blocks")
 st.caption("Razzhigaev et al., *Your Transformer is Secretly Linear* (arXiv 2405.12250): consecutive hidden states are "
-           "nearly linear in each other, so a block can be replaced by one affine map h ↦ h·W + c, fitted by least "
-           "squares from the block's real input h_b to its real output h_(b+1) on the calibration tokens (METHODS.md "
+           "nearly linear in each other, so a block can be replaced by one affine map `h ↦ h·W + c`, fitted by least "
+           "squares from the block's real input `h_b` to its real output `h_(b+1)` on the calibration tokens (METHODS.md "
            "§1). The map has d² + d parameters instead of the block's attention and MLP.")
 ws = state.workspace()
 if ws is None:
@@ -25,10 +25,10 @@ st.header("1 · How linear is each block?")
 bm = run_with_progress("Streaming every block's input and output moments",
                        lambda p: cp.block_moments(ws.lm, ws.text, c.n_windows, c.window_len, progress=p))
 residuals = bm.residuals
-st.caption(f"Relative residual ‖H_b W + c − H_(b+1)‖_F / ‖H_(b+1) − mean‖_F of the fitted map on {bm.tokens:,} "
+st.caption(f"Relative residual `‖H_b W + c − H_(b+1)‖_F / ‖H_(b+1) − mean‖_F` of the fitted map on {bm.tokens:,} "
            "calibration tokens (0 = exactly affine, 1 = no better than the mean), from moments streamed in one pass "
            "and cached. The last block is fitted on its own output, before the final norm. In-sample: with "
-           f"{bm.tokens:,} tokens and d = {ws.lm.width} the fit has {ws.lm.width ** 2 + ws.lm.width:,} parameters per "
+           f"{bm.tokens:,} tokens and `d = {ws.lm.width}` the fit has {ws.lm.width ** 2 + ws.lm.width:,} parameters per "
            "block, so the held-out evaluation below is what counts.")
 if bm.tokens < 2 * ws.lm.width:
     st.warning(f"Only {bm.tokens} calibration tokens for width {ws.lm.width}: the fit can match them exactly and the "

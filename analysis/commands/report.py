@@ -4,9 +4,11 @@ The report shows the model card, every view already computed for this model, tex
 agree, and — with ``--recipe`` — the recipe's change and its evaluation table. Nothing is computed to write it:
 run ``metrics``/``topology``/… first (or ``run`` a recipe, which writes its own report).
 
+An existing file is never replaced unless --overwrite is given (the check runs before the model is loaded).
+
 Example:
   python -m analysis report --model default --text alice --out out/report.html
-  python -m analysis report --recipe out/pruned/recipe.json --out out/report.html
+  python -m analysis report --recipe out/pruned/recipe.json --out out/report.html --overwrite
 """
 
 NAME = "report"
@@ -20,17 +22,19 @@ def add_arguments(p):
     add_calibration_args(p)
     p.add_argument("--recipe", default=None, help="take model, text and windows from this recipe and show its change")
     p.add_argument("--title", default=None)
-    p.add_argument("--out", required=True, help="the .html file to write")
+    p.add_argument("--out", required=True, help="the .html file to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def run(args) -> int:
     from .. import recipe as rc
     from ..models import load_model
-    from ..report import build_report, write_report
+    from ..report import build_report, check_destination, write_report
     from ..variants import describe_action
     from ..workspace import Workspace
     from ._common import load, workspace_from
 
+    check_destination(args.out, args.overwrite)  # before anything is loaded or computed
     changes = []
     if args.recipe:
         recipe = rc.load(args.recipe)
@@ -40,6 +44,6 @@ def run(args) -> int:
                             "action": recipe["action"], "evaluation": recipe.get("evaluation"), "recipe": recipe})
     else:
         ws = workspace_from(args, load(args))
-    path = write_report(args.out, build_report(ws, changes, title=args.title))
+    path = write_report(args.out, build_report(ws, changes, title=args.title), overwrite=args.overwrite)
     print(path)
     return 0

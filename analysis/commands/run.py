@@ -85,6 +85,6 @@ def run(args) -> int:
         changes.append({"name": done["name"], "action": action, "evaluation": done["evaluation"], "recipe": done})
     write_json(out / "recipe.json", done)
     if recipe.get("report", True):
-        write_report(out / "report.html", build_report(ws, changes))
+        write_report(out / "report.html", build_report(ws, changes), overwrite=True)  # out was prepared above
     print(out / "recipe.json")
     return 0
