@@ -193,3 +193,15 @@ def test_variants_frame_and_summary_from_evaluations():
     fig = plots.quality_cost_figure(frame, "parameters", "perplexity")
     assert isinstance(fig, go.Figure) and [tr.name for tr in fig.data] == ["variants", "original"]
     assert isinstance(pd.DataFrame(frame), pd.DataFrame)
+
+
+def test_cli_report_refuses_an_existing_file_before_loading_anything(tmp_path):
+    from tests.cli import cli
+
+    out = tmp_path / "report.html"
+    out.write_text("an earlier report")
+    proc = cli("report", "--model", "default", "--out", out, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "exists" in lines[0] and "--overwrite" in lines[0], proc.stderr
+    assert "[model]" not in proc.stderr and out.read_text() == "an earlier report"
