@@ -85,7 +85,8 @@ st.caption("One self-contained HTML file (plotly embedded once, opens offline): 
            "Rips persistence included), where the metrics agree, the kept variants' quality against cost, their "
            "generations side by side and their evaluation tables.")
 title = st.text_input("Title", f"LayerScope report — {ws.lm.name}", key="report-title")
-default_path = Path("exports") / "reports" / f"report-{ws.lm.fingerprint[:8]}.html"
+default_path = (Path("exports") / "reports" /  # a new name per session: an earlier report is not in the way
+                f"report-{ws.lm.fingerprint[:8]}-{_dt.datetime.now():%Y%m%d-%H%M}.html")
 c = st.columns([3, 1])
 target = c[0].text_input("Write to (an .html file)", str(default_path), key="report-path",
                          help="relative paths are inside the folder the dashboard was started in")
