@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from analysis import estimate
 from analysis.geometry import COLOURINGS, DEFAULT_PROJECTION_POINTS, ProjectionSettings, has_projection, projection
 from components import geometry_figures as gf
 from components import state
@@ -48,8 +49,10 @@ settings = ProjectionSettings(method=method, n_components=int(dims), n_points=in
                               drop_first=1 if drop_first else 0)
 ensure_capture(ws)
 if method == "umap" and not has_projection(ws, s, settings):
-    st.info(f"UMAP of h{s} is not computed yet for these settings ({int(n_points):,} points; about 10–40 s on a "
-            "CPU, the first run in a session also compiles umap-learn).")
+    f = estimate.machine_speed("rips")["factor"]  # this machine's speed now (a ~0.1 s probe, cached)
+    st.info(f"UMAP of h{s} is not computed yet for these settings ({int(n_points):,} points; about "
+            f"{estimate.format_seconds(10 * f)}–{estimate.format_seconds(40 * f)} on this machine now, "
+            f"{estimate.speed_note('rips')}; the first run in a session also compiles umap-learn).")
     c = st.columns(2)
     go = c[0].button(f"Compute UMAP of h{s}", type="primary", key="proj-umap-go")
     go_all = c[1].button(f"Compute UMAP of every state (h0 … h{L})", key="proj-umap-all")
