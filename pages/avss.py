@@ -84,7 +84,7 @@ if c[2].button("Send to prune", key="avss-send", disabled=not chosen, type="prim
 by_share = res.suggest(share=DEFAULT_SHARE)
 if rule == K_LOWEST:
     st.caption(f"The {len(chosen)} lowest-AVSS blocks. The paper's 25 % cumulative-share rule would take "
-               f"{len(by_share)} of {L} blocks here" + (" — most of the model, so it only caps k here."
+               f"{len(by_share)} of {L} blocks here" + (" — most of the model, so here it only caps k."
                                                          if len(by_share) > L // 2 else "."))
 elif len(chosen) > L // 2:
     top = table.sort_values("navss", ascending=False).head(3)
