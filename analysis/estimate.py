@@ -54,6 +54,83 @@ def matmul_flops(device: str = "cpu") -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Calibration from this machine's measured speed
+#
+# The cost models of the views (Rips: analysis.persistence.estimate_rips_seconds; zigzag:
+# analysis.zigzag.estimate_zigzag_seconds; UMAP) were fitted on one core of the development machine. On a machine
+# that is slower, or loaded by other work, they are optimistic by the same factor for every setting. So before an
+# estimate is shown, a short probe times a fixed workload of the same kind (a GUDHI Rips persistence of a fixed
+# 240-point cloud, ~0.03 s on the development machine) and compares it with what the same cost model predicts for
+# it: the ratio is this machine's slowdown now, and every estimate is multiplied by it. The probe is cached per
+# process for PROBE_MAX_AGE_S seconds (load changes; a new probe then costs ~0.1 s).
+
+PROBE_MAX_AGE_S = 300.0
+PROBE_POINTS = 240
+PROBE_REPEATS = 3
+_PROBES: dict[str, tuple[float, dict]] = {}
+
+
+def _rips_probe() -> dict:
+    from . import persistence as ph
+
+    X, _ = ph.normalise_scale(np.random.default_rng(0).normal(size=(PROBE_POINTS, 256)))
+    ph.rips_diagrams(X[:60], max_dim=1)  # warm-up (imports, first call)
+    times = []
+    for _ in range(PROBE_REPEATS):
+        t0 = time.perf_counter()
+        ph.rips_diagrams(X, max_dim=1)
+        times.append(time.perf_counter() - t0)
+    measured = float(np.median(times))
+    predicted = ph.estimate_rips_seconds(PROBE_POINTS, 1)
+    return {"measured_s": measured, "predicted_s": predicted, "times_s": times}
+
+
+_PROBE_KINDS = {"rips": _rips_probe}
+
+
+def machine_speed(kind: str = "rips", max_age: float = PROBE_MAX_AGE_S, refresh: bool = False) -> dict:
+    """This machine's speed now against the development machine the cost models were fitted on.
+
+    Returns ``{"factor", "measured_s", "predicted_s", "times_s", "age_s", "kind"}``: ``factor`` = measured /
+    predicted seconds of the probe (2 = twice as slow as the fit), clipped to [0.2, 50]. Cached per process for
+    ``max_age`` seconds.
+    """
+    now = time.monotonic()
+    hit = _PROBES.get(kind)
+    if refresh or hit is None or now - hit[0] > max_age:
+        data = _PROBE_KINDS[kind]()
+        data["factor"] = float(np.clip(data["measured_s"] / max(data["predicted_s"], 1e-9), 0.2, 50.0))
+        data["kind"] = kind
+        _PROBES[kind] = hit = (time.monotonic(), data)
+    return {**hit[1], "age_s": max(0.0, time.monotonic() - hit[0])}
+
+
+def calibrated_seconds(model_seconds: float, kind: str = "rips") -> float:
+    """``model_seconds`` (a cost model's estimate for the development machine) scaled to this machine now."""
+    return float(model_seconds) * machine_speed(kind)["factor"]
+
+
+def speed_note(kind: str = "rips") -> str:
+    """One line for a caption: how the estimate was calibrated."""
+    sp = machine_speed(kind)
+    return (f"calibrated on this machine now: a {PROBE_POINTS}-point probe ran {sp['factor']:.1f}× "
+            f"{'slower' if sp['factor'] >= 1 else 'faster'} than the cost model predicts")
+
+
+def format_seconds(s: float) -> str:
+    """``0.4 s``, ``12 s``, ``3 min 20 s``, ``1 h 05 min``."""
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 3600:
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(int(round(s / 60)), 60)
+    return f"{h} h {m:02d} min"
+
+
 def _history_tokens_per_s(fingerprint: str) -> float | None:
     """Tokens per second of earlier captures of this model, from their ``meta.json`` in the cache."""
     rates = []
@@ -85,5 +162,5 @@ def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None =
 
 
 def describe(est: dict) -> str:
-    return (f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MB on disk, "
-            f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MB (estimated from {est['basis']})")
+    return (f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
+            f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB (estimated from {est['basis']})")

@@ -8,15 +8,17 @@
 * **Fidelity** to the original on the same scored positions: mean per-token KL divergence
   ``KL(p_original ‖ p_candidate)`` (nats) and top-1 agreement (how often both predict the same next token).
 * **Cost**: parameters (tied matrices counted once), bytes of weights, prefill tokens/s (one forward of a
-  ``context``-token window, median of 3), decode ms/token (greedy generation with the KV cache, median of 2),
-  peak memory during that prefill (CUDA: allocator peak; CPU: peak resident-set growth sampled every 2 ms,
-  approximate).
+  ``context``-token window), decode ms/token (greedy generation with the KV cache), peak memory during one prefill
+  (CUDA: allocator peak; CPU: peak resident-set growth sampled every 2 ms, approximate). With a candidate, the
+  original and the candidate are timed **in the same run, interleaved** (warm-up of each, then A B A B … for
+  ``SPEED_ROUNDS`` prefill rounds and ``DECODE_ROUNDS`` decode rounds): both see the same load, so "faster" is not an
+  artefact of the moment. Each row keeps the median and the spread (min–max over the rounds) in ``speed``.
 * **Recovery** = original perplexity / candidate perplexity (1.0 = no loss), as compression tools report it.
 * A greedy generation from a fixed prompt, original and candidate side by side.
 
-The original's log-probabilities on the evaluation positions and its table row (speed included) are kept in
-memory (one entry), so evaluating a second candidate against the same original, text and settings costs one
-model pass, not two.
+The original's log-probabilities on the evaluation positions and its quality row are kept in memory (one entry),
+so evaluating a second candidate against the same original, text and settings costs one model pass, not two; its
+speed is never taken from that memo but timed again beside each candidate.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class ModelEvaluation:
     peak_memory_bytes: int | None = None
     generation: str = ""
     seconds: float = 0.0
+    #: spread of the speed figures: ``{"prefill_tokens_per_s": {"median", "min", "max", "n"}, "decode_ms_per_token":
+    #: {...}, "interleaved": bool, "with": [names timed in the same run]}``
+    speed: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -194,13 +199,14 @@ _ORIGINAL_MEMO: dict = {}
 
 def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray, settings: EvalSettings,
               progress: Progress | None) -> tuple[_Pass, ModelEvaluation]:
-    """The original's pass (log-prob rows kept for KL) and its table row, memoised per (weights, settings)."""
+    """The original's pass (log-prob rows kept for KL) and its quality row (no speed: that is timed beside each
+    candidate), memoised per (weights, settings)."""
     key = (original_key, hash(ids.tobytes()), tuple(sorted(settings.to_dict().items())))
     if not original_key or _ORIGINAL_MEMO.get("key") != key:
         _ORIGINAL_MEMO.clear()
         gc.collect()
         result = _scored_pass(original, ids, settings, progress, "original", keep=True)
-        row = _row(original, tokenizer, result, settings)
+        row = _row(original, tokenizer, result, settings, speed=False)
         if not original_key:
             return result, row
         _ORIGINAL_MEMO.update(key=key, result=result, row=row)
@@ -242,7 +248,13 @@ def evaluate(
     if candidate is None:
         return table
     c = _scored_pass(candidate, ids, settings, progress, candidate_name, reference=o.log_probs)
-    cand = _row(candidate, tokenizer, c, settings)
+    cand = _row(candidate, tokenizer, c, settings, speed=False)
+    if settings.measure_speed:
+        if progress:
+            progress(0, 1, "timing original and candidate, interleaved")
+        timed = measure_speed({"original": original, candidate_name: candidate}, tokenizer, settings)
+        for row, name in ((orig, "original"), (cand, candidate_name)):
+            _set_speed(row, timed[name])
     cand.kl_to_original = c.kl_sum / c.count
     cand.top1_agreement = float(torch.cat([a == b for a, b in zip(o.argmax, c.argmax)]).float().mean())
     cand.recovery = orig.perplexity / cand.perplexity if cand.perplexity > 0 else 0.0
@@ -251,15 +263,108 @@ def evaluate(
     return table
 
 
-def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings) -> ModelEvaluation:
+def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings, speed: bool = True) -> ModelEvaluation:
     row = ModelEvaluation(perplexity=math.exp(p.nll / p.count), nll=p.nll / p.count, tokens=p.count,
                           parameters=count_parameters(model), weight_bytes=weight_bytes(model), seconds=p.seconds)
-    if settings.measure_speed:
-        row.prefill_tokens_per_s, row.peak_memory_bytes = measure_prefill(model, settings.context)
-        row.decode_ms_per_token = measure_decode(model, tokenizer, settings.prompt, settings.max_new_tokens)
+    if speed and settings.measure_speed:
+        _set_speed(row, measure_speed({"model": model}, tokenizer, settings)["model"])
     if settings.max_new_tokens > 0:  # 0: no generation (the leaderboard's many evaluations)
         row.generation = generate(model, tokenizer, settings.prompt, settings.max_new_tokens)
     return row
+
+
+def _set_speed(row: ModelEvaluation, timed: dict) -> None:
+    row.prefill_tokens_per_s = timed["prefill_tokens_per_s"]["median"]
+    row.decode_ms_per_token = timed["decode_ms_per_token"]["median"]
+    row.peak_memory_bytes = timed["peak_memory_bytes"]
+    row.speed = {k: v for k, v in timed.items() if k != "peak_memory_bytes"}
+
+
+#: Rounds of the interleaved timing: prefill passes and greedy generations per model (after one warm-up each).
+SPEED_ROUNDS = 5
+DECODE_ROUNDS = 3
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values)),
+            "n": len(values)}
+
+
+def interleaved(fns: dict[str, Callable[[], float]], rounds: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Call every ``fn`` (returning one measurement) once per round, in turn: A B A B … (after one warm-up call
+    of each when ``warmup``); ``{name: [one value per round]}``. Every model sees the same moments of load."""
+    if warmup:
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(fn())
+    return out
+
+
+@torch.no_grad()
+def measure_speed(models: dict[str, nn.Module], tokenizer, settings: EvalSettings, rounds: int = SPEED_ROUNDS,
+                  decode_rounds: int = DECODE_ROUNDS) -> dict[str, dict]:
+    """Prefill tokens/s and decode ms/token of several models timed in one run, interleaved, with the spread.
+
+    ``{name: {"prefill_tokens_per_s": {median, min, max, n}, "decode_ms_per_token": {…}, "peak_memory_bytes",
+    "interleaved": len(models) > 1, "with": [other names]}}``. Peak memory is taken on one extra, untimed prefill.
+    """
+    n_tokens = settings.context
+    prefill = {name: _prefill_timer(m, n_tokens) for name, m in models.items()}
+    decode = {name: _decode_timer(m, tokenizer, settings.prompt, settings.max_new_tokens) for name, m in models.items()}
+    p_times = interleaved(prefill, rounds)
+    d_times = interleaved(decode, decode_rounds, warmup=False)  # prefill's warm-up already warmed the weights
+    out = {}
+    for name, model in models.items():
+        device = input_device(model)
+        peak = _peak_memory(prefill[name], device, weight_bytes(model))
+        out[name] = {"prefill_tokens_per_s": _spread([n_tokens / t for t in p_times[name]]),
+                     "decode_ms_per_token": _spread(d_times[name]), "peak_memory_bytes": peak,
+                     "interleaved": len(models) > 1, "with": [n for n in models if n != name]}
+    return out
+
+
+def _prefill_input(model: nn.Module, n_tokens: int) -> torch.Tensor:
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(100, max(101, vocab - 1), (1, n_tokens),
+                         generator=torch.Generator().manual_seed(0)).to(input_device(model))
+
+
+def _prefill_timer(model: nn.Module, n_tokens: int) -> Callable[[], float]:
+    """A function timing one prefill of ``n_tokens`` random tokens (seconds)."""
+    x = _prefill_input(model, n_tokens)
+    device = input_device(model)
+
+    @torch.no_grad()
+    def run() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        model(input_ids=x, use_cache=False)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def _decode_timer(model: nn.Module, tokenizer, prompt: str, new_tokens: int) -> Callable[[], float]:
+    """A function timing one greedy generation of ``new_tokens`` tokens (milliseconds per generated token)."""
+    device = input_device(model)
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def run() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=pad)
+        _sync(device)
+        generated = out.shape[1] - enc["input_ids"].shape[1]
+        return (time.perf_counter() - t0) * 1000 / max(1, generated)
+
+    return run
 
 
 @torch.no_grad()

@@ -664,6 +664,9 @@ class PersistenceSettings:
     seed: int = 0
     last_windows: int = 500  # the last-token cloud: windows of the workspace's text (same capture as the zigzag)
     last_window_len: int = 32
+    #: all-token cloud only: also leave out the first ``drop_first`` positions of every window (the attention
+    #: sink, whose norm can be ~100x the others' and squash every other bar); the page defaults to 1
+    drop_first: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -683,6 +686,8 @@ def check_persistence_settings(s: PersistenceSettings) -> PersistenceSettings:
     if not 3 <= s.n_points <= MAX_POINTS[s.max_dim]:
         raise TopologyError(f"the subsample must have between 3 and {MAX_POINTS[s.max_dim]} points for "
                             f"max_dim = {s.max_dim}; got {s.n_points}")
+    if s.drop_first < 0:
+        raise TopologyError(f"drop_first must be 0 or more, got {s.drop_first}")
     if s.cloud == "last" and (s.last_windows < 3 or s.last_window_len < 2):
         raise TopologyError("the last-token cloud needs at least 3 windows of at least 2 tokens")
     return s
@@ -693,7 +698,8 @@ def persistence_params(ws, s: PersistenceSettings) -> dict:
     common = {"metric": s.metric, "n_points": int(s.n_points), "max_dim": int(s.max_dim), "seed": int(s.seed),
               "v": 1}
     if s.cloud == "all":
-        return {**ws.key(), "cloud": "all", **common}
+        extra = {"drop_first": int(s.drop_first)} if s.drop_first else {}  # 0 keeps the earlier cache keys
+        return {**ws.key(), "cloud": "all", **common, **extra}
     return {"model": ws.lm.fingerprint, "text": ws.text.sha256, "cloud": "last", "windows": int(s.last_windows),
             "window_len": int(s.last_window_len), **common}
 
@@ -723,7 +729,11 @@ def estimate_persistence_seconds(s: PersistenceSettings, n_states: int, n_cloud:
 
 def cloud_size(ws, s: PersistenceSettings) -> int:
     """Points in each state's cloud before the subsample (no capture needed)."""
-    return ws.n_cloud_tokens() if s.cloud == "all" else int(s.last_windows)
+    if s.cloud != "all":
+        return int(s.last_windows)
+    c = ws.calibration
+    n = c.n_windows * max(0, c.window_len - max(c.exclude_first, int(s.drop_first)))
+    return n if c.n_max is None else min(n, c.n_max)
 
 
 @dataclass
@@ -756,7 +766,8 @@ def _cloud_capture(ws, s: PersistenceSettings, progress: Progress | None) -> Cap
 def _state_cloud(ws, s: PersistenceSettings, cap: Capture, state: int) -> np.ndarray:
     if s.cloud == "all":
         c = ws.calibration
-        return cap.all_token_cloud(state, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
+        return cap.all_token_cloud(state, n_max=c.n_max, seed=c.seed,
+                                   exclude_first=max(c.exclude_first, int(s.drop_first)))
     return cap.last_token_cloud(state)
 
 

@@ -214,7 +214,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
     plain = not needs_project_loader(export["path"])
     how = "plain `AutoModelForCausalLM`" if plain else "the project's loader (`analysis.checkpoint.load_checkpoint`)"
     if check["ok"]:
-        st.success(f"Exported to `{export['path']}` ({export['size'] / 2**20:,.1f} MB) and reloaded with {how}: "
+        st.success(f"Exported to `{export['path']}` ({export['size'] / 2**20:,.1f} MiB) and reloaded with {how}: "
                    f"{check['blocks']} blocks, max |Δ logit| = {check['max_abs_logit_diff']:.2e} on "
                    f"{check['tokens']} tokens, same top-1 everywhere.")
     else:

@@ -57,8 +57,8 @@ def also_remove(ws, key: str, exclude: list[int] | None = None) -> list[int]:
     L = ws.n_blocks
     widget = f"{key}-remove"
     prune = st.session_state.get(state.PRUNE_SELECTION) or []
-    cols = st.columns([4, 1])
-    if prune and cols[1].button("Use the prune page's selection", key=f"{key}-use-prune",
+    cols = st.columns([3, 2], vertical_alignment="bottom")
+    if prune and cols[1].button("Use the prune page's selection", key=f"{key}-use-prune", width="stretch",
                                 help=f"blocks {', '.join(map(str, prune))}"):
         st.session_state[widget] = [b for b in prune if b not in (exclude or [])]
     chosen = cols[0].multiselect("Also remove blocks (depth pruning, 0-based)", list(range(L)), key=widget,
@@ -137,4 +137,4 @@ def result_frame(record: dict) -> pd.DataFrame:
 def residual_figure(residuals: np.ndarray, chosen: list[int]):
     blocks = list(range(len(residuals)))
     return figures.bars(blocks, residuals, "Least-squares fit residual of h_b → h_(b+1) per block (low = nearly linear)",
-                        figures.BLOCK_AXIS, "relative residual", highlight=chosen)
+                        figures.BLOCK_AXIS, "relative residual", highlight=chosen, highlight_label="chosen to replace")

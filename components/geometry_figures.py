@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from analysis.plots import legend_swatches, set_log_axis
 from components.figures import BASE, BLOCK_AXIS, HIGHLIGHT
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -53,9 +54,12 @@ def block_bars(table: pd.DataFrame, column: str, title: str, y_title: str, highl
                                  hovertemplate=f"block %{{x}}: {flag_text}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title=BLOCK_AXIS, yaxis_title=y_title, height=340, showlegend=bool(fl),
                       margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.3))
+    if hl:
+        legend_swatches(fig, {"suggested": HIGHLIGHT, "other blocks": BASE})
     if log:
-        fig.update_yaxes(type="log")
-    fig.update_yaxes(exponentformat="e" if log or t[column].abs().max() < 1e-2 else "none")
+        set_log_axis(fig, t[column].tolist())  # 1-2-5 ticks with full labels, never plotly's bare "5, 2"
+    else:
+        fig.update_yaxes(exponentformat="e" if t[column].abs().max() < 1e-2 else "none")
     return fig
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-DIM_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
-STATE_AXIS = "hidden state l (h_0 = embeddings; h_l = output of block l - 1)"
+# the per-state persistence figures live in analysis.plots, so that the HTML report draws the same figures
+from analysis.plots import (DIM_COLOURS, STATE_AXIS, _finite_top, betti_curves,  # noqa: F401
+                            per_dimension_curves, persistence_barcode, persistence_diagram)
 
 
 def _colour(d: int) -> str:
@@ -58,69 +59,6 @@ def zigzag_barcode(bars: pd.DataFrame, n_layers: int, cap: int = 300) -> tuple[g
     fig.update_xaxes(range=[-0.5, n_layers + 0.5], dtick=2)
     fig.update_yaxes(autorange="reversed", showticklabels=False)
     return fig, shown.drop(columns="lifetime"), hidden
-
-
-def _finite_top(diagrams: Sequence[np.ndarray]) -> float:
-    vals = [float(np.max(d[np.isfinite(d)])) for d in diagrams if d.size and np.isfinite(d).any()]
-    return max(vals + [1e-9])
-
-
-def persistence_barcode(diagrams: Sequence[np.ndarray], title: str) -> go.Figure:
-    """Barcode of one state: bars by dimension, each dimension sorted by birth then length; ∞ drawn to the edge."""
-    top = _finite_top(diagrams) * 1.08
-    fig = go.Figure()
-    offset = 0
-    for d, dgm in enumerate(diagrams):
-        if dgm.shape[0] == 0:
-            continue
-        order = np.lexsort((-(dgm[:, 1] - dgm[:, 0]), dgm[:, 0]))
-        dg = dgm[order]
-        death = np.where(np.isfinite(dg[:, 1]), dg[:, 1], top)
-        y = offset + np.arange(dg.shape[0])
-        xs, ys = _segments(dg[:, 0], death, y)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"H{d} ({dg.shape[0]})",
-                                 line=dict(color=_colour(d), width=2), hoverinfo="skip"))
-        offset += dg.shape[0] + 5
-    fig.update_layout(title=title, xaxis_title="scale (units of the median pairwise distance)",
-                      yaxis_title="bar", height=420, margin=dict(l=60, r=20, t=50, b=50),
-                      legend=dict(orientation="h", y=-0.2))
-    fig.update_yaxes(autorange="reversed", showticklabels=False)
-    return fig
-
-
-def persistence_diagram(diagrams: Sequence[np.ndarray], title: str) -> go.Figure:
-    """Birth against death per dimension, with the diagonal; essential bars on a dashed line at the top."""
-    top = _finite_top(diagrams) * 1.08
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", line=dict(color="#888", dash="dot"),
-                             showlegend=False, hoverinfo="skip"))
-    fig.add_hline(y=top, line=dict(color="#bbb", dash="dash"), annotation_text="∞", annotation_position="right")
-    for d, dgm in enumerate(diagrams):
-        if dgm.shape[0] == 0:
-            continue
-        inf = ~np.isfinite(dgm[:, 1])
-        death = np.where(inf, top, dgm[:, 1])
-        symbols = np.where(inf, "triangle-up", "circle").tolist()
-        fig.add_trace(go.Scatter(x=dgm[:, 0], y=death, mode="markers", name=f"H{d}",
-                                 marker=dict(color=_colour(d), size=6, symbol=symbols),
-                                 hovertemplate="birth %{x:.4f}, death %{y:.4f}<extra>H" + str(d) + "</extra>"))
-    fig.update_layout(title=title, xaxis_title="birth", yaxis_title="death", height=420,
-                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.2))
-    fig.update_xaxes(range=[-0.02 * top, top * 1.02])
-    fig.update_yaxes(range=[-0.02 * top, top * 1.05])
-    return fig
-
-
-def betti_curves(frame: pd.DataFrame, title: str) -> go.Figure:
-    """Step curves ``β_d(t)`` from :func:`analysis.topology.betti_curves`."""
-    fig = go.Figure()
-    for col in [c for c in frame.columns if c.startswith("betti_")]:
-        d = int(col.split("_")[1])
-        fig.add_trace(go.Scatter(x=frame["t"], y=frame[col], mode="lines", line_shape="hv", name=f"β{d}",
-                                 line=dict(color=_colour(d))))
-    fig.update_layout(title=title, xaxis_title="scale t", yaxis_title="Betti number", height=360,
-                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
-    return fig
 
 
 def zbar_curve(zbar: np.ndarray, p: int, alpha: float, fractions: Sequence[float],

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.graph_objects as go
 
+from analysis.plots import quality_cost_figure  # noqa: F401 (shared with the report)
 from analysis.variants import describe_action
 
 
@@ -32,19 +32,6 @@ def gap_closed(variant) -> float | None:
 def _row(name: str, change: str, r, gap: float | None = None) -> dict:
     return {"variant": name, "change": change, "perplexity": r.perplexity, "recovery": r.recovery, "gap closed": gap,
             "KL to original": r.kl_to_original, "top-1 agreement": r.top1_agreement, "parameters": r.parameters,
-            "weights MB": r.weight_bytes / 2**20, "prefill tokens/s": r.prefill_tokens_per_s,
+            "weights MiB": r.weight_bytes / 2**20, "prefill tokens/s": r.prefill_tokens_per_s,
             "decode ms/token": r.decode_ms_per_token,
-            "peak memory MB": None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20}
-
-
-def quality_cost_figure(frame: pd.DataFrame, x: str, y: str) -> go.Figure:
-    fig = go.Figure()
-    orig = frame[frame.variant == "original"]
-    rest = frame[frame.variant != "original"]
-    fig.add_trace(go.Scatter(x=rest[x], y=rest[y], mode="markers+text", text=rest.variant, textposition="top center",
-                             name="variants", marker=dict(size=11)))
-    fig.add_trace(go.Scatter(x=orig[x], y=orig[y], mode="markers+text", text=["original"], textposition="top center",
-                             name="original", marker=dict(size=16, symbol="star", color="#d62728")))
-    fig.update_layout(title=f"{y} against {x} (the original is the star)", xaxis_title=x, yaxis_title=y, height=440,
-                      margin=dict(l=60, r=20, t=50, b=50))
-    return fig
+            "peak memory MiB": None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20}

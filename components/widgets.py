@@ -83,8 +83,8 @@ def suggestion_row(ws: Workspace, metric, k: int, key: str, blocks: list[int] | 
 def format_bytes(n: float | None) -> str:
     if n is None:
         return "—"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):  # powers of 1024: binary units
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)

@@ -60,13 +60,18 @@ st.caption(f"{settings.describe()} · {int(table['n_tokens'].iloc[0]):,} tokens 
            + (f" · computed in {res.seconds:.1f} s" if res.outcome.status != "hit" else " · from the cache"))
 
 st.header("Suggested blocks to remove")
+K_LOWEST, SHARE_RULE = "k lowest (capped by the share)", "Sorted cumulative share (the paper's rule)"
 c = st.columns([2, 2, 1])
-rule = c[0].radio("Rule", ["Sorted cumulative share", "k lowest"], horizontal=True, key="avss-rule",
-                  help="share: the lowest-AVSS blocks while their cumulative NAVSS (summed after sorting) stays ≤ the "
-                       "share — the paper's rule with 25 %. k lowest: the k blocks with the lowest AVSS.")
-if rule == "k lowest":
-    k = int(c[1].number_input("k", 1, max(1, L - 1), max(1, L // 8), key="avss-k"))
-    chosen = res.suggest(share=None, k=k)
+rule = c[0].radio("Rule", [K_LOWEST, SHARE_RULE], horizontal=True, key="avss-rule",
+                  help="k lowest (the default): the k blocks with the lowest AVSS, never past a sorted cumulative "
+                       "NAVSS of 25 % (the overview's rule). Share: the lowest-AVSS blocks while their cumulative "
+                       "NAVSS (summed after sorting) stays ≤ the share: the paper's rule with 25 %; on a model whose "
+                       "AVSS sum is dominated by a few blocks it takes most of the model.")
+if rule == K_LOWEST:
+    k = int(c[1].number_input("k", 1, max(1, L - 1), max(1, L // 8), key="avss-k",
+                              help=f"default L / 8 = {max(1, L // 8)} of {L} blocks"))
+    share_pct = int(DEFAULT_SHARE * 100)
+    chosen = res.suggest(share=DEFAULT_SHARE, k=k)
     source = f"AVSS, {site}, {k} lowest"
 else:
     share_pct = c[1].slider("Share (%)", 1, 100, int(DEFAULT_SHARE * 100), key="avss-share")
@@ -77,11 +82,17 @@ if len(chosen) >= L:
 c[0].markdown(f"**Remove blocks** `{', '.join(map(str, chosen)) or '—'}` ({len(chosen)} of {L})")
 if c[2].button("Send to prune", key="avss-send", disabled=not chosen, type="primary"):
     state.send_to_prune(chosen, source)
-if rule != "k lowest" and len(chosen) > L // 2:
+by_share = res.suggest(share=DEFAULT_SHARE)
+if rule == K_LOWEST:
+    st.caption(f"The {len(chosen)} lowest-AVSS blocks. The paper's 25 % cumulative-share rule would take "
+               f"{len(by_share)} of {L} blocks here" + (" — most of the model, so here it only caps k."
+                                                         if len(by_share) > L // 2 else "."))
+elif len(chosen) > L // 2:
     top = table.sort_values("navss", ascending=False).head(3)
     st.warning(f"The share rule takes {len(chosen)} of {L} blocks here: AVSS is dominated by a few blocks "
                f"({', '.join(f'block {int(b)}: {v:.0%}' for b, v in zip(top['block'], top['navss']))} of the "
-               "sum), so a 25 % share of the sum covers most blocks. Use **k lowest** for a practical selection.")
+               f"sum), so a {share_pct} % share of the sum covers most blocks. Use **k lowest** for a practical "
+               "selection.")
 
 st.header("AVSS per block")
 zero_blocks = [int(b) for b in table.loc[table["sparsity_zero"], "block"]]
@@ -96,7 +107,7 @@ if near_zero:
           "below. On the residual stream this is expected: use the relative threshold ε · RMS(a) or the MLP site.")
     if not relative:
         cols[1].button("Use relative threshold ε · RMS(a)", on_click=_use_relative, key="avss-use-relative")
-fig = gf.block_bars(table, "avss", f"AVSS per block, {SITE_LABELS[site]} (log scale; red = suggested)", "AVSS",
+fig = gf.block_bars(table, "avss", f"AVSS per block, {SITE_LABELS[site]} (log scale)", "AVSS",
                     highlight=chosen, flagged=near_zero, log=True)
 show = table[["block", "variance", "sparsity", "n_small", "n_entries", "sparsity_zero", "avss", "navss"]]
 figure_with_csv(fig, show, f"avss_{site}.csv", key="avss-bars")
@@ -116,7 +127,7 @@ fig = gf.block_bars(table, "navss", "Normalised AVSS (NAVSS_b = AVSS_b / Σ AVSS
 figure_with_csv(fig, table[["block", "navss"]], f"navss_{site}.csv", key="avss-navss")
 
 curve = res.curve()
-fig = gf.cumulative_curve(curve, None if rule == "k lowest" else share_pct / 100.0, chosen)
+fig = gf.cumulative_curve(curve, share_pct / 100.0, chosen)
 figure_with_csv(fig, curve, f"avss_cumulative_{site}.csv", key="avss-cum")
 
 compared = comparison.compared_variant_section(ws, "AVSS", "at the same site and threshold on the same calibration "

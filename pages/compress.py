@@ -94,7 +94,7 @@ if fresh:
 st.header("3 · Before applying")
 frame = plan_frame(cp.matrix_rows(model, plan))
 st.markdown(plan_summary(ws, frame))
-st.dataframe(frame.style.format({"saved": "{:.1%}", "parameters before": "{:,}",
+st.dataframe(frame.style.format({"saved": "{:.1%}", "parameters before": "{:,}", "break-even rank": "{:.1f}",
                                  "parameters after (factorised)": "{:,}"}), hide_index=True, height=260)
 csv_download(frame, "matrices.csv", key="lr-plan-csv")
 name = st.selectbox("Matrix to look at", list(plan), key="lr-matrix")

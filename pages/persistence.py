@@ -1,8 +1,11 @@
 """Per-layer Vietoris-Rips persistence: barcode, diagram and Betti curves of one state; summaries across states."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
+from analysis import estimate
 from analysis import topology as topo
 from analysis.cache import stable_hash
 from analysis.texts import TextError
@@ -37,21 +40,36 @@ n_points = c[2].number_input("Subsample (farthest points)", 10, 3000, 300, step=
 max_dim = c[3].selectbox("Homology", [1, 2], key="ph-dim",
                          format_func=lambda d: "H0, H1" if d == 1 else "H0, H1, H2 (slower)")
 last_windows, last_len = 500, 32
+drop_first = 0
 if cloud == "last":
     c = st.columns(4)
     last_windows = c[0].number_input("Windows (last-token cloud)", 3, 100_000, 500, key="ph-last-n")
     last_len = c[1].number_input("Tokens per window", 2, 4096, 32, key="ph-last-t")
+elif ws.calibration.exclude_first == 0:
+    hide = st.checkbox("Leave out the first position of each window (attention sink)", value=True,
+                       key="ph-drop-first",
+                       help="the first token of every window has no context and, in most LLMs, a norm ~100× the "
+                            "others': one such point far from the cloud squashes every other bar of the barcode "
+                            "and the diagram (on the bundled model, h15's sink point sits at ~130 median distances)")
+    drop_first = 1 if hide else 0
+    st.caption("The first position of each window is left out by default (the attention sink dominates the cloud); "
+               "untick to include it." if hide else
+               "The first position of each window is included: expect one far point (the attention sink) to "
+               "dominate the scale of the barcode and the diagram.")
 settings = topo.PersistenceSettings(cloud=cloud, metric=metric, n_points=int(n_points), max_dim=int(max_dim),
-                                    last_windows=int(last_windows), last_window_len=int(last_len))
+                                    last_windows=int(last_windows), last_window_len=int(last_len),
+                                    drop_first=drop_first)
 
 n_cloud = topo.cloud_size(ws, settings)
-total = topo.estimate_persistence_seconds(settings, ws.n_states, n_cloud, ws.lm.width)
+factor = estimate.machine_speed("rips")["factor"]  # a ~0.1 s timed probe, cached per process for 5 minutes
+total = factor * topo.estimate_persistence_seconds(settings, ws.n_states, n_cloud, ws.lm.width)
 per_state = total / ws.n_states
 default = topo.PersistenceSettings(cloud=settings.cloud, last_windows=settings.last_windows,
-                                   last_window_len=settings.last_window_len)
-default_total = topo.estimate_persistence_seconds(default, ws.n_states, n_cloud, ws.lm.width)
-cost = (f"Expected cost: about {total:,.1f} s for {ws.n_states} states ({per_state:.2f} s each; a factor of 2-3 "
-        "either way, more on clouds whose points are nearly equidistant), plus the capture if it is not cached.")
+                                   last_window_len=settings.last_window_len, drop_first=drop_first)
+default_total = factor * topo.estimate_persistence_seconds(default, ws.n_states, n_cloud, ws.lm.width)
+cost = (f"Expected cost: about {estimate.format_seconds(total)} for {ws.n_states} states ({per_state:.2f} s each; "
+        f"{estimate.speed_note('rips')}; still a factor of 2 either way, more on clouds whose points are nearly "
+        "equidistant), plus the capture if it is not cached.")
 cached = False
 try:
     topo.check_persistence_settings(settings)
@@ -82,17 +100,26 @@ if not cached:
     st.info("Choose the cloud and press **Compute diagrams**. Every state's diagrams are cached on their own, so an "
             "interrupted run resumes where it stopped.")
     st.stop()
+t0 = time.perf_counter()
 try:
     result = topo.layer_persistence(ws, settings)  # reads the cache
 except (topo.TopologyError, TextError) as exc:
     st.error(str(exc))
     st.stop()
+if result.computed:
+    st.session_state["ph-elapsed"] = (time.perf_counter() - t0, total, result.computed)
+if st.session_state.get("ph-elapsed") and pressed:
+    took, expected, n_done = st.session_state["ph-elapsed"]
+    st.success(f"Computed {n_done} state(s) in {estimate.format_seconds(took)} (estimated "
+               f"{estimate.format_seconds(expected)}).")
 
 n_cloud = int(result.n_cloud[0])  # as captured (duplicates included)
 what = ("all tokens of the sidebar's windows" if cloud == "all" else
         f"the last token of {settings.last_windows} windows of {settings.last_window_len} tokens")
-st.caption(f"Cloud: {what} ({n_cloud:,} points per state), {metric} distance, farthest-point subsample of "
-           f"{min(n_cloud, settings.n_points)} points, homology up to H{settings.max_dim}.")
+st.caption(f"Cloud: {what} ({n_cloud:,} points per state"
+           + (", the first position of each window left out" if settings.drop_first else "")
+           + f"), {metric} distance, farthest-point subsample of {min(n_cloud, settings.n_points)} points, homology "
+             f"up to H{settings.max_dim}.")
 
 st.header("One state")
 c = st.columns([3, 1])

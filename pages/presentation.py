@@ -50,7 +50,7 @@ if step == 0:
     c[0].metric("Decoder blocks", card["blocks"])
     c[1].metric("Width", card["width"])
     c[2].metric("Parameters", f"{card['parameters'] / 1e6:.0f} M")
-    c[3].metric("Weights", f"{card['memory_bytes'] / 2**20:.0f} MB")
+    c[3].metric("Weights", f"{card['memory_bytes'] / 2**20:.0f} MiB")
     st.markdown(f"**{ws.lm.name}** — a {card['architecture']} with {card['blocks']} decoder blocks. We fed it "
                 f"{ws.calibration.n_windows} windows of {ws.calibration.window_len} tokens of *{ws.text.label}* and "
                 "looked at what every block does to them.")
@@ -100,7 +100,7 @@ else:
     cols[3].metric("Same next token", f"{c_.get('top1_agreement', 0):.0%}")
     if c_.get("decode_ms_per_token") and o.get("decode_ms_per_token"):
         st.markdown(f"Decoding: **{c_['decode_ms_per_token']:.1f} ms/token** instead of "
-                    f"{o['decode_ms_per_token']:.1f}; weights **{c_['weight_bytes'] / 2**20:.0f} MB** instead of "
+                    f"{o['decode_ms_per_token']:.1f}; weights **{c_['weight_bytes'] / 2**20:.0f} MiB** instead of "
                     f"{o['weight_bytes'] / 2**20:.0f}.")
     st.markdown(f"Same prompt, greedy: *{ev.get('settings', {}).get('prompt', '')}*")
     g = st.columns(2)

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from analysis import estimate
 from analysis.geometry import COLOURINGS, DEFAULT_PROJECTION_POINTS, ProjectionSettings, has_projection, projection
 from components import geometry_figures as gf
 from components import state
@@ -26,9 +27,15 @@ s = c[0].slider("Hidden state h_s", 0, L, L // 2, key="proj-state",
 method = c[1].radio("Method", ["pca", "umap"], format_func=str.upper, key="proj-method")
 dims = c[2].radio("Dimensions", [2, 3], format_func=lambda d: f"{d}-D", key="proj-dims")
 colour = c[3].selectbox("Colour by", list(COLOURINGS), format_func=lambda k: COLOURINGS[k], key="proj-colour")
-drop_first = st.checkbox("Hide the first position of each window (attention sink)", key="proj-drop-first",
+sink_default = ws.calibration.exclude_first == 0  # the sidebar may leave it out of every cloud already
+drop_first = st.checkbox("Hide the first position of each window (attention sink)", value=sink_default,
+                         key="proj-drop-first", disabled=not sink_default,
                          help="the first token of every window has no context and, in most LLMs, activations "
                               "~100× larger than the rest: it alone can fill the first principal axis")
+if drop_first:
+    st.caption("The first position of each window is hidden by default: in most LLMs it carries the attention "
+               "sink, whose activations are ~100× the others' and would squash the rest of the cloud (PCA's "
+               "first axis goes to it alone). Untick to see it.")
 with st.expander("Points and UMAP settings"):
     c = st.columns(3)
     n_points = c[0].number_input("Points", 4, max(4, n_tokens), min(DEFAULT_PROJECTION_POINTS, max(4, n_tokens)),
@@ -42,8 +49,10 @@ settings = ProjectionSettings(method=method, n_components=int(dims), n_points=in
                               drop_first=1 if drop_first else 0)
 ensure_capture(ws)
 if method == "umap" and not has_projection(ws, s, settings):
-    st.info(f"UMAP of h{s} is not computed yet for these settings ({int(n_points):,} points; about 10–40 s on a "
-            "CPU, the first run in a session also compiles umap-learn).")
+    f = estimate.machine_speed("rips")["factor"]  # this machine's speed now (a ~0.1 s probe, cached)
+    st.info(f"UMAP of h{s} is not computed yet for these settings ({int(n_points):,} points; about "
+            f"{estimate.format_seconds(10 * f)}–{estimate.format_seconds(40 * f)} on this machine now, "
+            f"{estimate.speed_note('rips')}; the first run in a session also compiles umap-learn).")
     c = st.columns(2)
     go = c[0].button(f"Compute UMAP of h{s}", type="primary", key="proj-umap-go")
     go_all = c[1].button(f"Compute UMAP of every state (h0 … h{L})", key="proj-umap-all")

@@ -1,13 +1,15 @@
 """Recipe and report: save or load a whole run, and write a self-contained HTML report."""
 
+import datetime as _dt
 import json
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from analysis import cache
 from analysis import recipe as rc
-from analysis.report import build_report, write_report
+from analysis.report import ReportExists, build_report, check_destination, write_report
 from analysis.texts import TextError
 from analysis.variants import describe_action
 from components import state
@@ -82,17 +84,52 @@ if pending and (pending.get("action") or {}):
             variant_result(ws, v)
 
 st.header("Report")
-st.caption("One self-contained HTML file (plotly embedded, opens offline): the model card, every view computed for "
-           "this model and text, where the metrics agree, and the kept variants with their evaluation.")
-title = st.text_input("Title", f"LayerScope report — {ws.lm.name}")
-if st.button("Write report"):
-    changes = [{"name": v.name, "action": v.action, "evaluation": v.evaluation.to_dict() if v.evaluation else None,
-                "recipe": v.recipe} for v in kept]
-    html = run_with_progress("Writing the report", lambda p: build_report(ws, changes, title=title))
-    path = write_report(Path("exports") / "reports" / f"report-{ws.lm.fingerprint[:8]}.html", html)
-    st.session_state["last-report"] = str(path.resolve())
+st.caption("One self-contained HTML file (plotly embedded once, opens offline): a one-paragraph summary (what was "
+           "removed, what it costs, what it saves), the model card, every view computed for this model and text (the "
+           "Rips persistence included), where the metrics agree, the kept variants' quality against cost, their "
+           "generations side by side and their evaluation tables.")
+title = st.text_input("Title", f"LayerScope report — {ws.lm.name}", key="report-title")
+default_path = (Path("exports") / "reports" /  # a new name per session: an earlier report is not in the way
+                f"report-{ws.lm.fingerprint[:8]}-{_dt.datetime.now():%Y%m%d-%H%M}.html")
+c = st.columns([3, 1])
+target = c[0].text_input("Write to (an .html file)", str(default_path), key="report-path",
+                         help="relative paths are inside the folder the dashboard was started in")
+c[1].write("")
+replace = c[1].checkbox("Replace it if it exists", key="report-overwrite")
+target_path = Path(target.strip()).expanduser() if target.strip() else None
+if target_path is not None and target_path.is_file() and not replace:
+    st.info(f"`{target_path}` exists ({target_path.stat().st_size / 2**20:.1f} MiB, written "
+            f"{_dt.datetime.fromtimestamp(target_path.stat().st_mtime):%Y-%m-%d %H:%M}). Choose another file name, or "
+            "tick **Replace it if it exists**.")
+if st.button("Write report", key="report-write"):
+    if target_path is None or target_path.suffix.lower() not in (".html", ".htm"):
+        st.error("Give the report a file name ending in .html, e.g. exports/reports/report.html.")
+    else:
+        try:
+            check_destination(target_path, overwrite=replace)
+        except ReportExists as exc:
+            st.error(f"Not written: {exc}.".replace("(--overwrite)", "(tick **Replace it if it exists**)"))
+        else:
+            changes = [{"name": v.name, "action": v.action,
+                        "evaluation": v.evaluation.to_dict() if v.evaluation else None, "recipe": v.recipe}
+                       for v in kept]
+            t0 = time.perf_counter()
+            html = run_with_progress("Writing the report", lambda p: build_report(ws, changes, title=title))
+            try:
+                path = write_report(target_path, html, overwrite=replace)
+            except ReportExists as exc:
+                st.error(f"Not written: {exc}.")
+            except OSError as exc:
+                st.error(f"Could not write {target_path}: {exc}")
+            else:
+                st.session_state["last-report"] = str(path.resolve())
+                st.session_state["last-report-seconds"] = time.perf_counter() - t0
+                st.session_state.pop("report-overwrite", None)  # the next write asks again
+                st.rerun()
 report = st.session_state.get("last-report")
 if report and Path(report).is_file():
-    st.success(f"Report written to `{report}` ({Path(report).stat().st_size / 2**20:.1f} MB).")
-    st.download_button("⬇ Download report.html", Path(report).read_bytes(), file_name="report.html",
+    took = st.session_state.get("last-report-seconds")
+    st.success(f"Report written to `{report}` ({Path(report).stat().st_size / 2**20:.1f} MiB"
+               + (f", in {took:.1f} s" if took else "") + ").")
+    st.download_button("⬇ Download report.html", Path(report).read_bytes(), file_name=Path(report).name,
                        mime="text/html", key="dl-report")

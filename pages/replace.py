@@ -37,7 +37,7 @@ residuals = bm.residuals
 st.caption(f"Relative residual `‖H_b W + c − H_(b+1)‖_F / ‖H_(b+1) − mean‖_F` of the fitted map on {bm.tokens:,} "
            "calibration tokens (0 = exactly affine, 1 = no better than the mean), from moments streamed in one pass "
            "and cached. The last block is fitted on its own output, before the final norm. In-sample: with "
-           f"{bm.tokens:,} tokens and d = {ws.lm.width} the fit has {ws.lm.width ** 2 + ws.lm.width:,} parameters per "
+           f"{bm.tokens:,} tokens and `d = {ws.lm.width}` the fit has {ws.lm.width ** 2 + ws.lm.width:,} parameters per "
            "block, so the held-out evaluation below is what counts.")
 if bm.tokens < 2 * ws.lm.width:
     st.warning(f"Only {bm.tokens} calibration tokens for width {ws.lm.width}: the fit can match them exactly and the "

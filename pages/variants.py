@@ -22,11 +22,18 @@ if not kept:
     st.stop()
 
 frame = variants_frame(kept)
-st.dataframe(frame.style.format(na_rep="—", precision=4, thousands=","), hide_index=True)  # "—": not measured
+num = st.column_config.NumberColumn
+st.dataframe(frame, hide_index=True, width="stretch", column_config={  # compact columns: the table fits the page
+    "variant": st.column_config.TextColumn(width="medium"), "change": st.column_config.TextColumn(width="medium"),
+    "perplexity": num(format="%.2f", width="small"), "recovery": num(format="%.3f", width="small"),
+    "KL to original": num(format="%.4f", width="small"), "top-1 agreement": num(format="percent", width="small"),
+    "parameters": num(format="compact", width="small"), "weights MiB": num(format="%.1f", width="small"),
+    "prefill tokens/s": num(format="%.0f", width="small"), "decode ms/token": num(format="%.1f", width="small"),
+    "peak memory MiB": num(format="%.0f", width="small")})  # empty cells: not measured
 csv_download(frame, "variants.csv", key="variants-csv")
 
 c = st.columns(2)
-x = c[0].selectbox("Cost", ["parameters", "weights MB", "decode ms/token", "prefill tokens/s", "peak memory MB"])
+x = c[0].selectbox("Cost", ["parameters", "weights MiB", "decode ms/token", "prefill tokens/s", "peak memory MiB"])
 y = c[1].selectbox("Quality", ["perplexity", "recovery", "KL to original", "top-1 agreement", "gap closed"],
                    help="gap closed (healed variants only) = (ppl_cut − ppl_healed) / (ppl_cut − ppl_original)")
 figure_with_csv(quality_cost_figure(frame, x, y), frame, "variants_quality_cost.csv", key="variants-fig")

@@ -4,9 +4,11 @@ The report shows the model card, every view already computed for this model, tex
 agree, and — with ``--recipe`` — the recipe's change and its evaluation table. Nothing is computed to write it:
 run ``metrics``/``topology``/… first (or ``run`` a recipe, which writes its own report).
 
+An existing file is never replaced unless --overwrite is given (the check runs before the model is loaded).
+
 Example:
   python -m analysis report --model default --text alice --out out/report.html
-  python -m analysis report --recipe out/pruned/recipe.json --out out/report.html
+  python -m analysis report --recipe out/pruned/recipe.json --out out/report.html --overwrite
 """
 
 import argparse
@@ -46,6 +48,6 @@ def run(args) -> int:
                             "action": recipe["action"], "evaluation": recipe.get("evaluation"), "recipe": recipe})
     else:
         ws = workspace_from(args, load(args))
-    path = write_report(dest.path, build_report(ws, changes, title=args.title))
+    path = write_report(dest.path, build_report(ws, changes, title=args.title), overwrite=args.overwrite)
     print(path)
     return 0

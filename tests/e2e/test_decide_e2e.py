@@ -14,7 +14,7 @@ def _evaluate_small(ui):
     ui.button("Apply and evaluate")
 
 
-def test_consensus_two_variants_compare_and_report(ui, browser):
+def test_consensus_two_variants_compare_and_report(ui, browser, tmp_path_factory):
     ui.wait_idle()
     ui.nav("Linearity and baselines")  # computes linearity and the baselines (four registered metrics)
     ui.page.get_by_text("Suggested blocks to remove").wait_for()
@@ -33,12 +33,12 @@ def test_consensus_two_variants_compare_and_report(ui, browser):
     assert body.count("minus ") >= 2 and "original" in body
     ui.shot("21-variants")
     ui.nav("Recipe and report")
+    path = tmp_path_factory.mktemp("e2e-decide-report") / "report.html"  # the user chooses where it goes
+    ui.fill("Write to (an .html file)", str(path))
+    ui.wait_idle()
     ui.button("Write report")
     ui.page.get_by_text("Report written to").wait_for()
-    path = ui.page.get_by_text("Report written to").inner_text().split("`")[1] if "`" in \
-        ui.page.get_by_text("Report written to").inner_text() else None
-    if path is None:  # the path is rendered as code; read it from the element
-        path = ui.page.locator("code").filter(has_text="report-").first.inner_text()
+    assert path.is_file()
     tab = browser.new_page(viewport={"width": 1300, "height": 1000})
     tab.goto(f"file://{path}")
     tab.locator(".js-plotly-plot").first.wait_for(timeout=60_000)

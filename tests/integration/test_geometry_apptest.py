@@ -39,13 +39,18 @@ def test_avss_page_mlp_then_residual_flag_and_send_to_prune(at):
     assert not at.exception and not at.error, (at.exception, at.error)
     assert _charts(at) >= 5  # AVSS, variance, sparsity, NAVSS, cumulative
     assert "Remove blocks" in _texts(at)
+    # the default suggestion is the k lowest (L / 8 = 3 of 30), not the share rule's most of the model
+    assert at.radio(key="avss-rule").value.startswith("k lowest")
+    assert "(3 of 30)" in _texts(at) and "would take" in _texts(at)
     assert "Sparsity is near zero" not in _texts(at)  # the MLP site has small entries
     at.selectbox(key="avss-site").set_value("residual").run()
     assert "Sparsity is near zero" in _texts(at) and "30 of 30 blocks" in _texts(at)
     at.button(key="avss-use-relative").click().run()
     assert at.toggle(key="avss-relative").value is True
     assert "Sparsity is near zero" not in _texts(at)
-    at.radio(key="avss-rule").set_value("k lowest").run()
+    at.radio(key="avss-rule").set_value("Sorted cumulative share (the paper's rule)").run()
+    assert "The share rule takes" in _texts(at)
+    at.radio(key="avss-rule").set_value("k lowest (capped by the share)").run()
     at.number_input(key="avss-k").set_value(2).run()
     assert not at.exception
     at.button(key="avss-send").click().run()

@@ -46,15 +46,35 @@ def test_two_variants_compared_and_reported(app, tmp_path):
     no_exceptions(app)
     frame = app.dataframe[0].value
     assert list(frame["variant"]) == ["original", "minus 12,13", "minus 20"]
+    assert "weights MiB" in frame.columns and "weights MB" not in frame.columns
     assert len(app.get("plotly_chart")) == 1
     open_page(app, "pages/recipe.py")
     no_exceptions(app)
-    [b for b in app.button if b.label == "Write report"][0].click()
+    target = tmp_path / "chosen" / "my-report.html"  # the user chooses where the report goes
+    app.text_input(key="report-path").set_value(str(target))
+    app.button(key="report-write").click()
     app.run()
     no_exceptions(app)
     path = app.session_state["last-report"]
+    assert path == str(target.resolve())
     html = open(path).read()
     assert "Change: minus 12,13" in html and "Change: minus 20" in html
+    assert 'class="summary"' in html and "It saves" in html and "perplexity on asyoulik goes from" in html
+    assert "Variants: quality against cost" in html and "Generations side by side" in html
+    assert html.count("* plotly.js v") == 1  # plotly.js embedded once
+    # a second write to the same file is refused until the user ticks "Replace it if it exists"
+    target.write_text("keep me")
+    app.button(key="report-write").click()
+    app.run()
+    no_exceptions(app)
+    assert any("Not written" in e.value and "exists" in e.value for e in app.error)
+    assert target.read_text() == "keep me"
+    app.checkbox(key="report-overwrite").check()
+    app.button(key="report-write").click()
+    app.run()
+    no_exceptions(app)
+    assert "Change: minus 20" in target.read_text()
+    assert app.checkbox(key="report-overwrite").value is False  # the next write asks again
 
 
 def test_presentation_mode_reads_a_precomputed_recipe(tmp_path, monkeypatch, lm):

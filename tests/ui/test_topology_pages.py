@@ -126,7 +126,9 @@ def test_persistence_page_computes_on_press_and_shows_the_views():
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert charts(at) >= 6  # barcode, diagram, Betti curves, total persistence, entropy, H1 count
-    assert any("512 points per state" in c.value for c in at.caption)
+    # the first position of each window (the attention sink) is left out by default: 8 x 63 points
+    assert at.checkbox(key="ph-drop-first").value is True
+    assert any("504 points per state, the first position of each window left out" in c.value for c in at.caption)
     at.slider(key="ph-layer").set_value(3)
     at.run()
     assert at.button(key="ph-compute").disabled  # cached now: a rerun reads the cache
