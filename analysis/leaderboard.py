@@ -562,3 +562,8 @@ def report_items(ws) -> list:
         ("table", corr, f"Spearman ρ of each metric (oriented: low = redundant) with the measured single-block damage "
                         f"on {s['search']['text']} ({s['search']['n_tokens']} tokens); +1 = same order."),
     ]
+
+
+from . import leaderboard_replaceme as _replaceme  # noqa: E402  (ReplaceMe rows: "replace" against "remove")
+
+_replaceme.register(register_rule, Rule)
