@@ -180,7 +180,7 @@ def atomic_directory(final: Path, overwrite: bool = True, keep_existing: bool = 
     name are removed first.
     """
     final = Path(final)
-    if final.exists() and any(final.iterdir()) and not overwrite:
+    if not overwrite and _non_empty(final):
         raise FileExistsError(f"{final} exists and is not empty")
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_siblings(final)
@@ -193,6 +193,14 @@ def atomic_directory(final: Path, overwrite: bool = True, keep_existing: bool = 
         raise
 
 
+def _non_empty(path: Path) -> bool:
+    """``path`` is a directory with something in it (False if another writer moves it away meanwhile)."""
+    try:
+        return any(path.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Path], bool]) -> None:
     for _ in range(20):
         try:
@@ -201,7 +209,11 @@ def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Pat
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
                 raise
-        if keep_existing and complete(final):
+        try:
+            theirs = keep_existing and complete(final)
+        except FileNotFoundError:  # moved aside by another writer between the rename and this look
+            theirs = False
+        if theirs:
             shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same key first: theirs stands
             return
         old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
