@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis import destinations
 from analysis.cache import stable_hash
 from analysis.checkpoint import load_checkpoint, needs_project_loader, save_checkpoint
 from analysis.compression import low_rank_ranks, record_of
@@ -171,6 +172,25 @@ def variant_result(ws, variant: Variant | None) -> None:
     evaluation_view(variant.evaluation)
 
 
+def _export(ws, variant: Variant, key: str, out_dir: str, form: str, overwrite: bool) -> None:
+    """Write the export (the destination is checked again inside ``export_checkpoint``) and reload it."""
+    _, save_fn, loader = EXPORT_FORMS[form]
+    recipe = dict(variant.recipe, export={"path": str(Path(out_dir).resolve()), "form": form})
+    try:
+        path = run_with_progress("Exporting", lambda p: export_checkpoint(
+            variant.model, ws.lm.tokenizer, out_dir, recipe, overwrite=overwrite, save_fn=save_fn))
+        check = run_with_progress("Reloading", lambda p: verify_export(path, variant.model, ws.lm.tokenizer,
+                                                                      loader=loader))
+        st.session_state[f"last-export-{key}"] = {"path": str(path), "check": check, "form": form,
+                                                  "size": sum(f.stat().st_size for f in Path(path).iterdir()
+                                                              if f.is_file())}
+        variant.recipe = recipe
+    except destinations.DestinationError as exc:
+        st.error(f"{exc}.")
+    except OSError as exc:
+        st.error(f"Could not write {out_dir}: {exc}")
+
+
 def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("dense",)) -> None:
     """Export a variant: a Hugging Face folder with recipe.json, reloaded and compared with the in-memory model."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ws.lm.name.split(" ")[0]).strip("-").lower()
@@ -185,28 +205,39 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         st.session_state[widget + "-for"] = variant.name
     with st.form(f"export-{key}"):
         out_dir = st.text_input("Export folder", key=widget,
-                                help="a Hugging Face folder: safetensors, tokenizer, config, recipe.json")
+                                help="a new or empty folder (a Hugging Face folder: safetensors, tokenizer, config, "
+                                     "recipe.json). A folder LayerScope exported can be replaced after you confirm; "
+                                     "any other non-empty folder is refused")
         available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
         form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f][0], horizontal=True) \
             if len(available) > 1 else available[0]
-        overwrite = st.checkbox("Replace the folder if it is not empty")
         do_export = st.form_submit_button("Export checkpoint")
+    confirm_key = f"confirm-export-{key}"
     if do_export:
         folders[variant.name] = out_dir
-        _, save_fn, loader = EXPORT_FORMS[form]
-        recipe = dict(variant.recipe, export={"path": str(Path(out_dir).resolve()), "form": form})
+        st.session_state.pop(confirm_key, None)
         try:
-            path = run_with_progress("Exporting", lambda p: export_checkpoint(
-                variant.model, ws.lm.tokenizer, out_dir, recipe, overwrite=overwrite, save_fn=save_fn))
-            check = run_with_progress("Reloading", lambda p: verify_export(path, variant.model, ws.lm.tokenizer,
-                                                                          loader=loader))
-            st.session_state[f"last-export-{key}"] = {"path": str(path), "check": check, "form": form,
-                                                      "size": sum(f.stat().st_size for f in Path(path).iterdir())}
-            variant.recipe = recipe
-        except FileExistsError as exc:
-            st.warning(f"{exc}. Tick 'Replace the folder' to overwrite it.")
-        except OSError as exc:
-            st.error(f"Could not write {out_dir}: {exc}")
+            dest = destinations.inspect(out_dir)
+            if dest.empty:
+                _export(ws, variant, key, out_dir, form, overwrite=False)
+            else:
+                destinations.check(out_dir, overwrite=True, what="The export folder")  # refuses a foreign folder
+                st.session_state[confirm_key] = {"path": str(dest.path), "form": form, "entries": dest.entries}
+        except destinations.DestinationError as exc:
+            st.error(f"{exc}.")
+    pending = st.session_state.get(confirm_key)
+    if pending:
+        entries = pending["entries"]
+        st.warning(f"`{pending['path']}` is not empty: it holds a LayerScope export ({len(entries)} entries: "
+                   f"{', '.join(entries[:12])}{' …' if len(entries) > 12 else ''}). Replace everything in it with "
+                   "this export?")
+        c = st.columns([1, 1, 4])
+        if c[0].button("Replace it", key=f"replace-export-{key}", type="primary"):
+            st.session_state.pop(confirm_key, None)
+            _export(ws, variant, key, pending["path"], pending["form"], overwrite=True)
+        if c[1].button("Cancel", key=f"cancel-export-{key}"):
+            st.session_state.pop(confirm_key, None)
+            st.rerun()
     export = st.session_state.get(f"last-export-{key}")
     if not export:
         return
