@@ -46,7 +46,9 @@ def test_replaceme_method_choose_evaluate_beside_removal_export(app, tmp_path):
     assert start == int(best) and start >= 1
     assert len(at.get("plotly_chart")) == 1
     _evaluate_small(at)
-    beside = at.dataframe(key="rm-beside").value
+    assert not at.error, [e.value for e in at.error]
+    # AppTest keeps no key on a plain st.dataframe (only on selectable ones): the table is found by its columns
+    beside = next(d.value for d in at.dataframe if "model" in d.value.columns and "perplexity" in d.value.columns)
     assert list(beside["model"]) == ["original", f"remove [{start}, {start + 2})", f"ReplaceMe [{start}, {start + 2})"]
     ppl = list(beside["perplexity"])
     assert ppl[0] < ppl[1] and ppl[0] < ppl[2]

@@ -119,7 +119,9 @@ def test_zigzag_page_says_when_the_text_is_too_short():
 def test_persistence_page_computes_on_press_and_shows_the_views():
     at = open_page("pages/persistence.py", calibration=Calibration(n_windows=8, window_len=64))
     assert any("Compute diagrams" in i.value for i in at.info)
-    at.number_input(key="ph-points").set_value(60)
+    # 57 points: a setting no other test computes (the e2e dashboard test caches 8 x 64 windows at 60 points in the
+    # same test cache, and a cached setting shows its diagrams at once)
+    at.number_input(key="ph-points").set_value(57)
     at.run()
     assert any("Expected cost" in c.value for c in at.caption)
     at.button(key="ph-compute").click()
