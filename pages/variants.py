@@ -31,6 +31,12 @@ st.dataframe(frame, hide_index=True, width="stretch", column_config={  # compact
     "prefill tokens/s": num(format="%.0f", width="small"), "decode ms/token": num(format="%.1f", width="small"),
     "peak memory MiB": num(format="%.0f", width="small")})  # empty cells: not measured
 csv_download(frame, "variants.csv", key="variants-csv")
+for v in kept:  # the healing outcome in words too: the table above is drawn on a canvas
+    gap = (v.recipe.get("healing") or {}).get("gap") or {}
+    if v.action.get("heal") and gap.get("gap_closed") is not None:
+        st.caption(f"**{v.name}**: gap closed {gap['gap_closed']:.1%} — perplexity original "
+                   f"{gap['perplexity_original']:.3f}, cut {gap['perplexity_cut']:.3f}, healed "
+                   f"{gap['perplexity_healed']:.3f} on the same held-out tokens.")
 
 c = st.columns(2)
 x = c[0].selectbox("Cost", ["parameters", "weights MiB", "decode ms/token", "prefill tokens/s", "peak memory MiB"])
