@@ -16,7 +16,11 @@ plain ``AutoModelForCausalLM`` reloads it unless it has linear blocks) or the ``
 ``AutoModelForCausalLM.from_pretrained``. Plain ``from_pretrained`` on a folder *with* those keys would warn about
 missing weights and initialise them at random — :func:`needs_project_loader` tells the two apart.
 
-In your own code (this module needs only torch, transformers and safetensors besides two sibling modules)::
+Layers: :mod:`analysis.lowrank` (the decompositions) ← :mod:`analysis.factorised` (the in-memory modules) ←
+this module (every file: atomic folders, save and load) ← :mod:`analysis.compression` (the actions on a workspace);
+none of them imports a later one.
+
+In your own code (this module needs only torch, transformers and safetensors besides its sibling modules)::
 
     from analysis.checkpoint import load_checkpoint
     model = load_checkpoint("path/to/export")            # FactorisedLinear / LinearBlock inside, weights exact
@@ -26,7 +30,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,13 +42,12 @@ from torch import Tensor, nn
 
 from .factorised import (
     CONFIG_KEY as FACTORISED_KEY,
+    RANK_ATTR,
     FactorisedLinear,
-    _checkpoint_files,
-    _tied_parameter_names,
     factorised_ranks,
 )
 from .linear_replacement import LinearBlock, replace_decoder_layer
-from .lowrank import check_rank, decoder_layers, svd_truncate
+from .lowrank import check_rank, decoder_layers, decomposition_threads, svd_truncate
 
 __all__ = [
     "FACTORISED_KEY",
@@ -53,11 +60,14 @@ __all__ = [
     "factorised_copy",
     "save_checkpoint",
     "load_checkpoint",
+    "atomic_directory",
+    "save_dense",
+    "save_factorised",
+    "load_factorised",
+    "is_factorised_checkpoint",
 ]
 
 LINEAR_BLOCKS_KEY = "layerscope_linear_blocks"
-#: Attribute of an ``nn.Linear`` whose weight is a dense low-rank ``W'`` (its rank): stored exactly as ``B·A``.
-RANK_ATTR = "layerscope_rank"
 FORMS = ("dense", "factorised")
 
 
@@ -111,8 +121,6 @@ def factorised_copy(model: nn.Module) -> nn.Module:
             if is_linear(module) and module.__dict__.get(RANK_ATTR) is not None}
     if not todo:
         return model
-    from .compression import decomposition_threads
-
     out = _structural_copy(model)
     for name, k in todo.items():
         linear = out.get_submodule(name)
@@ -235,3 +243,150 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``target``; on success rename it to ``target``, on error delete it.
+
+    Raises ``FileExistsError`` before anything is written if ``target`` is a file, or a non-empty directory and
+    ``overwrite`` is false. With ``overwrite`` the old directory is moved aside and deleted only after the new
+    one is in place.
+    """
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a directory")
+        if any(target.iterdir()) and not overwrite:
+            raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_extra_files(directory: Path, extra_files: Mapping[str, str | bytes] | None) -> None:
+    for rel, content in (extra_files or {}).items():
+        path = directory / rel
+        if directory.resolve() not in path.resolve().parents:
+            raise ValueError(f"extra file {rel!r} would land outside the export directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def save_dense(
+    model: nn.Module,
+    directory: str | Path,
+    tokenizer: object | None = None,
+    overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes] | None = None,
+) -> Path:
+    """``save_pretrained`` (safetensors) of a dense-truncated model, atomically; reloads with plain transformers.
+
+    Refuses a model that still contains :class:`FactorisedLinear` (call :func:`densify` first, or use
+    :func:`save_factorised`). ``extra_files`` (relative path → content) are written into the same directory,
+    e.g. the recipe.
+    """
+    if factorised_ranks(model):
+        raise ValueError("the model contains FactorisedLinear modules; densify() it or use save_factorised()")
+    return _save_atomically(model, directory, "dense", tokenizer, overwrite, extra_files)
+
+
+def save_factorised(
+    model: nn.Module,
+    directory: str | Path,
+    tokenizer: object | None = None,
+    overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes] | None = None,
+) -> Path:
+    """Save a model containing :class:`FactorisedLinear` modules so that the file holds ``A``/``B`` only.
+
+    The weights go to ``model.safetensors`` via ``save_pretrained`` (keys ``<name>.A.weight``,
+    ``<name>.B.weight``, ``<name>.B.bias``); ``config.json`` gains ``"layerscope_factorised": {name: rank}``.
+    Reload with :func:`load_factorised`. Atomic, never overwrites a non-empty directory unless ``overwrite``.
+    """
+    if not factorised_ranks(model):
+        raise ValueError("the model has no FactorisedLinear modules; use save_dense()")
+    return _save_atomically(model, directory, "factorised", tokenizer, overwrite, extra_files)
+
+
+def _save_atomically(model: nn.Module, directory: str | Path, form: str, tokenizer: object | None, overwrite: bool,
+                     extra_files: Mapping[str, str | bytes] | None) -> Path:
+    """:func:`save_checkpoint` (weights and config keys) plus tokenizer and extra files, all in
+    one atomic directory."""
+    directory = Path(directory)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        save_checkpoint(model, tmp, form)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+        _write_extra_files(tmp, extra_files)
+    return directory
+
+
+def is_factorised_checkpoint(directory: str | Path) -> bool:
+    """True when ``directory/config.json`` records factorised ranks (load it with :func:`load_factorised`)."""
+    path = Path(directory) / "config.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get(FACTORISED_KEY))
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / f for f in dict.fromkeys(weight_map.values())]
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"no model.safetensors (or index) in {directory}")
+
+
+@torch.no_grad()
+def load_factorised(
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_factorised`: config → model → FactorisedLinear swaps → weights.
+
+    ``dtype`` defaults to the dtype stored in the checkpoint. Missing weights other than tied ones, or
+    unexpected keys, raise ``ValueError``: a factorised checkpoint never loads half-initialised.
+    """
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    config = AutoConfig.from_pretrained(directory)
+    ranks: dict[str, int] = dict(getattr(config, FACTORISED_KEY, None) or {})
+    if not ranks:
+        raise ValueError(f"{directory} is not a factorised checkpoint (no {FACTORISED_KEY!r} in config.json)")
+    return load_checkpoint(directory, dtype=dtype, device=device)
+
+
+def _tied_parameter_names(model: nn.Module) -> set[str]:
+    """Parameter names that share storage with another parameter (e.g. a tied ``lm_head.weight``)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        else:
+            seen[id(p)] = name
+    return tied

@@ -27,10 +27,8 @@ into the recipe's ``compression`` and ``parameters`` sections.
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,8 +36,7 @@ import torch
 from torch import nn
 
 from . import cache
-from .checkpoint import RANK_ATTR
-from .factorised import FactorisedLinear, apply_truncation
+from .factorised import RANK_ATTR, FactorisedLinear, apply_truncation
 from .linear_replacement import (
     LinearBlock,
     LinearMapMoments,
@@ -47,7 +44,8 @@ from .linear_replacement import (
     fit_linear_map_from_moments,
     replace_decoder_layer,
 )
-from .lowrank import (
+from .lowrank import (  # decomposition_threads: re-exported for the change modules
+    decomposition_threads,
     CalibrationStats,
     LossCurve,
     Spectra,
@@ -84,27 +82,6 @@ RECORD = "layerscope_record"
 LOW_RANK_KEYS = {"method", "ratio", "rank", "ranks", "targets", "blocks", "alpha", "k1_share", "damping", "form",
                  "calibration"}
 TOKENS_PER_BATCH = 2048
-#: Torch threads for the per-matrix decompositions (SVD, Cholesky, eigh, least squares). They are medium-sized
-#: LAPACK calls: on a busy 2-core machine two OpenMP threads made a 1536×576 SVD 10-30x slower than one (thread
-#: hand-offs); set LAYERSCOPE_DECOMPOSE_THREADS to use more on an idle many-core machine.
-DECOMPOSE_THREADS = max(1, int(os.environ.get("LAYERSCOPE_DECOMPOSE_THREADS") or 1))
-
-
-@contextmanager
-def decomposition_threads(n: int | None = None) -> Iterator[None]:
-    """Run the block with at most ``n`` torch threads (default :data:`DECOMPOSE_THREADS`), then restore."""
-    n = n or DECOMPOSE_THREADS
-    old = torch.get_num_threads()
-    if n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 class CompressionError(ValueError):
     """A compression request that cannot be carried out (the message says why in the user's terms)."""
 

@@ -10,9 +10,10 @@ Two forms of a truncated model:
   and records the ranks in ``config.json`` under the key ``"layerscope_factorised"``
   (``{qualified linear name: rank}``); :func:`load_factorised` rebuilds the model from it.
 
-Loading a factorised checkpoint in your own code (it needs only this file, torch, transformers, safetensors)::
+Loading a factorised checkpoint in your own code (:mod:`analysis.checkpoint` holds every file operation; this
+module is the in-memory side only)::
 
-    from analysis.factorised import load_factorised
+    from analysis.checkpoint import load_factorised
     model = load_factorised("path/to/export")          # an ordinary LlamaForCausalLM with FactorisedLinear inside
 
 Without this module: build ``AutoModelForCausalLM.from_config(config)``, replace every module named in
@@ -22,20 +23,14 @@ then ``load_state_dict`` from ``model.safetensors`` and ``tie_weights()``. **Do 
 with plain ``from_pretrained``: transformers would warn about missing weights and initialise those matrices
 at random. :func:`is_factorised_checkpoint` tells the two kinds apart.
 
-Writes are atomic: everything goes into a temporary sibling directory that is renamed into place at the end;
-a non-empty target is never overwritten unless ``overwrite=True``.
+Writes (in :mod:`analysis.checkpoint`) are atomic: everything goes into a temporary sibling directory that is
+renamed into place at the end; a non-empty target is never overwritten unless ``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +50,7 @@ from .lowrank import (
 
 __all__ = [
     "CONFIG_KEY",
+    "RANK_ATTR",
     "FactorisedLinear",
     "TruncatedMatrix",
     "TruncationReport",
@@ -62,13 +58,10 @@ __all__ = [
     "apply_truncation",
     "factorised_ranks",
     "densify",
-    "atomic_directory",
-    "save_dense",
-    "save_factorised",
-    "load_factorised",
-    "is_factorised_checkpoint",
 ]
 
+#: Attribute of an ``nn.Linear`` whose weight is a dense low-rank ``W'`` (its rank): stored exactly as ``B·A``.
+RANK_ATTR = "layerscope_rank"
 #: Key in ``config.json`` holding ``{qualified linear name: rank}`` of a factorised checkpoint.
 CONFIG_KEY = "layerscope_factorised"
 
@@ -327,154 +320,3 @@ def densify(model: nn.Module) -> list[str]:
         dense.train(module.training)
         model.set_submodule(name, dense)
     return names
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``target``; on success rename it to ``target``, on error delete it.
-
-    Raises ``FileExistsError`` before anything is written if ``target`` is a file, or a non-empty directory and
-    ``overwrite`` is false. With ``overwrite`` the old directory is moved aside and deleted only after the new
-    one is in place.
-    """
-    target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise FileExistsError(f"{target} exists and is not a directory")
-        if any(target.iterdir()) and not overwrite:
-            raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_extra_files(directory: Path, extra_files: Mapping[str, str | bytes] | None) -> None:
-    for rel, content in (extra_files or {}).items():
-        path = directory / rel
-        if directory.resolve() not in path.resolve().parents:
-            raise ValueError(f"extra file {rel!r} would land outside the export directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-
-
-def save_dense(
-    model: nn.Module,
-    directory: str | Path,
-    tokenizer: object | None = None,
-    overwrite: bool = False,
-    extra_files: Mapping[str, str | bytes] | None = None,
-) -> Path:
-    """``save_pretrained`` (safetensors) of a dense-truncated model, atomically; reloads with plain transformers.
-
-    Refuses a model that still contains :class:`FactorisedLinear` (call :func:`densify` first, or use
-    :func:`save_factorised`). ``extra_files`` (relative path → content) are written into the same directory,
-    e.g. the recipe.
-    """
-    if factorised_ranks(model):
-        raise ValueError("the model contains FactorisedLinear modules; densify() it or use save_factorised()")
-    return _save_atomically(model, directory, "dense", tokenizer, overwrite, extra_files)
-
-
-def save_factorised(
-    model: nn.Module,
-    directory: str | Path,
-    tokenizer: object | None = None,
-    overwrite: bool = False,
-    extra_files: Mapping[str, str | bytes] | None = None,
-) -> Path:
-    """Save a model containing :class:`FactorisedLinear` modules so that the file holds ``A``/``B`` only.
-
-    The weights go to ``model.safetensors`` via ``save_pretrained`` (keys ``<name>.A.weight``,
-    ``<name>.B.weight``, ``<name>.B.bias``); ``config.json`` gains ``"layerscope_factorised": {name: rank}``.
-    Reload with :func:`load_factorised`. Atomic, never overwrites a non-empty directory unless ``overwrite``.
-    """
-    if not factorised_ranks(model):
-        raise ValueError("the model has no FactorisedLinear modules; use save_dense()")
-    return _save_atomically(model, directory, "factorised", tokenizer, overwrite, extra_files)
-
-
-def _save_atomically(model: nn.Module, directory: str | Path, form: str, tokenizer: object | None, overwrite: bool,
-                     extra_files: Mapping[str, str | bytes] | None) -> Path:
-    """:func:`analysis.checkpoint.save_checkpoint` (weights and config keys) plus tokenizer and extra files, all in
-    one atomic directory."""
-    from .checkpoint import save_checkpoint  # lazy: checkpoint imports this module
-
-    directory = Path(directory)
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
-        save_checkpoint(model, tmp, form)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
-        _write_extra_files(tmp, extra_files)
-    return directory
-
-
-def is_factorised_checkpoint(directory: str | Path) -> bool:
-    """True when ``directory/config.json`` records factorised ranks (load it with :func:`load_factorised`)."""
-    path = Path(directory) / "config.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get(CONFIG_KEY))
-
-
-def _checkpoint_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / f for f in dict.fromkeys(weight_map.values())]
-    single = directory / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise FileNotFoundError(f"no model.safetensors (or index) in {directory}")
-
-
-@torch.no_grad()
-def load_factorised(
-    directory: str | Path,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> nn.Module:
-    """Rebuild a model saved by :func:`save_factorised`: config → model → FactorisedLinear swaps → weights.
-
-    ``dtype`` defaults to the dtype stored in the checkpoint. Missing weights other than tied ones, or
-    unexpected keys, raise ``ValueError``: a factorised checkpoint never loads half-initialised.
-    """
-    from transformers import AutoConfig
-
-    directory = Path(directory)
-    config = AutoConfig.from_pretrained(directory)
-    ranks: dict[str, int] = dict(getattr(config, CONFIG_KEY, None) or {})
-    if not ranks:
-        raise ValueError(f"{directory} is not a factorised checkpoint (no {CONFIG_KEY!r} in config.json)")
-    from .checkpoint import load_checkpoint  # one loader for every checkpoint form (lazy: it imports this module)
-
-    return load_checkpoint(directory, dtype=dtype, device=device)
-
-
-def _tied_parameter_names(model: nn.Module) -> set[str]:
-    """Parameter names that share storage with another parameter (e.g. a tied ``lm_head.weight``)."""
-    seen: dict[int, str] = {}
-    tied: set[str] = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied.add(name)
-        else:
-            seen[id(p)] = name
-    return tied

@@ -32,7 +32,9 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,6 +45,8 @@ from torch import Tensor, nn
 from .jobs import this_thread_only  # a hook records only its own thread's passes (jobs share the model)
 
 __all__ = [
+    "DECOMPOSE_THREADS",
+    "decomposition_threads",
     "METHODS",
     "Method",
     "rank_for_ratio",
@@ -68,6 +72,27 @@ __all__ = [
     "Spectra",
     "spectra",
 ]
+
+#: Torch threads for the per-matrix decompositions (SVD, Cholesky, eigh, least squares). They are medium-sized
+#: LAPACK calls: on a busy 2-core machine two OpenMP threads made a 1536×576 SVD 10-30x slower than one (thread
+#: hand-offs); set LAYERSCOPE_DECOMPOSE_THREADS to use more on an idle many-core machine.
+DECOMPOSE_THREADS = max(1, int(os.environ.get("LAYERSCOPE_DECOMPOSE_THREADS") or 1))
+
+
+@contextmanager
+def decomposition_threads(n: int | None = None) -> Iterator[None]:
+    """Run the block with at most ``n`` torch threads (default :data:`DECOMPOSE_THREADS`), then restore."""
+    n = n or DECOMPOSE_THREADS
+    old = torch.get_num_threads()
+    if n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
 
 Method = Literal["svd", "asvd", "svd_llm", "nsvd"]
 METHODS: tuple[str, ...] = ("svd", "asvd", "svd_llm", "nsvd")

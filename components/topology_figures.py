@@ -78,23 +78,6 @@ def zbar_curve(zbar: np.ndarray, p: int, alpha: float, fractions: Sequence[float
     return fig
 
 
-def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], title: str,
-                         y_title: str) -> go.Figure:
-    """``frame[f"{prefix}{d}"]`` against ``frame["state"]``: H0 on the left axis, higher dimensions on the right
-    (their values are often orders of magnitude smaller)."""
-    fig = go.Figure()
-    for d in dims:
-        fig.add_trace(go.Scatter(x=frame["state"], y=frame[f"{prefix}{d}"], mode="lines+markers", name=f"H{d}",
-                                 line=dict(color=_colour(d)), yaxis="y" if d == 0 else "y2",
-                                 hovertemplate="h%{x}: %{y:.4f}<extra>H" + str(d) + "</extra>"))
-    fig.update_layout(title=title, xaxis_title=STATE_AXIS, height=380, margin=dict(l=60, r=60, t=50, b=50),
-                      legend=dict(orientation="h", y=-0.25),
-                      yaxis=dict(title=dict(text=f"{y_title}, H0", font=dict(color=_colour(0)))),
-                      yaxis2=dict(title=dict(text=f"{y_title}, H1+", font=dict(color=_colour(1))), overlaying="y",
-                                  side="right", showgrid=False))
-    return fig
-
-
 def _wrap(text: str, width: int = 60, limit: int = 400) -> str:
     """Hover text: at most ``limit`` characters, broken into lines of about ``width``."""
     import html

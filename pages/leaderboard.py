@@ -134,7 +134,7 @@ figure_with_csv(fig, lb.damage_csv(result), "damage.csv", key="lb-damage")
 g = pd.DataFrame(result.greedy)
 if len(g):
     fig = figures.curves(list(g["step"]), {"greedy (SLEB)": g["perplexity"].tolist()},
-                         f"Greedy search on the search text: perplexity after each step", "step", "perplexity")
+                         "Greedy search on the search text: perplexity after each step", "step", "perplexity")
     figure_with_csv(fig, lb.greedy_csv(result), "greedy.csv", key="lb-greedy")
     st.caption("Removed in order: " + ", ".join(f"{b}" for b in g["block"]))
 csv_download(lb.correlation_csv(result), "correlation.csv", key="lb-corr")

@@ -10,18 +10,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from analysis.factorised import (
-    CONFIG_KEY,
-    FactorisedLinear,
-    apply_truncation,
-    atomic_directory,
-    densify,
-    is_factorised_checkpoint,
-    load_factorised,
-    plan_for_ratio,
-    save_dense,
-    save_factorised,
-)
+from analysis.checkpoint import atomic_directory, is_factorised_checkpoint, load_factorised, save_dense, save_factorised
+from analysis.factorised import CONFIG_KEY, FactorisedLinear, apply_truncation, densify, plan_for_ratio
 from analysis.lowrank import activation_loss, collect_stats, svd_llm, target_linears
 
 
