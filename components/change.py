@@ -151,9 +151,14 @@ def apply_panel(ws, tag: str):
     return jobs.show(key, on_done=done)
 
 
-def result_marker(variant: Variant, part: str, selected: list[int], what: str = "selection") -> bool:
-    """Say which selection the shown result belongs to; warn when the selection has changed since. True if stale."""
-    evaluated = sorted(int(b) for b in variant.action.get(part) or [])
+def result_marker(variant: Variant, part: str, selected: list[int], what: str = "selection",
+                  evaluated: list[int] | None = None) -> bool:
+    """Say which selection the shown result belongs to; warn when the selection has changed since. True if stale.
+
+    ``evaluated``: the variant's blocks when its action ``part`` is not a plain block list (e.g. ReplaceMe's run)."""
+    if evaluated is None:
+        evaluated = variant.action.get(part) or []
+    evaluated = sorted(int(b) for b in evaluated)
     now = sorted(int(b) for b in selected or [])
     blocks = ", ".join(map(str, evaluated)) or "none"
     if evaluated == now:

@@ -10,7 +10,7 @@ from analysis import registry
 from analysis import replaceme as rm
 from analysis.compression import CompressionError, record_of
 from components import figures, state
-from components.change import apply_and_evaluate, evaluation_form, export_section, variant_result
+from components.change import apply_panel, evaluation_form, export_section, result_marker, start_apply, variant_result
 from components.compress import also_remove
 from components.widgets import figure_with_csv, run_with_progress
 
@@ -56,6 +56,8 @@ def page(ws) -> None:
     if L < 3:
         st.error(f"ReplaceMe needs a block before the run and one after it: this model has only {L} blocks.")
         st.stop()
+    state.keep_widgets(["rm-n", "rm-by", "rm-start", "rm-method", "rm-ridge", "rm-steps", "rm-lr", "rm-compare",
+                        "replaceme-remove"], context=ws.lm.fingerprint)  # the choices survive navigation
     c = st.columns([1, 3])
     n = int(c[0].number_input("Blocks in the run (n)", 1, L - 2, min(2, L - 2), key="rm-n"))
     by = c[1].selectbox("Choose the start by", _choices(ws), format_func=_label, key="rm-by",
@@ -101,16 +103,21 @@ def page(ws) -> None:
              **({"cosine": cosine} if cosine else {})}
     tag = f"[{start}, {start + n})"
     extra = f" minus {','.join(map(str, removed))}" if removed else ""
-    if settings is not None:
+    if settings is not None:  # background jobs (queued one after the other): the page may be left or reloaded
         action = {"replaceme": value, **({"remove_blocks": removed} if removed else {})}
-        variant = apply_and_evaluate(ws, action, settings, name=f"ReplaceMe {method} {tag}{extra}")
-        if variant is not None and compare:
-            apply_and_evaluate(ws, {"remove_blocks": sorted(set(run) | set(removed))}, settings,
-                               name=f"remove {tag}{extra}")
+        job = start_apply(ws, "replaceme", action, settings, name=f"ReplaceMe {method} {tag}{extra}")
+        if job is not None and compare:
+            start_apply(ws, "replaceme-removal", {"remove_blocks": sorted(set(run) | set(removed))}, settings,
+                        name=f"remove {tag}{extra}")
+    job = apply_panel(ws, "replaceme")
+    if compare:  # its panel while it runs; once done, the table beside ReplaceMe below reads its variant
+        apply_panel(ws, "replaceme-removal")
     variant = state.latest_variant("replaceme")
     if variant is None:
-        st.caption("Nothing applied yet: choose the run and press **Apply and evaluate**.")
+        if job is None or not job.is_active:
+            st.caption("Nothing applied yet: choose the run and press **Apply and evaluate**.")
         st.stop()
+    result_marker(variant, "replaceme", run, what="run", evaluated=rm.removes(variant.action["replaceme"]))
     variant_result(ws, variant)
     rec = record_of(variant.model).get("replaceme") or {}
     if rec:

@@ -18,6 +18,7 @@ if ws is None:
 workspace_caption(ws)
 METHODS = {"linear": "a linear map per block (full residual; the project's loader)",
            "replaceme": "ReplaceMe: a run removed, one map folded into the block before it (plain checkpoint)"}
+state.keep_widgets(["replace-method"])  # the method chosen survives navigation (its widgets are kept below)
 method = st.radio("Method", list(METHODS), format_func=METHODS.get, key="replace-method", horizontal=True,
                   help="removing blocks without a map is the prune page")
 if method == "replaceme":

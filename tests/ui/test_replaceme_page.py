@@ -61,3 +61,12 @@ def test_replaceme_method_choose_evaluate_beside_removal_export(app, tmp_path):
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["action"]["replaceme"]["start"] == start
     assert recipe["compression"]["replaceme"]["fold_into"] == f"model.layers.{start - 1}.mlp.down_proj"
+    # leave for the prune page and come back: the method, the run and the result are still there
+    open_page(at, "pages/prune.py")
+    at.run()  # a second run without the replace page: Streamlit has dropped its widgets' state by now
+    open_page(at, "pages/replace.py")
+    no_exceptions(at)
+    assert at.radio(key="replace-method").value == "replaceme"
+    assert at.number_input(key="rm-n").value == 2 and at.number_input(key="rm-start").value == start
+    assert f"Result for the current run: blocks {start}, {start + 1}" in texts(at)
+    assert any("perplexity" in d.value.columns and "model" in d.value.columns for d in at.dataframe)
