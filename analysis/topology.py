@@ -110,10 +110,10 @@ PAPER_SETTINGS = {
 }
 
 #: Estimated zigzag seconds above which :func:`compute_zigzag` asks for ``allow_large=True`` (the page shows a
-#: warning and a "run anyway" box). With FastZigzag the default setting (500 windows x 31 states, k = 4, m = 3) is
-#: estimated at 4 s (measured 4.3 s on the shared 2-core machine at load 16-22) and m = 4 at 4.5 s; 1000 windows
-#: (about 13 s) run without asking, 2000 windows (about 40 s under that load) too; the time grows like
-#: events ** 1.45 (:mod:`analysis.zigzag`).
+#: warning and a "run anyway" box). With FastZigzag on 2 idle cores the default setting (500 windows x 31 states,
+#: k = 4, m = 3) takes 0.7 s, m = 4 1.0 s, 1000 windows 2.3 s and 2000 windows 7.9 s; the time grows like
+#: events ** 1.70 (:mod:`analysis.zigzag`) and the estimate follows the machine's measured speed, so a run is asked
+#: about only when it is large for this machine now.
 ZIGZAG_WARN_SECONDS = 60.0
 
 #: Tokens per forward pass while capturing last-token clouds: on a loaded 2-core machine batches of 8 windows of
@@ -256,8 +256,10 @@ def zigzag_estimate(lm: LoadedModel, text: Text, settings: ZigzagSettings,
     arrays, data, _ = cache.cached("zigzag-estimate", zigzag_params(lm, text, settings), compute)
     count = zz.SimplexCount(np.asarray(arrays["per_layer"]), bool(data["exact"]), data["n_distinct"],
                             data["n_events"])
+    from .estimate import machine_speed  # the cost model's scale -> this machine now (a ~0.1 s probe, cached)
+
     return ZigzagEstimate(count.per_layer, count.exact, count.n_distinct, count.n_events,
-                          zz.estimate_zigzag_seconds(count), settings)
+                          zz.estimate_zigzag_seconds(count) * machine_speed("rips")["factor"], settings)
 
 
 def _estimate_and_complexes(lm: LoadedModel, text: Text, settings: ZigzagSettings,

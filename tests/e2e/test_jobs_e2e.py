@@ -110,3 +110,24 @@ def test_leaving_the_compress_page_during_apply_keeps_selection_and_result(ui):
     ui.nav("Variants")
     body = ui.text()
     assert "minus 12,13" in body and "linear 11" in body and "SVD-LLM 20% mlp in 0,5" in body
+
+
+def test_leaving_the_replace_page_during_replaceme_keeps_the_run_and_both_results(ui):
+    """ReplaceMe and the plain removal of the same run are two queued jobs; the method, the run and both results are
+    there after leaving the page while they run."""
+    ui.nav("Replace blocks (linear)")
+    ui.page.get_by_text("a run removed, one map folded into the block before it").first.click()
+    ui.wait_idle()
+    ui.page.get_by_text("Best run of 2 by this rule").first.wait_for()
+    start = ui.page.get_by_label("Start block l", exact=False).first.input_value()
+    small_evaluation(ui)
+    press_and_leave(ui, "Apply and evaluate", "Apply and evaluate ReplaceMe")
+    ui.nav("Replace blocks (linear)")
+    ui.page.get_by_text("Beside plain removal of the same run").first.wait_for(timeout=600_000)
+    ui.wait_idle()
+    body = ui.text()
+    run = f"{start}, {int(start) + 1}"
+    assert f"Result for the current run: blocks {run}" in body and "with ReplaceMe" in body, body[:2000]
+    assert ui.page.get_by_label("Start block l", exact=False).first.input_value() == start
+    assert "Traceback" not in body
+    ui.shot("jobs-06-replaceme-after-navigation")
