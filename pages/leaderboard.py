@@ -103,10 +103,15 @@ st.header("Send a selection to the prune page")
 rows = result.rows
 sendable = rows[rows["action"].map(lambda a: set(__import__("json").loads(a)) <= {"remove_blocks"})]
 rule_labels = dict(zip(sendable["rule"], sendable["label"]))
+# preselected: the removal rule (not a random draw) with the lowest held-out perplexity at the largest k
+top_k = int(sendable["k"].max())
+ranked = sendable[(sendable["k"] == top_k) & (~sendable["kind"].isin(["random", "chosen"]))].sort_values("perplexity")
+best_rule = ranked["rule"].iloc[0] if len(ranked) else next(iter(rule_labels))
+rules = list(rule_labels)
 c = st.columns([3, 1, 1, 1])
-rule = c[0].selectbox("Rule", list(rule_labels), format_func=lambda r: rule_labels[r], key="lb-rule")
+rule = c[0].selectbox("Rule", rules, index=rules.index(best_rule), format_func=lambda r: rule_labels[r], key="lb-rule")
 ks = sorted(sendable.loc[sendable["rule"] == rule, "k"].unique())
-k = c[1].selectbox("k", ks, key="lb-k")
+k = c[1].selectbox("k", ks, index=len(ks) - 1, key="lb-k")
 samples = sendable[(sendable["rule"] == rule) & (sendable["k"] == k)]
 sample = c[2].selectbox("Sample", list(samples["sample"]), key="lb-sample") if len(samples) > 1 else \
     int(samples["sample"].iloc[0])
@@ -117,6 +122,7 @@ if c[3].button("Send to prune", type="primary", key="lb-send"):
 
     state.send_to_prune(json.loads(chosen["action"])["remove_blocks"],
                         f"leaderboard: {rule_labels[rule]} (k={k})")
+st.caption(f"Preselected: **{rule_labels[best_rule]}**, the removal rule with the lowest perplexity at k = {top_k}.")
 st.caption(f"Blocks: {chosen['blocks']} · perplexity {chosen['perplexity']:.2f} · KL {chosen['kl']:.4f} · "
            f"top-1 {chosen['top1']:.1%}. Half-block selections are not sent (the prune page removes whole blocks).")
 

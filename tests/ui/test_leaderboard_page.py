@@ -33,6 +33,7 @@ def test_leaderboard_page_runs_a_small_board_and_sends_to_prune(app):
     assert list(winners["k"]) == [1]
     corr = [d.value for d in app.dataframe if "spearman" in d.value.columns]
     assert corr  # (empty: no proxy metric chosen)
+    assert "Preselected: **" in texts(app) and app.selectbox(key="lb-rule").value != "reverse"  # the best removal
     app.selectbox(key="lb-rule").set_value("reverse")
     app.run()
     [b for b in app.button if b.label == "Send to prune"][0].click()
