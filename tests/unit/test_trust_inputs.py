@@ -2,6 +2,7 @@
 checkpoints, remote code from a recipe, destinations, and block lists; tiny random-weight models, no download."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,25 @@ from analysis.surgery import PruneError, parse_blocks
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def _converted_tokenizer() -> Path | None:
-    root = Path(__file__).resolve().parents[2] / "cache" / "models"
-    for folder in sorted(root.glob("SmolLM2-*")):
-        if all((folder / f).is_file() for f in TOKENIZER_FILES):
-            return folder
+def _find_converted() -> Path | None:
+    roots = [Path(__file__).resolve().parents[2] / "cache" / "models"]
+    if os.environ.get("LAYERSCOPE_CACHE"):  # the test session's cache (tests/conftest.py)
+        roots.append(Path(os.environ["LAYERSCOPE_CACHE"]) / "models")
+    for root in roots:
+        for folder in sorted(root.glob("SmolLM2-*")):
+            if all((folder / f).is_file() for f in TOKENIZER_FILES):
+                return folder
     return None
+
+
+def _converted_tokenizer() -> Path | None:
+    """The bundled model's tokenizer files, converted once for this test session if no converted copy exists yet
+    (a clean clone: the same conversion the session's ``lm`` fixture does, ~25 s)."""
+    found = _find_converted()
+    if found is None:
+        models.load_model(ModelSpec(device="cpu"))
+        found = _find_converted()
+    return found
 
 
 def _save(model, folder: Path, tokenizer: bool = False) -> Path:
