@@ -21,12 +21,17 @@ def variants_frame(variants) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gap_closed(variant) -> float | None:
-    """(ppl_cut − ppl_healed) / (ppl_cut − ppl_original) of a healed variant (None for the others), as measured
-    when it was healed: the cut and the healed variant evaluated with the same settings."""
+def healing_gap(variant) -> dict:
+    """The perplexities of original, cut and healed and the gap closed, as measured when ``variant`` was healed (the
+    cut and the healed variant evaluated with the same settings); empty for a variant that was not healed."""
     if not variant.action.get("heal"):
-        return None
-    return ((variant.recipe.get("healing") or {}).get("gap") or {}).get("gap_closed")
+        return {}
+    return (variant.recipe.get("healing") or {}).get("gap") or {}
+
+
+def gap_closed(variant) -> float | None:
+    """(ppl_cut − ppl_healed) / (ppl_cut − ppl_original) of a healed variant (None for the others)."""
+    return healing_gap(variant).get("gap_closed")
 
 
 def _row(name: str, change: str, r, gap: float | None = None) -> dict:

@@ -6,7 +6,7 @@ from analysis.variants import describe_action
 from components import state
 from components.downstream import downstream_section
 from components.evaluation import evaluation_view
-from components.variants import quality_cost_figure, variants_frame
+from components.variants import healing_gap, quality_cost_figure, variants_frame
 from components.widgets import csv_download, figure_with_csv, workspace_caption
 
 st.title("Variants")
@@ -32,8 +32,8 @@ st.dataframe(frame, hide_index=True, width="stretch", column_config={  # compact
     "peak memory MiB": num(format="%.0f", width="small")})  # empty cells: not measured
 csv_download(frame, "variants.csv", key="variants-csv")
 for v in kept:  # the healing outcome in words too: the table above is drawn on a canvas
-    gap = (v.recipe.get("healing") or {}).get("gap") or {}
-    if v.action.get("heal") and gap.get("gap_closed") is not None:
+    gap = healing_gap(v)
+    if gap.get("gap_closed") is not None:
         st.caption(f"**{v.name}**: gap closed {gap['gap_closed']:.1%} — perplexity original "
                    f"{gap['perplexity_original']:.3f}, cut {gap['perplexity_cut']:.3f}, healed "
                    f"{gap['perplexity_healed']:.3f} on the same held-out tokens.")
