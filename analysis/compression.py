@@ -44,7 +44,7 @@ from .linear_replacement import (
     fit_linear_map_from_moments,
     replace_decoder_layer,
 )
-from .lowrank import (  # decomposition_threads: re-exported for the change modules
+from .lowrank import (
     decomposition_threads,
     CalibrationStats,
     LossCurve,

@@ -52,10 +52,10 @@ import torch
 from torch import Tensor, nn
 
 from . import cache
-from .compression import CompressionError, _record, decomposition_threads, replace_value
+from .compression import CompressionError, _record, replace_value
 from .compression import calibration_of as _calibration_of
 from .architecture import LINEAR_TYPES, ArchitectureError, block_parts, mlp_output
-from .lowrank import decoder_layers
+from .lowrank import decoder_layers, decomposition_threads
 from .models import LoadedModel
 from .texts import Text, calibration_windows
 

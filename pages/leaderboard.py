@@ -103,7 +103,8 @@ st.header("Send a selection to the prune page")
 rows = result.rows
 sendable = rows[rows["action"].map(lambda a: set(__import__("json").loads(a)) <= {"remove_blocks"})]
 rule_labels = dict(zip(sendable["rule"], sendable["label"]))
-# preselected: the removal rule (not a random draw) with the lowest held-out perplexity at the largest k
+# preselected: the removal rule (no random draw, no user-chosen selection: the rules winners() compares) with the
+# lowest held-out perplexity at the largest k
 top_k = int(sendable["k"].max())
 ranked = sendable[(sendable["k"] == top_k) & (~sendable["kind"].isin(["random", "chosen"]))].sort_values("perplexity")
 best_rule = ranked["rule"].iloc[0] if len(ranked) else next(iter(rule_labels))
@@ -122,7 +123,9 @@ if c[3].button("Send to prune", type="primary", key="lb-send"):
 
     state.send_to_prune(json.loads(chosen["action"])["remove_blocks"],
                         f"leaderboard: {rule_labels[rule]} (k={k})")
-st.caption(f"Preselected: **{rule_labels[best_rule]}**, the removal rule with the lowest perplexity at k = {top_k}.")
+if len(ranked):  # otherwise nothing is preselected on merit: the first rule is shown
+    st.caption(f"Preselected: **{rule_labels[best_rule]}**, the removal rule with the lowest perplexity at "
+               f"k = {top_k}.")
 st.caption(f"Blocks: {chosen['blocks']} · perplexity {chosen['perplexity']:.2f} · KL {chosen['kl']:.4f} · "
            f"top-1 {chosen['top1']:.1%}. Half-block selections are not sent (the prune page removes whole blocks).")
 
