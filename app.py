@@ -16,7 +16,7 @@ st.set_page_config(page_title="LayerScope", page_icon=":material/biotech:", layo
 if presentation.options().present:
     st.navigation([st.Page("pages/presentation.py", title="LayerScope", default=True)], position="hidden").run()
 else:
-    from analysis.models import ModelLoadError
+    from analysis.model.architecture import ModelLoadError
 
     page = st.navigation(navigation.pages(), expanded=True)  # every page listed, none behind "View more"
     # the sidebar after st.navigation: its widgets' ids include the active page's hash, which on a fresh server's

@@ -39,7 +39,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import xxhash
+
+from analysis import cache
 
 log = logging.getLogger(__name__)
 
@@ -421,3 +424,13 @@ def _json_default(o: Any) -> Any:
 def dumps(obj: Any) -> str:
     """JSON with numpy scalars and arrays converted (used for recipes and results)."""
     return json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+
+
+def write_csv(path: Path, frame: pd.DataFrame, index: bool = False) -> None:
+    """A pandas frame as CSV, written atomically."""
+    cache.atomic_write_text(Path(path), frame.to_csv(index=index))
+
+
+
+def write_json(path: Path, obj) -> None:
+    cache.atomic_write_text(Path(path), cache.dumps(obj))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import cache
+from analysis import cache
 
 MARKER = ".layerscope.json"
 _CODE_ROOT = Path(__file__).resolve().parent.parent

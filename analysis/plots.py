@@ -246,7 +246,7 @@ def persistence_diagram(diagrams: Sequence[np.ndarray], title: str) -> go.Figure
 
 
 def betti_curves(frame: pd.DataFrame, title: str) -> go.Figure:
-    """Step curves ``β_d(t)`` from :func:`analysis.topology.betti_curves`."""
+    """Step curves ``β_d(t)`` from :func:`analysis.profiles.topology.betti_curves`."""
     fig = go.Figure()
     for col in [c for c in frame.columns if c.startswith("betti_")]:
         d = int(col.split("_")[1])

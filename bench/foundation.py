@@ -31,11 +31,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-ui", action="store_true")
     args = ap.parse_args(argv)
 
-    from analysis import linearity
-    from analysis.capture import capture_hidden_states
-    from analysis.evaluate import EvalSettings, evaluate
-    from analysis.models import ModelSpec, converted_gguf_folder, default_gguf_path, load_model
-    from analysis.surgery import remove_blocks
+    from analysis.methods import linearity
+    from analysis.capture.hidden_states import capture_hidden_states
+    from analysis.evaluation.perplexity import EvalSettings, evaluate
+    from analysis.model.loading import ModelSpec, converted_gguf_folder, default_gguf_path, load_model
+    from analysis.changes.remove_blocks import remove_blocks
     from analysis.texts import bundled_text, calibration_windows
 
     results: dict = {}

@@ -1,6 +1,6 @@
 """Geometry benchmarks, each comparison measured in the same run:
 
-1. **TwoNN per hidden state**: ``analysis.intrinsic_dimension.twonn`` against scikit-dimension's ``TwoNN`` (the test
+1. **TwoNN per hidden state**: ``analysis.methods.intrinsic_dimension.twonn`` against scikit-dimension's ``TwoNN`` (the test
    oracle) on 5000 × 576 clouds — every chosen hidden state of the bundled model on the calibration text (40
    windows of 128 tokens, deduplicated, 5000 rows drawn with a fixed seed), and a synthetic cloud (a 10-dimensional
    Gaussian embedded in R^576 with 1e-3 noise). Both get the same float32 rows; best and median of ``--repeats``.
@@ -50,9 +50,9 @@ def _synthetic(n: int = N_POINTS, width: int = 576, k: int = 10) -> np.ndarray:
 def bench_twonn(lm, text, states: list[int], repeats: int) -> list[dict]:
     import skdim
 
-    from analysis.clouds import dedupe_rows, subsample_rows
-    from analysis.intrinsic_dimension import twonn
-    from analysis.workspace import Calibration, Workspace
+    from analysis.methods.clouds import dedupe_rows, subsample_rows
+    from analysis.methods.intrinsic_dimension import twonn
+    from analysis.capture.workspace import Calibration, Workspace
 
     n_windows = -(-N_POINTS // 128) + 1  # 41 windows of 128 tokens: 5248 tokens, 5000 distinct rows drawn
     ws = Workspace(lm=lm, text=text, calibration=Calibration(n_windows=n_windows, window_len=128))
@@ -83,9 +83,9 @@ def bench_twonn(lm, text, states: list[int], repeats: int) -> list[dict]:
 
 @torch.no_grad()
 def bench_avss(lm, text, n_windows: int, repeats: int) -> list[dict]:
-    from analysis import avss as avss_math
-    from analysis.capture import iter_hidden_states
-    from analysis.geometry import SITES, _CountMask, avss_hooks
+    from analysis.methods import avss as avss_math
+    from analysis.capture.hidden_states import iter_hidden_states
+    from analysis.profiles.avss import SITES, _CountMask, avss_hooks
     from analysis.texts import calibration_windows
 
     windows = calibration_windows(lm.tokenizer, text, n_windows, 128)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-avss", action="store_true")
     args = p.parse_args(argv)
 
-    from analysis.models import ModelSpec, load_model
+    from analysis.model.loading import ModelSpec, load_model
     from analysis.texts import bundled_text
 
     lm = load_model(ModelSpec(device="cpu"))

@@ -36,14 +36,14 @@ from bench.common import machine, print_table, save  # noqa: E402
 
 
 def _load():
-    from analysis.models import ModelSpec, load_model
+    from analysis.model.loading import ModelSpec, load_model
 
     return load_model(ModelSpec(device="cpu"))
 
 
 def speed(args) -> dict:
-    from analysis import healing as hl
-    from analysis.surgery import remove_blocks
+    from analysis.changes import healing as hl
+    from analysis.changes.remove_blocks import remove_blocks
     from analysis.texts import bundled_text
 
     lm = _load()
@@ -108,11 +108,11 @@ def speed(args) -> dict:
 
 
 def gap(args) -> dict:
-    from analysis import healing as hl
-    from analysis.evaluate import EvalSettings, evaluate
+    from analysis.changes import healing as hl
+    from analysis.evaluation.perplexity import EvalSettings, evaluate
     from analysis.texts import bundled_text
-    from analysis.variants import apply_actions
-    from analysis.workspace import Calibration, Workspace
+    from analysis.changes.variant import apply_actions
+    from analysis.capture.workspace import Calibration, Workspace
 
     lm = _load()
     ws = Workspace(lm=lm, text=bundled_text("alice"), calibration=Calibration(n_windows=args.calib_windows))

@@ -40,7 +40,7 @@ DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4]
 
 
 def parse(argv):
-    from analysis.compression import METHODS
+    from analysis.changes.low_rank import METHODS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
@@ -66,10 +66,10 @@ def _dir_size(path: Path) -> int:
 
 def costs(lm, ws, args) -> dict:
     """Statistics time, compression time of all matrices per method, export sizes."""
-    from analysis.checkpoint import load_checkpoint, save_checkpoint
-    from analysis.compression import calibration_stats, record_of
-    from analysis.surgery import export_checkpoint, verify_export
-    from analysis.variants import apply_actions
+    from analysis.model.checkpoint import load_checkpoint, save_checkpoint
+    from analysis.changes.low_rank import calibration_stats, record_of
+    from analysis.changes.export import export_checkpoint, verify_export
+    from analysis.changes.variant import apply_actions
 
     out: dict = {}
     t0 = time.perf_counter()
@@ -134,10 +134,10 @@ def costs(lm, ws, args) -> dict:
 
 def quality(lm, ws, args) -> dict:
     """Perplexity of each method and ratio on each evaluation text (the original's pass memoised per text)."""
-    from analysis.compression import record_of
-    from analysis.evaluate import EvalSettings, evaluate
+    from analysis.changes.low_rank import record_of
+    from analysis.evaluation.perplexity import EvalSettings, evaluate
     from analysis.texts import bundled_text
-    from analysis.variants import apply_actions
+    from analysis.changes.variant import apply_actions
 
     results: dict = {"original": {}, "rows": []}
     for text_name in args.eval_texts:
@@ -182,9 +182,9 @@ def quality(lm, ws, args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
-    from analysis.models import ModelSpec, load_model
+    from analysis.model.loading import ModelSpec, load_model
     from analysis.texts import bundled_text
-    from analysis.workspace import Calibration, Workspace
+    from analysis.capture.workspace import Calibration, Workspace
 
     print(f"machine: {machine()}  load average {os.getloadavg()}", flush=True)
     cmd = "python bench/lowrank.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
             payload["cost"] = costs(lm, ws, args)
         if not args.skip_table:
             if args.skip_cost:  # the statistics of the table's matrices are gathered once here
-                from analysis.compression import calibration_stats
+                from analysis.changes.low_rank import calibration_stats
 
                 t0 = time.perf_counter()
                 calibration_stats(lm, ws.text, args.windows, args.window_len,

@@ -41,11 +41,11 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from analysis import damage
-    from analysis import leaderboard as lb
-    from analysis.models import ModelSpec, load_model
+    from analysis.metrics import damage
+    from analysis.search import leaderboard as lb
+    from analysis.model.loading import ModelSpec, load_model
     from analysis.texts import bundled_text
-    from analysis.workspace import Workspace
+    from analysis.capture.workspace import Workspace
 
     lm = load_model(ModelSpec(source=args.model, device="auto"))
     settings = damage.SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)

@@ -18,7 +18,7 @@ representatives of the longest bars at the default. The load average is printed:
 
 Rips rows: the middle state's cloud, scale-normalised and farthest-point subsampled once (a greedy farthest-point
 subsample of n points is the first n of a larger one), then Rips alone per size, best of ``--repeat`` runs, against
-``analysis.persistence.estimate_rips_seconds``; the preparation (median distance, subsample) is timed apart. Ratios
+``analysis.methods.persistence.estimate_rips_seconds``; the preparation (median distance, subsample) is timed apart. Ratios
 against 300 points, the default. Total runtime: about 3-5 minutes, plus about 100 s of capture on a first run.
 """
 
@@ -43,7 +43,7 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 
 def count_zigzag(clouds: list[np.ndarray], k: int, m: int) -> dict:
-    from analysis.zigzag import estimate_simplex_count, estimate_zigzag_seconds
+    from analysis.methods.zigzag import estimate_simplex_count, estimate_zigzag_seconds
 
     t = time.perf_counter()
     count = estimate_simplex_count(clouds, k, m)
@@ -52,9 +52,8 @@ def count_zigzag(clouds: list[np.ndarray], k: int, m: int) -> dict:
 
 
 def time_zigzag(clouds: list[np.ndarray], k: int, m: int, engine: str = "fast", count: dict | None = None) -> dict:
-    from threadpoolctl import threadpool_limits
 
-    from analysis.zigzag import zigzag_bars
+    from analysis.methods.zigzag import zigzag_bars
 
     r = dict(count) if count is not None else count_zigzag(clouds, k, m)
     t = time.perf_counter()
@@ -89,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     old_sizes = {int(s) for s in args.old_sizes.split(",") if s}
 
-    from analysis import topology as topo
-    from analysis.models import ModelSpec, load_model
-    from analysis.persistence import estimate_rips_seconds, layer_diagrams
+    from analysis.profiles import topology as topo
+    from analysis.model.loading import ModelSpec, load_model
+    from analysis.methods.persistence import estimate_rips_seconds, layer_diagrams
     from analysis.texts import bundled_text
 
     t0 = time.perf_counter()
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             clouds = [ref.last_token_cloud(s) for s in ref.state_ids]
             run("500 x 32 (default)", clouds, args.max_dim, True)
             run("500 x 32, m = 4", clouds, 4, False)
-            from analysis.zigzag import representatives_of_clouds
+            from analysis.methods.zigzag import representatives_of_clouds
 
             t = time.perf_counter()
             bars, cells = representatives_of_clouds(clouds, args.k, args.max_dim, top=topo.REPRESENTATIVE_TOP)
@@ -161,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     if rep_note:
         print(rep_note)
     print("  simplices = distinct simplices over all layers; events = entries + exits of the zigzag; the estimate is "
-          "made before running (analysis.zigzag.estimate_zigzag_seconds, FastZigzag total); total = kNN graphs + "
+          "made before running (analysis.methods.zigzag.estimate_zigzag_seconds, FastZigzag total); total = kNN graphs + "
           "cliques + Dionysus; same bars = identical (dim, birth, death) multisets, H_m artefacts included")
     print(f"  after the zigzag rows: {_load()}\n")
     if args.no_rips:
         print(f"total bench time {time.perf_counter() - t0:.0f} s")
         return 0
 
-    from analysis.clouds import farthest_point_subsample, normalise_scale
-    from analysis.persistence import rips_diagrams
+    from analysis.methods.clouds import farthest_point_subsample, normalise_scale
+    from analysis.methods.persistence import rips_diagrams
 
     middle = len(full) // 2
     X = full[middle]
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     t = time.perf_counter()
-    with threadpool_limits(1):  # as analysis.topology does it
+    with threadpool_limits(1):  # as analysis.profiles.topology does it
         order = farthest_point_subsample(Xn, max(rips_sizes + h2_sizes))
     t_fps = time.perf_counter() - t
     print(f"Per-layer Rips (GUDHI), state h{middle}: last-token cloud of {X.shape[0]} points, width {X.shape[1]}; "

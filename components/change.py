@@ -13,20 +13,31 @@ import streamlit as st
 
 from analysis import destinations
 from analysis.cache import stable_hash
-from analysis.checkpoint import load_checkpoint, needs_project_loader, save_checkpoint
-from analysis.compression import low_rank_ranks, record_of
-from analysis.evaluate import EvalSettings, EvaluationError, evaluate
-from analysis.models import ModelLoadError
-from analysis.recipe import candidate_name, variant_recipe
-from analysis.surgery import PruneError, export_checkpoint, verify_export
+from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.low_rank import low_rank_ranks, record_of
+from analysis.changes.remove_blocks import PruneError
+from analysis.changes.variant import (
+    Variant,
+    apply_actions,
+    candidate_name,
+    describe_action,
+    validate_action,
+)
+from analysis.evaluation.perplexity import EvalSettings, EvaluationError, evaluate
+from analysis.model.architecture import ModelLoadError
+from analysis.model.checkpoint import (
+    load_checkpoint,
+    needs_project_loader,
+    save_checkpoint,
+)
 from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError, bundled_text
-from analysis.variants import Variant, apply_actions, describe_action, validate_action
+from analysis.workflow.recipe import variant_recipe
 from components import jobs, state
 from components.evaluation import evaluation_view
 from components.widgets import run_with_progress, text_bytes_download
 
 # export forms: name -> (label, save_fn(model, directory) or None for save_pretrained, loader for the reload check).
-# Both go through analysis.checkpoint: dense multiplies factorised matrices out (plain AutoModelForCausalLM reloads
+# Both go through analysis.model.checkpoint: dense multiplies factorised matrices out (plain AutoModelForCausalLM reloads
 # it unless blocks were replaced by linear maps, which config.json then records); factorised stores B·A.
 EXPORT_FORMS: dict[str, tuple[str, object, object]] = {
     "dense": ("dense: a plain checkpoint AutoModelForCausalLM reloads",
@@ -248,7 +259,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         return
     check = export["check"]
     plain = not needs_project_loader(export["path"])
-    how = "plain `AutoModelForCausalLM`" if plain else "the project's loader (`analysis.checkpoint.load_checkpoint`)"
+    how = "plain `AutoModelForCausalLM`" if plain else "the project's loader (`analysis.model.checkpoint.load_checkpoint`)"
     if check["ok"]:
         st.success(f"Exported to `{export['path']}` ({export['size'] / 2**20:,.1f} MiB) and reloaded with {how}: "
                    f"{check['blocks']} blocks, max |Δ logit| = {check['max_abs_logit_diff']:.2e} on "
@@ -263,7 +274,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         st.caption("config.json records the factorised matrices (`layerscope_factorised`) or the linear blocks "
                    "(`layerscope_linear_blocks`): plain `from_pretrained` would fill them with random weights. "
                    "`python -m analysis evaluate --model DIR` and the sidebar load it with the project's loader.")
-        st.code(f"from analysis.checkpoint import load_checkpoint  # this repository on PYTHONPATH\n"
+        st.code(f"from analysis.model.checkpoint import load_checkpoint  # this repository on PYTHONPATH\n"
                 f"from transformers import AutoTokenizer\n"
                 f"model = load_checkpoint({export['path']!r})\n"
                 f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})", language="python")

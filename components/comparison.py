@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.extra_models import GEMMA_LABEL, gemma_gguf_path, gemma_installed
-from analysis.models import LoadedModel, ModelLoadError, ModelSpec, load_model
-from analysis.variants import Variant
+from analysis.changes.variant import Variant
+from analysis.model.architecture import ModelLoadError
+from analysis.model.extra_models import GEMMA_LABEL, gemma_gguf_path, gemma_installed
+from analysis.model.loading import LoadedModel, ModelSpec, load_model
 from components import state
 
 _DERIVED = "comparison_derived_model"

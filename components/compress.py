@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis import compression as cp
+from analysis.changes import low_rank as cp
 from components import figures, state
 from components.widgets import figure_with_csv
 

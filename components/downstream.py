@@ -6,8 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from analysis.cache import stable_hash
-from analysis.downstream import available_tasks, evaluate_downstream, to_frame
-from analysis.models import fingerprint
+from analysis.evaluation.downstream import (
+    available_tasks,
+    evaluate_downstream,
+    to_frame,
+)
+from analysis.model.loading import fingerprint
 from components import jobs
 from components.widgets import csv_download
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.evaluate import EvaluationTable
+from analysis.evaluation.perplexity import EvaluationTable
 from components.widgets import csv_download, format_bytes
 
 COLUMNS = [

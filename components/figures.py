@@ -5,4 +5,13 @@ The generic builders live in :mod:`analysis.plots` so that the HTML report (writ
 """
 
 from analysis.plots import (  # noqa: F401
-    BASE, BLOCK_AXIS, HIGHLIGHT, bars, comparison_curves, curves, heatmap, lines, state_labels)
+    BASE,
+    BLOCK_AXIS,
+    HIGHLIGHT,
+    bars,
+    comparison_curves,
+    curves,
+    heatmap,
+    lines,
+    state_labels,
+)

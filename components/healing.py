@@ -7,12 +7,12 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis import healing as hl
 from analysis.cache import stable_hash
-from analysis.evaluate import EvalSettings, evaluate
-from analysis.recipe import variant_recipe
+from analysis.changes import healing as hl
+from analysis.changes.variant import Variant
+from analysis.evaluation.perplexity import EvalSettings, evaluate
 from analysis.texts import Text, bundled_text
-from analysis.variants import Variant
+from analysis.workflow.recipe import variant_recipe
 from components import jobs
 
 TAG = "heal"
@@ -114,7 +114,7 @@ def adapter_export(ws, variant: Variant, cut: Variant | None) -> None:
             path = hl.export_adapter(variant.model, out_dir, recipe=variant.recipe, overwrite=overwrite)
             check = None
             if cut is not None:
-                from analysis.commands.heal import check_adapter
+                from analysis.cli.heal import check_adapter
 
                 check = check_adapter(cut.model, variant.model, path, ws.lm.tokenizer)
             st.session_state["heal-adapter-last"] = {"path": str(path), "check": check}

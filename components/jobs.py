@@ -213,7 +213,7 @@ def show(key: str | None, on_done: Callable[[core.Job], None] | None = None,
 def deliver_variant(job: core.Job) -> bool:
     """A finished job whose result is a variant (or holds one as ``.variant``) adds it to this session's variants
     once (after a reload too: the new session takes the variants of its owner's finished jobs)."""
-    from analysis.variants import Variant
+    from analysis.changes.variant import Variant
     from components import state
 
     variant = job.result if isinstance(job.result, Variant) else getattr(job.result, "variant", None)

@@ -6,11 +6,19 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis import registry
-from analysis import replaceme as rm
-from analysis.compression import CompressionError, record_of
+from analysis.changes import replaceme as rm
+from analysis.changes.low_rank import CompressionError, record_of
+from analysis.metrics import registry
+from analysis.search import replaceme_rows
 from components import figures, state
-from components.change import apply_panel, evaluation_form, export_section, result_marker, start_apply, variant_result
+from components.change import (
+    apply_panel,
+    evaluation_form,
+    export_section,
+    result_marker,
+    start_apply,
+    variant_result,
+)
 from components.compress import also_remove
 from components.widgets import figure_with_csv, run_with_progress
 
@@ -63,7 +71,7 @@ def page(ws) -> None:
     by = c[1].selectbox("Choose the start by", _choices(ws), format_func=_label, key="rm-by",
                         help="low = replace first; block metrics are listed once they are computed (prune page)")
     try:
-        S = run_with_progress("Scoring every run", lambda p: rm.run_scores(ws, by, progress=p))
+        S = run_with_progress("Scoring every run", lambda p: replaceme_rows.run_scores(ws, by, progress=p))
         best, score = rm.best_start(S, n)
     except (CompressionError, ValueError) as exc:
         st.error(str(exc))

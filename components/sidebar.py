@@ -6,9 +6,16 @@ import dataclasses
 
 import streamlit as st
 
-from analysis.models import DTYPES, ModelSpec, remote_code_files
-from analysis.texts import BUNDLED, TextError, bundled_text, text_from_bytes, text_from_string, token_ids
-from analysis.workspace import Calibration
+from analysis.capture.workspace import Calibration
+from analysis.model.loading import DTYPES, ModelSpec, remote_code_files
+from analysis.texts import (
+    BUNDLED,
+    TextError,
+    bundled_text,
+    text_from_bytes,
+    text_from_string,
+    token_ids,
+)
 from components import jobs, state
 from components.widgets import format_bytes
 

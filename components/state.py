@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+from analysis.capture.workspace import Calibration, Workspace
+from analysis.model.architecture import ModelLoadError
+from analysis.model.loading import LoadedModel, ModelSpec, load_model
 from analysis.texts import DEFAULT_CALIBRATION_TEXT, Text, TextError, bundled_text
-from analysis.workspace import Calibration, Workspace
 
 SPEC = "model_spec"
 GOOD_SPEC = "model_spec_loaded"
@@ -200,7 +201,7 @@ def compare_variant():
 
 def compare_workspace(ws):
     """A workspace on the compared variant (same text and windows), or ``None``."""
-    from analysis.workspace import Workspace
+    from analysis.capture.workspace import Workspace
 
     v = compare_variant()
     if v is None or ws is None:

@@ -9,8 +9,15 @@ import pandas as pd
 import plotly.graph_objects as go
 
 # the per-state persistence figures live in analysis.plots, so that the HTML report draws the same figures
-from analysis.plots import (DIM_COLOURS, STATE_AXIS, _finite_top, betti_curves,  # noqa: F401
-                            per_dimension_curves, persistence_barcode, persistence_diagram)
+from analysis.plots import (  # noqa: F401
+    DIM_COLOURS,
+    STATE_AXIS,
+    _finite_top,
+    betti_curves,
+    per_dimension_curves,
+    persistence_barcode,
+    persistence_diagram,
+)
 
 
 def _colour(d: int) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.changes.variant import describe_action
 from analysis.plots import quality_cost_figure  # noqa: F401 (shared with the report)
-from analysis.variants import describe_action
 
 
 def variants_frame(variants) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
-from analysis.workspace import Workspace
+from analysis.capture.workspace import Workspace
 
 
 class StreamlitProgress:

@@ -4,10 +4,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.geometry import (DEFAULT_EPS, DEFAULT_RELATIVE_EPS, DEFAULT_SHARE, NEAR_ZERO_SPARSITY, SITE_LABELS,
-                               SITES, AVSSSettings, avss_result)
-from components import geometry_figures as gf
+from analysis.profiles.avss import (
+    DEFAULT_EPS,
+    DEFAULT_RELATIVE_EPS,
+    DEFAULT_SHARE,
+    NEAR_ZERO_SPARSITY,
+    SITE_LABELS,
+    SITES,
+    AVSSSettings,
+    avss_result,
+)
 from components import comparison, state
+from components import geometry_figures as gf
 from components.figures import comparison_curves
 from components.widgets import figure_with_csv, run_with_progress, workspace_caption
 

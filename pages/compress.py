@@ -2,11 +2,26 @@
 
 import streamlit as st
 
-from analysis import compression as cp
+from analysis.changes import low_rank as cp
 from components import state
-from components.change import apply_panel, evaluation_form, export_section, start_apply, variant_result
-from components.compress import (PROJECTION_HELP, also_remove, default_mlp, matrix_views, moe_note, plan_frame, plan_summary,
-                                 projection_names, result_frame)
+from components.change import (
+    apply_panel,
+    evaluation_form,
+    export_section,
+    start_apply,
+    variant_result,
+)
+from components.compress import (
+    PROJECTION_HELP,
+    also_remove,
+    default_mlp,
+    matrix_views,
+    moe_note,
+    plan_frame,
+    plan_summary,
+    projection_names,
+    result_frame,
+)
 from components.widgets import csv_download, run_with_progress, workspace_caption
 
 st.title("Compress: low-rank truncation")

@@ -3,13 +3,25 @@
 import pandas as pd
 import streamlit as st
 
-from analysis import healing as hl
-from analysis.texts import BUNDLED, TextError, bundled_text, text_from_bytes, text_from_string
-from analysis.variants import describe_action
+from analysis.changes import healing as hl
+from analysis.changes.variant import describe_action
+from analysis.texts import (
+    BUNDLED,
+    TextError,
+    bundled_text,
+    text_from_bytes,
+    text_from_string,
+)
 from components import jobs, state
 from components.change import export_section
 from components.evaluation import evaluation_view
-from components.healing import adapter_export, current_job, curve_figure, live_curve, start_heal
+from components.healing import (
+    adapter_export,
+    current_job,
+    curve_figure,
+    live_curve,
+    start_heal,
+)
 from components.widgets import format_bytes, workspace_caption
 
 st.title("Heal after the cut")

@@ -3,15 +3,25 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.geometry import (ID_ESTIMATORS, ID_LABELS, IDSettings, has_id_profile, id_profile_result,
-                               workspace_for)
-from analysis.intrinsic_dimension import MIN_POINTS
-from analysis.models import ModelLoadError
+from analysis.methods.intrinsic_dimension import MIN_POINTS
+from analysis.model.architecture import ModelLoadError
+from analysis.profiles.intrinsic_dimension import (
+    ID_ESTIMATORS,
+    ID_LABELS,
+    IDSettings,
+    has_id_profile,
+    id_profile_result,
+    workspace_for,
+)
 from analysis.texts import TextError
-from components import comparison
+from components import comparison, state
 from components import geometry_figures as gf
-from components import state
-from components.widgets import ensure_capture, figure_with_csv, run_with_progress, workspace_caption
+from components.widgets import (
+    ensure_capture,
+    figure_with_csv,
+    run_with_progress,
+    workspace_caption,
+)
 
 SETTINGS = "id-settings"
 SECOND = "id-second-profile"

@@ -3,10 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from analysis import cache, registry
-from analysis import leaderboard as lb
-from analysis.damage import DamageError, SearchSettings
-from analysis.evaluate import EvaluationError
+from analysis import cache
+from analysis.evaluation.perplexity import EvaluationError
+from analysis.metrics import registry
+from analysis.metrics.damage import DamageError, SearchSettings
+from analysis.search import leaderboard as lb
 from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError
 from components import figures, jobs, state
 from components.widgets import csv_download, figure_with_csv, workspace_caption

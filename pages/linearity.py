@@ -4,14 +4,20 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis import baselines as bl
-from analysis import registry
-from analysis.block_metrics.baselines import baseline_results
-from analysis.block_metrics.linearity import linearity_results
-from analysis.linearity import NotEnoughTokens
+from analysis.methods import baselines as bl
+from analysis.methods.linearity import NotEnoughTokens
+from analysis.metrics import registry
+from analysis.metrics.families.baselines import baseline_results
+from analysis.metrics.families.linearity import linearity_results
 from components import figures, state
 from components.figures import comparison_curves
-from components.widgets import ensure_capture, figure_with_csv, run_with_progress, suggestion_row, workspace_caption
+from components.widgets import (
+    ensure_capture,
+    figure_with_csv,
+    run_with_progress,
+    suggestion_row,
+    workspace_caption,
+)
 
 st.title("Linearity and baselines")
 st.caption("Razzhigaev et al., *Your Transformer is Secretly Linear* (arXiv 2405.12250): linearity(X, Y) = "

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from analysis import estimate
+from analysis.capture import estimate
 from analysis.texts import TextError, calibration_windows, token_ids
 from components import state
 from components.widgets import ensure_capture, format_bytes, workspace_caption

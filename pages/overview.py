@@ -3,9 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from analysis import consensus, registry
+from analysis.metrics import consensus, registry
 from components import figures, state
-from components.widgets import csv_download, figure_with_csv, run_with_progress, workspace_caption
+from components.widgets import (
+    csv_download,
+    figure_with_csv,
+    run_with_progress,
+    workspace_caption,
+)
 
 st.title("Overview: where the metrics agree")
 st.caption("Each metric is rank-normalised over the blocks so that 1 marks its most redundant block and 0 its least "

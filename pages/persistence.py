@@ -5,9 +5,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from analysis import estimate
-from analysis import topology as topo
 from analysis.cache import stable_hash
+from analysis.capture import estimate
+from analysis.profiles import topology as topo
 from analysis.texts import TextError
 from components import figures, jobs, state
 from components import topology_figures as tf

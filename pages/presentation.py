@@ -6,11 +6,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis import consensus, plots, registry
-from analysis import recipe as rc
-from analysis.models import ModelLoadError, load_model
-from analysis.variants import describe_action
-from analysis.workspace import Workspace
+from analysis import plots
+from analysis.capture.workspace import Workspace
+from analysis.changes.variant import describe_action
+from analysis.metrics import consensus, registry
+from analysis.model.architecture import ModelLoadError
+from analysis.model.loading import load_model
+from analysis.workflow import recipe as rc
 from components.presentation import options, style
 
 STEPS = ["What the model is", "Where it is redundant", "What we removed", "What it costs and saves"]

@@ -2,11 +2,22 @@
 
 import streamlit as st
 
-from analysis import estimate
-from analysis.geometry import COLOURINGS, DEFAULT_PROJECTION_POINTS, ProjectionSettings, has_projection, projection
+from analysis.capture import estimate
+from analysis.profiles.projections import (
+    COLOURINGS,
+    DEFAULT_PROJECTION_POINTS,
+    ProjectionSettings,
+    has_projection,
+    projection,
+)
 from components import geometry_figures as gf
 from components import state
-from components.widgets import ensure_capture, figure_with_csv, run_with_progress, workspace_caption
+from components.widgets import (
+    ensure_capture,
+    figure_with_csv,
+    run_with_progress,
+    workspace_caption,
+)
 
 st.title("Token-cloud projections")
 st.caption("One hidden state's all-token cloud projected to 2-D or 3-D. **PCA**: the centred cloud on its first "

@@ -2,9 +2,16 @@
 
 import streamlit as st
 
-from analysis import registry
+from analysis.metrics import registry
 from components import state
-from components.change import apply_panel, evaluation_form, export_section, result_marker, start_apply, variant_result
+from components.change import (
+    apply_panel,
+    evaluation_form,
+    export_section,
+    result_marker,
+    start_apply,
+    variant_result,
+)
 from components.widgets import workspace_caption
 
 st.title("Prune and evaluate")

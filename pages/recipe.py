@@ -8,10 +8,15 @@ from pathlib import Path
 import streamlit as st
 
 from analysis import cache
-from analysis import recipe as rc
-from analysis.report import ReportExists, build_report, check_destination, write_report
+from analysis.changes.variant import describe_action
 from analysis.texts import TextError
-from analysis.variants import describe_action
+from analysis.workflow import recipe as rc
+from analysis.workflow.report import (
+    ReportExists,
+    build_report,
+    check_destination,
+    write_report,
+)
 from components import state
 from components.change import apply_and_evaluate, variant_result
 from components.widgets import run_with_progress, text_bytes_download, workspace_caption
@@ -75,7 +80,7 @@ pending = st.session_state.get("pending-recipe")
 if pending and (pending.get("action") or {}):
     st.info(f"Restored from a recipe: {describe_action(pending['action'])}. Apply it to evaluate it here.")
     if st.button("Apply and evaluate the recipe's change"):
-        from analysis.evaluate import EvalSettings
+        from analysis.evaluation.perplexity import EvalSettings
 
         settings = EvalSettings(**((pending.get("evaluation") or {}).get("settings") or {}))
         v = apply_and_evaluate(ws, pending["action"], settings, name=pending.get("name"))

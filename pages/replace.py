@@ -4,10 +4,16 @@ removed and one map folded into the block before it: a plain checkpoint)."""
 import pandas as pd
 import streamlit as st
 
-from analysis import compression as cp
+from analysis.changes import low_rank as cp
 from components import replaceme, state
-from components.change import (apply_and_evaluate, apply_panel, evaluation_form, export_section, result_marker,
-                               start_apply, variant_result)
+from components.change import (
+    apply_panel,
+    evaluation_form,
+    export_section,
+    result_marker,
+    start_apply,
+    variant_result,
+)
 from components.compress import also_remove, residual_figure
 from components.widgets import figure_with_csv, run_with_progress, workspace_caption
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from analysis.variants import describe_action
+from analysis.changes.variant import describe_action
 from components import state
 from components.downstream import downstream_section
 from components.evaluation import evaluation_view

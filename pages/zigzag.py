@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis import topology as topo
 from analysis.cache import stable_hash
+from analysis.profiles import topology as topo
 from analysis.texts import TextError
 from components import comparison, figures, jobs, state
 from components import topology_figures as tf

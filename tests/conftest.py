@@ -37,7 +37,7 @@ def cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def lm():
     """The bundled SmolLM2-135M-Instruct, fp32 on CPU."""
-    from analysis.models import ModelSpec, load_model
+    from analysis.model.loading import ModelSpec, load_model
 
     return load_model(ModelSpec(device="cpu"))
 
@@ -59,7 +59,7 @@ def asyoulik():
 @pytest.fixture(scope="session")
 def ws(lm, alice):
     """The default workspace: alice, the first 32 windows of 128 tokens."""
-    from analysis.workspace import Calibration, Workspace
+    from analysis.capture.workspace import Calibration, Workspace
 
     return Workspace(lm=lm, text=alice, calibration=Calibration())
 

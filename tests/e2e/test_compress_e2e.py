@@ -59,7 +59,7 @@ def test_compress_evaluate_export(ui, tmp_path_factory):
     assert recipe["export"]["form"] == "factorised"
     assert sorted(recipe["compression"]["low_rank"]["ranks"]) == sorted(
         f"model.layers.{b}.mlp.{p}_proj" for b in (0, 4) for p in ("gate", "up", "down"))
-    from analysis.checkpoint import load_checkpoint
+    from analysis.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(out)
     assert type(model.model.layers[4].mlp.down_proj).__name__ == "FactorisedLinear"

@@ -3,7 +3,7 @@ and see the blocks selected there; open the persistence page and compute its dia
 
 import pytest
 
-from analysis import topology as topo
+from analysis.profiles import topology as topo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,7 +23,7 @@ def test_metrics_writes_layers_and_linearity_csv(tmp_path, ws):
     run = json.loads((out / "run.json").read_text())
     assert run["calibration"]["n_windows"] == 32 and run["text"]["name"] == "alice"
     # the dashboard reads the same cached result the command line wrote
-    from analysis.block_metrics.linearity import linearity_results
+    from analysis.metrics.families.linearity import linearity_results
 
     res = linearity_results(ws)
     assert res["outcome"].status == "hit"

@@ -7,14 +7,19 @@ import json
 import pytest
 import torch
 
-from analysis import compression as cp
-from analysis.checkpoint import (FACTORISED_KEY, LINEAR_BLOCKS_KEY, load_checkpoint, needs_project_loader,
-                                 save_checkpoint)
-from analysis.evaluate import EvalSettings, evaluate
-from analysis.lowrank import rank_for_ratio
-from analysis.surgery import export_checkpoint, verify_export
-from analysis.variants import apply_actions
-from analysis.workspace import Calibration, Workspace
+from analysis.capture.workspace import Calibration, Workspace
+from analysis.changes import low_rank as cp
+from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.variant import apply_actions
+from analysis.evaluation.perplexity import EvalSettings, evaluate
+from analysis.methods.lowrank import rank_for_ratio
+from analysis.model.checkpoint import (
+    FACTORISED_KEY,
+    LINEAR_BLOCKS_KEY,
+    load_checkpoint,
+    needs_project_loader,
+    save_checkpoint,
+)
 from tests.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -66,7 +71,7 @@ def test_compress_gives_a_valid_variant_and_leaves_the_original(compressed, lm, 
 def test_dense_and_factorised_exports_reload_to_identical_logits(compressed, lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from analysis.models import ModelSpec, load_model
+    from analysis.model.loading import ModelSpec, load_model
 
     sizes = {}
     for form in ("dense", "factorised"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.models import ModelSpec, ResultsOnlyModel, load_model
+from analysis.model.loading import ModelSpec, ResultsOnlyModel, load_model
 from tests.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_bad_recipes_get_a_clear_message(tmp_path, recipe, message):
 
 
 def test_overview_command_writes_consensus(tmp_path, ws):
-    from analysis.block_metrics.linearity import linearity_results
+    from analysis.metrics.families.linearity import linearity_results
 
     linearity_results(ws)
     cli("overview", "--k", "3", "--out", tmp_path)

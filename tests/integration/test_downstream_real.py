@@ -46,7 +46,7 @@ def no_network():
 
 @pytest.fixture(scope="module")
 def original_run(lm):
-    from analysis import downstream as ds
+    from analysis.evaluation import downstream as ds
 
     steps = []
     with network_off() as attempts:
@@ -71,8 +71,8 @@ def test_cloze_on_the_real_model_beats_chance(original_run, no_network):
 
 
 def test_pruned_copy_gets_a_result_and_loses_accuracy(lm, original_run, no_network):
-    from analysis import downstream as ds
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
+    from analysis.evaluation import downstream as ds
 
     fp_before = lm.fingerprint
     pruned = remove_blocks(lm.model, list(range(10, 18)))  # 8 of 30 blocks: heavily pruned
@@ -84,13 +84,13 @@ def test_pruned_copy_gets_a_result_and_loses_accuracy(lm, original_run, no_netwo
     assert rec["ran"] and rec["recovery"] == pytest.approx(row["acc"] / original["tasks"]["layerscope_cloze"]["acc"])
     assert row["acc_norm"] < original["tasks"]["layerscope_cloze"]["acc_norm"]
     # the original model is untouched by the evaluation of its pruned copy
-    from analysis.models import fingerprint
+    from analysis.model.loading import fingerprint
 
     assert fingerprint(lm.model) == fp_before
 
 
 def test_cli_downstream_with_removal_writes_json(lm, tmp_path, capsys, no_network):
-    from analysis.cli import main
+    from analysis.cli.main import main
 
     out = tmp_path / "ds"
     assert main(["downstream", "--model", "default", "--device", "cpu", "--tasks", "layerscope_cloze",
@@ -117,7 +117,7 @@ def test_standard_task_runs_from_a_prepared_local_copy(lm, tmp_path, monkeypatch
     import pyarrow.parquet as pq
     from datasets.packaged_modules.parquet.parquet import Parquet
 
-    from analysis import downstream as ds
+    from analysis.evaluation import downstream as ds
 
     rows = [{"id": "q1", "question": "Which of these is a liquid at room temperature?",
              "choices": {"text": ["iron", "water", "salt", "wood"], "label": ["A", "B", "C", "D"]}, "answerKey": "B"},

@@ -2,8 +2,8 @@
 
 import pytest
 
-from analysis.evaluate import EvalSettings, evaluate
-from analysis.surgery import remove_blocks
+from analysis.changes.remove_blocks import remove_blocks
+from analysis.evaluation.perplexity import EvalSettings, evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """Every view, change and export on a tiny random-weight model of every supported decoder family (issue 12, class 9).
 
 Each family's model (width 64, 4 blocks, byte tokenizer; :mod:`tests.families`, no download) goes through the
-command line in process (``analysis.cli.main``, the same code path as ``python -m analysis``):
+command line in process (``analysis.cli.main.main``, the same code path as ``python -m analysis``):
 
 * ``metrics --metrics all`` (capture, every registered metric; AVSS on its default MLP site and on the attention
   site), ``topology`` (zigzag, small settings);
@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.cli import main
+from analysis.cli.main import main
 from tests.families import FAMILIES, tiny_model_dir
 
 MOE = {"mixtral", "qwen3_moe"}
@@ -50,7 +50,7 @@ def family(request, tmp_path_factory):
 @pytest.fixture
 def small_zigzag(monkeypatch):
     """The zigzag block metric's default 500 windows of 32 tokens, cut to 24 windows of 16 for tiny models."""
-    from analysis.block_metrics import topology
+    from analysis.metrics.families import topology
 
     monkeypatch.setitem(topology.DEFAULTS, "windows", 24)
     monkeypatch.setitem(topology.DEFAULTS, "window_len", 16)
@@ -77,7 +77,7 @@ QUICK_METRICS = ("gpt2", "opt", "bloom", "mixtral", "llama")
                                     for f in FAMILIES], indirect=True)
 def test_metrics_all_and_zigzag(family, tmp_path, capsys, small_zigzag):
     name, model_dir = family
-    from analysis import registry
+    from analysis.metrics import registry
 
     rc, _, err = cli(capsys, "metrics", "--model", model_dir, *CAL, "--metrics", "all", "--out", tmp_path / "m")
     assert rc == 0 and not errors(err), err[-2000:]
@@ -111,7 +111,7 @@ def test_prune_export_and_plain_reload(family, tmp_path, capsys):
     name, model_dir = family
     from transformers import AutoModelForCausalLM
 
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
 
     out = tmp_path / "pruned"
     rc, stdout, err = cli(capsys, "prune", "--model", model_dir, "--remove", "1", *CAL, *EVAL, "--out", out)
@@ -133,10 +133,9 @@ def test_low_rank_on_all_linears_dense_and_factorised(family, tmp_path, capsys):
     name, model_dir = family
     from transformers import AutoModelForCausalLM
 
-    from analysis.architecture import is_linear
-    from analysis.checkpoint import load_checkpoint
-    from analysis.factorised import FactorisedLinear
-    from analysis.lowrank import target_linears
+    from analysis.model.architecture import is_linear, target_linears
+    from analysis.model.checkpoint import load_checkpoint
+    from analysis.model.modules import FactorisedLinear
 
     original = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     linears = target_linears(original, "all")
@@ -177,7 +176,7 @@ def test_low_rank_mlp_group(family, tmp_path, capsys):
     name, model_dir = family
     from transformers import AutoModelForCausalLM
 
-    from analysis.lowrank import target_linears
+    from analysis.model.architecture import target_linears
 
     if name not in MOE:
         names = target_linears(AutoModelForCausalLM.from_pretrained(model_dir), "mlp", [0])
@@ -196,9 +195,9 @@ def test_low_rank_mlp_group(family, tmp_path, capsys):
 @torch.no_grad()
 def test_linear_replacement_exported_and_generating(family, tmp_path, capsys):
     name, model_dir = family
-    from analysis.checkpoint import load_checkpoint
-    from analysis.linear_replacement import LinearBlock
-    from analysis.models import find_blocks
+    from analysis.model.architecture import find_blocks
+    from analysis.model.checkpoint import load_checkpoint
+    from analysis.model.modules import LinearBlock
 
     out = tmp_path / "linear"
     rc, stdout, err = cli(capsys, "compress", "--model", model_dir, "--replace", "0", *CAL, *EVAL, "--out", out)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import baselines
-from analysis.block_metrics.baselines import baseline_results
-from analysis.block_metrics.linearity import linearity_results
-from analysis.capture import capture_hidden_states
-from analysis.models import ModelLoadError, ModelSpec, default_gguf_path, load_model
+from analysis.capture.hidden_states import capture_hidden_states
+from analysis.methods import baselines
+from analysis.metrics.families.baselines import baseline_results
+from analysis.metrics.families.linearity import linearity_results
+from analysis.model.architecture import ModelLoadError
+from analysis.model.loading import ModelSpec, default_gguf_path, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ def test_baselines_on_the_real_model(ws):
 
 
 def test_suggestions_from_registry(ws):
-    from analysis import registry
+    from analysis.metrics import registry
 
     for m in registry.metrics()[:4]:
         blocks = m.suggest(ws, 3)

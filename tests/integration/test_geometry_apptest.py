@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def at():
     from streamlit.testing.v1 import AppTest
 
-    from analysis.workspace import Calibration
+    from analysis.capture.workspace import Calibration
 
     app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900)
     app.session_state["calibration"] = Calibration(n_windows=8, window_len=64)
@@ -61,7 +61,7 @@ def test_avss_page_mlp_then_residual_flag_and_send_to_prune(at):
 
 
 def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
-    from analysis.variants import Variant, apply_actions
+    from analysis.changes.variant import Variant, apply_actions
 
     at.switch_page("pages/intrinsic_dimension.py")
     at.run()
@@ -81,8 +81,8 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
     assert "576" in [str(m.value) for m in at.metric]
 
     # the prune page's result: a pruned variant of the loaded model
+    from analysis.model.loading import ModelSpec
     from components.state import _load
-    from analysis.models import ModelSpec
 
     spec = ModelSpec()
     lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
@@ -127,7 +127,7 @@ def test_projections_page_pca_then_umap(at):
 
 
 def test_id_page_compares_with_gemma_when_installed(at):
-    from analysis.extra_models import gemma_installed
+    from analysis.model.extra_models import gemma_installed
 
     at.switch_page("pages/intrinsic_dimension.py")
     at.run()
@@ -151,8 +151,8 @@ def test_id_page_compares_with_gemma_when_installed(at):
 
 
 def test_avss_page_compares_with_the_sidebars_variant(at):
-    from analysis.models import ModelSpec
-    from analysis.variants import Variant, apply_actions
+    from analysis.changes.variant import Variant, apply_actions
+    from analysis.model.loading import ModelSpec
     from components.state import _load
 
     spec = ModelSpec()

@@ -11,11 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import registry
-from analysis.geometry import (NEAR_ZERO_SPARSITY, AVSSSettings, IDSettings, ProjectionSettings, avss_result,
-                               id_profile_result, projection, workspace_for)
-from analysis.models import derived_model
-from analysis.workspace import Calibration, Workspace
+from analysis.capture.workspace import Calibration, Workspace
+from analysis.metrics import registry
+from analysis.model.loading import derived_model
+from analysis.profiles.avss import NEAR_ZERO_SPARSITY, AVSSSettings, avss_result
+from analysis.profiles.intrinsic_dimension import (
+    IDSettings,
+    id_profile_result,
+    workspace_for,
+)
+from analysis.profiles.projections import ProjectionSettings, projection
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +88,11 @@ def test_headline_twonn_is_scikit_dimensions_twonn_of_the_whole_distinct_cloud(w
     32 x 128 tokens, 4096 rows per state) it equals scikit-dimension's TwoNN on the same distinct rows."""
     import skdim
 
-    from analysis.geometry import IDSettings, distinct_cloud, state_id
+    from analysis.profiles.intrinsic_dimension import (
+        IDSettings,
+        distinct_cloud,
+        state_id,
+    )
 
     c = ws.calibration
     cloud = ws.capture().all_token_cloud(state, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
@@ -99,7 +108,7 @@ def test_headline_twonn_is_scikit_dimensions_twonn_of_the_whole_distinct_cloud(w
 
 
 def test_id_profile_of_a_pruned_variant_shares_the_depth_axis(lm, small_ws):
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
 
     pruned = derived_model(lm, remove_blocks(lm.model, [12, 13]), "minus 12,13")
     assert pruned.n_blocks == 28 and pruned.fingerprint != lm.fingerprint
@@ -125,7 +134,7 @@ def test_projections_pca_and_umap(small_ws):
 
 
 def test_cli_metrics_avss_and_id(tmp_path, lm):
-    from analysis.cli import main
+    from analysis.cli.main import main
 
     out = tmp_path / "geometry"
     rc = main(["metrics", "--metrics", "avss,id", "--sequences", "8", "--seq-len", "64", "--avss-site", "residual",
@@ -146,11 +155,11 @@ def test_cli_metrics_avss_and_id(tmp_path, lm):
 
 
 def test_gemma_profile_when_installed(alice):
-    from analysis.extra_models import gemma_gguf_path, gemma_installed
+    from analysis.model.extra_models import gemma_gguf_path, gemma_installed
 
     if not gemma_installed():
         pytest.skip("Gemma-3-270M is optional (make gemma)")
-    from analysis.models import ModelSpec, load_model
+    from analysis.model.loading import ModelSpec, load_model
 
     gemma = load_model(ModelSpec(source=str(gemma_gguf_path()), device="cpu"))
     assert gemma.n_blocks == 18 and gemma.width == 640

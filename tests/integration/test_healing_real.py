@@ -34,8 +34,8 @@ def test_heal_command_refuses_bad_settings_before_loading(tmp_path, args, words)
 
 @pytest.mark.slow
 def test_heal_command_refuses_a_results_folder_a_big_rank_and_a_short_text(tmp_path, lm, alice):
-    from analysis.models import write_results_card
-    from analysis.workspace import Workspace
+    from analysis.capture.workspace import Workspace
+    from analysis.model.loading import write_results_card
 
     results = tmp_path / "results"
     results.mkdir()
@@ -62,10 +62,10 @@ def _fixed_ce(model, windows) -> float:
 def test_a_short_healing_run_heals_minus_12_13(lm, asyoulik):
     """20 LoRA steps of 2 windows × 64 tokens of lcet10 with KD: the training loss (on fixed healing windows) and
     the held-out perplexity on asyoulik both go down; the original and the cut variant are untouched."""
-    from analysis import healing as hl
-    from analysis.evaluate import EvalSettings, perplexity
-    from analysis.models import fingerprint
-    from analysis.surgery import remove_blocks
+    from analysis.changes import healing as hl
+    from analysis.changes.remove_blocks import remove_blocks
+    from analysis.evaluation.perplexity import EvalSettings, perplexity
+    from analysis.model.loading import fingerprint
     from analysis.texts import bundled_text
 
     before_fp = fingerprint(lm.model)
@@ -93,8 +93,8 @@ def test_a_short_healing_run_heals_minus_12_13(lm, asyoulik):
 def test_heal_command_exports_merged_and_adapter_and_run_reproduces(tmp_path, lm):
     from transformers import AutoModelForCausalLM
 
-    from analysis import healing as hl
-    from analysis.surgery import remove_blocks
+    from analysis.changes import healing as hl
+    from analysis.changes.remove_blocks import remove_blocks
 
     out = tmp_path / "healed"
     small = ["--eval-tokens", "256", "--context", "128", "--stride", "128", "--no-speed"]

@@ -8,12 +8,9 @@ import copy
 import pytest
 import torch
 
-from analysis.linear_replacement import (
-    LinearBlock,
-    collect_block_moments,
-    fit_linear_map_from_moments,
-    replace_decoder_layer,
-)
+from analysis.capture.block_moments import collect_block_moments
+from analysis.methods.least_squares import fit_linear_map_from_moments
+from analysis.model.modules import LinearBlock, replace_decoder_layer
 from analysis.texts import calibration_windows
 
 pytestmark = pytest.mark.slow

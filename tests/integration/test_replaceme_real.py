@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from analysis import replaceme as rm
-from analysis.compression import record_of
-from analysis.evaluate import EvalSettings, evaluate
-from analysis.recipe import variant_recipe
-from analysis.surgery import export_checkpoint, verify_export
-from analysis.variants import apply_actions
+from analysis.changes import replaceme as rm
+from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.low_rank import record_of
+from analysis.changes.variant import apply_actions
+from analysis.evaluation.perplexity import EvalSettings, evaluate
+from analysis.workflow.recipe import variant_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import registry
-from analysis import topology as topo
-from analysis.cli import main as cli_main
+from analysis.cli.main import main as cli_main
+from analysis.metrics import registry
+from analysis.profiles import topology as topo
 from analysis.texts import TextError, text_from_string
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def test_text_too_short_for_the_windows_says_how_many_tokens_it_has(lm):
 
 class _Ws:
     def __init__(self, lm, text):
-        from analysis.workspace import Calibration
+        from analysis.capture.workspace import Calibration
 
         self.lm, self.text, self.calibration, self.n_states = lm, text, Calibration(), lm.n_blocks + 1
 

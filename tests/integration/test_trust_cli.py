@@ -2,7 +2,6 @@
 weight is loaded, results folders never changed unless asked, nothing left behind. Real bundled model."""
 
 import json
-import os
 
 import pytest
 

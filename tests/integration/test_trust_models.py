@@ -8,7 +8,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_damaged_converted_copy_is_converted_again(tmp_path, monkeypatch):
-    from analysis import cache, models
+    from analysis import cache
+    from analysis.model import loading as models
 
     gguf = models.default_gguf_path()
     shared = models.converted_gguf_folder(gguf)  # the session's (linked) converted copy: never touched below

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from analysis.workspace import Calibration
+from analysis.capture.workspace import Calibration
 from tests.ui.conftest import no_exceptions, open_page, texts
 
 pytestmark = pytest.mark.slow

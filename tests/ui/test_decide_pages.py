@@ -24,8 +24,8 @@ def _apply(app, blocks):
 
 
 def test_overview_sends_the_consensus_to_prune(app, ws):
-    from analysis.block_metrics.baselines import baseline_results
-    from analysis.block_metrics.linearity import linearity_results
+    from analysis.metrics.families.baselines import baseline_results
+    from analysis.metrics.families.linearity import linearity_results
 
     linearity_results(ws), baseline_results(ws)
     open_page(app, "pages/overview.py")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from analysis.workspace import Calibration
+from analysis.capture.workspace import Calibration
 from tests.ui.conftest import no_exceptions, open_page, sidebar_app, texts
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cut_variant(lm, asyoulik):
-    from analysis.evaluate import EvalSettings, evaluate
-    from analysis.surgery import remove_blocks
-    from analysis.variants import Variant
+    from analysis.changes.remove_blocks import remove_blocks
+    from analysis.changes.variant import Variant
+    from analysis.evaluation.perplexity import EvalSettings, evaluate
 
     cut = remove_blocks(lm.model, [12, 13])
     settings = EvalSettings(n_tokens=256, context=128, stride=128, measure_speed=False, max_new_tokens=4)

@@ -7,7 +7,7 @@ import json
 import pytest
 from markdown_it import MarkdownIt
 
-from analysis.workspace import Calibration
+from analysis.capture.workspace import Calibration
 from tests.ui.conftest import no_exceptions, open_page, texts
 from tests.ui.test_compress_pages import _by_label, _evaluate_small, _export
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analysis import topology as topo
+from analysis.capture.workspace import Calibration
+from analysis.profiles import topology as topo
 from analysis.texts import text_from_string
-from analysis.workspace import Calibration
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_zigzag_page_computes_shows_the_views_and_sends_the_suggestion(lm, alice
 
 
 def test_zigzag_page_draws_the_compared_variant_beside_the_original(lm):
-    from analysis.variants import Variant, apply_actions
+    from analysis.changes.variant import Variant, apply_actions
 
     action = {"remove_blocks": [12, 13]}
     variant = Variant(name="minus 12,13", model=apply_actions(lm.model, action), action=action,

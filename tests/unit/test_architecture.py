@@ -1,12 +1,12 @@
-"""analysis.architecture on tiny random-weight models of every family (structure found without Llama names)."""
+"""analysis.model.architecture on tiny random-weight models of every family (structure found without Llama names)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from analysis import architecture as arch
-from analysis.models import block_list
+from analysis.model import architecture as arch
+from analysis.model.architecture import block_list
 from tests.families import FAMILIES, tiny_model
 
 # family → (blocks path, attention, attention out, mlp, mlp out, final norm, linear layer types)
@@ -103,8 +103,8 @@ def test_pruning_a_qwen_moe_with_a_sparse_step_keeps_every_blocks_feed_forward(t
     """decoder_sparse_step=2: blocks 1 and 3 are MoE, 0 and 2 dense. Removing block 0 must not shift the rule."""
     from transformers import AutoModelForCausalLM
 
-    from analysis.lowrank import target_linears
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
+    from analysis.model.architecture import target_linears
     from tests.families import tiny_config
 
     cfg = tiny_config("qwen3_moe")

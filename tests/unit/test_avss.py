@@ -7,15 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.avss import (
+from analysis.methods.avss import (
     AVSSAccumulator,
-    attach_avss_hooks,
-    decoder_blocks,
-    site_modules,
     sorted_cumulative,
     suggest_blocks_by_share,
     suggest_k_lowest,
 )
+from analysis.model.hooks import decoder_blocks, site_modules
+from analysis.profiles.avss import attach_avss_hooks
 
 # ---------------------------------------------------------------------------------------------------------------
 # a hand-made batch: 2 sequences of 3 tokens, width 4; the last token of sequence 0 is padding

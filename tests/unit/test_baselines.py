@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis import baselines as bl
+from analysis.methods import baselines as bl
 
 
 def test_identical_states_have_zero_block_influence():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from analysis import compression as cp
+from analysis.changes import low_rank as cp
 from tests.families import tiny_model
 
 

@@ -1,4 +1,4 @@
-"""analysis.compression and analysis.checkpoint on a tiny random Llama: the actions, the cache, export and reload.
+"""analysis.changes.low_rank and analysis.model.checkpoint on a tiny random Llama: the actions, the cache, export and reload.
 
 The real-model checks are in tests/integration/test_compress_real.py; here every path runs in a second.
 """
@@ -13,18 +13,29 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from analysis import cache
-from analysis import compression as cp
-from analysis.checkpoint import (FACTORISED_KEY, LINEAR_BLOCKS_KEY, RANK_ATTR, load_checkpoint, needs_project_loader,
-                                 save_checkpoint)
-from analysis.factorised import FactorisedLinear
-from analysis.linear_replacement import LinearBlock
-from analysis.lowrank import rank_for_ratio
-from analysis.models import LoadedModel, ModelSpec, count_parameters, fingerprint
-from analysis.recipe import candidate_name, validate, variant_recipe
-from analysis.surgery import export_checkpoint, verify_export
+from analysis.capture.workspace import Calibration, Workspace
+from analysis.changes import low_rank as cp
+from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.linear_replacement import apply_replace_linear
+from analysis.changes.variant import (
+    actions,
+    apply_actions,
+    candidate_name,
+    describe_action,
+)
+from analysis.methods.lowrank import rank_for_ratio
+from analysis.model.checkpoint import (
+    FACTORISED_KEY,
+    LINEAR_BLOCKS_KEY,
+    RANK_ATTR,
+    load_checkpoint,
+    needs_project_loader,
+    save_checkpoint,
+)
+from analysis.model.loading import LoadedModel, ModelSpec, count_parameters, fingerprint
+from analysis.model.modules import FactorisedLinear, LinearBlock
 from analysis.texts import text_from_string
-from analysis.variants import actions, apply_actions, describe_action
-from analysis.workspace import Calibration, Workspace
+from analysis.workflow.recipe import validate, variant_recipe
 
 
 class CharTokenizer:
@@ -267,7 +278,7 @@ def test_replace_linear_then_low_rank_skips_the_replaced_blocks():
 def test_bad_replacements(value, message):
     ws = workspace()
     with pytest.raises(cp.CompressionError, match=message):
-        cp.apply_replace_linear(ws.lm.model, value, ws)
+        apply_replace_linear(ws.lm.model, value, ws)
 
 
 def test_recipe_records_ranks_parameters_and_validates():

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import consensus, recipe
+from analysis.metrics import consensus
+from analysis.workflow import recipe
 
 
 def test_votes_consensus_and_overlap():

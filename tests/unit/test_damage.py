@@ -8,10 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from analysis import damage
-from analysis import leaderboard as lb
+from analysis.metrics import damage
+from analysis.search import leaderboard as lb
 from analysis.texts import text_from_string
-
 
 SEARCH = damage.SearchSettings(text="unused", n_tokens=96, context=24, batch_size=2)
 
@@ -121,7 +120,7 @@ def test_scan_from_recorded_states_equals_a_full_forward(state):
 
 
 def test_skip_actions_zero_the_half_and_say_so():
-    from analysis.variants import apply_actions, describe_action
+    from analysis.changes.variant import apply_actions, describe_action
 
     lm = tiny(name="skip")
     x = torch.randint(1, 60, (1, 12))

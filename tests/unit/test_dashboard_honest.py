@@ -10,10 +10,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from analysis import estimate, plots
-from analysis import evaluate as ev
-from analysis.report import ReportExists, check_destination, write_report
-
+from analysis import plots
+from analysis.capture import estimate
+from analysis.evaluation import perplexity as ev
+from analysis.workflow.report import ReportExists, check_destination, write_report
 
 # ----------------------------------------------------------------------------------------------------------------
 # the estimate probe
@@ -179,7 +179,7 @@ def test_report_is_never_overwritten_without_asking(tmp_path):
 
 
 def test_variants_frame_and_summary_from_evaluations():
-    from analysis.report import _generations_html, variants_frame
+    from analysis.workflow.report import _generations_html, variants_frame
 
     evaluation = {"settings": {"prompt": "Alice"}, "text": {"name": "asyoulik"},
                   "original": {"perplexity": 20.0, "parameters": 100, "weight_bytes": 2**21, "generation": "was",

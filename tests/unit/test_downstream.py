@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import downstream as ds
+from analysis.evaluation import downstream as ds
 
 TASK_DIR = Path(ds.__file__).resolve().parent / "tasks" / "layerscope_cloze"
 NUMBERS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n")
@@ -76,7 +76,7 @@ def test_cloze_items_are_well_formed():
 
 
 def test_cloze_file_is_what_the_builder_writes():
-    from analysis.tasks.layerscope_cloze import build
+    from analysis.evaluation.tasks.layerscope_cloze import build
     from analysis.texts import BUNDLED, texts_dir
 
     if not all((texts_dir() / f).is_file() for f, _, _ in BUNDLED.values()):
@@ -117,7 +117,7 @@ def test_standard_task_table_matches_lm_eval_configs():
     pytest.importorskip("lm_eval")
     import lm_eval
 
-    from analysis.downstream import _load_yaml
+    from analysis.evaluation.downstream import _load_yaml
 
     root = Path(lm_eval.__file__).parent / "tasks"
     files = {"hellaswag": "hellaswag/hellaswag.yaml", "winogrande": "winogrande/default.yaml",
@@ -275,7 +275,7 @@ def test_hub_offline_is_restored(monkeypatch):
 
 
 def test_cli_list_and_user_errors(empty_hf_caches, capsys):
-    from analysis.cli import main
+    from analysis.cli.main import main
 
     assert main(["downstream", "--list"]) == 0
     listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}

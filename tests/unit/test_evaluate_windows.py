@@ -5,7 +5,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from analysis.evaluate import EvalSettings, EvaluationError, _scored_pass, windows_for
+from analysis.evaluation.perplexity import (
+    EvalSettings,
+    EvaluationError,
+    _scored_pass,
+    windows_for,
+)
 
 
 @pytest.mark.parametrize("n,context,stride", [(100, 20, 10), (100, 20, 20), (97, 32, 7), (20, 20, 5)])

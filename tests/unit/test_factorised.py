@@ -1,4 +1,4 @@
-"""analysis.factorised: truncating a model in place, FactorisedLinear, dense and factorised checkpoints."""
+"""analysis.changes.truncation: truncating a model in place, FactorisedLinear, dense and factorised checkpoints."""
 
 from __future__ import annotations
 
@@ -10,9 +10,18 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from analysis.checkpoint import atomic_directory, is_factorised_checkpoint, load_factorised, save_dense, save_factorised
-from analysis.factorised import CONFIG_KEY, FactorisedLinear, apply_truncation, densify, plan_for_ratio
-from analysis.lowrank import activation_loss, collect_stats, svd_llm, target_linears
+from analysis.capture.linear_inputs import collect_stats
+from analysis.changes.truncation import apply_truncation, densify, plan_for_ratio
+from analysis.methods.lowrank import activation_loss, svd_llm
+from analysis.model.architecture import target_linears
+from analysis.model.checkpoint import (
+    atomic_directory,
+    is_factorised_checkpoint,
+    load_factorised,
+    save_dense,
+    save_factorised,
+)
+from analysis.model.modules import CONFIG_KEY, FactorisedLinear
 
 
 def tiny_llama(tie: bool = True, bias: bool = False, seed: int = 0) -> LlamaForCausalLM:

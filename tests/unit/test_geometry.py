@@ -1,4 +1,4 @@
-"""analysis.geometry without the real model: AVSS hooks with an accounting mask on a tiny Llama, suggestion rules,
+"""analysis.profiles.avss without the real model: AVSS hooks with an accounting mask on a tiny Llama, suggestion rules,
 bad clouds in the ID pipeline (clear messages, never NaN on a chart), the shared neighbour search, figures."""
 
 from __future__ import annotations
@@ -11,13 +11,24 @@ import pytest
 import torch
 
 from analysis import cache
-from analysis import intrinsic_dimension as idm
-from analysis.avss import AVSSAccumulator
-from analysis.geometry import (AVSSSettings, IDSettings, _profile_from_arrays, count_mask, id_profile_result,
-                               run_avss, state_id, suggest_avss, table_from_scores, token_text)
-from analysis.models import LoadedModel, ModelSpec
+from analysis.methods import intrinsic_dimension as idm
+from analysis.methods.avss import AVSSAccumulator
+from analysis.model.loading import LoadedModel, ModelSpec
+from analysis.profiles.avss import (
+    AVSSSettings,
+    count_mask,
+    run_avss,
+    suggest_avss,
+    table_from_scores,
+)
+from analysis.profiles.intrinsic_dimension import (
+    IDSettings,
+    _profile_from_arrays,
+    id_profile_result,
+    state_id,
+)
+from analysis.profiles.projections import token_text
 from components import geometry_figures as gf
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # AVSS through the workspace path on a tiny Llama
@@ -94,7 +105,7 @@ def test_share_rule_is_exact() -> None:
 
 
 def test_registered_avss_rule_uses_k_as_cap() -> None:
-    from analysis import registry
+    from analysis.metrics import registry
 
     m = registry.get("avss")
     assert m.redundant_when == "low" and m.group == "avss"
@@ -211,7 +222,7 @@ class _FakeWorkspace:
 
     @property
     def calibration(self):
-        from analysis.workspace import Calibration
+        from analysis.capture.workspace import Calibration
 
         return Calibration()
 
@@ -303,7 +314,7 @@ class _FakeProjectionWorkspace:
 
     @property
     def calibration(self):
-        from analysis.workspace import Calibration
+        from analysis.capture.workspace import Calibration
 
         return Calibration(n_windows=32, window_len=16)
 
@@ -314,7 +325,7 @@ class _FakeProjectionWorkspace:
         states = np.stack([np.ones((32, 16, 8), dtype=np.float32),
                            rng.standard_normal((32, 16, 8)).astype(np.float32)])
         tokens = rng.integers(0, 50, size=(32, 16))
-        from analysis.clouds import all_token_cloud
+        from analysis.methods.clouds import all_token_cloud
 
         cap = type("Cap", (), {})()
         cap.tokens = tokens
@@ -327,7 +338,7 @@ class _FakeProjectionWorkspace:
 
 
 def test_projection_of_a_constant_state_is_a_message_not_nan() -> None:
-    from analysis.geometry import ProjectionSettings, projection
+    from analysis.profiles.projections import ProjectionSettings, projection
 
     ws = _FakeProjectionWorkspace()
     with pytest.raises(ValueError, match="fewer than 4 distinct points"):

@@ -1,4 +1,4 @@
-"""Healing (analysis.healing) on tiny random-weight models built from transformers configs: known answers."""
+"""Healing (analysis.changes.healing) on tiny random-weight models built from transformers configs: known answers."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import healing as hl
-from analysis.surgery import remove_blocks
+from analysis.changes import healing as hl
+from analysis.changes.remove_blocks import remove_blocks
 
 VOCAB = 96
 
@@ -139,11 +139,14 @@ def test_untied_export_reloads(tmp_path):
 
 
 def test_truncated_and_linear_blocks_frozen_by_default():
-    from analysis.checkpoint import factorised_copy
-    from analysis.compression import RANK_ATTR
-    from analysis.factorised import FactorisedLinear
-    from analysis.linear_replacement import LinearBlock, replace_decoder_layer
-    from analysis.surgery import shallow_structural_copy
+    from analysis.changes.low_rank import RANK_ATTR
+    from analysis.changes.remove_blocks import shallow_structural_copy
+    from analysis.model.checkpoint import factorised_copy
+    from analysis.model.modules import (
+        FactorisedLinear,
+        LinearBlock,
+        replace_decoder_layer,
+    )
 
     model = shallow_structural_copy(tiny_llama())
     mlp = model.model.layers[0].mlp

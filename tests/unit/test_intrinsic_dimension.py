@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from analysis.clouds import median_pairwise_distance
-from analysis.intrinsic_dimension import (
+from analysis.methods.clouds import median_pairwise_distance
+from analysis.methods.intrinsic_dimension import (
     MIN_POINTS,
     correlation_dimension,
     gride,

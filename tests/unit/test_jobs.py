@@ -3,8 +3,6 @@
 import threading
 import time
 
-import pytest
-
 from analysis import jobs
 
 
@@ -61,7 +59,7 @@ def test_foreground_forwards_progress():
 
 
 def test_meta_tag_finds_an_owners_latest_job_and_the_failure_is_kept():
-    from analysis.topology import TopologyError
+    from analysis.profiles.topology import TopologyError
 
     def boom(job):
         raise TopologyError("k must be at least 1")

@@ -1,4 +1,4 @@
-"""analysis.linear_replacement: affine fit of a block, LinearBlock inside a transformers 5.x Llama."""
+"""analysis.changes.linear_replacement: affine fit of a block, LinearBlock inside a transformers 5.x Llama."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from analysis.linear_replacement import (
-    LinearBlock,
+from analysis.capture.block_moments import collect_block_moments
+from analysis.methods.least_squares import (
     LinearMapMoments,
-    collect_block_moments,
     fit_linear_map,
     fit_linear_map_from_moments,
-    replace_decoder_layer,
 )
+from analysis.model.modules import LinearBlock, replace_decoder_layer
 
 
 def tiny_llama(layers: int = 4, seed: int = 0) -> LlamaForCausalLM:

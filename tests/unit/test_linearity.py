@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis import linearity as lin
+from analysis.methods import linearity as lin
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Known-answer tests of analysis.lowrank: ranks, calibration statistics, decompositions, predicted losses."""
+"""Known-answer tests of analysis.methods.lowrank: ranks, calibration statistics, decompositions, predicted losses."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from analysis.lowrank import (
+from analysis.capture.linear_inputs import collect_stats
+from analysis.methods.lowrank import (
     CalibrationStats,
     LinearInputStats,
     activation_loss,
     asvd,
     check_rank,
-    collect_stats,
-    decoder_layers,
     nsvd,
     predicted_loss_curve,
     rank_for_ratio,
@@ -24,9 +23,9 @@ from analysis.lowrank import (
     spectra,
     svd_llm,
     svd_truncate,
-    target_linears,
     whitening,
 )
+from analysis.model.architecture import decoder_layers, target_linears
 
 METHOD_NAMES = ("svd", "asvd", "svd_llm", "nsvd")
 

@@ -1,4 +1,4 @@
-"""Known answers for analysis.persistence: a circle has one long loop, hand-made diagrams have hand-computed
+"""Known answers for analysis.methods.persistence: a circle has one long loop, hand-made diagrams have hand-computed
 summaries, and distances agree with a second library."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.persistence import (
+from analysis.methods.persistence import (
     betti_curve,
     count_bars_above,
     diagram_distance,

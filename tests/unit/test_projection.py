@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.clouds import all_token_cloud, last_token_cloud
-from analysis.projection import (
+from analysis.methods.clouds import all_token_cloud, last_token_cloud
+from analysis.methods.projection import (
     cloud_token_coordinates,
     pca_2d3d,
     row_token_ids,

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from analysis import registry
+from analysis.metrics import registry
 
 
 def test_most_redundant_respects_direction_and_ignores_nan():

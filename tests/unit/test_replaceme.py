@@ -1,4 +1,4 @@
-"""analysis.replaceme on tiny random-weight models: known answers for the fit and the fold, exact recovery of a run
+"""analysis.changes.replaceme on tiny random-weight models: known answers for the fit and the fold, exact recovery of a run
 that is the identity, the plain export, the refusals, and the choice of the run."""
 
 from __future__ import annotations
@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPT2LMHeadModel, MixtralConfig,
-                          OPTConfig)
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    GPT2Config,
+    GPT2LMHeadModel,
+    MixtralConfig,
+    OPTConfig,
+)
 
-from analysis import replaceme as rm
-from analysis.compression import CompressionError, record_of
-from analysis.recipe import validate, variant_recipe
-from analysis.surgery import export_checkpoint, verify_export
-from analysis.variants import Variant, apply_actions, describe_action, removed_by
+from analysis.changes import replaceme as rm
+from analysis.search import replaceme_rows
+from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.low_rank import CompressionError, record_of
+from analysis.changes.variant import Variant, apply_actions, describe_action, removed_by
+from analysis.workflow.recipe import validate, variant_recipe
 from tests.unit.test_compression import logits, tiny, workspace
 
 
@@ -115,7 +122,7 @@ def test_folded_block_computes_y_plus_m_t():
     model = tiny(layers=5, seed=4)
     ws = workspace(model)
     variant = apply_actions(model, {"replaceme": {"start": 2, "n": 2}}, ws)
-    from analysis.compression import _record  # noqa: F401
+    from analysis.changes.low_rank import _record  # noqa: F401
 
     key = rm.fit_key(ws.lm, ws.text, 8, 32, rm.ReplaceMeSpec.from_value({"start": 2, "n": 2}))
     from analysis import cache
@@ -222,7 +229,7 @@ def test_run_distances_and_choice_of_the_run():
     D = rm.run_distances(ws)
     assert D.shape == (6, 6) and np.isnan(D[5, 1]) and D[3, 1] == pytest.approx(0.0, abs=1e-6)
     assert rm.best_start(D, 2) == (3, pytest.approx(0.0, abs=1e-6))
-    rule = rm.replaceme_rule(ws, 2)
+    rule = replaceme_rows.replaceme_rule(ws, 2)
     assert {k: v for k, v in rule["replaceme"].items() if k != "calibration"} == {"start": 3, "n": 2, "method": "lstsq"}
     assert rule["replaceme"]["calibration"]["sha256"] == ws.text.sha256
     assert len(apply_actions(model, rule, ws).model.layers) == 4  # the calibration entry resolves to ws.text

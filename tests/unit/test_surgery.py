@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from analysis import surgery
-from analysis.models import count_parameters, find_blocks
+from analysis.changes import export
+from analysis.changes import remove_blocks as surgery
+from analysis.model.architecture import find_blocks
+from analysis.model.loading import count_parameters
 
 
 class TinyTokenizer:
@@ -70,12 +72,12 @@ def test_per_layer_config_lists_are_trimmed(tiny):
 
 def test_export_reloads_with_plain_transformers(tiny, tmp_path):
     pruned = surgery.remove_blocks(tiny, [2])
-    out = surgery.export_checkpoint(pruned, TinyTokenizer(), tmp_path / "exp", {"removed_blocks": [2]})
+    out = export.export_checkpoint(pruned, TinyTokenizer(), tmp_path / "exp", {"removed_blocks": [2]})
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "recipe.json").read_text())["removed_blocks"] == [2]
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert reloaded.config.num_hidden_layers == 5
-    check = surgery.verify_export(out, pruned, TinyTokenizer())
+    check = export.verify_export(out, pruned, TinyTokenizer())
     assert check["ok"] and check["max_abs_logit_diff"] < 1e-5 and check["blocks"] == 5
 
 
@@ -84,18 +86,18 @@ def test_export_refuses_a_non_empty_folder(tiny, tmp_path):
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
-        surgery.export_checkpoint(tiny, TinyTokenizer(), target, {})
+        export.export_checkpoint(tiny, TinyTokenizer(), target, {})
     assert (target / "notes.txt").read_text() == "mine"
     # a folder LayerScope did not write is never replaced, even when asked (issue 13: a notes folder was wiped)
     with pytest.raises(FileExistsError, match="not written by LayerScope"):
-        surgery.export_checkpoint(tiny, TinyTokenizer(), target, {}, overwrite=True)
+        export.export_checkpoint(tiny, TinyTokenizer(), target, {}, overwrite=True)
     assert (target / "notes.txt").read_text() == "mine"
     ours = tmp_path / "ours"
-    surgery.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1})
+    export.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1})
     with pytest.raises(FileExistsError, match="not empty"):
-        surgery.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1})
-    surgery.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1, "v": 2}, overwrite=True)
-    assert surgery.read_recipe(ours)["v"] == 2
+        export.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1})
+    export.export_checkpoint(tiny, TinyTokenizer(), ours, {"layerscope": 1, "v": 2}, overwrite=True)
+    assert export.read_recipe(ours)["v"] == 2
 
 
 def test_interrupted_export_leaves_nothing(tiny, tmp_path):
@@ -104,5 +106,5 @@ def test_interrupted_export_leaves_nothing(tiny, tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        surgery.export_checkpoint(tiny, TinyTokenizer(), tmp_path / "exp", {}, save_fn=failing_save)
+        export.export_checkpoint(tiny, TinyTokenizer(), tmp_path / "exp", {}, save_fn=failing_save)
     assert list(tmp_path.iterdir()) == []

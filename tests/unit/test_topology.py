@@ -1,4 +1,4 @@
-"""analysis.topology without a model: the minimum-lifetime filter against the same-layer rule, the descriptors and
+"""analysis.profiles.topology without a model: the minimum-lifetime filter against the same-layer rule, the descriptors and
 suggestions of a zigzag result, settings refused with clear messages, and the cached per-layer persistence on a
 stub workspace."""
 
@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from analysis import cache
-from analysis import topology as topo
-from analysis.workspace import Calibration
-from analysis.zigzag import clique_complex, zigzag_bars, zigzag_bars_of_complexes
+from analysis.capture.workspace import Calibration
+from analysis.methods.zigzag import (
+    clique_complex,
+    zigzag_bars,
+    zigzag_bars_of_complexes,
+)
+from analysis.profiles import topology as topo
 
 
 def polygon(n: int = 8) -> np.ndarray:

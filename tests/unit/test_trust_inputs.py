@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from analysis import destinations, models, preflight
-from analysis import recipe as rc
-from analysis.models import ModelLoadError, ModelSpec
-from analysis.surgery import PruneError, parse_blocks
+from analysis import destinations
+from analysis.changes.remove_blocks import PruneError, parse_blocks
+from analysis.model import loading as models
+from analysis.model.architecture import ModelLoadError
+from analysis.model.loading import ModelSpec
+from analysis.workflow import preflight
+from analysis.workflow import recipe as rc
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -99,7 +102,7 @@ def test_a_tiny_causal_lm_passes_and_its_limits_are_read_without_weights(tmp_pat
     assert lm.n_blocks == 3
     with pytest.raises(preflight.PreflightError, match=r"--seq-len = 512 is longer than the model's 256 positions"):
         preflight.check_windows(config, 4, 512)
-    from analysis.evaluate import EvalSettings
+    from analysis.evaluation.perplexity import EvalSettings
 
     with pytest.raises(preflight.PreflightError, match=r"--context = 1024 .* 256 positions"):
         preflight.check_eval(config, None, EvalSettings(n_tokens=4096, context=1024, stride=256))
@@ -197,7 +200,7 @@ def test_windows_and_short_texts_get_sensible_messages(lm_tokenizer_text=None):
 def test_targets_by_one_projection_name_as_in_the_help(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from analysis.compression import resolve_targets
+    from analysis.changes.low_rank import resolve_targets
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2))

@@ -1,4 +1,4 @@
-"""Known answers for analysis.zigzag: identical layers give bars through every layer, a loop of the middle layer
+"""Known answers for analysis.methods.zigzag: identical layers give bars through every layer, a loop of the middle layer
 lives exactly there, a loop living only in an intersection is dropped, per-layer Betti numbers agree with GUDHI on
 each complex, and the descriptors agree with brute force and with the authors' formulas."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.zigzag import (
+from analysis.methods.zigzag import (
     MAX_CLIQUE_DIM,
     averaged_persistence,
     betti_per_layer,
@@ -21,13 +21,13 @@ from analysis.zigzag import (
     estimate_zigzag_seconds,
     interlayer_persistence,
     knn_graph,
+    representatives_of_clouds,
     states_to_blocks,
     suggest_states,
-    representatives_of_clouds,
     zigzag_bars,
     zigzag_bars_of_complexes,
-    zigzag_representatives,
     zigzag_index_to_layer,
+    zigzag_representatives,
     zigzag_times,
 )
 
@@ -355,7 +355,7 @@ def test_fast_zigzag_interval_types_map_to_the_same_half_open_bars():
     open-open (1, 2) = [1, 2), dropped by the same-layer rule; identical layers: closed-open to the end."""
     import dionysus
 
-    from analysis.zigzag import _union_and_presence
+    from analysis.methods.zigzag import _union_and_presence
 
     bars = zigzag_bars([doubling_line(), polygon(), doubling_line()], k=2, max_dim=2)
     assert bars[bars["dim"] == 1][["birth_index", "death_index"]].values.tolist() == [[2, 3]]

@@ -1,0 +1,166 @@
+"""Estimates of time, disk and memory shown before a run starts (so a big model never surprises anyone).
+
+Time comes from this machine's own history when there is one (the tokens per second of earlier captures of the
+same model, read from the cache) and otherwise from the arithmetic: a forward pass costs about 2 × parameters
+FLOPs per token, at the matrix-multiply rate measured once per process with a short probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from analysis import cache
+
+BYTES = {"float32": 4, "float16": 2}
+
+
+def memory_budget() -> int:
+    """Bytes an in-memory computation may take: ``$LAYERSCOPE_MEMORY_BUDGET_GB``, else half the machine's RAM."""
+    env = os.environ.get("LAYERSCOPE_MEMORY_BUDGET_GB")
+    if env:
+        return int(float(env) * 2**30)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total // 2)
+    except Exception:  # pragma: no cover - psutil is pinned
+        return 8 * 2**30
+
+
+def linearity_memory_bytes(n_states: int, n_tokens: int, width: int) -> int:
+    """The all-pairs linearity keeps a float32 cloud and a float32 basis per state, plus float64 work space."""
+    return int(n_states * n_tokens * width * (4 + 4) + 3 * n_tokens * width * 8)
+
+
+@lru_cache(maxsize=4)
+def matmul_flops(device: str = "cpu") -> float:
+    """Measured float32 matrix-multiply rate (FLOP/s) of this machine, from a ~0.2 s probe."""
+    n = 768 if device == "cpu" else 4096
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.2:
+        a @ b
+        reps += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Calibration from this machine's measured speed
+#
+# The cost models of the views (Rips: analysis.methods.persistence.estimate_rips_seconds; zigzag:
+# analysis.methods.zigzag.estimate_zigzag_seconds; UMAP) were fitted on one core of the development machine. On a machine
+# that is slower, or loaded by other work, they are optimistic by the same factor for every setting. So before an
+# estimate is shown, a short probe times a fixed workload of the same kind (a GUDHI Rips persistence of a fixed
+# 240-point cloud, ~0.03 s on the development machine) and compares it with what the same cost model predicts for
+# it: the ratio is this machine's slowdown now, and every estimate is multiplied by it. The probe is cached per
+# process for PROBE_MAX_AGE_S seconds (load changes; a new probe then costs ~0.1 s).
+
+PROBE_MAX_AGE_S = 300.0
+PROBE_POINTS = 240
+PROBE_REPEATS = 3
+_PROBES: dict[str, tuple[float, dict]] = {}
+
+
+def _rips_probe() -> dict:
+    from analysis.methods import persistence as ph
+
+    X, _ = ph.normalise_scale(np.random.default_rng(0).normal(size=(PROBE_POINTS, 256)))
+    ph.rips_diagrams(X[:60], max_dim=1)  # warm-up (imports, first call)
+    times = []
+    for _ in range(PROBE_REPEATS):
+        t0 = time.perf_counter()
+        ph.rips_diagrams(X, max_dim=1)
+        times.append(time.perf_counter() - t0)
+    measured = float(np.median(times))
+    predicted = ph.estimate_rips_seconds(PROBE_POINTS, 1)
+    return {"measured_s": measured, "predicted_s": predicted, "times_s": times}
+
+
+_PROBE_KINDS = {"rips": _rips_probe}
+
+
+def machine_speed(kind: str = "rips", max_age: float = PROBE_MAX_AGE_S, refresh: bool = False) -> dict:
+    """This machine's speed now against the development machine the cost models were fitted on.
+
+    Returns ``{"factor", "measured_s", "predicted_s", "times_s", "age_s", "kind"}``: ``factor`` = measured /
+    predicted seconds of the probe (2 = twice as slow as the fit), clipped to [0.2, 50]. Cached per process for
+    ``max_age`` seconds.
+    """
+    now = time.monotonic()
+    hit = _PROBES.get(kind)
+    if refresh or hit is None or now - hit[0] > max_age:
+        data = _PROBE_KINDS[kind]()
+        data["factor"] = float(np.clip(data["measured_s"] / max(data["predicted_s"], 1e-9), 0.2, 50.0))
+        data["kind"] = kind
+        _PROBES[kind] = hit = (time.monotonic(), data)
+    return {**hit[1], "age_s": max(0.0, time.monotonic() - hit[0])}
+
+
+def calibrated_seconds(model_seconds: float, kind: str = "rips") -> float:
+    """``model_seconds`` (a cost model's estimate for the development machine) scaled to this machine now."""
+    return float(model_seconds) * machine_speed(kind)["factor"]
+
+
+def speed_note(kind: str = "rips") -> str:
+    """One line for a caption: how the estimate was calibrated."""
+    sp = machine_speed(kind)
+    return (f"calibrated on this machine now: a {PROBE_POINTS}-point probe ran {sp['factor']:.1f}× "
+            f"{'slower' if sp['factor'] >= 1 else 'faster'} than the cost model predicts")
+
+
+def format_seconds(s: float) -> str:
+    """``0.4 s``, ``12 s``, ``3 min 20 s``, ``1 h 05 min``."""
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 3600:
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m} min {sec:02d} s"
+    h, m = divmod(int(round(s / 60)), 60)
+    return f"{h} h {m:02d} min"
+
+
+def _history_tokens_per_s(fingerprint: str) -> float | None:
+    """Tokens per second of earlier captures of this model, from their ``meta.json`` in the cache."""
+    rates = []
+    for meta in (cache.cache_root() / "capture").glob("*/meta.json"):
+        try:
+            data = json.loads(meta.read_text())["data"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if data.get("model") == fingerprint and data.get("seconds"):
+            rates.append(data["windows"] * data["window_len"] / data["seconds"])
+    return float(np.median(rates)) if rates else None
+
+
+def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None = None, storage: str = "float32",
+                     positions: str = "all") -> dict:
+    """Disk, peak memory and seconds of a capture before it runs."""
+    n_states = n_states or lm.n_blocks + 1
+    tokens = n_windows * window_len
+    kept = n_windows * (window_len if positions == "all" else 1)
+    rate = _history_tokens_per_s(lm.fingerprint)
+    source = "earlier captures of this model here"
+    if rate is None:
+        rate = matmul_flops(lm.device.type) * 0.35 / (2 * lm.n_parameters())
+        source = "2 × parameters FLOPs per token at 35% of this machine's measured matmul rate"
+    batch_tokens = min(tokens, 2048)
+    return {"tokens": tokens, "disk_bytes": n_states * kept * lm.width * BYTES[storage],
+            "peak_memory_bytes": int(n_states * batch_tokens * lm.width * 4 + lm.card()["memory_bytes"]),
+            "seconds": tokens / rate, "basis": source}
+
+
+def describe(est: dict) -> str:
+    return (f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
+            f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB (estimated from {est['basis']})")

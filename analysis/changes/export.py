@@ -1,0 +1,59 @@
+"""TODO docstring (moved from analysis.changes.remove_blocks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from analysis import cache
+from analysis.model.architecture import find_blocks, input_device
+
+
+def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: dict, overwrite: bool = False,
+                      save_fn=None) -> Path:
+    """Write ``model`` + tokenizer + ``recipe.json`` to ``out_dir`` atomically.
+
+    ``save_fn(model, directory)`` replaces ``model.save_pretrained`` (used for factorised checkpoints).
+    """
+    from analysis import destinations
+
+    dest = destinations.check(out_dir, overwrite=overwrite, what="export folder",
+                              option="confirm replacing it (--overwrite)")
+    with destinations.writing(dest, what="export") as tmp:
+        if save_fn is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            save_fn(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(cache.dumps(recipe))
+    return dest.path
+
+
+@torch.no_grad()
+def verify_export(out_dir: str | Path, model: nn.Module, tokenizer, text: str | None = None,
+                  loader=None) -> dict:
+    """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits."""
+    from transformers import AutoModelForCausalLM
+
+    device = input_device(model)
+    reloaded = (loader or (lambda d: AutoModelForCausalLM.from_pretrained(d)))(str(out_dir))
+    reloaded.to(device).eval()
+    text = text or "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said"
+    x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    a = model(input_ids=x, use_cache=False).logits.float()
+    b = reloaded(input_ids=x, use_cache=False).logits.float()
+    diff = float((a - b).abs().max())
+    scale = float(a.abs().max())
+    same_top1 = bool((a.argmax(-1) == b.argmax(-1)).all())
+    blocks = len(find_blocks(reloaded))
+    del reloaded
+    return {"max_abs_logit_diff": diff, "relative_diff": diff / scale if scale else diff,
+            "same_top1": same_top1, "blocks": blocks, "tokens": int(x.shape[1]),
+            "ok": same_top1 and diff <= 1e-3 * max(1.0, scale)}
+
+
+def read_recipe(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "recipe.json").read_text())

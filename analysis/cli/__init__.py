@@ -1,0 +1,1 @@
+"""One module per command-line sub-command (see :mod:`analysis.cli.main`)."""

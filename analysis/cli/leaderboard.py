@@ -1,0 +1,111 @@
+"""Which blocks to cut, measured: the damage scan, greedy search and a leaderboard of selection rules.
+
+Scans the damage of removing each block (and each half-block) on the search text, runs greedy search (SLEB; with
+--half-blocks also BlockPruner's half-block search), and evaluates on the held-out evaluation text, for k in the
+range, every metric's suggestion, the consensus of the proxies, greedy search, reverse order [L-1-k, L-1) and
+seeded random selections. Writes DIR/damage.csv (block, site, delta_nll, perplexity, kl, top1; site in
+block|attention|mlp), DIR/greedy.csv (step, block, site, perplexity), DIR/leaderboard.csv (rule, k, blocks,
+perplexity, kl, top1, ...), DIR/correlation.csv (metric, spearman) and DIR/leaderboard.json. Every scan and every
+evaluation is cached: a rerun (or the dashboard) reuses them and a stopped run resumes.
+
+Metrics: every metric already cached for the calibration text plus the cheap ones (measured damage, linearity,
+block influence, angular distance, AVSS); intrinsic dimension and zigzag persistence only when cached or named in
+--metrics.
+
+Example:
+  python -m analysis leaderboard --model default --k 1-8 --out out/leaderboard
+  python -m analysis leaderboard --k 1-2 --search-tokens 256 --eval-tokens 1024 --also 12,13 --out out/lb
+"""
+
+import sys
+
+NAME = "leaderboard"
+HELP = "measured damage, greedy/reverse/random search and a leaderboard of every rule's blocks"
+
+
+def parse_k(spec: str) -> tuple[int, int] | list[int]:
+    s = str(spec).strip()
+    try:
+        if "," in s:
+            return [int(x) for x in s.split(",") if x.strip()]
+        if "-" in s:
+            a, b = s.split("-", 1)
+            return int(a), int(b)
+        return 1, int(s)
+    except ValueError:
+        raise ValueError(f"--k must be a number K or a range like 1-8, not {spec!r}") from None
+
+
+def add_arguments(p):
+    from analysis.cli.common import add_calibration_args, add_eval_args, add_model_args
+
+    add_model_args(p)
+    add_calibration_args(p)
+    add_eval_args(p)
+    g = p.add_argument_group("search")
+    g.add_argument("--k", default=None, help="sizes: K (1..K), a range '1-8' or a list '2,4,8' (default 1..L/4)")
+    g.add_argument("--search-text", default="lcet10", help="text of the damage scan and the searches (bundled name "
+                                                           "or path; not the evaluation or calibration text)")
+    g.add_argument("--search-tokens", type=int, default=1024, help="tokens of the search text")
+    g.add_argument("--search-context", type=int, default=512, help="window of the search text")
+    g.add_argument("--half-blocks", action="store_true", help="also half-block greedy search (BlockPruner)")
+    g.add_argument("--random", type=int, default=5, help="random selections per k (seeded)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
+    g.add_argument("--also", action="append", default=[], help="a selection of your own to rank, e.g. 12,13")
+    p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
+    p.add_argument("--out", required=True)
+
+
+def run(args) -> int:
+    import time
+
+    from analysis.changes.remove_blocks import parse_blocks
+    from analysis.cli.common import TqdmProgress, load, prepare_out_dir, workspace_from
+    from analysis.cache import write_csv, write_json
+    from analysis.metrics.damage import SearchSettings
+    from analysis.search import leaderboard as lb
+
+    k = parse_k(args.k) if args.k else (1, None)
+    k_list = tuple(k) if isinstance(k, list) else ()
+    k_min, k_max = (1, max(k_list)) if k_list else k
+    also = tuple(tuple(parse_blocks(s)) for s in args.also)
+    ev = lb.default_eval_settings(text=args.eval_text, n_tokens=args.eval_tokens, context=args.context,
+                                  stride=args.stride)
+    search = SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
+    settings = lb.LeaderboardSettings(k_min=k_min, k_max=k_max, search=search, evaluation=ev, metrics=metrics,
+                                      half_blocks=args.half_blocks, random_samples=args.random, seed=args.seed,
+                                      also=also, k_list=k_list)
+    # what can be refused without the model is refused before loading it
+    search.validate()
+    ev.validate()
+    if search.resolve().sha256 == lb.resolve_text(ev.text).sha256:
+        lb.validate(settings, 10 ** 6)
+    if metrics:
+        from analysis.metrics import registry
+
+        for m in metrics:
+            registry.get(m)
+    lm = load(args)
+    ws = workspace_from(args, lm)
+    lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)
+    est = lb.estimate(ws, settings)
+    print(f"[leaderboard] estimate: about {lb.format_seconds(est['seconds'])} ({est['scans']} scans, up to "
+          f"{est['evaluations']} evaluations of ~{est['per_evaluation_s']:.0f} s; cached work is skipped)",
+          file=sys.stderr)
+    if args.estimate:
+        return 0
+    t0 = time.perf_counter()
+    result = lb.run(ws, settings, progress=TqdmProgress("leaderboard"))
+    out = prepare_out_dir(args.out)
+    write_csv(out / "damage.csv", lb.damage_csv(result))
+    write_csv(out / "greedy.csv", lb.greedy_csv(result))
+    write_csv(out / "leaderboard.csv", lb.leaderboard_csv(result))
+    write_csv(out / "correlation.csv", lb.correlation_csv(result))
+    write_json(out / "leaderboard.json", {**result.to_dict(), "winners": result.winners().to_dict("records"),
+                                          **ws.describe()})
+    print(f"[leaderboard] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(result.winners().to_string(index=False))
+    print(out / "leaderboard.csv")
+    return 0

@@ -1,0 +1,66 @@
+"""``python -m analysis``: every view headless, on the same code paths and cache as the dashboard.
+
+Each sub-command is one module in ``analysis/commands/`` with ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Errors a user can cause print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from analysis.changes.remove_blocks import PruneError
+    from analysis.evaluation.perplexity import EvaluationError
+    from analysis.methods.linearity import NotEnoughTokens
+    from analysis.model.architecture import ModelLoadError
+    from analysis.texts import TextError
+
+    return (ModelLoadError, TextError, PruneError, EvaluationError, NotEnoughTokens, FileExistsError, ValueError,
+            FileNotFoundError, KeyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from analysis import cli as commands
+
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_") or info.name in ("main", "common"):
+            continue
+        mod = importlib.import_module(f"{commands.__name__}.{info.name}")
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        from analysis.cache import clean_stale
+
+        clean_stale()  # leftovers of killed writes (their process is gone) in cache/
+    except OSError:
+        pass
+    try:
+        return int(args._run(args) or 0)
+    except _user_errors() as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

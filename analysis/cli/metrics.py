@@ -1,0 +1,59 @@
+"""Per-block metrics on the calibration windows, written as CSV.
+
+Writes ``DIR/layers.csv`` (one row per block ``b``, which maps hidden state ``h_b`` to ``h_{b+1}``; one column per
+registered metric of the chosen groups), the group's extra files (``linearity.csv``: the (L+1)×(L+1) matrix;
+``avss``: ``avss_variance``/``avss_sparsity`` columns; ``id``: ``states.csv``, the intrinsic dimension of every
+hidden state) and ``DIR/run.json`` (model, text, windows and settings). Results are cached in ``cache/`` and shared
+with the dashboard.
+
+Example:
+  python -m analysis metrics --model default --text alice --sequences 32 --seq-len 128 --out out/metrics
+  python -m analysis metrics --metrics avss,id --avss-site residual --avss-relative --out out/geometry
+"""
+
+NAME = "metrics"
+HELP = "compute per-block metrics and write layers.csv"
+
+
+def add_arguments(p):
+    from analysis.cli.common import add_calibration_args, add_model_args
+
+    add_model_args(p)
+    add_calibration_args(p)
+    p.add_argument("--metrics", default="linearity",
+                   help="comma-separated metric groups (default: linearity = linearity, linearity_no_residual, "
+                        "block_influence, angular_distance); 'all' for every registered group")
+    p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
+    from analysis.cli.common import add_overwrite_arg
+
+    add_overwrite_arg(p)
+    g = p.add_argument_group("AVSS (--metrics avss)")
+    g.add_argument("--avss-site", default="mlp", choices=["residual", "mlp", "attention"],
+                   help="activation site: block output, MLP hidden activation (input of down_proj; default), "
+                        "attention output")
+    g.add_argument("--avss-eps", type=float, default=None,
+                   help="sparsity threshold (default 1e-5; 0.01 with --avss-relative)")
+    g.add_argument("--avss-relative", action="store_true", help="threshold eps * RMS(a) per token instead of eps")
+
+
+def run(args) -> int:
+    from analysis import destinations
+    from analysis.cli.common import (
+        TqdmProgress,
+        load,
+        out_destination,
+        preflight_calibration,
+        workspace_from,
+    )
+    from analysis.workflow.runs import resolve_groups, write_metric_files
+
+    groups = resolve_groups(args.metrics)
+    group_params = {"avss": {"site": args.avss_site, "eps": args.avss_eps, "relative": args.avss_relative}}
+    dest = out_destination(args)
+    preflight_calibration(args)  # windows, text length, positions: before any weight is loaded
+    ws = workspace_from(args, load(args))
+    with destinations.writing(dest, "metrics") as out:
+        ws.capture(TqdmProgress("capture"))
+        write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)
+    print(dest.path / "layers.csv")
+    return 0

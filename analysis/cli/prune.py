@@ -1,0 +1,81 @@
+"""Remove decoder blocks, evaluate against the original, and export a checkpoint plain transformers reloads.
+
+Writes the checkpoint (safetensors, tokenizer, config with the new block count and renumbered ``layer_idx``) and
+``DIR/recipe.json`` (source model and fingerprint, calibration text hash, windows, ``removed_blocks``, and the
+evaluation table with ``evaluation.original`` and ``evaluation.pruned``), then reloads the folder with plain
+``AutoModelForCausalLM`` and compares logits. Blocks are 0-based; ``12,13``, ``12-15`` (inclusive) and ``[12,16)``
+are accepted.
+
+Example:
+  python -m analysis prune --model default --remove 12,13 --eval-text asyoulik --out out/pruned
+"""
+
+import sys
+
+NAME = "prune"
+HELP = "remove blocks, evaluate, export a checkpoint with recipe.json"
+
+
+def add_arguments(p):
+    from analysis.cli.common import add_calibration_args, add_eval_args, add_model_args
+
+    add_model_args(p)
+    p.add_argument("--remove", required=True, help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'")
+    add_calibration_args(p)
+    add_eval_args(p)
+    p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
+
+
+def run(args) -> int:
+    from analysis.changes.export import export_checkpoint, verify_export
+    from analysis.changes.remove_blocks import (
+        parse_blocks,
+        remove_blocks,
+        validate_removal,
+    )
+    from analysis.cli.common import (
+        TqdmProgress,
+        eval_settings_from,
+        load,
+        out_destination,
+        print_json,
+        spec_from,
+        workspace_from,
+    )
+    from analysis.evaluation.perplexity import evaluate
+    from analysis.model.loading import read_config, read_tokenizer
+    from analysis.texts import resolve_text
+    from analysis.workflow import preflight
+    from analysis.workflow.recipe import pruning_recipe
+
+    blocks = parse_blocks(args.remove, what="--remove")
+    settings = eval_settings_from(args)
+    preflight.check_eval(None, None, settings)
+    eval_text = resolve_text(settings.text)
+    out = out_destination(args, "export folder").path  # checked again when the export is written
+    spec = spec_from(args)
+    config = read_config(spec)  # no weights yet: block indices, context and text length checked first
+    preflight.check_action(config, {"remove_blocks": blocks})
+    preflight.check_eval(config, read_tokenizer(spec), settings, text=eval_text)
+    lm = load(args)
+    blocks = validate_removal(blocks, lm.n_blocks)
+    ws = workspace_from(args, lm)
+    pruned = remove_blocks(lm.model, blocks)
+    print(f"[prune] removed blocks {blocks}; evaluating on {eval_text.label}", file=sys.stderr)
+    table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned, candidate_name="pruned",
+                     original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
+    recipe = pruning_recipe(ws, blocks, evaluation=table.to_dict())
+    recipe["export"] = {"path": str(out), "form": "dense"}
+    export_checkpoint(pruned, lm.tokenizer, out, recipe, overwrite=args.overwrite)
+    check = verify_export(out, pruned, lm.tokenizer)
+    recipe["export"]["reload_check"] = check
+    from analysis.cache import atomic_write_text, dumps
+
+    atomic_write_text(out / "recipe.json", dumps(recipe))
+    print_json({"out": str(out), "removed_blocks": blocks,
+                "perplexity": {"original": table.original.perplexity, "pruned": table.candidate.perplexity},
+                "kl_to_original": table.candidate.kl_to_original, "top1_agreement": table.candidate.top1_agreement,
+                "reload_check": check})
+    return 0 if check["ok"] else 1

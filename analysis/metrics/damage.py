@@ -1,0 +1,485 @@
+"""Measured damage: what removing each block (or half-block) really does, and the searches built on it.
+
+**Search text.** The first ``n_tokens`` tokens of a bundled text (default ``lcet10``: neither the calibration text
+nor the evaluation text), cut into non-overlapping windows of ``context`` tokens (no special tokens); in each
+window every position but the last predicts the next token, so ``windows × (context − 1)`` tokens are scored.
+
+**Damage scan.** For a model ``P`` (the original, or the original with some blocks / halves already removed) and
+each block ``j`` of ``P``: ``P`` without block ``j`` (site ``block``), ``P`` with block ``j``'s attention output
+skipped (site ``attention``) and with its feed-forward output skipped (site ``mlp``; the residual is kept: the
+output projection returns zeros). Each candidate is scored **against the original**: increase in mean NLL over
+the original's, perplexity, mean per-token KL(original ‖ candidate) (nats) and top-1 agreement.
+
+**Reusing the reference pass.** One forward of ``P`` records the hidden state entering each of its blocks (forward
+pre-hooks). A candidate differs from ``P`` only from block ``j`` on, so it runs a structural copy of ``P`` without
+blocks ``0..j-1`` (and without ``j`` for the ``block`` site; shares ``P``'s weights) with the recorded state put in
+place of its first block's input by a forward pre-hook; when nothing follows ``j``, the state goes into the final
+norm (or the head). The model's own forward still computes the rotary embeddings, masks and positions, so the
+result equals a full forward of the changed model (tested to 1e-5); ``method="naive"`` does exactly that full
+forward per candidate (for the benchmark and the tests).
+
+**Searches.** Greedy (SLEB): scan, remove the least damaging block (lowest perplexity), repeat on the pruned model,
+up to K blocks; ``half=True`` does the same over halves (BlockPruner). Reverse order: ``[L−1−k, L−1)``. Random:
+seeded random sets of ``k`` blocks. Every scan is cached under ``cache/damage-scan/`` (model fingerprint, search
+text hash and settings, what is already removed, site), so a stopped search resumes at its last finished step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis import cache
+from analysis.changes.skip_halves import (  # noqa: F401  (HALVES re-exported)
+    HALVES,
+    output_projection,
+)
+from analysis.model.architecture import (
+    ArchitectureError,
+    final_norm,
+    find_blocks,
+    input_device,
+    output_head,
+)
+from analysis.texts import Text, TextError, resolve_text, token_ids
+
+Progress = Callable[[int, int, str], None]
+SITES = ("block", "attention", "mlp")
+DEFAULT_SEARCH_TEXT = "lcet10"
+
+
+class DamageError(ValueError):
+    """A damage scan or search cannot run as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    text: str = DEFAULT_SEARCH_TEXT
+    n_tokens: int = 1024
+    context: int = 512
+    batch_size: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.context < 2:
+            raise DamageError(f"the search window needs at least 2 tokens (got {self.context})")
+        if self.n_tokens < self.context:
+            raise DamageError(f"the search needs at least one window: {self.n_tokens} search tokens are fewer than "
+                              f"the window of {self.context}")
+        if self.batch_size < 1:
+            raise DamageError("batch size must be at least 1")
+
+    def resolve(self) -> Text:
+        return resolve_text(self.text)
+
+
+def search_windows(tokenizer, text: Text, settings: SearchSettings) -> np.ndarray:
+    """The search windows ``[W, context]`` (the first ``n_tokens`` tokens; a partial last window is dropped)."""
+    settings.validate()
+    ids = token_ids(tokenizer, text)
+    if ids.size < settings.n_tokens:
+        raise DamageError(f"the search text {text.label} has {ids.size} tokens; the search needs {settings.n_tokens} "
+                          "(lower the search tokens or choose a longer text)")
+    w = settings.n_tokens // settings.context
+    return ids[:w * settings.context].reshape(w, settings.context)
+
+
+# ---- states: what is already removed ---------------------------------------------------------------------------
+
+def normalise_state(state: dict | None) -> dict:
+    """``{"blocks": [...], "attention": [...], "mlp": [...]}`` in original indices; both halves → the block."""
+    state = state or {}
+    blocks = set(int(b) for b in state.get("blocks", []))
+    attn = set(int(b) for b in state.get("attention", [])) - blocks
+    mlp = set(int(b) for b in state.get("mlp", [])) - blocks
+    both = attn & mlp
+    blocks |= both
+    return {"blocks": sorted(blocks), "attention": sorted(attn - both), "mlp": sorted(mlp - both)}
+
+
+def state_action(state: dict) -> dict:
+    """The variant action (``analysis.changes.variant``) of a state."""
+    s = normalise_state(state)
+    action = {}
+    if s["blocks"]:
+        action["remove_blocks"] = s["blocks"]
+    if s["attention"]:
+        action["skip_attention"] = s["attention"]
+    if s["mlp"]:
+        action["skip_mlp"] = s["mlp"]
+    return action
+
+
+def state_with(state: dict, block: int, site: str) -> dict:
+    s = normalise_state(state)
+    key = "blocks" if site == "block" else site
+    s[key] = sorted(set(s[key]) | {int(block)})
+    return normalise_state(s)
+
+
+def state_label(state: dict) -> str:
+    s = normalise_state(state)
+    parts = [str(b) for b in s["blocks"]] + [f"{b}a" for b in s["attention"]] + [f"{b}m" for b in s["mlp"]]
+    return ",".join(parts)
+
+
+def apply_state(model: nn.Module, state: dict) -> nn.Module:
+    from analysis.changes.variant import apply_actions
+
+    action = state_action(state)
+    if not action:
+        return model
+    return apply_actions(model, action)
+
+
+# ---- the original's reference rows ------------------------------------------------------------------------------
+
+@dataclass
+class Reference:
+    """The original's log-probabilities on the scored positions of the search windows, per batch."""
+
+    key: tuple
+    windows: np.ndarray
+    log_probs: list[torch.Tensor]  # float32 [b, T-1, V] per batch (CPU)
+    argmax: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    nll: float
+    count: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+
+_REFERENCE: dict = {}
+
+
+def _batches(windows: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:
+    return [torch.as_tensor(windows[i:i + batch_size], device=device) for i in range(0, len(windows), batch_size)]
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=x, use_cache=False).logits[:, :-1].float()
+
+
+@torch.no_grad()
+def reference(lm, settings: SearchSettings, text: Text | None = None) -> Reference:
+    """The original's pass over the search windows (memoised: one entry in memory)."""
+    text = text or settings.resolve()
+    key = (lm.fingerprint, text.sha256, tuple(sorted(settings.to_dict().items())))
+    if _REFERENCE.get("key") == key:
+        return _REFERENCE["ref"]
+    _REFERENCE.clear()
+    windows = search_windows(lm.tokenizer, text, settings)
+    device = input_device(lm.model)
+    lps, am, tg, nll, count = [], [], [], 0.0, 0
+    for x in _batches(windows, settings.batch_size, device):
+        lp = torch.log_softmax(_logits(lm.model, x), dim=-1)
+        tgt = x[:, 1:]
+        nll -= float(lp.gather(-1, tgt[..., None]).sum())
+        count += tgt.numel()
+        lps.append(lp.cpu())
+        am.append(lp.argmax(-1).cpu())
+        tg.append(tgt.cpu())
+    ref = Reference(key=key, windows=windows, log_probs=lps, argmax=am, targets=tg, nll=nll / count, count=count)
+    _REFERENCE.update(key=key, ref=ref)
+    return ref
+
+
+def _score(ref: Reference, logits: list[torch.Tensor]) -> dict:
+    nll, kl, agree, count = 0.0, 0.0, 0, 0
+    for i, lg in enumerate(logits):
+        lp = torch.log_softmax(lg.float(), dim=-1).cpu()
+        r = ref.log_probs[i]
+        tgt = ref.targets[i]
+        nll -= float(lp.gather(-1, tgt[..., None]).sum())
+        kl += float((r.exp() * (r - lp)).sum())
+        agree += int((lp.argmax(-1) == ref.argmax[i]).sum())
+        count += tgt.numel()
+    mean = nll / count
+    return {"nll": mean, "delta_nll": mean - ref.nll, "perplexity": math.exp(mean), "kl": kl / count,
+            "top1": agree / count}
+
+
+# ---- running a model from a recorded hidden state ---------------------------------------------------------------
+
+def _replace_hidden(args, kwargs, h):
+    if args:
+        return (h,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": h}
+
+
+def _inject(module: nn.Module, h: torch.Tensor):
+    return module.register_forward_pre_hook(lambda m, args, kwargs: _replace_hidden(args, kwargs, h),
+                                            with_kwargs=True)
+
+
+def _zero_output(module: nn.Module):
+    return module.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+
+
+@torch.no_grad()
+def _block_inputs(model: nn.Module, batches: list[torch.Tensor]) -> tuple[list[list[torch.Tensor]], list]:
+    """The hidden state entering every block, per batch, and the model's logits per batch."""
+    blocks = find_blocks(model)
+    per_batch: list[list[torch.Tensor]] = []
+    logits = []
+    for x in batches:
+        seen: list[torch.Tensor | None] = [None] * len(blocks)
+
+        def grab(i):
+            def pre(m, args, kwargs):
+                seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+            return pre
+
+        handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
+        try:
+            logits.append(_logits(model, x))
+        finally:
+            for h in handles:
+                h.remove()
+        per_batch.append(seen)
+    return per_batch, logits
+
+
+def _tail(model: nn.Module, j: int, site: str) -> tuple[nn.Module, nn.Module, list]:
+    """A copy of ``model`` that runs from block ``j`` on: (copy, module to inject into, extra hook builders)."""
+    from analysis.changes.remove_blocks import remove_blocks, shallow_structural_copy
+
+    n = len(find_blocks(model))
+    drop = list(range(j + 1)) if site == "block" else list(range(j))
+    if site == "block" and j == n - 1:
+        drop = list(range(j))  # nothing follows: keep block j (it runs, unused) and inject into the final norm
+        tail = remove_blocks(model, drop) if drop else shallow_structural_copy(model)
+        target = final_norm(tail) or output_head(tail)
+        return tail, target, []
+    tail = remove_blocks(model, drop) if drop else shallow_structural_copy(model)
+    first = find_blocks(tail)[0]
+    extra = [] if site == "block" else [output_projection(first, site, j)]
+    return tail, first, extra
+
+
+@torch.no_grad()
+def candidate_logits(model: nn.Module, j: int, site: str, batches: list[torch.Tensor],
+                     inputs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Logits of ``model`` changed at its block ``j`` (``site``), run from the recorded input of block ``j``."""
+    tail, target, zeroed = _tail(model, j, site)
+    out = []
+    for x, hs in zip(batches, inputs):
+        handles = [_inject(target, hs[j])] + [_zero_output(m) for m in zeroed]
+        try:
+            out.append(_logits(tail, x))
+        finally:
+            for h in handles:
+                h.remove()
+    return out
+
+
+@torch.no_grad()
+def naive_candidate_logits(model: nn.Module, j: int, site: str, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same logits by a full forward of the changed model (what the scan avoids)."""
+    from analysis.changes.remove_blocks import remove_blocks, shallow_structural_copy
+
+    if site == "block":
+        cand = remove_blocks(model, [j])
+        handles = []
+    else:
+        cand = shallow_structural_copy(model)
+        handles = [_zero_output(output_projection(find_blocks(cand)[j], site, j))]
+    try:
+        return [_logits(cand, x) for x in batches]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _kept(n_original: int, state: dict) -> list[int]:
+    gone = set(normalise_state(state)["blocks"])
+    return [b for b in range(n_original) if b not in gone]
+
+
+def _valid(state: dict, block: int, site: str) -> bool:
+    s = normalise_state(state)
+    if block in s["blocks"]:
+        return False
+    return site == "block" or block not in s[site]
+
+
+@torch.no_grad()
+def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = None, sites=("block",),
+         progress: Progress | None = None, method: str = "fast", text: Text | None = None) -> list[dict]:
+    """One row per (block, site) of the model with ``state`` removed: the damage of also removing it.
+
+    Blocks are the original's indices. A row's candidate that would remove every block is left out.
+    """
+    for s in sites:
+        if s not in SITES:
+            raise DamageError(f"site must be one of {', '.join(SITES)}, not {s!r}")
+    state = normalise_state(state)
+    ref = reference(lm, settings, text)
+    n = lm.n_blocks
+    kept = _kept(n, state)
+    model = apply_state(lm.model, state)
+    batches = _batches(ref.windows, settings.batch_size, input_device(lm.model))
+    inputs = _block_inputs(model, batches)[0] if method == "fast" else None
+    todo = [(j, b, site) for site in sites for j, b in enumerate(kept) if _valid(state, b, site)
+            and not (site == "block" and len(kept) == 1)]
+    rows = []
+    for i, (j, b, site) in enumerate(todo):
+        t0 = time.perf_counter()
+        if method == "fast":
+            logits = candidate_logits(model, j, site, batches, inputs)
+        else:
+            logits = naive_candidate_logits(model, j, site, batches)
+        rows.append({"block": b, "site": site, **_score(ref, logits), "seconds": time.perf_counter() - t0})
+        if progress:
+            progress(i + 1, len(todo), f"{site} {b}")
+    return rows
+
+
+def scan_params(lm, settings: SearchSettings, state: dict | None, site: str, text: Text | None = None) -> dict:
+    text = text or settings.resolve()
+    return {"model": lm.fingerprint, "search_text": text.sha256, "search": settings.to_dict(),
+            "state": normalise_state(state), "site": site, "v": 1}
+
+
+def scan_is_cached(lm, settings: SearchSettings, state: dict | None = None, site: str = "block") -> bool:
+    try:
+        return cache.entry("damage-scan", scan_params(lm, settings, state, site)).exists()
+    except TextError:
+        return False
+
+
+def cached_scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = None, site: str = "block",
+                progress: Progress | None = None, text: Text | None = None) -> dict:
+    """A scan of one site, cached: ``{"rows": [...], "reference_nll", "reference_perplexity", "tokens"}``."""
+    text = text or settings.resolve()
+
+    def compute():
+        rows = scan(lm, settings, state, (site,), progress, text=text)
+        ref = reference(lm, settings, text)
+        return {}, {"rows": rows, "reference_nll": ref.nll, "reference_perplexity": ref.perplexity,
+                    "tokens": ref.count}
+
+    _, data, _ = cache.cached("damage-scan", scan_params(lm, settings, state, site, text), compute)
+    return data
+
+
+def damage_table(lm, settings: SearchSettings = SearchSettings(), sites=SITES, progress: Progress | None = None):
+    """Single-block (and half-block) damage of the original: a DataFrame ``block, site, delta_nll, ...``."""
+    import pandas as pd
+
+    rows = []
+    for i, site in enumerate(sites):
+        sub = _sub_progress(progress, i, len(sites), f"scan ({site})")
+        rows += cached_scan(lm, settings, None, site, progress=sub)["rows"]
+    return pd.DataFrame(rows, columns=["block", "site", "delta_nll", "perplexity", "kl", "top1", "nll", "seconds"])
+
+
+def single_block_damage(lm, settings: SearchSettings = SearchSettings(), progress: Progress | None = None) -> np.ndarray:
+    """Increase in mean NLL on the search text when each block alone is removed (one value per block)."""
+    rows = cached_scan(lm, settings, None, "block", progress=progress)["rows"]
+    out = np.full(lm.n_blocks, np.nan)
+    for r in rows:
+        out[r["block"]] = r["delta_nll"]
+    return out
+
+
+def _sub_progress(progress, i, n, label):
+    if progress is None:
+        return None
+    return lambda done, total, msg: progress(i * total + done, n * total, f"{label}: {msg}")
+
+
+# ---- searches ---------------------------------------------------------------------------------------------------
+
+def greedy(lm, settings: SearchSettings = SearchSettings(), steps: int | None = None, half: bool = False,
+           progress: Progress | None = None, text: Text | None = None) -> list[dict]:
+    """Greedy removal (SLEB; BlockPruner with ``half``): one row per step, the damage after it.
+
+    Row: ``step`` (1-based), ``block`` (original index), ``site``, ``perplexity``, ``delta_nll``, ``kl``, ``top1``
+    and ``state`` (everything removed after the step). Each step's scan is cached, so a rerun resumes.
+    """
+    n = lm.n_blocks
+    steps = max(1, n // 4) if steps is None else int(steps)
+    max_steps = (n - 1) if not half else 2 * n - 2
+    if steps < 1 or steps > max_steps:
+        raise DamageError(f"greedy steps must lie in 1..{max_steps} for a model of {n} blocks (got {steps}); "
+                          "at least one block must remain")
+    sites = HALVES if half else ("block",)
+    state = normalise_state(None)
+    out = []
+    for step in range(1, steps + 1):
+        rows = []
+        for si, site in enumerate(sites):
+            def sub(done, total, msg, step=step, si=si):
+                if progress:
+                    progress((step - 1) * len(sites) * total + si * total + done, steps * len(sites) * total,
+                             f"greedy step {step}/{steps}: {msg}")
+            rows += cached_scan(lm, settings, state, site, progress=sub, text=text)["rows"]
+        rows = [r for r in rows if _still_leaves_a_block(n, state, r)]
+        if not rows:
+            break
+        best = min(rows, key=lambda r: (r["perplexity"], r["block"], r["site"]))
+        state = state_with(state, best["block"], best["site"])
+        out.append({"step": step, "block": best["block"], "site": best["site"], "perplexity": best["perplexity"],
+                    "delta_nll": best["delta_nll"], "kl": best["kl"], "top1": best["top1"], "state": state})
+    return out
+
+
+def _still_leaves_a_block(n: int, state: dict, row: dict) -> bool:
+    after = state_with(state, row["block"], row["site"])
+    return len(after["blocks"]) < n
+
+
+def greedy_selection(steps: list[dict], k: int) -> dict | None:
+    """The state after ``k`` greedy steps (None if the search stopped earlier)."""
+    if k < 1 or k > len(steps):
+        return None
+    return steps[k - 1]["state"]
+
+
+def reverse_order(n_blocks: int, k: int) -> list[int]:
+    """The ``k`` blocks before the last one: ``[L−1−k, L−1)`` ("Reassessing Layer Pruning")."""
+    if not 1 <= k <= n_blocks - 1:
+        raise DamageError(f"k must lie in 1..{n_blocks - 1} (got {k})")
+    return list(range(n_blocks - 1 - k, n_blocks - 1))
+
+
+def random_selections(n_blocks: int, k: int, samples: int = 5, seed: int = 0) -> list[list[int]]:
+    """``samples`` random sets of ``k`` blocks (seeded by ``seed``, ``k`` and the sample index)."""
+    out = []
+    for s in range(samples):
+        rng = np.random.default_rng([seed, k, s])
+        out.append(sorted(int(b) for b in rng.choice(n_blocks, size=k, replace=False)))
+    return out
+
+
+def estimate_scan_seconds(lm, settings: SearchSettings, n_candidates: int, per_token_s: float) -> float:
+    """A scan runs on average about half the blocks per candidate plus the head; one reference pass."""
+    tokens = (settings.n_tokens // settings.context) * settings.context
+    return per_token_s * tokens * (1 + 0.6 * n_candidates)
+
+
+def probe_seconds_per_token(lm, context: int = 256) -> float:
+    """Seconds per token of one forward of the original (a short timed probe)."""
+    device = input_device(lm.model)
+    x = torch.randint(0, int(lm.model.get_input_embeddings().weight.shape[0]), (1, context),
+                      generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        lm.model(input_ids=x[:, :16], use_cache=False)
+        t0 = time.perf_counter()
+        lm.model(input_ids=x, use_cache=False)
+    return (time.perf_counter() - t0) / context
+
+
+__all__ = ["SearchSettings", "DamageError", "scan", "cached_scan", "damage_table", "single_block_damage", "greedy",
+           "reverse_order", "random_selections", "state_action", "normalise_state", "ArchitectureError"]

@@ -1,0 +1,122 @@
+"""Linearity between consecutive hidden states, with and without the residual (arXiv 2405.12250)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from analysis.methods import linearity
+from analysis.metrics.base import BlockMetric, register
+
+
+def linearity_results(ws, progress=None) -> dict:
+    """The full ``(L+1) × (L+1)`` linearity matrix and the consecutive curves, cached per workspace.
+
+    Raises :class:`linearity.NotEnoughTokens` when the clouds have fewer than ``2 × width`` tokens. When the
+    clouds of every state do not fit the memory budget (:func:`analysis.capture.estimate.memory_budget`), the consecutive
+    curves are computed exactly from streamed moments (O(width²) memory) and the all-pairs matrix is left out
+    (``matrix_skipped`` says why); subsampling the clouds (``n_max``) brings it back.
+    """
+    from analysis.capture.estimate import linearity_memory_bytes, memory_budget
+
+    linearity.check_enough_tokens(ws.n_cloud_tokens(), ws.lm.width)
+    need = linearity_memory_bytes(ws.n_states, ws.n_cloud_tokens(), ws.lm.width)
+
+    def compute():
+        if need > memory_budget():
+            cap = ws.capture()
+            with_res, without_res = linearity.consecutive_linearity_streamed(
+                cap.states, exclude_first=ws.calibration.exclude_first, progress=progress)
+            reason = (f"the clouds of all {ws.n_states} states need about {need / 2**30:.1f} GiB, over the memory "
+                      f"budget of {memory_budget() / 2**30:.1f} GiB; the consecutive curves were streamed instead. "
+                      "Subsample the clouds (n_max) to see the full matrix.")
+            return ({"matrix": np.full((ws.n_states, ws.n_states), np.nan), "consecutive": with_res,
+                     "without_residual": without_res},
+                    {"tokens": ws.n_cloud_tokens(), "width": ws.lm.width, "matrix_skipped": reason})
+        clouds = ws.all_token_clouds()
+        n_states = len(clouds)
+        total = n_states + n_states * (n_states - 1) // 2 + (n_states - 1)
+
+        def matrix_progress(done, _total, msg):
+            if progress:
+                progress(done, total, f"linearity matrix: {msg}")
+
+        M = linearity.linearity_matrix(clouds, progress=matrix_progress)
+        offset = n_states + n_states * (n_states - 1) // 2
+
+        def curve_progress(done, _total, msg):
+            if progress:
+                progress(offset + done, total, f"consecutive linearity: {msg}")
+
+        with_res, without_res = linearity.consecutive_linearity(clouds, progress=curve_progress)
+        return ({"matrix": M, "consecutive": with_res, "without_residual": without_res},
+                {"tokens": int(clouds[0].shape[0]), "width": int(clouds[0].shape[1])})
+
+    arrays, data, outcome = ws.result("linearity", {"v": 1}, compute)
+    return {**arrays, **data, "outcome": outcome}
+
+
+def _cached(ws, params) -> bool:
+    return ws.has_result("linearity", {"v": 1})
+
+
+register(BlockMetric(
+    key="linearity", label="Linearity", redundant_when="high", group="linearity", page="linearity", order=10,
+    description="Linearity score of h_b → h_{b+1} (Procrustes-style, any linear map; 1 = exactly linear). "
+                "Near-linear blocks are candidates for removal or linear replacement.",
+    compute=lambda ws, p, progress: linearity_results(ws, progress)["consecutive"],
+    is_cached=_cached,
+))
+
+register(BlockMetric(
+    key="linearity_no_residual", label="Linearity without residual", redundant_when="high", group="linearity",
+    page="linearity", order=11,
+    description="Linearity of h_b → h_{b+1} − h_b: how linear the block's own contribution is. High = the block "
+                "could be replaced by a linear map.",
+    compute=lambda ws, p, progress: linearity_results(ws, progress)["without_residual"],
+    is_cached=_cached,
+))
+
+
+def _write_linearity_files(ws, out_dir, progress):
+    """``linearity.csv``: the (L+1) × (L+1) matrix over hidden states (row = from, column = to)."""
+    import pandas as pd
+
+    from analysis.cache import write_csv
+
+    res = linearity_results(ws, progress)
+    n = res["matrix"].shape[0]
+    names = [f"h{s}" for s in range(n)]
+    write_csv(out_dir / "linearity.csv", pd.DataFrame(res["matrix"], index=pd.Index(names, name="state"), columns=names),
+              index=True)
+    return {}, {"linearity": {"tokens": res["tokens"], "width": res["width"],
+                              "definition": "1 - min_A ||X~A - Y~||_F^2, columns centred, Frobenius-normalised"}}
+
+
+from analysis.metrics.base import register_group_writer
+
+register_group_writer("linearity", _write_linearity_files)
+
+
+def _report(ws) -> list:
+    from analysis import plots
+
+    if not ws.has_result("linearity", {"v": 1}):
+        return []
+    res = linearity_results(ws)
+    labels = plots.state_labels(res["matrix"].shape[0])
+    blocks = list(range(len(res["consecutive"])))
+    matrix = [] if res.get("matrix_skipped") else [
+        ("figure", plots.heatmap(res["matrix"], labels, labels, "Linearity from h_i (row) to h_j (column)", "to state",
+                                 "from state", zmin=float(res["matrix"].min()), zmax=1.0),
+         f"1 − min_A ‖X̃A − Ỹ‖²_F over any linear map, on {res['tokens']:,} tokens (arXiv 2405.12250).")]
+    return matrix + [
+        ("figure", plots.curves(blocks, {"with residual": res["consecutive"],
+                                         "without residual": res["without_residual"]},
+                                "Linearity of each block", plots.BLOCK_AXIS, "linearity"),
+         "With residual: h_b → h_(b+1); without: h_b → h_(b+1) − h_b."),
+    ]
+
+
+from analysis.metrics.base import ReportSection, register_report_section
+
+register_report_section(ReportSection("linearity", "Linearity between layers", _report, order=10))

@@ -1,0 +1,586 @@
+"""The leaderboard: every selection rule's k blocks, evaluated on held-out text against the original.
+
+A **rule** turns a size ``k`` into one or more *actions* (``analysis.changes.variant`` action dicts, e.g.
+``{"remove_blocks": [12, 13]}``): each registered metric's own suggestion, the consensus of the proxies (every
+metric but measured damage), greedy search (SLEB) and, as an option, half-block greedy search (BlockPruner),
+reverse order ``[L−1−k, L−1)`` and a band of seeded random selections. Rules live in a registry
+(:func:`register_rule`): a rule whose action is not ``remove_blocks`` (e.g. ReplaceMe's ``replace_me``) is one more
+:class:`Rule`; rows are keyed by ``(rule, k, sample)``.
+
+Every action is evaluated by :func:`evaluate_action`, which calls :func:`analysis.evaluation.perplexity.evaluate` — the function
+``python -m analysis prune`` uses — on the evaluation text and settings (default: the prune page's, ``asyoulik``,
+4096 tokens, context 512, stride 256; no speed timing, no generation), and caches the result in
+``cache/leaderboard-eval/`` under (model fingerprint, text hash, settings, action). A rerun, the command line and
+the page reuse it; a stopped run resumes where it was. The finished board of a model is also kept in
+``cache/leaderboard-latest/`` for the HTML report.
+
+Rank correlation: Spearman's ρ between each metric's score, oriented so that low = redundant (a "high = redundant"
+metric is negated), and the measured single-block damage (ΔNLL on the search text); +1 = the metric orders blocks
+exactly as removing them hurts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis import cache
+from analysis.evaluation.perplexity import EvalSettings
+from analysis.metrics import registry
+from analysis.metrics.damage import (
+    SearchSettings,
+    damage_table,
+    greedy,
+    random_selections,
+    reverse_order,
+    single_block_damage,
+    state_action,
+)
+from analysis.metrics.registry import ReportSection
+from analysis.texts import Text, resolve_text
+
+Progress = Callable[[int, int, str], None]
+
+# metrics computed for the leaderboard when they are not cached yet (a few seconds each on the bundled model);
+# the others (intrinsic dimension, zigzag persistence) take part only when cached or named
+CHEAP_METRICS = ("measured_damage", "linearity", "linearity_no_residual", "block_influence", "angular_distance",
+                 "avss")
+DAMAGE_KEY = "measured_damage"
+
+
+class LeaderboardError(ValueError):
+    """The leaderboard cannot run as asked (the message says why)."""
+
+
+def default_eval_settings(**kw) -> EvalSettings:
+    return EvalSettings(**{"measure_speed": False, "max_new_tokens": 0, **kw})
+
+
+@dataclass(frozen=True)
+class LeaderboardSettings:
+    k_max: int | None = None  # default: L // 4
+    k_min: int = 1
+    search: SearchSettings = field(default_factory=SearchSettings)
+    evaluation: EvalSettings = field(default_factory=default_eval_settings)
+    metrics: tuple[str, ...] | None = None  # None: every cached metric and the cheap ones
+    half_blocks: bool = False
+    random_samples: int = 5
+    seed: int = 0
+    also: tuple[tuple[int, ...], ...] = ()  # extra fixed selections ("chosen" rows)
+    k_list: tuple[int, ...] = ()  # only these sizes (e.g. 2, 4, 8) instead of k_min..k_max
+
+    def ks(self, n_blocks: int) -> list[int]:
+        if self.k_list:
+            return sorted(set(int(k) for k in self.k_list))
+        k_max = self.k_max if self.k_max is not None else max(1, n_blocks // 4)
+        return list(range(self.k_min, k_max + 1))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["search"], d["evaluation"] = self.search.to_dict(), self.evaluation.to_dict()
+        return d
+
+
+def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | None = None,
+             tokenizer=None) -> tuple[Text, Text]:
+    """Refuse what cannot run (before anything is computed); the search and evaluation texts.
+
+    With the ``tokenizer``, a search or evaluation text too short for its tokens is refused too."""
+    ks = settings.ks(n_blocks)
+    k_max = max(ks) if ks else 0
+    if not ks or min(ks) < 1:
+        raise LeaderboardError(f"k must be a range 1 ≤ k_min ≤ k_max or sizes ≥ 1 (got {ks or 'none'})")
+    if k_max > n_blocks - 1:
+        raise LeaderboardError(f"K = {k_max} is more than L − 1 = {n_blocks - 1}: removing {k_max} of {n_blocks} "
+                               "blocks leaves none (at least one must remain)")
+    if settings.random_samples < 0:
+        raise LeaderboardError("random samples must be ≥ 0")
+    settings.search.validate()
+    settings.evaluation.validate()
+    search, evaluation = settings.search.resolve(), resolve_text(settings.evaluation.text)
+    if search.sha256 == evaluation.sha256:
+        raise LeaderboardError(f"the search text ({search.label}) is the evaluation text: the search would tune on "
+                               "the test; choose another search text")
+    if calibration is not None and search.sha256 == calibration.sha256:
+        raise LeaderboardError(f"the search text ({search.label}) is the calibration text of the metrics; choose "
+                               "another search text")
+    for sel in settings.also:
+        if len(set(sel)) >= n_blocks:
+            raise LeaderboardError(f"the selection {','.join(map(str, sel))} removes every block")
+        bad = [b for b in sel if not 0 <= b < n_blocks]
+        if bad:
+            raise LeaderboardError(f"blocks {bad} out of range 0..{n_blocks - 1}")
+    if tokenizer is not None:
+        from analysis.evaluation.perplexity import evaluation_ids
+        from analysis.metrics.damage import search_windows
+
+        search_windows(tokenizer, search, settings.search)
+        evaluation_ids(tokenizer, evaluation, settings.evaluation.n_tokens)
+    return search, evaluation
+
+
+# ---- evaluation of one action -----------------------------------------------------------------------------------
+
+def canonical_action(action: dict) -> dict:
+    out = {}
+    for key in sorted(action):
+        v = action[key]
+        if isinstance(v, (list, tuple)) and all(isinstance(x, (int, np.integer)) for x in v):
+            v = sorted(int(x) for x in v)
+        if v:
+            out[key] = v
+    return out
+
+
+def eval_params(lm, action: dict, settings: EvalSettings, text: Text) -> dict:
+    return {"model": lm.fingerprint, "text": text.sha256, "settings": settings.to_dict(),
+            "action": canonical_action(action), "v": 1}
+
+
+def eval_is_cached(lm, action: dict, settings: EvalSettings, text: Text) -> bool:
+    return cache.entry("leaderboard-eval", eval_params(lm, action, settings, text)).exists()
+
+
+def evaluate_action(lm, action: dict, settings: EvalSettings, text: Text | None = None, ws=None,
+                    progress: Progress | None = None) -> dict:
+    """The original without/with ``action`` evaluated on ``text`` by :func:`analysis.evaluation.perplexity.evaluate`, cached.
+
+    Returns ``{"perplexity", "nll", "kl", "top1", "tokens", "parameters", "original_perplexity", ...}``.
+    """
+    from analysis.changes.variant import apply_actions, candidate_name
+    from analysis.evaluation.perplexity import evaluate
+
+    text = text or resolve_text(settings.text)
+
+    def compute():
+        model = apply_actions(lm.model, action, ws)
+        table = evaluate(lm.model, lm.tokenizer, text, settings, candidate=model,
+                         candidate_name=candidate_name(action), original_key=lm.fingerprint, progress=progress)
+        c, o = table.candidate, table.original
+        return {}, {"perplexity": c.perplexity, "nll": c.nll, "kl": c.kl_to_original, "top1": c.top1_agreement,
+                    "tokens": c.tokens, "parameters": c.parameters, "original_perplexity": o.perplexity,
+                    "original_parameters": o.parameters, "seconds": c.seconds}
+
+    _, data, _ = cache.cached("leaderboard-eval", eval_params(lm, action, settings, text), compute)
+    return data
+
+
+# ---- rules ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    label: str
+    select: Callable[["Board", int], list[dict]]  # the actions for size k ([] = no selection at this k)
+    kind: str = "rule"  # metric | consensus | search | baseline | random | chosen
+    order: int = 100
+    enabled: Callable[["Board"], bool] = lambda board: True
+    description: str = ""
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def register_rule(rule: Rule) -> Rule:
+    _RULES[rule.key] = rule
+    return rule
+
+
+def rules() -> list[Rule]:
+    return sorted(_RULES.values(), key=lambda r: (r.order, r.key))
+
+
+@dataclass
+class Board:
+    """What the rules need: the model, the calibration workspace, the settings, the searches (computed lazily)."""
+
+    ws: object
+    settings: LeaderboardSettings
+    progress: Progress | None = None
+    _scores: dict = field(default_factory=dict)
+    _greedy: dict = field(default_factory=dict)
+
+    @property
+    def lm(self):
+        return self.ws.lm
+
+    @property
+    def n_blocks(self) -> int:
+        return self.ws.n_blocks
+
+    @property
+    def k_max(self) -> int:
+        return self.settings.ks(self.n_blocks)[-1]
+
+    def metric_params(self, metric) -> dict:
+        if metric.key == DAMAGE_KEY:
+            s = self.settings.search
+            return {"search_text": s.text, "search_tokens": s.n_tokens, "search_context": s.context}
+        return {}
+
+    def metrics(self) -> list:
+        chosen = self.settings.metrics
+        if chosen is None:
+            return [m for m in registry.metrics()
+                    if m.key in CHEAP_METRICS or m.cached(self.ws, self.metric_params(m))]
+        return [registry.get(k) for k in chosen]
+
+    def scores(self, metric) -> np.ndarray:
+        if metric.key not in self._scores:
+            self._scores[metric.key] = metric.scores(self.ws, self.metric_params(metric))
+        return self._scores[metric.key]
+
+    def suggestion(self, metric, k: int) -> list[int]:
+        return metric.suggest(self.ws, k, self.metric_params(metric), scores=self.scores(metric))
+
+    def greedy(self, half: bool = False) -> list[dict]:
+        if half not in self._greedy:
+            steps = self.k_max * (2 if half else 1)
+            self._greedy[half] = greedy(self.lm, self.settings.search, steps, half=half, progress=self.progress)
+        return self._greedy[half]
+
+    def damage(self) -> np.ndarray:
+        return single_block_damage(self.lm, self.settings.search)
+
+
+def _metric_rules(board: Board) -> list[Rule]:
+    out = []
+    for m in board.metrics():
+        out.append(Rule(key=f"metric:{m.key}", label=m.label, kind="metric", order=10 + m.order / 1000,
+                        select=lambda b, k, m=m: [{"remove_blocks": b.suggestion(m, k)}],
+                        description=m.direction_text))
+    return out
+
+
+def _consensus(board: Board, k: int) -> list[dict]:
+    from analysis.metrics import consensus
+
+    proxies = [m for m in board.metrics() if m.key != DAMAGE_KEY]
+    if not proxies:
+        return []
+    scores = pd.DataFrame({m.key: board.scores(m) for m in proxies})
+    ranks = consensus.rank_table(scores, proxies)
+    suggested = {m.key: board.suggestion(m, k) for m in proxies}
+    chosen = consensus.consensus(suggested, ranks, k)
+    return [{"remove_blocks": chosen}] if len(chosen) == k else []
+
+
+def _greedy_rule(board: Board, k: int) -> list[dict]:
+    steps = board.greedy(False)
+    return [state_action(steps[k - 1]["state"])] if k <= len(steps) else []
+
+
+def _greedy_half_rule(board: Board, k: int) -> list[dict]:
+    steps = board.greedy(True)
+    return [state_action(steps[2 * k - 1]["state"])] if 2 * k <= len(steps) else []
+
+
+def _chosen(board: Board, k: int) -> list[dict]:
+    return [{"remove_blocks": sorted(sel)} for sel in board.settings.also if len(sel) == k]
+
+
+register_rule(Rule("consensus", "Consensus of the proxies", _consensus, kind="consensus", order=20,
+                   description="the k blocks most proxy metrics suggest (measured damage not included)"))
+register_rule(Rule("greedy", "Greedy search (SLEB)", _greedy_rule, kind="search", order=30,
+                   description="remove the least damaging block on the search text, k times"))
+register_rule(Rule("greedy_half", "Half-block greedy (BlockPruner)", _greedy_half_rule, kind="search", order=31,
+                   enabled=lambda b: b.settings.half_blocks,
+                   description="remove the least damaging attention or feed-forward half, 2k times"))
+register_rule(Rule("reverse", "Reverse order", lambda b, k: [{"remove_blocks": reverse_order(b.n_blocks, k)}],
+                   kind="baseline", order=40, description="the k blocks before the last one, [L−1−k, L−1)"))
+register_rule(Rule("random", "Random", lambda b, k: [{"remove_blocks": s} for s in random_selections(
+    b.n_blocks, k, b.settings.random_samples, b.settings.seed)], kind="random", order=50,
+    enabled=lambda b: b.settings.random_samples > 0, description="seeded random sets of k blocks (the band)"))
+register_rule(Rule("chosen", "Chosen selection", _chosen, kind="chosen", order=60,
+                   enabled=lambda b: bool(b.settings.also), description="a selection named by the user"))
+
+
+def active_rules(board: Board) -> list[Rule]:
+    return _metric_rules(board) + [r for r in rules() if r.enabled(board)]
+
+
+# ---- the board --------------------------------------------------------------------------------------------------
+
+def describe_blocks(action: dict) -> str:
+    parts = [str(b) for b in action.get("remove_blocks", [])]
+    parts += [f"{b}a" for b in action.get("skip_attention", [])] + [f"{b}m" for b in action.get("skip_mlp", [])]
+    others = [k for k in action if k not in ("remove_blocks", "skip_attention", "skip_mlp")]
+    if others:
+        from analysis.changes.variant import describe_action
+
+        try:
+            return describe_action(action)
+        except ValueError:
+            return str(action)
+    return ",".join(parts)
+
+
+@dataclass
+class Result:
+    settings: dict
+    rows: pd.DataFrame  # rule, label, kind, k, sample, blocks, perplexity, kl, top1, nll, parameters, action
+    greedy: list[dict]
+    greedy_half: list[dict]
+    damage: pd.DataFrame
+    correlation: pd.DataFrame
+    original_perplexity: float
+    seconds: float = 0.0
+
+    def winners(self) -> pd.DataFrame:
+        return winners(self.rows)
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "rows": self.rows.to_dict("records"), "greedy": self.greedy,
+                "greedy_half": self.greedy_half, "damage": self.damage.to_dict("records"),
+                "correlation": self.correlation.to_dict("records"), "original_perplexity": self.original_perplexity,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Result":
+        return cls(settings=d["settings"], rows=pd.DataFrame(d["rows"]), greedy=d["greedy"],
+                   greedy_half=d.get("greedy_half", []), damage=pd.DataFrame(d["damage"]),
+                   correlation=pd.DataFrame(d["correlation"]), original_perplexity=d["original_perplexity"],
+                   seconds=d.get("seconds", 0.0))
+
+
+def winners(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rule with the lowest perplexity at each k (random samples and chosen selections not competing)."""
+    comp = rows[~rows["kind"].isin(["random", "chosen"])]
+    out = []
+    for k, g in comp.groupby("k"):
+        best = g.sort_values(["perplexity", "rule"]).iloc[0]
+        greedy_ppl = g.loc[g["rule"] == "greedy", "perplexity"]
+        out.append({"k": int(k), "winner": best["label"], "rule": best["rule"], "blocks": best["blocks"],
+                    "perplexity": best["perplexity"],
+                    "greedy_perplexity": float(greedy_ppl.iloc[0]) if len(greedy_ppl) else math.nan})
+    return pd.DataFrame(out, columns=["k", "winner", "rule", "blocks", "perplexity", "greedy_perplexity"])
+
+
+def correlation(board: Board) -> pd.DataFrame:
+    from scipy.stats import spearmanr
+
+    damage = board.damage()
+    out = []
+    for m in board.metrics():
+        if m.key == DAMAGE_KEY:
+            continue
+        s = np.asarray(board.scores(m), dtype=float)
+        s = s if m.redundant_when == "low" else -s
+        ok = np.isfinite(s) & np.isfinite(damage)
+        rho = float(spearmanr(s[ok], damage[ok]).statistic) if ok.sum() > 2 else math.nan
+        out.append({"metric": m.key, "label": m.label, "spearman": rho})
+    return pd.DataFrame(out, columns=["metric", "label", "spearman"])
+
+
+def plan(board: Board) -> list[tuple[Rule, int, int, dict]]:
+    """Every (rule, k, sample, action) the board evaluates (runs the searches it needs)."""
+    out = []
+    for rule in active_rules(board):
+        for k in board.settings.ks(board.n_blocks):
+            for i, action in enumerate(rule.select(board, k)):
+                out.append((rule, k, i, canonical_action(action)))
+    return out
+
+
+def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None) -> Result:
+    """Compute the leaderboard (everything cached on the way), keep it for the report, and return it."""
+    t0 = time.perf_counter()
+    _, eval_text = validate(settings, ws.n_blocks, ws.text, ws.lm.tokenizer)
+    say = progress or (lambda d, t, m: None)
+    board = Board(ws=ws, settings=settings, progress=lambda d, t, m: say(d, t, f"search · {m}"))
+    metrics = board.metrics()
+    for i, m in enumerate(metrics):
+        say(i, len(metrics), f"metrics · {m.label}")
+        sub = (lambda d, t, msg, m=m: say(d, t, f"metrics · {m.label}: {msg}"))
+        board._scores[m.key] = m.scores(ws, board.metric_params(m), progress=sub)
+    damage = damage_table(ws.lm, settings.search, progress=lambda d, t, m: say(d, t, f"damage scan · {m}"))
+    greedy_steps = board.greedy(False)
+    half_steps = board.greedy(True) if settings.half_blocks else []
+    work = plan(board)
+    rows, seen = [], {}
+    for i, (rule, k, sample, action) in enumerate(work):
+        say(i, len(work), f"evaluate · {rule.label}, k={k}")
+        key = cache.stable_hash(action)
+        if key not in seen:
+            seen[key] = evaluate_action(ws.lm, action, settings.evaluation, eval_text, ws=ws)
+        r = seen[key]
+        rows.append({"rule": rule.key, "label": rule.label, "kind": rule.kind, "k": k, "sample": sample,
+                     "blocks": describe_blocks(action), "perplexity": r["perplexity"], "kl": r["kl"],
+                     "top1": r["top1"], "nll": r["nll"], "parameters": r["parameters"],
+                     "action": cache.dumps(action).replace("\n", "").replace("  ", "")})
+    say(len(work), len(work), "done")
+    orig = seen[next(iter(seen))]["original_perplexity"] if seen else math.nan
+    result = Result(settings=settings.to_dict(), rows=pd.DataFrame(rows), greedy=greedy_steps,
+                    greedy_half=half_steps, damage=damage, correlation=correlation(board),
+                    original_perplexity=orig, seconds=time.perf_counter() - t0)
+    _keep_latest(ws, result)
+    return result
+
+
+# ---- estimate ---------------------------------------------------------------------------------------------------
+
+def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings()) -> dict:
+    """Seconds the leaderboard will take (what is cached costs nothing), from a short timed probe."""
+    from analysis.evaluation.perplexity import windows_for
+    from analysis.metrics.damage import (
+        estimate_scan_seconds,
+        probe_seconds_per_token,
+        scan_is_cached,
+    )
+
+    validate(settings, ws.n_blocks, ws.text)
+    lm, L = ws.lm, ws.n_blocks
+    per_token = probe_seconds_per_token(lm, min(256, settings.evaluation.context))
+    K = settings.ks(L)[-1]
+    scans = 0.0
+    n_scans = 0
+    # the damage table: block, attention, mlp of the original
+    for site in ("block", "attention", "mlp"):
+        if not scan_is_cached(lm, settings.search, None, site):
+            scans += estimate_scan_seconds(lm, settings.search, L, per_token)
+            n_scans += 1
+    greedy_scans = K - 1 + (2 * (2 * K) - 2 if settings.half_blocks else 0)  # step 1 is the damage table
+    scans += sum(estimate_scan_seconds(lm, settings.search, L - i, per_token) for i in range(greedy_scans))
+    n_scans += greedy_scans
+    ev = settings.evaluation
+    wins = len(windows_for(np.zeros(ev.n_tokens), ev.context, ev.stride))
+    per_eval = per_token * wins * ev.context * 0.85
+    n_metrics = len(settings.metrics) if settings.metrics is not None else len(CHEAP_METRICS)
+    n_rules = n_metrics + 3 + settings.random_samples + (1 if settings.half_blocks else 0) + len(settings.also)
+    n_evals = n_rules * len(settings.ks(L))
+    seconds = scans + n_evals * per_eval + per_eval  # + the original's pass
+    return {"seconds": seconds, "scans": n_scans, "evaluations": n_evals, "per_evaluation_s": per_eval,
+            "per_token_s": per_token, "note": "cached scans and evaluations are skipped; duplicates are evaluated once"}
+
+
+def format_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# ---- kept results, CSV tables, report -----------------------------------------------------------------------------
+
+def _latest_path(lm):
+    return cache.cache_root() / "leaderboard-latest" / f"{lm.fingerprint}.json"
+
+
+def _keep_latest(ws, result: Result) -> None:
+    cache.atomic_write_text(_latest_path(ws.lm), cache.dumps(result.to_dict()))
+
+
+def latest(ws) -> Result | None:
+    """The last finished leaderboard of this model (any settings), or None."""
+    import json
+
+    path = _latest_path(ws.lm)
+    if not path.is_file():
+        return None
+    try:
+        return Result.from_dict(json.loads(path.read_text()))
+    except Exception:  # an older or damaged file: as if there were none
+        return None
+
+
+def damage_csv(result: Result) -> pd.DataFrame:
+    return result.damage[["block", "site", "delta_nll", "perplexity", "kl", "top1"]]
+
+
+def greedy_csv(result: Result) -> pd.DataFrame:
+    rows = [{"step": s["step"], "block": s["block"], "site": s["site"], "perplexity": s["perplexity"],
+             "search": "block"} for s in result.greedy]
+    rows += [{"step": s["step"], "block": s["block"], "site": s["site"], "perplexity": s["perplexity"],
+              "search": "half"} for s in result.greedy_half]
+    return pd.DataFrame(rows, columns=["step", "block", "site", "perplexity", "search"])
+
+
+def leaderboard_csv(result: Result) -> pd.DataFrame:
+    return result.rows[["rule", "k", "blocks", "perplexity", "kl", "top1", "sample", "label", "parameters"]]
+
+
+def correlation_csv(result: Result) -> pd.DataFrame:
+    return result.correlation[["metric", "spearman"]]
+
+
+def figure(result: Result):
+    """Perplexity against k: one line per rule, the random samples as a band (min–max) with their median."""
+    import plotly.graph_objects as go
+
+    from analysis import plots
+
+    rows = result.rows
+    fig = go.Figure()
+    rnd = rows[rows["kind"] == "random"]
+    if len(rnd):
+        g = rnd.groupby("k")["perplexity"]
+        ks = list(g.min().index)
+        fig.add_trace(go.Scatter(x=ks + ks[::-1], y=list(g.max()) + list(g.min())[::-1], fill="toself",
+                                 fillcolor="rgba(127,127,127,0.2)", line=dict(width=0), name="random (min–max)",
+                                 hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=ks, y=list(g.median()), mode="lines", name="random (median)",
+                                 line=dict(color="#7f7f7f", dash="dot"),
+                                 hovertemplate="k %{x}: %{y:.2f}<extra>random (median)</extra>"))
+    for rule, g in rows[~rows["kind"].isin(["random"])].groupby("rule", sort=False):
+        g = g.sort_values("k")
+        label = g["label"].iloc[0]
+        style = {}
+        if rule == "greedy":
+            style = dict(line=dict(color=plots.HIGHLIGHT, width=3))
+        elif rule == "reverse":
+            style = dict(line=dict(color="#000000", dash="dash"))
+        fig.add_trace(go.Scatter(x=list(g["k"]), y=list(g["perplexity"]), mode="lines+markers", name=label,
+                                 customdata=list(g["blocks"]), **style,
+                                 hovertemplate=f"k %{{x}}: %{{y:.2f}}<br>blocks %{{customdata}}<extra>{label}</extra>"))
+    if math.isfinite(result.original_perplexity):
+        fig.add_hline(y=result.original_perplexity, line_dash="dot", line_color="#2ca02c",
+                      annotation_text="original", annotation_position="bottom right")
+    ev = result.settings.get("evaluation", {})
+    fig.update_layout(title=f"Perplexity on {ev.get('text')} ({ev.get('n_tokens')} tokens) after removing k blocks",
+                      xaxis_title="k (blocks removed)", yaxis_title="perplexity (log scale)", height=460,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    fig.update_yaxes(type="log")
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def table(result: Result) -> pd.DataFrame:
+    """Perplexity per rule (rows) and k (columns); random as its median."""
+    rows = result.rows.copy()
+    rows.loc[rows["kind"] == "random", "label"] = "Random (median)"
+    return rows.pivot_table(index="label", columns="k", values="perplexity", aggfunc="median", sort=False)
+
+
+def report_items(ws) -> list:
+    result = latest(ws)
+    if result is None:
+        return []
+    t = table(result).reset_index()
+    t.columns = [str(c) if not isinstance(c, str) else c for c in t.columns]
+    w = result.winners()
+    corr = result.correlation[["label", "spearman"]].rename(columns={"label": "metric"})
+    s = result.settings
+    return [
+        ("figure", figure(result), "Each rule's k blocks removed, evaluated against the original (one line per rule; "
+                                   "random selections as a band)."),
+        ("table", t, f"Perplexity on {s['evaluation']['text']} by rule and k (lower is better)."),
+        ("table", w, "Winner at each k (random and chosen selections not competing)."),
+        ("table", corr, f"Spearman ρ of each metric (oriented: low = redundant) with the measured single-block damage "
+                        f"on {s['search']['text']} ({s['search']['n_tokens']} tokens); +1 = same order."),
+    ]
+
+
+from analysis.search import (
+    replaceme_rows as _replaceme,  # noqa: E402  (ReplaceMe rows: "replace" against "remove")
+)
+
+_replaceme.register(register_rule, Rule)
+
+
+REPORT_SECTION = ReportSection("leaderboard", "Which blocks to cut, measured: the leaderboard", report_items, order=90)

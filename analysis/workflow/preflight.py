@@ -1,0 +1,179 @@
+"""Validate a whole command before any weight is loaded or anything computed.
+
+The configuration and the tokenizer are cheap to read (``AutoConfig``, ``AutoTokenizer``; no weights), and they
+are enough to check every argument against the model: block indices against its number of blocks, window lengths
+and the evaluation context against its maximum positions, the texts' token counts against the windows asked for,
+every action of a recipe. Each check raises :class:`PreflightError` with one line that names the option and what
+is allowed. ``names`` maps each setting to what the user typed it as (command-line options by default; a recipe's
+keys for ``run``).
+"""
+
+from __future__ import annotations
+
+CLI = {"windows": "--sequences", "window_len": "--seq-len", "exclude_first": "--exclude-first", "n_max": "--n-max",
+       "text": "--text", "context": "--context", "stride": "--stride", "n_tokens": "--eval-tokens",
+       "eval_text": "--eval-text", "remove": "--remove", "blocks": "--blocks", "replace": "--replace"}
+RECIPE = {"windows": "calibration.windows", "window_len": "calibration.window_len",
+          "exclude_first": "calibration.exclude_first", "n_max": "calibration.n_max", "text": "calibration.text",
+          "context": "evaluation.settings.context", "stride": "evaluation.settings.stride",
+          "n_tokens": "evaluation.settings.n_tokens", "eval_text": "evaluation.settings.text",
+          "remove": "action.remove_blocks", "blocks": "action.low_rank.blocks", "replace": "action.replace_linear"}
+
+
+class PreflightError(ValueError):
+    """An argument that cannot work with this model (the message names it and what is allowed)."""
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def n_layers(config) -> int | None:
+    cfg = _text_config(config)
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(cfg, attr, None) is not None:
+            return int(getattr(cfg, attr))
+    return None
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's positions allow (``max_position_embeddings``, ``n_positions`` …)."""
+    cfg = _text_config(config)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_windows(config, n_windows: int, window_len: int, exclude_first: int = 0, n_max: int | None = None,
+                  names: dict = CLI) -> None:
+    if n_windows < 1:
+        raise PreflightError(f"{names['windows']} must be at least 1 (got {n_windows})")
+    if window_len < 2:
+        raise PreflightError(f"{names['window_len']} must be at least 2 tokens (got {window_len})")
+    if exclude_first < 0 or exclude_first >= window_len:
+        raise PreflightError(f"{names['exclude_first']} must lie in 0..{window_len - 1}, below {names['window_len']} "
+                             f"= {window_len} (got {exclude_first}): it drops the first positions of every window")
+    if n_max is not None and n_max < 1:
+        raise PreflightError(f"{names['n_max']} must be at least 1 token (got {n_max}); leave it out for all tokens")
+    limit = max_positions(config) if config is not None else None
+    if limit is not None and window_len > limit:
+        raise PreflightError(f"{names['window_len']} = {window_len} is longer than the model's {limit} positions; "
+                             f"use at most {limit}")
+
+
+def count_tokens(tokenizer, text) -> int:
+    from analysis.texts import token_ids
+
+    return int(token_ids(tokenizer, text).size)
+
+
+def check_text_windows(tokenizer, text, n_windows: int, window_len: int, names: dict = CLI) -> int:
+    """The text must hold ``n_windows × window_len`` tokens; returns its token count."""
+    have = count_tokens(tokenizer, text)
+    need = n_windows * window_len
+    if have >= need:
+        return have
+    if have < window_len:
+        raise PreflightError(
+            f"{names['text']} {text.label} has only {have} tokens, fewer than one window of {window_len}: give a "
+            f"longer text (at least {need} tokens for {n_windows} windows of {window_len})"
+            + (f" or a shorter {names['window_len']} (at most {have})" if have >= 2 else ""))
+    raise PreflightError(f"{names['text']} {text.label} has {have} tokens; {n_windows} windows of {window_len} "
+                         f"tokens need {need}: use {names['windows']} {have // window_len} or less, a shorter "
+                         f"{names['window_len']}, or a longer text")
+
+
+def check_eval(config, tokenizer, settings, names: dict = CLI, text=None) -> None:
+    """Evaluation settings against the model's positions and the held-out text's length."""
+    from analysis.evaluation.perplexity import EvaluationError
+
+    try:
+        settings.validate()
+    except EvaluationError as exc:
+        raise PreflightError(f"{names['context']} / {names['stride']} / {names['n_tokens']}: {exc}") from None
+    limit = max_positions(config) if config is not None else None
+    if limit is not None and settings.context > limit:
+        raise PreflightError(f"{names['context']} = {settings.context} is longer than the model's {limit} positions; "
+                             f"use at most {limit}")
+    if tokenizer is not None:
+        from analysis.texts import resolve_text
+
+        text = text or resolve_text(settings.text)
+        have = count_tokens(tokenizer, text)
+        if have < settings.n_tokens:
+            raise PreflightError(f"{names['eval_text']} {text.label} has {have} tokens; {names['n_tokens']} asks for "
+                                 f"{settings.n_tokens}: use at most {have}")
+
+
+def _blocks_in_range(blocks, n: int, what: str) -> list[int]:
+    from analysis.changes.remove_blocks import parse_blocks
+
+    blocks = parse_blocks(blocks, what=what) if isinstance(blocks, str) else [int(b) for b in blocks]
+    bad = [b for b in blocks if not 0 <= b < n]
+    if bad:
+        raise PreflightError(f"{what}: block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range; "
+                             f"the model has blocks 0..{n - 1} (0-based)")
+    return blocks
+
+
+def check_action(config, action: dict, names: dict = CLI) -> None:
+    """Every action of a recipe's ``action`` section against the model's number of blocks."""
+    from analysis.changes.low_rank import CompressionError, LowRankSpec
+    from analysis.changes.remove_blocks import PruneError, validate_removal
+    from analysis.changes.variant import validate_action
+
+    validate_action(action)
+    n = n_layers(config) if config is not None else None
+    try:
+        if action.get("low_rank"):
+            spec = LowRankSpec.from_value(action["low_rank"])
+            if n is not None and spec.blocks is not None:
+                _blocks_in_range(list(spec.blocks), n, names["blocks"])
+        if n is None:
+            return
+        replaced = _blocks_in_range(action.get("replace_linear") or [], n, names["replace"])
+        removed = action.get("remove_blocks") or []
+        if removed:
+            try:
+                removed = validate_removal(removed, n)
+            except PruneError as exc:
+                raise PreflightError(f"{names['remove']}: {exc}") from None
+        both = sorted(set(replaced) & set(removed))
+        if both:
+            raise PreflightError(f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
+                                 "replaced and removed")
+    except CompressionError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def check_recipe(recipe: dict, spec, text_path: str | None = None, export: bool = True, say=None) -> dict:
+    """Everything ``run RECIPE`` will do, checked on the model's configuration and tokenizer (no weights).
+
+    Returns ``{"config", "tokenizer", "text"}`` for the caller to reuse.
+    """
+    from analysis.evaluation.perplexity import EvalSettings
+    from analysis.model.checkpoint import FORMS
+    from analysis.model.loading import read_config, read_tokenizer
+    from analysis.workflow import recipe as rc
+
+    config = read_config(spec, say)
+    cal = rc.calibration_of(recipe)
+    text = rc.text_of(recipe, text_path)
+    metrics = recipe.get("metrics")
+    computes_metrics = bool(metrics) or metrics is None
+    action = recipe.get("action") or {}
+    check_action(config, action, RECIPE)
+    tokenizer = read_tokenizer(spec, say) if config is not None else None
+    if computes_metrics or action.get("low_rank"):
+        check_windows(config, cal.n_windows, cal.window_len, cal.exclude_first, cal.n_max, RECIPE)
+        if tokenizer is not None:
+            check_text_windows(tokenizer, text, cal.n_windows, cal.window_len, RECIPE)
+    if action:
+        settings = EvalSettings(**((recipe.get("evaluation") or {}).get("settings") or {}))
+        check_eval(config, tokenizer, settings, RECIPE)
+        form = (recipe.get("export") or {}).get("form")
+        if export and form and form not in FORMS:
+            raise PreflightError(f"export.form {form!r} is not a checkpoint form; use one of {', '.join(FORMS)}")
+    return {"config": config, "tokenizer": tokenizer, "text": text}

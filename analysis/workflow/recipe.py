@@ -1,0 +1,193 @@
+"""``recipe.json``: one file that describes a whole run, and reproduces it.
+
+A recipe is written beside every export, by the dashboard's *Recipe and report* page, and by
+``python -m analysis run``; ``python -m analysis run RECIPE.json --out DIR`` reproduces it headless and the
+dashboard restores a session from it. Keys (unknown keys are refused, so a typo never goes unnoticed):
+
+* ``layerscope``: format version; ``created``: when; ``name``: a label for the run;
+* ``model``: ``source`` (required: ``default``, a hub id, a folder or a .gguf), ``dtype``, ``device``,
+  ``device_map_auto``, ``trust_remote_code`` (recorded, never honoured: only the user's own flag or tick runs a
+  model's code); written back: ``name``, ``fingerprint``, ``parameters``, ``blocks``,
+  ``architecture`` (a different fingerprint on reload is reported, not fatal);
+* ``calibration``: ``text`` (a bundled name, or ``{name, source, sha256}``; an uploaded text needs ``path``),
+  ``windows``, ``window_len``, ``exclude_first``, ``n_max``, ``seed``, ``storage``;
+* ``metrics``: metric groups to compute, each with its settings, e.g. ``{"linearity": {}}``;
+* ``action``: what to change, by registered action (``remove_blocks``: 0-based block indices, …);
+* ``removed_blocks``: the same list at top level, as pruning tools report it;
+* ``evaluation``: ``settings`` (held-out text, tokens, context, stride, prompt …) and, once run, ``original`` and
+  the changed model's row (``pruned`` for depth pruning, ``compressed`` for rank truncation, ``changed`` when
+  both), plus ``downstream`` task results when tasks ran;
+* ``compression``: what the ``low_rank`` / ``replace_linear`` actions did (method, options, the rank of every
+  matrix by its name in the original model, predicted losses, damping, calibration text hash, fit residuals);
+* ``parameters``: ``original`` and the changed model's count (in memory, as evaluated) and, with low-rank matrices,
+  ``factorised`` (the same model with every low-rank matrix stored as ``B·A``);
+* ``export``: ``form`` (``dense`` or ``factorised``) and, once written, ``path``, ``size_bytes`` and the reload
+  check;
+* ``healing``: what the ``heal`` action did (method, loss, every setting, the healing text's sha256, the trained
+  parts, the loss curve, and — once evaluated — the perplexities and the gap closed);
+* ``report``: ``true`` to write ``report.html`` (default true for ``run``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+from analysis.capture.workspace import Workspace
+from analysis.changes.variant import candidate_name  # noqa: F401
+
+RECIPE_VERSION = 1
+
+SCHEMA: dict[str, object] = {
+    "layerscope": None, "created": None, "name": None,
+    "model": {"source", "dtype", "device", "device_map_auto", "trust_remote_code", "name", "fingerprint",
+              "parameters", "blocks", "architecture"},
+    "calibration": {"text", "windows", "window_len", "exclude_first", "n_max", "seed", "storage"},
+    "metrics": None,  # free-form per metric group, checked against the registry
+    "action": None,  # checked against the registered actions
+    "removed_blocks": None,
+    "evaluation": None,  # settings checked against EvalSettings; results are free-form
+    "export": {"form", "path", "reload_check", "size_bytes", "adapter"},
+    "compression": None,  # written by the low_rank / replace_linear actions (analysis.changes.low_rank)
+    "parameters": None,
+    "healing": None,  # written by the heal action (analysis.changes.healing): settings, text hash, loss curve, gap closed
+    "report": None,
+}
+
+
+class RecipeError(ValueError):
+    """A recipe cannot be used (unknown keys, a missing model, an uploaded text without its file …)."""
+
+
+def validate(recipe: dict) -> None:
+    """Refuse unknown keys at every level we define, and a recipe without a model source."""
+    from analysis.changes.variant import validate_action
+    from analysis.evaluation.perplexity import EvalSettings
+    from analysis.metrics import registry
+
+    if not isinstance(recipe, dict):
+        raise RecipeError("a recipe is a JSON object")
+    unknown = sorted(set(recipe) - set(SCHEMA))
+    if unknown:
+        raise RecipeError(f"unknown recipe key(s): {', '.join(unknown)}; known: {', '.join(SCHEMA)}")
+    for key, allowed in SCHEMA.items():
+        if isinstance(allowed, set) and key in recipe:
+            if not isinstance(recipe[key], dict):
+                raise RecipeError(f"'{key}' must be an object")
+            bad = sorted(set(recipe[key]) - allowed)
+            if bad:
+                raise RecipeError(f"unknown key(s) in '{key}': {', '.join(bad)}; known: {', '.join(sorted(allowed))}")
+    model = recipe.get("model")
+    if not isinstance(model, dict) or not model.get("source"):
+        raise RecipeError("the recipe names no model: 'model': {'source': 'default' | hub id | folder | .gguf}")
+    groups = registry.groups()
+    bad = sorted(set(recipe.get("metrics") or {}) - set(groups))
+    if bad:
+        raise RecipeError(f"unknown metric group(s) in 'metrics': {', '.join(bad)}; known: {', '.join(groups)}")
+    try:
+        validate_action(recipe.get("action") or {})
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    settings = (recipe.get("evaluation") or {}).get("settings") or {}
+    bad = sorted(set(settings) - set(EvalSettings().to_dict()))
+    if bad:
+        raise RecipeError(f"unknown evaluation setting(s): {', '.join(bad)}; known: {', '.join(EvalSettings().to_dict())}")
+
+
+def load(path: str | Path) -> dict:
+    try:
+        recipe = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"no such recipe file: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{path} is not valid JSON: {exc}") from None
+    validate(recipe)
+    return recipe
+
+
+def base_recipe(ws: Workspace) -> dict:
+    card = ws.lm.card()
+    return {
+        "layerscope": RECIPE_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"source": ws.lm.spec.source, "dtype": ws.lm.spec.dtype, "device": ws.lm.spec.device,
+                  "device_map_auto": ws.lm.spec.device_map_auto, "trust_remote_code": ws.lm.spec.trust_remote_code,
+                  "name": ws.lm.name, "fingerprint": ws.lm.fingerprint, "parameters": card["parameters"],
+                  "blocks": card["blocks"], "architecture": card["architecture"]},
+        "calibration": {"text": ws.text.describe(), "windows": ws.calibration.n_windows,
+                        "window_len": ws.calibration.window_len, "exclude_first": ws.calibration.exclude_first,
+                        "n_max": ws.calibration.n_max, "seed": ws.calibration.seed},
+        "metrics": {},
+        "action": {},
+    }
+
+
+def pruning_recipe(ws: Workspace, removed: list[int], evaluation: dict | None = None,
+                   metrics: dict | None = None) -> dict:
+    return variant_recipe(ws, {"remove_blocks": sorted(removed)}, evaluation, metrics)
+
+
+def variant_recipe(ws: Workspace, action: dict, evaluation: dict | None = None, metrics: dict | None = None,
+                   model=None) -> dict:
+    """The recipe of a variant; with the changed ``model`` it also records what its actions resolved to (the
+    ``compression`` and ``parameters`` sections)."""
+    r = base_recipe(ws)
+    r["action"] = dict(action)
+    if action.get("remove_blocks"):
+        r["removed_blocks"] = sorted(action["remove_blocks"])
+    r["metrics"] = metrics or {}
+    if model is not None:
+        from analysis.changes.low_rank import recipe_sections
+
+        r.update(recipe_sections(model, ws.lm.model, candidate_name(action)))
+    if evaluation is not None:
+        r["evaluation"] = evaluation
+    return r
+
+
+def spec_of(recipe: dict, trust_remote_code: bool = False):
+    """The model spec a recipe names. ``trust_remote_code`` is the user's own choice (the ``--trust-remote-code``
+    flag, the sidebar's tick), never the recipe's: a recipe is a file that may come from someone else, and its
+    ``"trust_remote_code": true`` is recorded for information only (see :func:`asks_for_remote_code`)."""
+    from analysis.model.loading import ModelSpec
+
+    m = recipe["model"]
+    return ModelSpec(source=m["source"], device=m.get("device", "auto"), dtype=m.get("dtype", "float32"),
+                     device_map_auto=bool(m.get("device_map_auto", False)),
+                     trust_remote_code=bool(trust_remote_code))
+
+
+def asks_for_remote_code(recipe: dict) -> bool:
+    """Whether the recipe was written with ``trust_remote_code`` on (it is never honoured from the file)."""
+    return bool((recipe.get("model") or {}).get("trust_remote_code"))
+
+
+def text_of(recipe: dict, text_path: str | None = None):
+    """The calibration text a recipe names (bundled by name; an uploaded one from ``path`` or ``text_path``)."""
+    from analysis.texts import BUNDLED, bundled_text, text_from_bytes
+
+    ref = (recipe.get("calibration") or {}).get("text", "alice")
+    info = ref if isinstance(ref, dict) else {"name": ref, "source": "bundled" if ref in BUNDLED else "file"}
+    path = text_path or info.get("path") or (None if info.get("source") == "bundled" else info.get("name"))
+    if info.get("source") == "bundled" and not text_path:
+        text = bundled_text(info["name"])
+    elif path and Path(path).is_file():
+        text = text_from_bytes(Path(path).read_bytes(), name=Path(path).name)
+    else:
+        raise RecipeError(f"the recipe's calibration text {info.get('name')!r} was uploaded or pasted; give its file "
+                          "with --text PATH")
+    if info.get("sha256") and info["sha256"] != text.sha256:
+        print(f"warning: the calibration text's sha256 differs from the recipe's ({text.sha256[:12]} vs "
+              f"{info['sha256'][:12]}); results will differ", file=sys.stderr)
+    return text
+
+
+def calibration_of(recipe: dict):
+    from analysis.capture.workspace import Calibration
+
+    c = recipe.get("calibration") or {}
+    return Calibration(n_windows=int(c.get("windows", 32)), window_len=int(c.get("window_len", 128)),
+                       exclude_first=int(c.get("exclude_first", 0)), n_max=c.get("n_max"), seed=int(c.get("seed", 0)),
+                       storage=c.get("storage", "float32"))
