@@ -43,6 +43,7 @@ import pandas as pd
 import xxhash
 
 from analysis import cache
+from analysis.errors import LayerScopeError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-class CacheCorrupt(RuntimeError):
+class CacheCorrupt(LayerScopeError, RuntimeError):
     """A cached result exists but cannot be read; the caller recomputes it."""
 
 

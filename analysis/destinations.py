@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Iterator
 
 from analysis import cache
+from analysis.errors import DestinationRefused
 
 MARKER = ".layerscope.json"
 _CODE_ROOT = Path(__file__).resolve().parent.parent
 
 
-class DestinationError(FileExistsError):
+class DestinationError(DestinationRefused):
     """A destination that must not be written (the message says why and what to do)."""
 
 

@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from analysis.errors import LayerScopeError, one_line
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 
@@ -188,13 +190,18 @@ def _work(owner: str) -> None:
 
 def _message(exc: BaseException) -> str:
     """One line for the page: the error's own message, or its type when it has none (never a traceback)."""
+    if isinstance(exc, LayerScopeError):
+        return one_line(exc)
     text = str(exc).strip()
-    if isinstance(exc, KeyError) and text.startswith("'"):
-        text = f"missing {text}"
-    if not text:
-        return type(exc).__name__
-    ours = type(exc).__module__.startswith("analysis") or isinstance(exc, (ValueError, OSError))
-    return text if ours else f"{type(exc).__name__}: {text}"
+    if isinstance(exc, OSError) and text:  # disk full, permission denied: the system's words are the message
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_bug(job: Job) -> bool:
+    """A failure no input of the user's explains (not a :class:`~analysis.errors.LayerScopeError` nor an
+    ``OSError``): pages show its traceback (:attr:`Job.error_detail`) in an expander."""
+    return job.exception is not None and not isinstance(job.exception, (LayerScopeError, OSError, JobCancelled))
 
 
 def _trim(owner: str) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.errors import InputError
+
 BROTLI_SDIST = "brotli==1.2.1"
 BROTLI_SDIST_SHA256 = "02b2f7b5a83485efe448a44ddf7983def05c3bb1dcf917d4f7154070260e13de"
 BUNDLED = {
@@ -41,7 +43,7 @@ DEFAULT_CALIBRATION_TEXT = "alice"
 DEFAULT_EVALUATION_TEXT = "asyoulik"
 
 
-class TextError(ValueError):
+class TextError(InputError):
     """A text cannot be used; the message says why in words a user can act on."""
 
 

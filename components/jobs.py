@@ -167,6 +167,9 @@ def _finished_view(job: core.Job, on_error: Callable[[core.Job], None] | None) -
             on_error(job)
         else:
             st.error(f"{job.label} failed: {job.error}")
+            if core.is_bug(job) and job.error_detail:
+                with st.expander("Traceback (a bug in LayerScope: please report it with this)"):
+                    st.code(job.error_detail, language="text")
 
 
 def show(key: str | None, on_done: Callable[[core.Job], None] | None = None,

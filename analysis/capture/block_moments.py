@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from analysis.capture.linear_inputs import _batch_parts
+from analysis.errors import InputError
 from analysis.jobs import (
     this_thread_only,  # a hook records only its own thread's passes (jobs share the model)
 )
@@ -46,9 +47,9 @@ def collect_moments_of_blocks(
     chosen = list(range(len(layers))) if blocks is None else [int(b) for b in blocks]
     bad = [b for b in chosen if not 0 <= b < len(layers)]
     if bad:
-        raise ValueError(f"block {bad[0]} is out of range [0, {len(layers)})")
+        raise InputError(f"block {bad[0]} is out of range [0, {len(layers)})")
     if not chosen:
-        raise ValueError("no blocks to collect moments for")
+        raise InputError("no blocks to collect moments for")
     moments: dict[int, LinearMapMoments] = {}
     state: dict[str, object] = {"mask": None}
 
@@ -83,5 +84,5 @@ def collect_moments_of_blocks(
         model.train(was_training)
     missing = [b for b in chosen if b not in moments]
     if missing:
-        raise ValueError(f"block {missing[0]} never ran: no calibration batches")
+        raise InputError(f"block {missing[0]} never ran: no calibration batches")
     return [moments[b] for b in chosen]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from analysis import cache
+from analysis.errors import InputError, NotFound
 from analysis.methods import clouds
 from analysis.model.loading import LoadedModel
 from analysis.texts import Text, calibration_windows
@@ -58,7 +59,7 @@ class Capture:
         try:
             return self.state_ids.index(state)
         except ValueError:
-            raise KeyError(f"hidden state {state} was not captured (have {self.state_ids[0]}..{self.state_ids[-1]})")
+            raise NotFound(f"hidden state {state} was not captured (have {self.state_ids[0]}..{self.state_ids[-1]})")
 
     def all_token_cloud(self, state: int, n_max: int | None = None, seed: int = 0, exclude_first: int = 0):
         return clouds.all_token_cloud(self.states, self._row(state), n_max=n_max, seed=seed,
@@ -109,13 +110,13 @@ def capture_hidden_states(
     """
     batch_size = batch_size or max(1, 2048 // max(1, window_len))
     if positions not in ("all", "last"):
-        raise ValueError("positions must be 'all' or 'last'")
+        raise InputError("positions must be 'all' or 'last'")
     if storage not in STORAGE_DTYPES:
-        raise ValueError(f"storage must be one of {', '.join(STORAGE_DTYPES)}")
+        raise InputError(f"storage must be one of {', '.join(STORAGE_DTYPES)}")
     n_states = lm.n_blocks + 1
     keep = list(range(n_states)) if states is None else sorted({int(s) for s in states})
     if not keep or keep[0] < 0 or keep[-1] >= n_states:
-        raise ValueError(f"states must lie in 0..{n_states - 1}")
+        raise InputError(f"states must lie in 0..{n_states - 1}")
     params = capture_params(lm, text, n_windows, window_len, storage, states, positions)
     e = cache.entry("capture", params)
     note = ""

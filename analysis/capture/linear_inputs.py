@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from analysis.errors import InputError
 from analysis.jobs import (
     this_thread_only,  # a hook records only its own thread's passes (jobs share the model)
 )
@@ -50,9 +51,9 @@ def collect_stats(
     modules = dict(model.named_modules())
     for name in linear_names:
         if name not in modules:
-            raise ValueError(f"model has no module named {name!r}")
+            raise InputError(f"model has no module named {name!r}")
         if not _is_linear(modules[name]):
-            raise ValueError(f"{name!r} is a {type(modules[name]).__name__}, not a linear layer")
+            raise InputError(f"{name!r} is a {type(modules[name]).__name__}, not a linear layer")
     stats = stats if stats is not None else CalibrationStats()
     state: dict[str, object] = {"last_x": None, "last_name": None, "mask": None}
 

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from analysis.changes.base import Action
+from analysis.errors import InputError
 from analysis.model.architecture import (
     LINEAR_TYPES,
     block_parts,
@@ -77,7 +78,7 @@ HEAL_KEYS = {"method", "loss", "mix", "steps", "lr", "schedule", "warmup", "batc
              "max_grad_norm", "text", "held_out"}
 
 
-class HealingError(ValueError):
+class HealingError(InputError):
     """A healing request that cannot run (the message says why, in the user's terms)."""
 
 

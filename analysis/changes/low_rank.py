@@ -40,6 +40,7 @@ from analysis.capture.block_moments import collect_moments_of_blocks
 from analysis.capture.linear_inputs import collect_stats
 from analysis.changes.base import Action
 from analysis.changes.truncation import apply_truncation
+from analysis.errors import InputError
 from analysis.methods.least_squares import LinearMapMoments, fit_linear_map_from_moments
 from analysis.methods.lowrank import (
     CalibrationStats,
@@ -78,7 +79,7 @@ RECORD = "layerscope_record"
 LOW_RANK_KEYS = {"method", "ratio", "rank", "ranks", "targets", "blocks", "alpha", "k1_share", "damping", "form",
                  "calibration"}
 TOKENS_PER_BATCH = 2048
-class CompressionError(ValueError):
+class CompressionError(InputError):
     """A compression request that cannot be carried out (the message says why in the user's terms)."""
 
 

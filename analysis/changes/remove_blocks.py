@@ -21,10 +21,11 @@ from typing import Iterable, Sequence
 from torch import nn
 
 from analysis.changes.base import Action
+from analysis.errors import InputError
 from analysis.model.architecture import find_blocks
 
 
-class PruneError(ValueError):
+class PruneError(InputError):
     """The requested change is impossible (the message says why)."""
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from analysis.changes.base import Action
+from analysis.errors import InputError
 from analysis.model.architecture import attention_output, find_blocks, mlp_output
 
 HALVES = ("attention", "mlp")
@@ -27,7 +28,7 @@ def output_projection(block: nn.Module, half: str, index: int | None = None) -> 
         return attention_output(block, index)
     if half == "mlp":
         return mlp_output(block, index)
-    raise ValueError(f"half must be 'attention' or 'mlp', not {half!r}")
+    raise InputError(f"half must be 'attention' or 'mlp', not {half!r}")
 
 
 def zero_projection(module: nn.Module) -> None:

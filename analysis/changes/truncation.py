@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from analysis.errors import InputError
 from analysis.methods.lowrank import (
     CalibrationStats,
     LowRankFactors,
@@ -127,7 +128,7 @@ def plan_for_ratio(model: nn.Module, names: Sequence[str], ratio: float) -> dict
     for name in names:
         module = modules.get(name)
         if module is None or not is_linear(module):
-            raise ValueError(f"{name!r} is not a linear layer of this model")
+            raise InputError(f"{name!r} is not a linear layer of this model")
         plan[name] = rank_for_ratio(*linear_dims(module), ratio)
     return plan
 
@@ -157,9 +158,9 @@ def apply_truncation(
     share one Cholesky factorisation. ``progress(done, total)`` is called after each matrix.
     """
     if form not in ("dense", "factorised"):
-        raise ValueError(f"form must be 'dense' or 'factorised', got {form!r}")
+        raise InputError(f"form must be 'dense' or 'factorised', got {form!r}")
     if stats is None and method != "svd":
-        raise ValueError(f"method {method!r} needs calibration statistics")
+        raise InputError(f"method {method!r} needs calibration statistics")
     from analysis.model.architecture import (
         is_conv1d,
         is_linear,
@@ -173,10 +174,10 @@ def apply_truncation(
         module = modules.get(name)
         if module is None or not is_linear(module):
             kind = "missing" if module is None else type(module).__name__
-            raise ValueError(f"{name!r} is not a linear layer of this model ({kind})")
+            raise InputError(f"{name!r} is not a linear layer of this model ({kind})")
         check_rank(*linear_dims(module), k)
         if stats is not None and name not in stats:
-            raise ValueError(f"no calibration statistics for {name!r}")
+            raise InputError(f"no calibration statistics for {name!r}")
     whitenings: dict[int, Whitening] = {}
     rows: list[TruncatedMatrix] = []
     for i, (name, k) in enumerate(plan.items()):

@@ -26,6 +26,7 @@ from analysis.changes import (
 )
 from analysis.changes.base import Action
 from analysis.changes.remove_blocks import shallow_structural_copy
+from analysis.errors import InputError
 from analysis.model.loading import LoadedModel, derived_model
 
 if TYPE_CHECKING:  # a Variant carries its evaluation; evaluation is a layer above changes
@@ -43,7 +44,7 @@ def actions() -> dict[str, Action]:
 def validate_action(action: dict) -> None:
     unknown = sorted(set(action) - set(_ACTIONS))
     if unknown:
-        raise ValueError(f"unknown action key(s) {', '.join(unknown)}; known: {', '.join(sorted(_ACTIONS))}")
+        raise InputError(f"unknown action key(s) {', '.join(unknown)}; known: {', '.join(sorted(_ACTIONS))}")
 
 
 def removed_by(action: dict) -> list[int]:
@@ -59,7 +60,7 @@ def removed_by(action: dict) -> list[int]:
             act.check(value, action)
         for b in act.removes(value):
             if b in seen:
-                raise ValueError(f"block {b} is taken out twice: by {seen[b]} and by {key}")
+                raise InputError(f"block {b} is taken out twice: by {seen[b]} and by {key}")
             seen[b] = key
     return sorted(seen)
 

@@ -11,6 +11,8 @@ Example:
 
 import sys
 
+from analysis.errors import InputError
+
 NAME = "capture"
 HELP = "capture hidden states into the cache (estimate first)"
 
@@ -41,7 +43,7 @@ def run(args) -> int:
     preflight_calibration(args)  # windows, text length, positions: before any weight is loaded
     lm = load(args)
     if states is not None and (states[0] < 0 or states[-1] > lm.n_blocks):
-        raise ValueError(f"--states must lie in 0..{lm.n_blocks}")
+        raise InputError(f"--states must lie in 0..{lm.n_blocks}")
     positions = "last" if args.last_only else "all"
     est = estimate.capture_estimate(lm, args.sequences, args.seq_len, n_states=len(states) if states else None,
                                     storage=args.storage, positions=positions)

@@ -40,8 +40,8 @@ def add_arguments(p):
 
 def run(args) -> int:
     from analysis import destinations
-    from analysis.cli.common import TqdmProgress, load, out_destination, print_json
     from analysis.cache import write_json
+    from analysis.cli.common import TqdmProgress, load, out_destination, print_json
     from analysis.evaluation import downstream as ds
 
     task_dirs = args.task_dir  # None: $LAYERSCOPE_TASKS

@@ -19,6 +19,8 @@ Example:
 
 import sys
 
+from analysis.errors import InputError
+
 NAME = "leaderboard"
 HELP = "measured damage, greedy/reverse/random search and a leaderboard of every rule's blocks"
 
@@ -33,7 +35,7 @@ def parse_k(spec: str) -> tuple[int, int] | list[int]:
             return int(a), int(b)
         return 1, int(s)
     except ValueError:
-        raise ValueError(f"--k must be a number K or a range like 1-8, not {spec!r}") from None
+        raise InputError(f"--k must be a number K or a range like 1-8, not {spec!r}") from None
 
 
 def add_arguments(p):
@@ -60,9 +62,9 @@ def add_arguments(p):
 def run(args) -> int:
     import time
 
+    from analysis.cache import write_csv, write_json
     from analysis.changes.remove_blocks import parse_blocks
     from analysis.cli.common import TqdmProgress, load, prepare_out_dir, workspace_from
-    from analysis.cache import write_csv, write_json
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
 

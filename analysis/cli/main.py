@@ -1,7 +1,8 @@
 """``python -m analysis``: every view headless, on the same code paths and cache as the dashboard.
 
-Each sub-command is one module in ``analysis/commands/`` with ``NAME``, ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``. Errors a user can cause print one line to stderr and exit with status 2.
+Each sub-command is one module in ``analysis/cli/`` with ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Errors a user can cause (:class:`analysis.errors.LayerScopeError`) print one line to stderr and exit with status
+2; anything else is a bug and shows its full traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -13,21 +14,9 @@ import os
 import pkgutil
 import sys
 
+from analysis.errors import LayerScopeError, one_line  # noqa: E402
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-USER_ERRORS: tuple[type[BaseException], ...] = ()
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from analysis.changes.remove_blocks import PruneError
-    from analysis.evaluation.perplexity import EvaluationError
-    from analysis.methods.linearity import NotEnoughTokens
-    from analysis.model.architecture import ModelLoadError
-    from analysis.texts import TextError
-
-    return (ModelLoadError, TextError, PruneError, EvaluationError, NotEnoughTokens, FileExistsError, ValueError,
-            FileNotFoundError, KeyError)
-
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as commands
@@ -57,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return int(args._run(args) or 0)
-    except _user_errors() as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+    except LayerScopeError as exc:  # the user's to fix: one line; anything else is a bug and shows its traceback
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

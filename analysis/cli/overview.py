@@ -9,6 +9,8 @@ Example:
   python -m analysis overview --model default --text alice --k 4 --out out/overview
 """
 
+from analysis.errors import InputError
+
 NAME = "overview"
 HELP = "compare every metric's suggested blocks and their consensus"
 
@@ -31,8 +33,15 @@ def run(args) -> int:
     import pandas as pd
 
     from analysis import destinations
-    from analysis.cli.common import TqdmProgress, load, out_destination, preflight_calibration, spec_from, workspace_from
     from analysis.cache import write_csv, write_json
+    from analysis.cli.common import (
+        TqdmProgress,
+        load,
+        out_destination,
+        preflight_calibration,
+        spec_from,
+        workspace_from,
+    )
     from analysis.metrics import consensus, registry
     from analysis.model.loading import read_config
     from analysis.workflow import preflight
@@ -41,15 +50,15 @@ def run(args) -> int:
     dest = out_destination(args)
     n = preflight.n_layers(read_config(spec_from(args)) or {}) if args.model else None
     if n is not None and not 1 <= args.k < n:
-        raise ValueError(f"--k must lie in 1..{n - 1} (the model has {n} blocks), got {args.k}")
+        raise InputError(f"--k must lie in 1..{n - 1} (the model has {n} blocks), got {args.k}")
     preflight_calibration(args)
     ws = workspace_from(args, load(args))
     if not args.compute:
         chosen = consensus.computed_metrics(ws, chosen)
         if not chosen:
-            raise ValueError("no metric is cached for this model and text; pass --compute or run `metrics` first")
+            raise InputError("no metric is cached for this model and text; pass --compute or run `metrics` first")
     if not 1 <= args.k < ws.n_blocks:
-        raise ValueError(f"--k must lie in 1..{ws.n_blocks - 1}")
+        raise InputError(f"--k must lie in 1..{ws.n_blocks - 1}")
     scores = consensus.score_table(ws, chosen, progress=TqdmProgress("metrics"))
     ranks = consensus.rank_table(scores, chosen)
     suggested = consensus.suggestions(ws, chosen, args.k, scores)

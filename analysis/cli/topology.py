@@ -93,9 +93,9 @@ def _settings(args):
 
 def run(args) -> int:
     from analysis import destinations
+    from analysis.cache import write_csv, write_json
     from analysis.capture.workspace import Calibration, Workspace
     from analysis.cli.common import TqdmProgress, load, out_destination
-    from analysis.cache import write_csv, write_json
     from analysis.profiles import topology as topo
     from analysis.texts import resolve_text
 

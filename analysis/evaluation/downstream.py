@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from analysis import cache
+from analysis.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class TaskInfo:
         return d
 
 
-class DownstreamError(ValueError):
+class DownstreamError(InputError):
     """A downstream evaluation cannot run as asked (unknown task, data missing, lm-eval not installed)."""
 
 
@@ -167,7 +168,7 @@ def _load_yaml(path: Path, resolve_func: bool = False) -> dict:
             merged.update(cfg)
             cfg = merged
         if not isinstance(cfg, dict):
-            raise ValueError(f"{path} is not a YAML mapping")
+            raise InputError(f"{path} is not a YAML mapping")
         return cfg
     return load_yaml(path, resolve_func=resolve_func, recursive=True)
 

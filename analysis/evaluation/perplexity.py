@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from analysis.errors import InputError
 from analysis.model.architecture import input_device
 from analysis.model.loading import count_parameters, weight_bytes
 from analysis.texts import Text, token_ids
@@ -44,7 +45,7 @@ Progress = Callable[[int, int, str], None]
 DEFAULT_PROMPT = "Alice was beginning to get very tired of sitting by her sister on the bank, and"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """An evaluation cannot run as asked (text too short, bad settings)."""
 
 

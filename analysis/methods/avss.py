@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.errors import InputError
+
 __all__ = [
     "SITES",
     "AVSSAccumulator",
@@ -81,11 +83,11 @@ class AVSSAccumulator:
         ddof: int = 1,
     ) -> None:
         if n_blocks < 1:
-            raise ValueError(f"n_blocks must be at least 1, got {n_blocks}")
+            raise InputError(f"n_blocks must be at least 1, got {n_blocks}")
         if not eps > 0.0 or not math.isfinite(eps):
-            raise ValueError(f"eps must be a positive finite number, got {eps}")
+            raise InputError(f"eps must be a positive finite number, got {eps}")
         if ddof not in (0, 1):
-            raise ValueError(f"ddof must be 0 or 1, got {ddof}")
+            raise InputError(f"ddof must be 0 or 1, got {ddof}")
         self.n_blocks = int(n_blocks)
         self.width = None if width is None else int(width)
         self.eps = float(eps)
@@ -102,10 +104,10 @@ class AVSSAccumulator:
         mean pooling needs all its tokens); batches of sequences may come in any order and any split.
         """
         if not 0 <= block < self.n_blocks:
-            raise ValueError(f"block {block} is outside 0..{self.n_blocks - 1}")
+            raise InputError(f"block {block} is outside 0..{self.n_blocks - 1}")
         a = torch.as_tensor(activations).detach()
         if a.ndim != 3:
-            raise ValueError(f"activations must be [batch, seq, width], got shape {tuple(a.shape)}")
+            raise InputError(f"activations must be [batch, seq, width], got shape {tuple(a.shape)}")
         if not torch.is_floating_point(a):
             a = a.to(torch.float32)
         elif a.dtype not in (torch.float32, torch.float64):
@@ -113,9 +115,9 @@ class AVSSAccumulator:
         batch, seq, width = a.shape
         expected = self.width if self.width is not None else getattr(self._sums.get(block), "width", None)
         if expected is not None and width != expected:
-            raise ValueError(f"block {block}: activation width {width}, expected {expected}")
+            raise InputError(f"block {block}: activation width {width}, expected {expected}")
         if width - self.ddof < 1:
-            raise ValueError(f"width {width} is too small for a variance with ddof={self.ddof}")
+            raise InputError(f"width {width} is too small for a variance with ddof={self.ddof}")
         sums = self._sums.setdefault(block, _BlockSums(width=width))
 
         if attention_mask is None:
@@ -123,7 +125,7 @@ class AVSSAccumulator:
         else:
             m = torch.as_tensor(attention_mask, device=a.device)
             if m.ndim != 2 or m.shape[0] != batch or m.shape[1] < seq:
-                raise ValueError(
+                raise InputError(
                     f"attention_mask must be [batch, seq] = [{batch}, {seq}] (2-D padding mask), "
                     f"got shape {tuple(m.shape)}"
                 )
@@ -158,7 +160,7 @@ class AVSSAccumulator:
         block has zero variance (NAVSS would be 0/0). ``df.attrs`` holds ``eps, relative, ddof``."""
         missing = [b for b in range(self.n_blocks) if b not in self._sums or self._sums[b].n_sequences == 0]
         if missing:
-            raise ValueError(f"no activations (with a real token) were given for blocks {missing}")
+            raise InputError(f"no activations (with a real token) were given for blocks {missing}")
         rows = []
         for b in range(self.n_blocks):
             s = self._sums[b]
@@ -183,7 +185,7 @@ class AVSSAccumulator:
         df = pd.DataFrame(rows)
         total = float(df["avss"].sum())
         if not total > 0.0:
-            raise ValueError("every block has zero activation variance: AVSS is 0 everywhere and NAVSS undefined")
+            raise InputError("every block has zero activation variance: AVSS is 0 everywhere and NAVSS undefined")
         df.insert(df.columns.get_loc("avss") + 1, "navss", df["avss"] / total)
         df.attrs.update({"eps": self.eps, "relative": self.relative, "ddof": self.ddof})
         return df
@@ -211,7 +213,7 @@ def suggest_blocks_by_share(result: pd.DataFrame, max_share: float = 0.25) -> li
     reference code, which accumulates in layer order first.
     """
     if not 0.0 <= max_share <= 1.0:
-        raise ValueError(f"max_share must be in [0, 1], got {max_share}")
+        raise InputError(f"max_share must be in [0, 1], got {max_share}")
     curve = sorted_cumulative(result)
     taken = curve["cumulative_navss"].to_numpy() <= max_share + 1e-12
     n_taken = int(np.argmin(taken)) if not taken.all() else len(taken)  # prefix: the curve is non-decreasing
@@ -221,7 +223,7 @@ def suggest_blocks_by_share(result: pd.DataFrame, max_share: float = 0.25) -> li
 def suggest_k_lowest(result: pd.DataFrame, k: int) -> list[int]:
     """The ``k`` blocks with the lowest AVSS (ties by block index); sorted block indices."""
     if not 0 <= k <= len(result):
-        raise ValueError(f"k must be in 0..{len(result)}, got {k}")
+        raise InputError(f"k must be in 0..{len(result)}, got {k}")
     return sorted(int(b) for b in sorted_cumulative(result)["block"].to_numpy()[:k])
 
 

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from analysis.errors import InputError
+
 Progress = Callable[[int, int, str], None]
 
 
@@ -67,7 +69,7 @@ def best_range_of_size(D: np.ndarray, n: int) -> tuple[int, int, float]:
     """The range ``[l, l + n)`` of ``n`` blocks with the smallest angular distance: ``(start, end, distance)``."""
     col = D[:, n - 1]
     if np.all(np.isnan(col)):
-        raise ValueError(f"no range of {n} blocks fits in {D.shape[0]} blocks")
+        raise InputError(f"no range of {n} blocks fits in {D.shape[0]} blocks")
     l = int(np.nanargmin(col))
     return l, l + n, float(col[l])
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis.errors import InputError
+
 __all__ = [
     "all_token_cloud",
     "last_token_cloud",
@@ -128,7 +130,7 @@ def farthest_point_subsample(X: np.ndarray, m: int, seed: int = 0, metric: str =
         def dist(i: int) -> np.ndarray:
             return np.sqrt(np.maximum(sq + sq[i] - 2.0 * (X @ X[i]), 0.0))
     else:
-        raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+        raise InputError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
     first = int(np.random.default_rng(seed).integers(n))
     chosen = [first]
     nearest = dist(first)

@@ -68,6 +68,7 @@ import pandas as pd
 import torch
 from scipy.optimize import brentq
 
+from analysis.errors import InputError
 from analysis.methods.clouds import dedupe_rows, normalise_scale, subsample_rows
 
 __all__ = [
@@ -105,21 +106,21 @@ def _prepare(X: np.ndarray, what: str = "cloud", min_points: int = MIN_POINTS) -
     """
     X = np.asarray(X)
     if X.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D array [n_points, width], got shape {X.shape}")
+        raise InputError(f"{what} must be a 2-D array [n_points, width], got shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{what} is empty (shape {X.shape})")
+        raise InputError(f"{what} is empty (shape {X.shape})")
     if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
-        raise ValueError(f"{what} must hold real numbers, got dtype {X.dtype}")
+        raise InputError(f"{what} must hold real numbers, got dtype {X.dtype}")
     if not np.all(np.isfinite(X)):
-        raise ValueError(f"{what} contains NaN or infinite values")
+        raise InputError(f"{what} contains NaN or infinite values")
     n_rows = X.shape[0]
     dtype = np.float32 if X.dtype == np.float32 else np.float64
     # + 0.0 turns -0.0 into +0.0: the same point with different bytes would escape the byte-wise dedupe
     X = dedupe_rows(np.asarray(X, dtype=dtype) + dtype(0.0))
     if X.shape[0] == 1:
-        raise ValueError(f"{what} is constant: all {n_rows} rows are the same point; its dimension is undefined")
+        raise InputError(f"{what} is constant: all {n_rows} rows are the same point; its dimension is undefined")
     if X.shape[0] < min_points:
-        raise ValueError(
+        raise InputError(
             f"{what} has {X.shape[0]} distinct points (of {n_rows} rows); at least {min_points} are needed"
         )
     return X
@@ -158,7 +159,7 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
         X = X.astype(np.float64)
     n, width = X.shape
     if not 1 <= k <= n - 1:
-        raise ValueError(f"k={k} neighbours need at least k + 1 points; the cloud has {n}")
+        raise InputError(f"k={k} neighbours need at least k + 1 points; the cloud has {n}")
     dev = _device(device)
     reference = torch.from_numpy(np.ascontiguousarray(X)).to(dev)
     centred = torch.from_numpy(X.astype(np.float64) - X.astype(np.float64).mean(axis=0, keepdims=True)).to(dev)
@@ -265,9 +266,9 @@ def twonn(
     or when every kept ratio is 1 (ties everywhere, e.g. a regular lattice).
     """
     if fit not in ("linear", "mle"):
-        raise ValueError(f"fit must be 'linear' or 'mle', got {fit!r}")
+        raise InputError(f"fit must be 'linear' or 'mle', got {fit!r}")
     if not 0.0 <= discard_fraction < 1.0:
-        raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
+        raise InputError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
     X = _prepare(X)
     return twonn_from_knn(knn_distances(X, 2, device=device), discard_fraction, fit)
 
@@ -276,27 +277,27 @@ def twonn_from_knn(r: np.ndarray, discard_fraction: float = 0.1, fit: str = "lin
     """:func:`twonn` from precomputed neighbour distances ``r[n_points, ≥2]`` of *distinct* points (sorted rows, as
     :func:`knn_distances` returns), so that one neighbour search can serve several estimators."""
     if fit not in ("linear", "mle"):
-        raise ValueError(f"fit must be 'linear' or 'mle', got {fit!r}")
+        raise InputError(f"fit must be 'linear' or 'mle', got {fit!r}")
     if not 0.0 <= discard_fraction < 1.0:
-        raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
+        raise InputError(f"discard_fraction must be in [0, 1), got {discard_fraction}")
     r = np.asarray(r, dtype=np.float64)
     if r.ndim != 2 or r.shape[1] < 2 or not np.all(r[:, 0] > 0.0):
-        raise ValueError("need distances to 2 neighbours of distinct points (first neighbour distance > 0)")
+        raise InputError("need distances to 2 neighbours of distinct points (first neighbour distance > 0)")
     log_mu = np.sort(np.log(r[:, 1] / r[:, 0]))
     n = log_mu.size
     n_keep = int(n * (1.0 - discard_fraction))
     if n_keep < 2:
-        raise ValueError(f"only {n_keep} ratios left after discarding {discard_fraction:.0%}; need at least 2")
+        raise InputError(f"only {n_keep} ratios left after discarding {discard_fraction:.0%}; need at least 2")
     kept = log_mu[:n_keep]
     if fit == "linear":
         y = -np.log1p(-np.arange(1, n_keep + 1) / n)
         denominator = float(kept @ kept)
         if denominator <= 0.0:
-            raise ValueError("degenerate cloud: r2 == r1 for every kept point (ties everywhere); TwoNN undefined")
+            raise InputError("degenerate cloud: r2 == r1 for every kept point (ties everywhere); TwoNN undefined")
         return float(kept @ y) / denominator
     denominator = float(kept.sum() + (n - n_keep) * kept[-1])
     if denominator <= 0.0:
-        raise ValueError("degenerate cloud: r2 == r1 for every kept point (ties everywhere); TwoNN undefined")
+        raise InputError("degenerate cloud: r2 == r1 for every kept point (ties everywhere); TwoNN undefined")
     return (n_keep - 1) / denominator
 
 
@@ -313,7 +314,7 @@ def _gride_from_log_mu(log_mu: np.ndarray, n1: int, n2: int, outlier_cut: bool =
         log_mu = log_mu[mu < q50 + 20.0 * (q95 - q50)] if q95 > q50 else log_mu
     n = log_mu.size
     if n < 2:
-        raise ValueError(f"GRIDE (n1={n1}, n2={n2}): fewer than 2 untied ratios; the cloud is degenerate")
+        raise InputError(f"GRIDE (n1={n1}, n2={n2}): fewer than 2 untied ratios; the cloud is degenerate")
     total = float(log_mu.sum())
     extra = n2 - n1 - 1
 
@@ -325,7 +326,7 @@ def _gride_from_log_mu(log_mu: np.ndarray, n1: int, n2: int, outlier_cut: bool =
     while score(hi) > 0.0:
         hi *= 2.0
         if hi > 1e7:
-            raise ValueError(f"GRIDE (n1={n1}, n2={n2}): likelihood has no finite maximum")
+            raise InputError(f"GRIDE (n1={n1}, n2={n2}): likelihood has no finite maximum")
     d = brentq(score, lo, hi, xtol=1e-12, rtol=1e-12)
     half = 0.5 * d * log_mu
     info = (n - 1) / d**2 + extra * float(np.sum((log_mu / (2.0 * np.sinh(half))) ** 2))
@@ -340,7 +341,7 @@ def gride_with_error(
 ) -> tuple[float, float]:
     """GRIDE ID with neighbours of order ``n1 = k`` and ``n2 = 2k``, and its standard error (Fisher information)."""
     if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
+        raise InputError(f"k must be a positive integer, got {k}")
     k = int(k)
     X = _prepare(X, min_points=max(MIN_POINTS, 2 * k + 1))
     r = knn_distances(X, 2 * k, device=device)
@@ -374,9 +375,9 @@ def gride_sweep(
             k *= 2
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+        raise InputError(f"ks must be positive integers, got {ks}")
     if 2 * max(ks) > n - 1:
-        raise ValueError(f"k={max(ks)} needs 2k + 1 = {2 * max(ks) + 1} distinct points; the cloud has {n}")
+        raise InputError(f"k={max(ks)} needs 2k + 1 = {2 * max(ks) + 1} distinct points; the cloud has {n}")
     return gride_sweep_from_knn(knn_distances(X, 2 * max(ks), device=device), ks, outlier_cut)
 
 
@@ -385,9 +386,9 @@ def gride_sweep_from_knn(r: np.ndarray, ks: Sequence[int], outlier_cut: bool = T
     r = np.asarray(r, dtype=np.float64)
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+        raise InputError(f"ks must be positive integers, got {ks}")
     if r.ndim != 2 or r.shape[1] < 2 * max(ks):
-        raise ValueError(f"k={max(ks)} needs distances to {2 * max(ks)} neighbours, got {r.shape}")
+        raise InputError(f"k={max(ks)} needs distances to {2 * max(ks)} neighbours, got {r.shape}")
     rows = []
     for k in ks:
         d, se = _gride_from_log_mu(np.log(r[:, 2 * k - 1] / r[:, k - 1]), k, 2 * k, outlier_cut)
@@ -436,21 +437,21 @@ def correlation_dimension(
     X = _prepare(X)
     X = subsample_rows(X, max_points, seed)
     if n_radii < 2:
-        raise ValueError(f"n_radii must be at least 2, got {n_radii}")
+        raise InputError(f"n_radii must be at least 2, got {n_radii}")
     d = np.sort(_pairwise_distances(X, device=device))
     if radii is None:
         q_lo, q_hi = quantiles
         if not 0.0 < q_lo < q_hi <= 1.0:
-            raise ValueError(f"quantiles must satisfy 0 < q_lo < q_hi <= 1, got {quantiles}")
+            raise InputError(f"quantiles must satisfy 0 < q_lo < q_hi <= 1, got {quantiles}")
         r_lo, r_hi = (float(v) for v in np.quantile(d, [q_lo, q_hi]))
     else:
         r_lo, r_hi = (float(v) for v in radii)
     if not 0.0 < r_lo < r_hi:
-        raise ValueError(f"empty radius range [{r_lo:.4g}, {r_hi:.4g}] for the correlation dimension")
+        raise InputError(f"empty radius range [{r_lo:.4g}, {r_hi:.4g}] for the correlation dimension")
     r = np.geomspace(r_lo, r_hi, n_radii)
     counts = np.searchsorted(d, r, side="left")  # pairs with distance < r
     if counts[0] == 0:
-        raise ValueError(f"no pair is closer than r_lo = {r_lo:.4g}; widen the range or use more points")
+        raise InputError(f"no pair is closer than r_lo = {r_lo:.4g}; widen the range or use more points")
     log_r = np.log(r)
     log_c = np.log(counts / d.size)
     log_r = log_r - log_r.mean()
@@ -485,11 +486,11 @@ def id_with_spread(
     Raises ``ValueError`` when a subset would have fewer than ``MIN_POINTS`` points.
     """
     if n_subsets < 1:
-        raise ValueError(f"n_subsets must be at least 1, got {n_subsets}")
+        raise InputError(f"n_subsets must be at least 1, got {n_subsets}")
     X = _prepare(X)
     n = X.shape[0]
     if n // n_subsets < MIN_POINTS:
-        raise ValueError(
+        raise InputError(
             f"{n} distinct points cannot make {n_subsets} disjoint subsets of at least {MIN_POINTS} points"
         )
     order = np.random.default_rng(seed).permutation(n)
@@ -522,10 +523,10 @@ def id_profile(
     else:
         unknown = [name for name in estimators if name not in ESTIMATORS]
         if unknown:
-            raise ValueError(f"unknown estimators {unknown}; choose from {sorted(ESTIMATORS)}")
+            raise InputError(f"unknown estimators {unknown}; choose from {sorted(ESTIMATORS)}")
         chosen = {name: ESTIMATORS[name] for name in estimators}
     if not chosen:
-        raise ValueError("no estimator chosen")
+        raise InputError("no estimator chosen")
     rows = []
     total = len(clouds)
     for state, cloud in enumerate(clouds):
@@ -533,7 +534,7 @@ def id_profile(
         try:
             normalised, scale = normalise_scale(cloud)
             if scale == 0.0:
-                raise ValueError("constant cloud (median pairwise distance 0)")
+                raise InputError("constant cloud (median pairwise distance 0)")
             distinct = _prepare(normalised)
             row: dict[str, object] = {
                 "state": state,
@@ -548,7 +549,7 @@ def id_profile(
                 row[f"id_{name}_std"] = std
                 row[f"id_{name}_subsets"] = [float(v) for v in values]
         except ValueError as error:
-            raise ValueError(f"state {state}: {error}") from error
+            raise InputError(f"state {state}: {error}") from error
         rows.append(row)
         if progress is not None:
             progress(state + 1, total)

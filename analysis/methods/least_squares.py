@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from analysis.errors import InputError
+
 
 @dataclass
 class LinearMapMoments:
@@ -32,7 +34,7 @@ class LinearMapMoments:
     def update(self, h_in: Tensor, h_out: Tensor, mask: Tensor | None = None) -> None:
         """Add paired token vectors ``h_in[..., d_in]``, ``h_out[..., d_out]`` (``mask[...]`` keeps true tokens)."""
         if h_in.shape[:-1] != h_out.shape[:-1]:
-            raise ValueError(f"inputs {tuple(h_in.shape)} and outputs {tuple(h_out.shape)} are not paired")
+            raise InputError(f"inputs {tuple(h_in.shape)} and outputs {tuple(h_out.shape)} are not paired")
         X = h_in.detach().reshape(-1, h_in.shape[-1])
         Y = h_out.detach().reshape(-1, h_out.shape[-1])
         if mask is not None:
@@ -51,9 +53,9 @@ class LinearMapMoments:
 def _solve(moments: LinearMapMoments, ridge: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(W, c, centred Gram, centred cross moment)`` of the least-squares affine fit."""
     if moments.n < 2:
-        raise ValueError("at least two tokens are needed to fit an affine map")
+        raise InputError("at least two tokens are needed to fit an affine map")
     if ridge < 0:
-        raise ValueError(f"ridge must be non-negative, got {ridge}")
+        raise InputError(f"ridge must be non-negative, got {ridge}")
     mu_x = moments.sum_in / moments.n
     mu_y = moments.sum_out / moments.n
     Cxx = moments.in_in - moments.n * torch.outer(mu_x, mu_x)
@@ -94,7 +96,7 @@ def fit_linear_map(H_in: Tensor, H_out: Tensor, ridge: float = 0.0) -> tuple[Ten
     X = torch.as_tensor(H_in).to(torch.float64)
     Y = torch.as_tensor(H_out).to(torch.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
-        raise ValueError(f"expected paired 2-D arrays, got {tuple(X.shape)} and {tuple(Y.shape)}")
+        raise InputError(f"expected paired 2-D arrays, got {tuple(X.shape)} and {tuple(Y.shape)}")
     moments = LinearMapMoments.empty(X.shape[1], Y.shape[1])
     moments.update(X, Y)
     W, c, _, _ = _solve(moments, ridge)

@@ -23,10 +23,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from analysis.errors import InputError
+
 Progress = Callable[[int, int, str], None]
 
 
-class NotEnoughTokens(ValueError):
+class NotEnoughTokens(InputError):
     """Fewer than ``2 × width`` tokens: every map would look linear."""
 
 

@@ -42,6 +42,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from analysis.errors import InputError, NotFound
+
 __all__ = [
     "DECOMPOSE_THREADS",
     "decomposition_threads",
@@ -114,10 +116,10 @@ def rank_for_ratio(m: int, n: int, ratio: float) -> int:
     _check_shape(m, n)
     ratio = float(ratio)
     if not (0.0 < ratio < 1.0) or math.isnan(ratio):
-        raise ValueError(f"the parameter ratio to remove must lie strictly between 0 and 1, got {ratio}")
+        raise InputError(f"the parameter ratio to remove must lie strictly between 0 and 1, got {ratio}")
     k = math.floor((1.0 - ratio) * m * n / (m + n))
     if k < 1:
-        raise ValueError(
+        raise InputError(
             f"removing {ratio:.0%} of the parameters of a {m}×{n} matrix leaves rank {k}; choose a smaller ratio"
         )
     return k
@@ -132,14 +134,14 @@ def check_rank(m: int, n: int, k: int) -> None:
     """Raise ``ValueError`` unless ``1 ≤ k ≤ min(m, n)`` for an ``m×n`` matrix."""
     _check_shape(m, n)
     if isinstance(k, bool) or int(k) != k:
-        raise ValueError(f"rank must be an integer, got {k!r}")
+        raise InputError(f"rank must be an integer, got {k!r}")
     if k < 1 or k > min(m, n):
-        raise ValueError(f"rank {k} is impossible for a {m}×{n} matrix: it must lie in [1, {min(m, n)}]")
+        raise InputError(f"rank {k} is impossible for a {m}×{n} matrix: it must lie in [1, {min(m, n)}]")
 
 
 def _check_shape(m: int, n: int) -> None:
     if m < 1 or n < 1:
-        raise ValueError(f"matrix shape must be positive, got {m}×{n}")
+        raise InputError(f"matrix shape must be positive, got {m}×{n}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,17 +180,17 @@ class LinearInputStats:
     def mean_abs(self) -> Tensor:
         """``mean_t |x_j|`` per input channel (ASVD's activation statistic)."""
         if self.n_tokens == 0:
-            raise ValueError("no calibration tokens were seen")
+            raise InputError("no calibration tokens were seen")
         return self.abs_sum / self.n_tokens
 
     def update(self, x: Tensor, mask: Tensor | None = None) -> None:
         """Add the tokens of ``x[..., n]``; ``mask[...]`` (same leading shape) keeps only the tokens where it is true."""
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected inputs of width {self.in_features}, got {tuple(x.shape)}")
+            raise InputError(f"expected inputs of width {self.in_features}, got {tuple(x.shape)}")
         rows = x.detach().reshape(-1, x.shape[-1])
         if mask is not None:
             if tuple(mask.shape) != tuple(x.shape[:-1]):
-                raise ValueError(f"mask shape {tuple(mask.shape)} does not match inputs {tuple(x.shape)}")
+                raise InputError(f"mask shape {tuple(mask.shape)} does not match inputs {tuple(x.shape)}")
             rows = rows[mask.reshape(-1).to(device=rows.device, dtype=torch.bool)]
         rows = rows.to(device=self.gram.device, dtype=torch.float64)
         self.gram.addmm_(rows.T, rows)
@@ -222,7 +224,7 @@ class CalibrationStats:
         try:
             return self._sites[self._site_of[name]]
         except KeyError:
-            raise KeyError(f"no calibration statistics for {name!r}") from None
+            raise NotFound(f"no calibration statistics for {name!r}") from None
 
     def __len__(self) -> int:
         return len(self._site_of)
@@ -244,7 +246,7 @@ class CalibrationStats:
         """Start an empty accumulator shared by ``names`` (linears reading the same input of width ``n``)."""
         for name in names:
             if name in self._site_of:
-                raise ValueError(f"{name!r} already has statistics")
+                raise InputError(f"{name!r} already has statistics")
         site = LinearInputStats.empty(n, device=device)
         self._sites.append(site)
         self._members.append(list(names))
@@ -281,7 +283,7 @@ class CalibrationStats:
             try:
                 gram, abs_sum, n_tokens = (torch.as_tensor(tensors[f"{key}::{p}"]) for p in ("gram", "abs_sum", "n_tokens"))
             except KeyError as exc:
-                raise ValueError(f"incomplete calibration statistics for {key!r}: missing {exc}") from None
+                raise InputError(f"incomplete calibration statistics for {key!r}: missing {exc}") from None
             site = stats.add_site(key.split("|"), int(gram.shape[0]), device=device)
             site.gram.copy_(gram.to(torch.float64))
             site.abs_sum.copy_(abs_sum.to(torch.float64))
@@ -361,7 +363,7 @@ def whitening(gram: Tensor, damping: float | None = None, max_tries: int = 16) -
     diag = torch.diagonal(G)
     scale = float(diag.mean())
     if not math.isfinite(scale):
-        raise ValueError("the Gram matrix contains non-finite values")
+        raise InputError("the Gram matrix contains non-finite values")
     if scale <= 0.0:
         scale = 1.0  # the inputs were all zero: any λ > 0 works, the loss is zero whatever W' is
     tolerance = PIVOT_TOLERANCE * max(float(diag.max()), scale)
@@ -369,7 +371,7 @@ def whitening(gram: Tensor, damping: float | None = None, max_tries: int = 16) -
     relatives: list[float] = [] if damping is not None else [0.0]
     start = DEFAULT_RELATIVE_DAMPING if damping is None else float(damping)
     if start < 0:
-        raise ValueError(f"damping must be non-negative, got {damping}")
+        raise InputError(f"damping must be non-negative, got {damping}")
     if start == 0.0:
         relatives.append(0.0)
         start = DEFAULT_RELATIVE_DAMPING
@@ -379,7 +381,7 @@ def whitening(gram: Tensor, damping: float | None = None, max_tries: int = 16) -
         S, info = torch.linalg.cholesky_ex(G + lam * eye if lam > 0 else G)
         if int(info) == 0 and bool(torch.isfinite(S).all()) and float(torch.diagonal(S).min()) ** 2 > tolerance:
             return Whitening(S=S, damping=lam, relative_damping=relative)
-    raise ValueError(f"the Gram matrix stayed singular up to relative damping {relatives[-1]:g}")
+    raise InputError(f"the Gram matrix stayed singular up to relative damping {relatives[-1]:g}")
 
 
 def _truncated_factors(
@@ -401,7 +403,7 @@ def _out(t: Tensor, like: Tensor, dtype: torch.dtype | None) -> Tensor:
 
 def _as64(W: Tensor) -> Tensor:
     if W.ndim != 2:
-        raise ValueError(f"expected a 2-D weight matrix, got shape {tuple(W.shape)}")
+        raise InputError(f"expected a 2-D weight matrix, got shape {tuple(W.shape)}")
     return W.detach().to(torch.float64)
 
 
@@ -429,7 +431,7 @@ def asvd(
     W64 = _as64(W)
     check_rank(*W64.shape, k)
     if mean_abs_x.shape != (W64.shape[1],):
-        raise ValueError(f"mean_abs_x must have shape ({W64.shape[1]},), got {tuple(mean_abs_x.shape)}")
+        raise InputError(f"mean_abs_x must have shape ({W64.shape[1]},), got {tuple(mean_abs_x.shape)}")
     s = asvd_scale(mean_abs_x, alpha).to(W64.device)
     B, A, _ = _truncated_factors(W64 * s, k, unscale=lambda A: A / s)
     return LowRankFactors(_out(B, W, dtype), _out(A, W, dtype))
@@ -454,7 +456,7 @@ def svd_llm(
     W64 = _as64(W)
     check_rank(*W64.shape, k)
     if gram.shape != (W64.shape[1], W64.shape[1]):
-        raise ValueError(f"gram must be {W64.shape[1]}×{W64.shape[1]}, got {tuple(gram.shape)}")
+        raise InputError(f"gram must be {W64.shape[1]}×{W64.shape[1]}, got {tuple(gram.shape)}")
     white = white if white is not None else whitening(gram.to(W64.device), damping)
     S = white.S.to(W64.device)
 
@@ -490,7 +492,7 @@ def nsvd(
     W64 = _as64(W)
     check_rank(*W64.shape, k)
     if not 0.0 < k1_share <= 1.0:
-        raise ValueError(f"k1_share must lie in (0, 1], got {k1_share}")
+        raise InputError(f"k1_share must lie in (0, 1], got {k1_share}")
     k1 = min(max(int(round(k1_share * k)), 1), k)
     k2 = k - k1
     first = svd_llm(W64, gram, k1, damping=damping, white=white)
@@ -521,7 +523,7 @@ def decompose(
         return svd_llm(W, stats.gram, k, damping=damping, dtype=dtype, white=white)
     if method == "nsvd":
         return nsvd(W, stats.gram, k, k1_share=k1_share, damping=damping, dtype=dtype, white=white)
-    raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    raise InputError(f"unknown method {method!r}; use one of {METHODS}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -629,10 +631,10 @@ def predicted_loss_curve(
         _, sigma, Vh = torch.linalg.svd(W64 @ white.S, full_matrices=False)
         P = torch.linalg.solve_triangular(white.S.T, Vh.T, upper=True)  # S⁻ᵀ V
     else:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+        raise InputError(f"unknown method {method!r}; use one of {METHODS}")
     if method == "nsvd":
         if not 0.0 < k1_share <= 1.0:
-            raise ValueError(f"k1_share must lie in (0, 1], got {k1_share}")
+            raise InputError(f"k1_share must lie in (0, 1], got {k1_share}")
         if nsvd_points is not None and nsvd_points < r:
             ranks = torch.unique(torch.linspace(1, r, steps=max(nsvd_points, 2)).round().long())
         return LossCurve(method, ranks, _nsvd_losses(sigma, P, G, ranks, k1_share), output_norm, lam)

@@ -23,6 +23,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from analysis.errors import InputError
 from analysis.methods.clouds import farthest_point_subsample, normalise_scale
 
 __all__ = [
@@ -68,7 +69,7 @@ def pairwise_distances(X: np.ndarray, metric: Metric = "euclidean") -> np.ndarra
         U = X / np.where(norms > 0, norms, 1.0)
         D = np.clip(1.0 - U @ U.T, 0.0, 2.0)
     else:
-        raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+        raise InputError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
     D = 0.5 * (D + D.T)
     np.fill_diagonal(D, 0.0)
     return D
@@ -94,15 +95,15 @@ def rips_diagrams(
 
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"a cloud must be a 2-D array [n_points, width], got shape {X.shape}")
+        raise InputError(f"a cloud must be a 2-D array [n_points, width], got shape {X.shape}")
     if not np.all(np.isfinite(X)):
-        raise ValueError("the cloud contains NaN or infinite values")
+        raise InputError("the cloud contains NaN or infinite values")
     if max_dim < 0:
-        raise ValueError(f"max_dim must be >= 0, got {max_dim}")
+        raise InputError(f"max_dim must be >= 0, got {max_dim}")
     if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+        raise InputError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
     if max_edge is not None and not max_edge > 0:
-        raise ValueError(f"max_edge must be positive or None, got {max_edge}")
+        raise InputError(f"max_edge must be positive or None, got {max_edge}")
     n = X.shape[0]
     dims = list(range(max_dim + 1))
     if n == 0:
@@ -162,7 +163,7 @@ def _as_diagram(diagram: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     if d.size == 0:
         return np.zeros((0, 2))
     if d.ndim != 2 or d.shape[1] != 2:
-        raise ValueError(f"a diagram must have shape [k, 2], got {d.shape}")
+        raise InputError(f"a diagram must have shape [k, 2], got {d.shape}")
     return d
 
 
@@ -244,11 +245,11 @@ def diagram_distance(
         return float(gudhi.bottleneck_distance(fa, fb, 0))
     if kind == "wasserstein":
         if order < 1:
-            raise ValueError(f"Wasserstein order must be >= 1, got {order}")
+            raise InputError(f"Wasserstein order must be >= 1, got {order}")
         if fa.shape[0] == 0 and fb.shape[0] == 0:
             return 0.0
         return float(gudhi.hera.wasserstein_distance(fa, fb, order=order, internal_p=internal_p, delta=delta))
-    raise ValueError(f"unknown diagram distance {kind!r}; use 'wasserstein' or 'bottleneck'")
+    raise InputError(f"unknown diagram distance {kind!r}; use 'wasserstein' or 'bottleneck'")
 
 
 def diagram_distance_matrix(
@@ -297,7 +298,7 @@ def estimate_rips_seconds(n_points: int, max_dim: int = 1) -> float:
     points took 36 s (600: 6 s), because almost every edge closes a loop. The first call also pays ~2 s of imports.
     """
     if n_points < 0:
-        raise ValueError(f"n_points must be non-negative, got {n_points}")
+        raise InputError(f"n_points must be non-negative, got {n_points}")
     if max_dim not in RIPS_SECONDS_AT_1000:
-        raise ValueError(f"no cost calibration for max_dim={max_dim}; calibrated: {sorted(RIPS_SECONDS_AT_1000)}")
+        raise InputError(f"no cost calibration for max_dim={max_dim}; calibrated: {sorted(RIPS_SECONDS_AT_1000)}")
     return float(RIPS_SECONDS_AT_1000[max_dim] * (n_points / 1000.0) ** RIPS_SECONDS_EXPONENT[max_dim])

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from sklearn.decomposition import PCA
 
+from analysis.errors import InputError
 from analysis.methods.clouds import subsample_indices
 
 __all__ = [
@@ -29,15 +30,15 @@ __all__ = [
 def _check_cloud(X: np.ndarray, n_components: int, min_points: int) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
-        raise ValueError(f"cloud must be a 2-D array [n_points, width], got shape {X.shape}")
+        raise InputError(f"cloud must be a 2-D array [n_points, width], got shape {X.shape}")
     if not np.all(np.isfinite(X)):
-        raise ValueError("cloud contains NaN or infinite values")
+        raise InputError("cloud contains NaN or infinite values")
     if n_components < 1:
-        raise ValueError(f"n_components must be at least 1, got {n_components}")
+        raise InputError(f"n_components must be at least 1, got {n_components}")
     if X.shape[0] < min_points:
-        raise ValueError(f"cloud has {X.shape[0]} points; at least {min_points} are needed")
+        raise InputError(f"cloud has {X.shape[0]} points; at least {min_points} are needed")
     if n_components > X.shape[1]:
-        raise ValueError(f"n_components={n_components} exceeds the width {X.shape[1]}")
+        raise InputError(f"n_components={n_components} exceeds the width {X.shape[1]}")
     return X
 
 
@@ -71,9 +72,9 @@ def umap_embed(
     """
     X = _check_cloud(X, n_components, min_points=max(n_components + 2, 4))
     if not 2 <= n_neighbors < X.shape[0]:
-        raise ValueError(f"n_neighbors must be in 2..{X.shape[0] - 1} for {X.shape[0]} points, got {n_neighbors}")
+        raise InputError(f"n_neighbors must be in 2..{X.shape[0] - 1} for {X.shape[0]} points, got {n_neighbors}")
     if min_dist < 0.0:
-        raise ValueError(f"min_dist must be non-negative, got {min_dist}")
+        raise InputError(f"min_dist must be non-negative, got {min_dist}")
     import umap  # imported here: it pulls numba, slow to import
 
     reducer = umap.UMAP(
@@ -105,7 +106,7 @@ def cloud_token_coordinates(
     """
     kept = window_len - exclude_first
     if n_windows < 0 or kept < 1 or exclude_first < 0:
-        raise ValueError(f"bad window shape: n_windows={n_windows}, window_len={window_len}, "
+        raise InputError(f"bad window shape: n_windows={n_windows}, window_len={window_len}, "
                          f"exclude_first={exclude_first}")
     flat = subsample_indices(n_windows * kept, n_max, seed).astype(np.int64)
     return flat // kept, exclude_first + flat % kept
@@ -115,7 +116,7 @@ def row_token_ids(token_ids: np.ndarray, window_index: np.ndarray, position: np.
     """Token id of every cloud row, from the calibration ids ``[n_windows, window_len]``."""
     token_ids = np.asarray(token_ids)
     if token_ids.ndim != 2:
-        raise ValueError(f"token_ids must be [n_windows, window_len], got shape {token_ids.shape}")
+        raise InputError(f"token_ids must be [n_windows, window_len], got shape {token_ids.shape}")
     return token_ids[np.asarray(window_index), np.asarray(position)]
 
 
@@ -141,5 +142,5 @@ def token_frequency(
     if not log:
         return freq
     if np.any(freq == 0):
-        raise ValueError("some row tokens do not occur in corpus_ids; log frequency undefined (pass log=False)")
+        raise InputError("some row tokens do not occur in corpus_ids; log frequency undefined (pass log=False)")
     return np.log10(freq.astype(np.float64))

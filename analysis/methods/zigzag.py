@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.errors import InputError
+
 __all__ = [
     "MAX_CLIQUE_DIM",
     "ENGINES",
@@ -111,11 +113,11 @@ def _validate(clouds: Sequence[np.ndarray], k: int, max_dim: int) -> list[np.nda
     if isinstance(clouds, np.ndarray) and clouds.ndim == 3:
         clouds = list(clouds)
     if len(clouds) == 0:
-        raise ValueError("zigzag persistence needs at least one layer cloud; got none")
+        raise InputError("zigzag persistence needs at least one layer cloud; got none")
     if int(k) != k or k < 1:
-        raise ValueError(f"k (number of nearest neighbours) must be a positive integer, got {k!r}")
+        raise InputError(f"k (number of nearest neighbours) must be a positive integer, got {k!r}")
     if int(max_dim) != max_dim or not 1 <= max_dim <= MAX_CLIQUE_DIM:
-        raise ValueError(
+        raise InputError(
             f"max_dim (clique dimension m) must be an integer in 1..{MAX_CLIQUE_DIM}, got {max_dim!r}; "
             "higher dimensions explode the number of simplices"
         )
@@ -123,20 +125,20 @@ def _validate(clouds: Sequence[np.ndarray], k: int, max_dim: int) -> list[np.nda
     for layer, X in enumerate(clouds):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
-            raise ValueError(f"cloud of layer {layer} must be a 2-D array [n_points, width], got shape {X.shape}")
+            raise InputError(f"cloud of layer {layer} must be a 2-D array [n_points, width], got shape {X.shape}")
         if not np.all(np.isfinite(X)):
-            raise ValueError(f"cloud of layer {layer} contains NaN or infinite values")
+            raise InputError(f"cloud of layer {layer} contains NaN or infinite values")
         out.append(X)
     sizes = sorted({X.shape[0] for X in out})
     if len(sizes) > 1:
         per_layer = ", ".join(f"{i}: {X.shape[0]}" for i, X in enumerate(out))
-        raise ValueError(
+        raise InputError(
             "every layer cloud must have the same number of points (one per window, the same windows in every "
             f"layer); got sizes {per_layer}"
         )
     n = sizes[0]
     if n < k + 1:
-        raise ValueError(f"a k-nearest-neighbour graph with k={k} needs at least k+1 = {k + 1} points; got {n}")
+        raise InputError(f"a k-nearest-neighbour graph with k={k} needs at least k+1 = {k + 1} points; got {n}")
     return out
 
 
@@ -153,12 +155,12 @@ def knn_graph(X: np.ndarray, k: int) -> np.ndarray:
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"a cloud must be a 2-D array [n_points, width], got shape {X.shape}")
+        raise InputError(f"a cloud must be a 2-D array [n_points, width], got shape {X.shape}")
     n = X.shape[0]
     if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     if n < k + 1:
-        raise ValueError(f"a k-nearest-neighbour graph with k={k} needs at least k+1 = {k + 1} points; got {n}")
+        raise InputError(f"a k-nearest-neighbour graph with k={k} needs at least k+1 = {k + 1} points; got {n}")
     sq = np.einsum("ij,ij->i", X, X)
     rows_per_chunk = max(1, _CHUNK_CELLS // (8 * max(n, 1)))
     heads, tails = [], []
@@ -197,14 +199,14 @@ def clique_complex(edges: np.ndarray, n_vertices: int, max_dim: int) -> list[np.
     ``d``-cliques extended by every common neighbour larger than their last vertex.
     """
     if max_dim < 0:
-        raise ValueError(f"max_dim must be >= 0, got {max_dim}")
+        raise InputError(f"max_dim must be >= 0, got {max_dim}")
     edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     n = int(n_vertices)
     out: list[np.ndarray] = [np.arange(n, dtype=np.int64)[:, None]]
     if max_dim == 0:
         return out
     if edges.size and (edges.min() < 0 or edges.max() >= n):
-        raise ValueError(f"edge endpoints must lie in 0..{n - 1}")
+        raise InputError(f"edge endpoints must lie in 0..{n - 1}")
     lo, hi = np.minimum(edges[:, 0], edges[:, 1]), np.maximum(edges[:, 0], edges[:, 1])
     keep = lo != hi
     current = np.unique(np.stack([lo[keep], hi[keep]], axis=1), axis=0).reshape(-1, 2)
@@ -339,10 +341,10 @@ def zigzag_bars_of_complexes(
     import dionysus
 
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
     n_layers = len(complexes)
     if n_layers == 0:
-        raise ValueError("zigzag persistence needs at least one layer; got none")
+        raise InputError("zigzag persistence needs at least one layer; got none")
     t0 = time.perf_counter()
     simplices, presence = _union_and_presence(complexes, max_dim)
     simplex_of_event, time_of_event = zigzag_times(presence)
@@ -689,7 +691,7 @@ def averaged_persistence(Z: np.ndarray, alpha: float = 0.0) -> np.ndarray:
     Z = np.asarray(Z, dtype=np.float64)
     n = Z.shape[0]
     if Z.ndim != 2 or Z.shape[1] != n:
-        raise ValueError(f"Z must be a square matrix, got shape {Z.shape}")
+        raise InputError(f"Z must be a square matrix, got shape {Z.shape}")
     gap = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]).astype(np.float64)
     if alpha == 0:
         w = np.ones((n, n))
@@ -710,7 +712,7 @@ def suggest_states(zbar: np.ndarray, fraction: float = 0.9) -> np.ndarray:
     """
     z = np.asarray(zbar, dtype=np.float64)
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     if z.size < 3 or not np.nanmax(z) > 0:
         return np.zeros(0, dtype=np.int64)
     top = np.nanmax(z)
@@ -722,7 +724,7 @@ def states_to_blocks(states: Sequence[int] | np.ndarray) -> np.ndarray:
     """Blocks that produced the given hidden states: state ``s`` (``s >= 1``) is the output of block ``s - 1``."""
     s = np.asarray(states, dtype=np.int64).ravel()
     if np.any(s < 1):
-        raise ValueError("state 0 is the embedding output: no block produces it")
+        raise InputError("state 0 is the embedding output: no block produces it")
     return s - 1
 
 
@@ -784,7 +786,7 @@ def zigzag_representatives(
 
     top = {0: 10, 1: 20} if top is None else {int(d): int(c) for d, c in top.items()}
     if any(d >= max_dim or d < 0 for d in top):
-        raise ValueError(f"representatives exist for the meaningful dimensions 0..{max_dim - 1} only (H_{max_dim} "
+        raise InputError(f"representatives exist for the meaningful dimensions 0..{max_dim - 1} only (H_{max_dim} "
                          "bars are truncation artefacts)")
     n_layers = len(complexes)
     end_index = 2 * n_layers - 1

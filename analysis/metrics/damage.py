@@ -40,6 +40,7 @@ from analysis.changes.skip_halves import (  # noqa: F401  (HALVES re-exported)
     HALVES,
     output_projection,
 )
+from analysis.errors import InputError
 from analysis.model.architecture import (
     ArchitectureError,
     final_norm,
@@ -54,7 +55,7 @@ SITES = ("block", "attention", "mlp")
 DEFAULT_SEARCH_TEXT = "lcet10"
 
 
-class DamageError(ValueError):
+class DamageError(InputError):
     """A damage scan or search cannot run as asked (the message says why)."""
 
 

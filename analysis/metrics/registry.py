@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from analysis.errors import NotFound
 from analysis.metrics.base import (  # noqa: F401  (re-exported: the registry is the one name consumers import)
     _GROUP_WRITERS,
     _REGISTRY,
@@ -43,7 +44,7 @@ def metrics() -> list[BlockMetric]:
 
 def get(key: str) -> BlockMetric:
     if key not in _REGISTRY:
-        raise KeyError(f"unknown metric {key!r}; known: {', '.join(_REGISTRY)}")
+        raise NotFound(f"unknown metric {key!r}; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[key]
 
 

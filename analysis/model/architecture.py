@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from analysis.errors import InputError, LayerScopeError
+
 try:  # GPT-2's projections are transformers' Conv1D (y = x W + b with W: in × out)
     from transformers.pytorch_utils import Conv1D
 except Exception:  # pragma: no cover
@@ -68,7 +70,7 @@ TENSOR_BLOCK_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "
                                 "olmo2", "granite", "starcoder2", "cohere", "phi"})
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(InputError):
     """The model's structure lacks what a view or change needs; the message names the block and the part."""
 
 
@@ -332,7 +334,7 @@ def describe(model: nn.Module) -> dict:
     }
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LayerScopeError, RuntimeError):
     """A model cannot be loaded; the message says why in words a user can act on."""
 
 
@@ -404,7 +406,7 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     try:
         return block_list(model)
     except ModelLoadError as exc:
-        raise ValueError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 
@@ -441,15 +443,15 @@ def target_linears(
         chosen = sorted(set(int(b) for b in blocks))
         bad = [b for b in chosen if not 0 <= b < n_blocks]
         if bad:
-            raise ValueError(f"block indices {bad} are out of range [0, {n_blocks})")
+            raise InputError(f"block indices {bad} are out of range [0, {n_blocks})")
     if isinstance(targets, str):
         if targets not in ("attn", "mlp", "all"):
-            raise ValueError(f"unknown target group {targets!r}; use 'attn', 'mlp', 'all' or a list of names")
+            raise InputError(f"unknown target group {targets!r}; use 'attn', 'mlp', 'all' or a list of names")
         explicit: list[str] | None = None
     else:
         explicit = [str(t) for t in targets]
         if not explicit:
-            raise ValueError("the list of target names is empty")
+            raise InputError("the list of target names is empty")
     names: list[str] = []
     matched: set[str] = set()
     moe_blocks: list[int] = []
@@ -479,9 +481,9 @@ def target_linears(
     if explicit is not None:
         missing = [t for t in explicit if t not in matched]
         if missing:
-            raise ValueError(f"no linear layer named {', '.join(missing)} in the chosen blocks{experts_note}")
+            raise InputError(f"no linear layer named {', '.join(missing)} in the chosen blocks{experts_note}")
     if not names:
-        raise ValueError(f"no linear layers match target {targets!r} in blocks {_ranges(chosen)}{experts_note}")
+        raise InputError(f"no linear layers match target {targets!r} in blocks {_ranges(chosen)}{experts_note}")
     return names
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from analysis.errors import InputError, MissingFile
 from analysis.methods.lowrank import check_rank, decomposition_threads, svd_truncate
 from analysis.model.architecture import decoder_layers
 from analysis.model.modules import CONFIG_KEY as FACTORISED_KEY
@@ -161,13 +162,13 @@ def save_checkpoint(model: nn.Module, directory: str | Path, form: str = "dense"
     The model passed in is never changed.
     """
     if form not in FORMS:
-        raise ValueError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
+        raise InputError(f"export form must be one of {', '.join(FORMS)}, got {form!r}")
     if form == "dense":
         out = dense_copy(model)
     else:
         out = factorised_copy(model)
         if not factorised_ranks(out):
-            raise ValueError("this model has no low-rank matrices to store factorised; export it as 'dense'")
+            raise InputError("this model has no low-rank matrices to store factorised; export it as 'dense'")
     directory = Path(directory)
     out.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
     ranks, blocks = factorised_ranks(out), linear_blocks(out)
@@ -234,7 +235,7 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
     for name, rank in ranks.items():
         original = model.get_submodule(name)
         if not is_linear(original):
-            raise ValueError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
+            raise InputError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
         out_features, in_features = linear_dims(original)
         model.set_submodule(name, FactorisedLinear(in_features, out_features, int(rank),
                                                    bias=original.bias is not None, dtype=dtype,
@@ -244,7 +245,7 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
     tied = _tied_parameter_names(model)
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise ValueError(f"checkpoint {directory} does not match the rebuilt model: missing {missing}, "
+        raise InputError(f"checkpoint {directory} does not match the rebuilt model: missing {missing}, "
                          f"unexpected {result.unexpected_keys}")
     model.tie_weights()
     if device is not None:
@@ -295,7 +296,7 @@ def _write_extra_files(directory: Path, extra_files: Mapping[str, str | bytes] |
     for rel, content in (extra_files or {}).items():
         path = directory / rel
         if directory.resolve() not in path.resolve().parents:
-            raise ValueError(f"extra file {rel!r} would land outside the export directory")
+            raise InputError(f"extra file {rel!r} would land outside the export directory")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
 
@@ -314,7 +315,7 @@ def save_dense(
     e.g. the recipe.
     """
     if factorised_ranks(model):
-        raise ValueError("the model contains FactorisedLinear modules; densify() it or use save_factorised()")
+        raise InputError("the model contains FactorisedLinear modules; densify() it or use save_factorised()")
     return _save_atomically(model, directory, "dense", tokenizer, overwrite, extra_files)
 
 
@@ -332,7 +333,7 @@ def save_factorised(
     Reload with :func:`load_factorised`. Atomic, never overwrites a non-empty directory unless ``overwrite``.
     """
     if not factorised_ranks(model):
-        raise ValueError("the model has no FactorisedLinear modules; use save_dense()")
+        raise InputError("the model has no FactorisedLinear modules; use save_dense()")
     return _save_atomically(model, directory, "factorised", tokenizer, overwrite, extra_files)
 
 
@@ -363,7 +364,7 @@ def _checkpoint_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     if single.is_file():
         return [single]
-    raise FileNotFoundError(f"no model.safetensors (or index) in {directory}")
+    raise MissingFile(f"no model.safetensors (or index) in {directory}")
 
 
 @torch.no_grad()
@@ -383,7 +384,7 @@ def load_factorised(
     config = AutoConfig.from_pretrained(directory)
     ranks: dict[str, int] = dict(getattr(config, FACTORISED_KEY, None) or {})
     if not ranks:
-        raise ValueError(f"{directory} is not a factorised checkpoint (no {FACTORISED_KEY!r} in config.json)")
+        raise InputError(f"{directory} is not a factorised checkpoint (no {FACTORISED_KEY!r} in config.json)")
     return load_checkpoint(directory, dtype=dtype, device=device)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from analysis.errors import InputError
 from analysis.jobs import this_thread_only
 from analysis.methods.avss import SITES
 
@@ -20,7 +21,7 @@ def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     try:
         return block_list(model)[1]
     except ModelLoadError as exc:
-        raise ValueError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 def site_hook(block: torch.nn.Module, site: str, index: int) -> tuple[torch.nn.Module, str]:
@@ -43,8 +44,8 @@ def site_hook(block: torch.nn.Module, site: str, index: int) -> tuple[torch.nn.M
         if site == "mlp":
             return arch.mlp_site(block, index)
     except arch.ArchitectureError as exc:
-        raise ValueError(f"the {site} site: {exc}") from None
-    raise ValueError(f"unknown site {site!r}; choose from {SITES}")
+        raise InputError(f"the {site} site: {exc}") from None
+    raise InputError(f"unknown site {site!r}; choose from {SITES}")
 
 
 def _site_module(block: torch.nn.Module, site: str, index: int) -> torch.nn.Module:
@@ -64,7 +65,7 @@ def site_hooks(
 ) -> list[tuple[torch.nn.Module, str]]:
     """:func:`site_hook` of every block: ``[(module, "input" | "output"), …]``."""
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose from {SITES}")
+        raise InputError(f"unknown site {site!r}; choose from {SITES}")
     blocks = decoder_blocks(model) if blocks is None else blocks
     return [site_hook(block, site, i) for i, block in enumerate(blocks)]
 

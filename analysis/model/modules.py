@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from analysis.errors import InputError
 from analysis.methods.lowrank import check_rank
 from analysis.model.architecture import decoder_layers
 
@@ -50,7 +51,7 @@ class LinearBlock(nn.Module):
     ) -> LinearBlock:
         """Block computing ``h @ W + c`` (``W``: ``d×d`` in the row convention of :func:`fit_linear_map`)."""
         if W.ndim != 2 or W.shape[0] != W.shape[1]:
-            raise ValueError(f"a block replacement must map width d to d, got W of shape {tuple(W.shape)}")
+            raise InputError(f"a block replacement must map width d to d, got W of shape {tuple(W.shape)}")
         dtype = dtype or torch.float32
         block = cls(W.shape[0], layer_idx=layer_idx, bias=c is not None, device=device, dtype=dtype)
         with torch.no_grad():
@@ -100,7 +101,7 @@ def replace_decoder_layer(model: nn.Module, block_index: int, new_layer: nn.Modu
     """
     _, layers = decoder_layers(model)
     if not 0 <= block_index < len(layers):
-        raise ValueError(f"block {block_index} is out of range [0, {len(layers)})")
+        raise InputError(f"block {block_index} is out of range [0, {len(layers)})")
     owner = _owning_pretrained_model(model, layers)
     if owner is not None:
         try:
@@ -167,7 +168,7 @@ class FactorisedLinear(nn.Module):
     def from_factors(cls, B: Tensor, A: Tensor, bias: Tensor | None = None, conv1d: bool = False) -> FactorisedLinear:
         """Module with ``B.weight = B`` (``m×k``), ``A.weight = A`` (``k×n``) and the given output bias."""
         if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
-            raise ValueError(f"factors do not chain: B {tuple(B.shape)}, A {tuple(A.shape)}")
+            raise InputError(f"factors do not chain: B {tuple(B.shape)}, A {tuple(A.shape)}")
         module = cls(A.shape[1], B.shape[0], A.shape[0], bias=bias is not None, device=A.device, dtype=A.dtype,
                      conv1d=conv1d)
         with torch.no_grad():

@@ -41,6 +41,7 @@ import torch
 
 from analysis.cache import CacheOutcome
 from analysis.capture.workspace import Workspace
+from analysis.errors import InputError
 from analysis.methods import avss as avss_math
 from analysis.methods.avss import AVSSAccumulator
 from analysis.model.hooks import hook_site_activations, site_hook
@@ -77,9 +78,9 @@ class AVSSSettings:
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
-            raise ValueError(f"unknown AVSS site {self.site!r}; choose from {', '.join(SITES)}")
+            raise InputError(f"unknown AVSS site {self.site!r}; choose from {', '.join(SITES)}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise ValueError(f"ε must be a positive number, got {self.eps}")
+            raise InputError(f"ε must be a positive number, got {self.eps}")
 
     @classmethod
     def from_params(cls, params: dict) -> "AVSSSettings":
@@ -129,7 +130,7 @@ def suggest_avss(table: pd.DataFrame, share: float | None = DEFAULT_SHARE, k: in
     * both: the ``k`` lowest, but never past the share (the shorter of the two prefixes).
     """
     if share is None and k is None:
-        raise ValueError("give a share, k, or both")
+        raise InputError("give a share, k, or both")
     by_share = avss_math.suggest_blocks_by_share(table, share) if share is not None else None
     by_k = avss_math.suggest_k_lowest(table, min(int(k), len(table))) if k is not None else None
     if by_share is None:
@@ -182,7 +183,7 @@ def run_avss(lm: LoadedModel, windows: np.ndarray, settings: AVSSSettings, exclu
              batch_size: int = 8, progress: Progress | None = None) -> pd.DataFrame:
     """Run the model over ``windows`` ``[N, T]`` with AVSS hooks on ``settings.site``; the per-block table."""
     if exclude_first >= windows.shape[1]:
-        raise ValueError("excluding every position of the window leaves no token for AVSS")
+        raise InputError("excluding every position of the window leaves no token for AVSS")
     acc = avss_math.AVSSAccumulator(lm.n_blocks, eps=settings.eps, relative=settings.relative, ddof=settings.ddof)
     count = _CountMask()
     base = lm.model.base_model
@@ -274,9 +275,9 @@ def attach_avss_hooks(
     Run the model under ``torch.no_grad()``; the hooks only read.
     """
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose from {SITES}")
+        raise InputError(f"unknown site {site!r}; choose from {SITES}")
     if len(blocks) != accumulator.n_blocks:
-        raise ValueError(f"{len(blocks)} blocks but the accumulator expects {accumulator.n_blocks}")
+        raise InputError(f"{len(blocks)} blocks but the accumulator expects {accumulator.n_blocks}")
     for i, block in enumerate(blocks):
         site_hook(block, site, i)  # a block without the site fails before any hook is registered
     hooks = AVSSHooks(accumulator=accumulator, site=site)
@@ -286,7 +287,7 @@ def attach_avss_hooks(
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]
         if mask is not None and mask.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"AVSS hooks need a 2-D [batch, seq] padding mask, got shape {tuple(mask.shape)}; "
                 "pass the tokenizer's attention_mask"
             )

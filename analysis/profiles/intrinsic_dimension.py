@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.cache import CacheOutcome
 from analysis.capture.workspace import Workspace
+from analysis.errors import InputError
 from analysis.methods import intrinsic_dimension as idm
 from analysis.methods.clouds import dedupe_rows, normalise_scale, subsample_indices
 from analysis.model.loading import LoadedModel
@@ -47,13 +48,13 @@ class IDSettings:
 
     def __post_init__(self) -> None:
         if self.n_subsets < 1:
-            raise ValueError(f"at least one subset is needed, got {self.n_subsets}")
+            raise InputError(f"at least one subset is needed, got {self.n_subsets}")
         if self.subset_size is not None and self.subset_size < idm.MIN_POINTS:
-            raise ValueError(f"subsets need at least {idm.MIN_POINTS} points, got {self.subset_size}")
+            raise InputError(f"subsets need at least {idm.MIN_POINTS} points, got {self.subset_size}")
         if self.max_points is not None and self.max_points < idm.MIN_POINTS:
-            raise ValueError(f"max_points must be at least {idm.MIN_POINTS}, got {self.max_points}")
+            raise InputError(f"max_points must be at least {idm.MIN_POINTS}, got {self.max_points}")
         if self.gride_k < 1 or not self.sweep_ks or min(self.sweep_ks) < 1:
-            raise ValueError("GRIDE neighbour orders must be positive")
+            raise InputError("GRIDE neighbour orders must be positive")
 
     def cache_params(self) -> dict:
         return {"v": 2, **asdict(self), "sweep_ks": list(self.sweep_ks)}
@@ -157,11 +158,11 @@ def check_id_settings(n_cloud_points: int, settings: IDSettings) -> None:
     n = n_cloud_points if settings.max_points is None else min(n_cloud_points, settings.max_points)
     if settings.subset_size is not None:
         if settings.subset_size > n:
-            raise ValueError(f"subsets of {settings.subset_size} points need at least that many tokens per state; "
+            raise InputError(f"subsets of {settings.subset_size} points need at least that many tokens per state; "
                              f"there are {n}: use smaller subsets or more windows")
         return
     if n // settings.n_subsets < idm.MIN_POINTS:
-        raise ValueError(
+        raise InputError(
             f"{n} tokens per state cannot make {settings.n_subsets} disjoint subsets of at least {idm.MIN_POINTS} "
             f"points: use more windows, fewer subsets, or a larger point budget")
 
@@ -175,12 +176,12 @@ def distinct_cloud(cloud: np.ndarray, settings: IDSettings) -> tuple[np.ndarray,
     if settings.max_points is not None and n_rows > settings.max_points:
         cloud = cloud[subsample_indices(n_rows, settings.max_points, settings.seed)]
     if cloud.ndim != 2 or cloud.shape[0] < idm.MIN_POINTS:
-        raise ValueError(f"the cloud has {cloud.shape[0]} points; at least {idm.MIN_POINTS} are needed")
+        raise InputError(f"the cloud has {cloud.shape[0]} points; at least {idm.MIN_POINTS} are needed")
     if not np.all(np.isfinite(cloud)):
-        raise ValueError("the cloud contains NaN or infinite values")
+        raise InputError("the cloud contains NaN or infinite values")
     normalised, scale = normalise_scale(cloud)
     if scale == 0.0:
-        raise ValueError("constant cloud: every point is the same (median pairwise distance 0); ID undefined")
+        raise InputError("constant cloud: every point is the same (median pairwise distance 0); ID undefined")
     distinct = dedupe_rows(np.asarray(normalised, dtype=np.float32) + np.float32(0.0))
     return distinct, int(cloud.shape[0]), float(scale)
 
@@ -191,7 +192,7 @@ def _estimates(X: np.ndarray, settings: IDSettings, ks: Sequence[int]) -> tuple[
     n = X.shape[0]
     n_neighbours = min(n - 1, max([2, 2 * settings.gride_k] + [2 * k for k in ks]))
     if 2 * settings.gride_k > n_neighbours:
-        raise ValueError(f"GRIDE with k={settings.gride_k} needs {2 * settings.gride_k + 1} points per estimate")
+        raise InputError(f"GRIDE with k={settings.gride_k} needs {2 * settings.gride_k + 1} points per estimate")
     r = idm.knn_distances(X, n_neighbours)
     values = {"twonn": idm.twonn_from_knn(r),
               "gride": float(idm.gride_sweep_from_knn(r, [settings.gride_k])["id"].iloc[0]),
@@ -215,11 +216,11 @@ def state_id(cloud: np.ndarray, settings: IDSettings) -> dict[str, Any]:
     order = np.random.default_rng(settings.seed).permutation(n)
     if settings.subset_size is not None:
         if settings.subset_size > n:
-            raise ValueError(f"{n} distinct points (of {n_points}) cannot make a subset of {settings.subset_size}")
+            raise InputError(f"{n} distinct points (of {n_points}) cannot make a subset of {settings.subset_size}")
         parts = [order[i * settings.subset_size:(i + 1) * settings.subset_size] for i in range(n_parts)]
     else:
         if n // n_parts < idm.MIN_POINTS:
-            raise ValueError(f"{n} distinct points (of {n_points}) cannot make {n_parts} disjoint "
+            raise InputError(f"{n} distinct points (of {n_points}) cannot make {n_parts} disjoint "
                              f"subsets of at least {idm.MIN_POINTS} points")
         parts = np.array_split(order, n_parts)
     smallest = min(len(p) for p in parts)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis.cache import CacheOutcome
 from analysis.capture.workspace import Workspace
+from analysis.errors import InputError
 from analysis.methods.clouds import subsample_indices
 from analysis.profiles.avss import Progress
 
@@ -36,11 +37,11 @@ class ProjectionSettings:
 
     def __post_init__(self) -> None:
         if self.method not in ("pca", "umap"):
-            raise ValueError(f"unknown projection {self.method!r}; use 'pca' or 'umap'")
+            raise InputError(f"unknown projection {self.method!r}; use 'pca' or 'umap'")
         if self.n_components not in (2, 3):
-            raise ValueError(f"projections are 2-D or 3-D, got {self.n_components}")
+            raise InputError(f"projections are 2-D or 3-D, got {self.n_components}")
         if self.n_points < 4:
-            raise ValueError(f"a projection needs at least 4 points, got {self.n_points}")
+            raise InputError(f"a projection needs at least 4 points, got {self.n_points}")
 
     def cache_params(self, state: int) -> dict:
         p = {"v": 1, "state": int(state), **asdict(self)}
@@ -116,18 +117,18 @@ def projection(ws: Workspace, state: int, settings: ProjectionSettings | None = 
 
     settings = settings or ProjectionSettings()
     if not 0 <= state < ws.n_states:
-        raise ValueError(f"state must be in 0..{ws.n_states - 1}, got {state}")
+        raise InputError(f"state must be in 0..{ws.n_states - 1}, got {state}")
     cap = ws.capture(progress)
     c = ws.calibration
     rows, info = projection_rows(ws, settings.n_points, settings.seed, settings.drop_first)
     if rows.size < 4:
-        raise ValueError(f"the cloud has {rows.size} points; a projection needs at least 4")
+        raise InputError(f"the cloud has {rows.size} points; a projection needs at least 4")
     notes = []
 
     def cloud() -> np.ndarray:
         X = cap.all_token_cloud(state, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)[rows]
         if np.unique(X, axis=0).shape[0] < min(4, X.shape[0]):
-            raise ValueError(f"h{state}: fewer than 4 distinct points, nothing to project")
+            raise InputError(f"h{state}: fewer than 4 distinct points, nothing to project")
         return X
 
     t0 = time.perf_counter()

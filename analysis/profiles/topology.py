@@ -53,6 +53,7 @@ import pandas as pd
 
 from analysis import cache
 from analysis.capture.hidden_states import Capture, capture_hidden_states, is_captured
+from analysis.errors import InputError
 from analysis.methods import persistence as ph
 from analysis.methods import zigzag as zz
 from analysis.model.loading import LoadedModel
@@ -121,7 +122,7 @@ ZIGZAG_WARN_SECONDS = 60.0
 CAPTURE_TOKENS_PER_BATCH = 2048
 
 
-class TopologyError(ValueError):
+class TopologyError(InputError):
     """A topology setting a user chose cannot be computed; the message says why and what to change."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import cache
+from analysis.errors import InputError
 from analysis.evaluation.perplexity import EvalSettings
 from analysis.metrics import registry
 from analysis.metrics.damage import (
@@ -53,7 +54,7 @@ CHEAP_METRICS = ("measured_damage", "linearity", "linearity_no_residual", "block
 DAMAGE_KEY = "measured_damage"
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(InputError):
     """The leaderboard cannot run as asked (the message says why)."""
 
 

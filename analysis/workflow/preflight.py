@@ -10,6 +10,8 @@ keys for ``run``).
 
 from __future__ import annotations
 
+from analysis.errors import InputError
+
 CLI = {"windows": "--sequences", "window_len": "--seq-len", "exclude_first": "--exclude-first", "n_max": "--n-max",
        "text": "--text", "context": "--context", "stride": "--stride", "n_tokens": "--eval-tokens",
        "eval_text": "--eval-text", "remove": "--remove", "blocks": "--blocks", "replace": "--replace"}
@@ -20,7 +22,7 @@ RECIPE = {"windows": "calibration.windows", "window_len": "calibration.window_le
           "remove": "action.remove_blocks", "blocks": "action.low_rank.blocks", "replace": "action.replace_linear"}
 
 
-class PreflightError(ValueError):
+class PreflightError(InputError):
     """An argument that cannot work with this model (the message names it and what is allowed)."""
 
 

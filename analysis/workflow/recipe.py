@@ -37,6 +37,7 @@ from pathlib import Path
 
 from analysis.capture.workspace import Workspace
 from analysis.changes.variant import candidate_name  # noqa: F401
+from analysis.errors import InputError
 
 RECIPE_VERSION = 1
 
@@ -57,7 +58,7 @@ SCHEMA: dict[str, object] = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe cannot be used (unknown keys, a missing model, an uploaded text without its file …)."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import cache
+from analysis.errors import DestinationRefused
 from analysis.metrics import consensus, registry
 from analysis.search import leaderboard
 
@@ -298,7 +299,7 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
             f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>{body}</body></html>")
 
 
-class ReportExists(FileExistsError):
+class ReportExists(DestinationRefused):
     """The report's destination exists and replacing it was not asked for."""
 
 

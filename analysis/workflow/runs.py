@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.cache import write_csv, write_json  # noqa: F401
+from analysis.errors import InputError
 from analysis.metrics import registry
 
 
@@ -19,7 +20,7 @@ def resolve_groups(spec: str | list[str] | None) -> list[str]:
                                                  if isinstance(spec, str) else list(spec))
     unknown = [g for g in wanted if g not in groups]
     if unknown:
-        raise ValueError(f"unknown metric group(s) {', '.join(unknown)}; known: {', '.join(groups)}")
+        raise InputError(f"unknown metric group(s) {', '.join(unknown)}; known: {', '.join(groups)}")
     return wanted
 
 
