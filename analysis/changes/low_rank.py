@@ -1,7 +1,9 @@
-"""Low-rank truncation and linear replacement as variant actions (METHODS.md §1 last bullet, §6, §8).
+"""Low-rank truncation as a change kind, and the calibration statistics it and linear replacement share
+(METHODS.md §1 last bullet, §6, §8).
 
-Two actions are registered in :mod:`analysis.changes.variant` (both run on a structural copy that shares the original's
-tensors, before ``remove_blocks``; block indices and matrix names always refer to the **original** model):
+This module's action ``low_rank``, and ``replace_linear`` of :mod:`analysis.changes.linear_replacement`, are rows of
+the table in :mod:`analysis.changes.variant`. Both run on a structural copy that shares the original's tensors, before
+``remove_blocks``; block indices and matrix names always refer to the **original** model:
 
 * ``low_rank`` — value ``{"method": "svd" | "asvd" | "svd-llm" | "nsvd", "ratio": ρ | "rank": k | "ranks":
   {name: k}, "targets": "mlp" | "attn" | "all" | [names], "blocks": [b, …] | null, "alpha": 0.5, "k1_share": 0.95,

@@ -1,12 +1,13 @@
-"""Applying low-rank truncation to a model, and saving/loading the result (METHODS.md §6 and §8).
+"""Applying low-rank truncation to a model's matrices in memory (METHODS.md §6); saving and loading the result is
+:mod:`analysis.model.checkpoint` (METHODS.md §8).
 
 Two forms of a truncated model:
 
 * **dense** — ``W' = B @ A`` becomes the new weight Parameter of the original ``nn.Linear``. The model keeps its architecture,
-  so :func:`save_dense` is an ordinary ``save_pretrained`` that plain ``AutoModelForCausalLM.from_pretrained``
+  so :func:`analysis.model.checkpoint.save_dense` is an ordinary ``save_pretrained`` that plain ``AutoModelForCausalLM.from_pretrained``
   reloads. No saving in size (the point is to evaluate quality).
 * **factorised** — the ``nn.Linear`` is replaced by :class:`FactorisedLinear` (``x ↦ B(A(x))``), which has
-  ``k·(m+n)`` weights instead of ``m·n``. :func:`save_factorised` writes a checkpoint that is actually smaller
+  ``k·(m+n)`` weights instead of ``m·n``. :func:`analysis.model.checkpoint.save_factorised` writes a checkpoint that is actually smaller
   and records the ranks in ``config.json`` under the key ``"layerscope_factorised"``
   (``{qualified linear name: rank}``); :func:`load_factorised` rebuilds the model from it.
 

@@ -13,6 +13,7 @@ import logging
 import os
 import pkgutil
 import sys
+from pathlib import Path
 
 from analysis.errors import LayerScopeError, one_line  # noqa: E402
 
@@ -21,11 +22,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as commands
 
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    prog = "layerscope" if Path(sys.argv[0]).name == "layerscope" else "python -m analysis"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name in ("main", "common"):
+        if info.name.startswith("_") or info.name in ("main", "common", "reference"):
             continue
         mod = importlib.import_module(f"{commands.__name__}.{info.name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip(),

@@ -1,4 +1,12 @@
-"""TODO docstring (moved from analysis.changes.linear_replacement)."""
+"""Least-squares fit of an affine map between two clouds of hidden states (METHODS.md §1, last bullet; arXiv
+2405.12250): ``H_in W + c ≈ H_out`` in the row convention (token vectors are rows), solved from the moments
+(``Σ x``, ``Σ y``, ``Σ xᵀx``, ``Σ xᵀy``) so that any number of tokens streams through in O(width²) memory.
+
+The one solver of the project: linear replacement, ReplaceMe's least-squares map and the full-residual fit curve
+all call :func:`fit_linear_map_from_moments` (or :func:`fit_linear_map` on whole arrays). ``ridge`` is relative:
+λ = ridge · tr(X̃ᵀX̃)/d with ``X̃`` the centred inputs (λ = 0: plain least squares, minimum-norm when rank deficient). The fit residual is
+``||H_in W + c − H_out||_F / ||H_out − mean(H_out)||_F``.
+"""
 
 from __future__ import annotations
 

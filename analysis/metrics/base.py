@@ -1,4 +1,10 @@
-"""TODO docstring (moved from analysis.metrics.registry)."""
+"""What a per-block metric is, and the place metric families register: :class:`BlockMetric`, :class:`ReportSection`,
+:func:`register`, :func:`register_group_writer`, :func:`register_report_section`, and the rank helpers
+(:func:`most_redundant`, :func:`rank_normalise`).
+
+Families (:mod:`analysis.metrics.families`) import only this module; :mod:`analysis.metrics.registry` imports the
+families and answers queries.
+"""
 
 from __future__ import annotations
 

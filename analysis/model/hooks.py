@@ -1,4 +1,10 @@
-"""TODO docstring (moved from analysis.methods.avss)."""
+"""Where activations are read in a decoder block, and the forward hooks that read them.
+
+A *site* (:data:`analysis.methods.avss.SITES`) is ``residual`` (the block's output), ``attention`` (the output of the
+attention's output projection) or ``mlp`` (the input of the feed-forward's output projection; for a mixture of
+experts the MoE block's output). :func:`site_hook` finds the module and the side (input or output) for a block;
+:func:`hook_site_activations` attaches hooks that pass each activation to a callback and returns the handles.
+"""
 
 from __future__ import annotations
 

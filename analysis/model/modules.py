@@ -1,4 +1,11 @@
-"""TODO docstring (moved from analysis.changes.linear_replacement)."""
+"""The modules a change puts inside a model, and nothing else: they must load with the model, so they live here.
+
+* :class:`FactorisedLinear` — a linear layer stored as two factors ``x ↦ B(A(x))`` (low-rank truncation in
+  factorised form, METHODS.md §6); ``RANK_ATTR`` marks a dense truncated weight with its rank, ``CONFIG_KEY`` is
+  the ``config.json`` entry that lists factorised matrices; :func:`factorised_ranks` reads them back.
+* :class:`LinearBlock` — a decoder block replaced by a fitted affine map ``h ↦ h W + c`` (METHODS.md §1, last
+  bullet), and :func:`replace_decoder_layer`, which swaps one block of a model for another module.
+"""
 
 from __future__ import annotations
 

@@ -1,30 +1,16 @@
-"""Activation statistics and geometry on a workspace: AVSS per site, intrinsic-dimension profiles, projections.
+"""AVSS per site on a workspace (METHODS.md §3), cached under the workspace key (model fingerprint, text hash,
+calibration windows) so the dashboard and the command line share it.
 
-This module joins the tested math (:mod:`analysis.methods.avss`, :mod:`analysis.methods.intrinsic_dimension`,
-:mod:`analysis.methods.projection`) to a :class:`~analysis.capture.workspace.Workspace`, and caches every result under the
-workspace key (model fingerprint, text hash, calibration windows) so the dashboard and the command line share them.
+The model runs once more over the calibration windows with forward hooks on the chosen site of every block —
+``residual`` (block output), ``mlp`` (MLP hidden activation = input of ``down_proj`` or the family's feed-forward
+output projection; a mixture of experts: the MoE block's output) or ``attention`` (output of the attention's output
+projection), found by :mod:`analysis.model.hooks` — and an :class:`~analysis.methods.avss.AVSSAccumulator` keeps a
+few sums per block, so memory does not grow with the number of tokens. Calibration windows are never padded; the
+first ``calibration.exclude_first`` positions of every window are left out of the statistics (not out of the
+model's context), as they are left out of every all-token cloud. Cached per (workspace, site, ε, relative, ddof).
 
-**AVSS** (METHODS.md §3): the model runs once more over the calibration windows with forward hooks on the chosen
-site of every block — ``residual`` (block output), ``mlp`` (MLP hidden activation = input of ``down_proj`` or the
-family's feed-forward output projection; a mixture of experts: the MoE block's output) or ``attention`` (output of
-the attention's output projection), found by :mod:`analysis.model.architecture` — and an
-:class:`~analysis.methods.avss.AVSSAccumulator` keeps a few sums per block, so
-memory does not grow with the number of tokens. Calibration windows are never padded; the first
-``calibration.exclude_first`` positions of every window are left out of the statistics (not out of the model's
-context), as they are left out of every all-token cloud. Cached per (workspace, site, ε, relative, ddof).
-
-**Intrinsic dimension** (METHODS.md §4): per hidden state, the all-token cloud of the workspace (at most
-``max_points`` rows, fixed seed) is divided by its median pairwise distance, exact duplicates are removed, and the
-distinct rows are split into ``n_subsets`` disjoint random subsets. On every subset: TwoNN, GRIDE (neighbours of
-order ``gride_k`` and ``2·gride_k``), the correlation dimension, and the GRIDE sweep over neighbour orders
-``k = 1, 2, 4, …`` (ID against scale). The profile is the mean over subsets; the spread is their sample standard
-deviation (and min/max). A state whose cloud cannot be estimated (fewer than ``MIN_POINTS`` distinct points per
-subset, a constant cloud, all-duplicate rows) gets no value and a message in ``errors`` — never NaN on a chart.
-Another model, or a pruned variant (:func:`derived_model`), is profiled the same way on the same text with its own
-workspace; :func:`depth_fraction` puts two profiles on one axis.
-
-**Projections**: PCA (instant, not cached) and UMAP (cached) of one state's token cloud in 2-D or 3-D, with per
-point window, position, token id, token text and token frequency for colouring and hover.
+Intrinsic-dimension profiles are in :mod:`analysis.profiles.intrinsic_dimension`, projections in
+:mod:`analysis.profiles.projections`.
 """
 
 from __future__ import annotations

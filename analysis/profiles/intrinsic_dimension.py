@@ -1,4 +1,14 @@
-"""TODO docstring (moved from analysis.profiles.avss)."""
+"""Intrinsic-dimension profiles on a workspace (METHODS.md §4), cached under the workspace key.
+
+Per hidden state, the all-token cloud of the workspace (at most ``max_points`` rows, fixed seed) is divided by its
+median pairwise distance, exact duplicates are removed, and the distinct rows are split into ``n_subsets`` disjoint
+random subsets. On every subset: TwoNN, GRIDE (neighbours of order ``gride_k`` and ``2·gride_k``), the correlation
+dimension, and the GRIDE sweep over neighbour orders ``k = 1, 2, 4, …`` (ID against scale). The profile is the mean
+over subsets; the spread is their sample standard deviation (and min/max). A state whose cloud cannot be estimated
+gets no value and a message in ``errors`` — never NaN on a chart. Another model, or a pruned variant, is profiled the
+same way on the same text with its own workspace (:func:`workspace_for`); :func:`depth_fraction` puts two profiles on
+one axis.
+"""
 
 from __future__ import annotations
 

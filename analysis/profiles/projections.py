@@ -1,4 +1,6 @@
-"""TODO docstring (moved from analysis.profiles.avss)."""
+"""Projections of one hidden state's token cloud: PCA (instant, not cached) and UMAP (cached) in 2-D or 3-D, with per
+point window, position, token id, token text and token frequency for colouring and hover.
+"""
 
 from __future__ import annotations
 

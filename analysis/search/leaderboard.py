@@ -43,6 +43,7 @@ from analysis.metrics.damage import (
     state_action,
 )
 from analysis.metrics.registry import ReportSection
+from analysis.search import replaceme_rows
 from analysis.texts import Text, resolve_text
 
 Progress = Callable[[int, int, str], None]
@@ -577,11 +578,7 @@ def report_items(ws) -> list:
     ]
 
 
-from analysis.search import (
-    replaceme_rows as _replaceme,  # noqa: E402  (ReplaceMe rows: "replace" against "remove")
-)
-
-_replaceme.register(register_rule, Rule)
+replaceme_rows.register(register_rule, Rule)  # ReplaceMe rows: "replace" against "remove" of the same run
 
 
 REPORT_SECTION = ReportSection("leaderboard", "Which blocks to cut, measured: the leaderboard", report_items, order=90)

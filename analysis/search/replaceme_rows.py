@@ -3,7 +3,7 @@ cosine distance between the input of block ``l`` and the output of block ``l+k�
 ``l ≥ 1``), once **replaced** (ReplaceMe's least-squares map folded into block ``l−1``) and once plainly
 **removed** — the same blocks, so the two rows differ only by the map.
 
-Imported at the end of :mod:`analysis.search.leaderboard` (its rule registry); the actions carry the calibration text's
+Registered by :mod:`analysis.search.leaderboard` (:func:`register` adds the rows to its rule registry); the actions carry the calibration text's
 hash and windows, so the leaderboard's evaluation cache (keyed by the action) never mixes two calibrations.
 """
 

@@ -13,6 +13,8 @@ the share alone would select nearly every block, and ``k`` decides.
 
 from __future__ import annotations
 
+from analysis.metrics.base import ReportSection, register_report_section
+
 from analysis.metrics.base import BlockMetric, register, register_group_writer
 
 DEFAULTS = {"site": "mlp", "eps": None, "relative": False, "share": 0.25}
@@ -115,7 +117,5 @@ def _report(ws) -> list:
          "blocks, hence the cap k."),
     ]
 
-
-from analysis.metrics.base import ReportSection, register_report_section
 
 register_report_section(ReportSection("avss", "Activation variance and sparsity (AVSS)", _report, order=30))

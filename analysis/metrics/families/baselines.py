@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.metrics.base import ReportSection, register_report_section
+
 import numpy as np
 
 from analysis.methods import baselines
@@ -73,7 +75,5 @@ def _report(ws) -> list:
         ("table", best[["size", "range", "distance"]], "Best range [start, end) of every size."),
     ]
 
-
-from analysis.metrics.base import ReportSection, register_report_section
 
 register_report_section(ReportSection("baselines", "Block influence and angular distance", _report, order=20))

@@ -12,6 +12,8 @@ A state that cannot be estimated has empty cells and its reason in ``run.json`` 
 
 from __future__ import annotations
 
+from analysis.metrics.base import ReportSection, register_report_section
+
 from analysis.metrics.base import register_group_writer
 
 
@@ -78,7 +80,5 @@ def _report(ws) -> list:
                             f"(smaller samples read higher); width {prof.width}. Correlation dimension is the closest standard estimator to "
                             "the seed paper's unverified 'correlators'.")]
 
-
-from analysis.metrics.base import ReportSection, register_report_section
 
 register_report_section(ReportSection("intrinsic_dimension", "Intrinsic dimension profile", _report, order=40))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from analysis.metrics.base import register_group_writer
+from analysis.metrics.base import ReportSection, register_report_section
+
 import numpy as np
 
 from analysis.methods import linearity
@@ -92,8 +95,6 @@ def _write_linearity_files(ws, out_dir, progress):
                               "definition": "1 - min_A ||X~A - Y~||_F^2, columns centred, Frobenius-normalised"}}
 
 
-from analysis.metrics.base import register_group_writer
-
 register_group_writer("linearity", _write_linearity_files)
 
 
@@ -116,7 +117,5 @@ def _report(ws) -> list:
          "With residual: h_b → h_(b+1); without: h_b → h_(b+1) − h_b."),
     ]
 
-
-from analysis.metrics.base import ReportSection, register_report_section
 
 register_report_section(ReportSection("linearity", "Linearity between layers", _report, order=10))

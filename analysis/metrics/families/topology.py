@@ -13,6 +13,8 @@ of Llama-style models, is never suggested). ``k`` is used as a cap: when more th
 
 from __future__ import annotations
 
+from analysis.metrics.base import ReportSection, register_report_section
+
 import numpy as np
 
 from analysis.metrics.base import BlockMetric, register, register_group_writer
@@ -115,8 +117,6 @@ def _report(ws) -> list:
         ("figure", plots.curves(list(range(n)), betti, "Betti numbers per hidden state", "hidden state h_s", "β"), ""),
     ]
 
-
-from analysis.metrics.base import ReportSection, register_report_section
 
 register_report_section(ReportSection("zigzag", "Zigzag persistence across layers", _report, order=50))
 
