@@ -183,6 +183,3 @@ def writing(dest: Destination, what: str = "results") -> Iterator[Path]:
         mark(tmp, what)
 
 
-def mark_written(folder: Path, what: str) -> None:
-    """Refresh the marker's file list after a file was added to a finished LayerScope folder."""
-    mark(folder, what)

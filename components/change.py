@@ -13,25 +13,19 @@ import streamlit as st
 
 from analysis import destinations
 from analysis.cache import stable_hash
-from analysis.changes.export import export_checkpoint, verify_export
 from analysis.changes.low_rank import low_rank_ranks, record_of
-from analysis.changes.remove_blocks import PruneError
 from analysis.changes.variant import (
     Variant,
-    apply_actions,
-    candidate_name,
     describe_action,
     validate_action,
 )
-from analysis.evaluation.perplexity import EvalSettings, EvaluationError, evaluate
-from analysis.model.architecture import ModelLoadError
+from analysis.errors import LayerScopeError
+from analysis.evaluation.perplexity import EvalSettings, EvaluationError
 from analysis.model.checkpoint import (
-    load_checkpoint,
     needs_project_loader,
-    save_checkpoint,
 )
 from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError, bundled_text
-from analysis.workflow.recipe import variant_recipe
+from analysis.workflow.variants import EXPORT_FORMS, export_variant, make_variant
 from components import jobs, state
 from components.evaluation import evaluation_view
 from components.widgets import run_with_progress, text_bytes_download
@@ -39,12 +33,6 @@ from components.widgets import run_with_progress, text_bytes_download
 # export forms: name -> (label, save_fn(model, directory) or None for save_pretrained, loader for the reload check).
 # Both go through analysis.model.checkpoint: dense multiplies factorised matrices out (plain AutoModelForCausalLM reloads
 # it unless blocks were replaced by linear maps, which config.json then records); factorised stores B·A.
-EXPORT_FORMS: dict[str, tuple[str, object, object]] = {
-    "dense": ("dense: a plain checkpoint AutoModelForCausalLM reloads",
-              lambda model, directory: save_checkpoint(model, directory, "dense"), load_checkpoint),
-    "factorised": ("factorised: each low-rank matrix stored as B·A (a smaller file; the project's loader)",
-                   lambda model, directory: save_checkpoint(model, directory, "factorised"), load_checkpoint),
-}
 
 
 def evaluation_form(key: str, submit_label: str = "Apply and evaluate") -> EvalSettings | None:
@@ -74,20 +62,14 @@ def apply_and_evaluate(ws, action: dict, settings: EvalSettings, name: str | Non
     """Apply ``action`` to the original, evaluate it, keep it as a session variant; errors end in the page."""
     try:
         settings.validate()
-        eval_text = bundled_text(settings.text)
-        model = run_with_progress("Applying", lambda p: apply_actions(ws.lm.model, action, ws, progress=p))
-        cname = candidate_name(action)
-        table = run_with_progress("Evaluating", lambda p: evaluate(
-            ws.lm.model, ws.lm.tokenizer, eval_text, settings, candidate=model, candidate_name=cname,
-            original_key=ws.lm.fingerprint, progress=p))
-    except (PruneError, EvaluationError, TextError, ValueError, ModelLoadError) as exc:
-        st.error(str(exc))  # ModelLoadError: a results-only folder has no weights to change
+        bundled_text(settings.text)
+        variant = run_with_progress("Applying and evaluating", lambda p: make_variant(
+            ws, action, settings, name=name, metrics=metrics, progress=p))
+    except LayerScopeError as exc:  # ModelLoadError too: a results-only folder has no weights to change
+        st.error(str(exc))
         return None
-    recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
-    variant = Variant(name=name or describe_action(action), model=model, action=action,
-                      base_fingerprint=ws.lm.fingerprint, evaluation=table, recipe=recipe)
-    recipe["name"] = variant.name
     state.add_variant(variant)
+    model = variant.model
     for note in (record_of(model).get("low_rank") or {}).get("notes", []):
         st.warning(note)
     return variant
@@ -98,22 +80,10 @@ def apply_work(ws, action: dict, settings: EvalSettings, name: str | None = None
 
     Runs in a worker thread (components.jobs): plain data in, no Streamlit here.
     """
-    def phase(job, what: str):
-        return lambda done, total, message="": job.report(done, total, f"{what}: {message}" if message else what)
-
     def work(job):
-        eval_text = bundled_text(settings.text)
-        job.set_stage("Applying the change")
-        model = apply_actions(ws.lm.model, action, ws, progress=phase(job, "Applying"))
-        job.set_stage("Evaluating against the original")
-        table = evaluate(ws.lm.model, ws.lm.tokenizer, eval_text, settings, candidate=model,
-                         candidate_name=candidate_name(action), original_key=ws.lm.fingerprint,
-                         progress=phase(job, "Evaluating"))
+        variant = make_variant(ws, action, settings, name=name, metrics=metrics, progress=job.report,
+                               stage=job.set_stage)
         job.check()
-        recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
-        variant = Variant(name=name or describe_action(action), model=model, action=action,
-                          base_fingerprint=ws.lm.fingerprint, evaluation=table, recipe=recipe)
-        recipe["name"] = variant.name
         return variant
 
     return work
@@ -190,16 +160,12 @@ def variant_result(ws, variant: Variant | None) -> None:
 
 def _export(ws, variant: Variant, key: str, out_dir: str, form: str, overwrite: bool) -> None:
     """Write the export (the destination is checked again inside ``export_checkpoint``) and reload it."""
-    _, save_fn, loader = EXPORT_FORMS[form]
-    recipe = dict(variant.recipe, export={"path": str(Path(out_dir).resolve()), "form": form})
     try:
-        path = run_with_progress("Exporting", lambda p: export_checkpoint(
-            variant.model, ws.lm.tokenizer, out_dir, recipe, overwrite=overwrite, save_fn=save_fn))
-        check = run_with_progress("Reloading", lambda p: verify_export(path, variant.model, ws.lm.tokenizer,
-                                                                      loader=loader))
-        st.session_state[f"last-export-{key}"] = {"path": str(path), "check": check, "form": form,
-                                                  "size": sum(f.stat().st_size for f in Path(path).iterdir()
-                                                              if f.is_file())}
+        recipe = run_with_progress("Exporting and reloading", lambda p: export_variant(
+            variant.model, ws.lm.tokenizer, out_dir, variant.recipe, form=form, overwrite=overwrite))
+        export = recipe["export"]
+        st.session_state[f"last-export-{key}"] = {"path": export["path"], "check": export["reload_check"],
+                                                  "form": form, "size": export["size_bytes"]}
         variant.recipe = recipe
     except destinations.DestinationError as exc:
         st.error(f"{exc}.")
@@ -225,7 +191,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
                                      "recipe.json). A folder LayerScope exported can be replaced after you confirm; "
                                      "any other non-empty folder is refused")
         available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
-        form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f][0], horizontal=True) \
+        form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f], horizontal=True) \
             if len(available) > 1 else available[0]
         do_export = st.form_submit_button("Export checkpoint")
     confirm_key = f"confirm-export-{key}"

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from analysis import jobs as core
+from analysis.formatting import format_seconds  # noqa: F401  (pages write jobs.format_seconds)
 
 OWNER_PARAM = "session"
 _OWNER = "_jobs_owner"
@@ -98,17 +99,6 @@ def _inline_wait() -> float:
         return float(os.environ.get(_ENV_WAIT, INLINE_WAIT_S))
     except ValueError:
         return INLINE_WAIT_S
-
-
-def format_seconds(s: float) -> str:
-    s = max(0.0, float(s))
-    if s < 60:
-        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    if m < 60:
-        return f"{m} min {sec:02d} s"
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min"
 
 
 def describe(job: core.Job) -> str:

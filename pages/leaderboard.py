@@ -5,6 +5,7 @@ import streamlit as st
 
 from analysis import cache
 from analysis.evaluation.perplexity import EvaluationError
+from analysis.formatting import format_seconds
 from analysis.metrics import registry
 from analysis.metrics.damage import DamageError, SearchSettings
 from analysis.search import leaderboard as lb
@@ -71,7 +72,7 @@ if submitted or st.session_state.get(est_key, {}).get("key") != job_key:
 est = st.session_state.get(est_key, {})
 if est.get("key") == job_key:
     e = est["estimate"]
-    st.info(f"Estimated time: about **{lb.format_seconds(e['seconds'])}** ({e['scans']} damage scans, up to "
+    st.info(f"Estimated time: about **{format_seconds(e['seconds'])}** ({e['scans']} damage scans, up to "
             f"{e['evaluations']} evaluations of ~{e['per_evaluation_s']:.0f} s each). Scans and evaluations "
             "already in the cache are skipped, so a stopped run resumes where it was.")
 else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from analysis import cache
+from analysis.formatting import format_seconds  # noqa: F401  (re-exported for the pages)
 
 BYTES = {"float32": 4, "float16": 2}
 
@@ -116,19 +117,6 @@ def speed_note(kind: str = "rips") -> str:
     sp = machine_speed(kind)
     return (f"calibrated on this machine now: a {PROBE_POINTS}-point probe ran {sp['factor']:.1f}× "
             f"{'slower' if sp['factor'] >= 1 else 'faster'} than the cost model predicts")
-
-
-def format_seconds(s: float) -> str:
-    """``0.4 s``, ``12 s``, ``3 min 20 s``, ``1 h 05 min``."""
-    if s < 10:
-        return f"{s:.1f} s"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 3600:
-        m, sec = divmod(int(round(s)), 60)
-        return f"{m} min {sec:02d} s"
-    h, m = divmod(int(round(s / 60)), 60)
-    return f"{h} h {m:02d} min"
 
 
 def _history_tokens_per_s(fingerprint: str) -> float | None:

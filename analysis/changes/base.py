@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
+RECORD = "layerscope_record"  # the attribute of a changed model that holds what each change did to it
+
 
 @dataclass(frozen=True)
 class Action:
@@ -27,3 +31,17 @@ class Action:
     order: int = 50
     removes: Callable[[object], list[int]] | None = None
     check: Callable[[object, dict], None] | None = None
+
+
+def writable_record(model: nn.Module, attr: str = RECORD) -> dict:
+    """The record of what changes did to ``model`` (created empty on first use), for a change to write into."""
+    rec = model.__dict__.get(attr)
+    if rec is None:
+        rec = {}
+        model.__dict__[attr] = rec
+    return rec
+
+
+def record_of(model: nn.Module, attr: str = RECORD) -> dict:
+    """A copy of what the changes did to ``model`` (empty for an unchanged or depth-pruned model)."""
+    return dict(model.__dict__.get(attr) or {})

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from analysis.changes.base import Action
+from analysis.changes.base import record_of as base_record_of
 from analysis.errors import InputError
 from analysis.model.architecture import (
     LINEAR_TYPES,
@@ -578,7 +579,8 @@ def estimate(model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: nn.
 
 
 def record_of(model: nn.Module) -> dict:
-    return dict(model.__dict__.get(RECORD) or {})
+    """What healing did to ``model`` (its own record beside the other changes')."""
+    return base_record_of(model, RECORD)
 
 
 def recipe_section(model: nn.Module) -> dict:

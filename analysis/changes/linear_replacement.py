@@ -29,8 +29,8 @@ from analysis.capture.block_moments import (
     collect_block_moments,
     collect_moments_of_blocks,
 )
-from analysis.changes.base import Action
-from analysis.changes.low_rank import CompressionError, Progress, _record, block_moments
+from analysis.changes.base import Action, writable_record
+from analysis.changes.low_rank import CompressionError, Progress, block_moments
 from analysis.methods.least_squares import (
     LinearMapMoments,
     fit_linear_map,
@@ -97,7 +97,7 @@ def apply_replace_linear(model: nn.Module, value, ws=None, progress: Progress | 
         if progress:
             progress(i + 1, len(blocks), f"block {b} replaced (fit residual {residual:.3f})")
     d = weight.shape[1]
-    _record(model)["replace_linear"] = {
+    writable_record(model)["replace_linear"] = {
         "blocks": blocks, "ridge": ridge, "fit_residual": {str(b): r for b, r in residuals.items()},
         "calibration": {"text": ws.text.name, "source": ws.text.source, "sha256": ws.text.sha256,
                         "windows": c.n_windows, "window_len": c.window_len, "tokens": bm.tokens},

@@ -40,7 +40,7 @@ from torch import nn
 from analysis import cache
 from analysis.capture.block_moments import collect_moments_of_blocks
 from analysis.capture.linear_inputs import collect_stats
-from analysis.changes.base import Action
+from analysis.changes.base import RECORD, Action, record_of, writable_record  # noqa: F401  (record_of re-exported)
 from analysis.changes.truncation import apply_truncation
 from analysis.errors import InputError
 from analysis.methods.least_squares import LinearMapMoments, fit_linear_map_from_moments
@@ -77,7 +77,6 @@ GROUPS: tuple[str, ...] = ("attn", "mlp", "other")
 FORMS: tuple[str, ...] = ("dense", "factorised")
 STATS_KIND = "lowrank-stats"
 MOMENTS_KIND = "block-moments"
-RECORD = "layerscope_record"
 LOW_RANK_KEYS = {"method", "ratio", "rank", "ranks", "targets", "blocks", "alpha", "k1_share", "damping", "form",
                  "calibration"}
 TOKENS_PER_BATCH = 2048
@@ -463,10 +462,6 @@ def block_moments(lm: LoadedModel, text: Text, n_windows: int, window_len: int, 
     return BlockMoments(moments, residuals, moments[0].n, seconds, "computed", e)
 
 
-def moments_cached(lm: LoadedModel, text: Text, n_windows: int, window_len: int, ridge: float = 0.0) -> bool:
-    return cache.entry(MOMENTS_KIND, moments_params(lm, text, n_windows, window_len, ridge)).exists()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The low_rank action
 # ----------------------------------------------------------------------------------------------------------------
@@ -565,19 +560,6 @@ def calibration_of(spec: LowRankSpec, ws) -> tuple[Text, int, int]:
     return text, n_windows, window_len
 
 
-def _record(model: nn.Module) -> dict:
-    rec = getattr(model, RECORD, None)
-    if rec is None:
-        rec = {}
-        model.__dict__[RECORD] = rec
-    return rec
-
-
-def record_of(model: nn.Module) -> dict:
-    """What the registered actions did to ``model`` (empty for an unchanged or depth-pruned model)."""
-    return dict(getattr(model, RECORD, None) or {})
-
-
 def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -636,7 +618,7 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
     if damped:
         notes.append(f"{len(damped)} input Gram matri{'ces were' if len(damped) > 1 else 'x was'} not positive "
                      "definite and got the damping λ·I (see each matrix's 'damping')")
-    _record(model)["low_rank"] = {
+    writable_record(model)["low_rank"] = {
         "method": spec.method, "form": spec.form, "ratio": spec.ratio, "rank": spec.rank,
         "targets": spec.targets if isinstance(spec.targets, str) else list(spec.targets),
         "blocks": None if spec.blocks is None else list(spec.blocks), "options": spec.options(),

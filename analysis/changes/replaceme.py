@@ -52,10 +52,10 @@ import torch
 from torch import Tensor, nn
 
 from analysis import cache
-from analysis.changes.base import Action
+from analysis.changes.base import Action, writable_record
 from analysis.changes.linear_replacement import replace_value
-from analysis.changes.low_rank import CompressionError, _record
-from analysis.changes.low_rank import calibration_of as _calibration_of
+from analysis.changes.low_rank import CompressionError, calibration_of
+from analysis.methods.least_squares import solve_normal_equations
 from analysis.methods.lowrank import decomposition_threads
 from analysis.model.architecture import (
     LINEAR_TYPES,
@@ -437,13 +437,8 @@ def collect_run_stats(model: nn.Module, runs: Sequence[tuple[int, int]], batches
 
 def fit_lstsq(stats: RunStats, ridge: float = 0.0) -> Tensor:
     """``T = (MᵀM + λI)⁻¹ Mᵀ(L − Y)`` in float64, ``λ = ridge · tr(MᵀM)/d`` (minimum-norm solution at λ = 0)."""
-    G = 0.5 * (stats.MtM + stats.MtM.T)
-    d = G.shape[0]
     with decomposition_threads():
-        if ridge > 0:
-            lam = ridge * float(torch.trace(G)) / d
-            return torch.linalg.solve(G + lam * torch.eye(d, dtype=G.dtype, device=G.device), stats.MtR)
-        return torch.linalg.lstsq(G, stats.MtR, driver="gelsy" if G.device.type == "cpu" else None).solution
+        return solve_normal_equations(stats.MtM, stats.MtR, ridge)
 
 
 def fit_residual(stats: RunStats, T: Tensor) -> float:
@@ -586,10 +581,6 @@ def fit_runs(lm: LoadedModel, text: Text, n_windows: int, window_len: int, specs
     return [out[i] for i in range(len(specs))]
 
 
-def fit_cached(lm: LoadedModel, text: Text, n_windows: int, window_len: int, spec: ReplaceMeSpec) -> bool:
-    return cache.entry(FIT_KIND, fit_key(lm, text, n_windows, window_len, spec)).exists()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Folding and the action
 # ----------------------------------------------------------------------------------------------------------------
@@ -613,10 +604,6 @@ def fold_map(module: nn.Module, T: Tensor) -> None:
         module.bias = nn.Parameter((b.to(torch.float64) @ Td).to(b.dtype), requires_grad=b.requires_grad)
 
 
-def calibration_of(spec: ReplaceMeSpec, ws) -> tuple[Text, int, int]:
-    return _calibration_of(spec, ws)  # reads spec.calibration only (text, windows, window_len, sha256)
-
-
 def apply_replaceme(model: nn.Module, value, ws=None, progress: Progress | None = None) -> nn.Module:
     """The registered ``replaceme`` action: fold the fitted map into block ``l−1`` of ``model`` (a structural
     copy); :func:`analysis.changes.variant.apply_actions` then removes the run with ``remove_blocks``."""
@@ -627,7 +614,7 @@ def apply_replaceme(model: nn.Module, value, ws=None, progress: Progress | None 
     text, n_windows, window_len = calibration_of(spec, ws)
     fit = fit_runs(ws.lm, text, n_windows, window_len, [spec], progress=progress)[0]
     fold_map(module, fit.T)
-    _record(model)[KEY] = {
+    writable_record(model)[KEY] = {
         **fit.info, "blocks": spec.blocks, "fold_into": name, "cached": fit.outcome == "hit",
         "calibration": {"text": text.name, "source": text.source, "sha256": text.sha256, "windows": n_windows,
                         "window_len": window_len, "tokens": fit.info.get("tokens")},
@@ -708,12 +695,6 @@ def run_distances(ws, progress: Progress | None = None) -> np.ndarray:
     arrays, _, _ = cache.cached(DISTANCE_KIND, {"model": ws.lm.fingerprint, "text": ws.text.sha256,
                                                 "windows": c.n_windows, "window_len": c.window_len, "v": 1}, compute)
     return np.asarray(arrays["D"], dtype=float)
-
-
-def distances_cached(ws) -> bool:
-    c = ws.calibration
-    return cache.entry(DISTANCE_KIND, {"model": ws.lm.fingerprint, "text": ws.text.sha256, "windows": c.n_windows,
-                                       "window_len": c.window_len, "v": 1}).exists()
 
 
 def run_scores_from_blocks(scores: Sequence[float], redundant_when: str = "low") -> np.ndarray:

@@ -128,10 +128,8 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
 
 def run(args) -> int:
-    from analysis.cache import atomic_write_text, dumps
-    from analysis.changes.export import export_checkpoint, verify_export
     from analysis.changes.low_rank import record_of
-    from analysis.changes.variant import apply_actions, candidate_name, describe_action
+    from analysis.changes.variant import candidate_name, describe_action
     from analysis.cli.common import (
         TqdmProgress,
         eval_settings_from,
@@ -142,16 +140,13 @@ def run(args) -> int:
         spec_from,
         workspace_from,
     )
-    from analysis.evaluation.perplexity import evaluate
     from analysis.model.checkpoint import (
-        load_checkpoint,
         needs_project_loader,
-        save_checkpoint,
     )
     from analysis.model.loading import read_config, read_tokenizer
     from analysis.texts import resolve_text
     from analysis.workflow import preflight
-    from analysis.workflow.recipe import variant_recipe
+    from analysis.workflow.variants import export_variant, make_variant
 
     action = build_action(args)  # refuse bad arguments before loading anything
     settings = eval_settings_from(args)
@@ -184,23 +179,15 @@ def run(args) -> int:
                   f"{score:.4f})", file=sys.stderr)
     form = args.form or ("factorised" if "low_rank" in action else "dense")
     print(f"[compress] {describe_action(action)}", file=sys.stderr)
-    model = apply_actions(lm.model, action, ws, progress=TqdmProgress("compress"))
+    variant = make_variant(ws, action, settings, progress=TqdmProgress("compress"),
+                           stage=lambda s: print(f"[compress] {s.lower()} ({eval_text.label})", file=sys.stderr)
+                           if s.startswith("Evaluating") else None)
+    model, table, name = variant.model, variant.evaluation, candidate_name(action)
     record = record_of(model)
     for note in (record.get("low_rank") or {}).get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
-    name = candidate_name(action)
-    print(f"[compress] evaluating on {eval_text.label}", file=sys.stderr)
-    table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=model, candidate_name=name,
-                     original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
-    recipe = variant_recipe(ws, action, evaluation=table.to_dict(), model=model)
-    recipe["name"] = describe_action(action)
-    recipe["export"] = {"path": str(out), "form": form}
-    export_checkpoint(model, lm.tokenizer, out, recipe, overwrite=args.overwrite,
-                      save_fn=lambda m, d: save_checkpoint(m, d, form))
-    check = verify_export(out, model, lm.tokenizer, loader=load_checkpoint)
-    recipe["export"]["reload_check"] = check
-    recipe["export"]["size_bytes"] = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    atomic_write_text(out / "recipe.json", dumps(recipe))
+    recipe = export_variant(model, lm.tokenizer, out, variant.recipe, form=form, overwrite=args.overwrite)
+    check = recipe["export"]["reload_check"]
     low = record.get("low_rank") or {}
     print_json({"out": str(out), "change": recipe["name"], "form": form,
                 "perplexity": {"original": table.original.perplexity, name: table.candidate.perplexity},

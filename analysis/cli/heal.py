@@ -73,15 +73,14 @@ def run(args) -> int:
     from analysis.cache import atomic_write_text, dumps
     from analysis.capture.workspace import Calibration, Workspace
     from analysis.changes import healing as hl
-    from analysis.changes.export import export_checkpoint, verify_export
     from analysis.changes.remove_blocks import parse_blocks, validate_removal
     from analysis.changes.variant import apply_actions, describe_action
     from analysis.cli.common import TqdmProgress, eval_settings_from, load, print_json
     from analysis.evaluation.perplexity import evaluate
     from analysis.jobs import run_in_foreground
-    from analysis.model.checkpoint import load_checkpoint, save_checkpoint
     from analysis.texts import BUNDLED, resolve_text
     from analysis.workflow import recipe as rc
+    from analysis.workflow.variants import export_variant
 
     value = {"method": args.method, "loss": args.loss, "mix": args.mix, "steps": args.steps, "lr": args.lr,
              "schedule": args.schedule, "warmup": args.warmup, "batch_size": args.batch_size,
@@ -148,18 +147,15 @@ def run(args) -> int:
     gap = hl.record_gap(healed, recipe, ppl_o, ppl_c, ppl_h, settings.to_dict())
     if cut_table is not None:
         recipe["evaluation"]["cut"] = cut_table.candidate.to_dict()
-    recipe["export"] = {"path": str(out), "form": "dense"}
     lora = hl.has_adapter(healed)
 
-    def save(model, directory):
-        save_checkpoint(model, directory, "dense")
-        if lora:
-            (directory / "adapter").mkdir()
-            hl.save_adapter(model, directory / "adapter")
+    def save_adapter(model, directory):
+        (directory / "adapter").mkdir()
+        hl.save_adapter(model, directory / "adapter")
 
-    export_checkpoint(healed, lm.tokenizer, out, recipe, overwrite=args.overwrite, save_fn=save)
-    check = verify_export(out, healed, lm.tokenizer, loader=load_checkpoint)
-    recipe["export"]["reload_check"] = check
+    recipe = export_variant(healed, lm.tokenizer, out, recipe, overwrite=args.overwrite,
+                            also_write=save_adapter if lora else None)
+    check = recipe["export"]["reload_check"]
     result = {"out": str(out), "variant": recipe["name"], "gap": gap, "reload_check": check,
               "training_loss": {"first": rec["first_loss"], "final": rec["final_loss"]}, "seconds": rec["seconds"]}
     if lora:

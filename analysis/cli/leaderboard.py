@@ -65,6 +65,7 @@ def run(args) -> int:
     from analysis.cache import write_csv, write_json
     from analysis.changes.remove_blocks import parse_blocks
     from analysis.cli.common import TqdmProgress, load, prepare_out_dir, workspace_from
+    from analysis.formatting import format_seconds
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
 
@@ -93,7 +94,7 @@ def run(args) -> int:
     ws = workspace_from(args, lm)
     lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)
     est = lb.estimate(ws, settings)
-    print(f"[leaderboard] estimate: about {lb.format_seconds(est['seconds'])} ({est['scans']} scans, up to "
+    print(f"[leaderboard] estimate: about {format_seconds(est['seconds'])} ({est['scans']} scans, up to "
           f"{est['evaluations']} evaluations of ~{est['per_evaluation_s']:.0f} s; cached work is skipped)",
           file=sys.stderr)
     if args.estimate:

@@ -29,10 +29,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from analysis.changes.export import export_checkpoint, verify_export
     from analysis.changes.remove_blocks import (
         parse_blocks,
-        remove_blocks,
         validate_removal,
     )
     from analysis.cli.common import (
@@ -44,11 +42,10 @@ def run(args) -> int:
         spec_from,
         workspace_from,
     )
-    from analysis.evaluation.perplexity import evaluate
     from analysis.model.loading import read_config, read_tokenizer
     from analysis.texts import resolve_text
     from analysis.workflow import preflight
-    from analysis.workflow.recipe import pruning_recipe
+    from analysis.workflow.variants import export_variant, make_variant
 
     blocks = parse_blocks(args.remove, what="--remove")
     settings = eval_settings_from(args)
@@ -62,18 +59,11 @@ def run(args) -> int:
     lm = load(args)
     blocks = validate_removal(blocks, lm.n_blocks)
     ws = workspace_from(args, lm)
-    pruned = remove_blocks(lm.model, blocks)
-    print(f"[prune] removed blocks {blocks}; evaluating on {eval_text.label}", file=sys.stderr)
-    table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned, candidate_name="pruned",
-                     original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
-    recipe = pruning_recipe(ws, blocks, evaluation=table.to_dict())
-    recipe["export"] = {"path": str(out), "form": "dense"}
-    export_checkpoint(pruned, lm.tokenizer, out, recipe, overwrite=args.overwrite)
-    check = verify_export(out, pruned, lm.tokenizer)
-    recipe["export"]["reload_check"] = check
-    from analysis.cache import atomic_write_text, dumps
-
-    atomic_write_text(out / "recipe.json", dumps(recipe))
+    print(f"[prune] removing blocks {blocks}; evaluating on {eval_text.label}", file=sys.stderr)
+    variant = make_variant(ws, {"remove_blocks": blocks}, settings, progress=TqdmProgress("evaluate"))
+    table = variant.evaluation
+    recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite)
+    check = recipe["export"]["reload_check"]
     print_json({"out": str(out), "removed_blocks": blocks,
                 "perplexity": {"original": table.original.perplexity, "pruned": table.candidate.perplexity},
                 "kl_to_original": table.candidate.kl_to_original, "top1_agreement": table.candidate.top1_agreement,

@@ -35,18 +35,16 @@ def run(args) -> int:
     from analysis import destinations
     from analysis.cache import write_json
     from analysis.capture.workspace import Workspace
-    from analysis.changes.export import export_checkpoint, verify_export
     from analysis.changes.low_rank import recipe_sections
-    from analysis.changes.variant import apply_actions, describe_action
+    from analysis.changes.variant import candidate_name, describe_action
     from analysis.cli.common import TqdmProgress
-    from analysis.evaluation.perplexity import EvalSettings, evaluate
-    from analysis.model.checkpoint import load_checkpoint, save_checkpoint
+    from analysis.evaluation.perplexity import EvalSettings
     from analysis.model.loading import load_model, remote_code_files
-    from analysis.texts import resolve_text
     from analysis.workflow import preflight
     from analysis.workflow import recipe as rc
     from analysis.workflow.report import build_report, write_report
     from analysis.workflow.runs import resolve_groups, write_metric_files
+    from analysis.workflow.variants import export_variant, make_variant
 
     say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
     recipe = rc.load(args.recipe)
@@ -81,20 +79,15 @@ def run(args) -> int:
         changes = []
         if action:
             print(f"[run] {describe_action(action)}", file=sys.stderr)
-            model = apply_actions(lm.model, action, ws, progress=TqdmProgress("apply"))
             settings = EvalSettings(**((recipe.get("evaluation") or {}).get("settings") or {}))
-            name = rc.candidate_name(action)
-            table = evaluate(lm.model, lm.tokenizer, resolve_text(settings.text), settings, candidate=model,
-                             candidate_name=name, original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
-            done.update(recipe_sections(model, lm.model, name))  # what low_rank / replace_linear resolved to
+            variant = make_variant(ws, action, settings, name=done["name"], progress=TqdmProgress("apply, evaluate"))
+            model, table = variant.model, variant.evaluation
+            done.update(recipe_sections(model, lm.model, candidate_name(action)))  # what low_rank etc. resolved to
             done["evaluation"] = table.to_dict()
             form = (recipe.get("export") or {}).get("form")
             if form and not args.no_export:
-                target = out / "checkpoint"
-                done["export"] = {"form": form, "path": str(dest.path / "checkpoint")}
-                export_checkpoint(model, lm.tokenizer, target, done, save_fn=lambda m, d: save_checkpoint(m, d, form))
-                done["export"]["reload_check"] = verify_export(target, model, lm.tokenizer, loader=load_checkpoint)
-                done["export"]["size_bytes"] = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+                done = export_variant(model, lm.tokenizer, out / "checkpoint", done, form=form,
+                                      recorded_path=dest.path / "checkpoint")
             changes.append({"name": done["name"], "action": action, "evaluation": done["evaluation"], "recipe": done})
         write_json(out / "recipe.json", done)
         if recipe.get("report", True):

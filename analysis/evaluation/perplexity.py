@@ -379,46 +379,6 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-@torch.no_grad()
-def measure_prefill(model: nn.Module, n_tokens: int = 512, repeats: int = 3) -> tuple[float, int]:
-    """Prefill throughput (tokens/s, median of ``repeats`` after a warm-up) and peak memory of the last pass."""
-    device = input_device(model)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    x = torch.randint(100, max(101, vocab - 1), (1, n_tokens), generator=torch.Generator().manual_seed(0)).to(device)
-    model(input_ids=x, use_cache=False)  # warm-up
-    times = []
-
-    def timed_pass() -> None:
-        _sync(device)
-        t0 = time.perf_counter()
-        model(input_ids=x, use_cache=False)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-
-    for _ in range(repeats - 1):
-        timed_pass()
-    peak = _peak_memory(timed_pass, device, weight_bytes(model))
-    return n_tokens / statistics.median(times), peak
-
-
-@torch.no_grad()
-def measure_decode(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 32, repeats: int = 2) -> float:
-    """Milliseconds per generated token (greedy, KV cache), median of ``repeats``."""
-    device = input_device(model)
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
-    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=pad)
-        _sync(device)
-        generated = out.shape[1] - enc["input_ids"].shape[1]
-        times.append((time.perf_counter() - t0) * 1000 / max(1, generated))
-    return statistics.median(times)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -58,6 +58,21 @@ class LinearMapMoments:
         self.n += int(X.shape[0])
 
 
+def solve_normal_equations(G: Tensor, B: Tensor, ridge: float = 0.0) -> Tensor:
+    """``X = (G + λI)⁻¹ B`` for a symmetric Gram matrix ``G``, ``λ = ridge · tr(G)/d`` (relative ridge); at
+    ``ridge = 0`` the minimum-norm least-squares solution (``G`` may be rank deficient). The one solver of the
+    project: the affine fit of a block, ReplaceMe's map and the full-residual curve all come here."""
+    if ridge < 0:
+        raise InputError(f"ridge must be non-negative, got {ridge}")
+    G = 0.5 * (G + G.T)
+    d = G.shape[0]
+    if ridge > 0:
+        lam = ridge * float(torch.trace(G)) / d
+        return torch.linalg.solve(G + lam * torch.eye(d, dtype=G.dtype, device=G.device), B)
+    # gelsy (complete orthogonal factorisation) gives the same minimum-norm solution as gelsd, ~30x faster
+    return torch.linalg.lstsq(G, B, driver="gelsy" if G.device.type == "cpu" else None).solution
+
+
 def _solve(moments: LinearMapMoments, ridge: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(W, c, centred Gram, centred cross moment)`` of the least-squares affine fit."""
     if moments.n < 2:
@@ -69,13 +84,7 @@ def _solve(moments: LinearMapMoments, ridge: float) -> tuple[Tensor, Tensor, Ten
     Cxx = moments.in_in - moments.n * torch.outer(mu_x, mu_x)
     Cxy = moments.in_out - moments.n * torch.outer(mu_x, mu_y)
     Cxx = 0.5 * (Cxx + Cxx.T)
-    d = Cxx.shape[0]
-    if ridge > 0:
-        lam = ridge * float(torch.trace(Cxx)) / d
-        W = torch.linalg.solve(Cxx + lam * torch.eye(d, dtype=Cxx.dtype, device=Cxx.device), Cxy)
-    else:
-        # gelsy (complete orthogonal factorisation) gives the same minimum-norm solution as gelsd, ~30x faster
-        W = torch.linalg.lstsq(Cxx, Cxy, driver="gelsy" if Cxx.device.type == "cpu" else None).solution
+    W = solve_normal_equations(Cxx, Cxy, ridge)
     c = mu_y - mu_x @ W
     return W, c, Cxx, Cxy
 

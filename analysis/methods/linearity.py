@@ -128,11 +128,6 @@ def consecutive_linearity(clouds: Sequence[np.ndarray], progress: Progress | Non
     return with_res, without_res
 
 
-def fit_residual_curve(clouds: Sequence[np.ndarray]) -> np.ndarray:
-    """``1 − linearity`` per block: the normalised least-squares error of the best linear map ``h_b → h_{b+1}``."""
-    return 1.0 - consecutive_linearity(clouds)[0]
-
-
 class PairMoments:
     """Streamed first and second moments of a pair of clouds ``(X, Y)``: O(d²) memory whatever the tokens."""
 

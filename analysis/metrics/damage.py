@@ -48,6 +48,7 @@ from analysis.model.architecture import (
     input_device,
     output_head,
 )
+from analysis.model.hooks import removed_after
 from analysis.texts import Text, TextError, resolve_text, token_ids
 
 Progress = Callable[[int, int, str], None]
@@ -124,12 +125,6 @@ def state_with(state: dict, block: int, site: str) -> dict:
     key = "blocks" if site == "block" else site
     s[key] = sorted(set(s[key]) | {int(block)})
     return normalise_state(s)
-
-
-def state_label(state: dict) -> str:
-    s = normalise_state(state)
-    parts = [str(b) for b in s["blocks"]] + [f"{b}a" for b in s["attention"]] + [f"{b}m" for b in s["mlp"]]
-    return ",".join(parts)
 
 
 def apply_state(model: nn.Module, state: dict) -> nn.Module:
@@ -242,11 +237,8 @@ def _block_inputs(model: nn.Module, batches: list[torch.Tensor]) -> tuple[list[l
             return pre
 
         handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
-        try:
+        with removed_after(handles):
             logits.append(_logits(model, x))
-        finally:
-            for h in handles:
-                h.remove()
         per_batch.append(seen)
     return per_batch, logits
 
@@ -276,11 +268,8 @@ def candidate_logits(model: nn.Module, j: int, site: str, batches: list[torch.Te
     out = []
     for x, hs in zip(batches, inputs):
         handles = [_inject(target, hs[j])] + [_zero_output(m) for m in zeroed]
-        try:
+        with removed_after(handles):
             out.append(_logits(tail, x))
-        finally:
-            for h in handles:
-                h.remove()
     return out
 
 
@@ -295,11 +284,8 @@ def naive_candidate_logits(model: nn.Module, j: int, site: str, batches: list[to
     else:
         cand = shallow_structural_copy(model)
         handles = [_zero_output(output_projection(find_blocks(cand)[j], site, j))]
-    try:
+    with removed_after(handles):
         return [_logits(cand, x) for x in batches]
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _kept(n_original: int, state: dict) -> list[int]:
@@ -439,13 +425,6 @@ def greedy(lm, settings: SearchSettings = SearchSettings(), steps: int | None = 
 def _still_leaves_a_block(n: int, state: dict, row: dict) -> bool:
     after = state_with(state, row["block"], row["site"])
     return len(after["blocks"]) < n
-
-
-def greedy_selection(steps: list[dict], k: int) -> dict | None:
-    """The state after ``k`` greedy steps (None if the search stopped earlier)."""
-    if k < 1 or k > len(steps):
-        return None
-    return steps[k - 1]["state"]
 
 
 def reverse_order(n_blocks: int, k: int) -> list[int]:

@@ -8,10 +8,12 @@ experts the MoE block's output). :func:`site_hook` finds the module and the side
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from analysis.errors import InputError
 from analysis.jobs import this_thread_only
@@ -52,10 +54,6 @@ def site_hook(block: torch.nn.Module, site: str, index: int) -> tuple[torch.nn.M
     except arch.ArchitectureError as exc:
         raise InputError(f"the {site} site: {exc}") from None
     raise InputError(f"unknown site {site!r}; choose from {SITES}")
-
-
-def _site_module(block: torch.nn.Module, site: str, index: int) -> torch.nn.Module:
-    return site_hook(block, site, index)[0]
 
 
 def site_modules(
@@ -121,3 +119,15 @@ def _first_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
         return value[0]
     raise TypeError(f"cannot read an activation tensor from a {type(value).__name__}")
+
+
+@contextmanager
+def removed_after(handles: Iterable[RemovableHandle]) -> Iterator[list[RemovableHandle]]:
+    """The one way LayerScope attaches hooks: ``with removed_after([m.register_forward_hook(f), …]):`` — every
+    handle is removed when the block ends, whether it ends normally or by an exception."""
+    handles = list(handles)
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()

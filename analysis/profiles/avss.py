@@ -30,7 +30,7 @@ from analysis.capture.workspace import Workspace
 from analysis.errors import InputError
 from analysis.methods import avss as avss_math
 from analysis.methods.avss import AVSSAccumulator
-from analysis.model.hooks import hook_site_activations, site_hook
+from analysis.model.hooks import hook_site_activations, removed_after, site_hook
 from analysis.model.loading import LoadedModel
 from analysis.texts import calibration_windows
 
@@ -150,11 +150,8 @@ def avss_hooks(lm: LoadedModel, site: str, accumulator: avss_math.AVSSAccumulato
     """
     handles = hook_site_activations(lm.blocks, site, lambda index, a: accumulator.update(
         index, a, count.mask))
-    try:
+    with removed_after(handles):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def count_mask(n_rows: int, window_len: int, exclude_first: int) -> np.ndarray:

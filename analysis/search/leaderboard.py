@@ -144,10 +144,6 @@ def eval_params(lm, action: dict, settings: EvalSettings, text: Text) -> dict:
             "action": canonical_action(action), "v": 1}
 
 
-def eval_is_cached(lm, action: dict, settings: EvalSettings, text: Text) -> bool:
-    return cache.entry("leaderboard-eval", eval_params(lm, action, settings, text)).exists()
-
-
 def evaluate_action(lm, action: dict, settings: EvalSettings, text: Text | None = None, ws=None,
                     progress: Progress | None = None) -> dict:
     """The original without/with ``action`` evaluated on ``text`` by :func:`analysis.evaluation.perplexity.evaluate`, cached.
@@ -458,14 +454,6 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings()) -> dict:
     seconds = scans + n_evals * per_eval + per_eval  # + the original's pass
     return {"seconds": seconds, "scans": n_scans, "evaluations": n_evals, "per_evaluation_s": per_eval,
             "per_token_s": per_token, "note": "cached scans and evaluations are skipped; duplicates are evaluated once"}
-
-
-def format_seconds(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 # ---- kept results, CSV tables, report -----------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Headless runs shared by the command line: metric files, and a whole recipe reproduced end to end."""
+"""Metric files of a headless run: ``layers.csv`` (one column per metric of the chosen groups), each group's own
+files and ``run.json``, written by the ``metrics`` and ``run`` commands (a whole recipe is reproduced by
+:mod:`analysis.cli.run`, through :mod:`analysis.workflow.variants` for its change)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cache import write_csv, write_json  # noqa: F401
+from analysis.cache import write_csv, write_json
 from analysis.errors import InputError
 from analysis.metrics import registry
 

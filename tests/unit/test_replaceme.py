@@ -122,8 +122,6 @@ def test_folded_block_computes_y_plus_m_t():
     model = tiny(layers=5, seed=4)
     ws = workspace(model)
     variant = apply_actions(model, {"replaceme": {"start": 2, "n": 2}}, ws)
-    from analysis.changes.low_rank import _record  # noqa: F401
-
     key = rm.fit_key(ws.lm, ws.text, 8, 32, rm.ReplaceMeSpec.from_value({"start": 2, "n": 2}))
     from analysis import cache
 

@@ -13,9 +13,7 @@ the share alone would select nearly every block, and ``k`` decides.
 
 from __future__ import annotations
 
-from analysis.metrics.base import ReportSection, register_report_section
-
-from analysis.metrics.base import BlockMetric, register, register_group_writer
+from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
 
 DEFAULTS = {"site": "mlp", "eps": None, "relative": False, "share": 0.25}
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from analysis.metrics.base import ReportSection, register_report_section
-
 import numpy as np
 
 from analysis.methods import baselines
-from analysis.metrics.base import BlockMetric, register
+from analysis.metrics.base import BlockMetric, ReportSection, register, register_report_section
 
 
 def baseline_results(ws, progress=None) -> dict:

@@ -12,9 +12,7 @@ A state that cannot be estimated has empty cells and its reason in ``run.json`` 
 
 from __future__ import annotations
 
-from analysis.metrics.base import ReportSection, register_report_section
-
-from analysis.metrics.base import register_group_writer
+from analysis.metrics.base import ReportSection, register_group_writer, register_report_section
 
 
 def write_states_csv(ws, out_dir, progress, params: dict | None = None):

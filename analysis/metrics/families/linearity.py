@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from analysis.metrics.base import register_group_writer
-from analysis.metrics.base import ReportSection, register_report_section
-
 import numpy as np
 
 from analysis.methods import linearity
-from analysis.metrics.base import BlockMetric, register
+from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
 
 
 def linearity_results(ws, progress=None) -> dict:

@@ -13,11 +13,9 @@ of Llama-style models, is never suggested). ``k`` is used as a cap: when more th
 
 from __future__ import annotations
 
-from analysis.metrics.base import ReportSection, register_report_section
-
 import numpy as np
 
-from analysis.metrics.base import BlockMetric, register, register_group_writer
+from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
 
 DEFAULTS = {"windows": 500, "window_len": 32, "k": 4, "m": 3, "alpha": 0.0, "fraction": 0.9}
 

@@ -1,0 +1,81 @@
+"""The one path from a change to an exported checkpoint: apply → evaluate → recipe → export.
+
+Every command that changes a model (``prune``, ``compress``, ``run``; ``heal`` for its export) and every change page
+of the dashboard goes through :func:`make_variant` and :func:`export_variant`, so a change is applied, judged,
+recorded and written the same way wherever it is started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from analysis.cache import atomic_write_text, dumps
+from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.variant import Variant, apply_actions, candidate_name, describe_action
+from analysis.errors import InputError
+from analysis.evaluation.perplexity import EvalSettings, evaluate
+from analysis.model.checkpoint import load_checkpoint, save_checkpoint
+from analysis.texts import resolve_text
+from analysis.workflow.recipe import variant_recipe
+
+Progress = Callable[..., None]  # (done, total, message)
+
+# The checkpoint forms an export can take: what each is, for the pages' radio and the CLI's --form.
+EXPORT_FORMS: dict[str, str] = {
+    "dense": "dense: a plain checkpoint AutoModelForCausalLM reloads",
+    "factorised": "factorised: each low-rank matrix stored as B·A (a smaller file; the project's loader)",
+}
+
+
+def _phase(progress: Progress | None, what: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda done, total, message="": progress(done, total, f"{what}: {message}" if message else what)
+
+
+def make_variant(ws, action: dict, settings: EvalSettings, name: str | None = None, metrics: dict | None = None,
+                 progress: Progress | None = None, stage: Callable[[str], None] | None = None) -> Variant:
+    """Apply ``action`` to the workspace's original (never modified), evaluate the result against it on
+    ``settings`` and return the :class:`~analysis.changes.variant.Variant` with its recipe.
+
+    ``progress(done, total, message)`` follows both phases; ``stage(name)`` is told when each phase starts."""
+    stage = stage or (lambda s: None)
+    eval_text = resolve_text(settings.text)
+    stage("Applying the change")
+    model = apply_actions(ws.lm.model, action, ws, progress=_phase(progress, "Applying"))
+    stage("Evaluating against the original")
+    table = evaluate(ws.lm.model, ws.lm.tokenizer, eval_text, settings, candidate=model,
+                     candidate_name=candidate_name(action), original_key=ws.lm.fingerprint,
+                     progress=_phase(progress, "Evaluating"))
+    recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
+    variant = Variant(name=name or describe_action(action), model=model, action=action,
+                      base_fingerprint=ws.lm.fingerprint, evaluation=table, recipe=recipe)
+    recipe["name"] = variant.name
+    return variant
+
+
+def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = "dense",
+                   overwrite: bool = False, recorded_path: str | Path | None = None,
+                   also_write: Callable[[object, Path], None] | None = None) -> dict:
+    """Write ``model`` as a checkpoint of ``form`` with ``recipe.json`` into ``out`` (atomically; the destination
+    rule of :mod:`analysis.destinations` decides whether ``out`` may be written), reload it and compare logits.
+
+    Returns the recipe as written, whose ``export`` section holds the path, the form, the reload check and the size.
+    ``recorded_path`` is the path the recipe names (default ``out``; a run writes into a temporary folder first);
+    ``also_write(model, folder)`` adds files of its own to the folder before it is moved into place (healing's
+    LoRA adapter)."""
+    if form not in EXPORT_FORMS:
+        raise InputError(f"unknown export form {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    recipe = dict(recipe)
+    recipe["export"] = {"path": str(Path(recorded_path or out).resolve()), "form": form}
+    def save(m, directory: Path) -> None:
+        save_checkpoint(m, directory, form)
+        if also_write is not None:
+            also_write(m, directory)
+
+    path = export_checkpoint(model, tokenizer, out, recipe, overwrite=overwrite, save_fn=save)
+    recipe["export"]["reload_check"] = verify_export(path, model, tokenizer, loader=load_checkpoint)
+    recipe["export"]["size_bytes"] = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    atomic_write_text(Path(path) / "recipe.json", dumps(recipe))
+    return recipe
