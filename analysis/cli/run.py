@@ -19,7 +19,8 @@ HELP = "reproduce a recipe.json headless (metrics, change, evaluation, export, r
 def add_arguments(p):
     p.add_argument("recipe", help="path to a recipe.json")
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
-    p.add_argument("--text", default=None, help="the calibration text file, when the recipe's text was uploaded")
+    p.add_argument("--text", default=None,
+                   help="your calibration text file (a recipe names bundled texts only, never a file)")
     p.add_argument("--device", default=None, help="override the recipe's device (auto, cpu, cuda, mps)")
     p.add_argument("--no-export", action="store_true", help="skip writing the checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -42,7 +43,6 @@ def run(args) -> int:
     from analysis.evaluation.perplexity import EvalSettings, evaluate
     from analysis.model.checkpoint import load_checkpoint, save_checkpoint
     from analysis.model.loading import load_model, remote_code_files
-    from analysis.texts import resolve_text
     from analysis.workflow import preflight
     from analysis.workflow import recipe as rc
     from analysis.workflow.report import build_report, write_report
@@ -50,6 +50,7 @@ def run(args) -> int:
 
     say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
     recipe = rc.load(args.recipe)
+    rc.check_texts(recipe, args.text)  # a recipe names bundled texts only; a file comes from --text
     dest = destinations.check(args.out, overwrite=args.overwrite, what="--out results folder")
     spec = rc.spec_of(recipe, trust_remote_code=args.trust_remote_code)
     if rc.asks_for_remote_code(recipe) and not args.trust_remote_code:
@@ -84,7 +85,7 @@ def run(args) -> int:
             model = apply_actions(lm.model, action, ws, progress=TqdmProgress("apply"))
             settings = EvalSettings(**((recipe.get("evaluation") or {}).get("settings") or {}))
             name = rc.candidate_name(action)
-            table = evaluate(lm.model, lm.tokenizer, resolve_text(settings.text), settings, candidate=model,
+            table = evaluate(lm.model, lm.tokenizer, rc.eval_text_of(recipe), settings, candidate=model,
                              candidate_name=name, original_key=lm.fingerprint, progress=TqdmProgress("evaluate"))
             done.update(recipe_sections(model, lm.model, name))  # what low_rank / replace_linear resolved to
             done["evaluation"] = table.to_dict()
