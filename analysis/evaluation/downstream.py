@@ -634,7 +634,9 @@ def run_tasks(
                     lm = _make_lm(model, tokenizer, batch_size, max_length)
             prefix = f"{label} · {info.name} ({i + 1}/{len(infos)})"
             lm.progress = (lambda d, t, m, _p=prefix: progress(d, t, f"{_p}: {m}")) if progress else None
-            results = _simple_evaluate(lm, info, limit, num_fewshot, allow_code)
+            if info.source == "directory" and not allow_code and task_code(Path(info.yaml_path)):
+                raise DownstreamError(f"{info.name} {CODE_REFUSED}; allow task code to run it")  # changed since
+            results = _simple_evaluate(lm, info, limit, num_fewshot)
             metrics = _metrics(results, info.name)
         except DownstreamError as exc:
             rows[info.name] = _not_run(info, info.name, str(exc))
@@ -662,12 +664,9 @@ def _model_device(model):
         return "cpu"
 
 
-def _simple_evaluate(lm, info: TaskInfo, limit, num_fewshot, allow_code: bool = False) -> dict:
+def _simple_evaluate(lm, info: TaskInfo, limit, num_fewshot) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
-
-    if info.source == "directory" and not allow_code and task_code(Path(info.yaml_path)):  # checked again: the
-        raise DownstreamError(f"{info.name} {CODE_REFUSED}; allow task code to run it")  # file may have changed
 
     with hub_offline(), _quiet_lm_eval(), _keep_rng_state():
         # the default index (14,000 configs, ~10 s) only when one of lm-eval's own tasks is asked for
