@@ -4,11 +4,16 @@ Every result lives under ``cache/<kind>/<key>/`` where ``key`` is a hash of ever
 (model fingerprint, text hash, window settings, metric parameters). A result written by ``python -m analysis`` is
 the same file the dashboard reads, and the other way round.
 
-Writes are atomic: a result is written into a temporary sibling directory (``.tmp-<key>-<pid>-<random>``) and
-renamed into place, so a reader never sees half a result. An interrupted run leaves a ``.tmp-*`` folder that is
-ignored and removed once it is *stale* — its process is gone (or it is over a week old) — on the next write of the
-same key and by :func:`clean_stale` (every command-line run calls it). Two processes finishing the same key at the
-same moment both succeed: the first rename wins and the other finds the winner's result in place.
+Writes are atomic, through the one folder writer (:func:`atomic_directory`) and the one file writer
+(:func:`atomic_write_bytes` / :func:`atomic_write_text`) of the code base: a result is written into a temporary
+sibling (``.tmp-<key>-<pid>.<start time>-<random>``) and renamed into place, so a reader never sees half a result;
+a folder that is replaced is first renamed aside to a backup (``.bak-…``) so that at every instant the old or the
+new one is complete in place. An interrupted run leaves a ``.tmp-*`` (removed) or ``.bak-*`` (put back if the
+folder is missing) that is handled once it is *stale* — no process with its writer's id *and* start time exists
+(process ids are reused), or it is over a week old — on the next write of the same name and by :func:`clean_stale`
+(every command-line run calls it). Two processes finishing the same key at the same moment both succeed: the first
+rename wins and the other finds the winner's result in place. Files and folders are created with the default
+modes (the user's umask applies).
 
 Every entry carries checksums, verified on read (:func:`read_entry`): ``meta.json`` records, for every array file,
 its size and the xxh3-64 hash of each 16 MiB block, and the hash of its own content (parameters, data, file
@@ -30,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -40,6 +44,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import psutil
 import xxhash
 
 from analysis import cache
@@ -87,65 +92,124 @@ def entry(kind: str, params: dict) -> Entry:
     return Entry(kind=kind, key=stable_hash({"v": FORMAT_VERSION, "kind": kind, **params}), params=params)
 
 
-STALE_SECONDS = 7 * 24 * 3600  # a temporary whose process cannot be told dead is stale after a week
+STALE_SECONDS = 7 * 24 * 3600  # a temporary whose writer cannot be told dead is stale after a week
+LEGACY_STALE_SECONDS = 24 * 3600  # a temporary named by a process id alone (before start times were recorded)
+TEMPORARY, BACKUP, LEGACY_OLD = ".tmp-", ".bak-", ".old-"
 
 
-def _tmp_prefix(name: str) -> str:
-    return f".tmp-{name}-{os.getpid()}-"
-
-
-def _pid_alive(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` (centiseconds since the epoch), or None when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return int(psutil.Process(pid).create_time() * 100)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.Error:  # exists, but cannot be inspected (another user's): assume it is the writer
+        return -1
+
+
+_OWNER: tuple[int, str] | None = None
+
+
+def owner_token() -> str:
+    """``<pid>.<start time>`` of this process: a leftover named by it is stale once no process with that id *and*
+    that start time exists (process ids are reused; the pair is not)."""
+    global _OWNER
+    pid = os.getpid()
+    if _OWNER is None or _OWNER[0] != pid:  # recomputed after a fork
+        _OWNER = (pid, f"{pid}.{max(0, _start_time(pid) or 0)}")
+    return _OWNER[1]
+
+
+def _owner_alive(token: str) -> bool:
+    pid, _, start = token.partition(".")
+    if not pid.isdigit():
         return False
-    except (PermissionError, OSError):
-        return True
-    return True
+    now = _start_time(int(pid))
+    if now is None:
+        return False
+    return not start or now == -1 or str(now) == start
+
+
+def _leftover_prefix(kind: str, name: str) -> str:
+    return f"{kind}{name}-{owner_token()}-"
 
 
 def is_stale(path: Path, now: float | None = None) -> bool:
-    """A ``.tmp-*`` / ``.old-*`` leftover no live writer owns: its process id is gone, or it is over a week old.
+    """A ``.tmp-*`` / ``.bak-*`` / ``.old-*`` leftover that no live writer owns.
 
-    ``.old-*`` folders are always stale (they are only ever moved aside to be deleted). Temporaries written before
-    process ids were part of the name are stale after an hour.
+    The name carries its writer's process id and start time (``.tmp-<name>-<pid>.<start>-<random>``): it is stale
+    when no process with that id and that start time exists, or after a week whatever the process. A leftover named
+    by a process id alone (an older LayerScope) is stale when that process is gone or after a day; one without any
+    process id after an hour.
     """
     name = path.name
-    if name.startswith(".old-"):
-        return True
     try:
         age = (now or time.time()) - path.lstat().st_mtime
     except FileNotFoundError:
         return False
     parts = name.rsplit("-", 2)
-    if len(parts) == 3 and parts[1].isdigit():
-        return not _pid_alive(int(parts[1])) or age > STALE_SECONDS
-    return age > 3600
+    if len(parts) == 3 and parts[1].replace(".", "").isdigit() and parts[1]:
+        owner = parts[1]
+        if "." in owner:
+            return age > STALE_SECONDS or not _owner_alive(owner)
+        if name.startswith(LEGACY_OLD):
+            return True  # an older LayerScope moved it aside only to delete it
+        return age > LEGACY_STALE_SECONDS or not _owner_alive(owner)
+    return name.startswith(LEGACY_OLD) or age > 3600
 
 
-def clean_stale_siblings(final: Path) -> list[Path]:
-    """Remove stale ``.tmp-<name>-*`` / ``.old-<name>-*`` leftovers beside ``final``; returns what was removed."""
+def leftover_of(p: Path) -> tuple[str, str] | None:
+    """``(kind, final name)`` of a leftover's name (``.tmp-`` / ``.bak-`` / ``.old-``), or None."""
+    for kind in (TEMPORARY, BACKUP, LEGACY_OLD):
+        if p.name.startswith(kind):
+            rest = p.name[len(kind):]
+            parts = rest.rsplit("-", 2)
+            if len(parts) == 3 and parts[1] and parts[1].replace(".", "").isdigit():
+                return kind, parts[0]
+            return kind, rest.rsplit("-", 1)[0]
+    return None
+
+
+def _recover(p: Path, kind: str, final: Path, discard: Callable[[Path], None]) -> None:
+    """A stale leftover beside ``final``: a temporary is removed; a backup (the old ``final`` moved aside by a
+    writer that was killed before it finished) is put back when ``final`` is missing, else discarded."""
+    if kind in (BACKUP, LEGACY_OLD) and not final.exists() and not final.is_symlink():
+        try:
+            os.rename(p, final)
+            log.warning("restored %s from the backup %s left by an interrupted replacement", final, p.name)
+            return
+        except OSError:
+            pass
+    if kind == TEMPORARY:
+        _remove(p)
+    else:
+        discard(p)
+
+
+def clean_stale_siblings(final: Path, discard: Callable[[Path], None] | None = None) -> list[Path]:
+    """Recover from stale leftovers beside ``final`` (``.tmp-<name>-*`` removed; ``.bak-<name>-*`` put back when
+    ``final`` is missing, else discarded with ``discard``, default: removed); returns what was handled."""
     final = Path(final)
-    removed = []
+    handled = []
     try:
-        candidates = [p for p in final.parent.iterdir()
-                      if p.name.startswith((f".tmp-{final.name}-", f".old-{final.name}-"))]
+        candidates = [(p, kind) for p in final.parent.iterdir() for kind in (TEMPORARY, BACKUP, LEGACY_OLD)
+                      if p.name.startswith(f"{kind}{final.name}-")]
     except (FileNotFoundError, NotADirectoryError):
-        return removed
+        return handled
     now = time.time()
-    for p in candidates:
+    for p, kind in candidates:
         if is_stale(p, now):
-            _remove(p)
-            removed.append(p)
-    return removed
+            _recover(p, kind, final, discard or _remove)
+            handled.append(p)
+    return handled
 
 
 def clean_stale(root: Path | None = None) -> list[Path]:
-    """Remove stale temporaries anywhere in the cache (``cache/<kind>/.tmp-*``, ``cache/models/.tmp-*`` …)."""
+    """Recover from stale leftovers anywhere in the cache (``cache/<kind>/.tmp-*``, ``cache/models/.bak-*`` …)."""
     root = Path(root or cache_root())
-    removed = []
+    handled = []
     if not root.is_dir():
-        return removed
+        return handled
     now = time.time()
     dirs = [root] + [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     for d in dirs:
@@ -154,10 +218,11 @@ def clean_stale(root: Path | None = None) -> list[Path]:
         except OSError:
             continue
         for p in entries:
-            if p.name.startswith((".tmp-", ".old-")) and is_stale(p, now):
-                _remove(p)
-                removed.append(p)
-    return removed
+            found = leftover_of(p)
+            if found and is_stale(p, now):
+                _recover(p, found[0], d / found[1], _remove)
+                handled.append(p)
+    return handled
 
 
 def _remove(p: Path) -> None:
@@ -167,31 +232,61 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def remove_directory(path: Path) -> None:
+    """Delete a folder of the cache: one rename to a temporary name (so a reader never sees it half-deleted, and a
+    killed deletion leaves a stale temporary the next clean-up removes), then the removal."""
+    path = Path(path)
+    aside = path.parent / f"{_leftover_prefix(TEMPORARY, path.name)}{uuid.uuid4().hex[:10]}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    except OSError:
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _complete(final: Path) -> bool:
     return (final / "meta.json").is_file()
 
 
+def _new_directory(parent: Path, prefix: str) -> Path:
+    """A new directory ``parent/<prefix><random>``, created with the default mode (the user's umask applies)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{uuid.uuid4().hex[:10]}"
+        try:
+            os.mkdir(path)  # mode 0o777 & ~umask, unlike tempfile.mkdtemp's 0o700
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary folder in {parent}")
+
+
 @contextmanager
 def atomic_directory(final: Path, overwrite: bool = True, keep_existing: bool = False,
-                     complete: Callable[[Path], bool] = _complete) -> Iterator[Path]:
-    """Yield a temporary directory beside ``final``; on success rename it to ``final``.
+                     complete: Callable[[Path], bool] = _complete,
+                     discard: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """The one atomic folder writer: yield a temporary directory beside ``final``; on success put it at ``final``.
 
     On any exception the temporary directory is removed and ``final`` is left as it was. With
     ``overwrite=False`` an existing non-empty ``final`` raises :class:`FileExistsError` before anything is
     written. With ``keep_existing=True`` (cache entries: one key, one content) a ``final`` that is already
-    complete when we finish — another process won the race — is kept and our copy discarded; otherwise the
-    old ``final`` is moved aside and replaced in one rename. Stale leftovers of earlier writes of the same
-    name are removed first.
+    complete when we finish — another process won the race — is kept and our copy discarded. Otherwise an old
+    ``final`` is replaced so that at every instant ``final`` is either the old folder or the new one, complete:
+    the old one is renamed aside to a backup (``.bak-<name>-<pid>.<start>-<random>``), the new one renamed in, and
+    the backup discarded with ``discard`` (default: removed; :mod:`analysis.destinations` removes only what its
+    marker lists). A writer killed between the two renames leaves the backup, which the next write of ``final``
+    (or :func:`clean_stale`) puts back. Folders are created with the default mode (the umask applies).
     """
     final = Path(final)
     if not overwrite and _non_empty(final):
         raise FileExistsError(f"{final} exists and is not empty")
     final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_siblings(final)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final.name), dir=final.parent))
+    clean_stale_siblings(final, discard)
+    tmp = _new_directory(final.parent, _leftover_prefix(TEMPORARY, final.name))
     try:
         yield tmp
-        _commit(tmp, final, keep_existing, complete)
+        _commit(tmp, final, keep_existing, complete, discard or _remove)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -205,7 +300,8 @@ def _non_empty(path: Path) -> bool:
         return False
 
 
-def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Path], bool]) -> None:
+def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Path], bool],
+            discard: Callable[[Path], None]) -> None:
     for _ in range(20):
         try:
             os.rename(tmp, final)  # onto a missing or empty directory: one atomic step
@@ -220,29 +316,53 @@ def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Pat
         if theirs:
             shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same key first: theirs stands
             return
-        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        backup = final.parent / f"{_leftover_prefix(BACKUP, final.name)}{uuid.uuid4().hex[:8]}"
         try:
-            os.rename(final, old)  # move the old one aside, then retry the rename
+            os.rename(final, backup)  # the old one aside (complete, under a name the next writer recognises) …
         except FileNotFoundError:
             continue
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, final)  # … the new one in …
+        except OSError:
+            try:
+                os.rename(backup, final)  # … or the old one back
+            except OSError:
+                pass
+            continue
+        discard(backup)  # … and only then the old one goes
+        return
     raise OSError(f"could not move {tmp.name} into place at {final}: it keeps being replaced")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same directory, then rename)."""
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (which must not exist) with ``data``, the default mode (the umask applies), synced to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """The one atomic file writer: a temporary file beside ``path``, then one rename onto it (an old file is
+    replaced in that single step: a reader sees the old content or the new, never a part)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a file")
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=path.parent)
+    clean_stale_siblings(path)
+    tmp = path.parent / f"{_leftover_prefix(TEMPORARY, path.name)}{uuid.uuid4().hex[:10]}"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        _write_new_file(tmp, data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --- checksums ------------------------------------------------------------------------------------------------

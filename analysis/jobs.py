@@ -56,6 +56,7 @@ class Job:
     error_detail: str | None = field(default=None, repr=False)
     exception: BaseException | None = field(default=None, repr=False)  # the failure itself (pages may test its type)
     meta: dict = field(default_factory=dict, repr=False)  # plain data a page needs to find it again (tag, settings)
+    released: bool = False  # its result was let go (taken by its page, or beyond what is kept): submit runs it again
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # ---- called by the work function -------------------------------------------------------------------------
@@ -106,7 +107,14 @@ class Job:
 
     @property
     def finished_ok(self) -> bool:
-        return self.state == DONE
+        """Done, with its result still held (a released job's result is gone: start it again)."""
+        return self.state == DONE and not self.released
+
+    def release(self) -> None:
+        """Let go of the result (and of everything the work function held): only a small record stays."""
+        with _LOCK:
+            self.result = None
+            self.released = self.state == DONE or self.released
 
     @property
     def is_active(self) -> bool:
@@ -133,7 +141,10 @@ _JOBS: dict[str, Job] = {}
 _QUEUES: dict[str, deque[Job]] = {}
 _WORKERS: dict[str, threading.Thread] = {}
 _IDS = itertools.count(1)
-KEEP_FINISHED = 8  # finished jobs remembered per owner (their results may hold models: older ones are forgotten)
+KEEP_FINISHED = 8  # finished jobs remembered per owner (small records: state, message, timing, meta)
+KEEP_RESULTS = 2  # results of finished jobs held per owner until their page takes them (they may hold models)
+KEEP_FINISHED_TOTAL = 64  # finished records over all owners (every browser tab is an owner, and tabs go away)
+KEEP_RESULTS_TOTAL = 8  # results of finished jobs held over all owners
 
 
 def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default", restart: bool = False,
@@ -141,12 +152,12 @@ def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default
     """Start (or queue) ``fn(job)`` under ``key`` and return at once.
 
     A job with the same key that is queued, running or done is returned as it is (``restart=True`` replaces a
-    finished one); a failed or cancelled one is replaced by a new run. ``meta`` is plain data kept with the job
+    finished one); a failed or cancelled one, or a done one whose result was released, is replaced by a new run. ``meta`` is plain data kept with the job
     (``meta["tag"]`` names the kind of job, e.g. the page that started it: see :func:`latest`).
     """
     with _LOCK:
         old = _JOBS.get(key)
-        if old is not None and (old.is_active or (old.state == DONE and not restart)):
+        if old is not None and (old.is_active or (old.finished_ok and not restart)):
             return old
         job = Job(key=key, label=label, owner=owner, fn=fn, id=next(_IDS), meta=dict(meta or {}))
         _JOBS[key] = job
@@ -178,13 +189,14 @@ def _work(owner: str) -> None:
         except BaseException as exc:  # noqa: BLE001 - a job's failure is shown on its page, never lost
             job.error = _message(exc)
             job.error_detail = traceback.format_exc()
-            job.exception = exc
+            job.exception = _without_frames(exc)  # its traceback's frames would hold the work's models
             job.state = FAILED
         else:
             job.result = result
             job.state = DONE if not job.cancel_requested else CANCELLED
         finally:
             job.finished = time.time()
+            job.fn = None  # the work function's closure (workspace, model …) is not needed any more
             _trim(owner)
 
 
@@ -204,13 +216,46 @@ def is_bug(job: Job) -> bool:
     return job.exception is not None and not isinstance(job.exception, (LayerScopeError, OSError, JobCancelled))
 
 
+def _without_frames(exc: BaseException) -> BaseException:
+    """``exc`` (and the exceptions it was raised from) without tracebacks: a kept failure holds no frames."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
+
+
 def _trim(owner: str) -> None:
-    """Forget the owner's oldest finished jobs beyond :data:`KEEP_FINISHED`."""
+    """Bound what finished jobs hold, whatever the number of jobs and owners: results of finished jobs beyond the
+    newest :data:`KEEP_RESULTS` per owner (:data:`KEEP_RESULTS_TOTAL` in all) are released, and records beyond
+    :data:`KEEP_FINISHED` per owner (:data:`KEEP_FINISHED_TOTAL` in all) forgotten, oldest first."""
     with _LOCK:
-        finished = sorted((j for j in _JOBS.values() if j.owner == owner and not j.is_active), key=lambda j: j.id)
-        for j in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+        finished = sorted((j for j in _JOBS.values() if not j.is_active), key=lambda j: j.id)
+        mine = [j for j in finished if j.owner == owner]
+        forget = set(mine[:max(0, len(mine) - KEEP_FINISHED)])
+        kept = [j for j in finished if j not in forget]
+        forget |= set(kept[:max(0, len(kept) - KEEP_FINISHED_TOTAL)])
+        for j in forget:
+            j.release()
             if _JOBS.get(j.key) is j:
                 del _JOBS[j.key]
+        holding = [j for j in finished if j not in forget and j.result is not None]
+        for j in [j for j in holding if j.owner == owner][:-KEEP_RESULTS or None]:
+            j.release()
+        holding = [j for j in holding if j.result is not None]
+        for j in holding[:max(0, len(holding) - KEEP_RESULTS_TOTAL)]:
+            j.release()
+        for o in [o for o, q in _QUEUES.items() if not q and o not in _WORKERS]:
+            del _QUEUES[o]
+
+
+def release(key: str) -> None:
+    """Let go of the result of the finished job under ``key`` once its page has taken it (a small record stays)."""
+    job = get(key)
+    if job is not None and not job.is_active:
+        job.release()
 
 
 def get(key: str) -> Job | None:

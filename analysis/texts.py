@@ -177,10 +177,9 @@ def install_corpus(dest: Path | None = None, archive: Path | None = None, quiet:
                 data = tar.extractfile(f"brotli-1.2.1/tests/testdata/{fname}").read()
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise RuntimeError(f"{fname} in the archive does not match its sha256 {sha}")
-                fd, tmpfile = tempfile.mkstemp(dir=dest, prefix=f".tmp-{fname}-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmpfile, dest / fname)
+                from analysis.cache import atomic_write_bytes
+
+                atomic_write_bytes(dest / fname, data)
     return dest
 
 

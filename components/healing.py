@@ -107,7 +107,8 @@ def adapter_export(ws, variant: Variant, cut: Variant | None) -> None:
         out_dir = st.text_input("Adapter folder", str(Path("exports") / f"{slug}-adapter"),
                                 help="adapter_config.json + adapter_model.safetensors: load with "
                                      "PeftModel.from_pretrained(cut model, folder)")
-        overwrite = st.checkbox("Replace the folder if it is not empty", key="heal-adapter-overwrite")
+        overwrite = st.checkbox("Replace the folder if it is not empty", key="heal-adapter-overwrite",
+                                help="only a folder LayerScope exported, holding nothing else, is ever replaced")
         go_ = st.form_submit_button("Export the adapter")
     if go_:
         try:
@@ -118,8 +119,8 @@ def adapter_export(ws, variant: Variant, cut: Variant | None) -> None:
 
                 check = check_adapter(cut.model, variant.model, path, ws.lm.tokenizer)
             st.session_state["heal-adapter-last"] = {"path": str(path), "check": check}
-        except FileExistsError as exc:
-            st.warning(f"{exc}. Tick 'Replace the folder' to overwrite it.")
+        except FileExistsError as exc:  # destinations.DestinationError: one line naming the folder and its content
+            st.warning(str(exc))
         except OSError as exc:
             st.error(f"Could not write {out_dir}: {exc}")
     last = st.session_state.get("heal-adapter-last")

@@ -194,23 +194,32 @@ def show(key: str | None, on_done: Callable[[core.Job], None] | None = None,
 
         panel()
         return job
-    if job.state == core.DONE and job.id not in _delivered():
+    if job.finished_ok and job.id not in _delivered():
         _delivered().add(job.id)
+        carries_variant = _variant_of(job.result) is not None
         deliver_variant(job)
         if on_done is not None:
             on_done(job)
+            if not carries_variant:  # the page took it (a variant stays: a reloaded tab takes it back from the job)
+                core.release(job.key)
     _finished_view(job, on_error)
     return job
+
+
+def _variant_of(result):
+    from analysis.changes.variant import Variant
+
+    variant = result if isinstance(result, Variant) else getattr(result, "variant", None)
+    return variant if isinstance(variant, Variant) else None
 
 
 def deliver_variant(job: core.Job) -> bool:
     """A finished job whose result is a variant (or holds one as ``.variant``) adds it to this session's variants
     once (after a reload too: the new session takes the variants of its owner's finished jobs)."""
-    from analysis.changes.variant import Variant
     from components import state
 
-    variant = job.result if isinstance(job.result, Variant) else getattr(job.result, "variant", None)
-    if not isinstance(variant, Variant):
+    variant = _variant_of(job.result)
+    if variant is None:
         return False
     taken = st.session_state.setdefault("_jobs_variants_taken", set())
     if job.id in taken:

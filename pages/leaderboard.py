@@ -80,13 +80,15 @@ else:
 
 if st.button("Start leaderboard", type="primary", key="lb-start"):
     ws_copy, settings_copy = ws, settings
+    owner = jobs.owner()  # the kept result is this tab's (not shared with other tabs or users)
     jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}",
-               lambda job: lb.run(ws_copy, settings_copy, progress=job.report), meta={"tag": "leaderboard"})
+               lambda job: lb.run(ws_copy, settings_copy, progress=job.report, owner=owner),
+               meta={"tag": "leaderboard"})
 job = jobs.show(job_key)
 if job is not None and job.is_active:
     st.stop()
 
-result = job.result if job is not None and job.finished_ok else lb.latest(ws)
+result = job.result if job is not None and job.finished_ok else lb.latest(ws, owner=jobs.owner())
 if result is None:
     st.caption("No leaderboard for this model yet.")
     st.stop()

@@ -9,6 +9,7 @@ import streamlit as st
 
 from analysis import cache
 from analysis.changes.variant import describe_action
+from analysis.search import leaderboard as lb
 from analysis.texts import TextError
 from analysis.workflow import recipe as rc
 from analysis.workflow.report import (
@@ -17,7 +18,7 @@ from analysis.workflow.report import (
     check_destination,
     write_report,
 )
-from components import state
+from components import jobs, state
 from components.change import apply_and_evaluate, variant_result
 from components.widgets import run_with_progress, text_bytes_download, workspace_caption
 
@@ -111,17 +112,18 @@ if st.button("Write report", key="report-write"):
         st.error("Give the report a file name ending in .html, e.g. exports/reports/report.html.")
     else:
         try:
-            check_destination(target_path, overwrite=replace)
+            check_destination(target_path, overwrite=replace, option="tick **Replace it if it exists**")
         except ReportExists as exc:
-            st.error(f"Not written: {exc}.".replace("(--overwrite)", "(tick **Replace it if it exists**)"))
+            st.error(f"Not written: {exc}.")
         else:
             changes = [{"name": v.name, "action": v.action,
                         "evaluation": v.evaluation.to_dict() if v.evaluation else None, "recipe": v.recipe}
                        for v in kept]
             t0 = time.perf_counter()
-            html = run_with_progress("Writing the report", lambda p: build_report(ws, changes, title=title))
+            with lb.kept_for(jobs.owner()):  # the leaderboard this tab kept, not another tab's or user's
+                html = run_with_progress("Writing the report", lambda p: build_report(ws, changes, title=title))
             try:
-                path = write_report(target_path, html, overwrite=replace)
+                path = write_report(target_path, html, overwrite=replace, option="tick **Replace it if it exists**")
             except ReportExists as exc:
                 st.error(f"Not written: {exc}.")
             except OSError as exc:

@@ -31,18 +31,20 @@ def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: 
         else:
             save_fn(model, tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(cache.dumps(recipe))
+        cache.atomic_write_text(tmp / "recipe.json", cache.dumps(recipe))
     return dest.path
 
 
 @torch.no_grad()
 def verify_export(out_dir: str | Path, model: nn.Module, tokenizer, text: str | None = None,
                   loader=None) -> dict:
-    """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits."""
+    """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits.
+
+    The folder is LayerScope's own export: no code from it runs (``trust_remote_code=False``)."""
     from transformers import AutoModelForCausalLM
 
     device = input_device(model)
-    reloaded = (loader or (lambda d: AutoModelForCausalLM.from_pretrained(d)))(str(out_dir))
+    reloaded = (loader or (lambda d: AutoModelForCausalLM.from_pretrained(d, trust_remote_code=False)))(str(out_dir))
     reloaded.to(device).eval()
     text = text or "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said"
     x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)

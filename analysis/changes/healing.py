@@ -658,19 +658,22 @@ def save_adapter(model: nn.Module, directory: str | Path, base: str | None = Non
 
 def export_adapter(model: nn.Module, out_dir: str | Path, recipe: dict | None = None, overwrite: bool = False,
                    base: str | None = None) -> Path:
-    """The adapter alone in ``out_dir``, written atomically (with ``recipe.json`` when given)."""
-    from analysis import cache
+    """The adapter alone in ``out_dir``, written atomically (with ``recipe.json`` when given).
 
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or confirm overwriting it")
-    with cache.atomic_directory(out, overwrite=True) as tmp:
+    ``out_dir`` goes through :func:`analysis.destinations.check`: a folder LayerScope did not write (the working
+    directory, the home folder, anything without LayerScope's marker) is refused, even with ``overwrite``.
+    """
+    from analysis import cache, destinations
+
+    if not has_adapter(model):
+        raise HealingError("this variant has no LoRA adapter (it was not healed with LoRA)")
+    dest = destinations.check(out_dir, overwrite=overwrite, what="adapter folder",
+                              option="tick 'Replace the folder'")
+    with destinations.writing(dest, what="adapter") as tmp:
         save_adapter(model, tmp, base)
         if recipe is not None:
-            (tmp / "recipe.json").write_text(cache.dumps(recipe))
-    return out
+            cache.atomic_write_text(tmp / "recipe.json", cache.dumps(recipe))
+    return dest.path
 
 
 def load_adapter(base_model: nn.Module, directory: str | Path) -> nn.Module:

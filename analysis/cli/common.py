@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from analysis import cache
 
@@ -138,14 +137,3 @@ def preflight_calibration(args, spec=None, text=None):
                                 getattr(args, "n_max", None))
         preflight.check_text_windows(read_tokenizer(spec), text, args.sequences, args.seq_len)
     return text
-
-
-def prepare_out_dir(out: str, overwrite: bool = False, what: str = "output") -> Path:
-    """Check ``out`` (refused when it holds anything, unless ``overwrite`` and LayerScope wrote it) and create it.
-    Prefer :func:`out_destination` + ``destinations.writing``, which leave no empty folder after a failure."""
-    from analysis import destinations
-
-    dest = destinations.check(out, overwrite=overwrite, what=f"--out {what} folder")
-    dest.path.mkdir(parents=True, exist_ok=True)
-    destinations.mark(dest.path, what, files=False)
-    return dest.path

@@ -28,6 +28,8 @@ def add_arguments(p):
     p.add_argument("--list", action="store_true", help="list the tasks and whether their data is here; run nothing")
     p.add_argument("--task-dir", action="append", default=None, metavar="DIR",
                    help="a folder of lm-eval task YAMLs (repeatable; default: $LAYERSCOPE_TASKS)")
+    p.add_argument("--allow-task-code", action="store_true",
+                   help="run the Python helpers a task folder's YAML names (!function); off: such tasks are refused")
     p.add_argument("--remove", default=None, help="also evaluate a copy without these blocks: '12,13', '12-15'")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, or 0)")
@@ -46,9 +48,9 @@ def run(args) -> int:
 
     task_dirs = args.task_dir  # None: $LAYERSCOPE_TASKS
     if args.list:
-        print_json({"tasks": [t.to_dict() for t in ds.available_tasks(task_dirs)]})
+        print_json({"tasks": [t.to_dict() for t in ds.available_tasks(task_dirs, allow_code=args.allow_task_code)]})
         return 0
-    infos = ds.find_tasks(args.tasks, task_dirs)  # unknown names: DownstreamError (exit 2)
+    infos = ds.find_tasks(args.tasks, task_dirs, allow_code=args.allow_task_code)  # unknown: DownstreamError
     missing = [t for t in infos if not t.available]
     if missing:
         raise ds.DownstreamError("; ".join(f"{t.name}: {t.reason}" for t in missing))
@@ -74,7 +76,7 @@ def run(args) -> int:
     result = ds.evaluate_downstream(
         lm.model, lm.tokenizer, names, candidate=candidate, candidate_name="pruned", limit=args.limit,
         batch_size=args.batch_size, progress=TqdmProgress("downstream"), task_dirs=task_dirs,
-        num_fewshot=args.num_fewshot, original_key=lm.fingerprint,
+        num_fewshot=args.num_fewshot, original_key=lm.fingerprint, allow_code=args.allow_task_code,
         candidate_key=_fingerprint(candidate) if candidate is not None else "",
     )
     result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,

@@ -75,7 +75,7 @@ def run(args) -> int:
     from analysis.changes import healing as hl
     from analysis.changes.remove_blocks import parse_blocks, validate_removal
     from analysis.changes.variant import apply_actions, describe_action
-    from analysis.cli.common import TqdmProgress, eval_settings_from, load, print_json
+    from analysis.cli.common import TqdmProgress, eval_settings_from, load, out_destination, print_json
     from analysis.evaluation.perplexity import evaluate
     from analysis.jobs import run_in_foreground
     from analysis.texts import BUNDLED, resolve_text
@@ -88,9 +88,8 @@ def run(args) -> int:
              "alpha": args.alpha, "targets": args.targets, "adapt_truncated": args.adapt_truncated,
              "adapt_linear_blocks": args.adapt_linear_blocks, "blocks": args.blocks, "head": args.head}
     hl.HealSpec.from_value(value)  # bad settings end here, before anything is loaded
-    out = Path(args.out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite and not args.estimate:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --overwrite")
+    out = (out_destination(args, "export folder").path if not args.estimate  # checked again when written
+           else Path(args.out).expanduser().resolve())
     heal_text = resolve_text(args.text)
     settings = eval_settings_from(args)
     eval_text = resolve_text(settings.text)
@@ -106,7 +105,7 @@ def run(args) -> int:
             raise hl.HealingError(f"{args.recipe} is healed already: heal the recipe of the cut variant")
         if args.model != "default":
             print("warning: --model is ignored, the recipe names its model", file=sys.stderr)
-        lm = load_recipe_model(recipe)
+        lm = load_recipe_model(recipe, trust_remote_code=args.trust_remote_code)
         hl.check_workspace(Workspace(lm=lm, text=heal_text))
         ws = Workspace(lm=lm, text=rc.text_of(recipe), calibration=rc.calibration_of(recipe))
     else:
@@ -167,11 +166,17 @@ def run(args) -> int:
     return 0 if check["ok"] and result.get("adapter_check", {"ok": True})["ok"] else 1
 
 
-def load_recipe_model(recipe):
+def load_recipe_model(recipe, trust_remote_code: bool = False):
+    """The recipe's model; its code runs only when the user turned it on (``--trust-remote-code``), never because
+    the recipe says so."""
     from analysis.model.loading import load_model
     from analysis.workflow import recipe as rc
 
-    return load_model(rc.spec_of(recipe), progress=lambda m: print(f"[model] {m}", file=sys.stderr))
+    if rc.asks_for_remote_code(recipe) and not trust_remote_code:
+        print("warning: the recipe was written with trust_remote_code on; it is not honoured from a file (pass "
+              "--trust-remote-code yourself if you trust the model's code)", file=sys.stderr)
+    return load_model(rc.spec_of(recipe, trust_remote_code=trust_remote_code),
+                      progress=lambda m: print(f"[model] {m}", file=sys.stderr))
 
 
 def check_adapter(cut, healed, directory, tokenizer) -> dict:

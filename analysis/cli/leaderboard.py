@@ -56,15 +56,19 @@ def add_arguments(p):
     g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
     g.add_argument("--also", action="append", default=[], help="a selection of your own to rank, e.g. 12,13")
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
+    from analysis.cli.common import add_overwrite_arg
+
+    add_overwrite_arg(p)
 
 
 def run(args) -> int:
     import time
 
+    from analysis import destinations
     from analysis.cache import write_csv, write_json
     from analysis.changes.remove_blocks import parse_blocks
-    from analysis.cli.common import TqdmProgress, load, prepare_out_dir, workspace_from
+    from analysis.cli.common import TqdmProgress, load, out_destination, workspace_from
     from analysis.formatting import format_seconds
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
@@ -81,6 +85,7 @@ def run(args) -> int:
                                       half_blocks=args.half_blocks, random_samples=args.random, seed=args.seed,
                                       also=also, k_list=k_list)
     # what can be refused without the model is refused before loading it
+    dest = out_destination(args) if not args.estimate else None
     search.validate()
     ev.validate()
     if search.resolve().sha256 == lb.resolve_text(ev.text).sha256:
@@ -101,14 +106,14 @@ def run(args) -> int:
         return 0
     t0 = time.perf_counter()
     result = lb.run(ws, settings, progress=TqdmProgress("leaderboard"))
-    out = prepare_out_dir(args.out)
-    write_csv(out / "damage.csv", lb.damage_csv(result))
-    write_csv(out / "greedy.csv", lb.greedy_csv(result))
-    write_csv(out / "leaderboard.csv", lb.leaderboard_csv(result))
-    write_csv(out / "correlation.csv", lb.correlation_csv(result))
-    write_json(out / "leaderboard.json", {**result.to_dict(), "winners": result.winners().to_dict("records"),
-                                          **ws.describe()})
+    with destinations.writing(dest, "leaderboard") as out:
+        write_csv(out / "damage.csv", lb.damage_csv(result))
+        write_csv(out / "greedy.csv", lb.greedy_csv(result))
+        write_csv(out / "leaderboard.csv", lb.leaderboard_csv(result))
+        write_csv(out / "correlation.csv", lb.correlation_csv(result))
+        write_json(out / "leaderboard.json", {**result.to_dict(), "winners": result.winners().to_dict("records"),
+                                              **ws.describe()})
     print(f"[leaderboard] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(result.winners().to_string(index=False))
-    print(out / "leaderboard.csv")
+    print(dest.path / "leaderboard.csv")
     return 0

@@ -19,7 +19,8 @@ HELP = "reproduce a recipe.json headless (metrics, change, evaluation, export, r
 def add_arguments(p):
     p.add_argument("recipe", help="path to a recipe.json")
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
-    p.add_argument("--text", default=None, help="the calibration text file, when the recipe's text was uploaded")
+    p.add_argument("--text", default=None,
+                   help="your calibration text file (a recipe names bundled texts only, never a file)")
     p.add_argument("--device", default=None, help="override the recipe's device (auto, cpu, cuda, mps)")
     p.add_argument("--no-export", action="store_true", help="skip writing the checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -48,6 +49,7 @@ def run(args) -> int:
 
     say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
     recipe = rc.load(args.recipe)
+    rc.check_texts(recipe, args.text)  # a recipe names bundled texts only; a file comes from --text
     dest = destinations.check(args.out, overwrite=args.overwrite, what="--out results folder")
     spec = rc.spec_of(recipe, trust_remote_code=args.trust_remote_code)
     if rc.asks_for_remote_code(recipe) and not args.trust_remote_code:
@@ -80,6 +82,7 @@ def run(args) -> int:
         if action:
             print(f"[run] {describe_action(action)}", file=sys.stderr)
             settings = EvalSettings(**((recipe.get("evaluation") or {}).get("settings") or {}))
+            rc.eval_text_of(recipe)  # a recipe names bundled texts only (refused otherwise, before any work)
             variant = make_variant(ws, action, settings, name=done["name"], progress=TqdmProgress("apply, evaluate"))
             model, table = variant.model, variant.evaluation
             done.update(recipe_sections(model, lm.model, candidate_name(action)))  # what low_rank etc. resolved to

@@ -12,6 +12,12 @@ Which tasks can run is decided by what is on disk, never by what could be downlo
   own configs, available only when their dataset is already in the local Hugging Face cache. Otherwise they are
   listed as "data not available locally" and never run.
 
+A task YAML may name Python helpers of its folder (lm-eval's ``!function`` tag: ``process_docs: !function
+utils.process_docs``). Those run only when the user turns it on (``allow_code=True``: ``downstream
+--allow-task-code``, the tick on the Variants page); otherwise such a directory task is listed as not runnable,
+with the helpers it names, and nothing of its folder is imported. The repository's own tasks and lm-eval's
+standard tasks run no code from a user's folder.
+
 Everything runs with the Hugging Face hub switched to offline mode (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``,
 set for the duration of the call and restored afterwards): nothing is downloaded, and a dataset that is not
 local fails to load instead. A task that did not run is reported with ``ran: False`` and the reason, and never
@@ -75,6 +81,7 @@ class TaskInfo:
     data_files: list[str] = field(default_factory=list)  # local files (absolute), for hashing
     output_type: str = "multiple_choice"
     chance: float | None = None  # accuracy of guessing, where the task config states it
+    code: list[str] = field(default_factory=list)  # Python helpers the YAML names (``!function``), file:function
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -173,6 +180,44 @@ def _load_yaml(path: Path, resolve_func: bool = False) -> dict:
     return load_yaml(path, resolve_func=resolve_func, recursive=True)
 
 
+def task_code(path: Path, _seen: set | None = None) -> list[str]:
+    """The Python helpers a task YAML (with its includes) names with ``!function``, as ``file.py:function``;
+    read without importing anything."""
+    import yaml
+
+    seen = _seen if _seen is not None else set()
+    path = Path(path).resolve()
+    if path in seen:
+        return []
+    seen.add(path)
+    found: list[str] = []
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def _function(loader, node):
+        spec = str(loader.construct_scalar(node))
+        module, _, func = spec.rpartition(".")
+        found.append(f"{path.parent / (module.replace('.', '/') + '.py')}:{func}")
+        return spec
+
+    _Loader.add_constructor("!function", _function)
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # any other tag: not code we would run
+    try:
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except (OSError, yaml.YAMLError):
+        return found
+    includes = cfg.get("include") if isinstance(cfg, dict) else None
+    for inc in includes if isinstance(includes, list) else [includes] if includes else []:
+        if isinstance(inc, str):
+            inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+            found += task_code(inc_path, seen)
+    return found
+
+
+CODE_REFUSED = "runs Python helpers from its folder"
+
+
 def _data_file_list(data_files) -> list[str]:
     if isinstance(data_files, str):
         return [data_files]
@@ -203,8 +248,22 @@ def _resolve_data_files(data_files, base: Path):
     return data_files
 
 
-def _info_from_yaml(path: Path, source: str) -> TaskInfo | None:
-    """A :class:`TaskInfo` for one task YAML (``None`` for group or tag files and for non-task YAML)."""
+def _info_from_yaml(path: Path, source: str, allow_code: bool = False) -> TaskInfo | None:
+    """A :class:`TaskInfo` for one task YAML (``None`` for group or tag files and for non-task YAML).
+
+    A directory task whose YAML names Python helpers (``!function``) is not runnable unless ``allow_code``."""
+    info = _info_from_yaml_data(path, source)
+    if info is not None and source == "directory":
+        info.code = task_code(path)
+        if info.code and not allow_code and info.available:
+            info.available = False
+            info.reason = (f"{CODE_REFUSED} ({', '.join(info.code[:3])}{' …' if len(info.code) > 3 else ''}); "
+                           "it runs only when you allow task code (downstream --allow-task-code, or the tick on "
+                           "the Variants page)")
+    return info
+
+
+def _info_from_yaml_data(path: Path, source: str) -> TaskInfo | None:
     try:
         cfg = _load_yaml(path)
     except Exception as exc:  # a broken YAML is listed, not fatal
@@ -256,12 +315,12 @@ def _info_from_yaml(path: Path, source: str) -> TaskInfo | None:
     return info
 
 
-def _scan(folder: Path, source: str) -> list[TaskInfo]:
+def _scan(folder: Path, source: str, allow_code: bool = False) -> list[TaskInfo]:
     out = []
     for path in sorted(folder.rglob("*.yaml")):
         if any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(folder).parts):
             continue
-        info = _info_from_yaml(path, source)
+        info = _info_from_yaml(path, source, allow_code)
         if info is not None:
             out.append(info)
     return out
@@ -275,12 +334,13 @@ def standard_task_info(name: str) -> TaskInfo:
 
 
 def available_tasks(task_dirs: Sequence[str | Path] | None = None, include_standard: bool = True,
-                    only_available: bool = False) -> list[TaskInfo]:
+                    only_available: bool = False, allow_code: bool = False) -> list[TaskInfo]:
     """Every task LayerScope knows, each with ``available`` and the reason.
 
     ``task_dirs`` adds folders of lm-eval task YAMLs (default: ``$LAYERSCOPE_TASKS``). The repository's own
     tasks come first, then the directories' (a later task of the same name is skipped), then the standard tasks.
-    ``only_available=True`` keeps only tasks whose data is present.
+    ``only_available=True`` keeps only tasks whose data is present; a directory task whose YAML names Python
+    helpers is runnable only with ``allow_code=True``.
     """
     dirs = [Path(d).expanduser() for d in task_dirs] if task_dirs is not None else task_dirs_from_env()
     found: dict[str, TaskInfo] = {}
@@ -290,7 +350,7 @@ def available_tasks(task_dirs: Sequence[str | Path] | None = None, include_stand
         if not d.is_dir():
             log.warning("task folder %s does not exist", d)
             continue
-        for info in _scan(d.resolve(), "directory"):
+        for info in _scan(d.resolve(), "directory", allow_code):
             found.setdefault(info.name, info)
     if include_standard:
         for name in STANDARD_TASKS:
@@ -299,14 +359,15 @@ def available_tasks(task_dirs: Sequence[str | Path] | None = None, include_stand
     return [t for t in out if t.available] if only_available else out
 
 
-def find_tasks(names: str | Iterable[str], task_dirs: Sequence[str | Path] | None = None) -> list[TaskInfo]:
+def find_tasks(names: str | Iterable[str], task_dirs: Sequence[str | Path] | None = None,
+               allow_code: bool = False) -> list[TaskInfo]:
     """The tasks ``names`` names (a list or a comma-separated string); an unknown name is a :class:`DownstreamError`."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",")]
     names = [n for n in names if n]
     if not names:
         raise DownstreamError("no task named; list them with `python -m analysis downstream --list`")
-    known = {t.name: t for t in available_tasks(task_dirs)}
+    known = {t.name: t for t in available_tasks(task_dirs, allow_code=allow_code)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise DownstreamError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -525,6 +586,7 @@ def run_tasks(
     label: str = "model",
     max_length: int | None = None,
     refresh: bool = False,
+    allow_code: bool = False,
 ) -> dict:
     """Run the multiple-choice ``tasks`` through lm-eval on the in-memory ``model``.
 
@@ -535,7 +597,7 @@ def run_tasks(
     fingerprint) turns on the on-disk cache for tasks whose data is local; ``progress(done, total, message)``
     is called as choices are scored.
     """
-    infos = find_tasks(tasks, task_dirs)
+    infos = find_tasks(tasks, task_dirs, allow_code=allow_code)
     if limit is not None and limit < 1:
         raise DownstreamError(f"limit must be a positive number of examples (got {limit})")
     version = lm_eval_version()
@@ -572,6 +634,8 @@ def run_tasks(
                     lm = _make_lm(model, tokenizer, batch_size, max_length)
             prefix = f"{label} · {info.name} ({i + 1}/{len(infos)})"
             lm.progress = (lambda d, t, m, _p=prefix: progress(d, t, f"{_p}: {m}")) if progress else None
+            if info.source == "directory" and not allow_code and task_code(Path(info.yaml_path)):
+                raise DownstreamError(f"{info.name} {CODE_REFUSED}; allow task code to run it")  # changed since
             results = _simple_evaluate(lm, info, limit, num_fewshot)
             metrics = _metrics(results, info.name)
         except DownstreamError as exc:
@@ -650,6 +714,7 @@ def evaluate_downstream(
     num_fewshot: int | None = None,
     original_key: str = "",
     candidate_key: str = "",
+    allow_code: bool = False,
 ) -> dict:
     """Run ``tasks`` on the original and (optionally) a changed model: one call in, one small dict out.
 
@@ -657,7 +722,8 @@ def evaluate_downstream(
     "candidate_name": ...}`` (without the candidate keys when ``candidate`` is None). Give the models'
     fingerprints as ``original_key``/``candidate_key`` to reuse results cached on disk.
     """
-    kw = dict(limit=limit, batch_size=batch_size, progress=progress, task_dirs=task_dirs, num_fewshot=num_fewshot)
+    kw = dict(limit=limit, batch_size=batch_size, progress=progress, task_dirs=task_dirs, num_fewshot=num_fewshot,
+              allow_code=allow_code)
     out: dict = {"original": run_tasks(original, tokenizer, tasks, model_key=original_key, label="original", **kw)}
     if candidate is not None:
         out[candidate_name] = run_tasks(candidate, tokenizer, tasks, model_key=candidate_key, label=candidate_name,

@@ -17,7 +17,7 @@ plain ``AutoModelForCausalLM`` reloads it unless it has linear blocks) or the ``
 missing weights and initialise them at random — :func:`needs_project_loader` tells the two apart.
 
 Layers: :mod:`analysis.methods.lowrank` (the decompositions) ← :mod:`analysis.changes.truncation` (the in-memory modules) ←
-this module (every file: atomic folders, save and load) ← :mod:`analysis.changes.low_rank` (the actions on a workspace);
+this module (save and load; atomic folders through :mod:`analysis.destinations`) ← :mod:`analysis.changes.low_rank` (the actions on a workspace);
 none of them imports a later one.
 
 In your own code (this module needs only torch, transformers and safetensors besides its sibling modules)::
@@ -30,11 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -63,7 +59,6 @@ __all__ = [
     "factorised_copy",
     "save_checkpoint",
     "load_checkpoint",
-    "atomic_directory",
     "save_dense",
     "save_factorised",
     "load_factorised",
@@ -197,13 +192,14 @@ def _write_module_state(model: nn.Module, directory: Path) -> None:
 
 @torch.no_grad()
 def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None) -> nn.Module:
+                    device: torch.device | str | None = None, trust_remote_code: bool = False) -> nn.Module:
     """Load a checkpoint written by :func:`save_checkpoint` (or any plain Hugging Face causal-LM folder).
 
     Without LayerScope keys in ``config.json`` this is ``AutoModelForCausalLM.from_pretrained``. Otherwise the model
     is built from its config, the recorded blocks become :class:`LinearBlock` s and the recorded matrices
     :class:`FactorisedLinear` s, then every weight is loaded; a missing or unexpected weight raises ``ValueError``
-    (never a half-random model).
+    (never a half-random model). ``trust_remote_code`` is the user's choice (default off: a folder whose config
+    names code of its own is refused, never run).
     """
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -211,11 +207,12 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
 
     directory = Path(directory)
     if not needs_project_loader(directory):
-        model = AutoModelForCausalLM.from_pretrained(directory, **({"dtype": dtype} if dtype else {}))
+        model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=trust_remote_code,
+                                                     **({"dtype": dtype} if dtype else {}))
         if device is not None:
             model.to(device)
         return model.eval()
-    config = AutoConfig.from_pretrained(directory)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
     ranks: dict[str, int] = dict(getattr(config, FACTORISED_KEY, None) or {})
     blocks = [int(b) for b in (getattr(config, LINEAR_BLOCKS_KEY, None) or [])]
     state: dict[str, Tensor] = {}
@@ -226,7 +223,7 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
     if dtype is None:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     hidden = int(model.get_input_embeddings().weight.shape[1])
     for b in blocks:
         replace_decoder_layer(model, b, LinearBlock(hidden, layer_idx=b, bias=True, dtype=dtype))
@@ -256,40 +253,6 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``target``; on success rename it to ``target``, on error delete it.
-
-    Raises ``FileExistsError`` before anything is written if ``target`` is a file, or a non-empty directory and
-    ``overwrite`` is false. With ``overwrite`` the old directory is moved aside and deleted only after the new
-    one is in place.
-    """
-    target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise FileExistsError(f"{target} exists and is not a directory")
-        if any(target.iterdir()) and not overwrite:
-            raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_extra_files(directory: Path, extra_files: Mapping[str, str | bytes] | None) -> None:
@@ -339,15 +302,17 @@ def save_factorised(
 
 def _save_atomically(model: nn.Module, directory: str | Path, form: str, tokenizer: object | None, overwrite: bool,
                      extra_files: Mapping[str, str | bytes] | None) -> Path:
-    """:func:`save_checkpoint` (weights and config keys) plus tokenizer and extra files, all in
-    one atomic directory."""
-    directory = Path(directory)
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
+    """:func:`save_checkpoint` (weights and config keys) plus tokenizer and extra files, all in one atomic folder
+    written through :mod:`analysis.destinations` (only a folder LayerScope wrote is ever replaced)."""
+    from analysis import destinations
+
+    dest = destinations.check(directory, overwrite=overwrite, what="checkpoint folder", option="overwrite=True")
+    with destinations.writing(dest, what=f"{form} checkpoint") as tmp:
         save_checkpoint(model, tmp, form)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
         _write_extra_files(tmp, extra_files)
-    return directory
+    return Path(directory)
 
 
 def is_factorised_checkpoint(directory: str | Path) -> bool:
@@ -372,6 +337,7 @@ def load_factorised(
     directory: str | Path,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_factorised`: config → model → FactorisedLinear swaps → weights.
 
@@ -381,11 +347,11 @@ def load_factorised(
     from transformers import AutoConfig
 
     directory = Path(directory)
-    config = AutoConfig.from_pretrained(directory)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
     ranks: dict[str, int] = dict(getattr(config, FACTORISED_KEY, None) or {})
     if not ranks:
         raise InputError(f"{directory} is not a factorised checkpoint (no {FACTORISED_KEY!r} in config.json)")
-    return load_checkpoint(directory, dtype=dtype, device=device)
+    return load_checkpoint(directory, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
 
 def _tied_parameter_names(model: nn.Module) -> set[str]:

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -354,7 +353,7 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
             raise
         # a converted copy that passed its checks but still does not load: convert again, once
         say("the converted copy does not load; converting the GGUF again")
-        shutil.rmtree(folder, ignore_errors=True)
+        cache.remove_directory(folder)
         kind, name, target, folder, local_only, notes = _resolve(spec, say)
         model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
     say("fingerprinting weights")
@@ -565,7 +564,7 @@ def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool
             if spec.device_map_auto:
                 raise ModelLoadError(f"{target} holds factorised matrices or linear blocks; load it on one device")
             say("rebuilding factorised matrices / linear blocks recorded in config.json")
-            model = load_checkpoint(target, dtype=DTYPES[spec.dtype])
+            model = load_checkpoint(target, dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(target, **load_kw)
         tokenizer = AutoTokenizer.from_pretrained(target, **kw)
@@ -603,14 +602,16 @@ def converted_gguf_folder(gguf: Path, say=lambda m: None) -> Path:
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # a GGUF file carries no code of its own: nothing from its folder ever runs
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                         trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot read the GGUF file {gguf}: {_first_line(exc)}") from None
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-loaded model refuses save_pretrained; rebuild a plain one
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     plain.load_state_dict(quantised.state_dict(), strict=True)
     del quantised
     with cache.atomic_directory(folder, keep_existing=True, complete=lambda p: (p / SOURCE_FILE).is_file()) as tmp:
@@ -657,13 +658,7 @@ def converted_damage(folder: Path) -> str | None:
 
 def _discard(folder: Path) -> None:
     """Move a damaged converted copy aside (one rename) and delete it."""
-    aside = folder.parent / f".old-{folder.name}-{os.getpid()}"
-    try:
-        os.rename(folder, aside)
-    except OSError:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    shutil.rmtree(aside, ignore_errors=True)
+    cache.remove_directory(folder)
 
 
 def _sha256(path: Path) -> str:
@@ -739,7 +734,7 @@ def open_results(folder: Path, spec: ModelSpec) -> ResultsOnlyModel:
     try:
         info = json.loads((folder / RESULTS_FILE).read_text())
         card = info["card"]
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{folder} is not a readable results folder: {exc}") from None
     why = (f"{folder} holds results computed elsewhere for {card.get('name')}, not its weights: what is not in the "

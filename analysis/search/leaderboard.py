@@ -21,6 +21,10 @@ exactly as removing them hurts.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 from analysis import cache
 from analysis.errors import InputError
@@ -45,6 +50,8 @@ from analysis.metrics.damage import (
 from analysis.metrics.registry import ReportSection
 from analysis.search import replaceme_rows
 from analysis.texts import Text, resolve_text
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
 
@@ -385,8 +392,10 @@ def plan(board: Board) -> list[tuple[Rule, int, int, dict]]:
     return out
 
 
-def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None) -> Result:
-    """Compute the leaderboard (everything cached on the way), keep it for the report, and return it."""
+def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None,
+        owner: str | None = None) -> Result:
+    """Compute the leaderboard (everything cached on the way), keep it for the report (``owner``'s: a browser tab
+    of the dashboard; None: the command line's), and return it."""
     t0 = time.perf_counter()
     _, eval_text = validate(settings, ws.n_blocks, ws.text, ws.lm.tokenizer)
     say = progress or (lambda d, t, m: None)
@@ -416,7 +425,7 @@ def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Pro
     result = Result(settings=settings.to_dict(), rows=pd.DataFrame(rows), greedy=greedy_steps,
                     greedy_half=half_steps, damage=damage, correlation=correlation(board),
                     original_perplexity=orig, seconds=time.perf_counter() - t0)
-    _keep_latest(ws, result)
+    _keep_latest(ws, result, owner)
     return result
 
 
@@ -458,24 +467,47 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings()) -> dict:
 
 # ---- kept results, CSV tables, report -----------------------------------------------------------------------------
 
-def _latest_path(lm):
-    return cache.cache_root() / "leaderboard-latest" / f"{lm.fingerprint}.json"
+KEPT_FOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("leaderboard_kept_for", default=None)
 
 
-def _keep_latest(ws, result: Result) -> None:
-    cache.atomic_write_text(_latest_path(ws.lm), cache.dumps(result.to_dict()))
+@contextlib.contextmanager
+def kept_for(owner: str | None):
+    """Within the block, :func:`latest` (and so the report's leaderboard section) reads ``owner``'s kept result: the
+    dashboard keeps one per browser tab (its jobs' owner), the command line the shared one (``owner=None``)."""
+    token = KEPT_FOR.set(owner)
+    try:
+        yield
+    finally:
+        KEPT_FOR.reset(token)
 
 
-def latest(ws) -> Result | None:
-    """The last finished leaderboard of this model (any settings), or None."""
-    import json
+def _latest_path(lm, owner: str | None = None):
+    name = lm.fingerprint + (f"-{cache.stable_hash(owner, 16)}" if owner else "")
+    return cache.cache_root() / "leaderboard-latest" / f"{name}.json"
 
-    path = _latest_path(ws.lm)
+
+def _keep_latest(ws, result: Result, owner: str | None = None) -> None:
+    """Keep the finished leaderboard (for ``owner``: a browser tab; None: the command line), with its checksum."""
+    body = cache.dumps(result.to_dict())
+    cache.atomic_write_text(_latest_path(ws.lm, owner), json.dumps({"xxh3": xxhash.xxh3_64_hexdigest(body.encode()),
+                                                                    "result": body}))
+
+
+def latest(ws, owner: str | None = None) -> Result | None:
+    """The last finished leaderboard of this model (any settings) kept for ``owner`` (default: the one set by
+    :func:`kept_for`, else the command line's), or None. A kept file whose checksum does not match is ignored."""
+    owner = owner if owner is not None else KEPT_FOR.get()
+    path = _latest_path(ws.lm, owner)
     if not path.is_file():
         return None
     try:
-        return Result.from_dict(json.loads(path.read_text()))
-    except Exception:  # an older or damaged file: as if there were none
+        kept = json.loads(path.read_text())
+        body = kept["result"]
+        if xxhash.xxh3_64_hexdigest(body.encode()) != kept["xxh3"]:
+            log.warning("the kept leaderboard %s does not match its checksum; ignored", path)
+            return None
+        return Result.from_dict(json.loads(body))
+    except Exception:  # an older (unchecked) or damaged file: as if there were none
         return None
 
 

@@ -160,6 +160,7 @@ def check_recipe(recipe: dict, spec, text_path: str | None = None, export: bool 
     from analysis.model.loading import read_config, read_tokenizer
     from analysis.workflow import recipe as rc
 
+    rc.check_texts(recipe, text_path)  # bundled texts only (a file comes from the user's --text)
     config = read_config(spec, say)
     cal = rc.calibration_of(recipe)
     text = rc.text_of(recipe, text_path)

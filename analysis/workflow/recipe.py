@@ -9,7 +9,8 @@ dashboard restores a session from it. Keys (unknown keys are refused, so a typo 
   ``device_map_auto``, ``trust_remote_code`` (recorded, never honoured: only the user's own flag or tick runs a
   model's code); written back: ``name``, ``fingerprint``, ``parameters``, ``blocks``,
   ``architecture`` (a different fingerprint on reload is reported, not fatal);
-* ``calibration``: ``text`` (a bundled name, or ``{name, source, sha256}``; an uploaded text needs ``path``),
+* ``calibration``: ``text`` (a bundled name, or ``{name, source, sha256}``; a recipe names bundled texts only:
+  an uploaded or file text is given by the user with ``--text PATH``, never read from a path in the recipe),
   ``windows``, ``window_len``, ``exclude_first``, ``n_max``, ``seed``, ``storage``;
 * ``metrics``: metric groups to compute, each with its settings, e.g. ``{"linearity": {}}``;
 * ``action``: what to change, by registered action (``remove_blocks``: 0-based block indices, …);
@@ -38,6 +39,7 @@ from pathlib import Path
 from analysis.capture.workspace import Workspace
 from analysis.changes.variant import candidate_name  # noqa: F401
 from analysis.errors import InputError
+from analysis.texts import BUNDLED
 
 RECIPE_VERSION = 1
 
@@ -165,24 +167,71 @@ def asks_for_remote_code(recipe: dict) -> bool:
     return bool((recipe.get("model") or {}).get("trust_remote_code"))
 
 
+def _bundled_name(ref) -> str | None:
+    """The bundled text a recipe's text entry names (a name, or ``{name, source: bundled}``), or None."""
+    if isinstance(ref, str):
+        return ref if ref in BUNDLED else None
+    if isinstance(ref, dict) and ref.get("source", "bundled") == "bundled" and not ref.get("path") \
+            and ref.get("name") in BUNDLED:
+        return ref["name"]
+    return None
+
+
+def _label(ref) -> str:
+    return str(ref.get("name") if isinstance(ref, dict) else ref)
+
+
 def text_of(recipe: dict, text_path: str | None = None):
-    """The calibration text a recipe names (bundled by name; an uploaded one from ``path`` or ``text_path``)."""
-    from analysis.texts import BUNDLED, bundled_text, text_from_bytes
+    """The calibration text: a bundled text the recipe names, or the user's own file ``text_path`` (``--text``).
+
+    A recipe names bundled texts only: a file path in a recipe (which may come from someone else) is never read,
+    so ``run`` never copies a file the recipe names into its results."""
+    from analysis.texts import bundled_text, text_from_bytes
 
     ref = (recipe.get("calibration") or {}).get("text", "alice")
-    info = ref if isinstance(ref, dict) else {"name": ref, "source": "bundled" if ref in BUNDLED else "file"}
-    path = text_path or info.get("path") or (None if info.get("source") == "bundled" else info.get("name"))
-    if info.get("source") == "bundled" and not text_path:
-        text = bundled_text(info["name"])
-    elif path and Path(path).is_file():
-        text = text_from_bytes(Path(path).read_bytes(), name=Path(path).name)
+    if text_path:
+        path = Path(text_path).expanduser()
+        if not path.is_file():
+            raise RecipeError(f"--text {text_path}: no such file")
+        text = text_from_bytes(path.read_bytes(), name=path.name)
     else:
-        raise RecipeError(f"the recipe's calibration text {info.get('name')!r} was uploaded or pasted; give its file "
-                          "with --text PATH")
-    if info.get("sha256") and info["sha256"] != text.sha256:
+        name = _bundled_name(ref)
+        if name is None:
+            raise RecipeError(f"the recipe's calibration text {_label(ref)!r} is not a bundled text "
+                              f"({', '.join(BUNDLED)}); a recipe names bundled texts only: give its file yourself "
+                              "with --text PATH")
+        text = bundled_text(name)
+    sha = ref.get("sha256") if isinstance(ref, dict) else None
+    if sha and sha != text.sha256:
         print(f"warning: the calibration text's sha256 differs from the recipe's ({text.sha256[:12]} vs "
-              f"{info['sha256'][:12]}); results will differ", file=sys.stderr)
+              f"{sha[:12]}); results will differ", file=sys.stderr)
     return text
+
+
+def eval_text_of(recipe: dict):
+    """The held-out text of the recipe's evaluation settings: bundled texts only (a path in a recipe is refused)."""
+    from analysis.texts import DEFAULT_EVALUATION_TEXT, bundled_text
+
+    ref = ((recipe.get("evaluation") or {}).get("settings") or {}).get("text", DEFAULT_EVALUATION_TEXT)
+    if _bundled_name(ref) is None:
+        raise RecipeError(f"the recipe's held-out text {_label(ref)!r} is not a bundled text ({', '.join(BUNDLED)}); "
+                          "a recipe names bundled texts only")
+    return bundled_text(_bundled_name(ref))
+
+
+def check_texts(recipe: dict, text_path: str | None = None) -> None:
+    """Refuse, before anything is loaded, a recipe that names a text other than a bundled one: the calibration
+    text (unless the user gives it with ``--text``), the held-out text, and the healing text of a heal action."""
+    cal = (recipe.get("calibration") or {}).get("text", "alice")
+    if not text_path and _bundled_name(cal) is None:
+        text_of(recipe)  # raises, naming the text
+    if recipe.get("action"):
+        eval_text_of(recipe)
+    heal = (recipe.get("action") or {}).get("heal")
+    if isinstance(heal, dict) and "text" in heal and _bundled_name(heal["text"]) is None:
+        raise RecipeError(f"the heal action's text {_label(heal['text'])!r} is not a bundled text "
+                          f"({', '.join(BUNDLED)}); a recipe names bundled texts only: heal with the heal command "
+                          "and --text PATH instead")
 
 
 def calibration_of(recipe: dict):

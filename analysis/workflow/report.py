@@ -13,7 +13,7 @@ with the report's own template (the dashboard's Streamlit template names placeho
 draws black) and axis labels that push the margins instead of being clipped (``automargin``).
 
 :func:`write_report` never replaces an existing file unless told to (``overwrite=True``; the page's tick, the
-command line's ``--overwrite``).
+command line's ``--overwrite``), and then only a report LayerScope wrote (its first line is LayerScope's marker).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import cache
-from analysis.errors import DestinationRefused
+from analysis import cache, destinations
 from analysis.metrics import consensus, registry
 from analysis.search import leaderboard
 
@@ -299,28 +298,18 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
             f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>{body}</body></html>")
 
 
-class ReportExists(DestinationRefused):
-    """The report's destination exists and replacing it was not asked for."""
+ReportExists = destinations.DestinationError  # the report's destination must not be written (one line: why)
 
 
-def check_destination(path: str | Path, overwrite: bool = False) -> Path:
-    """The report's path, checked before anything is computed: an existing file is refused unless ``overwrite``;
+def check_destination(path: str | Path, overwrite: bool = False, option: str = "--overwrite") -> Path:
+    """The report's path, checked before anything is computed (:func:`analysis.destinations.check`): an existing
+    file is refused unless ``overwrite`` *and* it is a report LayerScope wrote (it begins with LayerScope's marker);
     a folder, or a path whose parent is a file, is always refused."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise ReportExists(f"{path} is a folder; give the report a file name, e.g. {path / 'report.html'}")
-    if path.exists() and not overwrite:
-        raise ReportExists(f"{path} exists; choose another file or allow replacing it (--overwrite)")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ReportExists(f"{parent} is a file, so {path} cannot be written")
-            break
-    return path
+    return destinations.check(path, overwrite=overwrite, what="report", option=option, kind="file").path
 
 
-def write_report(path: str | Path, text: str, overwrite: bool = False) -> Path:
-    """Write the report atomically; an existing file is replaced only with ``overwrite=True``."""
-    path = check_destination(path, overwrite)
-    cache.atomic_write_text(path, text)
-    return path
+def write_report(path: str | Path, text: str, overwrite: bool = False, option: str = "--overwrite") -> Path:
+    """Write the report atomically, beginning with LayerScope's marker (so that only a report LayerScope wrote is
+    ever replaced); an existing file is replaced only with ``overwrite=True``."""
+    dest = destinations.check(path, overwrite=overwrite, what="report", option=option, kind="file")
+    return destinations.write_file(dest, text)

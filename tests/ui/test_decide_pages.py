@@ -63,18 +63,26 @@ def test_two_variants_compared_and_reported(app, tmp_path):
     assert "Variants: quality against cost" in html and "Generations side by side" in html
     assert html.count("* plotly.js v") == 1  # plotly.js embedded once
     # a second write to the same file is refused until the user ticks "Replace it if it exists"
-    target.write_text("keep me")
+    first = target.read_text()
     app.button(key="report-write").click()
     app.run()
     no_exceptions(app)
     assert any("Not written" in e.value and "exists" in e.value for e in app.error)
-    assert target.read_text() == "keep me"
+    assert target.read_text() == first
     app.checkbox(key="report-overwrite").check()
     app.button(key="report-write").click()
     app.run()
     no_exceptions(app)
     assert "Change: minus 20" in target.read_text()
     assert app.checkbox(key="report-overwrite").value is False  # the next write asks again
+    # a file LayerScope did not write (it does not begin with LayerScope's marker) is never replaced, even ticked
+    target.write_text("<html>keep me: a LayerScope report I edited by hand</html>")
+    app.checkbox(key="report-overwrite").check()
+    app.button(key="report-write").click()
+    app.run()
+    no_exceptions(app)
+    assert any("not written by LayerScope" in e.value for e in app.error)
+    assert target.read_text() == "<html>keep me: a LayerScope report I edited by hand</html>"
 
 
 def test_presentation_mode_reads_a_precomputed_recipe(tmp_path, monkeypatch, lm):

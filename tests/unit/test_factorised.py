@@ -14,8 +14,8 @@ from analysis.capture.linear_inputs import collect_stats
 from analysis.changes.truncation import apply_truncation, densify, plan_for_ratio
 from analysis.methods.lowrank import activation_loss, svd_llm
 from analysis.model.architecture import target_linears
+from analysis import cache
 from analysis.model.checkpoint import (
-    atomic_directory,
     is_factorised_checkpoint,
     load_factorised,
     save_dense,
@@ -173,22 +173,26 @@ def test_writes_never_clobber_and_are_atomic(tmp_path: Path) -> None:
     target.mkdir()
     (target / "keep.txt").write_text("precious")
     model = tiny_llama()
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="not written by LayerScope"):
         save_dense(model, target)
+    # a folder LayerScope did not write is never replaced, even with overwrite=True
+    with pytest.raises(FileExistsError, match="not written by LayerScope"):
+        save_dense(model, target, overwrite=True)
     assert (target / "keep.txt").read_text() == "precious"
     # a failure half-way leaves neither a partial target nor a temporary directory
     with pytest.raises(RuntimeError):
-        with atomic_directory(tmp_path / "new") as tmp:
+        with cache.atomic_directory(tmp_path / "new") as tmp:
             (tmp / "half.bin").write_bytes(b"x")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
-    # overwrite=True replaces the old content
-    save_dense(model, target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
+    # overwrite=True replaces a checkpoint LayerScope wrote
+    save_dense(model, tmp_path / "ours")
+    save_dense(model, tmp_path / "ours", overwrite=True)
+    assert (tmp_path / "ours" / "config.json").exists()
     # an empty existing directory is fine without overwrite
     (tmp_path / "empty").mkdir()
     save_dense(model, tmp_path / "empty")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "export"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "export", "ours"]
 
 
 def test_a_factorised_checkpoint_missing_a_factor_refuses_to_load(tmp_path: Path) -> None:

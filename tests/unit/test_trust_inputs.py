@@ -219,7 +219,7 @@ def test_destination_rules(tmp_path):
     notes = tmp_path / "notes"
     (notes / "sub").mkdir(parents=True)
     (notes / "todo.txt").write_text("precious")
-    with pytest.raises(destinations.DestinationError, match="not empty .*sub/, todo.txt.*not written by LayerScope"):
+    with pytest.raises(destinations.DestinationError, match="not written by LayerScope.*sub/, todo.txt"):
         destinations.check(notes)
     with pytest.raises(destinations.DestinationError, match="not written by LayerScope.*never replaced"):
         destinations.check(notes, overwrite=True)
@@ -237,7 +237,8 @@ def test_destination_rules(tmp_path):
     legacy = tmp_path / "legacy-export"
     legacy.mkdir()
     (legacy / "recipe.json").write_text('{"layerscope": 1, "model": {}}')
-    assert destinations.check(legacy, overwrite=True).overwrite
+    with pytest.raises(destinations.DestinationError, match="not written by LayerScope"):  # a recipe.json proves nothing
+        destinations.check(legacy, overwrite=True)
     with pytest.raises(destinations.DestinationError, match="is a file"):
         (tmp_path / "f").write_text("x")
         destinations.check(tmp_path / "f")
@@ -264,7 +265,7 @@ def test_a_failed_write_leaves_no_folder_and_the_old_results_untouched(tmp_path)
 def test_report_file_destination(tmp_path):
     f = tmp_path / "report.html"
     assert not destinations.check(f, kind="file").exists
-    f.write_text("<html><title>LayerScope report</title></html>")
+    f.write_text(destinations.with_file_marker("<html><title>LayerScope report</title></html>"))
     with pytest.raises(destinations.DestinationError, match="already exists"):
         destinations.check(f, kind="file")
     assert destinations.check(f, overwrite=True, kind="file").overwrite
