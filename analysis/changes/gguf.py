@@ -31,6 +31,13 @@ llama.cpp's converter does not express, and a Gemma 3 whose attention layout is 
 sixth layer full attention, the others sliding) -- which is what removing blocks from the middle of a Gemma 3
 produces.
 
+Known differences that are not refused: llama.cpp's ``llama`` architecture has no sliding window, so a Mistral
+with ``sliding_window`` set attends to the whole context (identical up to the window's length). Reading the file
+back with transformers 5.23 (``from_pretrained(..., gguf_file=...)``) takes Qwen3's ``head_dim`` and Gemma 3's
+``query_pre_attn_scalar`` from its class defaults (128 and 256; the real models use those values), ignores
+``rope_freqs`` (Llama 3.1 rope scaling) and the smollm digit splitting, and fails on a ``llama`` file whose
+``general.name`` is exactly ``mistral``; llama.cpp reads all of these from the file.
+
 :func:`vllm_config_problems` lists, in words, what in ``config.json`` disagrees with the weights or with itself in
 ways vLLM's loader trips over (layer count, per-layer lists, sliding window, tied head, shapes); an empty list means
 consistent.
@@ -502,7 +509,8 @@ def _bpe_pre_name(tj: dict) -> str:
 
 def _tokenizer_size(tj: dict) -> int:
     """One more than the largest token id of ``tokenizer.json`` (vocabulary and added tokens)."""
-    ids = [*((tj.get("model") or {}).get("vocab") or {}).values(), *(int(t["id"]) for t in tj.get("added_tokens") or [])]
+    vocab = (tj.get("model") or {}).get("vocab") or {}
+    ids = [*vocab.values(), *(int(t["id"]) for t in tj.get("added_tokens") or [])]
     return max(ids, default=-1) + 1
 
 
