@@ -30,9 +30,10 @@ from components import jobs, state
 from components.evaluation import evaluation_view
 from components.widgets import run_with_progress, text_bytes_download
 
-# export forms: name -> (label, save_fn(model, directory) or None for save_pretrained, loader for the reload check).
-# Both go through analysis.model.checkpoint: dense multiplies factorised matrices out (plain AutoModelForCausalLM reloads
-# it unless blocks were replaced by linear maps, which config.json then records); factorised stores B·A.
+# Export forms (analysis.workflow.variants.EXPORT_FORMS): dense multiplies factorised matrices out (plain
+# AutoModelForCausalLM reloads it unless blocks were replaced by linear maps, which config.json then records);
+# factorised stores B·A. A GGUF file (llama.cpp, Ollama, LM Studio) can be added to a dense export.
+GGUF_CHOICES = ("none", "f16", "q8_0", "q4_0")
 
 
 def evaluation_form(key: str, submit_label: str = "Apply and evaluate") -> EvalSettings | None:
@@ -158,17 +159,19 @@ def variant_result(ws, variant: Variant | None) -> None:
     evaluation_view(variant.evaluation)
 
 
-def _export(ws, variant: Variant, key: str, out_dir: str, form: str, overwrite: bool) -> None:
+def _export(ws, variant: Variant, key: str, out_dir: str, form: str, overwrite: bool, gguf: str | None = None) -> None:
     """Write the export (the destination is checked again inside ``export_checkpoint``) and reload it."""
     try:
         recipe = run_with_progress("Exporting and reloading", lambda p: export_variant(
-            variant.model, ws.lm.tokenizer, out_dir, variant.recipe, form=form, overwrite=overwrite))
+            variant.model, ws.lm.tokenizer, out_dir, variant.recipe, form=form, overwrite=overwrite,
+            gguf=gguf if gguf and gguf != "none" else None))
         export = recipe["export"]
         st.session_state[f"last-export-{key}"] = {"path": export["path"], "check": export["reload_check"],
-                                                  "form": form, "size": export["size_bytes"]}
+                                                  "form": form, "size": export["size_bytes"],
+                                                  "gguf": export.get("gguf")}
         variant.recipe = recipe
-    except destinations.DestinationError as exc:
-        st.error(f"{exc}.")
+    except LayerScopeError as exc:  # a refused destination, a family the GGUF writer does not know …
+        st.error(f"{exc}")
     except OSError as exc:
         st.error(f"Could not write {out_dir}: {exc}")
 
@@ -193,6 +196,10 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
         form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f], horizontal=True) \
             if len(available) > 1 else available[0]
+        gguf = st.selectbox("Also write a GGUF file (llama.cpp, Ollama, LM Studio)", GGUF_CHOICES,
+                            key=f"export-gguf-{key}",
+                            help="f16: exact for these weights; q8_0: 8-bit, the usual choice; q4_0: 4-bit. Dense form "
+                                 "only; read back with transformers' GGUF reader and its top-1 agreement shown")
         do_export = st.form_submit_button("Export checkpoint")
     confirm_key = f"confirm-export-{key}"
     if do_export:
@@ -201,10 +208,11 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         try:
             dest = destinations.inspect(out_dir)
             if dest.empty:
-                _export(ws, variant, key, out_dir, form, overwrite=False)
+                _export(ws, variant, key, out_dir, form, overwrite=False, gguf=gguf)
             else:
                 destinations.check(out_dir, overwrite=True, what="The export folder")  # refuses a foreign folder
-                st.session_state[confirm_key] = {"path": str(dest.path), "form": form, "entries": dest.entries}
+                st.session_state[confirm_key] = {"path": str(dest.path), "form": form, "entries": dest.entries,
+                                                 "gguf": gguf}
         except destinations.DestinationError as exc:
             st.error(f"{exc}.")
     pending = st.session_state.get(confirm_key)
@@ -216,7 +224,7 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         c = st.columns([1, 1, 4])
         if c[0].button("Replace it", key=f"replace-export-{key}", type="primary"):
             st.session_state.pop(confirm_key, None)
-            _export(ws, variant, key, pending["path"], pending["form"], overwrite=True)
+            _export(ws, variant, key, pending["path"], pending["form"], overwrite=True, gguf=pending.get("gguf"))
         if c[1].button("Cancel", key=f"cancel-export-{key}"):
             st.session_state.pop(confirm_key, None)
             st.rerun()
@@ -232,6 +240,12 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
                    f"{check['tokens']} tokens, same top-1 everywhere.")
     else:
         st.error(f"The reloaded checkpoint differs from the in-memory model: {check}")
+    g = export.get("gguf")
+    if g:
+        gc = g["reload_check"]
+        st.info(f"GGUF `{g['file']}` ({g['type']}, {g['size_bytes'] / 2**20:,.1f} MiB), read back with transformers' "
+                f"GGUF reader: top-1 agreement {gc['top1_agreement']:.1%} on {gc['tokens']} tokens. Run it with "
+                f"`llama-cli -m {Path(export['path']) / g['file']}` or `ollama create` from a Modelfile naming it.")
     if plain:
         st.code(f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 f"model = AutoModelForCausalLM.from_pretrained({export['path']!r})\n"

@@ -16,10 +16,12 @@ from analysis.model.architecture import find_blocks, input_device
 
 
 def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: dict, overwrite: bool = False,
-                      save_fn=None) -> Path:
+                      save_fn=None, finish_fn=None) -> Path:
     """Write ``model`` + tokenizer + ``recipe.json`` to ``out_dir`` atomically.
 
-    ``save_fn(model, directory)`` replaces ``model.save_pretrained`` (used for factorised checkpoints).
+    ``save_fn(model, directory)`` replaces ``model.save_pretrained`` (used for factorised checkpoints);
+    ``finish_fn(directory)`` adds files made from the written checkpoint (a GGUF file) before the folder is moved
+    into place, so they belong to the export like every other file.
     """
     from analysis import destinations
 
@@ -32,6 +34,8 @@ def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: 
             save_fn(model, tmp)
         tokenizer.save_pretrained(tmp)
         cache.atomic_write_text(tmp / "recipe.json", cache.dumps(recipe))
+        if finish_fn is not None:
+            finish_fn(tmp)
     return dest.path
 
 
@@ -58,6 +62,27 @@ def verify_export(out_dir: str | Path, model: nn.Module, tokenizer, text: str | 
     return {"max_abs_logit_diff": diff, "relative_diff": diff / scale if scale else diff,
             "same_top1": same_top1, "blocks": blocks, "tokens": int(x.shape[1]),
             "ok": same_top1 and diff <= 1e-3 * max(1.0, scale)}
+
+
+@torch.no_grad()
+def verify_gguf(folder: str | Path, gguf_file: str, model: nn.Module, tokenizer, text: str | None = None) -> dict:
+    """Read the GGUF file back with transformers' own GGUF reader and compare its next-token predictions with
+    ``model``'s on ``text``: top-1 agreement over every position and the largest logit difference. A quantised
+    file (``q8_0``, ``q4_0`` …) is not expected to match exactly; the export reports the agreement."""
+    from transformers import AutoModelForCausalLM
+
+    device = input_device(model)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, trust_remote_code=False,
+                                                    dtype=torch.float32)
+    reloaded.to(device).eval()
+    text = text or ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having "
+                    "nothing to do: once or twice she had peeped into the book her sister was reading.")
+    x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    a = model(input_ids=x, use_cache=False).logits.float()
+    b = reloaded(input_ids=x, use_cache=False).logits.float()
+    del reloaded
+    return {"top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+            "max_abs_logit_diff": float((a - b).abs().max()), "tokens": int(x.shape[1])}
 
 
 def read_recipe(out_dir: str | Path) -> dict:

@@ -42,7 +42,9 @@ back with transformers 5.23 (``from_pretrained(..., gguf_file=...)``) takes Qwen
 ways vLLM's loader trips over (layer count, per-layer lists, sliding window, tied head, shapes); an empty list means
 consistent.
 
-This module needs only numpy, torch, safetensors, transformers and gguf; it imports nothing else from LayerScope.
+This module needs only numpy, torch, safetensors, transformers and gguf, and from LayerScope only its error base
+class. Every exporting command (``--gguf``) and the pages' export forms reach it through
+:func:`analysis.workflow.variants.export_variant`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.errors import InputError
+
 __all__ = [
     "GGUFExportError",
     "SUPPORTED_QTYPES",
@@ -72,7 +76,7 @@ FACTORISED_KEY = "layerscope_factorised"
 LINEAR_BLOCKS_KEY = "layerscope_linear_blocks"
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(InputError):
     """The folder cannot be exported to GGUF; the message says why in words a user can act on."""
 
 

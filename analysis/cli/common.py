@@ -105,6 +105,29 @@ def print_json(obj) -> None:
     print(json.dumps(json.loads(cache.dumps(obj)), indent=2))
 
 
+def add_gguf_arg(p: argparse.ArgumentParser) -> None:
+    from analysis.changes.gguf import SUPPORTED_QTYPES
+
+    p.add_argument("--gguf", choices=SUPPORTED_QTYPES, default=None, metavar="TYPE",
+                   help="also write model-TYPE.gguf into the export for llama.cpp, Ollama and LM Studio "
+                        f"({', '.join(SUPPORTED_QTYPES)}; f16 is lossless for an fp16 model, q8_0 the usual choice); "
+                        "read back with transformers' GGUF reader and its top-1 agreement recorded")
+
+
+def check_gguf_family(args, config) -> None:
+    """Refuse ``--gguf`` for a family the GGUF writer does not know, before any weight is loaded."""
+    if not getattr(args, "gguf", None):
+        return
+    from analysis.changes.gguf import supported_families
+    from analysis.errors import InputError
+
+    families = supported_families()
+    model_type = getattr(getattr(config, "text_config", None) or config, "model_type", None)
+    if config.model_type not in families and model_type not in families:
+        raise InputError(f"--gguf: GGUF export covers {', '.join(sorted(families))}; this model is "
+                         f"{config.model_type!r}")
+
+
 def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "results folder") -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace a non-empty {what} (only one LayerScope wrote; any other folder is refused)")

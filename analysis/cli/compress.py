@@ -38,7 +38,7 @@ HELP = ("low-rank truncation (svd, asvd, svd-llm, nsvd), linear replacement of b
 
 def add_arguments(p):
     from analysis.changes.low_rank import METHODS
-    from analysis.cli.common import add_calibration_args, add_eval_args, add_model_args
+    from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args
 
     add_model_args(p)
     g = p.add_argument_group("low-rank truncation")
@@ -78,6 +78,7 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
+    add_gguf_arg(p)
 
 
 def build_action(args, n_blocks: int | None = None) -> dict:
@@ -132,6 +133,7 @@ def run(args) -> int:
     from analysis.changes.variant import candidate_name, describe_action
     from analysis.cli.common import (
         TqdmProgress,
+        check_gguf_family,
         eval_settings_from,
         load,
         out_destination,
@@ -140,6 +142,7 @@ def run(args) -> int:
         spec_from,
         workspace_from,
     )
+    from analysis.errors import InputError
     from analysis.model.checkpoint import (
         needs_project_loader,
     )
@@ -149,12 +152,16 @@ def run(args) -> int:
     from analysis.workflow.variants import export_variant, make_variant
 
     action = build_action(args)  # refuse bad arguments before loading anything
+    if args.gguf and (args.form or ("factorised" if "low_rank" in action else "dense")) != "dense":
+        raise InputError("--gguf: a GGUF file holds plain matrices; export the dense form (--form dense) to add it")
     settings = eval_settings_from(args)
     preflight.check_eval(None, None, settings)
     eval_text = resolve_text(settings.text)
     out = out_destination(args, "export folder").path  # checked again when the export is written
     spec = spec_from(args)
-    config = read_config(spec)  # no weights yet: blocks, windows, context and the texts' lengths checked first
+    config = read_config(spec)
+    check_gguf_family(args, config)  # --gguf for a family the writer knows, before any weight is loaded
+    # no weights yet: blocks, windows, context and the texts' lengths checked first
     preflight.check_action(config, action)
     preflight.check_eval(config, read_tokenizer(spec), settings, text=eval_text)
     if "low_rank" in action or "replace_linear" in action:
@@ -186,7 +193,7 @@ def run(args) -> int:
     record = record_of(model)
     for note in (record.get("low_rank") or {}).get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
-    recipe = export_variant(model, lm.tokenizer, out, variant.recipe, form=form, overwrite=args.overwrite)
+    recipe = export_variant(model, lm.tokenizer, out, variant.recipe, form=form, overwrite=args.overwrite, gguf=args.gguf)
     check = recipe["export"]["reload_check"]
     low = record.get("low_rank") or {}
     print_json({"out": str(out), "change": recipe["name"], "form": form,

@@ -30,7 +30,7 @@ def add_arguments(p):
         TARGETS,
         HealSpec,
     )
-    from analysis.cli.common import add_eval_args, add_model_args
+    from analysis.cli.common import add_eval_args, add_gguf_arg, add_model_args
 
     d = HealSpec()
     add_model_args(p)
@@ -65,6 +65,7 @@ def add_arguments(p):
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
+    add_gguf_arg(p)
 
 
 def run(args) -> int:
@@ -152,7 +153,7 @@ def run(args) -> int:
         (directory / "adapter").mkdir()
         hl.save_adapter(model, directory / "adapter")
 
-    recipe = export_variant(healed, lm.tokenizer, out, recipe, overwrite=args.overwrite,
+    recipe = export_variant(healed, lm.tokenizer, out, recipe, overwrite=args.overwrite, gguf=args.gguf,
                             also_write=save_adapter if lora else None)
     check = recipe["export"]["reload_check"]
     result = {"out": str(out), "variant": recipe["name"], "gap": gap, "reload_check": check,

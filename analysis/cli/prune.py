@@ -17,7 +17,7 @@ HELP = "remove blocks, evaluate, export a checkpoint with recipe.json"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_eval_args, add_model_args
+    from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args
 
     add_model_args(p)
     p.add_argument("--remove", required=True, help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'")
@@ -26,6 +26,7 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
+    add_gguf_arg(p)
 
 
 def run(args) -> int:
@@ -35,6 +36,7 @@ def run(args) -> int:
     )
     from analysis.cli.common import (
         TqdmProgress,
+        check_gguf_family,
         eval_settings_from,
         load,
         out_destination,
@@ -53,7 +55,9 @@ def run(args) -> int:
     eval_text = resolve_text(settings.text)
     out = out_destination(args, "export folder").path  # checked again when the export is written
     spec = spec_from(args)
-    config = read_config(spec)  # no weights yet: block indices, context and text length checked first
+    config = read_config(spec)
+    check_gguf_family(args, config)  # --gguf for a family the writer knows, before any weight is loaded
+    # no weights yet: block indices, context and text length checked first
     preflight.check_action(config, {"remove_blocks": blocks})
     preflight.check_eval(config, read_tokenizer(spec), settings, text=eval_text)
     lm = load(args)
@@ -62,7 +66,7 @@ def run(args) -> int:
     print(f"[prune] removing blocks {blocks}; evaluating on {eval_text.label}", file=sys.stderr)
     variant = make_variant(ws, {"remove_blocks": blocks}, settings, progress=TqdmProgress("evaluate"))
     table = variant.evaluation
-    recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite)
+    recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite, gguf=args.gguf)
     check = recipe["export"]["reload_check"]
     print_json({"out": str(out), "removed_blocks": blocks,
                 "perplexity": {"original": table.original.perplexity, "pruned": table.candidate.perplexity},

@@ -89,8 +89,10 @@ def run(args) -> int:
             done["evaluation"] = table.to_dict()
             form = (recipe.get("export") or {}).get("form")
             if form and not args.no_export:
+                gguf = (recipe.get("export") or {}).get("gguf")  # "q8_0", or the section an export wrote
+                gguf = gguf.get("type") if isinstance(gguf, dict) else gguf
                 done = export_variant(model, lm.tokenizer, out / "checkpoint", done, form=form,
-                                      recorded_path=dest.path / "checkpoint")
+                                      recorded_path=dest.path / "checkpoint", gguf=gguf)
             changes.append({"name": done["name"], "action": action, "evaluation": done["evaluation"], "recipe": done})
         write_json(out / "recipe.json", done)
         if recipe.get("report", True):

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from analysis.cache import atomic_write_text, dumps
-from analysis.changes.export import export_checkpoint, verify_export
+from analysis.changes.export import export_checkpoint, verify_export, verify_gguf
+from analysis.changes.gguf import SUPPORTED_QTYPES, supported_families, write_gguf
 from analysis.changes.variant import Variant, apply_actions, candidate_name, describe_action
 from analysis.errors import InputError
 from analysis.evaluation.perplexity import EvalSettings, evaluate
@@ -57,25 +58,53 @@ def make_variant(ws, action: dict, settings: EvalSettings, name: str | None = No
 
 def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = "dense",
                    overwrite: bool = False, recorded_path: str | Path | None = None,
-                   also_write: Callable[[object, Path], None] | None = None) -> dict:
+                   also_write: Callable[[object, Path], None] | None = None, gguf: str | None = None) -> dict:
     """Write ``model`` as a checkpoint of ``form`` with ``recipe.json`` into ``out`` (atomically; the destination
     rule of :mod:`analysis.destinations` decides whether ``out`` may be written), reload it and compare logits.
 
     Returns the recipe as written, whose ``export`` section holds the path, the form, the reload check and the size.
     ``recorded_path`` is the path the recipe names (default ``out``; a run writes into a temporary folder first);
     ``also_write(model, folder)`` adds files of its own to the folder before it is moved into place (healing's
-    LoRA adapter)."""
+    LoRA adapter). ``gguf`` (a type of :data:`analysis.changes.gguf.SUPPORTED_QTYPES`, e.g. ``f16``, ``q8_0``,
+    ``q4_0``) also writes ``model-<type>.gguf`` into the folder for llama.cpp, Ollama and LM Studio, read back with
+    transformers' GGUF reader (its top-1 agreement with the in-memory model is recorded)."""
     if form not in EXPORT_FORMS:
         raise InputError(f"unknown export form {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    gguf_name = None
+    if gguf:
+        gguf_name = check_gguf_request(model, form, gguf)
     recipe = dict(recipe)
     recipe["export"] = {"path": str(Path(recorded_path or out).resolve()), "form": form}
+    if gguf_name:
+        recipe["export"]["gguf"] = {"file": gguf_name, "type": gguf}
     def save(m, directory: Path) -> None:
         save_checkpoint(m, directory, form)
         if also_write is not None:
             also_write(m, directory)
 
-    path = export_checkpoint(model, tokenizer, out, recipe, overwrite=overwrite, save_fn=save)
+    def finish(directory: Path) -> None:
+        if gguf_name:
+            write_gguf(directory, directory / gguf_name, gguf, name=recipe.get("name"))
+
+    path = export_checkpoint(model, tokenizer, out, recipe, overwrite=overwrite, save_fn=save, finish_fn=finish)
     recipe["export"]["reload_check"] = verify_export(path, model, tokenizer, loader=load_checkpoint)
+    if gguf_name:
+        recipe["export"]["gguf"]["size_bytes"] = (Path(path) / gguf_name).stat().st_size
+        recipe["export"]["gguf"]["reload_check"] = verify_gguf(path, gguf_name, model, tokenizer)
     recipe["export"]["size_bytes"] = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
     atomic_write_text(Path(path) / "recipe.json", dumps(recipe))
     return recipe
+
+
+def check_gguf_request(model, form: str, qtype: str) -> str:
+    """The GGUF file name for ``qtype``, after refusing (one line, before any work) what llama.cpp cannot load:
+    an unknown type, a family the GGUF writer does not know, a factorised export."""
+    if qtype not in SUPPORTED_QTYPES:
+        raise InputError(f"unknown GGUF type {qtype!r}; choose from {', '.join(SUPPORTED_QTYPES)}")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    families = supported_families()
+    if model_type not in families:
+        raise InputError(f"GGUF export covers {', '.join(sorted(families))}; this model is {model_type!r}")
+    if form != "dense":
+        raise InputError("a GGUF file holds plain matrices: export the dense form (--form dense) to add --gguf")
+    return f"model-{qtype}.gguf"
