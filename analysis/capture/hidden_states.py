@@ -12,6 +12,7 @@ states). A second visit, from the dashboard or the command line, reads the same 
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from analysis import cache
-from analysis.errors import InputError, NotFound
+from analysis.errors import InputError, NotFound, check_free_space, on_disk_full
 from analysis.methods import clouds
 from analysis.model.loading import LoadedModel
 from analysis.texts import Text, calibration_windows
@@ -88,6 +89,30 @@ def is_captured(lm: LoadedModel, text: Text, n_windows: int, window_len: int, st
                                                  positions)).exists()
 
 
+def states_bytes(shape: Sequence[int], storage: str = "float32") -> int:
+    """Bytes of a captured ``states`` array of ``shape``."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(STORAGE_DTYPES[storage]).itemsize
+
+
+def reserve(path) -> None:
+    """Allocate a file's blocks on disk (``posix_fallocate``), so that filling it through a memory map cannot hit
+    a full disk: ENOSPC is raised here, as an ``OSError``. A no-op where the system has no ``posix_fallocate``."""
+    import os
+
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the file system cannot reserve (the free-space check before the write still applies)
+        raise
+    finally:
+        os.close(fd)
+
+
 def capture_hidden_states(
     lm: LoadedModel,
     text: Text,
@@ -129,11 +154,16 @@ def capture_hidden_states(
             note = f"The cached capture was unreadable and has been recomputed ({exc})."
             cache.remove_entry(e)
     windows = calibration_windows(lm.tokenizer, text, n_windows, window_len)
+    kept_len = window_len if positions == "all" else 1
+    shape = (len(keep), n_windows, kept_len, lm.width)
+    # free space against the size before anything is written: a memory-mapped write to a full disk is a bus error
+    # (SIGBUS) that would take the process, and the dashboard's server, down
+    check_free_space(e.path.parent, states_bytes(shape, storage) + windows.nbytes, "the capture")
     t0 = time.perf_counter()
-    with cache.entry_writer(e) as w:
-        kept_len = window_len if positions == "all" else 1
+    with on_disk_full("the capture"), cache.entry_writer(e) as w:
         w.add_array("tokens", windows if positions == "all" else windows[:, -1:])
-        out = w.open_array("states", (len(keep), n_windows, kept_len, lm.width), STORAGE_DTYPES[storage])
+        out = w.open_array("states", shape, STORAGE_DTYPES[storage])
+        reserve(w.dir / "states.npy")  # the disk blocks now: ENOSPC here (an OSError), never SIGBUS later
         for start, hidden in iter_hidden_states(lm, windows, batch_size=batch_size, progress=progress):
             stop = start + hidden[0].shape[0]
             for row, s in enumerate(keep):

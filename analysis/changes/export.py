@@ -12,7 +12,20 @@ import torch
 from torch import nn
 
 from analysis import cache
+from analysis.errors import check_free_space, on_disk_full
 from analysis.model.architecture import find_blocks, input_device
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each shared tensor once): what a checkpoint of it holds."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.device, t.data_ptr()) if t.device.type != "meta" else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return int(total)
 
 
 def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: dict, overwrite: bool = False,
@@ -27,7 +40,8 @@ def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: 
 
     dest = destinations.check(out_dir, overwrite=overwrite, what="export folder",
                               option="confirm replacing it (--overwrite)")
-    with destinations.writing(dest, what="export") as tmp:
+    check_free_space(dest.path.parent, tensor_bytes(model), "the export")
+    with on_disk_full("the export"), destinations.writing(dest, what="export") as tmp:
         if save_fn is None:
             model.save_pretrained(tmp, safe_serialization=True)
         else:

@@ -2,7 +2,8 @@
 
 Each sub-command is one module in ``analysis/cli/`` with ``NAME``, ``HELP``, ``add_arguments(parser)`` and
 ``run(args) -> int``. Errors a user can cause (:class:`analysis.errors.LayerScopeError`) print one line to stderr and exit with status
-2; anything else is a bug and shows its full traceback (exit status 1).
+2; so do a malformed option (argparse, at parse time: one line, no usage block) and a full disk (``OSError``
+ENOSPC); anything else is a bug and shows its full traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -15,15 +16,24 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from analysis.errors import LayerScopeError, one_line  # noqa: E402
+from analysis.errors import LayerScopeError, disk_full_message, is_disk_full, one_line  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (``prog: error: argument --x: …``, no usage block), exit 2; the
+    sub-command parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as commands
 
     prog = "layerscope" if Path(sys.argv[0]).name == "layerscope" else "python -m analysis"
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -50,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except LayerScopeError as exc:  # the user's to fix: one line; anything else is a bug and shows its traceback
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
