@@ -222,6 +222,26 @@ def check_texts(heal: Text | dict, held_out: Text | dict | None) -> None:
                            "held-out perplexity would measure memorisation")
 
 
+#: float32 bytes kept per token and block for the backward pass, in units of the width: Korthikanti et al.'s
+#: 34·d bytes per token and layer in 16-bit (2023, "Reducing Activation Recomputation"), doubled for float32
+ACTIVATION_BYTES_PER_WIDTH = 68
+
+
+def training_memory_bytes(n_layers: int, width: int, vocab: int, batch_size: int, window_len: int,
+                          teacher: bool = True, intermediate: int | None = None) -> dict:
+    """A rough upper estimate of one healing step's memory beyond the weights (refused before training when over
+    the budget): activations kept for the backward pass (68·d bytes per token and block in float32, plus the
+    MLP's wider activations), and the logits: the student's, their gradient and log-softmax, and the teacher's
+    with its softmax for the KL loss (4 bytes each per token and vocabulary entry). Attention scores are not
+    counted (SDPA does not keep them)."""
+    tokens = int(batch_size) * int(window_len)
+    mlp = 3 * 4 * int(intermediate or 4 * width)  # gate, up and activation outputs, float32
+    per_token = int(n_layers) * (ACTIVATION_BYTES_PER_WIDTH * int(width) + mlp) + int(vocab) * 4 * (5 if teacher else 3)
+    fixed = 0
+    return {"bytes": fixed + tokens * per_token, "per_token_bytes": per_token, "fixed_bytes": fixed,
+            "tokens": tokens}
+
+
 def training_windows(tokenizer, text: Text, spec: HealSpec) -> np.ndarray:
     """The first non-overlapping windows of ``window_len`` tokens of the healing text (``[N, T]``, at most
     ``spec.windows``); a text too short for one batch is refused."""

@@ -16,8 +16,11 @@ compares logits with the in-memory model.
 from __future__ import annotations
 
 import copy
+import math
+from collections import Counter
 from typing import Iterable, Sequence
 
+import numpy as np
 from torch import nn
 
 from analysis.changes.base import Action
@@ -29,24 +32,44 @@ class PruneError(InputError):
     """The requested change is impossible (the message says why)."""
 
 
+#: no model has more blocks than this; a block number or range beyond it is refused before anything is built
+MAX_BLOCK_INDEX = 100_000
+
+
+def _block_number(b, what: str, forms: str) -> int:
+    """A block number from a list (a recipe's JSON, a page): a whole number, never a fraction, a bool or a string."""
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer, float, np.floating)):
+        raise PruneError(f"{what}: {b!r} is not a block number; give {forms}")
+    if isinstance(b, (float, np.floating)) and not (math.isfinite(b) and float(b).is_integer()):
+        raise PruneError(f"{what}: {b!r} is a fraction, not a block number; give {forms}")
+    return int(b)
+
+
 def parse_blocks(spec: str | Iterable[int], what: str = "blocks") -> list[int]:
     """``"12,13"``, ``"12-15"`` (inclusive, as typed) or ``"[12, 16)"`` → sorted block list; duplicates are an error.
 
-    Anything else raises :class:`PruneError` naming ``what`` (the option, e.g. ``--remove``) and the forms allowed.
+    Anything else raises :class:`PruneError` naming ``what`` (the option, e.g. ``--remove``) and the forms allowed:
+    fractions (``12.5``), bools, words, and numbers or ranges beyond :data:`MAX_BLOCK_INDEX`.
     """
     forms = "0-based block numbers as '12,13', '12-15' (inclusive) or '[12,16)'"
     if not isinstance(spec, str):
         try:
-            blocks = [int(b) for b in spec]
-        except (TypeError, ValueError):
+            items = list(spec)
+        except TypeError:
             raise PruneError(f"{what}: {spec!r} is not a list of block numbers; give {forms}") from None
+        blocks = [_block_number(b, what, forms) for b in items]
     else:
         s = spec.strip()
         blocks = []
         try:
             if s.startswith("[") and s.endswith(")"):
                 a, b = s[1:-1].split(",")
-                blocks = list(range(int(a), int(b)))
+                a, b = int(a), int(b)
+                if b < a:
+                    raise PruneError(f"{what}: the range {s!r} ends before it starts; give {forms}")
+                if max(abs(a), abs(b)) > MAX_BLOCK_INDEX:
+                    raise PruneError(f"{what}: {s!r} reaches beyond block {MAX_BLOCK_INDEX:,}; no model has that many")
+                blocks = list(range(a, b))
             elif s:
                 for part in s.split(","):
                     part = part.strip()
@@ -56,6 +79,9 @@ def parse_blocks(spec: str | Iterable[int], what: str = "blocks") -> list[int]:
                         a, b = part.split("-", 1)
                         if int(b) < int(a):
                             raise PruneError(f"{what}: the range {part!r} ends before it starts; give {forms}")
+                        if max(abs(int(a)), abs(int(b))) > MAX_BLOCK_INDEX:
+                            raise PruneError(f"{what}: {part!r} reaches beyond block {MAX_BLOCK_INDEX:,}; no model "
+                                             "has that many")
                         blocks.extend(range(int(a), int(b) + 1))
                     else:
                         blocks.append(int(part))
@@ -63,7 +89,10 @@ def parse_blocks(spec: str | Iterable[int], what: str = "blocks") -> list[int]:
             if isinstance(exc, PruneError):
                 raise
             raise PruneError(f"{what}: {spec!r} is not a block list; give {forms}") from None
-    dup = sorted({b for b in blocks if blocks.count(b) > 1})
+    big = [b for b in blocks if abs(b) > MAX_BLOCK_INDEX]
+    if big:
+        raise PruneError(f"{what}: block {big[0]:,} is beyond any model (at most {MAX_BLOCK_INDEX:,} blocks)")
+    dup = sorted(b for b, n in Counter(blocks).items() if n > 1)
     if dup:
         raise PruneError(f"block{'s' if len(dup) > 1 else ''} {', '.join(map(str, dup))} named more than once")
     return sorted(blocks)

@@ -167,18 +167,53 @@ class ReplaceMeSpec:
                 "cosine": dict(self.cosine) if self.method == "cosine" else None}
 
 
+_RUN_FORMS = "write START:N (e.g. 12:2 for blocks 12 and 13), [START,END) or auto:N, with whole numbers START >= 1, N >= 1"
+
+
 def parse_run(spec: str) -> tuple[int, int]:
-    """``"12:2"`` (start:n) or ``"[12,14)"`` → ``(start, n)``; ``"auto:2"`` → ``(-1, 2)`` (start chosen later)."""
+    """``"12:2"`` (start:n) or ``"[12,14)"`` → ``(start, n)``; ``"auto:2"`` → ``(-1, 2)`` (start chosen later).
+
+    Only these three forms, with whole numbers: a negative start (``-1:2``, which once read as ``auto:2``), a
+    fraction, an empty or reversed range, and ``n < 1`` are refused (:class:`ReplaceMeError`, one line)."""
+    import re
+
     s = str(spec).strip().replace(" ", "")
-    try:
-        if s.startswith("[") and s.endswith(")"):
-            a, b = s[1:-1].split(",")
-            return int(a), int(b) - int(a)
-        a, b = s.split(":")
-        return (-1 if a.lower() == "auto" else int(a)), int(b)
-    except ValueError:
-        raise ReplaceMeError(f"cannot read the run {spec!r}: write START:N (e.g. 12:2 for blocks 12 and 13), "
-                             "[START,END) or auto:N") from None
+    m = (re.fullmatch(r"(?i)(auto|\d{1,6}):(\d{1,6})", s) or re.fullmatch(r"\[(\d{1,6}),(\d{1,6})\)", s))
+    if m is None:
+        neg = re.fullmatch(r"-\d+:\d+|\[-\d+,-?\d+\)", s)
+        why = "a run cannot start at a negative block" if neg else f"cannot read the run {str(spec)[:40]!r}"
+        raise ReplaceMeError(f"{why}: {_RUN_FORMS}")
+    a, b = m.group(1), int(m.group(2))
+    if s.startswith("["):
+        start, n = int(a), b - int(a)
+    else:
+        start, n = (-1 if a.lower() == "auto" else int(a)), b
+    if n < 1:
+        raise ReplaceMeError(f"the run {spec!r} holds no block: {_RUN_FORMS}")
+    if start == 0:
+        raise ReplaceMeError(f"the run {spec!r} starts at block 0, which has no block before it to fold the map "
+                             f"into: {_RUN_FORMS}")
+    return start, n
+
+
+def min_tokens(width: int) -> int:
+    """Calibration tokens a ReplaceMe fit needs: more than the map's ``width`` (with ``≤ width`` tokens the
+    least-squares fit is exact on them, residual 0, and useless on any other text)."""
+    return int(width) + 1
+
+
+def check_tokens(n_windows: int, window_len: int, width: int, names: tuple[str, str] | None = None,
+                 tokens: int | None = None) -> None:
+    """Refuse a fit on fewer than ``width + 1`` calibration tokens, naming how many windows are needed."""
+    have = int(n_windows) * int(window_len) if tokens is None else int(tokens)
+    need = min_tokens(width)
+    if have < need:
+        windows = -(-need // max(1, int(window_len)))
+        raise ReplaceMeError(
+            f"ReplaceMe needs more calibration tokens than the model's width: {have:,} tokens ({n_windows} "
+            f"window{'s' if n_windows != 1 else ''} of {window_len}) for a {width}×{width} map make the fit exact on them and useless elsewhere; use at "
+            f"least {windows} windows of {window_len} tokens ({need:,} tokens)"
+            + (f": {names[0]} {windows} with {names[1]} {window_len}" if names else ""))
 
 
 def describe(value) -> str:
@@ -539,6 +574,7 @@ def fit_runs(lm: LoadedModel, text: Text, n_windows: int, window_len: int, specs
         todo.append(i)
     if todo:
         batches = _batches(lm, text, n_windows, window_len)
+        check_tokens(n_windows, window_len, lm.width, tokens=sum(int(b.numel()) for b in batches))
         for s in {specs[i].start for i in todo}:
             check_foldable(model, s, 1, batches[0][:1].to(next(model.parameters()).device))
         keep = max([specs[i].cosine["max_tokens"] for i in todo if specs[i].method == "cosine"], default=0)

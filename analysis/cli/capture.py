@@ -19,10 +19,11 @@ HELP = "capture hidden states into the cache (estimate first)"
 
 def add_arguments(p):
     from analysis.cli.common import add_calibration_args, add_model_args
+    from analysis.cli.common import block_list
 
     add_model_args(p)
     add_calibration_args(p)
-    p.add_argument("--states", default=None, help="hidden states to keep, e.g. '0,10,20' or '0-10' (default: all)")
+    p.add_argument("--states", default=None, type=block_list("--states"), help="hidden states to keep, e.g. '0,10,20' or '0-10' (default: all)")
     p.add_argument("--last-only", action="store_true", help="keep only the last position of every window")
     p.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
 

@@ -4,9 +4,102 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 
 from analysis import cache
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument types: a malformed number is refused by argparse at parse time (one line, exit 2), before any work.
+# What needs the model (block indices against its number of blocks, windows against its positions, the texts'
+# lengths) is checked next by analysis.workflow.preflight, still before any weight is loaded.
+# ----------------------------------------------------------------------------------------------------------------
+
+#: no count or size on the command line is larger than this (2**31 - 1: what torch and numpy index with int32)
+MAX_INT = 2**31 - 1
+_INT = re.compile(r"[+-]?\d{1,19}")
+
+
+def int_in(lo: int, hi: int = MAX_INT, what: str = "a whole number"):
+    """An argparse ``type``: a whole number in ``[lo, hi]`` (``'1.5'``, ``'1e3'``, ``'x'`` are refused)."""
+
+    def parse(text: str) -> int:
+        t = str(text).strip()
+        if not _INT.fullmatch(t):
+            raise argparse.ArgumentTypeError(f"{what} is expected, not {str(text)[:40]!r}")
+        v = int(t)
+        if not lo <= v <= hi:
+            rng = f"at least {lo}" if hi == MAX_INT else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {v}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = int_in(1)
+non_negative_int = int_in(0)
+window_length = int_in(2, what="a number of tokens (at least 2)")
+seed_int = int_in(0, 2**32 - 1, what="a seed (a whole number)")
+
+
+def float_in(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    """An argparse ``type``: a finite number in the interval (``nan``, ``inf`` and words are refused)."""
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a number is expected, not {str(text)[:40]!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"a finite number is expected, not {text!r}")
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            raise argparse.ArgumentTypeError(f"must lie in {interval}, got {v:g}")
+        return v
+
+    parse.__name__ = "a number"
+    return parse
+
+
+open_fraction = float_in(0.0, 1.0, lo_open=True, hi_open=True)  # a share strictly between 0 and 1
+positive_float = float_in(0.0, lo_open=True)
+non_negative_float = float_in(0.0)
+finite_float = float_in()
+
+
+def block_list(what: str):
+    """An argparse ``type``: a block list ('12,13', '12-15', '[12,16)'), whole non-negative numbers, no duplicates;
+    returned as typed (its range against the model is checked before loading, by preflight)."""
+
+    def parse(text: str) -> str:
+        from analysis.changes.remove_blocks import PruneError, parse_blocks
+
+        try:
+            blocks = parse_blocks(text, what=what)
+        except PruneError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{what}: ")) from None
+        if not blocks:
+            raise argparse.ArgumentTypeError("no block given")
+        if blocks[0] < 0:
+            raise argparse.ArgumentTypeError(f"block numbers are 0-based and never negative, got {blocks[0]}")
+        return text
+
+    parse.__name__ = "a block list"
+    return parse
+
+
+def replaceme_run(text: str) -> str:
+    """An argparse ``type``: ReplaceMe's run, ``auto:N``, ``START:N`` or ``[START,END)``."""
+    from analysis.changes.replaceme import ReplaceMeError, parse_run
+
+    try:
+        parse_run(text)
+    except ReplaceMeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -29,11 +122,13 @@ def add_calibration_args(p: argparse.ArgumentParser, text_default: str = "alice"
     g = p.add_argument_group("calibration text")
     g.add_argument("--text", "--calib-text", dest="text", default=text_default,
                    help="bundled text name (alice, asyoulik, lcet10, plrabn12) or a path to a text file")
-    g.add_argument("--sequences", type=int, default=sequences, help="number of windows N (first N, non-overlapping)")
-    g.add_argument("--seq-len", type=int, default=seq_len, help="tokens per window T")
-    g.add_argument("--exclude-first", type=int, default=0,
+    g.add_argument("--sequences", type=positive_int, default=sequences,
+                   help="number of windows N (first N, non-overlapping)")
+    g.add_argument("--seq-len", type=window_length, default=seq_len, help="tokens per window T")
+    g.add_argument("--exclude-first", type=non_negative_int, default=0,
                    help="drop the first positions of each window from all-token clouds (attention sink)")
-    g.add_argument("--n-max", type=int, default=None, help="subsample all-token clouds to at most this many tokens")
+    g.add_argument("--n-max", type=positive_int, default=None,
+                   help="subsample all-token clouds to at most this many tokens")
     g.add_argument("--storage", default="float32", choices=["float32", "float16"],
                    help="dtype of the captured hidden states on disk")
 
@@ -41,9 +136,9 @@ def add_calibration_args(p: argparse.ArgumentParser, text_default: str = "alice"
 def add_eval_args(p: argparse.ArgumentParser, text_default: str = "asyoulik") -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-text", default=text_default, help="held-out text (bundled name or path)")
-    g.add_argument("--eval-tokens", type=int, default=4096, help="tokens of the held-out text")
-    g.add_argument("--context", type=int, default=512, help="sliding-window context")
-    g.add_argument("--stride", type=int, default=256, help="sliding-window stride")
+    g.add_argument("--eval-tokens", type=window_length, default=4096, help="tokens of the held-out text")
+    g.add_argument("--context", type=window_length, default=512, help="sliding-window context")
+    g.add_argument("--stride", type=positive_int, default=256, help="sliding-window stride")
     g.add_argument("--no-speed", action="store_true", help="skip the prefill/decode timing")
 
 

@@ -39,37 +39,38 @@ HELP = ("low-rank truncation (svd, asvd, svd-llm, nsvd), linear replacement of b
 def add_arguments(p):
     from analysis.changes.low_rank import METHODS
     from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args
+    from analysis.cli.common import block_list, float_in, non_negative_float, open_fraction, positive_int, replaceme_run
 
     add_model_args(p)
     g = p.add_argument_group("low-rank truncation")
     g.add_argument("--method", default="svd-llm", choices=list(METHODS) + ["svd_llm"],
                    help="svd (plain), asvd (activation-scaled), svd-llm (whitened), nsvd (nested; its equations "
                         "are unverified: no public code)")
-    g.add_argument("--ratio", type=float, default=None,
+    g.add_argument("--ratio", type=open_fraction, default=None,
                    help="share of each matrix's parameters to remove, in (0, 1): rank ⌊(1−ρ)·m·n/(m+n)⌋")
-    g.add_argument("--rank", type=int, default=None, help="one explicit rank for every target matrix")
+    g.add_argument("--rank", type=positive_int, default=None, help="one explicit rank for every target matrix")
     g.add_argument("--targets", default="mlp",
                    help="mlp, attn, all, or projection names separated by commas (e.g. down_proj,up_proj)")
-    g.add_argument("--blocks", default=None, help="blocks whose matrices to truncate, 0-based: '0-9', '3,5', '[0,10)' "
+    g.add_argument("--blocks", default=None, type=block_list("--blocks"), help="blocks whose matrices to truncate, 0-based: '0-9', '3,5', '[0,10)' "
                                                   "(default: all)")
-    g.add_argument("--alpha", type=float, default=0.5, help="ASVD's exponent α of mean|x|")
-    g.add_argument("--k1-share", type=float, default=0.95, help="NSVD's share k1/k of the whitened first stage")
-    g.add_argument("--damping", type=float, default=None,
+    g.add_argument("--alpha", type=non_negative_float, default=0.5, help="ASVD's exponent α of mean|x|")
+    g.add_argument("--k1-share", type=float_in(0.0, 1.0, lo_open=True), default=0.95, help="NSVD's share k1/k of the whitened first stage")
+    g.add_argument("--damping", type=non_negative_float, default=None,
                    help="relative λ added to X Xᵀ before Cholesky (default: 0, raised automatically if X Xᵀ is not "
                         "positive definite)")
     g.add_argument("--form", choices=["dense", "factorised"], default=None,
                    help="in-memory and export form (default: factorised with low rank, dense otherwise)")
     g = p.add_argument_group("other changes")
-    g.add_argument("--replace", default=None, help="blocks to replace by a least-squares linear map h_b → h_(b+1)")
-    g.add_argument("--remove", default=None, help="blocks to remove as well (depth pruning), 0-based")
+    g.add_argument("--replace", default=None, type=block_list("--replace"), help="blocks to replace by a least-squares linear map h_b → h_(b+1)")
+    g.add_argument("--remove", default=None, type=block_list("--remove"), help="blocks to remove as well (depth pruning), 0-based")
     g = p.add_argument_group("ReplaceMe (a run of blocks replaced by a map folded into the block before it)")
-    g.add_argument("--replaceme", default=None, metavar="START:N",
+    g.add_argument("--replaceme", default=None, type=replaceme_run, metavar="START:N",
                    help="the run [START, START+N) to replace: START:N, [START,END) or auto:N (start chosen by "
                         "--replaceme-by); START >= 1")
     g.add_argument("--replaceme-method", choices=["lstsq", "cosine"], default="lstsq",
                    help="lstsq: least squares from streamed moments; cosine: Adam on the cosine distance from the "
                         "least-squares map")
-    g.add_argument("--replaceme-ridge", type=float, default=0.0, help="relative ridge λ/(tr(MᵀM)/d) of the fit")
+    g.add_argument("--replaceme-ridge", type=non_negative_float, default=0.0, help="relative ridge λ/(tr(MᵀM)/d) of the fit")
     g.add_argument("--replaceme-by", default="cosine",
                    help="for auto:N: cosine (ReplaceMe's distance), angular (Gromov et al.'s d(l, n)) or a block "
                         "metric key (its score summed over the run)")

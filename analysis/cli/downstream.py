@@ -22,6 +22,7 @@ HELP = "multiple-choice accuracy through lm-eval (original, and pruned with --re
 
 def add_arguments(p):
     from analysis.cli.common import add_model_args
+    from analysis.cli.common import block_list, non_negative_int, positive_int
 
     add_model_args(p)
     p.add_argument("--tasks", default="layerscope_cloze", help="comma-separated task names (see --list)")
@@ -30,10 +31,10 @@ def add_arguments(p):
                    help="a folder of lm-eval task YAMLs (repeatable; default: $LAYERSCOPE_TASKS)")
     p.add_argument("--allow-task-code", action="store_true",
                    help="run the Python helpers a task folder's YAML names (!function); off: such tasks are refused")
-    p.add_argument("--remove", default=None, help="also evaluate a copy without these blocks: '12,13', '12-15'")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, or 0)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--remove", default=None, type=block_list("--remove"), help="also evaluate a copy without these blocks: '12,13', '12-15'")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples of each task")
+    p.add_argument("--num-fewshot", type=non_negative_int, default=None, help="few-shot examples (default: the task's, or 0)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", default=None, help="also write DIR/downstream.json (new or empty unless --overwrite)")
     from analysis.cli.common import add_overwrite_arg
 

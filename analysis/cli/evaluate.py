@@ -13,12 +13,13 @@ HELP = "perplexity of a model on a text (JSON)"
 
 def add_arguments(p):
     from analysis.cli.common import add_model_args
+    from analysis.cli.common import positive_int, window_length
 
     add_model_args(p)
     p.add_argument("--text", default="asyoulik", help="bundled text name or a path to a text file")
-    p.add_argument("--tokens", type=int, default=4096, help="tokens of the text to score")
-    p.add_argument("--context", type=int, default=512)
-    p.add_argument("--stride", type=int, default=256)
+    p.add_argument("--tokens", type=window_length, default=4096, help="tokens of the text to score")
+    p.add_argument("--context", type=window_length, default=512)
+    p.add_argument("--stride", type=positive_int, default=256)
 
 
 def run(args) -> int:

@@ -30,41 +30,53 @@ def add_arguments(p):
         TARGETS,
         HealSpec,
     )
-    from analysis.cli.common import add_eval_args, add_gguf_arg, add_model_args
+    from analysis.cli.common import (
+        add_eval_args,
+        add_gguf_arg,
+        add_model_args,
+        block_list,
+        float_in,
+        positive_float,
+        positive_int,
+        seed_int,
+        window_length,
+    )
 
     d = HealSpec()
     add_model_args(p)
     g = p.add_argument_group("variant")
     x = g.add_mutually_exclusive_group()
-    x.add_argument("--remove", default=None, help="blocks to remove first, 0-based: '12,13', '12-15' or '[12,16)'")
+    x.add_argument("--remove", default=None, type=block_list("--remove"), help="blocks to remove first, 0-based: '12,13', '12-15' or '[12,16)'")
     x.add_argument("--recipe", default=None, help="a recipe.json whose change is the variant to heal")
     g.add_argument("--calib-text", default="alice",
                    help="calibration text of the workspace (for changes that need one; a recipe brings its own)")
     h = p.add_argument_group("healing")
     h.add_argument("--method", default=d.method, choices=METHODS)
     h.add_argument("--loss", default=d.loss, choices=LOSSES)
-    h.add_argument("--mix", type=float, default=d.mix, help="the KL weight of --loss mix")
-    h.add_argument("--steps", type=int, default=d.steps)
-    h.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 LoRA, 1e-4 partial)")
+    h.add_argument("--mix", type=float_in(0.0, 1.0), default=d.mix, help="the KL weight of --loss mix")
+    h.add_argument("--steps", type=positive_int, default=d.steps)
+    h.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 1e-3 LoRA, 1e-4 partial)")
     h.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    h.add_argument("--warmup", type=float, default=d.warmup, help="warm-up as a share of the steps")
-    h.add_argument("--batch-size", type=int, default=d.batch_size)
-    h.add_argument("--window-len", type=int, default=d.window_len, help="tokens per healing window")
-    h.add_argument("--windows", type=int, default=None, help="use at most this many windows of the text")
-    h.add_argument("--seed", type=int, default=d.seed)
-    h.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r")
-    h.add_argument("--alpha", type=float, default=d.alpha, help="LoRA α (the update is scaled by α/r)")
+    h.add_argument("--warmup", type=float_in(0.0, 1.0, hi_open=True), default=d.warmup, help="warm-up as a share of the steps")
+    h.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    h.add_argument("--window-len", type=window_length, default=d.window_len,
+                   help="tokens per healing window (at most the model's positions; the step's estimated memory must fit the budget)")
+    h.add_argument("--windows", type=positive_int, default=None, help="use at most this many windows of the text")
+    h.add_argument("--seed", type=seed_int, default=d.seed)
+    h.add_argument("--rank", type=positive_int, default=d.rank, help="LoRA rank r")
+    h.add_argument("--alpha", type=positive_float, default=d.alpha, help="LoRA α (the update is scaled by α/r)")
     h.add_argument("--targets", default=d.targets, choices=TARGETS, help="LoRA: attention, MLP or all projections")
     h.add_argument("--adapt-truncated", action="store_true", help="LoRA: also adapt truncated B·A / low-rank W'")
     h.add_argument("--adapt-linear-blocks", action="store_true", help="LoRA: also adapt blocks replaced by linear maps")
-    h.add_argument("--blocks", type=int, default=d.blocks, help="partial: train the last n blocks")
+    h.add_argument("--blocks", type=positive_int, default=d.blocks, help="partial: train the last n blocks")
     h.add_argument("--head", default=d.head, choices=HEADS,
                    help="partial: a tied head trains the shared matrix (tied), gets its own copy (untie), or is frozen")
     h.add_argument("--text", default="lcet10", help="healing text: bundled name or a path to a text file")
     h.add_argument("--estimate", action="store_true", help="only time a few steps and print the cost estimate")
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty export folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
     add_gguf_arg(p)
 
 
@@ -76,10 +88,12 @@ def run(args) -> int:
     from analysis.changes import healing as hl
     from analysis.changes.remove_blocks import parse_blocks, validate_removal
     from analysis.changes.variant import apply_actions, describe_action
-    from analysis.cli.common import TqdmProgress, eval_settings_from, load, out_destination, print_json
+    from analysis.cli.common import TqdmProgress, eval_settings_from, load, out_destination, print_json, spec_from
     from analysis.evaluation.perplexity import evaluate
     from analysis.jobs import run_in_foreground
+    from analysis.model.loading import read_config
     from analysis.texts import BUNDLED, resolve_text
+    from analysis.workflow import preflight
     from analysis.workflow import recipe as rc
     from analysis.workflow.variants import export_variant
 
@@ -99,11 +113,15 @@ def run(args) -> int:
     value["held_out"] = {"name": eval_text.name, "sha256": eval_text.sha256}
     spec = hl.HealSpec.from_value(value)
 
-    if args.recipe:
-        recipe = rc.load(args.recipe)
+    recipe = rc.load(args.recipe) if args.recipe else None
+    if recipe is not None and (recipe.get("action") or {}).get("heal"):
+        raise hl.HealingError(f"{args.recipe} is healed already: heal the recipe of the cut variant")
+    # windows against the model's positions, the step's memory against the budget: from the configuration alone
+    config = read_config(rc.spec_of(recipe) if recipe is not None else spec_from(args))
+    preflight.check_heal(config, spec)
+
+    if recipe is not None:
         action = dict(recipe.get("action") or {})
-        if action.get("heal"):
-            raise hl.HealingError(f"{args.recipe} is healed already: heal the recipe of the cut variant")
         if args.model != "default":
             print("warning: --model is ignored, the recipe names its model", file=sys.stderr)
         lm = load_recipe_model(recipe, trust_remote_code=args.trust_remote_code)

@@ -26,35 +26,58 @@ HELP = "measured damage, greedy/reverse/random search and a leaderboard of every
 
 
 def parse_k(spec: str) -> tuple[int, int] | list[int]:
-    s = str(spec).strip()
-    try:
-        if "," in s:
-            return [int(x) for x in s.split(",") if x.strip()]
-        if "-" in s:
-            a, b = s.split("-", 1)
-            return int(a), int(b)
+    """``'K'`` → (1, K), ``'A-B'`` → (A, B), ``'2,4,8'`` → [2, 4, 8]: whole numbers >= 1, a range that does not end
+    before it starts, a list without repeats (:class:`InputError`, one line, otherwise)."""
+    import re
+
+    s = str(spec).strip().replace(" ", "")
+    forms = "a number K (1..K), a range like 1-8 or a list like 2,4,8 (whole numbers >= 1)"
+    if re.fullmatch(r"\d{1,6}(,\d{1,6})+,?", s):
+        k = [int(x) for x in s.split(",") if x]
+        if min(k) < 1 or len(set(k)) != len(k):
+            raise InputError(f"--k {spec!r}: sizes are >= 1 and named once; give {forms}")
+        return sorted(k)
+    m = re.fullmatch(r"(\d{1,6})-(\d{1,6})", s)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        if a < 1 or b < a:
+            raise InputError(f"--k {spec!r}: a range starts at 1 or more and does not end before it starts; give "
+                             f"{forms}")
+        return a, b
+    if re.fullmatch(r"\d{1,6}", s) and int(s) >= 1:
         return 1, int(s)
-    except ValueError:
-        raise InputError(f"--k must be a number K or a range like 1-8, not {spec!r}") from None
+    raise InputError(f"--k must be {forms}, not {str(spec)[:40]!r}")
+
+
+def k_sizes(text: str) -> str:
+    """An argparse ``type`` for ``--k`` (checked at parse time; its sizes against the model before loading)."""
+    import argparse
+
+    try:
+        parse_k(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--k ")) from None
+    return text
 
 
 def add_arguments(p):
     from analysis.cli.common import add_calibration_args, add_eval_args, add_model_args
+    from analysis.cli.common import add_overwrite_arg, block_list, non_negative_int, seed_int, window_length
 
     add_model_args(p)
     add_calibration_args(p)
     add_eval_args(p)
     g = p.add_argument_group("search")
-    g.add_argument("--k", default=None, help="sizes: K (1..K), a range '1-8' or a list '2,4,8' (default 1..L/4)")
+    g.add_argument("--k", default=None, type=k_sizes, help="sizes: K (1..K), a range '1-8' or a list '2,4,8' (default 1..L/4)")
     g.add_argument("--search-text", default="lcet10", help="text of the damage scan and the searches (bundled name "
                                                            "or path; not the evaluation or calibration text)")
-    g.add_argument("--search-tokens", type=int, default=1024, help="tokens of the search text")
-    g.add_argument("--search-context", type=int, default=512, help="window of the search text")
+    g.add_argument("--search-tokens", type=window_length, default=1024, help="tokens of the search text")
+    g.add_argument("--search-context", type=window_length, default=512, help="window of the search text")
     g.add_argument("--half-blocks", action="store_true", help="also half-block greedy search (BlockPruner)")
-    g.add_argument("--random", type=int, default=5, help="random selections per k (seeded)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--random", type=non_negative_int, default=5, help="random selections per k (seeded)")
+    g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
-    g.add_argument("--also", action="append", default=[], help="a selection of your own to rank, e.g. 12,13")
+    g.add_argument("--also", action="append", type=block_list("--also"), default=[], help="a selection of your own to rank, e.g. 12,13")
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
     p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
     from analysis.cli.common import add_overwrite_arg
@@ -95,6 +118,14 @@ def run(args) -> int:
 
         for m in metrics:
             registry.get(m)
+    from analysis.cli.common import spec_from
+    from analysis.model.loading import read_config
+    from analysis.workflow import preflight
+
+    config = read_config(spec_from(args))  # no weights: k and --also against the number of blocks
+    n_config = preflight.n_layers(config) if config is not None else None
+    if n_config:
+        lb.validate(settings, n_config)
     lm = load(args)
     ws = workspace_from(args, lm)
     lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)

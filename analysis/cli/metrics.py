@@ -17,6 +17,7 @@ HELP = "compute per-block metrics and write layers.csv"
 
 def add_arguments(p):
     from analysis.cli.common import add_calibration_args, add_model_args
+    from analysis.cli.common import positive_float
 
     add_model_args(p)
     add_calibration_args(p)
@@ -31,7 +32,7 @@ def add_arguments(p):
     g.add_argument("--avss-site", default="mlp", choices=["residual", "mlp", "attention"],
                    help="activation site: block output, MLP hidden activation (input of down_proj; default), "
                         "attention output")
-    g.add_argument("--avss-eps", type=float, default=None,
+    g.add_argument("--avss-eps", type=positive_float, default=None,
                    help="sparsity threshold (default 1e-5; 0.01 with --avss-relative)")
     g.add_argument("--avss-relative", action="store_true", help="threshold eps * RMS(a) per token instead of eps")
 

@@ -17,10 +17,11 @@ HELP = "compare every metric's suggested blocks and their consensus"
 
 def add_arguments(p):
     from analysis.cli.common import add_calibration_args, add_model_args
+    from analysis.cli.common import positive_int
 
     add_model_args(p)
     add_calibration_args(p)
-    p.add_argument("--k", type=int, default=4, help="blocks each metric suggests")
+    p.add_argument("--k", type=positive_int, default=4, help="blocks each metric suggests")
     p.add_argument("--metrics", default=None, help="comma-separated metric keys (default: every registered one)")
     p.add_argument("--compute", action="store_true", help="compute metrics that are not cached yet")
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")

@@ -18,9 +18,10 @@ HELP = "remove blocks, evaluate, export a checkpoint with recipe.json"
 
 def add_arguments(p):
     from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args
+    from analysis.cli.common import block_list
 
     add_model_args(p)
-    p.add_argument("--remove", required=True, help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'")
+    p.add_argument("--remove", required=True, type=block_list("--remove"), help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'")
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")

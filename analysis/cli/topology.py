@@ -30,37 +30,38 @@ HELP = "zigzag persistence across layers and per-layer barcodes; writes CSV and 
 
 def add_arguments(p):
     from analysis.cli.common import add_model_args
+    from analysis.cli.common import finite_float, float_in, int_in, non_negative_float, non_negative_int, positive_int, window_length
 
     add_model_args(p)
     g = p.add_argument_group("text and windows (zigzag and last-token clouds)")
     g.add_argument("--text", "--calib-text", dest="text", default="alice",
                    help="bundled text name (alice, asyoulik, lcet10, plrabn12) or a path to a text file")
-    g.add_argument("--sequences", type=int, default=500, help="number of windows N, one point per window (500)")
-    g.add_argument("--seq-len", type=int, default=32, help="tokens per window T (32)")
+    g.add_argument("--sequences", type=positive_int, default=500, help="number of windows N, one point per window (500)")
+    g.add_argument("--seq-len", type=window_length, default=32, help="tokens per window T (32)")
     g = p.add_argument_group("zigzag")
-    g.add_argument("--k", type=int, default=4, help="nearest neighbours of the kNN graph (4; the paper scanned 1-15)")
-    g.add_argument("--max-dim", "--m", dest="max_dim", type=int, default=3,
+    g.add_argument("--k", type=positive_int, default=4, help="nearest neighbours of the kNN graph (4; the paper scanned 1-15)")
+    g.add_argument("--max-dim", "--m", dest="max_dim", type=int_in(1, 4), default=3,
                    help="clique dimension m, 1..4 (3; the paper used 4). Only H_p with p < m are meaningful")
-    g.add_argument("--p", type=int, default=1, help="homology dimension of Z_p and of the suggestion (1)")
-    g.add_argument("--alpha", type=float, default=0.0, help="weight exponent α of Z̄_p: w = |l - i|^α (0)")
-    g.add_argument("--threshold", type=float, default=0.9,
+    g.add_argument("--p", type=non_negative_int, default=1, help="homology dimension of Z_p and of the suggestion (1)")
+    g.add_argument("--alpha", type=finite_float, default=0.0, help="weight exponent α of Z̄_p: w = |l - i|^α (0)")
+    g.add_argument("--threshold", type=float_in(0.0, 1.0, lo_open=True), default=0.9,
                    help="suggest the blocks with Z̄_p >= threshold · max (0.9); 0.8 is always reported too")
-    g.add_argument("--min-lifetime", type=int, default=1,
+    g.add_argument("--min-lifetime", type=positive_int, default=1,
                    help="keep bars alive in at least this many layers (1 = all); 2 drops one-layer loops")
     g.add_argument("--estimate-only", action="store_true",
                    help="capture, count the simplices, print the estimate and stop")
     g = p.add_argument_group("per-layer persistence")
-    g.add_argument("--points", type=int, default=300, help="farthest-point subsample per state (300)")
+    g.add_argument("--points", type=int_in(3), default=300, help="farthest-point subsample per state (300)")
     g.add_argument("--cloud", choices=["all", "last"], default="all",
                    help="all: every token of the calibration windows below (the dashboard's default cloud); "
                         "last: the last token of the N zigzag windows (no second model run)")
     g.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean", help="Rips distance")
     g.add_argument("--rips-max-dim", type=int, choices=[1, 2], default=1, help="H0, H1 (1) or also H2 (2)")
-    g.add_argument("--noise", type=float, default=0.05,
+    g.add_argument("--noise", type=non_negative_float, default=0.05,
                    help="count H1 bars longer than this (units of the median pairwise distance; 0.05)")
-    g.add_argument("--calib-sequences", type=int, default=32, help="windows of the all-token cloud (32)")
-    g.add_argument("--calib-seq-len", type=int, default=128, help="tokens per window of the all-token cloud (128)")
-    g.add_argument("--exclude-first", type=int, default=0,
+    g.add_argument("--calib-sequences", type=positive_int, default=32, help="windows of the all-token cloud (32)")
+    g.add_argument("--calib-seq-len", type=window_length, default=128, help="tokens per window of the all-token cloud (128)")
+    g.add_argument("--exclude-first", type=non_negative_int, default=0,
                    help="drop the first positions of each window from the all-token cloud (attention sink)")
     g.add_argument("--no-persistence", action="store_true", help="skip the per-layer persistence")
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")

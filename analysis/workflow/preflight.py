@@ -14,12 +14,17 @@ from analysis.errors import InputError
 
 CLI = {"windows": "--sequences", "window_len": "--seq-len", "exclude_first": "--exclude-first", "n_max": "--n-max",
        "text": "--text", "context": "--context", "stride": "--stride", "n_tokens": "--eval-tokens",
-       "eval_text": "--eval-text", "remove": "--remove", "blocks": "--blocks", "replace": "--replace"}
+       "eval_text": "--eval-text", "remove": "--remove", "blocks": "--blocks", "replace": "--replace",
+       "replaceme_windows": "--sequences", "replaceme_window_len": "--seq-len", "heal_window_len": "--window-len",
+       "heal_batch_size": "--batch-size"}
 RECIPE = {"windows": "calibration.windows", "window_len": "calibration.window_len",
           "exclude_first": "calibration.exclude_first", "n_max": "calibration.n_max", "text": "calibration.text",
           "context": "evaluation.settings.context", "stride": "evaluation.settings.stride",
           "n_tokens": "evaluation.settings.n_tokens", "eval_text": "evaluation.settings.text",
-          "remove": "action.remove_blocks", "blocks": "action.low_rank.blocks", "replace": "action.replace_linear"}
+          "remove": "action.remove_blocks", "blocks": "action.low_rank.blocks", "replace": "action.replace_linear",
+          "replaceme_windows": "action.replaceme.calibration.windows",
+          "replaceme_window_len": "action.replaceme.calibration.window_len",
+          "heal_window_len": "action.heal.window_len", "heal_batch_size": "action.heal.batch_size"}
 
 
 class PreflightError(InputError):
@@ -46,6 +51,49 @@ def max_positions(config) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def hidden_size(config) -> int | None:
+    cfg = _text_config(config)
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def vocab_size(config) -> int | None:
+    value = getattr(_text_config(config), "vocab_size", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def check_heal(config, spec, names: dict = CLI, budget: int | None = None) -> dict:
+    """A healing run's windows against the model's positions and its estimated training memory against the
+    memory budget (:func:`analysis.capture.estimate.memory_budget`); returns the estimate."""
+    from analysis.capture.estimate import memory_budget
+    from analysis.changes.healing import training_memory_bytes
+    from analysis.errors import format_bytes
+
+    limit = max_positions(config) if config is not None else None
+    if limit is not None and spec.window_len > limit:
+        raise PreflightError(f"{names['heal_window_len']} = {spec.window_len:,} is longer than the model's {limit:,} "
+                             f"positions; use at most {limit:,}")
+    if config is None:
+        return {}
+    est = training_memory_bytes(n_layers(config) or 1, hidden_size(config) or 1, vocab_size(config) or 1,
+                                spec.batch_size, spec.window_len, teacher=spec.loss != "ce",
+                                intermediate=getattr(_text_config(config), "intermediate_size", None))
+    budget = memory_budget() if budget is None else budget
+    if est["bytes"] > budget:
+        per = max(1, est["per_token_bytes"])
+        fit = max(0, (budget - est["fixed_bytes"]) // per)
+        raise PreflightError(
+            f"healing {spec.batch_size} windows of {spec.window_len:,} tokens per step needs about "
+            f"{format_bytes(est['bytes'])} of memory (activations, logits and gradients, estimated), more than the "
+            f"budget of {format_bytes(budget)} (half this machine's memory, or $LAYERSCOPE_MEMORY_BUDGET_GB): use "
+            f"a smaller {names['heal_window_len']} or {names['heal_batch_size']} (at most about {fit:,} tokens per "
+            "step)")
+    return est
 
 
 def check_windows(config, n_windows: int, window_len: int, exclude_first: int = 0, n_max: int | None = None,
@@ -146,6 +194,13 @@ def check_action(config, action: dict, names: dict = CLI) -> None:
         if both:
             raise PreflightError(f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
                                  "replaced and removed")
+        cal = (action.get("replaceme") or {}).get("calibration") or {}
+        width = hidden_size(config)
+        if width and cal.get("windows") is not None and cal.get("window_len") is not None:
+            from analysis.changes.replaceme import check_tokens
+
+            check_tokens(int(cal["windows"]), int(cal["window_len"]), width,
+                         names=(names["replaceme_windows"], names["replaceme_window_len"]))
     except CompressionError as exc:
         raise PreflightError(str(exc)) from None
 
@@ -173,6 +228,11 @@ def check_recipe(recipe: dict, spec, text_path: str | None = None, export: bool 
         check_windows(config, cal.n_windows, cal.window_len, cal.exclude_first, cal.n_max, RECIPE)
         if tokenizer is not None:
             check_text_windows(tokenizer, text, cal.n_windows, cal.window_len, RECIPE)
+    if action.get("heal"):
+        from analysis.changes.healing import HealSpec
+
+        value = {k: v for k, v in action["heal"].items() if k not in ("text", "held_out")}
+        check_heal(config, HealSpec.from_value({**value, "text": {"name": "(checked when run)"}}), RECIPE)
     if action:
         settings = EvalSettings(**((recipe.get("evaluation") or {}).get("settings") or {}))
         check_eval(config, tokenizer, settings, RECIPE)
