@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 
 from analysis.capture.workspace import Workspace
+from analysis.errors import InputError
 from analysis.changes.variant import candidate_name  # noqa: F401
 from analysis.errors import InputError
 from analysis.texts import BUNDLED
@@ -65,13 +66,20 @@ class RecipeError(InputError):
 
 
 def validate(recipe: dict) -> None:
-    """Refuse unknown keys at every level we define, and a recipe without a model source."""
+    """Refuse a recipe nested too deeply or with fields of the wrong type or range (the schema in
+    :mod:`analysis.workflow.recipe_schema`, one line naming the field), unknown keys at every level we define, a
+    recipe without a model source, unknown metric groups and actions, and action values their kind refuses."""
     from analysis.changes.variant import validate_action
     from analysis.evaluation.perplexity import EvalSettings
     from analysis.metrics import registry
+    from analysis.workflow import recipe_schema
 
     if not isinstance(recipe, dict):
-        raise RecipeError("a recipe is a JSON object")
+        raise RecipeError("recipe: a recipe is a JSON object")
+    try:
+        recipe_schema.check(recipe)
+    except recipe_schema.RecipeSchemaError as exc:
+        raise RecipeError(str(exc)) from None
     unknown = sorted(set(recipe) - set(SCHEMA))
     if unknown:
         raise RecipeError(f"unknown recipe key(s): {', '.join(unknown)}; known: {', '.join(SCHEMA)}")
@@ -91,6 +99,7 @@ def validate(recipe: dict) -> None:
         raise RecipeError(f"unknown metric group(s) in 'metrics': {', '.join(bad)}; known: {', '.join(groups)}")
     try:
         validate_action(recipe.get("action") or {})
+        _validate_action_values(recipe.get("action") or {})
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
     settings = (recipe.get("evaluation") or {}).get("settings") or {}
@@ -99,13 +108,50 @@ def validate(recipe: dict) -> None:
         raise RecipeError(f"unknown evaluation setting(s): {', '.join(bad)}; known: {', '.join(EvalSettings().to_dict())}")
 
 
+def _validate_action_values(action: dict) -> None:
+    """Each action's value as its kind reads it (before any model is loaded)."""
+    from analysis.changes.healing import HealSpec
+    from analysis.changes.linear_replacement import replace_value
+    from analysis.changes.low_rank import LowRankSpec
+    from analysis.changes.remove_blocks import parse_blocks
+    from analysis.changes.replaceme import ReplaceMeSpec
+
+    readers = {"low_rank": LowRankSpec.from_value, "replaceme": ReplaceMeSpec.from_value,
+               "replace_linear": replace_value, "remove_blocks": lambda v: parse_blocks(v, "action.remove_blocks")}
+    for key, read in readers.items():
+        if action.get(key) is not None:
+            read(action[key])
+    if action.get("heal") is not None:
+        value = {k: v for k, v in action["heal"].items() if k not in ("text", "held_out")}
+        HealSpec.from_value({**value, "text": {"name": "(checked when run)"}})
+
+
 def load(path: str | Path) -> dict:
+    """Read and validate a recipe file: at most 1 MiB, valid JSON, nested at most 32 levels, the schema."""
+    from analysis.workflow import recipe_schema
+
+    p = Path(path).expanduser()
     try:
-        recipe = json.loads(Path(path).read_text())
+        if p.is_dir():
+            raise RecipeError(f"{path} is a folder; give the path of a recipe.json")
+        recipe_schema.check_size(p.stat().st_size, where=str(path))
+        with open(p, "rb") as f:
+            raw = f.read(recipe_schema.MAX_BYTES + 1)
+        recipe_schema.check_size(len(raw), where=str(path))
+        recipe = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"no such recipe file: {path}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not a text file (not UTF-8); a recipe is JSON") from None
     except json.JSONDecodeError as exc:
         raise RecipeError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested more than {recipe_schema.MAX_DEPTH} levels deep; a recipe is a few "
+                          "flat sections") from None
+    except recipe_schema.RecipeSchemaError as exc:
+        raise RecipeError(str(exc)) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe {path}: {exc.strerror or exc}") from None
     validate(recipe)
     return recipe
 
