@@ -76,10 +76,6 @@ def validate(recipe: dict) -> None:
 
     if not isinstance(recipe, dict):
         raise RecipeError("recipe: a recipe is a JSON object")
-    try:
-        recipe_schema.check(recipe)
-    except recipe_schema.RecipeSchemaError as exc:
-        raise RecipeError(str(exc)) from None
     unknown = sorted(set(recipe) - set(SCHEMA))
     if unknown:
         raise RecipeError(f"unknown recipe key(s): {', '.join(unknown)}; known: {', '.join(SCHEMA)}")
@@ -93,6 +89,10 @@ def validate(recipe: dict) -> None:
     model = recipe.get("model")
     if not isinstance(model, dict) or not model.get("source"):
         raise RecipeError("the recipe names no model: 'model': {'source': 'default' | hub id | folder | .gguf}")
+    try:
+        recipe_schema.check(recipe)  # types and ranges of every field, one line naming it
+    except recipe_schema.RecipeSchemaError as exc:
+        raise RecipeError(str(exc)) from None
     groups = registry.groups()
     bad = sorted(set(recipe.get("metrics") or {}) - set(groups))
     if bad:

@@ -128,7 +128,7 @@ class ActionSection(_Open):
     skip_mlp: Blocks | None = None
 
 
-class EvalSettingsSection(_Strict):
+class EvalSettingsSection(_Open):  # unknown settings: refused by recipe.validate with the known list
     text: StrictStr | None = None
     n_tokens: Tokens | None = None
     context: Tokens | None = None
