@@ -80,7 +80,6 @@ def add_arguments(p):
     g.add_argument("--also", action="append", type=block_list("--also"), default=[], help="a selection of your own to rank, e.g. 12,13")
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
     p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
-    from analysis.cli.common import add_overwrite_arg
 
     add_overwrite_arg(p)
 

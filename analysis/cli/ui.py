@@ -11,7 +11,9 @@ HELP = "start the dashboard in the browser (localhost)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
+    from analysis.cli.common import int_in
+
+    p.add_argument("--port", type=int_in(1, 65535, what="a port number"), default=8501, help="port to listen on (default 8501)")
     p.add_argument("--address", default="localhost",
                    help="interface to bind (default localhost: only this machine can open the dashboard)")
     p.add_argument("--headless", action="store_true", help="do not open a browser window")

@@ -39,7 +39,6 @@ from pathlib import Path
 from analysis.capture.workspace import Workspace
 from analysis.errors import InputError
 from analysis.changes.variant import candidate_name  # noqa: F401
-from analysis.errors import InputError
 from analysis.texts import BUNDLED
 
 RECIPE_VERSION = 1
