@@ -360,6 +360,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """For writers that stream to a path of their own (the GGUF writer): yield a temporary path beside ``path``
+    (a recognisable leftover if the process dies); on success sync it and rename it onto ``path`` in one step, on
+    any exception remove it. Same guarantees as :func:`atomic_write_bytes`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
+    clean_stale_siblings(path)
+    tmp = path.parent / f"{_leftover_prefix(TEMPORARY, path.name)}{uuid.uuid4().hex[:10]}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """:func:`atomic_write_bytes` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -51,15 +51,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from analysis.cache import atomic_file
 from analysis.errors import InputError
 
 __all__ = [
@@ -734,40 +733,34 @@ def write_gguf(folder: str | Path, out_file: str | Path, qtype: str = "f16", nam
     tensors = _tensor_plan(plan, qtype)
     n_vocab = int(cfg.vocab_size)
 
-    fd, tmp_name = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     writer = gguf.GGUFWriter(path=None, arch=arch_name)
-    try:
-        writer.add_name(name or folder.name)
-        writer.add_type("model")
-        writer.add_file_type(int(getattr(gguf.LlamaFileType, _QTYPES[qtype][1])))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_hparams(writer, plan, n_vocab)
-        _write_tokenizer(writer, plan, n_vocab)
-        for hf, gname, shape, ttype in tensors:
-            nbytes = _nbytes(shape, ttype)
-            if ttype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-                dtype = np.float32 if ttype == gguf.GGMLQuantizationType.F32 else np.float16
-                writer.add_tensor_info(gname, shape, np.dtype(dtype), nbytes)
-            else:
-                byte_shape = gguf.quant_shape_to_byte_shape(shape, ttype)
-                writer.add_tensor_info(gname, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=ttype)
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for hf, gname, shape, ttype in tensors:
-            data = _encode(_load_tensor(plan, hf), ttype)
-            writer.write_tensor_data(data)
-        writer.flush()
-        writer.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_file)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(out_file) as tmp:  # the project's one atomic writer: a partial file never appears
+        try:
+            writer.add_name(name or folder.name)
+            writer.add_type("model")
+            writer.add_file_type(int(getattr(gguf.LlamaFileType, _QTYPES[qtype][1])))
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            _write_hparams(writer, plan, n_vocab)
+            _write_tokenizer(writer, plan, n_vocab)
+            for hf, gname, shape, ttype in tensors:
+                nbytes = _nbytes(shape, ttype)
+                if ttype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                    dtype = np.float32 if ttype == gguf.GGMLQuantizationType.F32 else np.float16
+                    writer.add_tensor_info(gname, shape, np.dtype(dtype), nbytes)
+                else:
+                    byte_shape = gguf.quant_shape_to_byte_shape(shape, ttype)
+                    writer.add_tensor_info(gname, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=ttype)
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for hf, gname, shape, ttype in tensors:
+                data = _encode(_load_tensor(plan, hf), ttype)
+                writer.write_tensor_data(data)
+            writer.flush()
+            writer.close()
+        except BaseException:
+            writer.close()
+            raise
     return out_file
 
 
