@@ -445,3 +445,25 @@ def test_llama_cpp_runs_the_export_like_the_safetensors_model(lm, pruned_smollm,
     with torch.no_grad():
         ref = pruned.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
     assert ours == ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_llama_cpp_computes_what_transformers_computes(family, tmp_path, tokenizer_dir, tokenizer) -> None:
+    """Each family's tiny export through llama.cpp itself: the same tokens and logits as the safetensors model
+    (64 tokens, past Gemma 3's 16-token sliding window). Only where llama-cpp-python is importable."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from analysis.texts import bundled_text
+
+    model = tiny_model(family, seed=1)
+    out = write_gguf(save(model, tmp_path / f"tiny-{family}", tokenizer_dir), tmp_path / "m.gguf", "f16")
+    text = bundled_text("asyoulik").content[5000:6000]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    ids = ids[:64]
+    llm.eval(ids)
+    got = np.array(llm.scores[:len(ids)])
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - ref).max() < 1e-2 and np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.95
