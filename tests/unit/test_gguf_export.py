@@ -70,7 +70,8 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(scope="session")
 def bundled_tokenizer_dir() -> Path:
     """The bundled model's converted folder (its tokenizer: SmolLM2's byte-level BPE, 49152 tokens)."""
-    from analysis.models import ModelLoadError, converted_gguf_folder, default_gguf_path
+    from analysis.model.architecture import ModelLoadError
+    from analysis.model.loading import converted_gguf_folder, default_gguf_path
 
     try:
         return converted_gguf_folder(default_gguf_path())
@@ -249,7 +250,7 @@ def test_a_sentencepiece_style_tokenizer_reads_back_the_same(kind, tmp_path) -> 
 
 @pytest.mark.parametrize("family,remove", [("llama", [1, 2]), ("qwen3", [0]), ("gemma3_text", [5])])
 def test_a_pruned_model_round_trips(family, remove, tmp_path, tokenizer_dir, tokenizer) -> None:
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
 
     extra = {"tie_word_embeddings": True} if family == "llama" else {}
     model = tiny_model(family, **extra)
@@ -267,7 +268,7 @@ def test_a_pruned_model_round_trips(family, remove, tmp_path, tokenizer_dir, tok
 
 def test_a_gemma3_pruned_in_the_middle_is_refused(tmp_path, tokenizer_dir) -> None:
     """llama.cpp hard-codes Gemma 3's layout; removing block 1 of 6 moves the full-attention layer to index 4."""
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
 
     folder = save(remove_blocks(tiny_model("gemma3_text"), [1]), tmp_path / "g", tokenizer_dir)
     assert vllm_config_problems(folder) == []  # consistent for vLLM (it reads layer_types) ...
@@ -278,8 +279,8 @@ def test_a_gemma3_pruned_in_the_middle_is_refused(tmp_path, tokenizer_dir) -> No
 
 
 def test_factorised_and_linear_block_checkpoints_are_refused(tmp_path, tokenizer_dir) -> None:
-    from analysis.checkpoint import save_factorised
-    from analysis.factorised import apply_truncation
+    from analysis.model.checkpoint import save_factorised
+    from analysis.changes.truncation import apply_truncation
 
     model = tiny_model("llama", n_layers=2)
     apply_truncation(model, {"model.layers.0.mlp.down_proj": 8}, None, "svd", form="factorised")
@@ -383,7 +384,7 @@ def test_vllm_config_problems_finds_inconsistencies(family, tmp_path, tokenizer_
 
 
 def test_vllm_config_problems_on_a_pruned_folder_whose_config_was_not_updated(tmp_path, tokenizer_dir) -> None:
-    from analysis.surgery import remove_blocks
+    from analysis.changes.remove_blocks import remove_blocks
 
     model = tiny_model("qwen3")
     pruned = remove_blocks(model, [0, 3])
@@ -408,7 +409,8 @@ def _windows(tokenizer, text: str, n: int = 4, length: int = 128) -> list[torch.
 @pytest.fixture(scope="module")
 def pruned_smollm(lm, tmp_path_factory):
     """The bundled SmolLM2 (GGUF in → fp32) without blocks 10 and 20, exported as a checkpoint folder."""
-    from analysis.surgery import export_checkpoint, remove_blocks
+    from analysis.changes.export import export_checkpoint
+    from analysis.changes.remove_blocks import remove_blocks
 
     pruned = remove_blocks(lm.model, [10, 20])
     folder = export_checkpoint(pruned, lm.tokenizer, tmp_path_factory.mktemp("smollm") / "pruned",

@@ -300,7 +300,8 @@ def no_prompt(monkeypatch):
 def test_a_folder_with_auto_map_is_refused_without_the_flag_on_every_loading_path(remote_code_folder, no_prompt):
     from analysis.changes.export import verify_export
     from analysis.model.checkpoint import load_checkpoint, load_factorised
-    from analysis.model.loading import ModelLoadError, ModelSpec, load_model, read_config
+    from analysis.model.architecture import ModelLoadError
+    from analysis.model.loading import ModelSpec, load_model, read_config
 
     folder, flag = remote_code_folder
     for load in (lambda: load_checkpoint(folder), lambda: load_factorised(folder),
