@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -152,3 +153,78 @@ def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None =
 def describe(est: dict) -> str:
     return (f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
             f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB (estimated from {est['basis']})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward work and the forward probe: the foundation of the time estimates of model passes
+#
+# Work is counted in **parameter-tokens**: a token through a module of P parameters costs P multiply-adds (the
+# attention's quadratic term is small at the windows used here and left out). A forward of T tokens through blocks
+# B with the head on H positions costs ``T · Σ_{b∈B} P_b + H · P_head``. The probe times one forward of the actual
+# model on a few hundred tokens *now* (this machine, this load, this model), so seconds = work × (probe seconds /
+# probe work). Every long action's estimate is its planned work (minus what is cached) times that rate.
+
+FORWARD_PROBE_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class WorkModel:
+    """Parameters of each block and of the output head: the weights of a forward's work."""
+
+    block_params: tuple[int, ...]
+    head_params: int
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_params)
+
+    def forward(self, tokens: int, blocks=None, head_positions: int | None = None) -> float:
+        """Parameter-tokens of ``tokens`` through ``blocks`` (indices; default all) and the head on
+        ``head_positions`` positions (default every token)."""
+        run = self.block_params if blocks is None else [self.block_params[b] for b in blocks]
+        head = tokens if head_positions is None else head_positions
+        return float(tokens) * float(sum(run)) + float(head) * float(self.head_params)
+
+    def per_token(self) -> float:
+        return float(sum(self.block_params) + self.head_params)
+
+
+def _params(module) -> int:
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def work_model(model) -> WorkModel:
+    """The :class:`WorkModel` of a causal LM (any family :mod:`analysis.model.architecture` knows)."""
+    from analysis.model.architecture import find_blocks, output_head
+
+    return WorkModel(tuple(_params(b) for b in find_blocks(model)), _params(output_head(model)))
+
+
+def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
+    """Time one forward of ``lm``'s model on ``tokens`` tokens now (after a 16-token warm-up).
+
+    ``{"seconds", "tokens", "work", "seconds_per_work", "seconds_per_token"}``: ``seconds_per_work`` turns any
+    planned work (parameter-tokens, :class:`WorkModel`) into seconds on this machine as it is now."""
+    from analysis.model.architecture import input_device
+
+    model = lm.model if hasattr(lm, "model") else lm
+    device = input_device(model)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    x = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        model(input_ids=x[:, :16], use_cache=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(input_ids=x, use_cache=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+    work = work_model(model).forward(tokens)
+    return {"seconds": seconds, "tokens": tokens, "work": work, "seconds_per_work": seconds / work,
+            "seconds_per_token": seconds / tokens}
