@@ -3,10 +3,18 @@
 1. The single-block damage scan over every block on the search text two ways, cold (nothing cached): reusing the
    reference pass (each candidate runs only the blocks after the removed one, from the recorded hidden state) and
    naively (a full forward of each pruned model). Both give the same numbers (the largest |Δ NLL| is printed).
-2. The leaderboard for k = 1..K with a private, empty cache (scans, greedy search, every rule's evaluations).
+2. The leaderboard for k = 1..K with a private, empty cache (scans, greedy search, every rule's evaluations), in
+   the same run as one plain evaluation of the original on the same evaluation settings: the board's cost in
+   evaluations of the original (counted work, ``Result.cost``, and measured time / the evaluation's time); the
+   estimate printed before it against the time it took, cold and then warm (the same board again, all cached).
+3. ``--old-path``: every distinct selection of the board evaluated the old way (``evaluate`` of each pruned model,
+   one after the other) against the board's one shared pass: time ratio and the largest relative difference.
+4. ``--quick``: the quick board (``leaderboard --quick``) cold, its time against the full board's, its estimate, and
+   whether its winner at each k is the full board's.
 
-    python bench/search.py                                   # the README numbers (2 shared CPU cores)
-    python bench/search.py --search-tokens 512 --k 2 --eval-tokens 1024
+    python bench/search.py                                   # the scan, and the board for k = 1..2
+    python bench/search.py --skip-scan --k 2 --search-tokens 256 --search-context 128 --eval-tokens 1024 \
+        --context 256 --stride 128 --old-path --quick      # docs/fast-board.md
 
 Timings on a shared CPU are noisy (other work runs beside it); the ratio of the two scans, measured back to back,
 is the figure to read.
@@ -36,20 +44,34 @@ def parse(argv):
     p.add_argument("--stride", type=int, default=256)
     p.add_argument("--metrics", default="block_influence,angular_distance,measured_damage")
     p.add_argument("--skip-leaderboard", action="store_true")
+    p.add_argument("--skip-scan", action="store_true", help="skip the fast-vs-naive scan comparison")
+    p.add_argument("--random", type=int, default=5)
+    p.add_argument("--old-path", action="store_true", help="also evaluate every selection the old way")
+    p.add_argument("--quick", action="store_true", help="also the quick board")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     from analysis.metrics import damage
-    from analysis.search import leaderboard as lb
     from analysis.model.loading import ModelSpec, load_model
-    from analysis.texts import bundled_text
-    from analysis.capture.workspace import Workspace
 
     lm = load_model(ModelSpec(source=args.model, device="auto"))
     settings = damage.SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)
     text = settings.resolve()
+    payload = {"settings": settings.to_dict()}
+    if not args.skip_scan:
+        payload.update(scan_section(lm, settings, text))
+    if not args.skip_leaderboard:
+        payload["leaderboard"] = board_section(args, lm, settings)
+    print(f"machine: {machine()}")
+    print(save("search", payload))
+    return 0
+
+
+def scan_section(lm, settings, text) -> dict:
+    from analysis.metrics import damage
+
     t0 = time.perf_counter()
     damage.reference(lm, settings, text)
     t_ref = time.perf_counter() - t0
@@ -68,27 +90,86 @@ def main(argv=None) -> int:
           f"{settings.context}; reference pass {t_ref:.1f} s (shared by both scans)")
     print_table("Single-block damage scan, cold", rows)
     print(f"largest |ΔNLL| between the two scans: {diff:.2e}")
-    payload = {"scan": rows, "max_abs_nll_diff": diff, "reference_s": t_ref, "settings": settings.to_dict()}
-    if not args.skip_leaderboard:
-        ev = lb.default_eval_settings(n_tokens=args.eval_tokens, context=args.context, stride=args.stride)
-        lbs = lb.LeaderboardSettings(k_max=args.k, search=settings, evaluation=ev,
-                                     metrics=tuple(args.metrics.split(",")))
-        with private_cache():
-            ws = Workspace(lm=lm, text=bundled_text("alice"))
-            est = lb.estimate(ws, lbs)
+    return {"scan": rows, "max_abs_nll_diff": diff, "reference_s": t_ref}
+
+
+def board_section(args, lm, settings) -> dict:
+    import math
+
+    from analysis.capture.estimate import forward_probe
+    from analysis.capture.workspace import Workspace
+    from analysis.changes.variant import apply_actions
+    from analysis.evaluation.perplexity import evaluate, perplexity
+    from analysis.search import leaderboard as lb
+    from analysis.texts import bundled_text, resolve_text
+
+    ev = lb.default_eval_settings(n_tokens=args.eval_tokens, context=args.context, stride=args.stride)
+    lbs = lb.LeaderboardSettings(k_max=args.k, search=settings, evaluation=ev, random_samples=args.random,
+                                 metrics=tuple(args.metrics.split(",")) if args.metrics else None)
+    eval_text = resolve_text(ev.text)
+    out: dict = {"k": args.k, "eval_tokens": args.eval_tokens, "context": args.context, "stride": args.stride}
+    with private_cache():
+        ws = Workspace(lm=lm, text=bundled_text("alice"))
+        # one plain evaluation of the original: the unit
+        t0 = time.perf_counter()
+        perplexity(lm.model, lm.tokenizer, eval_text, ev)
+        t_one = time.perf_counter() - t0
+        runs = {}
+        for name, s in [("full, cold", lbs), ("full, warm", lbs)] + (
+                [("quick, cold", lb.quick_settings(lbs)), ("quick, warm", lb.quick_settings(lbs))]
+                if args.quick else []):
             t0 = time.perf_counter()
-            result = lb.run(ws, lbs)
-            t_lb = time.perf_counter() - t0
-        n_eval = result.rows["action"].nunique()
-        print_table(f"Leaderboard k = 1..{args.k}, cold cache", [
-            {"estimated s": est["seconds"], "measured s": t_lb, "evaluations": n_eval, "rows": len(result.rows),
-             "metrics": args.metrics}])
-        print(result.winners().to_string(index=False))
-        payload["leaderboard"] = {"seconds": t_lb, "estimate": est["seconds"], "evaluations": n_eval,
-                                  "k": args.k, "eval_tokens": args.eval_tokens}
-    print(f"machine: {machine()}")
-    print(save("search", payload))
-    return 0
+            probe = forward_probe(lm)
+            est = lb.estimate(ws, s, probe=probe)
+            t_est = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            result = lb.run(ws, s)
+            t = time.perf_counter() - t0
+            runs[name] = {"estimate s": est["seconds"], "estimate took s": t_est, "measured s": t,
+                          "estimate / measured": est["seconds"] / t, "measured / one evaluation": t / t_one,
+                          "cost (counted, evaluations)": result.cost["evaluations"],
+                          "of which scans": result.cost["scan_evaluations"],
+                          "selections": result.cost["selections"], "rows": result.cost["rows"], "result": result}
+    print(f"one plain evaluation of the original ({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride}): "
+          f"{t_one:.1f} s")
+    print_table(f"Leaderboard k = 1..{args.k}", [{"run": n, **{k: v for k, v in r.items() if k != "result"}}
+                                                 for n, r in runs.items()])
+    full = runs["full, cold"]["result"]
+    print(full.winners().to_string(index=False))
+    out.update(one_evaluation_s=t_one, runs={n: {k: v for k, v in r.items() if k != "result"} for n, r in runs.items()})
+    if args.quick:
+        qw, fw = runs["quick, cold"]["result"].winners(), full.winners()
+        agree = list(qw["rule"]) == list(fw["rule"])
+        ratio = runs["quick, cold"]["measured s"] / runs["full, cold"]["measured s"]
+        print(f"quick / full time (cold): {ratio:.3f}; winners agree at every k: {agree} "
+              f"(quick {list(qw['rule'])}, full {list(fw['rule'])})")
+        out["quick"] = {"time_ratio": ratio, "winners_agree": agree, "quick_winners": list(qw["rule"]),
+                        "full_winners": list(fw["rule"])}
+    if args.old_path:
+        import json
+
+        actions = {a: json.loads(a) for a in full.rows["action"].unique()}
+        t0 = time.perf_counter()
+        worst = 0.0
+        for a, action in actions.items():
+            cand = apply_actions(lm.model, action, ws)
+            old = evaluate(lm.model, lm.tokenizer, eval_text, ev, candidate=cand, original_key=lm.fingerprint).candidate
+            new = full.rows[full.rows["action"] == a].iloc[0]
+            for x, y in ((new["perplexity"], old.perplexity), (new["kl"], old.kl_to_original),
+                         (new["top1"], old.top1_agreement)):
+                worst = max(worst, abs(x - y) / max(abs(y), 1e-12))
+        t_old = time.perf_counter() - t0
+        # the new path's evaluation share of the cold board, re-run alone for a like-for-like time
+        from analysis.evaluation.shared_prefix import evaluate_actions
+
+        t0 = time.perf_counter()
+        evaluate_actions(lm, list(actions.values()), ev, eval_text, ws=ws)
+        t_new = time.perf_counter() - t0
+        print(f"{len(actions)} distinct selections: old path (evaluate each) {t_old:.1f} s, shared pass {t_new:.1f} s, "
+              f"speed-up {t_old / t_new:.2f}×; largest relative difference {worst:.2e}")
+        out["old_path"] = {"selections": len(actions), "old_s": t_old, "new_s": t_new, "speedup": t_old / t_new,
+                           "max_rel_diff": worst if math.isfinite(worst) else None}
+    return out
 
 
 if __name__ == "__main__":

@@ -101,6 +101,24 @@ def _inline_wait() -> float:
         return INLINE_WAIT_S
 
 
+def remaining(job: core.Job) -> float | None:
+    """Seconds left: the estimate made before the job started (``meta["estimate_s"]``, from a probe of this
+    machine) minus the time spent, or else the time spent scaled by the fraction done; None when neither is known."""
+    est = job.meta.get("estimate_s")
+    if est is not None:
+        return max(0.0, float(est) - job.elapsed)
+    frac = job.fraction
+    if frac and frac > 0.02:
+        return job.elapsed * (1 - frac) / frac
+    return None
+
+
+def _elapsed_line(job: core.Job) -> str:
+    left = remaining(job)
+    tail = f" · about {format_seconds(left)} left" if left is not None else ""
+    return f"{format_seconds(job.elapsed)} elapsed{tail}"
+
+
 def describe(job: core.Job) -> str:
     """One line: what the job is doing now (for the panel and the sidebar)."""
     if job.state == core.QUEUED:
@@ -111,7 +129,7 @@ def describe(job: core.Job) -> str:
         frac = job.fraction
         what = job.message or job.stage or "working"
         done = f"{frac:.0%} · " if frac is not None else ""
-        return f"running · {done}{what} · {format_seconds(job.elapsed)} elapsed"
+        return f"running · {done}{what} · {_elapsed_line(job)}"
     if job.state == core.DONE:
         return f"finished in {format_seconds(job.elapsed)}"
     if job.state == core.CANCELLED:
@@ -132,7 +150,7 @@ def _panel_body(job: core.Job, key: str) -> None:
                 msg = job.message or job.stage or ""
                 st.progress(frac, text=f"{msg} — {job.done:g} of {job.total:g}" if msg else
                             f"{job.done:g} of {job.total:g}")
-                st.caption(f"{format_seconds(job.elapsed)} elapsed · runs in the background: you may leave this "
+                st.caption(f"{_elapsed_line(job)} · runs in the background: you may leave this "
                            "page (or reload it) and come back")
             else:  # no count: the named stage with a spinner, no made-up bar
                 st.status(f"{job.stage or job.message or 'Working'} …", state="running", expanded=False)

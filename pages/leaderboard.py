@@ -64,36 +64,65 @@ except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ValueError
 
 job_key = "leaderboard:" + cache.stable_hash({"model": ws.lm.fingerprint, "text": ws.text.sha256,
                                                "calibration": ws.calibration.to_dict(), **settings.to_dict()})
+quick = lb.quick_settings(settings)
+quick_key = job_key + ":quick"
 est_key = "_leaderboard_estimate"
 if submitted or st.session_state.get(est_key, {}).get("key") != job_key:
     if submitted:
-        with st.spinner("Timing a short probe …"):
-            st.session_state[est_key] = {"key": job_key, "estimate": lb.estimate(ws, settings)}
+        with st.spinner("Timing a short forward of the model …"):
+            from analysis.capture.estimate import forward_probe
+
+            probe = forward_probe(ws.lm)
+            st.session_state[est_key] = {"key": job_key, "estimate": lb.estimate(ws, settings, probe=probe),
+                                         "quick": lb.estimate(ws, quick, probe=probe)}
 est = st.session_state.get(est_key, {})
 if est.get("key") == job_key:
-    e = est["estimate"]
-    st.info(f"Estimated time: about **{format_seconds(e['seconds'])}** ({e['scans']} damage scans, up to "
-            f"{e['evaluations']} evaluations of ~{e['per_evaluation_s']:.0f} s each). Scans and evaluations "
-            "already in the cache are skipped, so a stopped run resumes where it was.")
+    e, q = est["estimate"], est["quick"]
+    st.info(f"Estimated time: about **{format_seconds(e['seconds'])}** for the full board (the work of "
+            f"{e['evaluations_of_original']:.1f} evaluations of the original, ~{e['per_evaluation_s']:.0f} s each "
+            f"here now); the quick answer first, in about **{format_seconds(q['seconds'])}**. Scans and "
+            "evaluations already in the cache are skipped, so a stopped run resumes where it was.")
 else:
     st.caption("Press **Estimate** to see how long it will take, then start it.")
 
 if st.button("Start leaderboard", type="primary", key="lb-start"):
-    ws_copy, settings_copy = ws, settings
+    ws_copy, settings_copy, quick_copy = ws, settings, quick
     owner = jobs.owner()  # the kept result is this tab's (not shared with other tabs or users)
-    jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}",
+    e = est.get("estimate", {}) if est.get("key") == job_key else {}
+    q = est.get("quick", {}) if est.get("key") == job_key else {}
+    # two jobs, run one after the other: the quick answer first, then the full board fills in
+    jobs.start(quick_key, f"Leaderboard k=1..{settings.k_max}, quick answer",
+               lambda job: lb.run(ws_copy, quick_copy, progress=job.report),
+               meta={"tag": "leaderboard-quick", "estimate_s": q.get("seconds")} if q else {"tag": "leaderboard-quick"})
+    jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}, full board",
                lambda job: lb.run(ws_copy, settings_copy, progress=job.report, owner=owner),
-               meta={"tag": "leaderboard"})
-job = jobs.show(job_key)
-if job is not None and job.is_active:
+               meta={"tag": "leaderboard", "estimate_s": e.get("seconds")} if e else {"tag": "leaderboard"})
+quick_job = jobs.show(quick_key)
+if quick_job is not None and quick_job.is_active:
     st.stop()
-
-result = job.result if job is not None and job.finished_ok else lb.latest(ws, owner=jobs.owner())
+job = jobs.show(job_key)
+full_ok = job is not None and job.finished_ok
+quick_ok = quick_job is not None and quick_job.finished_ok
+if full_ok:
+    result = job.result
+elif quick_ok:
+    result = quick_job.result
+    st.info("**Quick answer** — " + "; ".join(lb.quick_skipped(settings)) + ". " +
+            ("The full board is filling in." if job is not None and job.is_active else ""))
+elif job is not None and job.is_active:
+    st.stop()
+else:
+    result = lb.latest(ws, owner=jobs.owner())
 if result is None:
     st.caption("No leaderboard for this model yet.")
     st.stop()
-if job is None or not job.finished_ok:
+if not (full_ok or quick_ok):
     st.caption("Showing the last leaderboard finished for this model (its own settings).")
+if result.cost:
+    c = result.cost
+    st.caption(f"Cost of this run: the work of {c['evaluations']:.1f} evaluations of the original "
+               f"({c['scans_computed']} damage scans, {c['selections_computed']} of {c['selections']} distinct "
+               f"selections evaluated; the rest came from the cache) in {format_seconds(result.seconds)}.")
 
 s = result.settings
 st.header("Perplexity against k")

@@ -1,8 +1,9 @@
 """Estimates of time, disk and memory shown before a run starts (so a big model never surprises anyone).
 
-Time comes from this machine's own history when there is one (the tokens per second of earlier captures of the
-same model, read from the cache) and otherwise from the arithmetic: a forward pass costs about 2 × parameters
-FLOPs per token, at the matrix-multiply rate measured once per process with a short probe.
+Time of model passes comes from :func:`forward_probe`: one forward of the actual model on a few hundred tokens timed
+now, times the planned work in units of that forward (:class:`WorkModel`); only if the probe cannot run, from this
+machine's history (earlier captures of the model) or the arithmetic (2 × parameters FLOPs per token at the measured
+matrix-multiply rate).
 """
 
 from __future__ import annotations
@@ -139,11 +140,16 @@ def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None =
     n_states = n_states or lm.n_blocks + 1
     tokens = n_windows * window_len
     kept = n_windows * (window_len if positions == "all" else 1)
-    rate = _history_tokens_per_s(lm.fingerprint)
-    source = "earlier captures of this model here"
-    if rate is None:
-        rate = matmul_flops(lm.device.type) * 0.35 / (2 * lm.n_parameters())
-        source = "2 × parameters FLOPs per token at 35% of this machine's measured matmul rate"
+    try:  # a forward of this model timed now: the machine as it is (load, threads, device)
+        probe = forward_probe(lm)
+        rate = 1.0 / (probe["seconds_per_work"] * work_model(lm.model).per_token())
+        source = f"a {probe['tokens']}-token forward of this model timed now ({probe['seconds']:.2f} s)"
+    except Exception:  # a model the probe cannot run (e.g. offloaded): this machine's history, then arithmetic
+        rate = _history_tokens_per_s(lm.fingerprint)
+        source = "earlier captures of this model here"
+        if rate is None:
+            rate = matmul_flops(lm.device.type) * 0.35 / (2 * lm.n_parameters())
+            source = "2 × parameters FLOPs per token at 35% of this machine's measured matmul rate"
     batch_tokens = min(tokens, 2048)
     return {"tokens": tokens, "disk_bytes": n_states * kept * lm.width * BYTES[storage],
             "peak_memory_bytes": int(n_states * batch_tokens * lm.width * 4 + lm.card()["memory_bytes"]),

@@ -7,6 +7,8 @@ Example:
   python -m analysis evaluate --model out/pruned --text asyoulik
 """
 
+import sys
+
 NAME = "evaluate"
 HELP = "perplexity of a model on a text (JSON)"
 
@@ -38,6 +40,11 @@ def run(args) -> int:
     preflight.check_eval(config, read_tokenizer(spec_from(args)) if config is not None else None, settings, names,
                          text=text)
     lm = load(args)
+    from analysis.evaluation.perplexity import estimate_seconds
+    from analysis.formatting import format_seconds
+
+    est = estimate_seconds(lm, settings)
+    print(f"[evaluate] estimate: about {format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
     result = perplexity(lm.model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
     result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,
                        "parameters": lm.n_parameters()}

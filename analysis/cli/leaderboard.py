@@ -78,6 +78,10 @@ def add_arguments(p):
     g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
     g.add_argument("--also", action="append", type=block_list("--also"), default=[], help="a selection of your own to rank, e.g. 12,13")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick board for 'which rule wins at k': search and evaluation on a quarter of their "
+                        "tokens, no random draws, no half-block search, damage table of whole blocks only "
+                        "(printed before it starts)")
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
     p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
 
@@ -125,13 +129,18 @@ def run(args) -> int:
     n_config = preflight.n_layers(config) if config is not None else None
     if n_config:
         lb.validate(settings, n_config)
+    if args.quick:
+        for what in lb.quick_skipped(settings):
+            print(f"[leaderboard] quick: {what}", file=sys.stderr)
+        settings = lb.quick_settings(settings)
     lm = load(args)
     ws = workspace_from(args, lm)
     lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)
     est = lb.estimate(ws, settings)
-    print(f"[leaderboard] estimate: about {format_seconds(est['seconds'])} ({est['scans']} scans, up to "
-          f"{est['evaluations']} evaluations of ~{est['per_evaluation_s']:.0f} s; cached work is skipped)",
-          file=sys.stderr)
+    print(f"[leaderboard] estimate: about {format_seconds(est['seconds'])} = work of "
+          f"{est['evaluations_of_original']:.1f} evaluations of the original at ~{est['per_evaluation_s']:.0f} s each "
+          f"({est['scans']} scans, up to {est['evaluations']} selections to evaluate; from a {est['probe_s']:.1f} s "
+          "forward of the model timed now; cached work is skipped)", file=sys.stderr)
     if args.estimate:
         return 0
     t0 = time.perf_counter()
@@ -144,6 +153,11 @@ def run(args) -> int:
         write_json(out / "leaderboard.json", {**result.to_dict(), "winners": result.winners().to_dict("records"),
                                               **ws.describe()})
     print(f"[leaderboard] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    c = result.cost
+    print(f"[leaderboard] cost: {c['evaluations']:.2f} evaluations of the original ({c['scan_evaluations']:.2f} in "
+          f"{c['scans_computed']} damage scans, {c['evaluation_evaluations']:.2f} evaluating "
+          f"{c['selections_computed']} of {c['selections']} distinct selections for {c['rows']} rows; cached work "
+          "costs nothing)", file=sys.stderr)
     print(result.winners().to_string(index=False))
     print(dest.path / "leaderboard.csv")
     return 0

@@ -64,7 +64,12 @@ def run(args) -> int:
     lm = load(args)
     blocks = validate_removal(blocks, lm.n_blocks)
     ws = workspace_from(args, lm)
-    print(f"[prune] removing blocks {blocks}; evaluating on {eval_text.label}", file=sys.stderr)
+    from analysis.evaluation.perplexity import estimate_seconds
+    from analysis.formatting import format_seconds
+
+    est = estimate_seconds(lm, settings, n_models=2, candidate_fraction=1 - len(blocks) / lm.n_blocks)
+    print(f"[prune] removing blocks {blocks}; evaluating on {eval_text.label}: about "
+          f"{format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
     variant = make_variant(ws, {"remove_blocks": blocks}, settings, progress=TqdmProgress("evaluate"))
     table = variant.evaluation
     recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite, gguf=args.gguf)

@@ -423,3 +423,24 @@ def perplexity(model: nn.Module, tokenizer, text: Text, settings: EvalSettings =
     p = _scored_pass(model, ids, settings, progress, "model")
     return {"perplexity": math.exp(p.nll / p.count), "nll": p.nll / p.count, "tokens": p.count,
             "settings": settings.to_dict(), "text": text.describe()}
+
+
+def estimate_seconds(lm, settings: EvalSettings, n_models: int = 1, candidate_fraction: float = 1.0,
+                     probe: dict | None = None) -> dict:
+    """Seconds of the sliding-window pass of ``n_models`` models (the original, and candidates of about
+    ``candidate_fraction`` of its size), from a forward of the model timed now
+    (:func:`analysis.capture.estimate.forward_probe`) times the windows' work; speed timing and generation add
+    their own passes (counted as one context window each per round)."""
+    from analysis.capture.estimate import forward_probe, work_model
+
+    probe = probe or forward_probe(lm)
+    wm = work_model(lm.model)
+    wins = windows_for(np.zeros(settings.n_tokens), settings.context, settings.stride)
+    one = sum(wm.forward(e - s, head_positions=e - f + 1) for s, e, f in wins)
+    work = one * (1 + (n_models - 1) * candidate_fraction)
+    if settings.measure_speed:
+        work += n_models * (SPEED_ROUNDS + 2) * wm.forward(settings.context)
+        work += n_models * DECODE_ROUNDS * settings.max_new_tokens * wm.per_token() * 4  # decode: small batches
+    seconds = work * probe["seconds_per_work"]
+    return {"seconds": seconds, "evaluations": work / one, "probe_s": probe["seconds"],
+            "basis": f"a {probe['tokens']}-token forward of this model timed now ({probe['seconds']:.2f} s)"}

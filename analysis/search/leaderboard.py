@@ -82,6 +82,8 @@ class LeaderboardSettings:
     seed: int = 0
     also: tuple[tuple[int, ...], ...] = ()  # extra fixed selections ("chosen" rows)
     k_list: tuple[int, ...] = ()  # only these sizes (e.g. 2, 4, 8) instead of k_min..k_max
+    damage_sites: tuple[str, ...] = ("block", "attention", "mlp")  # sites of the damage table
+    quick: bool = False  # made by quick_settings: fewer tokens, no random draws, no half-block search
 
     def ks(self, n_blocks: int) -> list[int]:
         if self.k_list:
@@ -93,6 +95,43 @@ class LeaderboardSettings:
         d = asdict(self)
         d["search"], d["evaluation"] = self.search.to_dict(), self.evaluation.to_dict()
         return d
+
+
+#: The quick board (``--quick``): the share of the search and evaluation tokens it keeps.
+QUICK_SHARE = 4
+
+
+def quick_settings(settings: LeaderboardSettings) -> LeaderboardSettings:
+    """The quick board for "which rule wins at k": the same rules and sizes, with the search on the first quarter
+    (``1 / QUICK_SHARE``) of the search tokens (windows no longer than that), the evaluation on the first quarter of
+    the evaluation
+    tokens (same context and stride), no random draws, no half-block search and the damage table of whole blocks
+    only (:func:`quick_skipped` says so in words)."""
+    from dataclasses import replace
+
+    s_tok = max(2, settings.search.n_tokens // QUICK_SHARE)
+    search = replace(settings.search, n_tokens=s_tok, context=min(settings.search.context, s_tok))
+    ev = settings.evaluation
+    evaluation = replace(ev, n_tokens=max(ev.context, ev.n_tokens // QUICK_SHARE))
+    return replace(settings, search=search, evaluation=evaluation, random_samples=0, half_blocks=False,
+                   damage_sites=("block",), quick=True)
+
+
+def quick_skipped(full: LeaderboardSettings) -> list[str]:
+    """What the quick board leaves out of ``full``, in words."""
+    q = quick_settings(full)
+    out = []
+    if q.search.n_tokens < full.search.n_tokens:
+        out.append(f"search on {q.search.n_tokens} of {full.search.n_tokens} search tokens")
+    if q.evaluation.n_tokens < full.evaluation.n_tokens:
+        out.append(f"evaluation on {q.evaluation.n_tokens} of {full.evaluation.n_tokens} tokens")
+    if full.random_samples:
+        out.append(f"no random draws (full: {full.random_samples} per k)")
+    if full.half_blocks:
+        out.append("no half-block greedy (BlockPruner)")
+    if set(full.damage_sites) - {"block"}:
+        out.append("damage table of whole blocks only (no attention / feed-forward halves)")
+    return out
 
 
 def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | None = None,
@@ -149,6 +188,10 @@ def canonical_action(action: dict) -> dict:
 def eval_params(lm, action: dict, settings: EvalSettings, text: Text) -> dict:
     return {"model": lm.fingerprint, "text": text.sha256, "settings": settings.to_dict(),
             "action": canonical_action(action), "v": 1}
+
+
+def eval_is_cached(lm, action: dict, settings: EvalSettings, text: Text) -> bool:
+    return cache.entry("leaderboard-eval", eval_params(lm, action, settings, text)).exists()
 
 
 def evaluate_action(lm, action: dict, settings: EvalSettings, text: Text | None = None, ws=None,
@@ -335,6 +378,7 @@ class Result:
     correlation: pd.DataFrame
     original_perplexity: float
     seconds: float = 0.0
+    cost: dict = field(default_factory=dict)  # what ran, in evaluations of the original (see run)
 
     def winners(self) -> pd.DataFrame:
         return winners(self.rows)
@@ -343,14 +387,14 @@ class Result:
         return {"settings": self.settings, "rows": self.rows.to_dict("records"), "greedy": self.greedy,
                 "greedy_half": self.greedy_half, "damage": self.damage.to_dict("records"),
                 "correlation": self.correlation.to_dict("records"), "original_perplexity": self.original_perplexity,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "cost": self.cost}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":
         return cls(settings=d["settings"], rows=pd.DataFrame(d["rows"]), greedy=d["greedy"],
                    greedy_half=d.get("greedy_half", []), damage=pd.DataFrame(d["damage"]),
                    correlation=pd.DataFrame(d["correlation"]), original_perplexity=d["original_perplexity"],
-                   seconds=d.get("seconds", 0.0))
+                   seconds=d.get("seconds", 0.0), cost=d.get("cost", {}))
 
 
 def winners(rows: pd.DataFrame) -> pd.DataFrame:
@@ -392,11 +436,109 @@ def plan(board: Board) -> list[tuple[Rule, int, int, dict]]:
     return out
 
 
+def _store_eval(lm, action: dict, settings: EvalSettings, text: Text, data: dict) -> dict:
+    _, out, _ = cache.cached("leaderboard-eval", eval_params(lm, action, settings, text), lambda: ({}, data))
+    return out
+
+
+def evaluate_plan(ws, actions: list[dict], settings: EvalSettings, text: Text,
+                  progress: Progress | None = None) -> tuple[dict[str, dict], dict]:
+    """Every distinct action evaluated once (``{stable_hash(action): result}``): cached ones read, the others in
+    one pass of :func:`analysis.evaluation.shared_prefix.evaluate_actions` (the original once, each candidate from
+    its first changed block). Also ``{"work", "original_work", "computed"}`` of what ran."""
+    from analysis.evaluation.shared_prefix import evaluate_actions, original_work
+    from analysis.capture.estimate import work_model
+
+    lm = ws.lm
+    distinct: dict[str, dict] = {}
+    for a in actions:
+        distinct.setdefault(cache.stable_hash(canonical_action(a)), canonical_action(a))
+    out, todo = {}, []
+    for key, a in distinct.items():
+        if eval_is_cached(lm, a, settings, text):
+            out[key] = evaluate_action(lm, a, settings, text, ws=ws)
+        else:
+            todo.append((key, a))
+    from analysis.evaluation.perplexity import evaluation_ids
+
+    n_ids = len(evaluation_ids(lm.tokenizer, text, settings.n_tokens))
+    one = original_work(work_model(lm.model), n_ids, settings.context, settings.stride)
+    work = 0.0
+    if todo:
+        many = evaluate_actions(lm, [a for _, a in todo], settings, text, ws=ws, progress=progress)
+        work = many.work
+        for (key, a), r in zip(todo, many.candidates):
+            out[key] = _store_eval(lm, a, settings, text, r)
+    return out, {"work": work, "original_work": one, "computed": len(todo), "distinct": len(distinct)}
+
+
+def scan_work(wm, search: SearchSettings, n_kept: int, site: str) -> float:
+    """Parameter-tokens of one damage scan (``analysis.metrics.damage.scan``, fast method) of a model of ``n_kept``
+    blocks: one pass of the model recording its block inputs, then each candidate from its block on, the head on
+    every position."""
+    windows = search.n_tokens // search.context
+    T = search.context
+    mean = sum(wm.block_params) / max(1, wm.n_blocks)
+    total = windows * T * (n_kept * mean + wm.head_params)  # the pass recording the block inputs
+    for j in range(n_kept):
+        if site == "block":
+            if n_kept == 1:
+                continue
+            run = max(1, n_kept - 1 - j)
+        else:
+            run = n_kept - j
+        total += windows * T * (run * mean + wm.head_params)
+    return total
+
+
+def reference_work(wm, search: SearchSettings) -> float:
+    return (search.n_tokens // search.context) * search.context * wm.per_token()
+
+
+def _scan_entry(lm, search: SearchSettings, state, site: str):
+    from analysis.metrics.damage import scan_params
+
+    return cache.entry("damage-scan", scan_params(lm, search, state, site))
+
+
+def _computed_since(entry, t0: float) -> bool:
+    meta = entry.path / "meta.json"
+    return meta.is_file() and meta.stat().st_mtime >= t0 - 1.0
+
+
+def _scans_of(settings: LeaderboardSettings, greedy_steps: list[dict], half_steps: list[dict]):
+    """(state, site, n_kept) of every scan the board reads: the damage table, then each greedy step after the first."""
+    from analysis.metrics.damage import HALVES, normalise_state
+
+    out = [(None, site, None) for site in settings.damage_sites]
+    for s in greedy_steps[:-1]:
+        out.append((s["state"], "block", None))
+    if half_steps:
+        out += [(None, site, None) for site in HALVES]
+    for s in half_steps[:-1]:
+        for site in HALVES:
+            out.append((s["state"], site, None))
+    seen, uniq = set(), []
+    for st, site, n in out:
+        st = normalise_state(st)
+        key = cache.stable_hash({"state": st, "site": site})
+        if key not in seen:
+            seen.add(key)
+            uniq.append((st, site, n))
+    return uniq
+
+
 def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None,
         owner: str | None = None) -> Result:
     """Compute the leaderboard (everything cached on the way), keep it for the report (``owner``'s: a browser tab
-    of the dashboard; None: the command line's), and return it."""
+    of the dashboard; None: the command line's), and return it. A quick board is not kept for the report.
+
+    ``Result.cost`` says what ran, in evaluations of the original on the same evaluation settings (forward work
+    counted in parameter-tokens, :mod:`analysis.capture.estimate`)."""
+    from analysis.capture.estimate import work_model
+
     t0 = time.perf_counter()
+    wall0 = time.time()
     _, eval_text = validate(settings, ws.n_blocks, ws.text, ws.lm.tokenizer)
     say = progress or (lambda d, t, m: None)
     board = Board(ws=ws, settings=settings, progress=lambda d, t, m: say(d, t, f"search · {m}"))
@@ -405,64 +547,139 @@ def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Pro
         say(i, len(metrics), f"metrics · {m.label}")
         sub = (lambda d, t, msg, m=m: say(d, t, f"metrics · {m.label}: {msg}"))
         board._scores[m.key] = m.scores(ws, board.metric_params(m), progress=sub)
-    damage = damage_table(ws.lm, settings.search, progress=lambda d, t, m: say(d, t, f"damage scan · {m}"))
+    damage = damage_table(ws.lm, settings.search, sites=settings.damage_sites,
+                          progress=lambda d, t, m: say(d, t, f"damage scan · {m}"))
     greedy_steps = board.greedy(False)
     half_steps = board.greedy(True) if settings.half_blocks else []
     work = plan(board)
-    rows, seen = [], {}
-    for i, (rule, k, sample, action) in enumerate(work):
-        say(i, len(work), f"evaluate · {rule.label}, k={k}")
-        key = cache.stable_hash(action)
-        if key not in seen:
-            seen[key] = evaluate_action(ws.lm, action, settings.evaluation, eval_text, ws=ws)
-        r = seen[key]
+    results, ev_cost = evaluate_plan(ws, [a for *_, a in work], settings.evaluation, eval_text,
+                                     progress=lambda d, t, m: say(d, t, f"evaluate · {m}"))
+    rows = []
+    for rule, k, sample, action in work:
+        r = results[cache.stable_hash(action)]
         rows.append({"rule": rule.key, "label": rule.label, "kind": rule.kind, "k": k, "sample": sample,
                      "blocks": describe_blocks(action), "perplexity": r["perplexity"], "kl": r["kl"],
                      "top1": r["top1"], "nll": r["nll"], "parameters": r["parameters"],
                      "action": cache.dumps(action).replace("\n", "").replace("  ", "")})
     say(len(work), len(work), "done")
-    orig = seen[next(iter(seen))]["original_perplexity"] if seen else math.nan
+    # the cost of what ran: scans written by this run, and the evaluations
+    wm = work_model(ws.lm.model)
+    scans = [(st, site) for st, site, _ in _scans_of(settings, greedy_steps, half_steps)
+             if _computed_since(_scan_entry(ws.lm, settings.search, st, site), wall0)]
+    s_work = sum(scan_work(wm, settings.search, ws.n_blocks - len(st["blocks"]), site) for st, site in scans)
+    if scans:
+        s_work += reference_work(wm, settings.search)
+    one = ev_cost["original_work"]
+    cost = {"evaluations": (s_work + ev_cost["work"]) / one, "scan_evaluations": s_work / one,
+            "evaluation_evaluations": ev_cost["work"] / one, "scans_computed": len(scans),
+            "selections": ev_cost["distinct"], "selections_computed": ev_cost["computed"], "rows": len(rows),
+            "unit": "evaluations of the original on the evaluation settings (forward work in parameter-tokens)"}
+    orig = next(iter(results.values()))["original_perplexity"] if results else math.nan
     result = Result(settings=settings.to_dict(), rows=pd.DataFrame(rows), greedy=greedy_steps,
                     greedy_half=half_steps, damage=damage, correlation=correlation(board),
-                    original_perplexity=orig, seconds=time.perf_counter() - t0)
-    _keep_latest(ws, result, owner)
+                    original_perplexity=orig, seconds=time.perf_counter() - t0, cost=cost)
+    if not settings.quick:  # the report shows the full board only
+        _keep_latest(ws, result, owner)
     return result
 
 
 # ---- estimate ---------------------------------------------------------------------------------------------------
 
-def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings()) -> dict:
-    """Seconds the leaderboard will take (what is cached costs nothing), from a short timed probe."""
-    from analysis.evaluation.perplexity import windows_for
-    from analysis.metrics.damage import (
-        estimate_scan_seconds,
-        probe_seconds_per_token,
-        scan_is_cached,
-    )
+def _greedy_chain(lm, search: SearchSettings, steps: int) -> tuple[list[dict], int]:
+    """The greedy states that can be read from cached scans without computing anything, and how many of the
+    ``steps`` scans are cached (step 1's is the damage table's block scan)."""
+    from analysis.metrics.damage import normalise_state, scan_is_cached, state_with
 
-    validate(settings, ws.n_blocks, ws.text)
+    state, states, cached = normalise_state(None), [], 0
+    for _ in range(steps):
+        if not scan_is_cached(lm, search, state, "block"):
+            break
+        rows = [r for r in cached_rows(lm, search, state) if len(state_with(state, r["block"], "block")["blocks"])
+                < lm.n_blocks]
+        if not rows:
+            break
+        cached += 1
+        best = min(rows, key=lambda r: (r["perplexity"], r["block"], r["site"]))
+        state = state_with(state, best["block"], "block")
+        states.append(state)
+    return states, cached
+
+
+def cached_rows(lm, search: SearchSettings, state) -> list[dict]:
+    from analysis.metrics.damage import cached_scan
+
+    return cached_scan(lm, search, state, "block")["rows"]
+
+
+def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: dict | None = None) -> dict:
+    """Seconds the leaderboard will take, from a short forward of the model timed now (``probe``: a
+    :func:`analysis.capture.estimate.forward_probe` result to reuse) and the work planned, minus what is cached.
+
+    Work (parameter-tokens, :class:`analysis.capture.estimate.WorkModel`): the damage scans and greedy steps not
+    cached; the calibration capture if missing; one evaluation of the original plus, for each selection not
+    cached, its run from its first changed block (known for reverse, random and chosen selections and for greedy
+    when its scans are cached; the middle block assumed otherwise)."""
+    from analysis.capture.estimate import forward_probe, work_model
+    from analysis.evaluation.perplexity import evaluation_ids
+    from analysis.evaluation.shared_prefix import original_work, tail_work
+    from analysis.metrics.damage import scan_is_cached
+
+    _, eval_text = validate(settings, ws.n_blocks, ws.text)
     lm, L = ws.lm, ws.n_blocks
-    per_token = probe_seconds_per_token(lm, min(256, settings.evaluation.context))
-    K = settings.ks(L)[-1]
-    scans = 0.0
-    n_scans = 0
-    # the damage table: block, attention, mlp of the original
-    for site in ("block", "attention", "mlp"):
-        if not scan_is_cached(lm, settings.search, None, site):
-            scans += estimate_scan_seconds(lm, settings.search, L, per_token)
+    probe = probe or forward_probe(lm)
+    wm = work_model(lm.model)
+    ks = settings.ks(L)
+    K = ks[-1]
+    search, ev = settings.search, settings.evaluation
+    # scans: the damage table, then greedy steps 2..K (and the half-block search)
+    s_work, n_scans = 0.0, 0
+    for site in settings.damage_sites:
+        if not scan_is_cached(lm, search, None, site):
+            s_work += scan_work(wm, search, L, site)
             n_scans += 1
-    greedy_scans = K - 1 + (2 * (2 * K) - 2 if settings.half_blocks else 0)  # step 1 is the damage table
-    scans += sum(estimate_scan_seconds(lm, settings.search, L - i, per_token) for i in range(greedy_scans))
-    n_scans += greedy_scans
-    ev = settings.evaluation
-    wins = len(windows_for(np.zeros(ev.n_tokens), ev.context, ev.stride))
-    per_eval = per_token * wins * ev.context * 0.85
-    n_metrics = len(settings.metrics) if settings.metrics is not None else len(CHEAP_METRICS)
-    n_rules = n_metrics + 3 + settings.random_samples + (1 if settings.half_blocks else 0) + len(settings.also)
-    n_evals = n_rules * len(settings.ks(L))
-    seconds = scans + n_evals * per_eval + per_eval  # + the original's pass
-    return {"seconds": seconds, "scans": n_scans, "evaluations": n_evals, "per_evaluation_s": per_eval,
-            "per_token_s": per_token, "note": "cached scans and evaluations are skipped; duplicates are evaluated once"}
+    states, n_cached = _greedy_chain(lm, search, K)
+    for step in range(max(2, n_cached + 1), K + 1):
+        s_work += scan_work(wm, search, L - (step - 1), "block")
+        n_scans += 1
+    if settings.half_blocks:
+        for step in range(2, 2 * K + 1):
+            for site in ("attention", "mlp"):
+                s_work += scan_work(wm, search, L - (step - 1) // 2, site)
+                n_scans += 1
+    if n_scans:
+        s_work += reference_work(wm, search)
+    # calibration: the capture of the workspace when missing (the metrics read it), ReplaceMe's fits
+    c = ws.calibration
+    cal_tokens = c.n_windows * c.window_len
+    c_work = 0.0 if ws.is_captured() else cal_tokens * sum(wm.block_params)
+    c_work += cal_tokens * sum(wm.block_params) * len([k for k in ks if 1 <= k <= L - 2])
+    # evaluations
+    n_ids = len(evaluation_ids(lm.tokenizer, eval_text, ev.n_tokens))
+    one = original_work(wm, n_ids, ev.context, ev.stride)
+    firsts: dict[str, int] = {}
+    mid = L // 2
+    for k in ks:
+        known = [reverse_order(L, k)] + random_selections(L, k, settings.random_samples, settings.seed)
+        known += [sorted(sel) for sel in settings.also if len(sel) == k]
+        if k <= len(states):
+            known.append(states[k - 1]["blocks"])
+        for sel in known:
+            a = {"remove_blocks": sorted(int(b) for b in sel)}
+            firsts[cache.stable_hash(a)] = min(sel) if not eval_is_cached(lm, a, ev, eval_text) else -1
+        n_metrics = len(settings.metrics) if settings.metrics is not None else len(CHEAP_METRICS)
+        unknown = n_metrics + 1 + (1 if k > len(states) else 0) + (2 if 1 <= k <= L - 2 else 0)
+        unknown += 1 if settings.half_blocks else 0
+        for i in range(unknown):
+            firsts[f"unknown-{k}-{i}"] = mid
+    todo = [j for j in firsts.values() if j >= 0]
+    e_work = (one + sum(tail_work(wm, L - 1, j, n_ids, ev.context, ev.stride) for j in todo)) if todo else 0.0
+    total = s_work + c_work + e_work
+    seconds = total * probe["seconds_per_work"]
+    return {"seconds": seconds, "scans": n_scans, "evaluations": len(todo), "work": total,
+            "evaluations_of_original": total / one, "original_evaluation_s": one * probe["seconds_per_work"],
+            "per_evaluation_s": one * probe["seconds_per_work"], "probe_s": probe["seconds"],
+            "per_token_s": probe["seconds_per_token"], "quick": settings.quick,
+            "note": "from a forward of the model timed now; cached scans and evaluations are skipped"}
 
 
 # ---- kept results, CSV tables, report -----------------------------------------------------------------------------

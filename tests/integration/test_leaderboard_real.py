@@ -64,3 +64,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and msg in last and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_one_shared_pass_equals_the_old_evaluation_of_each_selection(lm, ws):
+    """The board's path (the original once, each selection from its first changed block, the head on scored
+    positions only) gives the numbers of the old path (``evaluate`` of each pruned model) to 1e-4 relative."""
+    from analysis.changes.variant import apply_actions, candidate_name
+    from analysis.evaluation.perplexity import evaluate
+    from analysis.evaluation.shared_prefix import evaluate_actions
+    from analysis.search import leaderboard as lb
+    from analysis.texts import bundled_text
+
+    settings = lb.default_eval_settings(n_tokens=512, context=256, stride=128)
+    text = bundled_text("asyoulik")
+    actions = [{"remove_blocks": [12, 13]}, {"remove_blocks": [29]}, {"remove_blocks": [0, 27]},
+               {"skip_attention": [5]}]
+    many = evaluate_actions(lm, actions, settings, text, ws=ws)
+    for action, got in zip(actions, many.candidates):
+        cand = apply_actions(lm.model, action, ws)
+        old = evaluate(lm.model, lm.tokenizer, text, settings, candidate=cand, candidate_name=candidate_name(action),
+                       original_key=lm.fingerprint).candidate
+        assert got["perplexity"] == pytest.approx(old.perplexity, rel=1e-4), action
+        assert got["kl"] == pytest.approx(old.kl_to_original, rel=1e-4, abs=1e-7), action
+        assert got["top1"] == pytest.approx(old.top1_agreement, rel=1e-4), action
+    # cost: the original once plus, for each selection, only the blocks from its first change on
+    assert many.evaluations < 1 + len(actions)

@@ -9,7 +9,7 @@ from analysis.changes.variant import apply_actions
 from analysis.evaluation import shared_prefix
 from analysis.evaluation.perplexity import EvalSettings, evaluate
 from analysis.texts import text_from_string
-from tests.unit.test_damage import TEXT, tiny
+from tests.unit.test_damage import tiny
 
 ACTIONS = [{"remove_blocks": [5]}, {"remove_blocks": [0]}, {"remove_blocks": [2, 3]}, {"remove_blocks": [4, 5]},
            {"skip_attention": [3]}, {"skip_mlp": [1], "remove_blocks": [4]}]
