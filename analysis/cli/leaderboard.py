@@ -79,9 +79,9 @@ def add_arguments(p):
     g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
     g.add_argument("--also", action="append", type=block_list("--also"), default=[], help="a selection of your own to rank, e.g. 12,13")
     p.add_argument("--quick", action="store_true",
-                   help="the quick board for 'which rule wins at k': search and evaluation on a quarter of their "
-                        "tokens, no random draws, no half-block search, damage table of whole blocks only "
-                        "(printed before it starts)")
+                   help="the quick board for 'which rule wins at k': search on a quarter of its tokens, evaluation "
+                        "on an eighth (one window at least), no random draws, no half-block search, damage table of "
+                        "whole blocks only (printed before it starts)")
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
     p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
 

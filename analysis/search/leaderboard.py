@@ -97,22 +97,24 @@ class LeaderboardSettings:
         return d
 
 
-#: The quick board (``--quick``): the share of the search and evaluation tokens it keeps.
-QUICK_SHARE = 4
+#: The quick board (``--quick``): the share of the search tokens and of the evaluation tokens it keeps (the
+#: evaluation keeps at least one context window).
+QUICK_SEARCH_SHARE = 4
+QUICK_EVAL_SHARE = 8
 
 
 def quick_settings(settings: LeaderboardSettings) -> LeaderboardSettings:
     """The quick board for "which rule wins at k": the same rules and sizes, with the search on the first quarter
-    (``1 / QUICK_SHARE``) of the search tokens (windows no longer than that), the evaluation on the first quarter of
-    the evaluation
+    (``1 / QUICK_SEARCH_SHARE``) of the search tokens (windows no longer than that), the evaluation on the first
+    eighth (``1 / QUICK_EVAL_SHARE``, at least one context window) of the evaluation
     tokens (same context and stride), no random draws, no half-block search and the damage table of whole blocks
     only (:func:`quick_skipped` says so in words)."""
     from dataclasses import replace
 
-    s_tok = max(2, settings.search.n_tokens // QUICK_SHARE)
+    s_tok = max(2, settings.search.n_tokens // QUICK_SEARCH_SHARE)
     search = replace(settings.search, n_tokens=s_tok, context=min(settings.search.context, s_tok))
     ev = settings.evaluation
-    evaluation = replace(ev, n_tokens=max(ev.context, ev.n_tokens // QUICK_SHARE))
+    evaluation = replace(ev, n_tokens=max(ev.context, ev.n_tokens // QUICK_EVAL_SHARE))
     return replace(settings, search=search, evaluation=evaluation, random_samples=0, half_blocks=False,
                    damage_sites=("block",), quick=True)
 
@@ -573,6 +575,7 @@ def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Pro
     cost = {"evaluations": (s_work + ev_cost["work"]) / one, "scan_evaluations": s_work / one,
             "evaluation_evaluations": ev_cost["work"] / one, "scans_computed": len(scans),
             "selections": ev_cost["distinct"], "selections_computed": ev_cost["computed"], "rows": len(rows),
+            "work": s_work + ev_cost["work"],
             "unit": "evaluations of the original on the evaluation settings (forward work in parameter-tokens)"}
     orig = next(iter(results.values()))["original_perplexity"] if results else math.nan
     result = Result(settings=settings.to_dict(), rows=pd.DataFrame(rows), greedy=greedy_steps,

@@ -89,3 +89,23 @@ def test_one_shared_pass_equals_the_old_evaluation_of_each_selection(lm, ws):
         assert got["top1"] == pytest.approx(old.top1_agreement, rel=1e-4), action
     # cost: the original once plus, for each selection, only the blocks from its first change on
     assert many.evaluations < 1 + len(actions)
+
+
+def test_quick_board_names_the_full_boards_winner_at_each_k(ws):
+    """``--quick`` (a quarter of the search and evaluation tokens, no random draws, whole-block damage only) ranks
+    the rules in less work and names the same winner at each k as the full board (settings of bench/search.py's
+    documented run; the default settings take the same path, with 4× the tokens)."""
+    from analysis.metrics.damage import SearchSettings
+    from analysis.search import leaderboard as lb
+
+    full = lb.LeaderboardSettings(k_max=2, search=SearchSettings(n_tokens=256, context=128),
+                                  evaluation=lb.default_eval_settings(n_tokens=1024, context=256, stride=128),
+                                  metrics=("block_influence", "measured_damage"), random_samples=2)
+    quick = lb.quick_settings(full)
+    assert quick.quick and quick.random_samples == 0 and quick.damage_sites == ("block",)
+    assert any("random" in s for s in lb.quick_skipped(full))
+    q = lb.run(ws, quick)
+    f = lb.run(ws, full)
+    assert list(q.winners()["rule"]) == list(f.winners()["rule"])
+    assert q.cost["work"] < f.cost["work"] / 3  # forward work in parameter-tokens (not a timing)
+    assert 0 < f.cost["evaluations"] and f.cost["selections"] <= f.cost["rows"]
