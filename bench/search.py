@@ -48,6 +48,8 @@ def parse(argv):
     p.add_argument("--random", type=int, default=5)
     p.add_argument("--old-path", action="store_true", help="also evaluate every selection the old way")
     p.add_argument("--quick", action="store_true", help="also the quick board")
+    p.add_argument("--plan", action="store_true", help="only the planned work of the board (cold), full and quick, "
+                                                       "in evaluations of the original; no timing")
     return p.parse_args(argv)
 
 
@@ -60,6 +62,10 @@ def main(argv=None) -> int:
     settings = damage.SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)
     text = settings.resolve()
     payload = {"settings": settings.to_dict()}
+    if args.plan:
+        payload["plan"] = plan_section(args, lm, settings)
+        print(save("search-plan", payload))
+        return 0
     if not args.skip_scan:
         payload.update(scan_section(lm, settings, text))
     if not args.skip_leaderboard:
@@ -91,6 +97,36 @@ def scan_section(lm, settings, text) -> dict:
     print_table("Single-block damage scan, cold", rows)
     print(f"largest |ΔNLL| between the two scans: {diff:.2e}")
     return {"scan": rows, "max_abs_nll_diff": diff, "reference_s": t_ref}
+
+
+def plan_section(args, lm, settings) -> dict:
+    """The planned work of a cold board (lb.estimate with a unit probe), full and quick, against the old path's
+    (every selection a whole forward of the pruned model; same scans)."""
+    from analysis.capture.workspace import Workspace
+    from analysis.search import leaderboard as lb
+    from analysis.texts import bundled_text
+
+    ev = lb.default_eval_settings(n_tokens=args.eval_tokens, context=args.context, stride=args.stride)
+    full = lb.LeaderboardSettings(k_max=args.k, search=settings, evaluation=ev, random_samples=args.random,
+                                  metrics=tuple(args.metrics.split(",")) if args.metrics else None)
+    unit = {"seconds_per_work": 1.0, "seconds": 0.0, "seconds_per_token": 0.0, "tokens": 0}
+    rows = []
+    with private_cache():
+        ws = Workspace(lm=lm, text=bundled_text("alice"))
+        for name, s in (("full", full), ("quick", lb.quick_settings(full))):
+            e = lb.estimate(ws, s, probe=unit)
+            one = lb.estimate(ws, full, probe=unit)["original_work"]
+            L, ks = lm.n_blocks, s.ks(lm.n_blocks)
+            # the old path: the original once, then each selection a whole forward of the pruned model
+            per_k = e["evaluations"] / len(ks)  # selections to evaluate per k (cold: all of them)
+            old_eval = e["original_work"] * (1 + sum((L - k) / L * per_k for k in ks))
+            rows.append({"board": name, "scans": e["scans"], "selections": e["evaluations"],
+                         "scans (evals)": e["scan_work"] / one, "calibration (evals)": e["calibration_work"] / one,
+                         "evaluations (evals)": e["evaluation_work"] / one, "total (evals)": e["work"] / one,
+                         "old path total (evals)": (e["scan_work"] + e["calibration_work"] + old_eval) / one})
+    print_table(f"Planned work of a cold board k = 1..{args.k}, in evaluations of the original "
+                f"({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride})", rows)
+    return {"rows": rows}
 
 
 def board_section(args, lm, settings) -> dict:

@@ -679,6 +679,7 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     total = s_work + c_work + e_work
     seconds = total * probe["seconds_per_work"]
     return {"seconds": seconds, "scans": n_scans, "evaluations": len(todo), "work": total,
+            "scan_work": s_work, "calibration_work": c_work, "evaluation_work": e_work, "original_work": one,
             "evaluations_of_original": total / one, "original_evaluation_s": one * probe["seconds_per_work"],
             "per_evaluation_s": one * probe["seconds_per_work"], "probe_s": probe["seconds"],
             "per_token_s": probe["seconds_per_token"], "quick": settings.quick,
