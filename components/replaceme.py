@@ -27,14 +27,13 @@ FIT_LATEX = (r"T = \arg\min_{T}\;\lVert M\,T - (L - Y)\rVert_F^2 = (M^{\top}M + 
              r"\qquad W' = T^{\top} W,\quad b' = T^{\top} b")
 WHERE = ("M: the output of the feed-forward output projection of block l−1 (Llama's down_proj, GPT-2's c_proj …); "
          "Y = h(l−1) − M: the rest of that block's output; L = h(l+n−1): the output of the last removed block; "
-         "λ = ridge · tr(MᵀM)/d. Block l−1 then outputs Y + M·T, which is what the run produced, and the run is removed: "
+         "λ = relative ridge · tr(MᵀM)/d (the authors' alpha is this λ itself, absolute; 0 by default in both). "
+         "Block l−1 then outputs Y + M·T, which is what the run produced, and the run is removed: "
          "the checkpoint is the same architecture with n fewer blocks.")
-BY_LABELS = {"cosine": "cosine distance between h(l−1) and h(l+n−1), all tokens (ReplaceMe's rule)",
-             "angular": "angular distance d(l, n), last token (Gromov et al.)"}
 
 
 def _choices(ws) -> list[str]:
-    keys = ["cosine", "angular"]
+    keys = [replaceme_rows.AUTHORS, replaceme_rows.OURS]  # the authors' rule first: the default
     for m in registry.metrics():
         if m.cached(ws) and m.key not in keys:
             keys.append(m.key)
@@ -42,13 +41,13 @@ def _choices(ws) -> list[str]:
 
 
 def _label(key: str) -> str:
-    if key in BY_LABELS:
-        return BY_LABELS[key]
+    if key in replaceme_rows.RULES:
+        return replaceme_rows.RULES[key]
     try:
         m = registry.get(key)
     except KeyError:
         return key
-    return f"{m.label}, summed over the run ({m.direction_text})"
+    return f"{replaceme_rows.rule_label(key)} ({m.direction_text})"
 
 
 def page(ws) -> None:
@@ -69,7 +68,10 @@ def page(ws) -> None:
     c = st.columns([1, 3])
     n = int(c[0].number_input("Blocks in the run (n)", 1, L - 2, min(2, L - 2), key="rm-n"))
     by = c[1].selectbox("Choose the start by", _choices(ws), format_func=_label, key="rm-by",
-                        help="low = replace first; block metrics are listed once they are computed (prune page)")
+                        help="low = replace first. The ReplaceMe authors' rule (the default): "
+                             f"{replaceme_rows.RULE_DETAILS[replaceme_rows.AUTHORS]}. LayerScope's all-token cosine: "
+                             f"{replaceme_rows.RULE_DETAILS[replaceme_rows.OURS]}. Block metrics are listed once they "
+                             "are computed (prune page); their score is summed over the run (LayerScope's rule).")
     try:
         S = run_with_progress("Scoring every run", lambda p: replaceme_rows.run_scores(ws, by, progress=p))
         best, score = rm.best_start(S, n)
@@ -79,7 +81,8 @@ def page(ws) -> None:
     starts = list(range(1, L - n + 1))
     frame = pd.DataFrame({"start": starts, "end": [s + n for s in starts], "score": [S[s, n - 1] for s in starts]})
     cols = st.columns([3, 1])
-    cols[0].markdown(f"Best run of {n} by this rule: `[{best}, {best + n})` (score {score:.4f})")
+    cols[0].markdown(f"Best run of {n} by this rule: `[{best}, {best + n})` (score {score:.4f}; "
+                     f"{replaceme_rows.rule_label(by)})")
     if cols[1].button("Use this run", key="rm-use"):
         st.session_state["rm-start"] = best
     if "rm-start" not in st.session_state or not 1 <= st.session_state["rm-start"] <= L - n:
@@ -93,7 +96,9 @@ def page(ws) -> None:
 
     c = st.columns([2, 1, 1, 1])
     method = c[0].radio("Fit", list(rm.METHODS), format_func=lambda m: rm.LABELS[m], key="rm-method")
-    ridge = float(c[1].number_input("Ridge (relative)", 0.0, 10.0, 0.0, step=0.001, format="%.3f", key="rm-ridge"))
+    ridge = float(c[1].number_input("Relative ridge λ/(tr(MᵀM)/d)", 0.0, 10.0, 0.0, step=0.001, format="%.3f",
+                                    key="rm-ridge", help="relative to the mean diagonal of MᵀM; the authors' alpha "
+                                                         "is the absolute λ (the recipe records both)"))
     cosine = {}
     if method == "cosine":
         cosine["steps"] = int(c[2].number_input("Adam steps", 1, 5000, rm.COSINE_DEFAULTS["steps"], key="rm-steps"))
@@ -107,8 +112,11 @@ def page(ws) -> None:
     removed = also_remove(ws, "replaceme", exclude=run + [start - 1])
     compare = st.checkbox(f"Also evaluate plain removal of [{start}, {start + n})", True, key="rm-compare")
     settings = evaluation_form("replaceme")
-    value = {"start": start, "n": n, "method": method, **({"ridge": ridge} if ridge else {}),
-             **({"cosine": cosine} if cosine else {})}
+    value = {"start": start, "n": n, "method": method, **({"relative_ridge": ridge} if ridge else {}),
+             **({"cosine": cosine} if cosine else {}),
+             "chosen_by": (replaceme_rows.chosen_by(by, score) if start == best
+                           else {"rule": "given", "label": f"chosen by hand (the {_label(by)} picks [{best}, "
+                                                           f"{best + n}))"})}
     tag = f"[{start}, {start + n})"
     extra = f" minus {','.join(map(str, removed))}" if removed else ""
     if settings is not None:  # background jobs (queued one after the other): the page may be left or reloaded
@@ -129,7 +137,8 @@ def page(ws) -> None:
     variant_result(ws, variant)
     rec = record_of(variant.model).get("replaceme") or {}
     if rec:
-        st.caption(f"Map folded into `{rec['fold_into']}`; on the {rec['tokens']:,} calibration tokens the fit leaves "
+        st.caption(f"Run chosen by: {(rec.get('chosen_by') or {}).get('label', 'not recorded')}. "
+                   f"Map folded into `{rec['fold_into']}`; on the {rec['tokens']:,} calibration tokens the fit leaves "
                    f"{rec['fit_residual']:.3f} of ‖L − Y‖ unexplained, plain removal {rec['removal_residual']:.3f} "
                    f"(relative residuals). Plain removal's mean cosine distance to L: "
                    f"{rec['removal_cosine_distance']:.4f}"

@@ -12,8 +12,11 @@ Shopkhoev et al., "ReplaceMe: Network Simplification via Depth Pruning and Trans
 Row convention (tokens are rows, ``M, Y, L ∈ R^{N×d}``), no bias (the paper's map is linear):
 
 * ``lstsq``: ``T = argmin ‖M T − (L − Y)‖²_F = (MᵀM + λI)⁻¹ Mᵀ(L − Y)``, from the moments ``MᵀM`` and
-  ``Mᵀ(L − Y)`` streamed in float64 over the calibration windows; ``ridge`` is relative,
-  ``λ = ridge · tr(MᵀM)/d`` (0: plain least squares, minimum-norm when ``MᵀM`` is singular);
+  ``Mᵀ(L − Y)`` streamed in float64 over the calibration windows; ``relative_ridge`` is **relative**,
+  ``λ = relative_ridge · tr(MᵀM)/d`` (0, the default: plain least squares, minimum-norm when ``MᵀM`` is
+  singular). The authors' ``alpha`` (mts-ai/ReplaceMe ``lstsq.py``: ``inv(MᵀM + alpha·I) Mᵀ(L − Y)``, default 0)
+  is **absolute**; the λ actually added to the diagonal is recorded as ``ridge_absolute``, the number to compare
+  with their ``alpha``. (Recipes written before the rename call it ``ridge``; it is read as ``relative_ridge``.)
 * ``cosine``: minimise the mean cosine distance ``1 − cos(M T + Y, L)`` over the calibration tokens with Adam,
   starting from the least-squares ``T`` (defaults :data:`COSINE_DEFAULTS`: 100 steps, learning rate 1e-3,
   mini-batches of 512 tokens drawn with a fixed seed from at most the first 8192 calibration tokens; the authors'
@@ -35,9 +38,11 @@ Fit statistics (recorded in the recipe's ``compression.replaceme``): ``fit_resid
 and ``removal_residual`` the same with ``T = I`` (plain removal of the run: ``‖h_{l−1} − L‖ / ‖L − Y‖``), both on
 the calibration tokens; the mean cosine distances ``1 − cos(·, L)`` of plain removal (and of the cosine fit).
 
-Choosing the run (:func:`run_distance_matrix`, :func:`best_start`): the paper picks, for each ``n``, the start with
-the smallest mean cosine distance between ``h_{l−1}`` and ``h_{l+n−1}`` (the input of block ``l`` and the output of
-block ``l+n−1``) over the calibration tokens; any per-block score can be used instead (summed over the run).
+Choosing the run (:func:`best_start` on a run-score matrix; the rules are in :mod:`analysis.search.replaceme_rows`):
+the authors' code picks, for each ``n``, the start ``l ≥ 1`` with the smallest **last-token angular distance**
+between the input of block ``l`` and the output of block ``l+n−1``; :func:`run_distances` is LayerScope's own
+all-token cosine distance between the same states; any per-block score can be used instead (summed over the run).
+The action's optional ``chosen_by`` (``{"rule", "label", "score"}``) records which rule chose the run.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ KEY = "replaceme"
 METHODS: tuple[str, ...] = ("lstsq", "cosine")
 LABELS = {"lstsq": "least squares", "cosine": "cosine distance (Adam from the least-squares map)"}
 COSINE_DEFAULTS = {"steps": 100, "lr": 1e-3, "batch_tokens": 512, "max_tokens": 8192, "seed": 0}
-VALUE_KEYS = {"start", "n", "method", "ridge", "calibration", "cosine"}
+VALUE_KEYS = {"start", "n", "method", "relative_ridge", "ridge", "calibration", "cosine", "chosen_by"}
 FIT_KIND = "replaceme-fit"
 DISTANCE_KIND = "replaceme-distance"
 TOKENS_PER_BATCH = 2048
@@ -99,9 +104,10 @@ class ReplaceMeSpec:
     start: int
     n: int
     method: str = "lstsq"
-    ridge: float = 0.0
+    relative_ridge: float = 0.0
     calibration: dict | None = None
     cosine: dict = field(default_factory=lambda: dict(COSINE_DEFAULTS))
+    chosen_by: dict | None = None  # which rule chose the run (recorded, not used by the fit)
 
     @property
     def blocks(self) -> list[int]:
@@ -134,12 +140,18 @@ class ReplaceMeSpec:
         method = str(value.get("method", "lstsq")).strip().lower()
         if method not in METHODS:
             raise ReplaceMeError(f"unknown ReplaceMe method {method!r}; use one of {', '.join(METHODS)}")
+        if "ridge" in value and "relative_ridge" in value:
+            raise ReplaceMeError("give relative_ridge only ('ridge' is its older name)")
+        raw = value.get("relative_ridge", value.get("ridge", 0.0))
         try:
-            ridge = float(value.get("ridge", 0.0) or 0.0)
+            ridge = float(raw or 0.0)
         except (TypeError, ValueError):
-            raise ReplaceMeError(f"ridge must be a number, got {value.get('ridge')!r}") from None
+            raise ReplaceMeError(f"relative_ridge must be a number, got {raw!r}") from None
         if not ridge >= 0 or math.isinf(ridge):
-            raise ReplaceMeError(f"ridge must be a non-negative number, got {ridge}")
+            raise ReplaceMeError(f"relative_ridge must be a non-negative number, got {ridge}")
+        by = value.get("chosen_by")
+        if by is not None and not (isinstance(by, dict) and by.get("rule")):
+            raise ReplaceMeError("replaceme 'chosen_by' takes an object {'rule', 'label'[, 'score']}")
         cos = dict(COSINE_DEFAULTS)
         extra = value.get("cosine") or {}
         if not isinstance(extra, dict):
@@ -159,11 +171,12 @@ class ReplaceMeSpec:
         cal = value.get("calibration") or {}
         if not isinstance(cal, dict):
             raise ReplaceMeError("replaceme 'calibration' takes an object {'text', 'windows', 'window_len'}")
-        return cls(start=start, n=n, method=method, ridge=ridge, calibration=dict(cal), cosine=cos)
+        return cls(start=start, n=n, method=method, relative_ridge=ridge, calibration=dict(cal), cosine=cos,
+                   chosen_by=dict(by) if by else None)
 
     def fit_params(self) -> dict:
         """What the fitted map depends on besides the model and the tokens."""
-        return {"start": self.start, "n": self.n, "method": self.method, "ridge": self.ridge,
+        return {"start": self.start, "n": self.n, "method": self.method, "relative_ridge": self.relative_ridge,
                 "cosine": dict(self.cosine) if self.method == "cosine" else None}
 
 
@@ -221,8 +234,9 @@ def describe(value) -> str:
         spec = ReplaceMeSpec.from_value(value)
     except ReplaceMeError:
         return "ReplaceMe"
+    by = f"; run chosen by the {spec.chosen_by.get('label') or spec.chosen_by['rule']}" if spec.chosen_by else ""
     return (f"ReplaceMe ({spec.method}): blocks [{spec.start}, {spec.end}) replaced by a linear map folded into "
-            f"block {spec.start - 1}")
+            f"block {spec.start - 1}{by}")
 
 
 def removes(value) -> list[int]:
@@ -470,10 +484,18 @@ def collect_run_stats(model: nn.Module, runs: Sequence[tuple[int, int]], batches
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def fit_lstsq(stats: RunStats, ridge: float = 0.0) -> Tensor:
-    """``T = (MᵀM + λI)⁻¹ Mᵀ(L − Y)`` in float64, ``λ = ridge · tr(MᵀM)/d`` (minimum-norm solution at λ = 0)."""
+def absolute_ridge(stats: RunStats, relative_ridge: float) -> float:
+    """The λ added to ``MᵀM``'s diagonal for ``relative_ridge``: ``relative_ridge · tr(MᵀM)/d`` (the authors'
+    ``alpha`` is this absolute number)."""
+    G = stats.MtM
+    return float(relative_ridge) * float(torch.trace(G)) / G.shape[0] if relative_ridge > 0 else 0.0
+
+
+def fit_lstsq(stats: RunStats, relative_ridge: float = 0.0) -> Tensor:
+    """``T = (MᵀM + λI)⁻¹ Mᵀ(L − Y)`` in float64, ``λ = relative_ridge · tr(MᵀM)/d`` (minimum-norm solution at
+    λ = 0; :func:`analysis.methods.least_squares.solve_normal_equations`, whose ``ridge`` is this relative one)."""
     with decomposition_threads():
-        return solve_normal_equations(stats.MtM, stats.MtR, ridge)
+        return solve_normal_equations(stats.MtM, stats.MtR, relative_ridge)
 
 
 def fit_residual(stats: RunStats, T: Tensor) -> float:
@@ -591,8 +613,9 @@ def fit_runs(lm: LoadedModel, text: Text, n_windows: int, window_len: int, specs
             spec = specs[i]
             st = stats[(spec.start, spec.n)]
             t1 = time.perf_counter()
-            T = fit_lstsq(st, spec.ridge)
-            info = {"start": spec.start, "n": spec.n, "method": spec.method, "ridge": spec.ridge,
+            T = fit_lstsq(st, spec.relative_ridge)
+            info = {"start": spec.start, "n": spec.n, "method": spec.method, "relative_ridge": spec.relative_ridge,
+                    "ridge_absolute": absolute_ridge(st, spec.relative_ridge),
                     "tokens": st.tokens, "lstsq_fit_residual": fit_residual(st, T),
                     "removal_residual": removal_residual(st),
                     "removal_cosine_distance": st.removal_cos / max(1, st.tokens),
@@ -652,6 +675,7 @@ def apply_replaceme(model: nn.Module, value, ws=None, progress: Progress | None 
     fold_map(module, fit.T)
     writable_record(model)[KEY] = {
         **fit.info, "blocks": spec.blocks, "fold_into": name, "cached": fit.outcome == "hit",
+        "chosen_by": dict(spec.chosen_by) if spec.chosen_by else {"rule": "given", "label": "the run was given"},
         "calibration": {"text": text.name, "source": text.source, "sha256": text.sha256, "windows": n_windows,
                         "window_len": window_len, "tokens": fit.info.get("tokens")},
     }

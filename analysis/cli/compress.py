@@ -20,12 +20,18 @@ Examples:
   python -m analysis compress --method asvd --alpha 0.5 --ratio 0.3 --remove 12,13 --form dense --out DIR
   python -m analysis compress --replace 12,13 --out out/linear-12-13
   python -m analysis compress --replaceme 14:2 --out out/replaceme-14-2          # ReplaceMe, plain checkpoint
-  python -m analysis compress --replaceme auto:4 --replaceme-method cosine --out DIR  # start by cosine distance
+  python -m analysis compress --replaceme auto:4 --out DIR         # start by the ReplaceMe authors' rule
+  python -m analysis compress --replaceme auto:1 --replaceme-by cosine --out DIR  # LayerScope's all-token cosine
 
 ReplaceMe (--replaceme START:N, [START,END) or auto:N): blocks [START, START+N) are removed and one linear map,
 fitted on the calibration tokens, is folded into the feed-forward output projection of block START-1; the export is
-a plain checkpoint (AutoModelForCausalLM) with N fewer blocks. auto:N picks the start by --replaceme-by (default
-cosine: ReplaceMe's mean cosine distance between the input of block START and the output of block START+N-1).
+a plain checkpoint (AutoModelForCausalLM) with N fewer blocks. auto:N picks the start (>= 1) by --replaceme-by:
+angular (default), the ReplaceMe authors' rule: the angular distance between the LAST token's hidden states at the
+run's input (block START's input) and output (block START+N-1's output), averaged over the calibration windows
+(mts-ai/ReplaceMe; Gromov et al.'s d(l, n)); cosine, LayerScope's all-token cosine (the mean cosine distance over
+every calibration token; this project's earlier default); or a block metric's key (its score summed over the run).
+The recipe's action.replaceme.chosen_by names the rule that chose. --replaceme-relative-ridge is relative
+(lambda = value * tr(M^T M)/d); the authors' alpha is absolute: the recipe records the lambda used (ridge_absolute).
 With --remove, both are removed in one step and every index refers to the original model.
 """
 
@@ -70,10 +76,14 @@ def add_arguments(p):
     g.add_argument("--replaceme-method", choices=["lstsq", "cosine"], default="lstsq",
                    help="lstsq: least squares from streamed moments; cosine: Adam on the cosine distance from the "
                         "least-squares map")
-    g.add_argument("--replaceme-ridge", type=non_negative_float, default=0.0, help="relative ridge λ/(tr(MᵀM)/d) of the fit")
-    g.add_argument("--replaceme-by", default="cosine",
-                   help="for auto:N: cosine (ReplaceMe's distance), angular (Gromov et al.'s d(l, n)) or a block "
-                        "metric key (its score summed over the run)")
+    g.add_argument("--replaceme-relative-ridge", "--replaceme-ridge", dest="replaceme_relative_ridge",
+                   type=non_negative_float,
+                   default=0.0, help="relative ridge λ/(tr(MᵀM)/d) of the fit (the authors' alpha is the absolute "
+                                     "λ; the recipe records it as ridge_absolute); default 0")
+    g.add_argument("--replaceme-by", default="angular",
+                   help="for auto:N: angular (default; the ReplaceMe authors' rule: last-token angular distance), "
+                        "cosine (LayerScope's all-token cosine) or a block metric key (LayerScope: its score summed "
+                        "over the run)")
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
@@ -108,9 +118,14 @@ def build_action(args, n_blocks: int | None = None) -> dict:
         from analysis.changes.replaceme import ReplaceMeSpec, parse_run
 
         start, n = parse_run(args.replaceme)
-        value = {"start": start, "n": n, "method": args.replaceme_method, "ridge": args.replaceme_ridge,
+        value = {"start": start, "n": n, "method": args.replaceme_method,
+                 "relative_ridge": args.replaceme_relative_ridge,
                  "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
         ReplaceMeSpec.from_value({**value, "start": 1 if start == -1 else start})  # auto: the start comes later
+        if start == -1:
+            from analysis.search.replaceme_rows import check_rule
+
+            check_rule(args.replaceme_by)
         action["replaceme"] = value
     if args.remove:
         removed = parse_blocks(args.remove, what="--remove")
@@ -173,18 +188,18 @@ def run(args) -> int:
     if "low_rank" in action and ws.text.source != "bundled":
         action["low_rank"]["calibration"]["text"] = ws.text.name
     if "replaceme" in action:
-        from analysis.changes.replaceme import best_start
-        from analysis.search.replaceme_rows import run_scores
+        from analysis.search.replaceme_rows import choose_run, chosen_by
 
         if ws.text.source != "bundled":
             action["replaceme"]["calibration"]["text"] = ws.text.name
         if action["replaceme"]["start"] == -1:
             n = action["replaceme"]["n"]
             exclude = list(action.get("remove_blocks") or []) + list(action.get("replace_linear") or [])
-            start, score = best_start(run_scores(ws, args.replaceme_by, TqdmProgress("choose")), n, exclude=exclude)
+            start, score = choose_run(ws, n, args.replaceme_by, TqdmProgress("choose"), exclude=exclude)
             action["replaceme"]["start"] = start
-            print(f"[compress] ReplaceMe: run [{start}, {start + n}) chosen by {args.replaceme_by} (score "
-                  f"{score:.4f})", file=sys.stderr)
+            action["replaceme"]["chosen_by"] = chosen_by(args.replaceme_by, score)
+            print(f"[compress] ReplaceMe: run [{start}, {start + n}) chosen by the "
+                  f"{action['replaceme']['chosen_by']['label']} (score {score:.4f})", file=sys.stderr)
     form = args.form or ("factorised" if "low_rank" in action else "dense")
     print(f"[compress] {describe_action(action)}", file=sys.stderr)
     variant = make_variant(ws, action, settings, progress=TqdmProgress("compress"),
@@ -204,7 +219,8 @@ def run(args) -> int:
                 "damped": len(low.get("damped", [])),
                 "fit_residual": (record.get("replace_linear") or {}).get("fit_residual"),
                 "replaceme": {k: v for k, v in (record.get("replaceme") or {}).items()
-                              if k in ("start", "n", "method", "fit_residual", "removal_residual", "fold_into")}
+                              if k in ("start", "n", "method", "fit_residual", "removal_residual", "fold_into",
+                                       "chosen_by")}
                 or None,
                 "size_bytes": recipe["export"]["size_bytes"], "reload_check": check,
                 "plain_checkpoint": not needs_project_loader(out)})

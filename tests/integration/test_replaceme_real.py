@@ -1,5 +1,6 @@
-"""ReplaceMe on the bundled SmolLM2-135M (calibration: alice, 32 windows of 128 tokens): the run chosen by cosine
-distance, ReplaceMe against plain removal of the same run on held-out text, and the plain export."""
+"""ReplaceMe on the bundled SmolLM2-135M (calibration: alice, 32 windows of 128 tokens): the run chosen by the
+authors' rule and by LayerScope's all-token cosine, ReplaceMe against plain removal of the same run on held-out
+text, and the plain export."""
 
 from __future__ import annotations
 
@@ -16,6 +17,24 @@ from analysis.evaluation.perplexity import EvalSettings, evaluate
 from analysis.workflow.recipe import variant_recipe
 
 pytestmark = pytest.mark.slow
+
+
+def test_the_authors_rule_picks_3_4_at_n_1_and_ours_14_15(ws):
+    """mts-ai/ReplaceMe's rule (last-token angular distance, l ≥ 1) against LayerScope's all-token cosine."""
+    from analysis.search import replaceme_rows
+
+    start, score = replaceme_rows.choose_run(ws, 1)  # the default: the authors' rule
+    assert (start, round(score, 4)) == (3, 0.0711)  # measured d(3, 1) = 0.0711
+    assert replaceme_rows.choose_run(ws, 1, by="cosine")[0] == 14  # measured 0.0250
+    # the authors' start is argmin over l ≥ 1 of Gromov et al.'s d(l, n) (here l = 0 would not win anyway)
+    from analysis.metrics.families.baselines import baseline_results
+
+    D = baseline_results(ws)["angular"]
+    assert min(range(1, 30), key=lambda l: D[l, 0]) == 3
+    rule = replaceme_rows.replaceme_rule(ws, 1)["replaceme"]
+    assert rule["start"] == 3 and rule["chosen_by"]["label"] == "ReplaceMe authors' rule: last-token angular distance"
+    # at n = 2 both rules pick [14, 16)
+    assert replaceme_rows.choose_run(ws, 2)[0] == replaceme_rows.choose_run(ws, 2, by="cosine")[0] == 14
 
 
 def test_replaceme_beats_removal_of_the_same_run_and_exports_plain(lm, ws, asyoulik, tmp_path):

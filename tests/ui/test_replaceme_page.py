@@ -39,7 +39,9 @@ def test_replaceme_method_choose_evaluate_beside_removal_export(app, tmp_path):
         assert not emphasis_in(caption.value), caption.value
     at.number_input(key="rm-n").set_value(2)
     at.run()
+    assert at.selectbox(key="rm-by").value == "angular"  # the ReplaceMe authors' rule is the default
     best = texts(at).split("Best run of 2 by this rule: `[")[1].split(",")[0]
+    assert "ReplaceMe authors' rule: last-token angular distance" in texts(at)
     _by_label(at.button, "Use this run").click()
     at.run()
     start = at.number_input(key="rm-start").value
@@ -60,6 +62,7 @@ def test_replaceme_method_choose_evaluate_beside_removal_export(app, tmp_path):
     assert config["num_hidden_layers"] == 28 and not any(k.startswith("layerscope") for k in config)
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["action"]["replaceme"]["start"] == start
+    assert recipe["action"]["replaceme"]["chosen_by"]["label"] == "ReplaceMe authors' rule: last-token angular distance"
     assert recipe["compression"]["replaceme"]["fold_into"] == f"model.layers.{start - 1}.mlp.down_proj"
     # leave for the prune page and come back: the method, the run and the result are still there
     open_page(at, "pages/prune.py")

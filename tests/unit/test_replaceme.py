@@ -62,9 +62,18 @@ def test_least_squares_recovers_a_known_map_from_streamed_moments():
     T2 = rm.fit_lstsq(st2)
     direct = float(torch.linalg.matrix_norm(M @ T2 - R) / torch.linalg.matrix_norm(R))
     assert rm.fit_residual(st2, T2) == pytest.approx(direct, rel=1e-6)
-    T3 = rm.fit_lstsq(st2, ridge=1.0)
+    T3 = rm.fit_lstsq(st2, relative_ridge=1.0)
     assert torch.linalg.matrix_norm(T3) < torch.linalg.matrix_norm(T2)
     assert rm.fit_residual(st2, T3) > rm.fit_residual(st2, T2)
+    # the ridge is relative: λ = relative_ridge · tr(MᵀM)/d; the authors' alpha is that absolute λ
+    lam = rm.absolute_ridge(st2, 1.0)
+    assert lam == pytest.approx(float(torch.trace(M.T @ M)) / 12)
+    authors = torch.linalg.inv(M.T @ M + lam * torch.eye(12, dtype=torch.float64)) @ (M.T @ R)
+    assert torch.allclose(T3, authors, atol=1e-9)
+    # older recipes call it "ridge": read as relative_ridge; both at once is refused
+    assert rm.ReplaceMeSpec.from_value({"start": 2, "n": 1, "ridge": 0.5}).relative_ridge == 0.5
+    with pytest.raises(CompressionError, match="relative_ridge only"):
+        rm.ReplaceMeSpec.from_value({"start": 2, "n": 1, "ridge": 0.5, "relative_ridge": 0.5})
 
 
 def test_fold_math_linear_and_conv1d():
@@ -227,13 +236,24 @@ def test_run_distances_and_choice_of_the_run():
     D = rm.run_distances(ws)
     assert D.shape == (6, 6) and np.isnan(D[5, 1]) and D[3, 1] == pytest.approx(0.0, abs=1e-6)
     assert rm.best_start(D, 2) == (3, pytest.approx(0.0, abs=1e-6))
-    rule = replaceme_rows.replaceme_rule(ws, 2)
-    assert {k: v for k, v in rule["replaceme"].items() if k != "calibration"} == {"start": 3, "n": 2, "method": "lstsq"}
+    rule = replaceme_rows.replaceme_rule(ws, 2)  # the authors' rule: last-token angular distance
+    assert {k: v for k, v in rule["replaceme"].items() if k not in ("calibration", "chosen_by")} == \
+        {"start": 3, "n": 2, "method": "lstsq"}
+    by = rule["replaceme"]["chosen_by"]
+    assert by["rule"] == "angular" and by["label"] == "ReplaceMe authors' rule: last-token angular distance"
+    assert by["score"] == pytest.approx(0.0, abs=1e-3)
+    ours = replaceme_rows.replaceme_rule(ws, 2, by="cosine")["replaceme"]
+    assert ours["start"] == 3 and ours["chosen_by"]["label"] == "LayerScope's all-token cosine"
+    assert "run chosen by the ReplaceMe authors' rule" in describe_action(rule)
     assert rule["replaceme"]["calibration"]["sha256"] == ws.text.sha256
     assert len(apply_actions(model, rule, ws).model.layers) == 4  # the calibration entry resolves to ws.text
     # the distance of a run is the plain removal's cosine distance the fit records
     variant = apply_actions(model, {"replaceme": {"start": 2, "n": 2}}, ws)
     assert record_of(variant)["replaceme"]["removal_cosine_distance"] == pytest.approx(D[2, 1], rel=1e-4)
+    assert record_of(variant)["replaceme"]["chosen_by"]["rule"] == "given"
+    assert record_of(apply_actions(model, rule, ws))["replaceme"]["chosen_by"] == by  # the record says who chose
+    with pytest.raises(CompressionError, match="unknown rule for choosing the run"):
+        replaceme_rows.choose_run(ws, 2, by="nonsense")
     # block 0 never starts a run; excluded blocks are skipped; per-block scores are summed over the run
     S = rm.run_scores_from_blocks([0.0, 5.0, 1.0, 1.0, 3.0, 0.5])
     assert S[2, 1] == 2.0 and rm.best_start(S, 1) == (5, 0.5) and rm.best_start(S, 2) == (2, 2.0)
