@@ -40,7 +40,7 @@ with st.form("leaderboard-settings"):
     eval_tokens = c[1].number_input("Tokens", 64, 65536, 4096, step=256)
     context = c[2].number_input("Context", 16, 8192, 512, step=64)
     stride = c[3].number_input("Stride", 1, 8192, 256, step=64)
-    c = st.columns([3, 1, 1])
+    c = st.columns([3, 1, 1, 1])
     ready = [m for m in registry.metrics() if m.key == lb.DAMAGE_KEY or m.cached(ws)]
     metrics = c[0].multiselect("Metrics", registry.metrics(), default=ready, format_func=lambda m: m.label,
                                help="measured damage and the metrics already computed for this text by default; "
@@ -48,6 +48,9 @@ with st.form("leaderboard-settings"):
     n_random = c[1].number_input("Random samples", 0, 50, 5)
     half = c[2].checkbox("Half-block search", False, help="also BlockPruner's greedy over attention / MLP halves "
                                                           "(twice the scans)")
+    every_block = c[3].checkbox("Greedy: every block", False,
+                                help="SLEB never removes the first or the last block, and greedy search follows it by "
+                                     "default; tick to search every block")
     submitted = st.form_submit_button("Estimate")
 
 try:
@@ -56,7 +59,8 @@ try:
                                                 context=int(search_context)),
         evaluation=lb.default_eval_settings(text=eval_text, n_tokens=int(eval_tokens), context=int(context),
                                             stride=int(stride)),
-        metrics=tuple(m.key for m in metrics), half_blocks=bool(half), random_samples=int(n_random))
+        metrics=tuple(m.key for m in metrics), half_blocks=bool(half), random_samples=int(n_random),
+        greedy_candidates="all" if every_block else "sleb")
     lb.validate(settings, L, ws.text, ws.lm.tokenizer)
 except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ValueError) as exc:
     st.error(str(exc))
@@ -129,6 +133,7 @@ st.header("Perplexity against k")
 figure_with_csv(lb.figure(result), lb.leaderboard_csv(result), "leaderboard.csv", key="lb-chart")
 st.header("Winner at each k")
 st.dataframe(result.winners(), hide_index=True)
+st.caption(f"Greedy search (SLEB) searched {lb.greedy_candidates(result)}.")
 st.header("Table")
 st.dataframe(lb.table(result), width="stretch")
 
@@ -178,5 +183,6 @@ if len(g):
     fig = figures.curves(list(g["step"]), {"greedy (SLEB)": g["perplexity"].tolist()},
                          "Greedy search on the search text: perplexity after each step", "step", "perplexity")
     figure_with_csv(fig, lb.greedy_csv(result), "greedy.csv", key="lb-greedy")
-    st.caption("Removed in order: " + ", ".join(f"{b}" for b in g["block"]))
+    st.caption("Removed in order: " + ", ".join(f"{b}" for b in g["block"])
+               + f". Greedy search (SLEB) searched {lb.greedy_candidates(result)}.")
 csv_download(lb.correlation_csv(result), "correlation.csv", key="lb-corr")

@@ -1,11 +1,12 @@
 """Which blocks to cut, measured: the damage scan, greedy search and a leaderboard of selection rules.
 
-Scans the damage of removing each block (and each half-block) on the search text, runs greedy search (SLEB; with
+Scans the damage of removing each block (and each half-block) on the search text, runs greedy search (SLEB, over
+SLEB's candidates by default: never the first or the last block; --greedy-candidates all searches every block; with
 --half-blocks also BlockPruner's half-block search), and evaluates on the held-out evaluation text, for k in the
 range, every metric's suggestion, the consensus of the proxies, greedy search, reverse order [L-1-k, L-1) and
 seeded random selections. Writes DIR/damage.csv (block, site, delta_nll, perplexity, kl, top1; site in
-block|attention|mlp), DIR/greedy.csv (step, block, site, perplexity), DIR/leaderboard.csv (rule, k, blocks,
-perplexity, kl, top1, ...), DIR/correlation.csv (metric, spearman) and DIR/leaderboard.json. Every scan and every
+block|attention|mlp), DIR/greedy.csv (step, block, site, perplexity, search, candidates), DIR/leaderboard.csv
+(rule, k, blocks, perplexity, kl, top1, ..., candidates: the set greedy search searched, on its rows), DIR/correlation.csv (metric, spearman) and DIR/leaderboard.json. Every scan and every
 evaluation is cached: a rerun (or the dashboard) reuses them and a stopped run resumes.
 
 Metrics: every metric already cached for the calibration text plus the cheap ones (measured damage, linearity,
@@ -74,6 +75,9 @@ def add_arguments(p):
     g.add_argument("--search-tokens", type=window_length, default=1024, help="tokens of the search text")
     g.add_argument("--search-context", type=window_length, default=512, help="window of the search text")
     g.add_argument("--half-blocks", action="store_true", help="also half-block greedy search (BlockPruner)")
+    g.add_argument("--greedy-candidates", choices=["sleb", "all"], default="sleb",
+                   help="blocks greedy search may remove: sleb (default, as SLEB: never the first or the last "
+                        "block) or all")
     g.add_argument("--random", type=non_negative_int, default=5, help="random selections per k (seeded)")
     g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
@@ -109,6 +113,7 @@ def run(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
     settings = lb.LeaderboardSettings(k_min=k_min, k_max=k_max, search=search, evaluation=ev, metrics=metrics,
                                       half_blocks=args.half_blocks, random_samples=args.random, seed=args.seed,
+                                      greedy_candidates=args.greedy_candidates,
                                       also=also, k_list=k_list)
     # what can be refused without the model is refused before loading it
     dest = out_destination(args) if not args.estimate else None
@@ -158,6 +163,8 @@ def run(args) -> int:
           f"{c['scans_computed']} damage scans, {c['evaluation_evaluations']:.2f} evaluating "
           f"{c['selections_computed']} of {c['selections']} distinct selections for {c['rows']} rows; cached work "
           "costs nothing)", file=sys.stderr)
+    print(f"[leaderboard] greedy search (SLEB) searched {lb.greedy_candidates(result)}; removed in order: "
+          f"{', '.join(str(s['block']) for s in result.greedy)}", file=sys.stderr)
     print(result.winners().to_string(index=False))
     print(dest.path / "leaderboard.csv")
     return 0

@@ -19,7 +19,9 @@ result equals a full forward of the changed model (tested to 1e-5); ``method="na
 forward per candidate (for the benchmark and the tests).
 
 **Searches.** Greedy (SLEB): scan, remove the least damaging block (lowest perplexity), repeat on the pruned model,
-up to K blocks; ``half=True`` does the same over halves (BlockPruner). Reverse order: ``[L−1−k, L−1)``. Random:
+up to K blocks; ``half=True`` does the same over halves (BlockPruner). The candidates of the block search are, by
+default, SLEB's (:data:`CANDIDATE_SETS`): never the first nor the last block (``sleb.py``'s ``early_barrier = 1``
+and ``latter_barrier = 1``, jiwonsong-dev/SLEB); ``candidates="all"`` searches every block. Reverse order: ``[L−1−k, L−1)``. Random:
 seeded random sets of ``k`` blocks. Every scan is cached under ``cache/damage-scan/`` (model fingerprint, search
 text hash and settings, what is already removed, site), so a stopped search resumes at its last finished step.
 """
@@ -54,6 +56,10 @@ from analysis.texts import Text, TextError, resolve_text, token_ids
 Progress = Callable[[int, int, str], None]
 SITES = ("block", "attention", "mlp")
 DEFAULT_SEARCH_TEXT = "lcet10"
+#: the candidate sets of the greedy block search: SLEB's (the default) and every block
+CANDIDATE_SETS = {"sleb": "SLEB's candidates: every block but the first and the last",
+                  "all": "every block (LayerScope's option; SLEB never removes the first or the last)"}
+DEFAULT_CANDIDATES = "sleb"
 
 
 class DamageError(InputError):
@@ -388,19 +394,33 @@ def _sub_progress(progress, i, n, label):
 
 # ---- searches ---------------------------------------------------------------------------------------------------
 
+def candidate_blocks(n_blocks: int, candidates: str = DEFAULT_CANDIDATES) -> list[int]:
+    """The blocks a greedy block search may remove: SLEB's (``sleb``: ``1 … L−2``) or ``all``."""
+    if candidates not in CANDIDATE_SETS:
+        raise DamageError(f"unknown candidate set {candidates!r}; use one of {', '.join(CANDIDATE_SETS)}")
+    return list(range(1, n_blocks - 1)) if candidates == "sleb" else list(range(n_blocks))
+
+
 def greedy(lm, settings: SearchSettings = SearchSettings(), steps: int | None = None, half: bool = False,
-           progress: Progress | None = None, text: Text | None = None) -> list[dict]:
+           progress: Progress | None = None, text: Text | None = None,
+           candidates: str = DEFAULT_CANDIDATES) -> list[dict]:
     """Greedy removal (SLEB; BlockPruner with ``half``): one row per step, the damage after it.
 
-    Row: ``step`` (1-based), ``block`` (original index), ``site``, ``perplexity``, ``delta_nll``, ``kl``, ``top1``
-    and ``state`` (everything removed after the step). Each step's scan is cached, so a rerun resumes.
+    Row: ``step`` (1-based), ``block`` (original index), ``site``, ``perplexity``, ``delta_nll``, ``kl``, ``top1``,
+    ``state`` (everything removed after the step) and ``candidates`` (the set searched). Each step's scan is cached
+    (over every block; the candidate set only filters it), so a rerun resumes. ``candidates`` applies to the block
+    search (SLEB's by default: never the first or the last block); the half-block search (BlockPruner) searches
+    every half.
     """
     n = lm.n_blocks
+    allowed = set(candidate_blocks(n, candidates)) if not half else set(range(n))
     steps = max(1, n // 4) if steps is None else int(steps)
-    max_steps = (n - 1) if not half else 2 * n - 2
+    max_steps = min(n - 1, len(allowed)) if not half else 2 * n - 2
     if steps < 1 or steps > max_steps:
         raise DamageError(f"greedy steps must lie in 1..{max_steps} for a model of {n} blocks (got {steps}); "
-                          "at least one block must remain")
+                          "at least one block must remain" + ("" if half or candidates == "all" else
+                                                              "; SLEB's search never removes the first or last "
+                                                              "block"))
     sites = HALVES if half else ("block",)
     state = normalise_state(None)
     out = []
@@ -412,13 +432,14 @@ def greedy(lm, settings: SearchSettings = SearchSettings(), steps: int | None = 
                     progress((step - 1) * len(sites) * total + si * total + done, steps * len(sites) * total,
                              f"greedy step {step}/{steps}: {msg}")
             rows += cached_scan(lm, settings, state, site, progress=sub, text=text)["rows"]
-        rows = [r for r in rows if _still_leaves_a_block(n, state, r)]
+        rows = [r for r in rows if r["block"] in allowed and _still_leaves_a_block(n, state, r)]
         if not rows:
             break
         best = min(rows, key=lambda r: (r["perplexity"], r["block"], r["site"]))
         state = state_with(state, best["block"], best["site"])
         out.append({"step": step, "block": best["block"], "site": best["site"], "perplexity": best["perplexity"],
-                    "delta_nll": best["delta_nll"], "kl": best["kl"], "top1": best["top1"], "state": state})
+                    "delta_nll": best["delta_nll"], "kl": best["kl"], "top1": best["top1"], "state": state,
+                    "candidates": "all" if half else candidates})
     return out
 
 

@@ -39,6 +39,8 @@ from analysis.errors import InputError
 from analysis.evaluation.perplexity import EvalSettings
 from analysis.metrics import registry
 from analysis.metrics.damage import (
+    CANDIDATE_SETS,
+    DEFAULT_CANDIDATES,
     SearchSettings,
     damage_table,
     greedy,
@@ -78,6 +80,7 @@ class LeaderboardSettings:
     evaluation: EvalSettings = field(default_factory=default_eval_settings)
     metrics: tuple[str, ...] | None = None  # None: every cached metric and the cheap ones
     half_blocks: bool = False
+    greedy_candidates: str = DEFAULT_CANDIDATES  # SLEB's (never the first or last block) or "all"
     random_samples: int = 5
     seed: int = 0
     also: tuple[tuple[int, ...], ...] = ()  # extra fixed selections ("chosen" rows)
@@ -150,6 +153,9 @@ def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | N
                                "blocks leaves none (at least one must remain)")
     if settings.random_samples < 0:
         raise LeaderboardError("random samples must be ≥ 0")
+    if settings.greedy_candidates not in CANDIDATE_SETS:
+        raise LeaderboardError(f"unknown greedy candidate set {settings.greedy_candidates!r}; use one of "
+                               f"{', '.join(CANDIDATE_SETS)}")
     settings.search.validate()
     settings.evaluation.validate()
     search, evaluation = settings.search.resolve(), resolve_text(settings.evaluation.text)
@@ -291,7 +297,8 @@ class Board:
     def greedy(self, half: bool = False) -> list[dict]:
         if half not in self._greedy:
             steps = self.k_max * (2 if half else 1)
-            self._greedy[half] = greedy(self.lm, self.settings.search, steps, half=half, progress=self.progress)
+            self._greedy[half] = greedy(self.lm, self.settings.search, steps, half=half, progress=self.progress,
+                                        candidates=self.settings.greedy_candidates)
         return self._greedy[half]
 
     def damage(self) -> np.ndarray:
@@ -337,7 +344,9 @@ def _chosen(board: Board, k: int) -> list[dict]:
 register_rule(Rule("consensus", "Consensus of the proxies", _consensus, kind="consensus", order=20,
                    description="the k blocks most proxy metrics suggest (measured damage not included)"))
 register_rule(Rule("greedy", "Greedy search (SLEB)", _greedy_rule, kind="search", order=30,
-                   description="remove the least damaging block on the search text, k times"))
+                   description="remove the least damaging block on the search text, k times (SLEB's candidates by "
+                               "default: never the first or the last block; greedy_candidates='all' searches every "
+                               "block)"))
 register_rule(Rule("greedy_half", "Half-block greedy (BlockPruner)", _greedy_half_rule, kind="search", order=31,
                    enabled=lambda b: b.settings.half_blocks,
                    description="remove the least damaging attention or feed-forward half, 2k times"))
@@ -562,7 +571,8 @@ def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Pro
         rows.append({"rule": rule.key, "label": rule.label, "kind": rule.kind, "k": k, "sample": sample,
                      "blocks": describe_blocks(action), "perplexity": r["perplexity"], "kl": r["kl"],
                      "top1": r["top1"], "nll": r["nll"], "parameters": r["parameters"],
-                     "action": cache.dumps(action).replace("\n", "").replace("  ", "")})
+                     "action": cache.dumps(action).replace("\n", "").replace("  ", ""),
+                     "candidates": settings.greedy_candidates if rule.key == "greedy" else ""})
     say(len(work), len(work), "done")
     # the cost of what ran: scans written by this run, and the evaluations
     wm = work_model(ws.lm.model)
@@ -736,16 +746,26 @@ def damage_csv(result: Result) -> pd.DataFrame:
     return result.damage[["block", "site", "delta_nll", "perplexity", "kl", "top1"]]
 
 
+def greedy_candidates(result: Result) -> str:
+    """Which candidate set the greedy block search searched, in words (older boards: every block)."""
+    key = result.settings.get("greedy_candidates", "all")
+    return CANDIDATE_SETS.get(key, key)
+
+
 def greedy_csv(result: Result) -> pd.DataFrame:
+    key = result.settings.get("greedy_candidates", "all")
     rows = [{"step": s["step"], "block": s["block"], "site": s["site"], "perplexity": s["perplexity"],
-             "search": "block"} for s in result.greedy]
+             "search": "block", "candidates": s.get("candidates", key)} for s in result.greedy]
     rows += [{"step": s["step"], "block": s["block"], "site": s["site"], "perplexity": s["perplexity"],
-              "search": "half"} for s in result.greedy_half]
-    return pd.DataFrame(rows, columns=["step", "block", "site", "perplexity", "search"])
+              "search": "half", "candidates": "all"} for s in result.greedy_half]
+    return pd.DataFrame(rows, columns=["step", "block", "site", "perplexity", "search", "candidates"])
 
 
 def leaderboard_csv(result: Result) -> pd.DataFrame:
-    return result.rows[["rule", "k", "blocks", "perplexity", "kl", "top1", "sample", "label", "parameters"]]
+    rows = result.rows
+    if "candidates" not in rows.columns:  # a board kept before the candidate set was recorded
+        rows = rows.assign(candidates="")
+    return rows[["rule", "k", "blocks", "perplexity", "kl", "top1", "sample", "label", "parameters", "candidates"]]
 
 
 def correlation_csv(result: Result) -> pd.DataFrame:
@@ -813,7 +833,8 @@ def report_items(ws) -> list:
         ("figure", figure(result), "Each rule's k blocks removed, evaluated against the original (one line per rule; "
                                    "random selections as a band)."),
         ("table", t, f"Perplexity on {s['evaluation']['text']} by rule and k (lower is better)."),
-        ("table", w, "Winner at each k (random and chosen selections not competing)."),
+        ("table", w, "Winner at each k (random and chosen selections not competing). Greedy search (SLEB) searched "
+                     f"{greedy_candidates(result)}."),
         ("table", corr, f"Spearman ρ of each metric (oriented: low = redundant) with the measured single-block damage "
                         f"on {s['search']['text']} ({s['search']['n_tokens']} tokens); +1 = same order."),
     ]

@@ -99,6 +99,24 @@ def test_greedy_finds_the_identity_block_first_and_records_a_curve():
     assert half[1]["state"] == damage.state_with(half[0]["state"], half[1]["block"], half[1]["site"])
 
 
+def test_greedy_keeps_slebs_barriers_unless_told_to_search_every_block(edge=0):
+    """SLEB never removes the first or the last block (sleb.py: early_barrier = latter_barrier = 1): with an identity
+    block there (free to remove), only the search over every block takes an edge block first."""
+    lm = tiny(identity_block=edge, name=f"edge{edge}")
+    text = own_text(lm)
+    sleb = damage.greedy(lm, SEARCH, steps=2, text=text)
+    assert all(1 <= s["block"] <= 4 for s in sleb) and sleb[0]["candidates"] == "sleb"
+    every = damage.greedy(lm, SEARCH, steps=1, text=text, candidates="all")
+    assert every[0]["block"] in (0, 5) and every[0]["candidates"] == "all"
+    # both read the same cached scan: the candidate set only filters it
+    scan = damage.cached_scan(lm, SEARCH, None, "block", text=text)["rows"]
+    assert abs(next(r for r in scan if r["block"] == edge)["delta_nll"]) < 1e-6  # the identity block costs nothing
+    key = lambda r: (r["perplexity"], r["block"])  # noqa: E731
+    assert sleb[0]["block"] == min((r for r in scan if 1 <= r["block"] <= 4), key=key)["block"]
+    assert every[0]["block"] == min(scan, key=key)["block"]
+    assert damage.candidate_blocks(6) == [1, 2, 3, 4] and damage.candidate_blocks(6, "all") == list(range(6))
+
+
 @pytest.mark.parametrize("state", [None, {"blocks": [1]}, {"attention": [3], "mlp": [0]}])
 def test_scan_from_recorded_states_equals_a_full_forward(state):
     lm = tiny(name="exact")
@@ -158,8 +176,12 @@ def test_bad_search_input():
         damage.reference(lm, damage.SearchSettings(n_tokens=100000, context=24), TEXT)
     with pytest.raises(damage.DamageError, match="fewer than the window"):
         damage.SearchSettings(n_tokens=10, context=24).validate()
+    with pytest.raises(damage.DamageError, match="1..4 .*never removes the first or last"):
+        damage.greedy(lm, SEARCH, steps=5, text=TEXT)  # SLEB's candidates: 4 of the 6 blocks
     with pytest.raises(damage.DamageError, match="1..5"):
-        damage.greedy(lm, SEARCH, steps=6, text=TEXT)
+        damage.greedy(lm, SEARCH, steps=6, text=TEXT, candidates="all")
+    with pytest.raises(damage.DamageError, match="unknown candidate set"):
+        damage.greedy(lm, SEARCH, steps=1, text=TEXT, candidates="most")
 
 
 def test_leaderboard_refuses_bad_settings():
