@@ -33,6 +33,13 @@ Settings (action ``heal``, applied after every other action): ``{"method": "lora
 "text": {"name", "source", "sha256"[, "path"]}, "held_out": {"name", "sha256"}}``. The healing text is cut into
 the first non-overlapping windows of ``window_len`` tokens, like calibration windows, and batches are drawn from
 them in a seeded random order. It must differ from the held-out (evaluation) text.
+
+Schedule: transformers' own schedulers (:func:`transformers.get_scheduler`: ``cosine`` →
+``get_cosine_schedule_with_warmup``, ``constant`` → ``get_constant_schedule_with_warmup``), stepped after every
+optimiser step as transformers' ``Trainer`` does, with ``ceil(warmup · steps)`` warm-up steps (as
+``TrainingArguments.get_warmup_steps`` counts a ratio). The warm-up therefore starts from a learning rate of zero:
+with a warm-up, the first step changes nothing (its learning rate is 0) and step ``i < w`` uses ``lr · i / w``.
+The record (``healing.schedule``) names the scheduler and the warm-up steps.
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ Progress = Callable[[int, int, str], None]
 METHODS = ("lora", "partial")
 LOSSES = ("ce", "kd", "mix")
 SCHEDULES = ("constant", "cosine")
+#: the name transformers.get_scheduler knows each schedule by (both with a linear warm-up from zero)
+SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine"}
 HEADS = ("tied", "untie", "freeze")
 TARGETS = ("all", "attn", "mlp")
 LABELS = {"lora": "LoRA", "partial": "partial fine-tuning", "ce": "cross-entropy", "kd": "distillation (KL)",
@@ -450,17 +459,35 @@ class _Trainee:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def warmup_steps(spec: HealSpec) -> int:
+    """Warm-up steps for ``spec.warmup`` (a share of the steps), rounded up as ``TrainingArguments`` does."""
+    return int(math.ceil(float(spec.warmup) * int(spec.steps)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: HealSpec):
+    """transformers' scheduler for ``spec`` (:data:`SCHEDULERS`) on ``optimizer``: a linear warm-up from zero over
+    :func:`warmup_steps` steps, then constant or cosine decay to 0 at ``spec.steps``."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULERS[spec.schedule], optimizer, num_warmup_steps=warmup_steps(spec),
+                         num_training_steps=int(spec.steps))
+
+
+def schedule_record(spec: HealSpec) -> dict:
+    """What the recipe records about the schedule."""
+    return {"scheduler": SCHEDULERS[spec.schedule], "source": "transformers.get_scheduler",
+            "warmup_steps": warmup_steps(spec), "training_steps": int(spec.steps)}
+
+
 def learning_rate_at(step: int, spec: HealSpec) -> float:
-    """The learning rate of (0-based) ``step``: linear warm-up over ``warmup·steps`` steps, then constant or cosine
-    decay to 0 at the end."""
-    lr = spec.learning_rate
-    warm = int(round(spec.warmup * spec.steps))
-    if step < warm:
-        return lr * (step + 1) / warm
-    if spec.schedule == "constant":
-        return lr
-    t = (step - warm) / max(1, spec.steps - warm)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    """The learning rate of (0-based) ``step`` under :func:`make_scheduler` (read from transformers' scheduler on a
+    throw-away optimiser, not recomputed by hand)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=spec.learning_rate)
+    sched = make_scheduler(opt, spec)
+    for _ in range(int(step)):
+        opt.step()
+        sched.step()
+    return float(sched.get_last_lr()[0])
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -515,6 +542,7 @@ def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, st
         raise HealingError("nothing to train: the chosen parts have no parameters")
     torch.manual_seed(spec.seed)
     opt = adamw(trainee.params, spec.learning_rate)
+    scheduler = make_scheduler(opt, spec)
     batches = _Batches(windows, spec.batch_size, spec.seed, device)
     need_teacher = spec.loss != "ce"
     if need_teacher and teacher is None:
@@ -523,9 +551,7 @@ def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, st
     trainee.model.eval()  # no dropout: the same function as evaluated
     for step in range(steps):
         x = batches.next()
-        lr = learning_rate_at(step, spec)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = float(scheduler.get_last_lr()[0])  # the learning rate this step uses (0 on the first of a warm-up)
         t_logits = None
         if need_teacher:
             with torch.no_grad():
@@ -540,6 +566,7 @@ def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, st
         if spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainee.params, float(spec.max_grad_norm))
         opt.step()
+        scheduler.step()
         point = {"step": step + 1, "loss": value, "lr": lr, **parts}
         curve.append(point)
         if on_step is not None:
@@ -565,7 +592,8 @@ def heal_model(model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: n
     if text is not None:
         value["text"] = {**text_ref(text), **({"path": spec.text["path"]} if spec.text.get("path") else {})}
     healed.__dict__[RECORD] = {
-        "settings": value, "method": spec.method, "loss": spec.loss, **trainee.info,
+        "settings": value, "method": spec.method, "loss": spec.loss, "schedule": schedule_record(spec),
+        **trainee.info,
         "text": {**value["text"], "windows": int(len(windows)), "window_len": int(windows.shape[1]),
                  "tokens_seen": int(spec.steps * spec.batch_size * windows.shape[1])},
         "curve": curve, "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],

@@ -102,6 +102,15 @@ def test_lora_training_lowers_the_loss():
     assert curve[-1] < curve[0]
 
 
+def test_training_follows_transformers_scheduler_and_records_it():
+    s = spec(rank=4, steps=6, lr=1e-2, schedule="cosine", warmup=0.34)
+    rec = hl.record_of(hl.heal_model(tiny_llama(), s, windows()))
+    assert rec["schedule"] == {"scheduler": "cosine", "source": "transformers.get_scheduler", "warmup_steps": 3,
+                               "training_steps": 6}
+    lrs = [p["lr"] for p in rec["curve"]]
+    assert lrs[0] == 0.0 and lrs == pytest.approx([hl.learning_rate_at(i, s) for i in range(6)])
+
+
 def test_partial_changes_only_the_chosen_parameters():
     original = tiny_llama(tied=True)
     cut = remove_blocks(original, [0])
@@ -229,9 +238,19 @@ def test_nan_loss_stops_and_keeps_nothing():
 
 
 def test_schedule_and_gap():
+    # transformers' schedulers: the warm-up starts from zero (ceil(0.2 · 10) = 2 warm-up steps: 0, 0.5, then 1.0);
+    # the hand-written schedule this replaced started at lr · 1/w (0.5, 1.0, 1.0)
     s = spec(steps=10, warmup=0.2, schedule="cosine", lr=1.0)
     lrs = [hl.learning_rate_at(i, s) for i in range(10)]
-    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0 and lrs[-1] < 0.05
+    assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
+
+    assert lrs == pytest.approx([_get_cosine_schedule_with_warmup_lr_lambda(
+        i, num_warmup_steps=2, num_training_steps=10, num_cycles=0.5) for i in range(10)])
+    c = spec(steps=10, warmup=0.15, schedule="constant", lr=2.0)
+    assert hl.warmup_steps(c) == 2 and [hl.learning_rate_at(i, c) for i in range(4)] == [0.0, 1.0, 2.0, 2.0]
+    assert hl.schedule_record(c) == {"scheduler": "constant_with_warmup", "source": "transformers.get_scheduler",
+                                     "warmup_steps": 2, "training_steps": 10}
     assert hl.gap_closed(10.0, 20.0, 15.0) == 0.5
     assert hl.gap_closed(10.0, 10.0, 9.0) is None
 
