@@ -5,18 +5,20 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from analysis import formatting as fmt
 from analysis.evaluation.perplexity import EvaluationTable
+from analysis.workflow.report import speed_lines
 from components.widgets import csv_download, format_bytes
 
 COLUMNS = [
-    ("perplexity", "Perplexity", "{:.3f}"),
-    ("recovery", "Recovery", "{:.3f}"),
-    ("kl_to_original", "KL to original (nats/token)", "{:.4f}"),
-    ("top1_agreement", "Top-1 agreement", "{:.1%}"),
-    ("parameters", "Parameters", "{:,.0f}"),
+    ("perplexity", "Perplexity", fmt.perplexity),
+    ("recovery", "Recovery", fmt.ratio),
+    ("kl_to_original", "KL to original (nats/token)", fmt.kl),
+    ("top1_agreement", "Top-1 agreement", fmt.percent),
+    ("parameters", "Parameters", fmt.count),
     ("weight_bytes", "Weights", None),
-    ("prefill_tokens_per_s", "Prefill tokens/s", "{:,.0f}"),
-    ("decode_ms_per_token", "Decode ms/token", "{:.1f}"),
+    ("prefill_tokens_per_s", "Prefill tokens/s", fmt.tokens_per_s),
+    ("decode_ms_per_token", "Decode ms/token", fmt.ms),
     ("peak_memory_bytes", "Peak memory", None),
 ]
 
@@ -25,13 +27,9 @@ def evaluation_frame(table: EvaluationTable) -> pd.DataFrame:
     return pd.DataFrame(table.rows()).drop(columns=["generation"])
 
 
-def _with_spread(r: dict, key: str, fmt: str) -> str:
+def _with_spread(r: dict, key: str, formatter) -> str:
     """``904 (880–921)``: the median and the min–max over the interleaved rounds, when the row has them."""
-    spread = (r.get("speed") or {}).get(key)
-    text = fmt.format(r[key])
-    if spread and spread.get("n", 0) > 1:
-        text += f" ({fmt.format(spread['min'])}–{fmt.format(spread['max'])})"
-    return text
+    return fmt.with_range(r[key], (r.get("speed") or {}).get(key), formatter)
 
 
 def evaluation_view(table: EvaluationTable, key: str = "evaluation") -> None:
@@ -39,16 +37,16 @@ def evaluation_view(table: EvaluationTable, key: str = "evaluation") -> None:
     shown = []
     for r in rows:
         row = {"model": r["model"]}
-        for col, label, fmt in COLUMNS:
+        for col, label, formatter in COLUMNS:
             v = r.get(col)
             if v is None:
-                row[label] = "—"
-            elif fmt is None:
+                row[label] = fmt.MISSING
+            elif formatter is None:
                 row[label] = format_bytes(v)
             elif col in ("prefill_tokens_per_s", "decode_ms_per_token"):
-                row[label] = _with_spread(r, col, fmt)
+                row[label] = _with_spread(r, col, formatter)
             else:
-                row[label] = fmt.format(v)
+                row[label] = formatter(v)
         shown.append(row)
     st.dataframe(pd.DataFrame(shown), hide_index=True)
     speed = rows[-1].get("speed") or {}
@@ -59,6 +57,9 @@ def evaluation_view(table: EvaluationTable, key: str = "evaluation") -> None:
                    + f", after a warm-up: median (min–max) of {n_p} prefill passes of {table.settings['context']} "
                      f"tokens and {n_d} greedy generations each. The machine's load moves both alike; compare the "
                      "ranges, not only the medians.")
+        if len(rows) > 1:
+            st.markdown("**Speed against the original:** " + "; ".join(speed_lines(rows[0], rows[-1]))
+                        + ". Faster or slower is claimed only when the measured ranges do not overlap.")
     s, t = table.settings, table.text
     st.caption(f"Perplexity on **{t['name']}** (sha256 {t['sha256'][:12]}…): {rows[0]['tokens']:,} scored tokens of "
                f"the first {s['n_tokens']:,}, sliding window of {s['context']} tokens with stride {s['stride']}. "

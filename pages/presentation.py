@@ -6,6 +6,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis import formatting as fmt
 from analysis import plots
 from analysis.capture.workspace import Workspace
 from analysis.changes.variant import describe_action
@@ -13,6 +14,7 @@ from analysis.metrics import consensus, registry
 from analysis.model.architecture import ModelLoadError
 from analysis.model.loading import load_model
 from analysis.workflow import recipe as rc
+from analysis.workflow.report import speed_lines
 from components.presentation import options, style
 
 STEPS = ["What the model is", "Where it is redundant", "What we removed", "What it costs and saves"]
@@ -96,14 +98,13 @@ else:
     cols = st.columns(4)
     saved = 1 - c_["parameters"] / o["parameters"]
     cols[0].metric("Parameters", f"{c_['parameters'] / 1e6:.0f} M", f"−{saved:.0%}", delta_color="inverse")
-    cols[1].metric("Perplexity", f"{c_['perplexity']:.1f}", f"{c_['perplexity'] - o['perplexity']:+.1f} vs "
-                   f"{o['perplexity']:.1f}", delta_color="inverse")
-    cols[2].metric("Recovery", f"{c_.get('recovery', 0):.0%}")
-    cols[3].metric("Same next token", f"{c_.get('top1_agreement', 0):.0%}")
+    cols[1].metric("Perplexity", fmt.perplexity(c_["perplexity"]), f"{c_['perplexity'] - o['perplexity']:+.2f} vs "
+                   f"{fmt.perplexity(o['perplexity'])}", delta_color="inverse")
+    cols[2].metric("Recovery", fmt.ratio(c_.get("recovery")))
+    cols[3].metric("Same next token", fmt.percent(c_.get("top1_agreement")))
     if c_.get("decode_ms_per_token") and o.get("decode_ms_per_token"):
-        st.markdown(f"Decoding: **{c_['decode_ms_per_token']:.1f} ms/token** instead of "
-                    f"{o['decode_ms_per_token']:.1f}; weights **{c_['weight_bytes'] / 2**20:.0f} MiB** instead of "
-                    f"{o['weight_bytes'] / 2**20:.0f}.")
+        st.markdown("Speed: " + "; ".join(speed_lines(o, c_)) + f" (a change only where the measured ranges do not "
+                    f"overlap); weights **{fmt.mib(c_['weight_bytes'])}** instead of {fmt.mib(o['weight_bytes'])}.")
     st.markdown(f"Same prompt, greedy: *{ev.get('settings', {}).get('prompt', '')}*")
     g = st.columns(2)
     g[0].markdown("**original**")

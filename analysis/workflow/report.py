@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import cache, destinations
+from analysis import formatting as fmt
 from analysis.metrics import consensus, registry
 from analysis.search import leaderboard
 
@@ -44,33 +45,51 @@ overflow:auto;font-size:.8rem} .muted{color:#888}
 .plot{width:100%;overflow-x:auto}
 """
 
-EVAL_COLUMNS = [("perplexity", "Perplexity", "{:.3f}"), ("recovery", "Recovery", "{:.3f}"),
-                ("kl_to_original", "KL to original", "{:.4f}"), ("top1_agreement", "Top-1 agreement", "{:.1%}"),
-                ("parameters", "Parameters", "{:,.0f}"), ("weight_bytes", "Weights (MiB)", None),
-                ("prefill_tokens_per_s", "Prefill tok/s", "{:,.0f}"), ("decode_ms_per_token", "Decode ms/token",
-                                                                      "{:.1f}"),
-                ("peak_memory_bytes", "Peak memory (MiB)", None)]
+EVAL_COLUMNS = [("perplexity", "Perplexity", fmt.perplexity), ("recovery", "Recovery", fmt.ratio),
+                ("kl_to_original", "KL to original", fmt.kl), ("top1_agreement", "Top-1 agreement", fmt.percent),
+                ("parameters", "Parameters", fmt.count), ("weight_bytes", "Weights", fmt.mib),
+                ("prefill_tokens_per_s", "Prefill tok/s", fmt.tokens_per_s),
+                ("decode_ms_per_token", "Decode ms/token", fmt.ms), ("peak_memory_bytes", "Peak memory", fmt.mib)]
+_SPREAD = {"prefill_tokens_per_s", "decode_ms_per_token"}
 
 
-def _fmt(v, fmt):
+def _fmt(v, formatter):
     if v is None:
-        return "—"
-    if fmt is None:
-        return f"{v / 2**20:,.1f}"
+        return fmt.MISSING
     try:
-        return fmt.format(v)
+        return formatter(v)
     except (TypeError, ValueError):
         return str(v)
 
 
 def evaluation_frame(evaluation: dict) -> pd.DataFrame:
-    """The evaluation dict of a recipe (original + one changed model) as a display table."""
+    """The evaluation dict of a recipe (original + one changed model) as a display table; speeds with their range
+    (min–max over the timing rounds) where it was measured."""
     rows = []
     for name, row in evaluation.items():
         if name in ("settings", "text") or not isinstance(row, dict):
             continue
-        rows.append({"model": name, **{label: _fmt(row.get(key), fmt) for key, label, fmt in EVAL_COLUMNS}})
+        out = {"model": name}
+        for key, label, formatter in EVAL_COLUMNS:
+            spread = (row.get("speed") or {}).get(key) if key in _SPREAD else None
+            out[label] = fmt.with_range(row.get(key), spread, formatter) if spread else _fmt(row.get(key), formatter)
+        rows.append(out)
     return pd.DataFrame(rows)
+
+
+def speed_lines(o: dict, c: dict) -> list[str]:
+    """Decode and prefill of the changed model against the original, worded by :func:`analysis.formatting.speed_change`:
+    faster or slower only when the measured ranges do not overlap, "no measurable change" otherwise."""
+    out = []
+    so, sc = o.get("speed") or {}, c.get("speed") or {}
+    if o.get("decode_ms_per_token") and c.get("decode_ms_per_token"):
+        out.append(fmt.speed_sentence("decoding", o["decode_ms_per_token"], c["decode_ms_per_token"],
+                                      so.get("decode_ms_per_token"), sc.get("decode_ms_per_token")))
+    if o.get("prefill_tokens_per_s") and c.get("prefill_tokens_per_s"):
+        out.append(fmt.speed_sentence("prefill", o["prefill_tokens_per_s"], c["prefill_tokens_per_s"],
+                                      so.get("prefill_tokens_per_s"), sc.get("prefill_tokens_per_s"),
+                                      unit="tokens/s", lower_is_better=False, fmt=fmt.tokens_per_s))
+    return out
 
 
 def _figure_html(fig, first: bool = False) -> str:
@@ -97,10 +116,6 @@ def _other_row(ev: dict) -> tuple[str, dict] | None:
     return None
 
 
-def _mib(n) -> str:
-    return "—" if n is None else f"{n / 2**20:,.0f} MiB"
-
-
 def summary_paragraph(ws, changes: list[dict]) -> str:
     """One paragraph for a reader who has not seen the dashboard: the model, what was changed, what it costs in
     quality and what it saves (parameters, weights, speed measured interleaved with the original)."""
@@ -125,24 +140,30 @@ def summary_paragraph(ws, changes: list[dict]) -> str:
         what = main.get("name", "the change")
     sentence = [intro, f"The change shown first, “{main.get('name', what)}”, is: {what}."]
     if o.get("perplexity") and c.get("perplexity"):
-        cost = f"It costs quality: perplexity on {text} goes from {o['perplexity']:.2f} to {c['perplexity']:.2f}"
+        cost = (f"It costs quality: perplexity on {text} goes from {fmt.perplexity(o['perplexity'])} to "
+                f"{fmt.perplexity(c['perplexity'])}")
         if c.get("recovery") is not None:
-            cost += f" (recovery {c['recovery']:.2f}, 1 = no loss"
+            cost += f" (recovery {fmt.ratio(c['recovery'])}, 1 = no loss"
             if c.get("top1_agreement") is not None:
-                cost += f"; the next-token choice agrees with the original's {c['top1_agreement']:.0%} of the time"
+                cost += (f"; the next-token choice agrees with the original's {fmt.percent(c['top1_agreement'])} of "
+                         "the time")
             cost += ")"
         sentence.append(cost + ".")
     saves = []
     if o.get("parameters") and c.get("parameters") is not None:
-        saves.append(f"{o['parameters'] - c['parameters']:,} parameters ({1 - c['parameters'] / o['parameters']:.0%}; "
-                     f"{o['parameters']:,} → {c['parameters']:,})")
+        saves.append(f"{fmt.count(o['parameters'] - c['parameters'])} parameters "
+                     f"({fmt.percent(1 - c['parameters'] / o['parameters'])}; {fmt.count(o['parameters'])} → "
+                     f"{fmt.count(c['parameters'])})")
     if o.get("weight_bytes") and c.get("weight_bytes") is not None:
-        saves.append(f"weights {_mib(o['weight_bytes'])} → {_mib(c['weight_bytes'])}")
-    if o.get("decode_ms_per_token") and c.get("decode_ms_per_token"):
-        how = "median, timed interleaved with the original" if (c.get("speed") or {}).get("interleaved") else "median"
-        saves.append(f"decoding {o['decode_ms_per_token']:.1f} → {c['decode_ms_per_token']:.1f} ms per token ({how})")
+        saves.append(f"weights {fmt.mib(o['weight_bytes'])} → {fmt.mib(c['weight_bytes'])}")
     if saves:
         sentence.append("It saves " + "; ".join(saves) + ".")
+    speed = speed_lines(o, c)
+    if speed:
+        how = ("timed interleaved with the original" if (c.get("speed") or {}).get("interleaved")
+               else "timed in one run")
+        sentence.append(f"Speed ({how}; a change is claimed only when the measured ranges do not overlap): "
+                        + "; ".join(speed) + ".")
     if len(evaluated) > 1:
         sentence.append(f"{len(evaluated) - 1} other variant{'s are' if len(evaluated) > 2 else ' is'} compared "
                         "below (quality against cost).")
@@ -161,6 +182,20 @@ def variants_frame(changes: list[dict]) -> pd.DataFrame:
             rows.append(_variant_row("original", ev["original"]))
         rows.append(_variant_row(ch.get("name") or other[0], other[1]))
     return pd.DataFrame(rows)
+
+
+VARIANT_FORMATS = {"perplexity": fmt.perplexity, "recovery": fmt.ratio, "KL to original": fmt.kl,
+                   "top-1 agreement": fmt.percent, "parameters": fmt.count, "weights MiB": lambda v: fmt.mib(v * 2**20),
+                   "prefill tokens/s": fmt.tokens_per_s, "decode ms/token": fmt.ms}
+
+
+def variants_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`variants_frame` with every number in the report's one format (:mod:`analysis.formatting`)."""
+    out = frame.copy()
+    for col, formatter in VARIANT_FORMATS.items():
+        if col in out.columns:
+            out[col] = [formatter(v) for v in out[col]]
+    return out
 
 
 def _variant_row(name: str, r: dict) -> dict:
@@ -263,7 +298,7 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
         parts.append(_figure_html(plots.quality_cost_figure(frame, "parameters", "perplexity")))
         if frame["decode ms/token"].notna().sum() >= 2:
             parts.append(_figure_html(plots.quality_cost_figure(frame, "decode ms/token", "recovery")))
-        parts.append(_table_html(frame))
+        parts.append(_table_html(variants_display(frame)))
         parts.append('<p class="caption">Perplexity on the held-out text against parameters (lower left is better); '
                      "recovery = original perplexity / variant perplexity against decode latency. The original is the "
                      "star.</p>")
@@ -277,6 +312,12 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
         ev = change.get("evaluation")
         if ev:
             parts.append(_table_html(evaluation_frame(ev)))
+            other = _other_row(ev)
+            lines = speed_lines(ev.get("original") or {}, other[1]) if other and ev.get("original") else []
+            if lines:
+                parts.append('<p class="caption">Speed (median, with the min–max over the timing rounds in the table): '
+                             + html.escape("; ".join(lines)) + ". A change is claimed only when the ranges do not "
+                             "overlap.</p>")
             s, t = ev.get("settings", {}), ev.get("text", {})
             parts.append(f'<p class="caption">Perplexity on {html.escape(str(t.get("name")))}: first '
                          f'{s.get("n_tokens")} tokens, context {s.get("context")}, stride {s.get("stride")}. Recovery '
