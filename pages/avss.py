@@ -4,15 +4,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis.metrics import registry
+from analysis.metrics.families.avss import contradictions
 from analysis.profiles.avss import (
     DEFAULT_EPS,
     DEFAULT_RELATIVE_EPS,
     DEFAULT_SHARE,
     NEAR_ZERO_SPARSITY,
-    SITE_LABELS,
     SITES,
     AVSSSettings,
     avss_result,
+    is_moe,
+    site_label,
 )
 from components import comparison, state
 from components import geometry_figures as gf
@@ -34,6 +37,11 @@ if ws is None:
     st.stop()
 workspace_caption(ws)
 L = ws.n_blocks
+MOE = is_moe(ws.lm)
+
+
+def _label(s: str) -> str:
+    return site_label(s, MOE)
 
 
 def _use_relative() -> None:
@@ -41,12 +49,14 @@ def _use_relative() -> None:
 
 
 c = st.columns([2, 2, 1])
-site = c[0].selectbox("Activation site", SITES, index=SITES.index("mlp"), format_func=lambda s: SITE_LABELS[s],
+site = c[0].selectbox("Activation site", SITES, index=SITES.index("mlp"), format_func=_label,
                       key="avss-site",
                       help="block output = the residual stream h_(b+1) (before the final norm for the last block); "
-                           "MLP hidden activation = the input of down_proj (or the family's feed-forward output "
-                           "projection; a mixture of experts: the MoE block's output); attention output = the output "
-                           "of the attention's output projection (o_proj), before it is added to the residual")
+                           + ("the MoE block's output (this model is a mixture of experts: one down projection per "
+                              "expert)" if MOE else "MLP hidden activation = the input of down_proj (or the family's "
+                              "feed-forward output projection)")
+                           + "; attention output = the output of the attention's output projection (o_proj), before "
+                             "it is added to the residual")
 relative = c[1].toggle("Relative threshold ε · RMS(a)", key=RELATIVE_KEY,
                        help="count |a_j| < ε · RMS(a) per token vector a instead of |a_j| < ε: scale-free, so it "
                             "also works on the residual stream, whose entries are almost never below 1e-5")
@@ -56,7 +66,7 @@ eps = c[2].number_input("ε", min_value=1e-12, max_value=1.0, format="%.1e",
 settings = AVSSSettings(site=site, eps=float(eps), relative=relative)
 
 try:
-    res = run_with_progress(f"AVSS on the {SITE_LABELS[site]}", lambda p: avss_result(ws, settings, progress=p))
+    res = run_with_progress(f"AVSS on the {_label(site)}", lambda p: avss_result(ws, settings, progress=p))
 except ValueError as exc:
     st.error(f"AVSS cannot be computed: {exc}")
     st.stop()
@@ -64,7 +74,7 @@ if res.outcome.message:
     st.warning(res.outcome.message)
 table = res.table
 near_zero = res.near_zero
-st.caption(f"{settings.describe()} · {int(table['n_tokens'].iloc[0]):,} tokens × {L} blocks"
+st.caption(f"{settings.describe(MOE)} · {int(table['n_tokens'].iloc[0]):,} tokens × {L} blocks"
            + (f" · computed in {res.seconds:.1f} s" if res.outcome.status != "hit" else " · from the cache"))
 
 st.header("Suggested blocks to remove")
@@ -90,6 +100,11 @@ if len(chosen) >= L:
 c[0].markdown(f"**Remove blocks** `{', '.join(map(str, chosen)) or '—'}` ({len(chosen)} of {L})")
 if c[2].button("Send to prune", key="avss-send", disabled=not chosen, type="primary"):
     state.send_to_prune(chosen, source)
+for line in contradictions(ws, chosen):  # block influence and, when computed, measured damage
+    st.warning(line)
+if not registry.get("block_influence").cached(ws):
+    st.caption("Block influence is not computed for this calibration yet (linearity page): once it is, a suggested "
+               "block it ranks among the most important is flagged here.")
 by_share = res.suggest(share=DEFAULT_SHARE)
 if rule == K_LOWEST:
     st.caption(f"The {len(chosen)} lowest-AVSS blocks. The paper's 25 % cumulative-share rule would take "
@@ -115,7 +130,7 @@ if near_zero:
           "below. On the residual stream this is expected: use the relative threshold ε · RMS(a) or the MLP site.")
     if not relative:
         cols[1].button("Use relative threshold ε · RMS(a)", on_click=_use_relative, key="avss-use-relative")
-fig = gf.block_bars(table, "avss", f"AVSS per block, {SITE_LABELS[site]} (log scale)", "AVSS",
+fig = gf.block_bars(table, "avss", f"AVSS per block, {_label(site)} (log scale)", "AVSS",
                     highlight=chosen, flagged=near_zero, log=True)
 show = table[["block", "variance", "sparsity", "n_small", "n_entries", "sparsity_zero", "avss", "navss"]]
 figure_with_csv(fig, show, f"avss_{site}.csv", key="avss-bars")
@@ -150,7 +165,7 @@ if compared is not None:
         t_o, L_o = res_o.table, other.n_blocks
         fig = comparison_curves({"original": (np.arange(L) / L, table["navss"].to_numpy()),
                                  name: (np.arange(L_o) / L_o, t_o["navss"].to_numpy())},
-                                f"Normalised AVSS per block, {SITE_LABELS[site]}", "NAVSS")
+                                f"Normalised AVSS per block, {_label(site)}", "NAVSS")
         frame = pd.concat([table[["block", "navss"]].assign(model="original"),
                            t_o[["block", "navss"]].assign(model=name)])
         figure_with_csv(fig, frame, f"navss_{site}_compared.csv", key="avss-cmp-fig")

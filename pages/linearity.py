@@ -7,7 +7,7 @@ import streamlit as st
 from analysis.methods import baselines as bl
 from analysis.methods.linearity import NotEnoughTokens
 from analysis.metrics import registry
-from analysis.metrics.families.baselines import baseline_results
+from analysis.metrics.families.baselines import baseline_results, block_influence_note
 from analysis.metrics.families.linearity import linearity_results
 from components import figures, state
 from components.figures import comparison_curves
@@ -67,6 +67,8 @@ bi_pick = bi_metric.suggest(ws, k_bi, scores=bi)
 fig = figures.bars(blocks, bi, "Block influence BI_b = 1 − mean cos(h_b, h_(b+1)) (low = redundant)",
                    figures.BLOCK_AXIS, "block influence", highlight=bi_pick)
 figure_with_csv(fig, pd.DataFrame({"block": blocks, "block_influence": bi}), "block_influence.csv", key="bi")
+if block_influence_note(bi):
+    st.caption(block_influence_note(bi))
 
 st.header("Angular distance between h_l and h_(l+n)")
 st.caption(f"d(l, n) = arccos(cos(h_l, h_(l+n)))/π on the last token of each of {base['windows']} windows. "

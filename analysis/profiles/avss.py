@@ -42,9 +42,26 @@ Progress = Callable[[int, int, str], None]
 SITES = avss_math.SITES
 SITE_LABELS = {
     "residual": "block output (residual stream)",
-    "mlp": "MLP hidden activation (input of down_proj; a mixture of experts: the MoE block's output)",
+    "mlp": "MLP hidden activation (input of down_proj)",
     "attention": "attention output (of its output projection, o_proj)",
 }
+#: the ``mlp`` site on a mixture of experts (one down projection per expert: the MoE block's output is hooked)
+MOE_MLP_LABEL = "MoE block output (a mixture of experts has no single down_proj)"
+
+
+def is_moe(lm: LoadedModel) -> bool:
+    """Whether any block of ``lm`` is a mixture of experts."""
+    from analysis.model.architecture import block_parts
+
+    try:
+        return any(block_parts(b).moe for b in lm.blocks)
+    except Exception:  # a family the structure reader does not know: the dense wording
+        return False
+
+
+def site_label(site: str, moe: bool = False) -> str:
+    """The site in words; experts are mentioned only on a mixture of experts (``moe``)."""
+    return MOE_MLP_LABEL if (moe and site == "mlp") else SITE_LABELS[site]
 DEFAULT_SITE = "mlp"
 DEFAULT_EPS = 1e-5
 DEFAULT_RELATIVE_EPS = 1e-2
@@ -81,9 +98,9 @@ class AVSSSettings:
         return {"v": 1, "site": self.site, "eps": float(self.eps), "relative": bool(self.relative),
                 "ddof": int(self.ddof)}
 
-    def describe(self) -> str:
+    def describe(self, moe: bool = False) -> str:
         thr = f"|a| < {self.eps:g}·RMS(a) (per token)" if self.relative else f"|a| < ε = {self.eps:g}"
-        return f"site {self.site} ({SITE_LABELS[self.site]}), sparsity threshold {thr}"
+        return f"site {self.site} ({site_label(self.site, moe)}), sparsity threshold {thr}"
 
 
 @dataclass

@@ -271,3 +271,47 @@ def test_hooks_refuse_a_4d_mask_and_a_wrong_block_count(tiny_llama: torch.nn.Mod
     with attach_avss_hooks(tiny_llama, blocks, "mlp", AVSSAccumulator(3)), torch.no_grad():
         with pytest.raises(ValueError, match="2-D"):
             tiny_llama(input_ids=ids, attention_mask=torch.ones(3, 1, 9, 9))
+
+
+# ---- claims no larger than the numbers: AVSS's suggestion against block influence; the site's words -----------
+
+#: block influence of the bundled SmolLM2-135M on alice (32 windows of 128 tokens), rounded; measured
+BUNDLED_BI = [0.986, 0.19, 0.042, 0.032, 0.033, 0.034, 0.035, 0.038, 0.05, 0.041, 0.055, 0.048, 0.033, 0.028, 0.025,
+              0.029, 0.032, 0.026, 0.039, 0.046, 0.063, 0.051, 0.048, 0.047, 0.154, 0.026, 0.032, 0.046, 0.052, 1.036]
+
+
+def test_avss_caveat_names_the_blocks_block_influence_ranks_most_important() -> None:
+    from analysis.metrics.families.avss import contradiction
+
+    line = contradiction([0, 1, 3], BUNDLED_BI, "block influence (ShortGPT)")
+    assert line is not None and "blocks 0, 1" in line and "block 0: rank 2, block 1: rank 3" in line
+    assert "among the 7 most important of 30" in line and "block 3" not in line
+    assert contradiction([13, 14, 17], BUNDLED_BI, "block influence") is None  # low-BI blocks: no conflict
+    # a "high = redundant" measure is oriented the other way
+    assert contradiction([0], [-5.0, 1.0, 2.0, 3.0], "x", redundant_when="high", top=1) is not None
+    assert contradiction([0], [float("nan"), 1.0, 2.0, 3.0], "x", top=1) is None  # no score: no claim
+
+
+def test_block_influence_above_one_is_explained() -> None:
+    from analysis.metrics.families.baselines import block_influence_note
+
+    assert block_influence_note([0.2, 0.9]) == ""
+    note = block_influence_note(BUNDLED_BI)
+    assert note.startswith("Block 29: BI 1.036.") and "mean cosine is negative" in note
+
+
+def test_site_label_mentions_experts_only_on_a_mixture_of_experts() -> None:
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig
+
+    from analysis.profiles.avss import AVSSSettings, is_moe, site_label
+
+    assert "expert" not in site_label("mlp").lower() and "expert" not in AVSSSettings().describe().lower()
+    assert "MoE" in site_label("mlp", moe=True) and site_label("residual", moe=True) == site_label("residual")
+    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1)
+    dense = AutoModelForCausalLM.from_config(LlamaConfig(**small))
+    moe = AutoModelForCausalLM.from_config(MixtralConfig(**small, num_local_experts=2, num_experts_per_tok=1))
+    assert not is_moe(SimpleNamespace(blocks=dense.model.layers))
+    assert is_moe(SimpleNamespace(blocks=moe.model.layers))

@@ -13,9 +13,49 @@ the share alone would select nearly every block, and ``k`` decides.
 
 from __future__ import annotations
 
+import numpy as np
+
 from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
 
 DEFAULTS = {"site": "mlp", "eps": None, "relative": False, "share": 0.25}
+#: a suggested block is flagged when another measure ranks it among the top quarter of the blocks by importance
+IMPORTANT_SHARE = 0.25
+
+
+def contradiction(suggested, scores, label: str, redundant_when: str = "low", top: int | None = None) -> str | None:
+    """One caveat line when a block AVSS suggests removing is among the ``top`` most *important* blocks by another
+    measure (``scores``, oriented by ``redundant_when``; default top: a quarter of the blocks), else None."""
+    s = np.asarray(scores, dtype=float)
+    L = len(s)
+    top = top or max(1, int(L * IMPORTANT_SHARE))
+    importance = np.where(np.isfinite(s), s if redundant_when == "low" else -s, -np.inf)
+    order = sorted(range(L), key=lambda b: (-importance[b], b))  # most important first
+    rank = {b: i + 1 for i, b in enumerate(order)}
+    hit = [int(b) for b in suggested if 0 <= int(b) < L and np.isfinite(s[int(b)]) and rank[int(b)] <= top]
+    if not hit:
+        return None
+    ranks = ", ".join(f"block {b}: rank {rank[b]}" for b in hit)
+    return (f"Caveat: AVSS suggests removing block{'s' if len(hit) > 1 else ''} {', '.join(map(str, hit))}, which "
+            f"{label} ranks among the {top} most important of {L} blocks ({ranks}; rank 1 = most important). The "
+            "suggestion contradicts it: check the measured damage (leaderboard) before cutting.")
+
+
+def contradictions(ws, suggested) -> list[str]:
+    """The caveats for AVSS's ``suggested`` blocks against block influence and, when computed, measured damage
+    (only what is already in the cache is read; nothing is computed)."""
+    from analysis.metrics.base import _REGISTRY  # the families import base only, never the registry's table
+    from analysis.metrics.families import baselines, measured_damage  # noqa: F401  (registers both)
+
+    out = []
+    for key in ("block_influence", "measured_damage"):
+        metric = _REGISTRY.get(key)
+        if metric is None or not metric.cached(ws):
+            continue
+        label = "block influence (ShortGPT)" if key == "block_influence" else "measured damage (ΔNLL)"
+        line = contradiction(suggested, metric.scores(ws), label, metric.redundant_when)
+        if line:
+            out.append(line)
+    return out
 
 
 def _settings(params: dict):
@@ -53,7 +93,7 @@ register(BlockMetric(
 
 def write_avss_columns(ws, out_dir, progress, params: dict | None = None):
     """``avss_variance`` and ``avss_sparsity`` columns for layers.csv; the site and settings for run.json."""
-    from analysis.profiles.avss import NEAR_ZERO_SPARSITY, SITE_LABELS, avss_result
+    from analysis.profiles.avss import NEAR_ZERO_SPARSITY, avss_result, is_moe, site_label
 
     settings = _settings({**DEFAULTS, **(params or {})})
     res = avss_result(ws, settings, progress=progress)
@@ -61,7 +101,7 @@ def write_avss_columns(ws, out_dir, progress, params: dict | None = None):
     share = float((params or {}).get("share", DEFAULTS["share"]))
     info = {
         "site": settings.site,
-        "site_label": SITE_LABELS[settings.site],
+        "site_label": site_label(settings.site, is_moe(ws.lm)),
         "eps": settings.eps,
         "relative": settings.relative,
         "threshold": "|a| < eps * RMS(a) per token" if settings.relative else "|a| < eps",
@@ -85,9 +125,10 @@ def _report(ws) -> list:
     from analysis import plots
     from analysis.profiles.avss import (
         NEAR_ZERO_SPARSITY,
-        SITE_LABELS,
         avss_result,
         has_avss,
+        is_moe,
+        site_label,
     )
 
     settings = _settings(DEFAULTS)
@@ -99,15 +140,18 @@ def _report(ws) -> list:
     k = max(1, ws.n_blocks // 8)
     picked = res.suggest(share=DEFAULTS["share"], k=k)
     curve = res.curve()
-    bars = plots.bars(blocks, t["avss"], f"AVSS per block at the {SITE_LABELS[settings.site]} (log scale; low = "
-                      "redundant)", plots.BLOCK_AXIS, "AVSS", highlight=picked, hover_fmt=".4g")
+    where = site_label(settings.site, is_moe(ws.lm))
+    bars = plots.bars(blocks, t["avss"], f"AVSS per block at the {where} (log scale; low = redundant)",
+                      plots.BLOCK_AXIS, "AVSS", highlight=picked, hover_fmt=".4g")
     plots.set_log_axis(bars, t["avss"].tolist())  # one block holds most of the sum: linear bars hide the rest
     by_share = res.suggest(share=DEFAULTS["share"])
+    caveats = [("text", line, "") for line in contradictions(ws, picked)]
     return [
         ("figure", bars,
          f"AVSS = variance / sparsity (|a| < {settings.eps}); suggested: {', '.join(map(str, picked))} (k = {k}, "
          f"never past a sorted cumulative share of {DEFAULTS['share']:.0%}). Blocks with raw sparsity below "
          f"{NEAR_ZERO_SPARSITY:g}: {', '.join(map(str, res.near_zero)) or 'none'}."),
+        *caveats,
         ("figure", plots.curves(list(range(1, len(curve) + 1)), {"cumulative NAVSS": curve["cumulative_navss"]},
                                 "Cumulative normalised AVSS over blocks sorted by AVSS", "blocks taken",
                                 "cumulative share"),

@@ -8,6 +8,20 @@ from analysis.methods import baselines
 from analysis.metrics.base import BlockMetric, ReportSection, register, register_report_section
 
 
+BI_ABOVE_ONE = ("BI = 1 − mean cos can exceed 1: then the mean cosine is negative, the block's output points on "
+                "average away from its input (for the last block, its output is read after the final norm, as "
+                "Hugging Face returns the last hidden state).")
+
+
+def block_influence_note(bi) -> str:
+    """:data:`BI_ABOVE_ONE` naming the blocks whose BI is above 1, or "" when none is."""
+    above = [b for b, v in enumerate(np.asarray(bi, dtype=float)) if v > 1.0]
+    if not above:
+        return ""
+    return (f"Block{'s' if len(above) > 1 else ''} {', '.join(map(str, above))}: "
+            + ", ".join(f"BI {float(bi[b]):.3f}" for b in above) + ". " + BI_ABOVE_ONE)
+
+
 def baseline_results(ws, progress=None) -> dict:
     """Block influence per block (all tokens) and the angular-distance matrix (last token), cached."""
 
@@ -37,7 +51,7 @@ register(BlockMetric(
     key="block_influence", label="Block influence", redundant_when="low", group="linearity", page="linearity",
     order=20,
     description="BI_b = 1 − mean cos(h_b, h_{b+1}) over all tokens (ShortGPT). Low = the block barely turns "
-                "the residual stream.",
+                "the residual stream; above 1 = the mean cosine is negative (the output points away from the input).",
     compute=lambda ws, p, progress: baseline_results(ws, progress)["block_influence"],
     is_cached=_cached,
 ))
@@ -66,7 +80,9 @@ def _report(ws) -> list:
     best.insert(1, "range", [f"[{s}, {e})" for s, e in zip(best.start, best.end)])
     return [
         ("figure", plots.bars(list(range(L)), res["block_influence"], "Block influence (low = redundant)",
-                              plots.BLOCK_AXIS, "BI"), "BI_b = 1 − mean cos(h_b, h_(b+1)) over all tokens (ShortGPT)."),
+                              plots.BLOCK_AXIS, "BI"),
+         " ".join(filter(None, ["BI_b = 1 − mean cos(h_b, h_(b+1)) over all tokens (ShortGPT).",
+                                block_influence_note(res["block_influence"])]))),
         ("figure", plots.heatmap(res["angular"], list(range(1, L + 1)), list(range(L)), "Angular distance d(l, n)",
                                  "block size n", "start block l", colorscale="Viridis_r"),
          "arccos(cos(h_l, h_(l+n)))/π on the last token of each window (Gromov et al.)."),
