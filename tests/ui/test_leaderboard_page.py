@@ -29,6 +29,11 @@ def test_leaderboard_page_runs_a_small_board_and_sends_to_prune(app):
     app.run()  # the job is waited for inline in AppTest (LAYERSCOPE_JOB_WAIT)
     no_exceptions(app)
     assert len(app.get("plotly_chart")) >= 3  # leaderboard, damage, greedy
+    # SLEB's candidate set by default, and the page says which set was searched
+    assert "Greedy search (SLEB) searched SLEB's candidates: every block but the first and the last" in texts(app)
+    # the ReplaceMe row names the rule that chose its run
+    labels = {str(i) for d in app.dataframe for i in d.value.index}
+    assert "Replace (ReplaceMe; run by the ReplaceMe authors' rule: last-token angular distance)" in labels, labels
     winners = [d.value for d in app.dataframe if "winner" in d.value.columns][0]
     assert list(winners["k"]) == [1]
     corr = [d.value for d in app.dataframe if "spearman" in d.value.columns]
