@@ -132,9 +132,11 @@ if healable:
     lr = float(c[1].number_input("Learning rate", 0.0, 1.0, hl.DEFAULT_LR[method], format="%.1e", step=1e-4,
                                  key=f"heal-lr-{method}"))
     schedule = c[2].selectbox("Schedule", hl.SCHEDULES, index=1, key="heal-schedule",
-                              help="cosine: linear warm-up, then cosine decay to 0")
+                              help="transformers' schedulers (get_scheduler): cosine = linear warm-up from 0, then "
+                                   "cosine decay to 0; constant = linear warm-up from 0, then constant")
     warmup = float(c[3].number_input("Warm-up (share of the steps)", 0.0, 0.9, d.warmup, step=0.05,
-                                     key="heal-warmup"))
+                                     key="heal-warmup", help="ceil(share × steps) steps rising linearly from a "
+                                                             "learning rate of 0, as transformers counts them"))
     c = st.columns(4)
     batch = int(c[0].number_input("Batch size (windows)", 1, 256, d.batch_size, key="heal-batch"))
     window = int(c[1].number_input("Window length (tokens)", 2, 8192, d.window_len, step=16, key="heal-window"))

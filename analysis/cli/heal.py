@@ -56,8 +56,11 @@ def add_arguments(p):
     h.add_argument("--mix", type=float_in(0.0, 1.0), default=d.mix, help="the KL weight of --loss mix")
     h.add_argument("--steps", type=positive_int, default=d.steps)
     h.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 1e-3 LoRA, 1e-4 partial)")
-    h.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    h.add_argument("--warmup", type=float_in(0.0, 1.0, hi_open=True), default=d.warmup, help="warm-up as a share of the steps")
+    h.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="transformers' scheduler: cosine (get_cosine_schedule_with_warmup) or constant "
+                        "(get_constant_schedule_with_warmup)")
+    h.add_argument("--warmup", type=float_in(0.0, 1.0, hi_open=True), default=d.warmup,
+                   help="warm-up as a share of the steps: ceil(share x steps) steps rising linearly from 0")
     h.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     h.add_argument("--window-len", type=window_length, default=d.window_len,
                    help="tokens per healing window (at most the model's positions; the step's estimated memory must fit the budget)")
