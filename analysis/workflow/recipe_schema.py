@@ -91,13 +91,21 @@ class ReplaceLinear(_Strict):
     ridge: NonNegativeNumber = 0.0
 
 
+class ChosenBy(_Open):
+    rule: Annotated[StrictStr, Field(min_length=1)]
+    label: StrictStr | None = None
+    score: Number | None = None
+
+
 class ReplaceMe(_Strict):
     start: Annotated[StrictInt, Field(ge=1, le=MAX_BLOCK)]
     n: Annotated[StrictInt, Field(ge=1, le=MAX_BLOCK)]
     method: Literal["lstsq", "cosine"] = "lstsq"
-    ridge: NonNegativeNumber = 0.0
+    relative_ridge: NonNegativeNumber = 0.0
+    ridge: NonNegativeNumber = 0.0  # the older name of relative_ridge (read as it)
     calibration: ActionCalibration | None = None
     cosine: dict[str, Number] | None = None
+    chosen_by: ChosenBy | None = None  # which rule chose the run (recorded)
 
 
 class LowRank(_Open):

@@ -74,6 +74,14 @@ def test_least_squares_recovers_a_known_map_from_streamed_moments():
     assert rm.ReplaceMeSpec.from_value({"start": 2, "n": 1, "ridge": 0.5}).relative_ridge == 0.5
     with pytest.raises(CompressionError, match="relative_ridge only"):
         rm.ReplaceMeSpec.from_value({"start": 2, "n": 1, "ridge": 0.5, "relative_ridge": 0.5})
+    # the recipe schema knows both names and the rule that chose the run
+    from analysis.workflow import recipe_schema
+
+    model = {"source": "default"}
+    recipe_schema.check({"model": model, "action": {"replaceme": {"start": 2, "n": 1, "relative_ridge": 0.5,
+                         "chosen_by": {"rule": "angular", "label": "ReplaceMe authors' rule: last-token angular "
+                                                                   "distance", "score": 0.07}}}})
+    recipe_schema.check({"model": model, "action": {"replaceme": {"start": 2, "n": 1, "ridge": 0.5}}})
 
 
 def test_fold_math_linear_and_conv1d():
