@@ -88,7 +88,7 @@ CASES = [
     ("compress", "--ratio", ["0", "1", "1.5", "-0.1", "inf"]), ("compress", "--rank", INT_POSITIVE),
     ("compress", "--k1-share", ["0", "1.01"]), ("compress", "--alpha", ["-1"]), ("compress", "--damping", ["-1"]),
     ("compress", "--blocks", ["0.5", "x", "2,2"]), ("compress", "--replace", ["1.5"]),
-    ("compress", "--remove", ["12.5", "-1"]), ("compress", "--replaceme-ridge", ["-0.1", "nan"]),
+    ("compress", "--remove", ["12.5", "-1"]), ("compress", "--replaceme-relative-ridge", ["-0.1", "nan"]),
     ("compress", "--replaceme", ["-1:2", "-3:1", "1.5:2", "auto:0", "0:2", "[3,3)", "[5,3)", "[-1,2)", "x", "auto",
                                  "2:-1", "2:"]),
     ("compress", "--sequences", INT_POSITIVE), ("compress", "--seq-len", ["1", "0", "2.5"]),
