@@ -21,8 +21,8 @@ forward per candidate (for the benchmark and the tests).
 **Searches.** Greedy (SLEB): scan, remove the least damaging block (lowest perplexity), repeat on the pruned model,
 up to K blocks; ``half=True`` does the same over halves (BlockPruner). The candidates of the block search are, by
 default, SLEB's (:data:`CANDIDATE_SETS`): never the first nor the last block (``sleb.py``'s ``early_barrier = 1``
-and ``latter_barrier = 1``, jiwonsong-dev/SLEB); ``candidates="all"`` searches every block. Reverse order: ``[L−1−k, L−1)``. Random:
-seeded random sets of ``k`` blocks. Every scan is cached under ``cache/damage-scan/`` (model fingerprint, search
+and ``latter_barrier = 1``, jiwonsong-dev/SLEB); ``candidates="all"`` searches every block. Reverse order:
+``[L−1−k, L−1)``. Random: seeded random sets of ``k`` blocks. Every scan is cached under ``cache/damage-scan/`` (model fingerprint, search
 text hash and settings, what is already removed, site), so a stopped search resumes at its last finished step.
 """
 
