@@ -93,7 +93,7 @@ def build_action(args, n_blocks: int | None = None) -> dict:
                  "blocks": None if args.blocks is None else parse_blocks(args.blocks, what="--blocks"),
                  "alpha": args.alpha,
                  "k1_share": args.k1_share, "damping": args.damping, "form": args.form or "factorised",
-                 "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
+                 "calibration": _calibration(args)}
         if args.ratio is not None:
             value["ratio"] = args.ratio
         if args.rank is not None:
@@ -109,7 +109,7 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
         start, n = parse_run(args.replaceme)
         value = {"start": start, "n": n, "method": args.replaceme_method, "ridge": args.replaceme_ridge,
-                 "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
+                 "calibration": _calibration(args)}
         ReplaceMeSpec.from_value({**value, "start": 1 if start == -1 else start})  # auto: the start comes later
         action["replaceme"] = value
     if args.remove:
@@ -127,6 +127,13 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
         removed_by(action)  # a run that overlaps --remove, or a removed block l-1, is refused before loading
     return action
+
+
+def _calibration(args) -> dict:
+    """The calibration entry of an action: what is known yet (the windows are chosen from the model once it is
+    read; see :func:`analysis.cli.common.resolve_calibration`)."""
+    return {k: v for k, v in (("text", args.text), ("windows", args.sequences), ("window_len", args.seq_len))
+            if v is not None}
 
 
 def run(args) -> int:
