@@ -12,7 +12,10 @@ ratio to the fp32 weights (the checkpoint's bytes). Cases:
 4. ``prune --remove 12,13 --eval-tokens 1024 --no-speed`` (evaluate original and variant, export, reload check) —
    target: peak ≤ 1.2 × weights + activations.
 
-Run: PYTHONPATH=. nice -n 10 python bench/big_models.py [--cases metrics,sequential,evaluate,prune]
+5. ``capture --sequences 8`` in memory and ``--sequential`` (case ``capture``): the sequential comparison on fewer
+   tokens, for a loaded machine.
+
+Run: PYTHONPATH=. nice -n 10 python bench/big_models.py [--cases metrics,sequential,capture,evaluate,prune]
 (about an hour on 2 shared cores; the model is built once into cache/bench-models/, ~2 min).
 """
 
@@ -88,6 +91,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="metrics,sequential,evaluate,prune")
     ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--capture-windows", type=int, default=8, help="windows of the 'capture' case")
     args = ap.parse_args(argv)
     cases = set(args.cases.split(","))
 
@@ -133,6 +137,17 @@ def main(argv=None) -> dict:
                 checks["layers_csv_max_abs_diff"] = float((la[num] - lb[num]).abs().max().max())
             except (OSError, ValueError) as exc:
                 checks["layers_csv"] = f"not compared: {exc}"
+    if "capture" in cases:  # the same comparison on fewer windows (a loaded machine): capture only
+        cap = ["capture", *model, "--sequences", str(args.capture_windows)]
+        caches = cache("capture"), cache("capture-seq")
+        rows.append(run_case(f"capture {args.capture_windows} × 128, in memory", cap, caches[0]))
+        rows.append(run_case(f"capture {args.capture_windows} × 128, --sequential", [*cap, "--sequential"],
+                             caches[1]))
+        a, b = capture_states(caches[0]), capture_states(caches[1])
+        if a is not None and b is not None:
+            checks["capture_max_abs_diff"] = float(max(np.abs(a[s].astype(np.float64) - b[s]).max()
+                                                       for s in range(a.shape[0])))
+            checks["capture_shape"] = list(a.shape)
     if "evaluate" in cases:
         ev = ["evaluate", *model, "--tokens", str(args.eval_tokens)]
         r_mem = run_case("evaluate, in memory", ev, cache("eval"))

@@ -132,3 +132,33 @@ def test_cli_says_what_it_chose(tiny, tmp_path):
     assert "[calibration] 32 windows × 128 tokens" in proc.stderr
     assert "layer by layer (--sequential)" in proc.stderr
     assert json.loads(proc.stdout)["tokens"] == 4096
+
+
+def test_low_rank_statistics(tiny, alice):
+    """The input statistics of the low-rank methods, gathered layer by layer, are the in-memory ones."""
+    from analysis.changes.low_rank import calibration_stats
+
+    lm, sm = tiny
+    a, _ = calibration_stats(lm, alice, 4, 32, ["attn", "mlp"])
+    b, info = calibration_stats(sm, alice, 4, 32, ["attn", "mlp"])
+    assert info["cached"] == ["attn", "mlp"]  # same fingerprint: the in-memory entry serves both
+    from analysis.capture.linear_inputs import collect_stats
+    from analysis.changes.low_rank import _batches
+
+    fresh = collect_stats(sm, a.names, _batches(sm, alice, 4, 32))
+    assert set(fresh.names) == set(a.names)
+    for name in a.names:
+        torch.testing.assert_close(fresh[name].gram, a[name].gram, rtol=1e-9, atol=1e-9)
+
+
+def test_variants_share_the_originals_tensors(tiny):
+    """A pruned or in-place-changed variant holds the original's weight tensors, never copies of them."""
+    from analysis.changes.variant import apply_actions
+    from analysis.model.loading import derived_model
+
+    lm, _ = tiny
+    ptrs = {p.data_ptr() for p in lm.model.parameters()}
+    variant = apply_actions(lm.model, {"remove_blocks": [1, 2]})
+    assert {p.data_ptr() for p in variant.parameters()} <= ptrs
+    derived = derived_model(lm, variant, "pruned")
+    assert {p.data_ptr() for p in derived.model.parameters()} <= ptrs
