@@ -14,8 +14,9 @@ Example:
 import sys
 
 NAME = "metrics"
-#: metric groups computed from the captured states alone (what a layer-by-layer run can give)
-SEQUENTIAL_GROUPS = ("linearity", "id", "topology")
+#: metric groups a layer-by-layer run can give: those computed from the captured states, and the measured damage
+#: (its block-removal scan runs every variant at once, each block loaded once)
+SEQUENTIAL_GROUPS = ("linearity", "id", "topology", "damage")
 HELP = "compute per-block metrics and write layers.csv"
 
 
@@ -69,7 +70,7 @@ def run(args) -> int:
 
         need_model = [g for g in groups if g not in SEQUENTIAL_GROUPS]
         if need_model:
-            raise InputError(f"layer by layer, only the metrics computed from the captured states run "
+            raise InputError(f"layer by layer, only the metrics computed from the captured states and the measured damage run "
                              f"({', '.join(SEQUENTIAL_GROUPS)}); {', '.join(need_model)} need the model in memory: "
                              "leave them out of --metrics, or run without --sequential on a machine it fits")
     if not ws.is_captured():

@@ -328,28 +328,11 @@ class SequentialModel:
         order = list(range(len(layers))) if blocks is None else [int(b) for b in blocks]
         total = len(order) + 2
         store = StateStore(self.state_budget)
-        kwargs: list[tuple[tuple, dict]] = []
         t0 = time.perf_counter()
         try:
             # 1. embeddings: the model's own forward up to the first block, which records its inputs
             emb = self.skeleton.get_input_embeddings()
-            self.load(emb, self._prefix(emb))
-            catcher = _Catcher(layers[0])
-            layers[0] = catcher
-            try:
-                for i, ids in enumerate(batches):
-                    try:
-                        self.skeleton.base_model(input_ids=ids.to(self.device), use_cache=False)
-                    except _Stop:
-                        pass
-                    h, args, kw = catcher.seen
-                    kw = {k: v for k, v in kw.items() if k not in ("past_key_value", "past_key_values")}
-                    kwargs.append((args, kw))
-                    store.put(i, h)
-                    if on_state:
-                        on_state(0, i, h)
-            finally:
-                layers[0] = catcher.block
+            kwargs = self._embed(batches, store, on_state)
             if not (needs_head and self._head_is_embedding()):
                 self.free(emb)
             if progress:
@@ -383,6 +366,79 @@ class SequentialModel:
             self.free(norm)
             if head is not None:
                 self.free(head)
+            self.free(emb)
+            if progress:
+                progress(total, total, "final norm and head")
+        finally:
+            store.close()
+
+    def _embed(self, batches, store: StateStore, on_state=None) -> list[tuple[tuple, dict]]:
+        """Load the embedding, put every batch's ``h_0`` in ``store`` and return what each batch passes a block."""
+        _, layers = block_list(self.skeleton)
+        emb = self.skeleton.get_input_embeddings()
+        self.load(emb, self._prefix(emb))
+        kwargs = []
+        catcher = _Catcher(layers[0])
+        layers[0] = catcher
+        try:
+            for i, ids in enumerate(batches):
+                try:
+                    self.skeleton.base_model(input_ids=ids.to(self.device), use_cache=False)
+                except _Stop:
+                    pass
+                h, args, kw = catcher.seen
+                kw = {k: v for k, v in kw.items() if k not in ("past_key_value", "past_key_values")}
+                kwargs.append((args, kw))
+                store.put(i, h)
+                if on_state:
+                    on_state(0, i, h)
+        finally:
+            layers[0] = catcher.block
+        return kwargs
+
+    @torch.no_grad()
+    def run_without_each(self, batches: Sequence[torch.Tensor], order: Sequence[int],
+                         on_final: Callable[[int, int, torch.Tensor], None],
+                         progress: Callable[[int, int, str], None] | None = None) -> None:
+        """The model of ``order``'s blocks and, at once, each of its variants without one of them, every block
+        loaded once: ``on_final(t, batch, h)`` gets the final-normed states of the variant without ``order[t]``
+        (``t = -1``: the model with all of ``order``), with the head loaded. The hidden states of every variant
+        are kept between blocks (``len(order) + 1`` streams; on disk beyond the budget)."""
+        base_name, layers = block_list(self.skeleton)
+        order = [int(b) for b in order]
+        n = len(batches)
+        total = len(order) + 2
+        store = StateStore(self.state_budget)
+        key = lambda t, i: (t + 1) * n + i  # noqa: E731 - stream t (-1 = all blocks), batch i
+        t0 = time.perf_counter()
+        try:
+            kwargs = self._embed(batches, store)  # stream -1 lives at keys 0..n-1
+            emb = self.skeleton.get_input_embeddings()
+            if not self._head_is_embedding():
+                self.free(emb)
+            if progress:
+                progress(1, total, "embeddings")
+            for t, b in enumerate(order):
+                for i in range(n):  # the variant without block b: the states entering b, kept as they are
+                    store.put(key(t, i), store.get(key(-1, i), self.device))
+                block = self.load(layers[b], f"{base_name}.{b}.")
+                for s in [-1, *range(t)]:
+                    for i in range(n):
+                        args, kw = kwargs[i]
+                        out = block(store.get(key(s, i), self.device), *args, **kw)
+                        store.put(key(s, i), out[0] if isinstance(out, tuple) else out)
+                self.free(block)
+                if progress:
+                    progress(t + 2, total, f"block {b} for {t + 1} streams ({time.perf_counter() - t0:.0f} s)")
+            norm = final_norm(self.skeleton)
+            head = output_head(self.skeleton)
+            self.load(norm, self._prefix(norm))
+            self.load(head, self._prefix(head))
+            for s in [-1, *range(len(order))]:
+                for i in range(n):
+                    on_final(s, i, norm(store.get(key(s, i), self.device)))
+            self.free(norm)
+            self.free(head)
             self.free(emb)
             if progress:
                 progress(total, total, "final norm and head")

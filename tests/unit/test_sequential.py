@@ -162,3 +162,20 @@ def test_variants_share_the_originals_tensors(tiny):
     assert {p.data_ptr() for p in variant.parameters()} <= ptrs
     derived = derived_model(lm, variant, "pruned")
     assert {p.data_ptr() for p in derived.model.parameters()} <= ptrs
+
+
+def test_damage_scan(tiny):
+    """The block-removal scan layer by layer (every block loaded once) gives the in-memory scan's rows."""
+    from analysis.metrics import damage
+
+    lm, sm = tiny
+    settings = damage.SearchSettings(text="lcet10", n_tokens=256, context=64, batch_size=2)
+    for state in (None, {"blocks": [2]}):
+        a = damage.scan(lm, settings, state)
+        damage._REFERENCE.clear()
+        b = damage.scan(sm, settings, state)
+        damage._REFERENCE.clear()
+        assert [r["block"] for r in a] == [r["block"] for r in b]
+        for ra, rb in zip(a, b):
+            for k in ("nll", "perplexity", "kl", "top1"):
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (state, ra["block"], k)
