@@ -2,7 +2,7 @@
 
 No download: the shape comes from a transformers config, the tokenizer is the bundled one (SmolLM2's, vocabulary
 49152). ``llama_1b_shape()`` is Llama-3.2-1B's shape (16 blocks, width 2048, grouped-query attention 32 heads /
-8 key-value heads, MLP 8192, tied embeddings): 1.24 B parameters at this vocabulary, about 4.6 GB in fp32.
+8 key-value heads, MLP 8192, tied embeddings): 1.07 B parameters at this vocabulary, 4.3 GB (4.0 GiB) in fp32.
 
 Run: PYTHONPATH=. python -m bench.models   (prints the folder; builds it the first time, ~2 min on 2 cores)
 """

@@ -103,9 +103,12 @@ def _default_calibration(lm: LoadedModel) -> None:
         return
     choice = default_calibration(lm.config)
     st.session_state[CALIBRATION_CHOICE] = (lm.fingerprint, choice)
-    if not st.session_state.get(CALIBRATION_BY_USER):
-        st.session_state[CALIBRATION] = replace(calibration(), n_windows=choice.n_windows,
-                                                window_len=choice.window_len, storage=choice.storage)
+    cal = calibration()
+    before = done[1] if done is not None else Calibration()  # the default the windows were set to, if untouched
+    untouched = (cal.n_windows, cal.window_len, cal.storage) == (before.n_windows, before.window_len, before.storage)
+    if untouched and not st.session_state.get(CALIBRATION_BY_USER):
+        st.session_state[CALIBRATION] = replace(cal, n_windows=choice.n_windows, window_len=choice.window_len,
+                                                storage=choice.storage)
 
 
 def calibration_choice():
