@@ -458,29 +458,59 @@ class SequentialModel:
         return logits
 
 
+_NUMPY_OF = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "F64": np.float64, "I64": np.int64,
+             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n)), 8 + n
+
+
+@dataclass
+class CheckpointTensor:
+    """A tensor left in its safetensors file: shape and dtype (as the model holds it), and a strided sample read
+    through a memory map opened for that read only (a few MB touched, never the whole tensor)."""
+
+    path: Path
+    info: dict
+    data_start: int
+    shape: tuple
+    dtype: torch.dtype
+
+    def strided_sample(self, n: int) -> torch.Tensor:
+        numel = int(np.prod(self.info["shape"])) if self.info["shape"] else 1
+        step = max(1, numel // n)
+        kind = self.info["dtype"]
+        mm = np.memmap(self.path, dtype=_NUMPY_OF[kind], mode="r", offset=self.data_start
+                       + int(self.info["data_offsets"][0]), shape=(numel,))
+        sample = torch.from_numpy(np.array(mm[::step][:n]))
+        del mm
+        if kind == "BF16":
+            sample = sample.view(torch.bfloat16)
+        return sample.to(self.dtype)
+
+
 def sequential_fingerprint(sm: SequentialModel, samples_per_tensor: int = 4096) -> str:
     """The fingerprint :func:`analysis.model.loading.fingerprint` gives the same weights loaded in memory,
-    computed from the checkpoint one tensor at a time (so the caches of both runs are shared)."""
-    from safetensors import safe_open
-
+    computed from the checkpoint's files without loading them (only each tensor's strided sample is read), so the
+    caches of both runs are shared."""
     from analysis.model.loading import fingerprint_items
 
-    names = sorted(sm.skeleton.state_dict().keys())
     meta = sm.skeleton.state_dict()
-    handles: dict[Path, object] = {}
+    headers = {f: _header(f) for f in set(sm.index.values())}
 
     def items():
-        for name in names:
+        for name in sorted(meta):
             src = sm._source_name(name)
             if src not in sm.index:
                 raise NotSequential(f"{src} is not in the checkpoint {sm.folder}")
             f = sm.index[src]
-            if f not in handles:
-                handles[f] = safe_open(str(f), framework="pt", device="cpu")
-            t = handles[f].get_tensor(src).to(meta[name].dtype)
-            yield name, t
+            header, start = headers[f]
+            yield name, CheckpointTensor(f, header[src], start, tuple(meta[name].shape), meta[name].dtype)
 
-    return fingerprint_items(sm.skeleton, items())
+    return fingerprint_items(sm.skeleton, items(), samples_per_tensor)
 
 
 def open_sequential(spec, progress: Callable[[str], None] | None = None, reason: str = "",
