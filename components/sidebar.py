@@ -145,6 +145,26 @@ def _text_section() -> None:
         cal = state.calibration()
         st.caption(f"**{text.label}** · {len(text.content):,} characters · sha256 {text.sha256[:12]}… · "
                    f"{cal.n_windows} × {cal.window_len} tokens")
+        _calibration_caption(cal)
+
+
+def _calibration_caption(cal: Calibration) -> None:
+    """Why these windows (the default chosen for the model's width and depth) and what capturing them costs."""
+    from analysis.capture import estimate
+
+    lm = state.loaded_model()
+    choice = state.calibration_choice()
+    if lm is None:
+        return
+    if choice is not None and (choice.n_windows, choice.window_len, choice.storage) == (
+            cal.n_windows, cal.window_len, cal.storage):
+        why = f"Chosen for this model: {choice.reason}."
+    else:
+        why = ("Your windows" + (f" (the default for this model is {choice.n_windows} × {choice.window_len}, "
+                                 f"{choice.storage})" if choice is not None else "") + ".")
+    est = estimate.capture_estimate(lm, cal.n_windows, cal.window_len, storage=cal.storage)
+    st.caption(why + f" Capture: about {estimate.format_seconds(est['seconds'])}, {format_bytes(est['disk_bytes'])} "
+               f"on disk, peak memory about {format_bytes(est['peak_memory_bytes'])}.")
 
 
 def _apply_text(kind, name, uploaded, pasted, cal: Calibration) -> None:

@@ -20,6 +20,8 @@ MODEL_ERROR = "model_error"
 TEXT = "calibration_text"
 TEXT_ERROR = "text_error"
 CALIBRATION = "calibration"
+CALIBRATION_CHOICE = "calibration_choice"  # (fingerprint, CalibrationChoice) of the model's default calibration
+CALIBRATION_BY_USER = "calibration_by_user"  # the user applied windows in the sidebar: keep them for every model
 PRUNE_SELECTION = "prune_selection"
 VARIANTS = "variants"
 COMPARE = "compare_variant"
@@ -47,6 +49,7 @@ def loaded_model() -> LoadedModel | None:
             lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code,
                        spec.max_memory)
         st.session_state[GOOD_SPEC] = spec
+        _default_calibration(lm)
         return lm
     except ModelLoadError as exc:
         st.session_state[MODEL_ERROR] = str(exc)
@@ -83,7 +86,35 @@ def calibration() -> Calibration:
 
 
 def set_calibration(cal: Calibration) -> None:
+    """The windows the user applied in the sidebar (kept for every model from then on)."""
     st.session_state[CALIBRATION] = cal
+    st.session_state[CALIBRATION_BY_USER] = True
+
+
+def _default_calibration(lm: LoadedModel) -> None:
+    """Until the user applies windows of their own, the calibration is the one chosen for the loaded model's width
+    and depth (:func:`analysis.capture.defaults.default_calibration`)."""
+    from dataclasses import replace
+
+    from analysis.capture.defaults import default_calibration
+
+    done = st.session_state.get(CALIBRATION_CHOICE)
+    if done is not None and done[0] == lm.fingerprint:
+        return
+    choice = default_calibration(lm.config)
+    st.session_state[CALIBRATION_CHOICE] = (lm.fingerprint, choice)
+    cal = calibration()
+    before = done[1] if done is not None else Calibration()  # the default the windows were set to, if untouched
+    untouched = (cal.n_windows, cal.window_len, cal.storage) == (before.n_windows, before.window_len, before.storage)
+    if untouched and not st.session_state.get(CALIBRATION_BY_USER):
+        st.session_state[CALIBRATION] = replace(cal, n_windows=choice.n_windows, window_len=choice.window_len,
+                                                storage=choice.storage)
+
+
+def calibration_choice():
+    """The default calibration chosen for the loaded model (a ``CalibrationChoice``), or ``None``."""
+    done = st.session_state.get(CALIBRATION_CHOICE)
+    return done[1] if done else None
 
 
 def workspace() -> Workspace | None:

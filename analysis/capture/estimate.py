@@ -151,9 +151,14 @@ def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None =
             rate = matmul_flops(lm.device.type) * 0.35 / (2 * lm.n_parameters())
             source = "2 × parameters FLOPs per token at 35% of this machine's measured matmul rate"
     batch_tokens = min(tokens, 2048)
+    card = lm.card()
+    if getattr(lm, "sequential", False):  # one block (or the embedding) resident, every window's state kept
+        peak = card["resident_bytes"] + tokens * lm.width * 4 + batch_tokens * lm.width * 4 * 4
+        source += "; layer by layer: one block resident, the states of all windows kept between blocks"
+    else:
+        peak = n_states * batch_tokens * lm.width * 4 + card["memory_bytes"]
     return {"tokens": tokens, "disk_bytes": n_states * kept * lm.width * BYTES[storage],
-            "peak_memory_bytes": int(n_states * batch_tokens * lm.width * 4 + lm.card()["memory_bytes"]),
-            "seconds": tokens / rate, "basis": source}
+            "peak_memory_bytes": int(peak), "seconds": tokens / rate, "basis": source}
 
 
 def describe(est: dict) -> str:

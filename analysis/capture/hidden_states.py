@@ -164,11 +164,15 @@ def capture_hidden_states(
         w.add_array("tokens", windows if positions == "all" else windows[:, -1:])
         out = w.open_array("states", shape, STORAGE_DTYPES[storage])
         reserve(w.dir / "states.npy")  # the disk blocks now: ENOSPC here (an OSError), never SIGBUS later
-        for start, hidden in iter_hidden_states(lm, windows, batch_size=batch_size, progress=progress):
-            stop = start + hidden[0].shape[0]
-            for row, s in enumerate(keep):
-                h = hidden[s] if positions == "all" else hidden[s][:, -1:]
-                out[row, start:stop] = h.float().cpu().numpy()
+        if getattr(lm, "sequential", False):
+            _capture_sequential(lm, windows, out, keep, batch_size, positions, storage, progress)
+        else:
+            for start, hidden in iter_hidden_states(lm, windows, batch_size=batch_size, progress=progress):
+                stop = start + hidden[0].shape[0]
+                for row, s in enumerate(keep):
+                    h = hidden[s] if positions == "all" else hidden[s][:, -1:]
+                    out[row, start:stop] = _stored(h, storage)
+                del hidden
         del out  # unmapped, not msync'ed: like every other cache write, the kernel writes it back (an msync of
         # the whole array made capture 54% slower than a bare forward pass here; without it, 14%)
         w.data = {**params, "state_ids": keep, "n_states_model": n_states, "seconds": time.perf_counter() - t0,
@@ -177,6 +181,37 @@ def capture_hidden_states(
     arrays, data = cache.read_entry(e, mmap=True)
     return Capture(arrays["states"], np.asarray(arrays["tokens"]), keep, data,
                    cache.CacheOutcome("recomputed" if note else "computed", e.path, note))
+
+
+_TORCH_STORAGE = {"float32": torch.float32, "float16": torch.float16}
+
+
+def _stored(h: torch.Tensor, storage: str) -> np.ndarray:
+    """One batch of one state in the storage dtype, converted on the model's device (never a float32 copy of a
+    float16 capture first)."""
+    return h.detach().to(_TORCH_STORAGE[storage]).cpu().numpy()
+
+
+def _capture_sequential(lm, windows: np.ndarray, out: np.ndarray, keep: list[int], batch_size: int, positions: str,
+                        storage: str, progress: Progress | None) -> None:
+    """Fill ``out`` state by state from a layer-by-layer run (:mod:`analysis.model.sequential`)."""
+    from analysis.model.sequential import batches_of
+
+    rows = {s: r for r, s in enumerate(keep)}
+    starts = list(range(0, windows.shape[0], batch_size))
+
+    def on_state(state: int, i: int, h: torch.Tensor) -> None:
+        row = rows.get(state)
+        if row is None:
+            return
+        start = starts[i]
+        out[row, start:start + h.shape[0]] = _stored(h if positions == "all" else h[:, -1:], storage)
+
+    def step(done: int, total: int, message: str) -> None:
+        if progress:
+            progress(done, total, f"layer by layer: {message}")
+
+    lm.run(batches_of(windows, batch_size), on_state=on_state, progress=step)
 
 
 @torch.no_grad()

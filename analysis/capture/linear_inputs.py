@@ -1,7 +1,7 @@
 """Calibration statistics of the inputs of linear layers, gathered with forward hooks in one streamed pass
 (METHODS.md §6): per matrix the Gram matrix ``X Xᵀ`` and ``Σ|x|`` that ASVD, SVD-LLM and NSVD need
 (:class:`~analysis.methods.lowrank.CalibrationStats`). A hook records only its own thread's passes (jobs share the
-model).
+model). A layer-by-layer model (:mod:`analysis.model.sequential`) gets the same hooks on its module tree.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def collect_stats(
     same tensor object as the previously hooked linear (``q/k/v_proj``, ``gate/up_proj``) joins its site; later
     passes check that this still holds. Hooks are always removed, even on error.
     """
-    modules = dict(model.named_modules())
+    sequential = getattr(model, "sequential", False)  # a layer-by-layer model: hooks on its module tree
+    modules = dict((model.skeleton if sequential else model).named_modules())
     for name in linear_names:
         if name not in modules:
             raise InputError(f"model has no module named {name!r}")
@@ -85,6 +86,19 @@ def collect_stats(
 
     handles = [modules[name].register_forward_pre_hook(this_thread_only(make_hook(name))) for name in linear_names]
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    if sequential:
+        try:  # block after block, every batch through each block: each site sums the batches in the same order
+            ids = [_batch_parts(b)[0] for b in batches]
+            if any(_batch_parts(b)[1] is not None for b in batches):
+                raise InputError("layer by layer, calibration batches cannot carry an attention mask")
+            model.run(ids, progress=(lambda d, t, m: progress(d, t)) if progress is not None else None)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in linear_names if name not in stats]
+        if missing:
+            raise RuntimeError(f"these linears never ran during calibration: {missing}")
+        return stats
     first_param = next(model.parameters())
     was_training = model.training
     model.eval()

@@ -53,21 +53,36 @@ def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: 
     return dest.path
 
 
+REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said"
+
+
 @torch.no_grad()
-def verify_export(out_dir: str | Path, model: nn.Module, tokenizer, text: str | None = None,
-                  loader=None) -> dict:
-    """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits.
+def reference_logits(model: nn.Module, tokenizer, text: str | None = None) -> dict:
+    """The logits an export must reproduce (on CPU): take them, free the in-memory model, then
+    ``verify_export(out, tokenizer=…, reference=…)`` reloads the folder without two models resident at once."""
+    device = input_device(model)
+    x = tokenizer(text or REFERENCE_TEXT, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    return {"input_ids": x, "logits": model(input_ids=x.to(device), use_cache=False).logits.float().cpu(),
+            "device": device}
+
+
+@torch.no_grad()
+def verify_export(out_dir: str | Path, model: nn.Module | None = None, tokenizer=None, text: str | None = None,
+                  loader=None, reference: dict | None = None) -> dict:
+    """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits with
+    ``model``'s, or with ``reference`` (:func:`reference_logits`, taken before the model was freed).
 
     The folder is LayerScope's own export: no code from it runs (``trust_remote_code=False``)."""
     from transformers import AutoModelForCausalLM
 
-    device = input_device(model)
+    if reference is None:
+        reference = reference_logits(model, tokenizer, text)
+    device = reference["device"]
     reloaded = (loader or (lambda d: AutoModelForCausalLM.from_pretrained(d, trust_remote_code=False)))(str(out_dir))
     reloaded.to(device).eval()
-    text = text or "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said"
-    x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
-    a = model(input_ids=x, use_cache=False).logits.float()
-    b = reloaded(input_ids=x, use_cache=False).logits.float()
+    x = reference["input_ids"].to(device)
+    a = reference["logits"]
+    b = reloaded(input_ids=x, use_cache=False).logits.float().cpu()
     diff = float((a - b).abs().max())
     scale = float(a.abs().max())
     same_top1 = bool((a.argmax(-1) == b.argmax(-1)).all())

@@ -373,7 +373,8 @@ def calibration_stats(lm: LoadedModel, text: Text, n_windows: int, window_len: i
                 progress(done, total or len(batches), f"statistics of {len(all_names)} matrices: batch "
                                                       f"{done}/{total or len(batches)}")
 
-        fresh = collect_stats(model, all_names, batches, progress=step)
+        # a layer-by-layer model (analysis.model.sequential) runs its blocks one at a time with the same hooks
+        fresh = collect_stats(lm if getattr(lm, "sequential", False) else model, all_names, batches, progress=step)
         seconds = time.perf_counter() - t0
         info["seconds"] = seconds
         for g, e in missing:

@@ -1,6 +1,7 @@
 """Capture hidden states into the cache (the step every view starts from), with an estimate first.
 
-For models larger than one device, combine ``--device-map-auto`` (and ``--max-memory``) with ``--states`` (only
+For models larger than memory, ``--sequential`` runs the checkpoint one block at a time (chosen automatically
+when the weights do not fit). For models larger than one device, alternatively combine ``--device-map-auto`` (and ``--max-memory``) with ``--states`` (only
 the hidden states you need) and ``--storage float16`` (half the disk). ``--estimate-only`` prints the time, disk
 and memory estimate and stops. The result is keyed by (model fingerprint, text hash, N, T, storage, states), so the
 dashboard — or ``metrics`` — finds it.
@@ -18,10 +19,10 @@ HELP = "capture hidden states into the cache (estimate first)"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_model_args
-    from analysis.cli.common import block_list
+    from analysis.cli.common import add_calibration_args, add_model_args, add_sequential_arg, block_list
 
     add_model_args(p)
+    add_sequential_arg(p)
     add_calibration_args(p)
     p.add_argument("--states", default=None, type=block_list("--states"), help="hidden states to keep, e.g. '0,10,20' or '0-10' (default: all)")
     p.add_argument("--last-only", action="store_true", help="keep only the last position of every window")
@@ -42,7 +43,7 @@ def run(args) -> int:
 
     states = parse_blocks(args.states, what="--states") if args.states else None
     preflight_calibration(args)  # windows, text length, positions: before any weight is loaded
-    lm = load(args)
+    lm = load(args, sequential_ok=True)
     if states is not None and (states[0] < 0 or states[-1] > lm.n_blocks):
         raise InputError(f"--states must lie in 0..{lm.n_blocks}")
     positions = "last" if args.last_only else "all"

@@ -117,20 +117,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="run custom model code from the checkpoint's repository (off by default)")
 
 
-def add_calibration_args(p: argparse.ArgumentParser, text_default: str = "alice", sequences: int = 32,
-                         seq_len: int = 128) -> None:
+def add_calibration_args(p: argparse.ArgumentParser, text_default: str = "alice", sequences: int | None = None,
+                         seq_len: int | None = None) -> None:
     g = p.add_argument_group("calibration text")
     g.add_argument("--text", "--calib-text", dest="text", default=text_default,
                    help="bundled text name (alice, asyoulik, lcet10, plrabn12) or a path to a text file")
     g.add_argument("--sequences", type=positive_int, default=sequences,
-                   help="number of windows N (first N, non-overlapping)")
-    g.add_argument("--seq-len", type=window_length, default=seq_len, help="tokens per window T")
+                   help="number of windows N (first N, non-overlapping); default: chosen from the model's width "
+                        "(enough tokens for linearity, 2.5 × width, at least 32 × 128)")
+    g.add_argument("--seq-len", type=window_length, default=seq_len, help="tokens per window T (default 128)")
     g.add_argument("--exclude-first", type=non_negative_int, default=0,
                    help="drop the first positions of each window from all-token clouds (attention sink)")
     g.add_argument("--n-max", type=positive_int, default=None,
                    help="subsample all-token clouds to at most this many tokens")
-    g.add_argument("--storage", default="float32", choices=["float32", "float16"],
-                   help="dtype of the captured hidden states on disk")
+    g.add_argument("--storage", default=None, choices=["float32", "float16"],
+                   help="dtype of the captured hidden states on disk (default float32; float16 when the float32 "
+                        "capture would exceed 8 GiB)")
 
 
 def add_eval_args(p: argparse.ArgumentParser, text_default: str = "asyoulik") -> None:
@@ -150,16 +152,75 @@ def spec_from(args):
                      max_memory=args.max_memory)
 
 
-def load(args):
+def add_sequential_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sequential", action="store_true",
+                   help="run the model one block at a time from its safetensors checkpoint (memory-mapped), the "
+                        "hidden states kept between blocks (on disk beyond a budget): for models bigger than "
+                        "memory. Chosen automatically when the weights do not fit the device's free memory")
+
+
+def load(args, sequential_ok: bool = False):
+    """The model ``args`` name: in memory, or layer by layer (``--sequential``, or automatically when the weights
+    do not fit the device) where the command supports it."""
     from analysis.model.loading import load_model
 
-    return load_model(spec_from(args), progress=lambda m: print(f"[model] {m}", file=sys.stderr))
+    say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
+    if sequential_ok:
+        sm = load_sequential(args, say)
+        if sm is not None:
+            return sm
+    return load_model(spec_from(args), progress=say)
+
+
+def load_sequential(args, say):
+    """A layer-by-layer model when ``--sequential`` asks for one or the weights do not fit; else ``None``."""
+    from analysis.model.architecture import ModelLoadError
+    from analysis.model.loading import DTYPES, checkpoint_folder, resolve_device
+    from analysis.model.sequential import describe_peak, fits_in_memory, open_sequential
+
+    spec = spec_from(args)
+    if getattr(args, "sequential", False):
+        reason = "--sequential"
+    elif spec.device_map_auto:
+        return None
+    else:
+        try:
+            _, folder = checkpoint_folder(spec, say)
+        except ModelLoadError:
+            return None  # loading it in memory says what is wrong
+        ok, line = fits_in_memory(folder, DTYPES[spec.dtype], resolve_device(spec.device))
+        if ok:
+            return None
+        reason = f"{line}: running it layer by layer (as --sequential)"
+    sm = open_sequential(spec, say, reason=reason)
+    say(f"layer by layer ({reason}): {describe_peak(sm)}")
+    return sm
+
+
+def resolve_calibration(args, config) -> None:
+    """Fill the windows, window length and storage the user left out from the model's width and depth
+    (:func:`analysis.capture.defaults.default_calibration`) and say what was chosen and why (once)."""
+    if getattr(args, "sequences", 0) is not None and args.seq_len is not None and args.storage is not None:
+        return
+    from analysis.capture.defaults import default_calibration
+    from analysis.capture.workspace import Calibration
+
+    if config is None:  # a results folder: the fixed defaults
+        d = Calibration()
+        args.sequences = d.n_windows if args.sequences is None else args.sequences
+        args.seq_len = d.window_len if args.seq_len is None else args.seq_len
+        args.storage = args.storage or d.storage
+        return
+    choice = default_calibration(config, args.sequences, args.seq_len, args.storage)
+    args.sequences, args.seq_len, args.storage = choice.n_windows, choice.window_len, choice.storage
+    print(f"[calibration] {choice.reason}", file=sys.stderr)
 
 
 def workspace_from(args, lm):
     from analysis.capture.workspace import Calibration, Workspace
     from analysis.texts import resolve_text
 
+    resolve_calibration(args, lm.config)
     cal = Calibration(n_windows=args.sequences, window_len=args.seq_len, exclude_first=args.exclude_first,
                       n_max=args.n_max, storage=args.storage)
     return Workspace(lm=lm, text=resolve_text(args.text), calibration=cal)
@@ -244,13 +305,15 @@ def preflight_calibration(args, spec=None, text=None):
     from analysis.texts import resolve_text
     from analysis.workflow import preflight
 
-    preflight.check_windows(None, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
-                            getattr(args, "n_max", None))
+    if args.sequences is not None and args.seq_len is not None:
+        preflight.check_windows(None, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
+                                getattr(args, "n_max", None))
     text = text or resolve_text(args.text)
     spec = spec or spec_from(args)
     say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
     config = read_config(spec, say)
     if config is not None:
+        resolve_calibration(args, config)
         preflight.check_windows(config, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
                                 getattr(args, "n_max", None))
         preflight.check_text_windows(read_tokenizer(spec), text, args.sequences, args.seq_len)

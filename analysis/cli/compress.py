@@ -44,8 +44,18 @@ HELP = ("low-rank truncation (svd, asvd, svd-llm, nsvd), linear replacement of b
 
 def add_arguments(p):
     from analysis.changes.low_rank import METHODS
-    from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args
-    from analysis.cli.common import block_list, float_in, non_negative_float, open_fraction, positive_int, replaceme_run
+    from analysis.cli.common import (
+        add_calibration_args,
+        add_eval_args,
+        add_gguf_arg,
+        add_model_args,
+        block_list,
+        float_in,
+        non_negative_float,
+        open_fraction,
+        positive_int,
+        replaceme_run,
+    )
 
     add_model_args(p)
     g = p.add_argument_group("low-rank truncation")
@@ -103,7 +113,7 @@ def build_action(args, n_blocks: int | None = None) -> dict:
                  "blocks": None if args.blocks is None else parse_blocks(args.blocks, what="--blocks"),
                  "alpha": args.alpha,
                  "k1_share": args.k1_share, "damping": args.damping, "form": args.form or "factorised",
-                 "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
+                 "calibration": _calibration(args)}
         if args.ratio is not None:
             value["ratio"] = args.ratio
         if args.rank is not None:
@@ -119,8 +129,7 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
         start, n = parse_run(args.replaceme)
         value = {"start": start, "n": n, "method": args.replaceme_method,
-                 "relative_ridge": args.replaceme_relative_ridge,
-                 "calibration": {"text": args.text, "windows": args.sequences, "window_len": args.seq_len}}
+                 "relative_ridge": args.replaceme_relative_ridge, "calibration": _calibration(args)}
         ReplaceMeSpec.from_value({**value, "start": 1 if start == -1 else start})  # auto: the start comes later
         if start == -1:
             from analysis.search.replaceme_rows import check_rule
@@ -142,6 +151,13 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
         removed_by(action)  # a run that overlaps --remove, or a removed block l-1, is refused before loading
     return action
+
+
+def _calibration(args) -> dict:
+    """The calibration entry of an action: what is known yet (the windows are chosen from the model once it is
+    read; see :func:`analysis.cli.common.resolve_calibration`)."""
+    return {k: v for k, v in (("text", args.text), ("windows", args.sequences), ("window_len", args.seq_len))
+            if v is not None}
 
 
 def run(args) -> int:

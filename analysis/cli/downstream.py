@@ -21,8 +21,7 @@ HELP = "multiple-choice accuracy through lm-eval (original, and pruned with --re
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_model_args
-    from analysis.cli.common import block_list, non_negative_int, positive_int
+    from analysis.cli.common import add_model_args, block_list, non_negative_int, positive_int
 
     add_model_args(p)
     p.add_argument("--tasks", default="layerscope_cloze", help="comma-separated task names (see --list)")

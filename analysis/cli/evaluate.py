@@ -14,10 +14,10 @@ HELP = "perplexity of a model on a text (JSON)"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_model_args
-    from analysis.cli.common import positive_int, window_length
+    from analysis.cli.common import add_model_args, add_sequential_arg, positive_int, window_length
 
     add_model_args(p)
+    add_sequential_arg(p)
     p.add_argument("--text", default="asyoulik", help="bundled text name or a path to a text file")
     p.add_argument("--tokens", type=window_length, default=4096, help="tokens of the text to score")
     p.add_argument("--context", type=window_length, default=512)
@@ -39,14 +39,17 @@ def run(args) -> int:
     config = read_config(spec_from(args))
     preflight.check_eval(config, read_tokenizer(spec_from(args)) if config is not None else None, settings, names,
                          text=text)
-    lm = load(args)
-    from analysis.evaluation.perplexity import estimate_seconds
-    from analysis.formatting import format_seconds
+    lm = load(args, sequential_ok=True)
+    sequential = bool(getattr(lm, "sequential", False))
+    model = lm if sequential else lm.model  # layer by layer, or the module in memory
+    if not sequential:
+        from analysis.evaluation.perplexity import estimate_seconds
+        from analysis.formatting import format_seconds
 
-    est = estimate_seconds(lm, settings)
-    print(f"[evaluate] estimate: about {format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
-    result = perplexity(lm.model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
+        est = estimate_seconds(lm, settings)
+        print(f"[evaluate] estimate: about {format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
+    result = perplexity(model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
     result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,
-                       "parameters": lm.n_parameters()}
+                       "parameters": lm.n_parameters(), "sequential": bool(getattr(lm, "sequential", False))}
     print_json(result)
     return 0

@@ -62,8 +62,16 @@ def k_sizes(text: str) -> str:
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_eval_args, add_model_args
-    from analysis.cli.common import add_overwrite_arg, block_list, non_negative_int, seed_int, window_length
+    from analysis.cli.common import (
+        add_calibration_args,
+        add_eval_args,
+        add_model_args,
+        add_overwrite_arg,
+        block_list,
+        non_negative_int,
+        seed_int,
+        window_length,
+    )
 
     add_model_args(p)
     add_calibration_args(p)

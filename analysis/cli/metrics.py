@@ -11,15 +11,20 @@ Example:
   python -m analysis metrics --metrics avss,id --avss-site residual --avss-relative --out out/geometry
 """
 
+import sys
+
 NAME = "metrics"
+#: metric groups a layer-by-layer run can give: those computed from the captured states, and the measured damage
+#: (its block-removal scan runs every variant at once, each block loaded once)
+SEQUENTIAL_GROUPS = ("linearity", "id", "topology", "damage")
 HELP = "compute per-block metrics and write layers.csv"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_model_args
-    from analysis.cli.common import positive_float
+    from analysis.cli.common import add_calibration_args, add_model_args, add_sequential_arg, positive_float
 
     add_model_args(p)
+    add_sequential_arg(p)
     add_calibration_args(p)
     p.add_argument("--metrics", default="linearity",
                    help="comma-separated metric groups (default: linearity = linearity, linearity_no_residual, "
@@ -52,7 +57,28 @@ def run(args) -> int:
     group_params = {"avss": {"site": args.avss_site, "eps": args.avss_eps, "relative": args.avss_relative}}
     dest = out_destination(args)
     preflight_calibration(args)  # windows, text length, positions: before any weight is loaded
-    ws = workspace_from(args, load(args))
+    if "linearity" in groups:
+        from analysis.cli.common import spec_from
+        from analysis.model.loading import read_config
+        from analysis.workflow import preflight
+
+        preflight.check_linearity_tokens(read_config(spec_from(args)), args.sequences, args.seq_len,
+                                         args.exclude_first, args.n_max)
+    ws = workspace_from(args, load(args, sequential_ok=True))
+    if getattr(ws.lm, "sequential", False):
+        from analysis.errors import InputError
+
+        need_model = [g for g in groups if g not in SEQUENTIAL_GROUPS]
+        if need_model:
+            raise InputError(f"layer by layer, only the metrics computed from the captured states and the measured damage run "
+                             f"({', '.join(SEQUENTIAL_GROUPS)}); {', '.join(need_model)} need the model in memory: "
+                             "leave them out of --metrics, or run without --sequential on a machine it fits")
+    if not ws.is_captured():
+        from analysis.capture import estimate
+
+        c = ws.calibration
+        est = estimate.capture_estimate(ws.lm, c.n_windows, c.window_len, storage=c.storage)
+        print(f"[capture] estimate: {estimate.describe(est)}", file=sys.stderr)
     with destinations.writing(dest, "metrics") as out:
         ws.capture(TqdmProgress("capture"))
         write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)

@@ -16,8 +16,7 @@ HELP = "compare every metric's suggested blocks and their consensus"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_model_args
-    from analysis.cli.common import positive_int
+    from analysis.cli.common import add_calibration_args, add_model_args, positive_int
 
     add_model_args(p)
     add_calibration_args(p)

@@ -17,8 +17,7 @@ HELP = "remove blocks, evaluate, export a checkpoint with recipe.json"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args
-    from analysis.cli.common import block_list
+    from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args, block_list
 
     add_model_args(p)
     p.add_argument("--remove", required=True, type=block_list("--remove"), help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'")
@@ -72,10 +71,22 @@ def run(args) -> int:
           f"{format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
     variant = make_variant(ws, {"remove_blocks": blocks}, settings, progress=TqdmProgress("evaluate"))
     table = variant.evaluation
-    recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite, gguf=args.gguf)
+    # the reload check holds one model at a time: the variant's logits first, then the original's weights (which
+    # the variant shares) are released before the export is loaded back
+    recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite, gguf=args.gguf,
+                            release=lambda: _release(lm))
     check = recipe["export"]["reload_check"]
     print_json({"out": str(out), "removed_blocks": blocks,
                 "perplexity": {"original": table.original.perplexity, "pruned": table.candidate.perplexity},
                 "kl_to_original": table.candidate.kl_to_original, "top1_agreement": table.candidate.top1_agreement,
                 "reload_check": check})
     return 0 if check["ok"] else 1
+
+
+def _release(lm) -> None:
+    """Free the original's weights (and the variant's, which are the same tensors) and the memo of its
+    log-probabilities: nothing uses them after the export is written."""
+    from analysis.evaluation.perplexity import forget_original
+
+    forget_original()
+    lm.model.to("meta")

@@ -29,8 +29,16 @@ HELP = "zigzag persistence across layers and per-layer barcodes; writes CSV and 
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_model_args
-    from analysis.cli.common import finite_float, float_in, int_in, non_negative_float, non_negative_int, positive_int, window_length
+    from analysis.cli.common import (
+        add_model_args,
+        finite_float,
+        float_in,
+        int_in,
+        non_negative_float,
+        non_negative_int,
+        positive_int,
+        window_length,
+    )
 
     add_model_args(p)
     g = p.add_argument_group("text and windows (zigzag and last-token clouds)")

@@ -147,44 +147,78 @@ class _Pass:
 
 
 @torch.no_grad()
-def _scored_pass(model: nn.Module, ids: np.ndarray, settings: EvalSettings, progress: Progress | None, label: str,
+def _scored_pass(model, ids: np.ndarray, settings: EvalSettings, progress: Progress | None, label: str,
                  keep: bool = False, reference: list[torch.Tensor] | None = None) -> _Pass:
-    """One sliding-window pass: NLL of the scored tokens, argmax rows, and KL against ``reference`` rows."""
+    """One sliding-window pass: NLL of the scored tokens, argmax rows, and KL against ``reference`` rows.
+
+    ``model`` is an ``nn.Module`` or a layer-by-layer :class:`analysis.model.sequential.SequentialModel`: both
+    score the same windows in the same batches, and the rows are summed in the same order.
+    """
     t0 = time.perf_counter()
-    device = input_device(model)
+    sequential = getattr(model, "sequential", False)
+    device = model.device if sequential else input_device(model)
     wins = windows_for(ids, settings.context, settings.stride)
-    nll, count, kl = 0.0, 0, 0.0
-    kept: list[torch.Tensor] | None = [] if keep else None
-    argmax: list[torch.Tensor] = []
-    k = 0
+    jobs = []  # (first batch index, stop, x, n_scored, windows): windows of one shape (length, scored) together
     for b0 in range(0, len(wins), settings.batch_size):
         batch = wins[b0:b0 + settings.batch_size]
-        # windows of one shape (length, scored count) go together: the first and the last may differ
         groups: dict[tuple[int, int], list] = {}
         for w in batch:
             groups.setdefault((w[1] - w[0], w[1] - w[2]), []).append(w)
-        rows = []
         for (_, n_scored), group in groups.items():
-            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
-            # logits at position p predict token p + 1: the scored targets first .. e-1 need the logits of
-            # positions first-1 .. e-2, i.e. the last n_scored + 1 positions without the very last one
-            logits = _last_logits(model, x, n_scored + 1)[:, :-1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for r, (s, e, first) in enumerate(group):
-                rows.append((s, logp[r], x[r, first - s:e - s]))
-        for _, lp, tgt in sorted(rows, key=lambda t: t[0]):
-            nll -= float(lp.gather(-1, tgt[:, None]).sum())
-            count += int(tgt.numel())
-            argmax.append(lp.argmax(-1).cpu())
-            if keep:
-                kept.append(lp.to(torch.float16).cpu())
+            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]))
+            jobs.append((b0, min(len(wins), b0 + settings.batch_size), x, n_scored, group))
+    rows: list[list] = [[] for _ in jobs]  # per job: (start, nll, count, argmax, kept log-probs, kl)
+    ref_at = {}
+    if reference is not None:  # reference rows are in window order
+        order = sorted(range(len(wins)), key=lambda j: wins[j][0])
+        ref_at = {wins[j][0]: reference[k] for k, j in enumerate(order)}
+
+    def score(j: int, logits: torch.Tensor) -> None:
+        # logits at position p predict token p + 1: the scored targets first .. e-1 need the logits of
+        # positions first-1 .. e-2, i.e. the last n_scored + 1 positions without the very last one
+        _, _, x, _, group = jobs[j]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        for r, (s, e, first) in enumerate(group):
+            lp, tgt = logp[r], x[r, first - s:e - s].to(logp.device)
+            kl = None
             if reference is not None:
-                ref = reference[k].to(lp.device).float()
-                kl += float((ref.exp() * (ref - lp)).sum())
-            k += 1
-        if progress:
-            done = min(len(wins), b0 + settings.batch_size)
-            progress(done, len(wins), f"{label}: window {done}/{len(wins)}")
+                ref = ref_at[s].to(lp.device).float()
+                kl = float((ref.exp() * (ref - lp)).sum())
+            rows[j].append((s, -float(lp.gather(-1, tgt[:, None]).sum()), int(tgt.numel()), lp.argmax(-1).cpu(),
+                            lp.to(torch.float16).cpu() if keep else None, kl))
+
+    if sequential:
+        def on_final(j: int, h: torch.Tensor) -> None:
+            n_scored = jobs[j][3]
+            score(j, model.head_logits(h[:, -(n_scored + 1):]))
+
+        model.run([x for _, _, x, _, _ in jobs], on_final=on_final, needs_head=True,
+                  progress=(lambda d, t, m: progress(d, t, f"{label}: layer by layer, {m}")) if progress else None)
+    else:
+        for j, (b0, stop, x, n_scored, _) in enumerate(jobs):
+            score(j, _last_logits(model, x.to(device), n_scored + 1))
+            if progress and (j + 1 == len(jobs) or jobs[j + 1][0] != b0):
+                progress(stop, len(wins), f"{label}: window {stop}/{len(wins)}")
+    nll, count, kl = 0.0, 0, 0.0
+    kept: list[torch.Tensor] | None = [] if keep else None
+    argmax: list[torch.Tensor] = []
+    b0 = None
+    batch_rows: list = []
+    for j, job in enumerate(jobs + [None]):  # rows of one batch in window order, batch after batch
+        if job is None or job[0] != b0:
+            for _, row_nll, n, am, lp16, row_kl in sorted(batch_rows, key=lambda t: t[0]):
+                nll += row_nll
+                count += n
+                argmax.append(am)
+                if keep:
+                    kept.append(lp16)
+                if reference is not None:
+                    kl += row_kl
+            batch_rows = []
+            if job is None:
+                break
+            b0 = job[0]
+        batch_rows.extend(rows[j])
     return _Pass(nll, count, argmax, kept, kl if reference is not None else None, time.perf_counter() - t0)
 
 
@@ -197,6 +231,11 @@ def _last_logits(model: nn.Module, x: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 _ORIGINAL_MEMO: dict = {}
+
+
+def forget_original() -> None:
+    """Drop the memo of the original's log-probabilities (tokens × vocabulary, float16)."""
+    _ORIGINAL_MEMO.clear()
 
 
 def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray, settings: EvalSettings,

@@ -32,11 +32,13 @@ class NotEnoughTokens(InputError):
     """Fewer than ``2 × width`` tokens: every map would look linear."""
 
 
-def check_enough_tokens(n_tokens: int, width: int) -> None:
+def check_enough_tokens(n_tokens: int, width: int, remedy: str | None = None) -> None:
+    """Refuse fewer than ``2 × width`` tokens; ``remedy`` says what the caller can change (default: more windows)."""
     if n_tokens < 2 * width:
         raise NotEnoughTokens(
             f"linearity needs at least 2 × width = {2 * width} tokens; there are {n_tokens}. With n ≤ d every "
-            "pair of layers is exactly linear and the score is 1 for nothing — capture more windows or longer ones."
+            "pair of layers is exactly linear and the score is 1 for nothing — "
+            + (remedy or "capture more windows or longer ones") + "."
         )
 
 

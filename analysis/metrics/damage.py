@@ -181,10 +181,16 @@ def reference(lm, settings: SearchSettings, text: Text | None = None) -> Referen
         return _REFERENCE["ref"]
     _REFERENCE.clear()
     windows = search_windows(lm.tokenizer, text, settings)
-    device = input_device(lm.model)
+    sequential = getattr(lm, "sequential", False)
+    device = lm.device if sequential else input_device(lm.model)
+    batches = _batches(windows, settings.batch_size, device)
+    if sequential:  # layer by layer: the same logits, one block resident at a time
+        seq_logits: dict[int, torch.Tensor] = {}
+        lm.run(batches, on_final=lambda i, h: seq_logits.__setitem__(i, lm.head_logits(h)[:, :-1].float()),
+               needs_head=True)
     lps, am, tg, nll, count = [], [], [], 0.0, 0
-    for x in _batches(windows, settings.batch_size, device):
-        lp = torch.log_softmax(_logits(lm.model, x), dim=-1)
+    for i, x in enumerate(batches):
+        lp = torch.log_softmax(seq_logits.pop(i) if sequential else _logits(lm.model, x), dim=-1)
         tgt = x[:, 1:]
         nll -= float(lp.gather(-1, tgt[..., None]).sum())
         count += tgt.numel()
@@ -197,15 +203,25 @@ def reference(lm, settings: SearchSettings, text: Text | None = None) -> Referen
 
 
 def _score(ref: Reference, logits: list[torch.Tensor]) -> dict:
-    nll, kl, agree, count = 0.0, 0.0, 0, 0
+    sums = [0.0, 0.0, 0, 0]
     for i, lg in enumerate(logits):
-        lp = torch.log_softmax(lg.float(), dim=-1).cpu()
-        r = ref.log_probs[i]
-        tgt = ref.targets[i]
-        nll -= float(lp.gather(-1, tgt[..., None]).sum())
-        kl += float((r.exp() * (r - lp)).sum())
-        agree += int((lp.argmax(-1) == ref.argmax[i]).sum())
-        count += tgt.numel()
+        _add_batch(sums, ref, i, lg)
+    return _scored(ref, sums)
+
+
+def _add_batch(sums: list, ref: Reference, i: int, lg: torch.Tensor) -> None:
+    """Add batch ``i``'s NLL, KL to the reference, top-1 agreements and token count to ``sums`` (in place)."""
+    lp = torch.log_softmax(lg.float(), dim=-1).cpu()
+    r = ref.log_probs[i]
+    tgt = ref.targets[i]
+    sums[0] -= float(lp.gather(-1, tgt[..., None]).sum())
+    sums[1] += float((r.exp() * (r - lp)).sum())
+    sums[2] += int((lp.argmax(-1) == ref.argmax[i]).sum())
+    sums[3] += tgt.numel()
+
+
+def _scored(ref: Reference, sums: list) -> dict:
+    nll, kl, agree, count = sums
     mean = nll / count
     return {"nll": mean, "delta_nll": mean - ref.nll, "perplexity": math.exp(mean), "kl": kl / count,
             "top1": agree / count}
@@ -320,6 +336,8 @@ def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = N
     ref = reference(lm, settings, text)
     n = lm.n_blocks
     kept = _kept(n, state)
+    if getattr(lm, "sequential", False):
+        return _scan_sequential(lm, ref, settings, state, kept, sites, progress)
     model = apply_state(lm.model, state)
     batches = _batches(ref.windows, settings.batch_size, input_device(lm.model))
     inputs = _block_inputs(model, batches)[0] if method == "fast" else None
@@ -336,6 +354,28 @@ def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = N
         if progress:
             progress(i + 1, len(todo), f"{site} {b}")
     return rows
+
+
+def _scan_sequential(lm, ref: Reference, settings: SearchSettings, state: dict, kept: list[int], sites,
+                     progress: Progress | None) -> list[dict]:
+    """The block-removal scan of a layer-by-layer model (:mod:`analysis.model.sequential`): every variant without
+    one kept block runs at once, each block loaded once; rows as :func:`scan` gives them."""
+    if tuple(sites) != ("block",) or state["attention"] or state["mlp"]:
+        raise DamageError("layer by layer, the damage scan removes whole blocks only (site 'block'); skipping "
+                          "attention or feed-forward halves needs the model in memory")
+    if len(kept) == 1:
+        return []
+    batches = _batches(ref.windows, settings.batch_size, lm.device)
+    sums = {t: [0.0, 0.0, 0, 0] for t in range(len(kept))}
+    t0 = time.perf_counter()
+
+    def on_final(t: int, i: int, h: torch.Tensor) -> None:
+        if t >= 0:
+            _add_batch(sums[t], ref, i, lm.head_logits(h)[:, :-1].float())
+
+    lm.run_without_each(batches, kept, on_final, progress=progress)
+    per = (time.perf_counter() - t0) / len(kept)
+    return [{"block": b, "site": "block", **_scored(ref, sums[t]), "seconds": per} for t, b in enumerate(kept)]
 
 
 def scan_params(lm, settings: SearchSettings, state: dict | None, site: str, text: Text | None = None) -> dict:

@@ -227,6 +227,12 @@ def _final_norm(model: nn.Module) -> nn.Module | None:
 
 def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
     """A hash of the configuration and of a strided sample of every weight (see the module docstring)."""
+    return fingerprint_items(model, sorted(model.state_dict().items()), samples_per_tensor)
+
+
+def fingerprint_items(model: nn.Module, items, samples_per_tensor: int = 4096) -> str:
+    """:func:`fingerprint` of ``model``'s configuration with the weights ``items`` (``(name, tensor)`` in name
+    order): a layer-by-layer run streams them from the checkpoint and gets the in-memory model's fingerprint."""
     h = hashlib.blake2b(digest_size=16)
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
     for k in ("_name_or_path", "transformers_version", "name_or_path", "_commit_hash"):
@@ -234,8 +240,14 @@ def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     offloaded = _offloaded_weights(model)
     with torch.no_grad():
-        for name, t in sorted(model.state_dict().items()):
+        for name, t in items:
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            if hasattr(t, "strided_sample"):  # a tensor left in its checkpoint file: only the sample is read
+                sample = t.strided_sample(samples_per_tensor)
+                if sample.dtype in (torch.bfloat16, torch.float16):
+                    sample = sample.float()
+                h.update(sample.numpy().tobytes())
+                continue
             if t.device.type == "meta":  # offloaded to disk by accelerate: read the offloaded copy
                 try:
                     t = offloaded[name]
@@ -318,6 +330,25 @@ def read_config(spec: ModelSpec, progress: Callable[[str], None] | None = None):
     if kind == "results":
         return None
     return _read_config(target, spec, local_only, say)
+
+
+def checkpoint_folder(spec: ModelSpec, progress: Callable[[str], None] | None = None) -> tuple[str, Path]:
+    """``(name, folder)`` of the safetensors checkpoint a spec names (the bundled model's converted copy, a .gguf's,
+    a local folder, or a hub id's snapshot in the local cache), without loading it."""
+    say = progress or (lambda msg: log.info(msg))
+    kind, name, target, folder, local_only, _ = _resolve(spec, say)
+    if kind == "results":
+        raise ModelLoadError(f"{spec.source} is a results folder without weights")
+    if folder is None:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(target, local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - not in the local cache, or no such repository
+            raise ModelLoadError(f"{target!r} is not in the local Hugging Face cache ({_first_line(exc)}); "
+                                 "download it first or give a local folder") from None
+    check_weight_files(folder)
+    return name, folder
 
 
 def read_tokenizer(spec: ModelSpec, progress: Callable[[str], None] | None = None):

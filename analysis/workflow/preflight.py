@@ -113,6 +113,30 @@ def check_windows(config, n_windows: int, window_len: int, exclude_first: int = 
                              f"use at most {limit}")
 
 
+def check_linearity_tokens(config, n_windows: int, window_len: int, exclude_first: int = 0,
+                           n_max: int | None = None, names: dict = CLI) -> None:
+    """Linearity needs ``2 × width`` cloud tokens; the message names the setting that actually limits them."""
+    from analysis.capture.defaults import model_shape
+
+    width = model_shape(config)[0] if config is not None else 0
+    need = 2 * width
+    captured = n_windows * (window_len - exclude_first)
+    have = captured if n_max is None else min(captured, n_max)
+    if not width or have >= need:
+        return
+    if n_max is not None and n_max < need <= captured:
+        raise PreflightError(f"linearity needs at least 2 × width = {need:,} tokens; {names['n_max']} = {n_max:,} "
+                             f"subsamples the clouds to fewer: raise {names['n_max']} to at least {need:,} or leave "
+                             "it out")
+    per_window = max(1, window_len - exclude_first)
+    raise PreflightError(f"linearity needs at least 2 × width = {need:,} tokens; {n_windows} windows of {window_len}"
+                         + (f" minus {exclude_first} excluded" if exclude_first else "") + f" give {captured:,}: "
+                         f"use {names['windows']} {-(-need // per_window)} or more, or a longer {names['window_len']}"
+                         + (f", and raise {names['n_max']} or leave it out" if n_max is not None and n_max < need
+                            else "")
+                         + f" (leave {names['windows']} out to get enough for this model)")
+
+
 def count_tokens(tokenizer, text) -> int:
     from analysis.texts import token_ids
 

@@ -58,7 +58,8 @@ def make_variant(ws, action: dict, settings: EvalSettings, name: str | None = No
 
 def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = "dense",
                    overwrite: bool = False, recorded_path: str | Path | None = None,
-                   also_write: Callable[[object, Path], None] | None = None, gguf: str | None = None) -> dict:
+                   also_write: Callable[[object, Path], None] | None = None, gguf: str | None = None,
+                   release: Callable[[], None] | None = None) -> dict:
     """Write ``model`` as a checkpoint of ``form`` with ``recipe.json`` into ``out`` (atomically; the destination
     rule of :mod:`analysis.destinations` decides whether ``out`` may be written), reload it and compare logits.
 
@@ -67,7 +68,9 @@ def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = 
     ``also_write(model, folder)`` adds files of its own to the folder before it is moved into place (healing's
     LoRA adapter). ``gguf`` (a type of :data:`analysis.changes.gguf.SUPPORTED_QTYPES`, e.g. ``f16``, ``q8_0``,
     ``q4_0``) also writes ``model-<type>.gguf`` into the folder for llama.cpp, Ollama and LM Studio, read back with
-    transformers' GGUF reader (its top-1 agreement with the in-memory model is recorded)."""
+    transformers' GGUF reader (its top-1 agreement with the in-memory model is recorded). ``release()`` (without
+    ``gguf``) frees the in-memory model once its reference logits are taken, before the export is loaded back: one
+    model resident at a time (the command line's prune passes it; the model is unusable afterwards)."""
     if form not in EXPORT_FORMS:
         raise InputError(f"unknown export form {form!r}; choose from {', '.join(EXPORT_FORMS)}")
     gguf_name = None
@@ -87,7 +90,19 @@ def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = 
             write_gguf(directory, directory / gguf_name, gguf, name=recipe.get("name"))
 
     path = export_checkpoint(model, tokenizer, out, recipe, overwrite=overwrite, save_fn=save, finish_fn=finish)
-    recipe["export"]["reload_check"] = verify_export(path, model, tokenizer, loader=load_checkpoint)
+    if release is not None and not gguf_name:
+        import gc
+
+        from analysis.changes.export import reference_logits
+
+        reference = reference_logits(model, tokenizer)
+        release()
+        del model
+        gc.collect()
+        recipe["export"]["reload_check"] = verify_export(path, tokenizer=tokenizer, reference=reference,
+                                                         loader=load_checkpoint)
+    else:
+        recipe["export"]["reload_check"] = verify_export(path, model, tokenizer, loader=load_checkpoint)
     if gguf_name:
         recipe["export"]["gguf"]["size_bytes"] = (Path(path) / gguf_name).stat().st_size
         recipe["export"]["gguf"]["reload_check"] = verify_gguf(path, gguf_name, model, tokenizer)

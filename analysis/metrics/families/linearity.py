@@ -8,6 +8,21 @@ from analysis.methods import linearity
 from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
 
 
+def too_few_tokens_remedy(ws) -> str:
+    """What brings the clouds to ``2 × width`` tokens: the subsampling cap when it is what limits them, else the
+    windows (with the command-line option and the sidebar field of each)."""
+    c, need = ws.calibration, 2 * ws.lm.width
+    captured = c.n_windows * (c.window_len - c.exclude_first)
+    if c.n_max is not None and c.n_max < need <= captured:
+        return (f"the clouds are subsampled to n_max = {c.n_max:,} tokens: raise --n-max ('Subsample all-token "
+                f"clouds to' in the sidebar) to at least {need:,}, or leave it out")
+    more = f"at least {-(-need // max(1, c.window_len - c.exclude_first)):,} windows of {c.window_len}"
+    if c.exclude_first:
+        more += f" (minus the {c.exclude_first} excluded first positions)"
+    return (f"capture more tokens: --sequences {more} ('Windows N' in the sidebar), or longer windows with "
+            "--seq-len" + (", and raise --n-max or leave it out" if c.n_max is not None and c.n_max < need else ""))
+
+
 def linearity_results(ws, progress=None) -> dict:
     """The full ``(L+1) × (L+1)`` linearity matrix and the consecutive curves, cached per workspace.
 
@@ -18,7 +33,7 @@ def linearity_results(ws, progress=None) -> dict:
     """
     from analysis.capture.estimate import linearity_memory_bytes, memory_budget
 
-    linearity.check_enough_tokens(ws.n_cloud_tokens(), ws.lm.width)
+    linearity.check_enough_tokens(ws.n_cloud_tokens(), ws.lm.width, remedy=too_few_tokens_remedy(ws))
     need = linearity_memory_bytes(ws.n_states, ws.n_cloud_tokens(), ws.lm.width)
 
     def compute():

@@ -1,0 +1,181 @@
+"""Layer-by-layer execution (analysis.model.sequential) gives the in-memory numbers; the default calibration is
+chosen from the model's width and depth; the linearity refusal names the setting that helps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.capture.defaults import default_calibration
+from analysis.capture.hidden_states import capture_hidden_states
+from analysis.evaluation.perplexity import EvalSettings, perplexity
+from analysis.model.loading import ModelSpec, load_model
+from analysis.model.sequential import NotSequential, open_sequential
+from tests.families import tiny_config, tiny_model_dir
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory):
+    folder = tiny_model_dir(request.param, tmp_path_factory.mktemp(request.param))
+    spec = ModelSpec(source=str(folder), device="cpu")
+    return load_model(spec), open_sequential(spec, state_budget=20_000)  # a tiny budget: states go to disk
+
+
+def test_same_fingerprint_and_hidden_states(tiny, alice):
+    lm, sm = tiny
+    assert sm.fingerprint == lm.fingerprint  # the caches of both runs are shared
+    mem = np.array(capture_hidden_states(lm, alice, 6, 48, batch_size=4).states)
+    seq = capture_hidden_states(sm, alice, 6, 48, batch_size=4, refresh=True)
+    assert seq.states.shape == mem.shape == (lm.n_blocks + 1, 6, 48, lm.width)
+    np.testing.assert_allclose(np.asarray(seq.states), mem, rtol=0, atol=1e-5)
+
+
+def test_same_perplexity(tiny, asyoulik):
+    lm, sm = tiny
+    settings = EvalSettings(n_tokens=1100, context=256, stride=100, measure_speed=False)
+    a = perplexity(lm.model, lm.tokenizer, asyoulik, settings)
+    b = perplexity(sm, sm.tokenizer, asyoulik, settings)
+    assert a["tokens"] == b["tokens"]
+    assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-5)
+
+
+def test_pruned_order_matches_removed_blocks(tiny, alice):
+    """``blocks=`` runs a pruned variant layer by layer: the same logits as removing the blocks in memory."""
+    from analysis.changes.remove_blocks import remove_blocks
+
+    lm, sm = tiny
+    x = torch.as_tensor(np.arange(64).reshape(2, 32) % 250)
+    pruned = remove_blocks(lm.model, [1])
+    with torch.no_grad():
+        want = pruned(input_ids=x, use_cache=False).logits
+    got = {}
+    sm.run([x], on_final=lambda i, h: got.__setitem__(i, sm.head_logits(h)), blocks=[0, 2, 3], needs_head=True)
+    torch.testing.assert_close(got[0], want, rtol=0, atol=1e-5)
+    assert all(p.device.type == "meta" for p in sm.skeleton.parameters())  # every part freed again
+
+
+def test_bundled_model_capture(lm, alice):
+    sm = open_sequential(ModelSpec(device="cpu"))
+    assert sm.fingerprint == lm.fingerprint and sm.n_blocks == lm.n_blocks
+    mem = np.array(capture_hidden_states(lm, alice, 3, 64, states=[0, 1, 15, 30]).states)
+    seq = capture_hidden_states(sm, alice, 3, 64, states=[0, 1, 15, 30], refresh=True)
+    np.testing.assert_allclose(np.asarray(seq.states), mem, rtol=0, atol=1e-5)
+
+
+def test_mixed_attention_kinds_are_refused(tmp_path):
+    folder = tiny_model_dir("gemma3_text", tmp_path / "g")
+    with pytest.raises(NotSequential, match="mixes attention kinds"):
+        open_sequential(ModelSpec(source=str(folder), device="cpu"))
+
+
+def test_chosen_automatically_when_the_weights_do_not_fit(tiny, monkeypatch, capsys):
+    from analysis.cli import common
+    from analysis.model import sequential
+
+    lm, _ = tiny
+    args = argparse.Namespace(model=str(lm.checkpoint_dir), device="cpu", dtype="float32", device_map_auto=False,
+                              trust_remote_code=False, max_memory="", sequential=False)
+    assert not getattr(common.load(args, sequential_ok=True), "sequential", False)
+    monkeypatch.setattr(sequential, "available_bytes", lambda device: 1000)
+    got = common.load(args, sequential_ok=True)
+    assert got.sequential
+    assert "running it layer by layer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defaults from the model's shape
+
+
+def _llama(width, depth, **kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=8, **kw)
+
+
+def test_default_calibration_from_width_and_depth():
+    bundled = default_calibration(_llama(576, 30))
+    assert (bundled.n_windows, bundled.window_len, bundled.storage) == (32, 128, "float32")  # unchanged
+    one_b = default_calibration(_llama(2048, 16))
+    assert one_b.n_windows * one_b.window_len >= 2 * 2048 and (one_b.n_windows, one_b.storage) == (40, "float32")
+    big = default_calibration(_llama(8192, 80))
+    assert big.n_windows * big.window_len >= 2 * 8192 and big.storage == "float16"
+    assert "linearity needs ≥ 2 × width = 16,384" in big.reason
+    given = default_calibration(_llama(2048, 16), n_windows=8)
+    assert given.n_windows == 8 and "it will refuse" in given.reason
+
+
+def test_linearity_refusal_names_n_max(lm, alice):
+    from analysis.capture.workspace import Calibration, Workspace
+    from analysis.methods.linearity import NotEnoughTokens
+    from analysis.metrics.families.linearity import linearity_results
+    from analysis.workflow.preflight import PreflightError, check_linearity_tokens
+
+    ws = Workspace(lm=lm, text=alice, calibration=Calibration(n_max=500))
+    with pytest.raises(NotEnoughTokens, match="raise --n-max") as e:
+        linearity_results(ws)
+    assert "capture more windows" not in str(e.value)
+    with pytest.raises(PreflightError, match="--n-max = 500"):
+        check_linearity_tokens(lm.config, 32, 128, n_max=500)
+    with pytest.raises(PreflightError, match="use --sequences 10 or more"):
+        check_linearity_tokens(tiny_config("llama").__class__(hidden_size=640, num_attention_heads=8), 4, 128)
+
+
+def test_cli_says_what_it_chose(tiny, tmp_path):
+    from tests.cli import cli
+
+    lm, _ = tiny
+    proc = cli("capture", "--model", lm.checkpoint_dir, "--sequential", "--estimate-only")
+    assert "[calibration] 32 windows × 128 tokens" in proc.stderr
+    assert "layer by layer (--sequential)" in proc.stderr
+    assert json.loads(proc.stdout)["tokens"] == 4096
+
+
+def test_low_rank_statistics(tiny, alice):
+    """The input statistics of the low-rank methods, gathered layer by layer, are the in-memory ones."""
+    from analysis.changes.low_rank import calibration_stats
+
+    lm, sm = tiny
+    a, _ = calibration_stats(lm, alice, 4, 32, ["attn", "mlp"])
+    b, info = calibration_stats(sm, alice, 4, 32, ["attn", "mlp"])
+    assert info["cached"] == ["attn", "mlp"]  # same fingerprint: the in-memory entry serves both
+    from analysis.capture.linear_inputs import collect_stats
+    from analysis.changes.low_rank import _batches
+
+    fresh = collect_stats(sm, a.names, _batches(sm, alice, 4, 32))
+    assert set(fresh.names) == set(a.names)
+    for name in a.names:
+        torch.testing.assert_close(fresh[name].gram, a[name].gram, rtol=1e-9, atol=1e-9)
+
+
+def test_variants_share_the_originals_tensors(tiny):
+    """A pruned or in-place-changed variant holds the original's weight tensors, never copies of them."""
+    from analysis.changes.variant import apply_actions
+    from analysis.model.loading import derived_model
+
+    lm, _ = tiny
+    ptrs = {p.data_ptr() for p in lm.model.parameters()}
+    variant = apply_actions(lm.model, {"remove_blocks": [1, 2]})
+    assert {p.data_ptr() for p in variant.parameters()} <= ptrs
+    derived = derived_model(lm, variant, "pruned")
+    assert {p.data_ptr() for p in derived.model.parameters()} <= ptrs
+
+
+def test_damage_scan(tiny):
+    """The block-removal scan layer by layer (every block loaded once) gives the in-memory scan's rows."""
+    from analysis.metrics import damage
+
+    lm, sm = tiny
+    settings = damage.SearchSettings(text="lcet10", n_tokens=256, context=64, batch_size=2)
+    for state in (None, {"blocks": [2]}):
+        a = damage.scan(lm, settings, state)
+        damage._REFERENCE.clear()
+        b = damage.scan(sm, settings, state)
+        damage._REFERENCE.clear()
+        assert [r["block"] for r in a] == [r["block"] for r in b]
+        for ra, rb in zip(a, b):
+            for k in ("nll", "perplexity", "kl", "top1"):
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (state, ra["block"], k)
