@@ -7,11 +7,12 @@ recorded and written the same way wherever it is started.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
 from analysis.cache import atomic_write_text, dumps
-from analysis.changes.export import export_checkpoint, verify_export, verify_gguf
+from analysis.changes.export import export_checkpoint, reference_logits, verify_export, verify_gguf
 from analysis.changes.gguf import SUPPORTED_QTYPES, supported_families, write_gguf
 from analysis.changes.variant import Variant, apply_actions, candidate_name, describe_action
 from analysis.errors import InputError
@@ -80,6 +81,7 @@ def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = 
     recipe["export"] = {"path": str(Path(recorded_path or out).resolve()), "form": form}
     if gguf_name:
         recipe["export"]["gguf"] = {"file": gguf_name, "type": gguf}
+
     def save(m, directory: Path) -> None:
         save_checkpoint(m, directory, form)
         if also_write is not None:
@@ -91,10 +93,6 @@ def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = 
 
     path = export_checkpoint(model, tokenizer, out, recipe, overwrite=overwrite, save_fn=save, finish_fn=finish)
     if release is not None and not gguf_name:
-        import gc
-
-        from analysis.changes.export import reference_logits
-
         reference = reference_logits(model, tokenizer)
         release()
         del model
