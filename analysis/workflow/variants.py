@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis.cache import atomic_write_text, dumps
 from analysis.changes.export import export_checkpoint, reference_logits, verify_export, verify_gguf
-from analysis.changes.gguf import SUPPORTED_QTYPES, supported_families, write_gguf
+from analysis.changes.gguf import SUPPORTED_QTYPES, supported_families, vllm_config_problems, write_gguf
 from analysis.changes.variant import Variant, apply_actions, candidate_name, describe_action
 from analysis.errors import InputError
 from analysis.evaluation.perplexity import EvalSettings, evaluate
@@ -104,6 +104,8 @@ def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = 
     if gguf_name:
         recipe["export"]["gguf"]["size_bytes"] = (Path(path) / gguf_name).stat().st_size
         recipe["export"]["gguf"]["reload_check"] = verify_gguf(path, gguf_name, model, tokenizer)
+    if form == "dense" and getattr(getattr(model, "config", None), "model_type", None) in supported_families():
+        recipe["export"]["vllm_config_problems"] = vllm_config_problems(path)  # [] = what vLLM's loader reads agrees
     recipe["export"]["size_bytes"] = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
     atomic_write_text(Path(path) / "recipe.json", dumps(recipe))
     return recipe
