@@ -215,62 +215,6 @@ def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray
     return _ORIGINAL_MEMO["result"], copy.deepcopy(_ORIGINAL_MEMO["row"])
 
 
-def original_is_memoised(original_key: str, ids: np.ndarray, settings: EvalSettings) -> bool:
-    """Whether the original's pass for these tokens and settings is kept in memory (evaluating costs one pass)."""
-    key = (original_key, hash(ids.tobytes()), tuple(sorted(settings.to_dict().items())))
-    return bool(original_key) and _ORIGINAL_MEMO.get("key") == key
-
-
-_PROBE_MEMO: dict = {}
-
-
-@torch.no_grad()
-def probe_seconds(model: nn.Module, context: int, key: str = "") -> tuple[float, float]:
-    """A short timed probe of ``model``: seconds per token of one forward of ``min(context, 256)`` tokens, and
-    seconds of one single-token forward (about one greedy decode step). Kept per ``key`` (the weights' id)."""
-    n = max(2, min(int(context), 256))
-    if key and (key, n) in _PROBE_MEMO:
-        return _PROBE_MEMO[(key, n)]
-    x = _prefill_input(model, n)
-    device = input_device(model)
-    model(input_ids=x[:, :8], use_cache=False)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    model(input_ids=x, use_cache=False)
-    _sync(device)
-    per_token = (time.perf_counter() - t0) / n
-    steps = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        model(input_ids=x[:, :1], use_cache=False)
-        _sync(device)
-        steps.append(time.perf_counter() - t0)
-    out = (per_token, statistics.median(steps))
-    if key:
-        _PROBE_MEMO[(key, n)] = out
-    return out
-
-
-def estimate_seconds(settings: EvalSettings, per_token_s: float, per_step_s: float,
-                     original_memoised: bool = False, candidate_share: float = 1.0) -> dict:
-    """Seconds an evaluation of a candidate against the original will take (:func:`evaluate`), from a probe
-    (:func:`probe_seconds`): the sliding-window passes, the two greedy generations and the interleaved timing.
-
-    ``candidate_share``: the candidate's cost relative to the original (e.g. the share of blocks kept).
-    Returns ``{"seconds", "windows", "passes", "speed_s"}``; an estimate, not a promise (the load varies).
-    """
-    wins = len(windows_for(np.zeros(settings.n_tokens), settings.context, settings.stride))
-    window_s = per_token_s * settings.context
-    share = max(0.05, float(candidate_share))
-    passes = wins * window_s * ((0.0 if original_memoised else 1.0) + share)
-    generation = settings.max_new_tokens * per_step_s * ((0.0 if original_memoised else 1.0) + share)
-    speed = 0.0
-    if settings.measure_speed:
-        speed = (1.0 + share) * ((SPEED_ROUNDS + 2) * window_s + DECODE_ROUNDS * settings.max_new_tokens * per_step_s)
-    return {"seconds": passes + generation + speed, "windows": wins,
-            "passes": 1 if original_memoised else 2, "speed_s": speed}
-
-
 def evaluation_ids(tokenizer, text: Text, n_tokens: int) -> np.ndarray:
     ids = token_ids(tokenizer, text)
     if ids.size < n_tokens:

@@ -40,25 +40,3 @@ def test_bad_settings():
     with pytest.raises(EvaluationError):
         EvalSettings(n_tokens=100, context=512).validate()
 
-
-def test_the_evaluation_estimate_counts_passes_generations_and_the_speed_timing():
-    import numpy as np
-
-    from analysis.evaluation.perplexity import (
-        DECODE_ROUNDS,
-        SPEED_ROUNDS,
-        EvalSettings,
-        estimate_seconds,
-        windows_for,
-    )
-
-    s = EvalSettings(n_tokens=1024, context=256, stride=128, max_new_tokens=10, measure_speed=False)
-    n = len(windows_for(np.zeros(1024), 256, 128))
-    est = estimate_seconds(s, per_token_s=0.001, per_step_s=0.01)
-    assert est["windows"] == n and est["passes"] == 2
-    assert abs(est["seconds"] - (2 * n * 0.256 + 2 * 10 * 0.01)) < 1e-9
-    memo = estimate_seconds(s, per_token_s=0.001, per_step_s=0.01, original_memoised=True, candidate_share=0.5)
-    assert memo["passes"] == 1 and abs(memo["seconds"] - (0.5 * n * 0.256 + 0.5 * 10 * 0.01)) < 1e-9
-    timed = estimate_seconds(EvalSettings(n_tokens=1024, context=256, stride=256, max_new_tokens=10),
-                             per_token_s=0.001, per_step_s=0.01)
-    assert abs(timed["speed_s"] - 2 * ((SPEED_ROUNDS + 2) * 0.256 + DECODE_ROUNDS * 10 * 0.01)) < 1e-9
