@@ -121,6 +121,8 @@ if jobs.get(job_key) is None:  # the settings changed since this tab's leaderboa
                    "press **Start leaderboard** to queue one with the settings above.")
         job_key, quick_key = last.key, last.key + ":quick"
 quick_job = jobs.show(quick_key)
+if quick_job is not None and quick_job.state == "cancelled" and jobs.cancel(job_key):
+    st.rerun()  # Cancel on the quick answer stops the whole leaderboard (the full board queued behind it too)
 if quick_job is not None and quick_job.is_active:
     st.stop()
 job = jobs.show(job_key)
