@@ -17,8 +17,12 @@ No Streamlit here: ``components/jobs.py`` draws jobs in the pages.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import itertools
+import os
+import sys
 import threading
 import time
 import traceback
@@ -106,6 +110,21 @@ class Job:
         return (self.finished or time.time()) - self.started
 
     @property
+    def remaining(self) -> float | None:
+        """Seconds left while running, or None when unknown: the estimate the job was started with
+        (``meta["estimate_s"]``, for the whole job) less the time spent, else extrapolated from the progress of its
+        current step (``done`` of ``total``) once it has run a second."""
+        if self.state != RUNNING:
+            return None
+        estimate = self.meta.get("estimate_s")
+        if isinstance(estimate, (int, float)) and estimate > 0:
+            return max(0.0, float(estimate) - self.elapsed)
+        frac = self.fraction
+        if frac is not None and frac > 0 and self.elapsed >= 1.0:
+            return self.elapsed * (1.0 - frac) / frac
+        return None
+
+    @property
     def finished_ok(self) -> bool:
         """Done, with its result still held (a released job's result is gone: start it again)."""
         return self.state == DONE and not self.released
@@ -162,12 +181,60 @@ def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default
         job = Job(key=key, label=label, owner=owner, fn=fn, id=next(_IDS), meta=dict(meta or {}))
         _JOBS[key] = job
         _QUEUES.setdefault(owner, deque()).append(job)
+        _register_shutdown()
         worker = _WORKERS.get(owner)
         if worker is None or not worker.is_alive():
             worker = threading.Thread(target=_work, args=(owner,), name=f"layerscope-job-{owner}", daemon=True)
             _WORKERS[owner] = worker
             worker.start()
         return job
+
+
+#: Seconds :func:`shutdown` waits at interpreter exit for the cancelled jobs to reach their next progress step.
+SHUTDOWN_WAIT_S = 30.0
+_SHUTDOWN_REGISTERED = False
+
+
+def _register_shutdown() -> None:
+    global _SHUTDOWN_REGISTERED
+    if not _SHUTDOWN_REGISTERED:
+        _SHUTDOWN_REGISTERED = True
+        atexit.register(_shutdown_at_exit)
+
+
+def shutdown(timeout: float = SHUTDOWN_WAIT_S) -> list[Job]:
+    """Cancel every queued or running job and wait up to ``timeout`` seconds for the worker threads to end.
+
+    Returns the jobs whose worker is still running after the wait (empty when all stopped).
+    """
+    with _LOCK:
+        pending = [j for j in _JOBS.values() if j.is_active]
+        workers = [w for w in _WORKERS.values() if w.is_alive()]
+    for job in pending:
+        job.cancel()
+    end = time.time() + timeout
+    for worker in workers:
+        if worker is not threading.current_thread():
+            worker.join(max(0.0, end - time.time()))
+    with _LOCK:
+        return [j for j in _JOBS.values() if j.state == RUNNING]
+
+
+def _shutdown_at_exit() -> None:
+    """At interpreter exit (the server stopped with Ctrl-C or SIGTERM): stop the jobs first.
+
+    The workers are daemon threads; one still inside torch when the interpreter finalises is ended by
+    ``pthread_exit`` in the middle of C++ code, which aborts the process ("terminate called without an active
+    exception", exit status -6). So every job is cancelled and its worker joined; a worker that does not reach its
+    next progress step in :data:`SHUTDOWN_WAIT_S` is left behind by ending the process at once (``os._exit``).
+    """
+    stuck = shutdown()
+    if stuck:
+        print(f"layerscope: {len(stuck)} background job(s) did not stop within {SHUTDOWN_WAIT_S:.0f} s "
+              f"({', '.join(j.label for j in stuck)}); exiting without waiting for them", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _work(owner: str) -> None:
@@ -183,7 +250,8 @@ def _work(owner: str) -> None:
             job.state, job.started = RUNNING, time.time()
         try:
             job.check()
-            result = job.fn(job)
+            with _cancel_in_forward(job):
+                result = job.fn(job)
         except JobCancelled:
             job.state = CANCELLED
         except BaseException as exc:  # noqa: BLE001 - a job's failure is shown on its page, never lost
@@ -198,6 +266,40 @@ def _work(owner: str) -> None:
             job.finished = time.time()
             job.fn = None  # the work function's closure (workspace, model …) is not needed any more
             _trim(owner)
+
+
+_CURRENT = threading.local()  # .job: the job a worker thread is running
+_HOOK = {"users": 0, "handle": None}
+
+
+@contextlib.contextmanager
+def _cancel_in_forward(job: Job):
+    """While ``job`` runs, a cancelled job stops at the next forward of any torch module in its thread (a global
+    forward pre-hook), not only at its next progress step: Cancel (and stopping the server) takes effect within
+    one layer's forward even when a step between two reports is long (a damage scan on a busy machine)."""
+    torch = sys.modules.get("torch")  # never imported here: a job that does not use torch needs no hook
+    _CURRENT.job = job
+    if torch is not None:
+        with _LOCK:
+            if _HOOK["users"] == 0:
+                _HOOK["handle"] = torch.nn.modules.module.register_module_forward_pre_hook(_check_current)
+            _HOOK["users"] += 1
+    try:
+        yield
+    finally:
+        _CURRENT.job = None
+        if torch is not None:
+            with _LOCK:
+                _HOOK["users"] -= 1
+                if _HOOK["users"] == 0 and _HOOK["handle"] is not None:
+                    _HOOK["handle"].remove()
+                    _HOOK["handle"] = None
+
+
+def _check_current(module, args) -> None:
+    job = getattr(_CURRENT, "job", None)
+    if job is not None and job._cancel.is_set():
+        raise JobCancelled(f"{job.label}: cancelled")
 
 
 def _message(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from analysis.changes.variant import (
     validate_action,
 )
 from analysis.errors import LayerScopeError
-from analysis.evaluation.perplexity import EvalSettings, EvaluationError
+from analysis.evaluation.perplexity import EvalSettings, EvaluationError, estimate_seconds
 from analysis.model.checkpoint import (
     needs_project_loader,
 )
@@ -36,10 +36,57 @@ from components.widgets import run_with_progress, text_bytes_download
 GGUF_CHOICES = ("none", "f16", "q8_0", "q4_0")
 
 
-def evaluation_form(key: str, submit_label: str = "Apply and evaluate") -> EvalSettings | None:
-    """The evaluation settings form; returns the settings when the user presses the button."""
-    k = f"eval-{key}-"  # keyed and kept (components.state.keep_widgets): the settings survive navigation
+def evaluation_form(key: str, submit_label: str = "Apply and evaluate", ws=None,
+                    candidate_share: float = 1.0) -> EvalSettings | None:
+    """The evaluation settings form; returns the settings when the user presses the button.
+
+    With ``ws``: below the form, how long the evaluation will take with the settings shown (a short timed probe
+    of the model, once per model; ``candidate_share`` = the candidate's cost relative to the original)."""
+    k = f"eval-{key}-"  # keyed and kept (components.state.keep_widgets): the settings survive navigation and reload
     state.keep_widgets([k + n for n in ("text", "tokens", "context", "stride", "prompt", "new", "speed")])
+    settings = _evaluation_form(key, k, submit_label)
+    if ws is not None and settings is None:
+        shown = _settings_from_widgets(k)
+        if shown is not None:
+            est = evaluation_estimate(ws, shown, candidate_share)
+            if est is not None:
+                st.caption(f"Estimated time of the evaluation with these settings: about "
+                           f"**{jobs.format_seconds(est['seconds'])}** on this machine now (the original and the "
+                           f"candidate{', with interleaved speed timing' if shown.measure_speed else ''}; from "
+                           f"{est['basis']}). It runs in the background with its progress shown.")
+    return settings
+
+
+def _settings_from_widgets(k: str) -> EvalSettings | None:
+    """The evaluation settings the form shows now (its keyed widgets' values), or None if not drawn yet."""
+    try:
+        v = st.session_state
+        return EvalSettings(text=v[k + "text"], n_tokens=int(v[k + "tokens"]), context=int(v[k + "context"]),
+                            stride=int(v[k + "stride"]), prompt=v[k + "prompt"],
+                            max_new_tokens=int(v[k + "new"]), measure_speed=bool(v[k + "speed"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def evaluation_estimate(ws, settings: EvalSettings, candidate_share: float = 1.0) -> dict | None:
+    """Seconds an Apply-and-evaluate with ``settings`` will take: the original and a candidate of
+    ``candidate_share`` of its cost (``analysis.evaluation.perplexity.estimate_seconds``, from a forward of the
+    model timed once per session and model). None when the settings are invalid."""
+    from analysis.capture.estimate import forward_probe
+
+    try:
+        settings.validate()
+        bundled_text(settings.text)
+    except (LayerScopeError, ValueError):
+        return None
+    kept = st.session_state.get("_forward_probe")
+    if not kept or kept[0] != ws.lm.fingerprint:
+        kept = (ws.lm.fingerprint, forward_probe(ws.lm))
+        st.session_state["_forward_probe"] = kept
+    return estimate_seconds(ws.lm, settings, n_models=2, candidate_fraction=candidate_share, probe=kept[1])
+
+
+def _evaluation_form(key: str, k: str, submit_label: str) -> EvalSettings | None:
     with st.form(f"evaluate-{key}"):
         c = st.columns(4)
         names = list(BUNDLED)
@@ -105,11 +152,15 @@ def start_apply(ws, tag: str, action: dict, settings: EvalSettings, name: str | 
         st.error(str(exc))
         return None
     name = name or describe_action(action)
+    est = None
+    if set(action) == {"remove_blocks"} and ws.n_blocks:  # removing blocks takes no time: the estimate is the job's
+        est = evaluation_estimate(ws, settings, 1.0 - len(action["remove_blocks"]) / ws.n_blocks)
     key = "apply:" + jobs.owner() + ":" + stable_hash(
         {"base": ws.lm.fingerprint, "text": ws.text.sha256, "calibration": ws.calibration.__dict__,
          "action": action, "settings": settings.to_dict(), "name": name, "metrics": metrics})
     job = jobs.start(key, f"Apply and evaluate {name}", apply_work(ws, action, settings, name, metrics),
-                     meta={"tag": tag, "name": name, "action": action, "base": ws.lm.fingerprint},
+                     meta={"tag": tag, "name": name, "action": action, "base": ws.lm.fingerprint,
+                           "estimate_s": est["seconds"] if est else None},
                      restart=True)  # pressed again: evaluated again (speed included), unless it is still running
     st.session_state[f"apply-job-{tag}"] = key
     return job

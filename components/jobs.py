@@ -102,21 +102,9 @@ def _inline_wait() -> float:
 
 
 def remaining(job: core.Job) -> float | None:
-    """Seconds left: the estimate made before the job started (``meta["estimate_s"]``, from a probe of this
-    machine) minus the time spent, or else the time spent scaled by the fraction done; None when neither is known."""
-    est = job.meta.get("estimate_s")
-    if est is not None:
-        return max(0.0, float(est) - job.elapsed)
-    frac = job.fraction
-    if frac and frac > 0.02:
-        return job.elapsed * (1 - frac) / frac
-    return None
-
-
-def _elapsed_line(job: core.Job) -> str:
-    left = remaining(job)
-    tail = f" · about {format_seconds(left)} left" if left is not None else ""
-    return f"{format_seconds(job.elapsed)} elapsed{tail}"
+    """Seconds left (:attr:`analysis.jobs.Job.remaining`): the estimate made before the job started
+    (``meta["estimate_s"]``) minus the time spent, or else the time spent scaled by the fraction done."""
+    return job.remaining
 
 
 def describe(job: core.Job) -> str:
@@ -129,12 +117,28 @@ def describe(job: core.Job) -> str:
         frac = job.fraction
         what = job.message or job.stage or "working"
         done = f"{frac:.0%} · " if frac is not None else ""
-        return f"running · {done}{what} · {_elapsed_line(job)}"
+        return f"running · {done}{what} · {timing(job)}"
     if job.state == core.DONE:
         return f"finished in {format_seconds(job.elapsed)}"
     if job.state == core.CANCELLED:
         return "cancelled" + (f" after {format_seconds(job.elapsed)}" if job.started else " before it started")
     return f"failed after {format_seconds(job.elapsed)}: {job.error}"
+
+
+def timing(job: core.Job) -> str:
+    """Elapsed time, and the time left when it can be told: from the estimate the job was started with
+    (``meta["estimate_s"]``), else from the progress of its current step."""
+    text = f"{format_seconds(job.elapsed)} elapsed"
+    estimate = job.meta.get("estimate_s")
+    left = job.remaining
+    if isinstance(estimate, (int, float)) and estimate > 0:
+        if left:
+            text += f" · about {format_seconds(left)} left of the estimated {format_seconds(estimate)}"
+        elif job.state == core.RUNNING:
+            text += f" · taking longer than the estimated {format_seconds(estimate)}"
+    elif left is not None:
+        text += f" · about {format_seconds(left)} left in this step at this pace"
+    return text
 
 
 def _panel_body(job: core.Job, key: str) -> None:
@@ -150,18 +154,26 @@ def _panel_body(job: core.Job, key: str) -> None:
                 msg = job.message or job.stage or ""
                 st.progress(frac, text=f"{msg} — {job.done:g} of {job.total:g}" if msg else
                             f"{job.done:g} of {job.total:g}")
-                st.caption(f"{_elapsed_line(job)} · runs in the background: you may leave this "
-                           "page (or reload it) and come back")
+                st.caption(f"{timing(job)} · runs in the background: you may leave this page (or reload it) "
+                           "and come back")
             else:  # no count: the named stage with a spinner, no made-up bar
                 st.status(f"{job.stage or job.message or 'Working'} …", state="running", expanded=False)
-                st.caption(f"{format_seconds(job.elapsed)} elapsed · runs in the background: you may leave this "
-                           "page (or reload it) and come back")
+                st.caption(f"{timing(job)} · runs in the background: you may leave this page (or reload it) "
+                           "and come back")
         with cols[1]:
-            asked = job.cancel_requested
-            if st.button("Cancelling…" if asked else "Cancel", key=f"job-cancel-{key}", disabled=asked,
-                         help="stops the job at its next progress step; nothing half-done is kept"):
-                core.cancel(key)
+            if _cancel_button(job, f"job-cancel-{key}"):
                 st.rerun(scope="fragment")
+
+
+def _cancel_button(job: core.Job, key: str) -> bool:
+    """A Cancel button for ``job`` (disabled once asked); True when it was pressed now."""
+    asked = job.cancel_requested
+    if st.button("Cancelling…" if asked else "Cancel", key=key, disabled=asked,
+                 help="stops the job at its next progress step; nothing half-done is kept; the page keeps its "
+                      "settings"):
+        job.cancel()
+        return True
+    return False
 
 
 def _finished_view(job: core.Job, on_error: Callable[[core.Job], None] | None) -> None:
@@ -248,7 +260,8 @@ def deliver_variant(job: core.Job) -> bool:
 
 
 def sidebar() -> None:
-    """This session's jobs in the sidebar: running and queued ones live, finished ones announced once.
+    """This session's jobs in the sidebar: running and queued ones live (each with Cancel), finished ones announced
+    once.
 
     Also hands the variants made by this owner's finished jobs to the session (a reloaded tab gets them back).
     Call inside ``with st.sidebar``.
@@ -291,6 +304,8 @@ def sidebar() -> None:
             if j.fraction is not None and j.state == core.RUNNING:
                 st.progress(j.fraction)
             st.caption(describe(j))
+            if _cancel_button(j, f"sidebar-job-cancel-{j.id}"):
+                st.rerun(scope="app")  # the page shows the job cancelled (and keeps its settings)
 
     running_jobs()
 

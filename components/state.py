@@ -3,9 +3,17 @@
 Pages never load models themselves: they ask :func:`workspace` (or :func:`loaded_model`) and get ``None`` plus a
 message in the page when nothing usable is loaded. The model is cached with ``st.cache_resource(max_entries=1)``
 (one model in memory per server); a failed load keeps the previous model and says why.
+
+**Per-tab store.** ``st.session_state`` is lost when the browser tab is reloaded (a new Streamlit session).
+What must survive a reload (the pages' settings, kept with :func:`keep_widgets`, and the prune page's selection)
+is also kept on the server in :func:`tab_store`, keyed by the tab's id (``?session=`` in the URL, the same id
+that owns the tab's background jobs: :func:`components.jobs.owner`). See docs/dashboard-state.md.
 """
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import streamlit as st
 
@@ -13,6 +21,7 @@ from analysis.capture.workspace import Calibration, Workspace
 from analysis.model.architecture import ModelLoadError
 from analysis.model.loading import LoadedModel, ModelSpec, load_model
 from analysis.texts import DEFAULT_CALIBRATION_TEXT, Text, TextError, bundled_text
+from components import jobs
 
 SPEC = "model_spec"
 GOOD_SPEC = "model_spec_loaded"
@@ -150,11 +159,52 @@ def results_workspace(lm) -> Workspace:
     return Workspace(lm=lm, text=text, calibration=cal)
 
 
+# ---- the per-tab store ---------------------------------------------------------------------------------------------
+
+_TABS: OrderedDict[str, dict] = OrderedDict()
+_TABS_LOCK = threading.Lock()
+MAX_TABS = 256  # tabs remembered per server process (the least recently used is forgotten first)
+
+
+def tab_store() -> dict:
+    """This browser tab's store on the server: a dict that outlives the Streamlit session (a reload) and page
+    switches, keyed by the tab's id in the URL (:func:`components.jobs.owner`). Small plain values only."""
+    tab = jobs.owner()
+    with _TABS_LOCK:
+        store = _TABS.pop(tab, None)
+        if store is None:
+            store = {}
+        _TABS[tab] = store  # most recently used last
+        while len(_TABS) > MAX_TABS:
+            _TABS.popitem(last=False)
+        return store
+
+
 def set_prune_selection(blocks: list[int], source: str) -> None:
     """Replace the block selection of the prune page (and say where it came from)."""
     st.session_state[PRUNE_SELECTION] = sorted(int(b) for b in blocks)
     st.session_state[PRUNE_SOURCE] = source
     st.session_state[PRUNE_SELECTION + "_version"] = st.session_state.get(PRUNE_SELECTION + "_version", 0) + 1
+    _keep_prune_selection()
+
+
+def _keep_prune_selection() -> None:
+    tab_store()[PRUNE_SELECTION] = (list(st.session_state.get(PRUNE_SELECTION, [])),
+                                    st.session_state.get(PRUNE_SOURCE))
+
+
+def restore_prune_selection(n_blocks: int) -> None:
+    """After a reload (a new session): the prune page's selection and its source come back from the tab's store
+    (blocks beyond this model's ``n_blocks`` are dropped)."""
+    if PRUNE_SELECTION in st.session_state:
+        return
+    kept = tab_store().get(PRUNE_SELECTION)
+    if not kept:
+        return
+    blocks, source = kept
+    st.session_state[PRUNE_SELECTION] = sorted(int(b) for b in blocks if 0 <= int(b) < n_blocks)
+    if source:
+        st.session_state[PRUNE_SOURCE] = source
 
 
 def send_to_prune(blocks: list[int], source: str) -> None:
@@ -177,14 +227,14 @@ KEPT = "_kept_widgets"
 
 
 def keep_widgets(keys: list[str], context: str = "") -> None:
-    """Let keyed widgets keep their values across navigation (and while a page's job runs elsewhere).
+    """Let keyed widgets keep their values across navigation and reload (and while a page's job runs elsewhere).
 
-    Streamlit drops a widget's state once a run does not draw it (another page was opened). Call this before the
-    widgets are drawn: the values of live widgets are copied to a session key that is not a widget key, and a
-    widget whose state was dropped is re-seeded from it. ``context`` (e.g. the model's fingerprint) keeps values
+    Streamlit drops a widget's state once a run does not draw it (another page was opened), and all of it on a
+    reload (a new session). Call this before the widgets are drawn: the values of live widgets are copied to the
+    tab's store on the server (:func:`tab_store`), and a widget whose state was dropped is re-seeded from it. ``context`` (e.g. the model's fingerprint) keeps values
     from being re-seeded into a page drawn for another model, whose options differ.
     """
-    store = st.session_state.setdefault(KEPT, {})
+    store = tab_store().setdefault(KEPT, {})  # on the server, per tab: survives a reload too
     for k in keys:
         if k in st.session_state:
             store[k] = (context, st.session_state[k])
@@ -196,6 +246,7 @@ def widget_to_selection(widget_key: str) -> None:
     """on_change of the block picker: the widget becomes the selection (typed by hand)."""
     st.session_state[PRUNE_SELECTION] = sorted(st.session_state.get(widget_key, []))
     st.session_state[PRUNE_SOURCE] = "chosen by hand"
+    _keep_prune_selection()
 
 
 def variants() -> list:

@@ -28,30 +28,43 @@ if L < 2:
     st.stop()
 
 names = list(BUNDLED)
+by_key = {m.key: m for m in registry.metrics()}
+# keyed and kept: the settings survive navigation and reload (this tab's store), and after a reload the settings of
+# this tab's running (or last) leaderboard come back with it
+WIDGETS = ["lb-k-max", "lb-search-text", "lb-search-tokens", "lb-search-window", "lb-eval-text", "lb-tokens",
+           "lb-context", "lb-stride", "lb-metrics", "lb-random", "lb-half", "lb-every-block"]
+state.keep_widgets(WIDGETS, context=ws.lm.fingerprint)
+jobs.restore_widgets("leaderboard", context=ws.lm.fingerprint)
+if any(k not in by_key for k in st.session_state.get("lb-metrics", [])):
+    st.session_state["lb-metrics"] = [k for k in st.session_state["lb-metrics"] if k in by_key]
 with st.form("leaderboard-settings"):
     c = st.columns(4)
-    k_max = c[0].number_input("Largest k (K)", 1, L - 1, max(1, L // 4), help="k = 1..K blocks removed")
-    search_text = c[1].selectbox("Search text", names, index=names.index("lcet10"),
+    k_max = c[0].number_input("Largest k (K)", 1, L - 1, max(1, L // 4), help="k = 1..K blocks removed",
+                              key="lb-k-max")
+    search_text = c[1].selectbox("Search text", names, index=names.index("lcet10"), key="lb-search-text",
                                  help="the damage scan and greedy search run on it: not the evaluation text")
-    search_tokens = c[2].number_input("Search tokens", 16, 65536, 1024, step=128)
-    search_context = c[3].number_input("Search window", 8, 8192, 512, step=64)
+    search_tokens = c[2].number_input("Search tokens", 16, 65536, 1024, step=128, key="lb-search-tokens")
+    search_context = c[3].number_input("Search window", 8, 8192, 512, step=64, key="lb-search-window")
     c = st.columns(4)
-    eval_text = c[0].selectbox("Held-out text", names, index=names.index(DEFAULT_EVALUATION_TEXT))
-    eval_tokens = c[1].number_input("Tokens", 64, 65536, 4096, step=256)
-    context = c[2].number_input("Context", 16, 8192, 512, step=64)
-    stride = c[3].number_input("Stride", 1, 8192, 256, step=64)
+    eval_text = c[0].selectbox("Held-out text", names, index=names.index(DEFAULT_EVALUATION_TEXT), key="lb-eval-text")
+    eval_tokens = c[1].number_input("Tokens", 64, 65536, 4096, step=256, key="lb-tokens")
+    context = c[2].number_input("Context", 16, 8192, 512, step=64, key="lb-context")
+    stride = c[3].number_input("Stride", 1, 8192, 256, step=64, key="lb-stride")
     c = st.columns([3, 1, 1, 1])
-    ready = [m for m in registry.metrics() if m.key == lb.DAMAGE_KEY or m.cached(ws)]
-    metrics = c[0].multiselect("Metrics", registry.metrics(), default=ready, format_func=lambda m: m.label,
+    ready = [m.key for m in registry.metrics() if m.key == lb.DAMAGE_KEY or m.cached(ws)]
+    metrics = c[0].multiselect("Metrics", list(by_key), default=ready, format_func=lambda k: by_key[k].label,
+                               key="lb-metrics",
                                help="measured damage and the metrics already computed for this text by default; "
                                     "others you add are computed first with their default settings")
-    n_random = c[1].number_input("Random samples", 0, 50, 5)
-    half = c[2].checkbox("Half-block search", False, help="also BlockPruner's greedy over attention / MLP halves "
-                                                          "(twice the scans)")
-    every_block = c[3].checkbox("Greedy: every block", False,
+    n_random = c[1].number_input("Random samples", 0, 50, 5, key="lb-random")
+    half = c[2].checkbox("Half-block search", False, key="lb-half",
+                         help="also BlockPruner's greedy over attention / MLP halves (twice the scans)")
+    every_block = c[3].checkbox("Greedy: every block", False, key="lb-every-block",
                                 help="SLEB never removes the first or the last block, and greedy search follows it by "
                                      "default; tick to search every block")
-    submitted = st.form_submit_button("Estimate")
+    c = st.columns([1, 1, 4])
+    submitted = c[0].form_submit_button("Estimate")
+    start = c[1].form_submit_button("Start leaderboard", type="primary")  # in the form: starts what the fields say
 
 try:
     settings = lb.LeaderboardSettings(
@@ -59,7 +72,7 @@ try:
                                                 context=int(search_context)),
         evaluation=lb.default_eval_settings(text=eval_text, n_tokens=int(eval_tokens), context=int(context),
                                             stride=int(stride)),
-        metrics=tuple(m.key for m in metrics), half_blocks=bool(half), random_samples=int(n_random),
+        metrics=tuple(metrics), half_blocks=bool(half), random_samples=int(n_random),
         greedy_candidates="all" if every_block else "sleb")
     lb.validate(settings, L, ws.text, ws.lm.tokenizer)
 except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ValueError) as exc:
@@ -71,14 +84,13 @@ job_key = "leaderboard:" + cache.stable_hash({"model": ws.lm.fingerprint, "text"
 quick = lb.quick_settings(settings)
 quick_key = job_key + ":quick"
 est_key = "_leaderboard_estimate"
-if submitted or st.session_state.get(est_key, {}).get("key") != job_key:
-    if submitted:
-        with st.spinner("Timing a short forward of the model …"):
-            from analysis.capture.estimate import forward_probe
+if submitted or (start and st.session_state.get(est_key, {}).get("key") != job_key):
+    with st.spinner("Timing a short forward of the model …"):
+        from analysis.capture.estimate import forward_probe
 
-            probe = forward_probe(ws.lm)
-            st.session_state[est_key] = {"key": job_key, "estimate": lb.estimate(ws, settings, probe=probe),
-                                         "quick": lb.estimate(ws, quick, probe=probe)}
+        probe = forward_probe(ws.lm)
+        st.session_state[est_key] = {"key": job_key, "estimate": lb.estimate(ws, settings, probe=probe),
+                                     "quick": lb.estimate(ws, quick, probe=probe)}
 est = st.session_state.get(est_key, {})
 if est.get("key") == job_key:
     e, q = est["estimate"], est["quick"]
@@ -87,21 +99,30 @@ if est.get("key") == job_key:
             f"here now); the quick answer first, in about **{format_seconds(q['seconds'])}**. Scans and "
             "evaluations already in the cache are skipped, so a stopped run resumes where it was.")
 else:
-    st.caption("Press **Estimate** to see how long it will take, then start it.")
+    st.caption("Press **Estimate** to see how long it will take, or **Start leaderboard**.")
 
-if st.button("Start leaderboard", type="primary", key="lb-start"):
+if start:
     ws_copy, settings_copy, quick_copy = ws, settings, quick
     owner = jobs.owner()  # the kept result is this tab's (not shared with other tabs or users)
     e = est.get("estimate", {}) if est.get("key") == job_key else {}
     q = est.get("quick", {}) if est.get("key") == job_key else {}
+    kept = {"context": ws.lm.fingerprint, "widgets": jobs.widget_values(WIDGETS)}  # found again after a reload
     # two jobs, run one after the other: the quick answer first, then the full board fills in
     jobs.start(quick_key, f"Leaderboard k=1..{settings.k_max}, quick answer",
                lambda job: lb.run(ws_copy, quick_copy, progress=job.report),
-               meta={"tag": "leaderboard-quick", "estimate_s": q.get("seconds")} if q else {"tag": "leaderboard-quick"})
+               meta={"tag": "leaderboard-quick", "estimate_s": q.get("seconds"), **kept})
     jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}, full board",
                lambda job: lb.run(ws_copy, settings_copy, progress=job.report, owner=owner),
-               meta={"tag": "leaderboard", "estimate_s": e.get("seconds")} if e else {"tag": "leaderboard"})
+               meta={"tag": "leaderboard", "estimate_s": e.get("seconds"), **kept})
+if jobs.get(job_key) is None:  # the settings changed since this tab's leaderboard started: it is still shown
+    last = jobs.latest("leaderboard")
+    if last is not None and last.is_active and last.meta.get("context") == ws.lm.fingerprint:
+        st.caption(f"This tab's running leaderboard was started with other settings ({last.label}); "
+                   "press **Start leaderboard** to queue one with the settings above.")
+        job_key, quick_key = last.key, last.key + ":quick"
 quick_job = jobs.show(quick_key)
+if quick_job is not None and quick_job.state == "cancelled" and jobs.cancel(job_key):
+    st.rerun()  # Cancel on the quick answer stops the whole leaderboard (the full board queued behind it too)
 if quick_job is not None and quick_job.is_active:
     st.stop()
 job = jobs.show(job_key)

@@ -22,6 +22,7 @@ workspace_caption(ws)
 L = ws.n_blocks
 
 st.header("1 · Choose blocks to remove")
+state.restore_prune_selection(L)  # after a reload: the selection comes back from this tab's store
 state.sync_widget("prune-blocks", state.PRUNE_SELECTION)
 source = st.session_state.get(state.PRUNE_SOURCE)
 if source and st.session_state.get("prune-blocks"):
@@ -43,9 +44,9 @@ st.multiselect("Blocks to remove (0-based)", list(range(L)), key="prune-blocks",
                help="block b maps hidden state h_b to h_(b+1)")
 
 st.header("2 · Evaluate against the original")
-settings = evaluation_form("prune")
+blocks = sorted(st.session_state.get("prune-blocks") or [])
+settings = evaluation_form("prune", ws=ws, candidate_share=1.0 - len(blocks) / L)  # with its time estimate
 if settings is not None:
-    blocks = sorted(st.session_state.get("prune-blocks") or [])
     if not blocks:
         st.error("No blocks chosen to remove: pick at least one block above.")
         st.stop()

@@ -291,9 +291,8 @@ def evaluate(
     c = _scored_pass(candidate, ids, settings, progress, candidate_name, reference=o.log_probs)
     cand = _row(candidate, tokenizer, c, settings, speed=False)
     if settings.measure_speed:
-        if progress:
-            progress(0, 1, "timing original and candidate, interleaved")
-        timed = measure_speed({"original": original, candidate_name: candidate}, tokenizer, settings)
+        timed = measure_speed({"original": original, candidate_name: candidate}, tokenizer, settings,
+                              progress=progress)
         for row, name in ((orig, "original"), (cand, candidate_name)):
             _set_speed(row, timed[name])
     cand.kl_to_original = c.kl_sum / c.count
@@ -346,15 +345,31 @@ def interleaved(fns: dict[str, Callable[[], float]], rounds: int, warmup: bool =
 
 @torch.no_grad()
 def measure_speed(models: dict[str, nn.Module], tokenizer, settings: EvalSettings, rounds: int = SPEED_ROUNDS,
-                  decode_rounds: int = DECODE_ROUNDS) -> dict[str, dict]:
+                  decode_rounds: int = DECODE_ROUNDS, progress: Progress | None = None) -> dict[str, dict]:
     """Prefill tokens/s and decode ms/token of several models timed in one run, interleaved, with the spread.
 
     ``{name: {"prefill_tokens_per_s": {median, min, max, n}, "decode_ms_per_token": {…}, "peak_memory_bytes",
     "interleaved": len(models) > 1, "with": [other names]}}``. Peak memory is taken on one extra, untimed prefill.
+    ``progress(done, total, message)`` after each timed call.
     """
     n_tokens = settings.context
-    prefill = {name: _prefill_timer(m, n_tokens) for name, m in models.items()}
-    decode = {name: _decode_timer(m, tokenizer, settings.prompt, settings.max_new_tokens) for name, m in models.items()}
+    total = len(models) * (1 + rounds + decode_rounds + 1)
+    count = [0]
+
+    def counted(fn: Callable[[], float], what: str) -> Callable[[], float]:
+        def run() -> float:
+            value = fn()
+            count[0] += 1
+            if progress:
+                progress(count[0], total, f"timing original and candidate, interleaved: {what}")
+            return value
+        return run
+
+    if progress:
+        progress(0, total, "timing original and candidate, interleaved")
+    prefill = {name: counted(_prefill_timer(m, n_tokens), "prefill") for name, m in models.items()}
+    decode = {name: counted(_decode_timer(m, tokenizer, settings.prompt, settings.max_new_tokens), "decode")
+              for name, m in models.items()}
     p_times = interleaved(prefill, rounds)
     d_times = interleaved(decode, decode_rounds, warmup=False)  # prefill's warm-up already warmed the weights
     out = {}

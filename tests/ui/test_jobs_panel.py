@@ -141,3 +141,23 @@ def test_owner_is_kept_in_the_url_and_taken_from_it_after_a_reload():
     bogus.query_params["session"] = "<script>"
     bogus.run()
     assert bogus.markdown[0].value != "<script>" and len(bogus.markdown[0].value) == 16
+
+
+def test_the_sidebar_lists_a_running_job_with_its_time_left_and_a_cancel_button_that_cancels():
+    gate = threading.Event()
+
+    def work(job):
+        job.report(1, 4, "window 1/4")
+        while not gate.wait(0.02):
+            job.check()
+
+    job = core.submit("ui-sidebar-cancel", "Leaderboard k=1..1", work, owner=OWNER, meta={"estimate_s": 600})
+    time.sleep(0.2)
+    at = app("ui-sidebar-cancel")
+    assert any("left of the estimated 10 min 00 s" in c.value for c in at.caption)  # the panel
+    assert "left of the estimated" in " ".join(c.value for c in at.sidebar.caption)  # the sidebar
+    at.button(key=f"sidebar-job-cancel-{job.id}").click().run()
+    assert core.wait("ui-sidebar-cancel", timeout=5).state == core.CANCELLED
+    at.run()
+    assert any("cancelled after" in w.value for w in at.warning)
+    gate.set()

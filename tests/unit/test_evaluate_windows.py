@@ -39,3 +39,4 @@ def test_bad_settings():
         EvalSettings(context=10, stride=20).validate()
     with pytest.raises(EvaluationError):
         EvalSettings(n_tokens=100, context=512).validate()
+

@@ -98,3 +98,93 @@ def test_a_forward_hook_records_only_its_own_threads_passes():
     layer(torch.zeros(1, 3))
     handle.remove()
     assert seen == [torch.Size([1, 3])]
+
+
+def test_a_cancelled_job_stops_inside_a_long_forward_loop_without_reporting():
+    """Cancel takes effect at the next torch module forward of the job's thread, not only at its next report."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    started = threading.Event()
+    passes = []
+
+    def work(job):
+        job.report(0, 1, "one long step")
+        started.set()
+        x = torch.zeros(1, 8)
+        while True:  # never reports again: only the forward hook can stop it
+            model(x)
+            passes.append(1)
+
+    j = jobs.submit("t-forward-cancel", "long step", work, owner="t-forward")
+    assert started.wait(5)
+    j.cancel()
+    assert jobs.wait("t-forward-cancel", timeout=5).state == jobs.CANCELLED
+    n = len(passes)
+    model(torch.zeros(1, 8))  # a forward in another thread (a page) is not affected by the hook
+    assert len(passes) == n
+    assert jobs._HOOK["users"] == 0 and jobs._HOOK["handle"] is None  # the global hook is gone with the job
+    jobs.forget("t-forward-cancel")
+
+
+def test_shutdown_cancels_every_job_and_joins_the_workers():
+    gate = threading.Event()
+
+    def work(job):
+        while not gate.wait(0.01):
+            job.check()
+
+    a = jobs.submit("t-shutdown-a", "a", work, owner="t-shutdown-1")
+    b = jobs.submit("t-shutdown-b", "b", work, owner="t-shutdown-1")  # queued behind a
+    time.sleep(0.1)
+    assert jobs.shutdown(timeout=5) == []
+    assert a.state == jobs.CANCELLED and b.state == jobs.CANCELLED
+    assert not any(t.name == "layerscope-job-t-shutdown-1" for t in threading.enumerate())
+    gate.set()
+
+
+def test_remaining_time_from_the_estimate_else_from_the_progress():
+    j = jobs.Job(key="t-remaining", label="r", owner="t", fn=lambda job: None, meta={"estimate_s": 100})
+    assert j.remaining is None  # queued
+    j.state, j.started = jobs.RUNNING, time.time() - 30
+    assert 69 <= j.remaining <= 71
+    j.meta = {}
+    j.done, j.total = 1, 4
+    assert 89 <= j.remaining <= 91  # 30 s for a quarter: 90 s to go
+    j.state = jobs.DONE
+    assert j.remaining is None
+
+
+EXIT_SCRIPT = r"""
+import threading, time, torch
+from analysis import jobs
+model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(4)])
+running = threading.Event()
+def work(job):
+    x = torch.randn(256, 1024)
+    with torch.no_grad():
+        while True:  # never reports: stopped by the forward hook once shutdown cancels it
+            running.set()
+            model(x)
+jobs.submit("exit-job", "busy", work, owner="exit")
+running.wait(30)
+time.sleep(0.5)
+print("exiting", flush=True)
+"""
+
+
+def test_the_interpreter_exits_cleanly_while_a_job_is_inside_torch():
+    """The server's stop ended with "terminate called without an active exception" (abort, status -6): a daemon
+    worker inside torch at interpreter exit. The jobs are cancelled and joined at exit now."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), TOKENIZERS_PARALLELISM="false")
+    for _ in range(3):  # the abort depends on where the worker is at exit: try a few times
+        p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert "exiting" in p.stdout, p.stderr
+        assert "terminate called" not in p.stderr and p.returncode == 0, (p.returncode, p.stderr[-2000:])
