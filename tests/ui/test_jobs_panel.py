@@ -95,14 +95,28 @@ def test_a_queued_job_says_where_it_waits():
 
 
 def test_a_failed_job_shows_its_message_never_a_traceback():
+    """The user's error (a LayerScopeError): its one line, no traceback anywhere."""
+    from analysis.errors import InputError
+
     def boom(job):
-        raise ValueError("the healing text is too short for one batch")
+        raise InputError("the healing text is too short for one batch")
 
     core.wait(core.submit("ui-panel-fail", "Healing", boom, owner=OWNER).key, timeout=5)
     at = app("ui-panel-fail")
     errors = [e.value for e in at.error]
     assert errors == ["Healing failed: the healing text is too short for one batch"]
-    assert "Traceback" not in " ".join(errors) and not at.exception
+    assert "Traceback" not in " ".join(errors) and not at.exception and not at.expander
+
+
+def test_a_bug_in_a_job_shows_its_type_and_the_traceback_in_an_expander():
+    def boom(job):
+        raise ZeroDivisionError("division by zero")
+
+    core.wait(core.submit("ui-panel-bug", "Healing", boom, owner=OWNER).key, timeout=5)
+    at = app("ui-panel-bug")
+    assert [e.value for e in at.error] == ["Healing failed: ZeroDivisionError: division by zero"]
+    assert any("Traceback" in e.label for e in at.expander)
+    assert any("ZeroDivisionError" in c.value for c in at.code)
 
 
 def test_a_finished_job_hands_its_result_once_and_is_announced_once_in_the_sidebar():
