@@ -14,6 +14,7 @@ from torch import nn
 from analysis import cache
 from analysis.errors import check_free_space, on_disk_full
 from analysis.model.architecture import find_blocks, input_device
+from analysis.texts import bundled_text, token_ids
 
 
 def tensor_bytes(model: nn.Module) -> int:
@@ -104,9 +105,11 @@ def verify_gguf(folder: str | Path, gguf_file: str, model: nn.Module, tokenizer,
     reloaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, trust_remote_code=False,
                                                     dtype=torch.float32)
     reloaded.to(device).eval()
-    text = text or ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having "
-                    "nothing to do: once or twice she had peeped into the book her sister was reading.")
-    x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    if text is None:  # 256 tokens of a bundled held-out text: enough positions for a stable agreement
+        ids = token_ids(tokenizer, bundled_text("asyoulik"))[:256]
+        x = torch.as_tensor(ids[None, :], dtype=torch.long).to(device)
+    else:
+        x = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
     a = model(input_ids=x, use_cache=False).logits.float()
     b = reloaded(input_ids=x, use_cache=False).logits.float()
     del reloaded
