@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -327,30 +329,26 @@ def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = N
          progress: Progress | None = None, method: str = "fast", text: Text | None = None) -> list[dict]:
     """One row per (block, site) of the model with ``state`` removed: the damage of also removing it.
 
-    Blocks are the original's indices. A row's candidate that would remove every block is left out.
+    Blocks are the original's indices. A row's candidate that would remove every block is left out. Inside
+    :func:`scored_by` the candidates go to that scorer (Ray actors) instead of this process.
     """
     for s in sites:
         if s not in SITES:
             raise DamageError(f"site must be one of {', '.join(SITES)}, not {s!r}")
     state = normalise_state(state)
-    ref = reference(lm, settings, text)
-    n = lm.n_blocks
-    kept = _kept(n, state)
-    if getattr(lm, "sequential", False):
-        return _scan_sequential(lm, ref, settings, state, kept, sites, progress)
-    model = apply_state(lm.model, state)
-    batches = _batches(ref.windows, settings.batch_size, input_device(lm.model))
-    inputs = _block_inputs(model, batches)[0] if method == "fast" else None
-    todo = [(j, b, site) for site in sites for j, b in enumerate(kept) if _valid(state, b, site)
-            and not (site == "block" and len(kept) == 1)]
+    if getattr(lm, "sequential", False):  # layer by layer: every candidate at once, each block loaded once
+        return _scan_sequential(lm, reference(lm, settings, text), settings, state, _kept(lm.n_blocks, state), sites,
+                                progress)
+    todo = scan_candidates(lm.n_blocks, state, sites)
+    scorer = _SCORER.get()
+    if scorer is not None and method == "fast" and todo:
+        rows = scorer.scan(lm, settings, state, todo, text or settings.resolve(), progress)
+        if rows is not None:  # None: the scorer does not hold this model
+            return rows
+    prepared = prepare_scan(lm, settings, state, text, inputs=method == "fast")
     rows = []
     for i, (j, b, site) in enumerate(todo):
-        t0 = time.perf_counter()
-        if method == "fast":
-            logits = candidate_logits(model, j, site, batches, inputs)
-        else:
-            logits = naive_candidate_logits(model, j, site, batches)
-        rows.append({"block": b, "site": site, **_score(ref, logits), "seconds": time.perf_counter() - t0})
+        rows.append(score_candidate(prepared, j, b, site, method))
         if progress:
             progress(i + 1, len(todo), f"{site} {b}")
     return rows
@@ -376,6 +374,61 @@ def _scan_sequential(lm, ref: Reference, settings: SearchSettings, state: dict, 
     lm.run_without_each(batches, kept, on_final, progress=progress)
     per = (time.perf_counter() - t0) / len(kept)
     return [{"block": b, "site": "block", **_scored(ref, sums[t]), "seconds": per} for t, b in enumerate(kept)]
+
+
+def scan_candidates(n_blocks: int, state: dict, sites=("block",)) -> list[tuple[int, int, str]]:
+    """The candidates of a scan: ``(j, block, site)``, ``j`` the position of original block ``block`` in the model
+    with ``state`` removed."""
+    kept = _kept(n_blocks, state)
+    return [(j, b, site) for site in sites for j, b in enumerate(kept) if _valid(state, b, site)
+            and not (site == "block" and len(kept) == 1)]
+
+
+@dataclass
+class PreparedScan:
+    """What every candidate of a scan of one state shares: the reference, the model with the state removed, the
+    batches and (fast method) the hidden state entering each of its blocks."""
+
+    ref: Reference
+    model: nn.Module
+    batches: list[torch.Tensor]
+    inputs: list[list[torch.Tensor]] | None
+
+
+@torch.no_grad()
+def prepare_scan(lm, settings: SearchSettings, state: dict, text: Text | None = None,
+                 inputs: bool = True) -> PreparedScan:
+    ref = reference(lm, settings, text)
+    model = apply_state(lm.model, normalise_state(state))
+    batches = _batches(ref.windows, settings.batch_size, input_device(lm.model))
+    return PreparedScan(ref=ref, model=model, batches=batches,
+                        inputs=_block_inputs(model, batches)[0] if inputs else None)
+
+
+@torch.no_grad()
+def score_candidate(prepared: PreparedScan, j: int, block: int, site: str, method: str = "fast") -> dict:
+    """One row of a scan: the candidate without block ``j`` (``site``) of the prepared model, scored."""
+    t0 = time.perf_counter()
+    if method == "fast":
+        logits = candidate_logits(prepared.model, j, site, prepared.batches, prepared.inputs)
+    else:
+        logits = naive_candidate_logits(prepared.model, j, site, prepared.batches)
+    return {"block": block, "site": site, **_score(prepared.ref, logits), "seconds": time.perf_counter() - t0}
+
+
+_SCORER: ContextVar = ContextVar("damage_scorer", default=None)
+
+
+@contextmanager
+def scored_by(scorer):
+    """Inside the block, every fast scan (of this thread) hands its candidates to ``scorer.scan(lm, settings,
+    state, candidates, text, progress)`` (:class:`analysis.search.distributed.ReplicaPool`), which returns the
+    rows :func:`scan` would (or None for a model it does not hold: then the scan runs here)."""
+    token = _SCORER.set(scorer)
+    try:
+        yield scorer
+    finally:
+        _SCORER.reset(token)
 
 
 def scan_params(lm, settings: SearchSettings, state: dict | None, site: str, text: Text | None = None) -> dict:

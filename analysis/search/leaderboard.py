@@ -208,22 +208,33 @@ def evaluate_action(lm, action: dict, settings: EvalSettings, text: Text | None 
 
     Returns ``{"perplexity", "nll", "kl", "top1", "tokens", "parameters", "original_perplexity", ...}``.
     """
-    from analysis.changes.variant import apply_actions, candidate_name
-    from analysis.evaluation.perplexity import evaluate
-
     text = text or resolve_text(settings.text)
 
     def compute():
-        model = apply_actions(lm.model, action, ws)
-        table = evaluate(lm.model, lm.tokenizer, text, settings, candidate=model,
-                         candidate_name=candidate_name(action), original_key=lm.fingerprint, progress=progress)
-        c, o = table.candidate, table.original
-        return {}, {"perplexity": c.perplexity, "nll": c.nll, "kl": c.kl_to_original, "top1": c.top1_agreement,
-                    "tokens": c.tokens, "parameters": c.parameters, "original_perplexity": o.perplexity,
-                    "original_parameters": o.parameters, "seconds": c.seconds}
+        return {}, evaluation_row(lm, action, settings, text, ws, progress)
 
     _, data, _ = cache.cached("leaderboard-eval", eval_params(lm, action, settings, text), compute)
     return data
+
+
+def evaluation_row(lm, action: dict, settings: EvalSettings, text: Text, ws=None,
+                   progress: Progress | None = None) -> dict:
+    """What :func:`evaluate_action` caches, computed here (a Ray actor calls it on its replica)."""
+    from analysis.changes.variant import apply_actions, candidate_name
+    from analysis.evaluation.perplexity import evaluate
+
+    model = apply_actions(lm.model, action, ws)
+    table = evaluate(lm.model, lm.tokenizer, text, settings, candidate=model,
+                     candidate_name=candidate_name(action), original_key=lm.fingerprint, progress=progress)
+    c, o = table.candidate, table.original
+    return {"perplexity": c.perplexity, "nll": c.nll, "kl": c.kl_to_original, "top1": c.top1_agreement,
+            "tokens": c.tokens, "parameters": c.parameters, "original_perplexity": o.perplexity,
+            "original_parameters": o.parameters, "seconds": c.seconds}
+
+
+def store_evaluation(lm, action: dict, settings: EvalSettings, text: Text, data: dict) -> None:
+    """Keep a row computed elsewhere (by :func:`evaluation_row` on a replica) as :func:`evaluate_action`'s."""
+    cache.cached("leaderboard-eval", eval_params(lm, action, settings, text), lambda: ({}, data))
 
 
 # ---- rules ------------------------------------------------------------------------------------------------------
@@ -540,12 +551,14 @@ def _scans_of(settings: LeaderboardSettings, greedy_steps: list[dict], half_step
 
 
 def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None,
-        owner: str | None = None) -> Result:
+        owner: str | None = None, pool=None) -> Result:
     """Compute the leaderboard (everything cached on the way), keep it for the report (``owner``'s: a browser tab
     of the dashboard; None: the command line's), and return it. A quick board is not kept for the report.
 
     ``Result.cost`` says what ran, in evaluations of the original on the same evaluation settings (forward work
-    counted in parameter-tokens, :mod:`analysis.capture.estimate`)."""
+    counted in parameter-tokens, :mod:`analysis.capture.estimate`). ``pool``: a
+    :class:`analysis.search.distributed.ReplicaPool` (entered); its replicas evaluate the candidates not cached
+    yet, and (inside it) score the damage scans."""
     from analysis.capture.estimate import work_model
 
     t0 = time.perf_counter()
@@ -563,6 +576,9 @@ def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Pro
     greedy_steps = board.greedy(False)
     half_steps = board.greedy(True) if settings.half_blocks else []
     work = plan(board)
+    if pool is not None:
+        pool.evaluate_missing([a for _, _, _, a in work], settings.evaluation, eval_text,
+                              progress=lambda d, t, m: say(d, t, f"evaluate on {pool.describe()} · {m}"))
     results, ev_cost = evaluate_plan(ws, [a for *_, a in work], settings.evaluation, eval_text,
                                      progress=lambda d, t, m: say(d, t, f"evaluate · {m}"))
     rows = []
