@@ -9,6 +9,7 @@ from analysis.formatting import format_seconds
 from analysis.metrics import registry
 from analysis.metrics.damage import DamageError, SearchSettings
 from analysis.search import leaderboard as lb
+from analysis.search.distributed import Cluster, ClusterError, run_leaderboard
 from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, TextError
 from components import figures, jobs, state
 from components.widgets import csv_download, figure_with_csv, workspace_caption
@@ -32,7 +33,7 @@ by_key = {m.key: m for m in registry.metrics()}
 # keyed and kept: the settings survive navigation and reload (this tab's store), and after a reload the settings of
 # this tab's running (or last) leaderboard come back with it
 WIDGETS = ["lb-k-max", "lb-search-text", "lb-search-tokens", "lb-search-window", "lb-eval-text", "lb-tokens",
-           "lb-context", "lb-stride", "lb-metrics", "lb-random", "lb-half", "lb-every-block"]
+           "lb-context", "lb-stride", "lb-metrics", "lb-random", "lb-half", "lb-every-block", "lb-ray-address"]
 state.keep_widgets(WIDGETS, context=ws.lm.fingerprint)
 jobs.restore_widgets("leaderboard", context=ws.lm.fingerprint)
 if any(k not in by_key for k in st.session_state.get("lb-metrics", [])):
@@ -62,6 +63,10 @@ with st.form("leaderboard-settings"):
     every_block = c[3].checkbox("Greedy: every block", False, key="lb-every-block",
                                 help="SLEB never removes the first or the last block, and greedy search follows it by "
                                      "default; tick to search every block")
+    ray_address = st.text_input("Ray cluster address", "", placeholder="empty = in this process", key="lb-ray-address",
+                                help="host:port of a running Ray cluster (or 'auto'): the full board's damage scans "
+                                     "and evaluations run on Ray actors there, one per model replica (one per GPU, or "
+                                     "per node); the numbers are the in-process ones. See docs/cluster.md")
     c = st.columns([1, 1, 4])
     submitted = c[0].form_submit_button("Estimate")
     start = c[1].form_submit_button("Start leaderboard", type="primary")  # in the form: starts what the fields say
@@ -75,7 +80,9 @@ try:
         metrics=tuple(metrics), half_blocks=bool(half), random_samples=int(n_random),
         greedy_candidates="all" if every_block else "sleb")
     lb.validate(settings, L, ws.text, ws.lm.tokenizer)
-except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ValueError) as exc:
+    cluster = Cluster(address=ray_address.strip())
+    cluster.validate()
+except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ClusterError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
 
@@ -102,7 +109,7 @@ else:
     st.caption("Press **Estimate** to see how long it will take, or **Start leaderboard**.")
 
 if start:
-    ws_copy, settings_copy, quick_copy = ws, settings, quick
+    ws_copy, settings_copy, quick_copy, cluster_copy = ws, settings, quick, cluster
     owner = jobs.owner()  # the kept result is this tab's (not shared with other tabs or users)
     e = est.get("estimate", {}) if est.get("key") == job_key else {}
     q = est.get("quick", {}) if est.get("key") == job_key else {}
@@ -111,8 +118,9 @@ if start:
     jobs.start(quick_key, f"Leaderboard k=1..{settings.k_max}, quick answer",
                lambda job: lb.run(ws_copy, quick_copy, progress=job.report),
                meta={"tag": "leaderboard-quick", "estimate_s": q.get("seconds"), **kept})
-    jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}, full board",
-               lambda job: lb.run(ws_copy, settings_copy, progress=job.report, owner=owner),
+    jobs.start(job_key, f"Leaderboard k=1..{settings.k_max}, full board" + (" on Ray" if cluster.enabled else ""),
+               lambda job: run_leaderboard(ws_copy, settings_copy, progress=job.report, cluster=cluster_copy,
+                                           owner=owner),
                meta={"tag": "leaderboard", "estimate_s": e.get("seconds"), **kept})
 if jobs.get(job_key) is None:  # the settings changed since this tab's leaderboard started: it is still shown
     last = jobs.latest("leaderboard")

@@ -16,6 +16,11 @@ block influence, angular distance, AVSS); intrinsic dimension and zigzag persist
 Example:
   python -m analysis leaderboard --model default --k 1-8 --out out/leaderboard
   python -m analysis leaderboard --k 1-2 --search-tokens 256 --eval-tokens 1024 --also 12,13 --out out/lb
+  python -m analysis leaderboard --k 1-4 --workers 2 --out out/lb        # a local Ray, 2 model replicas
+  python -m analysis leaderboard --k 1-8 --ray-address head:6379 --out out/lb   # an existing Ray cluster
+
+--workers / --ray-address score the damage scans and the evaluations on Ray actors, one per model replica
+(analysis/search/distributed.py, docs/cluster.md); the numbers are the single-process ones.
 """
 
 import sys
@@ -69,6 +74,7 @@ def add_arguments(p):
         add_overwrite_arg,
         block_list,
         non_negative_int,
+        positive_int,
         seed_int,
         window_length,
     )
@@ -94,6 +100,13 @@ def add_arguments(p):
                    help="the quick board for 'which rule wins at k': search on a quarter of its tokens, evaluation "
                         "on an eighth (one window at least), no random draws, no half-block search, damage table of "
                         "whole blocks only (printed before it starts)")
+    g = p.add_argument_group("Ray (docs/cluster.md)")
+    g.add_argument("--workers", type=positive_int, default=None, help="score candidates on N model replicas of a "
+                                                                      "local Ray started for the run (one per CPU "
+                                                                      "slot or GPU)")
+    g.add_argument("--ray-address", default="", help="score candidates on an existing Ray cluster (host:port or "
+                                                     "'auto'; one replica per GPU, or per node on CPUs, unless "
+                                                     "--workers says how many)")
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
     p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
 
@@ -110,7 +123,10 @@ def run(args) -> int:
     from analysis.formatting import format_seconds
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
+    from analysis.search.distributed import Cluster, run_leaderboard
 
+    cluster = Cluster(workers=args.workers or 0, address=args.ray_address)
+    cluster.validate()
     k = parse_k(args.k) if args.k else (1, None)
     k_list = tuple(k) if isinstance(k, list) else ()
     k_min, k_max = (1, max(k_list)) if k_list else k
@@ -157,7 +173,9 @@ def run(args) -> int:
     if args.estimate:
         return 0
     t0 = time.perf_counter()
-    result = lb.run(ws, settings, progress=TqdmProgress("leaderboard"))
+    if cluster.enabled:
+        print(f"[leaderboard] scoring candidates on {cluster.describe()}", file=sys.stderr)
+    result = run_leaderboard(ws, settings, progress=TqdmProgress("leaderboard"), cluster=cluster)
     with destinations.writing(dest, "leaderboard") as out:
         write_csv(out / "damage.csv", lb.damage_csv(result))
         write_csv(out / "greedy.csv", lb.greedy_csv(result))

@@ -56,3 +56,14 @@ def test_leaderboard_page_refuses_the_evaluation_text_as_search_text(app):
     app.run()
     no_exceptions(app)
     assert any("tune on the test" in str(e.value) for e in app.error)
+
+
+def test_leaderboard_page_refuses_a_bad_ray_address_in_one_line(app):
+    open_page(app, "pages/leaderboard.py")
+    box = [t for t in app.text_input if t.label == "Ray cluster address"][0]
+    assert box.value == ""  # empty: in this process
+    box.set_value("head node:6379")
+    [b for b in app.button if b.label == "Estimate"][0].click()
+    app.run()
+    no_exceptions(app)
+    assert any("a Ray address is host:port" in str(e.value) for e in app.error)
