@@ -77,6 +77,13 @@ e2e: setup browser
 bench: setup
 	$(PY) bench/run_all.py
 
+# On a CUDA machine: the CUDA-marked tests, then the GPU benchmarks (bf16 capture and metrics on the bundled and the
+# 1B-shaped model, the leaderboard, healing steps/s, peak GPU memory) into artifacts/gpu-check.json and a table.
+# Without a GPU the CUDA parts are skipped, saying why, and the CPU parts still run (docs/gpu-check.md).
+gpu-check: setup
+	$(PY) -m pytest -q -rs -m cuda tests/cuda
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean-cache:
 	find cache -mindepth 1 ! -name README.md -exec rm -rf {} +
 

@@ -25,6 +25,19 @@ if (ROOT / "cache" / "models").is_dir() and not os.environ.get("LAYERSCOPE_TEST_
 ARTIFACTS = ROOT / "artifacts"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped, saying so, where torch sees none."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
+        for item in marked:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
