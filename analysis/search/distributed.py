@@ -197,9 +197,12 @@ class ReplicaPool:
         try:
             self.replicas = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayActorError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            if isinstance(cause, InputError):  # e.g. the model cannot be loaded on a node
-                raise ClusterError(f"a Ray replica could not load the model: {cause}") from None
+            cause = exc
+            for _ in range(4):  # Ray wraps the constructor's exception (ActorDiedError → RayTaskError → cause)
+                if isinstance(cause, InputError):  # e.g. the model cannot be loaded on a node
+                    raise ClusterError(f"a Ray replica could not load the model: {str(cause).splitlines()[-1]}") \
+                        from None
+                cause = getattr(cause, "cause", None)
             raise
         bad = [r for r in self.replicas if not r["fingerprint_ok"]]
         if bad:
