@@ -117,7 +117,7 @@ def test_the_leaderboard_hands_its_scans_and_evaluations_to_the_pool(monkeypatch
 
         def scan(self, lm, settings, state, candidates, text, progress=None):
             prepared = damage.prepare_scan(lm, settings, state, text)
-            self.scans.append((damage.state_label(state), len(candidates)))
+            self.scans.append((",".join(map(str, damage.normalise_state(state)["blocks"])), len(candidates)))
             return [damage.score_candidate(prepared, j, b, site) for j, b, site in candidates]
 
         def evaluate_missing(self, actions, settings, text, progress=None):
