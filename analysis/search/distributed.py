@@ -258,7 +258,7 @@ class ReplicaPool:
             if key in seen or not action or not set(action) <= BLOCK_SELECTIONS:
                 continue
             seen.add(key)
-            if not lb.eval_is_cached(self.lm, action, settings, text):
+            if not cache.entry("leaderboard-eval", lb.eval_params(self.lm, action, settings, text)).exists():
                 todo.append(action)
         for i, row in enumerate(self._map(lambda a, act: a.evaluate.remote(act, settings, text), todo)):
             lb.store_evaluation(self.lm, todo[i], settings, text, row)
