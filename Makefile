@@ -63,6 +63,7 @@ browser:
 # Static checks: ruff (lint rules in pyproject.toml) and the layers contract of analysis/ (import-linter).
 lint: setup
 	$(BIN)/ruff check analysis components pages tests bench app.py
+	$(BIN)/ruff format --check analysis components pages tests bench app.py
 	$(BIN)/lint-imports
 
 test: setup browser lint

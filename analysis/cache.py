@@ -162,7 +162,7 @@ def leftover_of(p: Path) -> tuple[str, str] | None:
     """``(kind, final name)`` of a leftover's name (``.tmp-`` / ``.bak-`` / ``.old-``), or None."""
     for kind in (TEMPORARY, BACKUP, LEGACY_OLD):
         if p.name.startswith(kind):
-            rest = p.name[len(kind):]
+            rest = p.name[len(kind) :]
             parts = rest.rsplit("-", 2)
             if len(parts) == 3 and parts[1] and parts[1].replace(".", "").isdigit():
                 return kind, parts[0]
@@ -192,8 +192,12 @@ def clean_stale_siblings(final: Path, discard: Callable[[Path], None] | None = N
     final = Path(final)
     handled = []
     try:
-        candidates = [(p, kind) for p in final.parent.iterdir() for kind in (TEMPORARY, BACKUP, LEGACY_OLD)
-                      if p.name.startswith(f"{kind}{final.name}-")]
+        candidates = [
+            (p, kind)
+            for p in final.parent.iterdir()
+            for kind in (TEMPORARY, BACKUP, LEGACY_OLD)
+            if p.name.startswith(f"{kind}{final.name}-")
+        ]
     except (FileNotFoundError, NotADirectoryError):
         return handled
     now = time.time()
@@ -263,9 +267,13 @@ def _new_directory(parent: Path, prefix: str) -> Path:
 
 
 @contextmanager
-def atomic_directory(final: Path, overwrite: bool = True, keep_existing: bool = False,
-                     complete: Callable[[Path], bool] = _complete,
-                     discard: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def atomic_directory(
+    final: Path,
+    overwrite: bool = True,
+    keep_existing: bool = False,
+    complete: Callable[[Path], bool] = _complete,
+    discard: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """The one atomic folder writer: yield a temporary directory beside ``final``; on success put it at ``final``.
 
     On any exception the temporary directory is removed and ``final`` is left as it was. With
@@ -300,8 +308,9 @@ def _non_empty(path: Path) -> bool:
         return False
 
 
-def _commit(tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Path], bool],
-            discard: Callable[[Path], None]) -> None:
+def _commit(
+    tmp: Path, final: Path, keep_existing: bool, complete: Callable[[Path], bool], discard: Callable[[Path], None]
+) -> None:
     for _ in range(20):
         try:
             os.rename(tmp, final)  # onto a missing or empty directory: one atomic step
@@ -467,15 +476,22 @@ def entry_writer(e: Entry, replace: bool = False) -> Iterator[EntryWriter]:
         w = EntryWriter(tmp)
         yield w
         files = {f"{name}.npy": file_checksum(tmp / f"{name}.npy") for name in sorted(set(w.arrays))}
-        meta = {"format": FORMAT_VERSION, "kind": e.kind, "params": e.params, "data": w.data,
-                "arrays": sorted(w.arrays), "files": files}
+        meta = {
+            "format": FORMAT_VERSION,
+            "kind": e.kind,
+            "params": e.params,
+            "data": w.data,
+            "arrays": sorted(w.arrays),
+            "files": files,
+        }
         meta = json.loads(json.dumps(meta, default=_json_default))  # the digest is of what is read back
         meta["digest"] = _meta_digest(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def write_entry(e: Entry, arrays: dict[str, np.ndarray] | None = None, data: dict | None = None,
-                replace: bool = False) -> Path:
+def write_entry(
+    e: Entry, arrays: dict[str, np.ndarray] | None = None, data: dict | None = None, replace: bool = False
+) -> Path:
     """Write a result atomically: arrays as ``.npy`` files, ``data`` and the parameters in ``meta.json``."""
     with entry_writer(e, replace=replace) as w:
         for name, arr in (arrays or {}).items():
@@ -571,7 +587,6 @@ def dumps(obj: Any) -> str:
 def write_csv(path: Path, frame: pd.DataFrame, index: bool = False) -> None:
     """A pandas frame as CSV, written atomically."""
     cache.atomic_write_text(Path(path), frame.to_csv(index=index))
-
 
 
 def write_json(path: Path, obj) -> None:

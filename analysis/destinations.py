@@ -79,8 +79,12 @@ def _protected(path: Path) -> str | None:
     """Why ``path`` is never written or replaced, or None."""
     if path == Path(path.anchor):
         return "it is the filesystem root"
-    for name, inner in (("your home folder", Path.home().resolve()), ("the working directory", Path.cwd().resolve()),
-                        ("LayerScope's code", _CODE_ROOT), ("the cache", cache.cache_root())):
+    for name, inner in (
+        ("your home folder", Path.home().resolve()),
+        ("the working directory", Path.cwd().resolve()),
+        ("LayerScope's code", _CODE_ROOT),
+        ("the cache", cache.cache_root()),
+    ):
         if inner == path:
             return f"it is {name}"
         if path in inner.parents:
@@ -125,8 +129,11 @@ def inspect(path: str | Path, kind: str = "folder") -> Destination:
     d = Destination(path=p, kind=kind, exists=p.exists() or p.is_symlink(), is_dir=p.is_dir())
     if d.is_dir:
         names = sorted(p.iterdir(), key=lambda q: q.name)
-        d.entries = [q.name + ("/" if q.is_dir() else "") for q in names
-                     if not (q.name.startswith((".tmp-", ".bak-", ".old-")) and cache.is_stale(q))]
+        d.entries = [
+            q.name + ("/" if q.is_dir() else "")
+            for q in names
+            if not (q.name.startswith((".tmp-", ".bak-", ".old-")) and cache.is_stale(q))
+        ]
         written = written_files(p)
         d.written_by_layerscope = written is not None
         if written is not None:
@@ -136,8 +143,13 @@ def inspect(path: str | Path, kind: str = "folder") -> Destination:
     return d
 
 
-def check(path: str | Path, overwrite: bool = False, what: str = "output folder", option: str = "--overwrite",
-          kind: str = "folder") -> Destination:
+def check(
+    path: str | Path,
+    overwrite: bool = False,
+    what: str = "output folder",
+    option: str = "--overwrite",
+    kind: str = "folder",
+) -> Destination:
     """Refuse (:class:`DestinationError`, one line) a destination that must not be written; otherwise return it.
 
     ``option`` names how the user asks to replace (``--overwrite`` on the command line, the page's button).
@@ -148,8 +160,11 @@ def check(path: str | Path, overwrite: bool = False, what: str = "output folder"
     p = d.path
     why = _protected(p)
     if why and not d.empty:
-        raise DestinationError(f"{what} {p} is never written or replaced: {why}"
-                               + (f" (it holds {d.listing()})" if d.entries else "") + "; choose another folder")
+        raise DestinationError(
+            f"{what} {p} is never written or replaced: {why}"
+            + (f" (it holds {d.listing()})" if d.entries else "")
+            + "; choose another folder"
+        )
     if kind == "folder":
         if d.exists and not d.is_dir:
             raise DestinationError(f"{what} {p} is a file, not a folder; choose a folder")
@@ -158,23 +173,32 @@ def check(path: str | Path, overwrite: bool = False, what: str = "output folder"
         if not d.written_by_layerscope:
             raise DestinationError(
                 f"{what} {p} is not empty and was not written by LayerScope (no {MARKER} listing its files), so it "
-                f"is never replaced; it holds {d.listing()}: choose an empty or new folder")
+                f"is never replaced; it holds {d.listing()}: choose an empty or new folder"
+            )
         if d.foreign:
-            raise DestinationError(f"{what} {p} holds files LayerScope did not write ({', '.join(d.foreign[:8])}"
-                                   f"{' …' if len(d.foreign) > 8 else ''}); it is not replaced: move them or "
-                                   "choose another folder")
+            raise DestinationError(
+                f"{what} {p} holds files LayerScope did not write ({', '.join(d.foreign[:8])}"
+                f"{' …' if len(d.foreign) > 8 else ''}); it is not replaced: move them or "
+                "choose another folder"
+            )
         if not overwrite:
-            raise DestinationError(f"{what} {p} is not empty ({d.listing()}); choose an empty or new folder, or "
-                                   f"{option} to replace it (it was written by LayerScope)")
+            raise DestinationError(
+                f"{what} {p} is not empty ({d.listing()}); choose an empty or new folder, or "
+                f"{option} to replace it (it was written by LayerScope)"
+            )
     else:
         if d.is_dir:
             raise DestinationError(f"{what} {p} is a folder; give the path of a file to write, e.g. {p}/report.html")
         if d.exists and not d.written_by_layerscope:
-            raise DestinationError(f"{what} {p} exists and was not written by LayerScope (it does not begin with "
-                                   "LayerScope's marker), so it is never replaced; choose another file name")
+            raise DestinationError(
+                f"{what} {p} exists and was not written by LayerScope (it does not begin with "
+                "LayerScope's marker), so it is never replaced; choose another file name"
+            )
         if d.exists and not overwrite:
-            raise DestinationError(f"{what} {p} already exists; choose another file name, or {option} to replace it "
-                                   "(it was written by LayerScope)")
+            raise DestinationError(
+                f"{what} {p} already exists; choose another file name, or {option} to replace it "
+                "(it was written by LayerScope)"
+            )
         for parent in p.parents:
             if parent.exists():
                 if not parent.is_dir():
@@ -188,9 +212,12 @@ def mark(folder: Path, what: str) -> None:
     """Write the marker into ``folder`` (the temporary copy, just before it is put in place), listing every name in
     it: what a later replacement may remove."""
     folder = Path(folder)
-    info = {"layerscope": 1, "what": what,
-            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": sorted({q.name for q in folder.iterdir()} | {MARKER})}
+    info = {
+        "layerscope": 1,
+        "what": what,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": sorted({q.name for q in folder.iterdir()} | {MARKER}),
+    }
     cache.atomic_write_text(folder / MARKER, json.dumps(info, indent=1))
 
 
@@ -231,8 +258,12 @@ def remove_owned(folder: Path) -> None:
         os.rename(folder, kept)
     except OSError:
         kept = folder
-    log.warning("%s held files LayerScope did not write (%s); they are kept in %s", name,
-                ", ".join(sorted(q.name for q in kept.iterdir())[:8]), kept)
+    log.warning(
+        "%s held files LayerScope did not write (%s); they are kept in %s",
+        name,
+        ", ".join(sorted(q.name for q in kept.iterdir())[:8]),
+        kept,
+    )
 
 
 @contextmanager

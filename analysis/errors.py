@@ -79,9 +79,11 @@ def check_free_space(path: str | Path, need_bytes: int, what: str) -> None:
     except OSError:
         return  # the file system cannot tell: the write itself will report ENOSPC
     if int(need_bytes) + DISK_MARGIN > free:
-        raise DiskFull(f"not enough disk space for {what}: about {format_bytes(need_bytes)} needed (plus "
-                       f"{format_bytes(DISK_MARGIN)} to spare), {format_bytes(free)} free on the disk of {p}; free "
-                       "some space or choose another place")
+        raise DiskFull(
+            f"not enough disk space for {what}: about {format_bytes(need_bytes)} needed (plus "
+            f"{format_bytes(DISK_MARGIN)} to spare), {format_bytes(free)} free on the disk of {p}; free "
+            "some space or choose another place"
+        )
 
 
 def is_disk_full(exc: BaseException) -> bool:

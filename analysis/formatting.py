@@ -114,8 +114,16 @@ def speed_change(original: Mapping | None, changed: Mapping | None, lower_is_bet
     return "faster" if changed_lower == lower_is_better else "slower"
 
 
-def speed_sentence(what: str, original_median, changed_median, original: Mapping | None, changed: Mapping | None,
-                   unit: str = "ms per token", lower_is_better: bool = True, fmt=ms) -> str:
+def speed_sentence(
+    what: str,
+    original_median,
+    changed_median,
+    original: Mapping | None,
+    changed: Mapping | None,
+    unit: str = "ms per token",
+    lower_is_better: bool = True,
+    fmt=ms,
+) -> str:
     """``decoding 432.6 → 419.3 ms per token (ranges 420.1–445.0 and 410.2–430.3 overlap): no measurable change``;
     ``… : faster`` / ``slower`` only when the ranges are apart."""
     verdict = speed_change(original, changed, lower_is_better)
@@ -123,8 +131,10 @@ def speed_sentence(what: str, original_median, changed_median, original: Mapping
     have = bool(original and changed and min(int(original.get("n", 0)), int(changed.get("n", 0))) > 1)
     if have:
         rel = "overlap" if ranges_overlap(original, changed) else "do not overlap"
-        text += (f" (medians; ranges {fmt(original['min'])}–{fmt(original['max'])} and "
-                 f"{fmt(changed['min'])}–{fmt(changed['max'])} {rel})")
+        text += (
+            f" (medians; ranges {fmt(original['min'])}–{fmt(original['max'])} and "
+            f"{fmt(changed['min'])}–{fmt(changed['max'])} {rel})"
+        )
     else:
         text += " (medians; no ranges measured)"
     return f"{text}: {verdict}"

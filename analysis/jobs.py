@@ -166,8 +166,14 @@ KEEP_FINISHED_TOTAL = 64  # finished records over all owners (every browser tab 
 KEEP_RESULTS_TOTAL = 8  # results of finished jobs held over all owners
 
 
-def submit(key: str, label: str, fn: Callable[[Job], Any], owner: str = "default", restart: bool = False,
-           meta: dict | None = None) -> Job:
+def submit(
+    key: str,
+    label: str,
+    fn: Callable[[Job], Any],
+    owner: str = "default",
+    restart: bool = False,
+    meta: dict | None = None,
+) -> Job:
     """Start (or queue) ``fn(job)`` under ``key`` and return at once.
 
     A job with the same key that is queued, running or done is returned as it is (``restart=True`` replaces a
@@ -230,8 +236,11 @@ def _shutdown_at_exit() -> None:
     """
     stuck = shutdown()
     if stuck:
-        print(f"layerscope: {len(stuck)} background job(s) did not stop within {SHUTDOWN_WAIT_S:.0f} s "
-              f"({', '.join(j.label for j in stuck)}); exiting without waiting for them", file=sys.stderr)
+        print(
+            f"layerscope: {len(stuck)} background job(s) did not stop within {SHUTDOWN_WAIT_S:.0f} s "
+            f"({', '.join(j.label for j in stuck)}); exiting without waiting for them",
+            file=sys.stderr,
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -336,18 +345,18 @@ def _trim(owner: str) -> None:
     with _LOCK:
         finished = sorted((j for j in _JOBS.values() if not j.is_active), key=lambda j: j.id)
         mine = [j for j in finished if j.owner == owner]
-        forget = set(mine[:max(0, len(mine) - KEEP_FINISHED)])
+        forget = set(mine[: max(0, len(mine) - KEEP_FINISHED)])
         kept = [j for j in finished if j not in forget]
-        forget |= set(kept[:max(0, len(kept) - KEEP_FINISHED_TOTAL)])
+        forget |= set(kept[: max(0, len(kept) - KEEP_FINISHED_TOTAL)])
         for j in forget:
             j.release()
             if _JOBS.get(j.key) is j:
                 del _JOBS[j.key]
         holding = [j for j in finished if j not in forget and j.result is not None]
-        for j in [j for j in holding if j.owner == owner][:-KEEP_RESULTS or None]:
+        for j in [j for j in holding if j.owner == owner][: -KEEP_RESULTS or None]:
             j.release()
         holding = [j for j in holding if j.result is not None]
-        for j in holding[:max(0, len(holding) - KEEP_RESULTS_TOTAL)]:
+        for j in holding[: max(0, len(holding) - KEEP_RESULTS_TOTAL)]:
             j.release()
         for o in [o for o, q in _QUEUES.items() if not q and o not in _WORKERS]:
             del _QUEUES[o]
@@ -431,8 +440,9 @@ def this_thread_only(hook: Callable) -> Callable:
     return wrapped
 
 
-def run_in_foreground(fn: Callable[[Job], Any], label: str = "job",
-                      progress: Callable[[int, int, str], None] | None = None) -> Any:
+def run_in_foreground(
+    fn: Callable[[Job], Any], label: str = "job", progress: Callable[[int, int, str], None] | None = None
+) -> Any:
     """Run a job function now, in this thread (the command line): ``job.report`` forwards to ``progress``."""
     job = _ForegroundJob(key=f"foreground-{next(_IDS)}", label=label, owner="foreground", fn=fn)
     job._progress = progress

@@ -30,14 +30,26 @@ BROTLI_SDIST = "brotli==1.2.1"
 BROTLI_SDIST_SHA256 = "02b2f7b5a83485efe448a44ddf7983def05c3bb1dcf917d4f7154070260e13de"
 BUNDLED = {
     # name: (file in brotli-1.2.1/tests/testdata, sha256 of the file as shipped, description)
-    "alice": ("alice29.txt", "7467306ee0feed4971260f3c87421154a05be571d944e9cb021a5713700c38f0",
-              "Lewis Carroll, Alice's Adventures in Wonderland"),
-    "asyoulik": ("asyoulik.txt", "eaa3526fe53859f34ecdf255712f9ecf0b2c903451d4755b2edaa2e2599cb0fc",
-                 "Shakespeare, As You Like It"),
-    "lcet10": ("lcet10.txt", "5314ba1dbb03f471df88bec6cd120a938ef60d0fd3511c5c1dce61bf7463245f",
-               "Workshop on electronic texts, Library of Congress"),
-    "plrabn12": ("plrabn12.txt", "07e2e0b461af78c7c647cb53dab39de560198e16f799b4516eccf0fbd69f764c",
-                 "Milton, Paradise Lost"),
+    "alice": (
+        "alice29.txt",
+        "7467306ee0feed4971260f3c87421154a05be571d944e9cb021a5713700c38f0",
+        "Lewis Carroll, Alice's Adventures in Wonderland",
+    ),
+    "asyoulik": (
+        "asyoulik.txt",
+        "eaa3526fe53859f34ecdf255712f9ecf0b2c903451d4755b2edaa2e2599cb0fc",
+        "Shakespeare, As You Like It",
+    ),
+    "lcet10": (
+        "lcet10.txt",
+        "5314ba1dbb03f471df88bec6cd120a938ef60d0fd3511c5c1dce61bf7463245f",
+        "Workshop on electronic texts, Library of Congress",
+    ),
+    "plrabn12": (
+        "plrabn12.txt",
+        "07e2e0b461af78c7c647cb53dab39de560198e16f799b4516eccf0fbd69f764c",
+        "Milton, Paradise Lost",
+    ),
 }
 DEFAULT_CALIBRATION_TEXT = "alice"
 DEFAULT_EVALUATION_TEXT = "asyoulik"
@@ -160,8 +172,18 @@ def install_corpus(dest: Path | None = None, archive: Path | None = None, quiet:
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         if archive is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   BROTLI_SDIST, "-d", tmp]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                BROTLI_SDIST,
+                "-d",
+                tmp,
+            ]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None)
             found = list(Path(tmp).glob("brotli-1.2.1.tar.gz"))
             if not found:

@@ -49,8 +49,14 @@ def run_case(name: str, argv: list[str], cache_dir: Path) -> dict:
 
     env = dict(os.environ, LAYERSCOPE_CACHE=str(cache_dir), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     peak = [0]
     stop = threading.Event()
 
@@ -70,11 +76,20 @@ def run_case(name: str, argv: list[str], cache_dir: Path) -> dict:
     t.join()
     seconds = time.perf_counter() - t0
     maxrss = next((int(line.split()[1]) for line in err.splitlines() if line.startswith("PEAK_RSS_BYTES")), None)
-    row = {"case": name, "rc": proc.returncode, "seconds": seconds, "peak_rss_bytes": maxrss,
-           "sampled_peak_bytes": peak[0], "stdout": out, "stderr_tail": "\n".join(
-               line for line in err.splitlines()[-15:] if "it/s" not in line)}
-    print(f"[{name}] rc {proc.returncode}, {seconds:.0f} s, peak RSS {maxrss and maxrss / 2**30:.2f} GiB",
-          file=sys.stderr, flush=True)
+    row = {
+        "case": name,
+        "rc": proc.returncode,
+        "seconds": seconds,
+        "peak_rss_bytes": maxrss,
+        "sampled_peak_bytes": peak[0],
+        "stdout": out,
+        "stderr_tail": "\n".join(line for line in err.splitlines()[-15:] if "it/s" not in line),
+    }
+    print(
+        f"[{name}] rc {proc.returncode}, {seconds:.0f} s, peak RSS {maxrss and maxrss / 2**30:.2f} GiB",
+        file=sys.stderr,
+        flush=True,
+    )
     if proc.returncode:
         print(row["stderr_tail"], file=sys.stderr)
     return row
@@ -119,16 +134,23 @@ def main(argv=None) -> dict:
     if "metrics" in cases or "sequential" in cases:
         mem_cache = cache("metrics")
         if "metrics" in cases:
-            rows.append(run_case("metrics, defaults, in memory", ["metrics", *model, "--out", str(root / "m-mem")],
-                                 mem_cache))
+            rows.append(
+                run_case("metrics, defaults, in memory", ["metrics", *model, "--out", str(root / "m-mem")], mem_cache)
+            )
         if "sequential" in cases:
             seq_cache = cache("metrics-seq")
-            rows.append(run_case("metrics, defaults, --sequential",
-                                 ["metrics", *model, "--sequential", "--out", str(root / "m-seq")], seq_cache))
+            rows.append(
+                run_case(
+                    "metrics, defaults, --sequential",
+                    ["metrics", *model, "--sequential", "--out", str(root / "m-seq")],
+                    seq_cache,
+                )
+            )
             a, b = capture_states(mem_cache), capture_states(seq_cache)
             if a is not None and b is not None:
-                checks["hidden_states_max_abs_diff"] = float(max(np.abs(a[s].astype(np.float64) - b[s]).max()
-                                                                for s in range(a.shape[0])))
+                checks["hidden_states_max_abs_diff"] = float(
+                    max(np.abs(a[s].astype(np.float64) - b[s]).max() for s in range(a.shape[0]))
+                )
                 checks["hidden_states_shape"] = list(a.shape)
             try:
                 la = pd.read_csv(root / "m-mem" / "layers.csv")
@@ -141,12 +163,12 @@ def main(argv=None) -> dict:
         cap = ["capture", *model, "--sequences", str(args.capture_windows)]
         caches = cache("capture"), cache("capture-seq")
         rows.append(run_case(f"capture {args.capture_windows} × 128, in memory", cap, caches[0]))
-        rows.append(run_case(f"capture {args.capture_windows} × 128, --sequential", [*cap, "--sequential"],
-                             caches[1]))
+        rows.append(run_case(f"capture {args.capture_windows} × 128, --sequential", [*cap, "--sequential"], caches[1]))
         a, b = capture_states(caches[0]), capture_states(caches[1])
         if a is not None and b is not None:
-            checks["capture_max_abs_diff"] = float(max(np.abs(a[s].astype(np.float64) - b[s]).max()
-                                                       for s in range(a.shape[0])))
+            checks["capture_max_abs_diff"] = float(
+                max(np.abs(a[s].astype(np.float64) - b[s]).max() for s in range(a.shape[0]))
+            )
             checks["capture_shape"] = list(a.shape)
     if "evaluate" in cases:
         ev = ["evaluate", *model, "--tokens", str(args.eval_tokens)]
@@ -159,13 +181,34 @@ def main(argv=None) -> dict:
         except (ValueError, KeyError) as exc:
             checks["perplexity"] = f"not compared: {exc}"
     if "prune" in cases:
-        rows.append(run_case("prune 12,13 + evaluate + export + reload check",
-                             ["prune", *model, "--remove", "12,13", "--eval-tokens", str(args.eval_tokens),
-                              "--no-speed", "--out", str(root / "pruned")], cache("prune")))
-    table = [{"case": r["case"], "rc": r["rc"], "minutes": r["seconds"] / 60,
-              "peak RSS GiB": (r["peak_rss_bytes"] or 0) / 2**30,
-              "× fp32 weights": (r["peak_rss_bytes"] or 0) / weights,
-              "sampled peak × weights": r["sampled_peak_bytes"] / weights} for r in rows]
+        rows.append(
+            run_case(
+                "prune 12,13 + evaluate + export + reload check",
+                [
+                    "prune",
+                    *model,
+                    "--remove",
+                    "12,13",
+                    "--eval-tokens",
+                    str(args.eval_tokens),
+                    "--no-speed",
+                    "--out",
+                    str(root / "pruned"),
+                ],
+                cache("prune"),
+            )
+        )
+    table = [
+        {
+            "case": r["case"],
+            "rc": r["rc"],
+            "minutes": r["seconds"] / 60,
+            "peak RSS GiB": (r["peak_rss_bytes"] or 0) / 2**30,
+            "× fp32 weights": (r["peak_rss_bytes"] or 0) / weights,
+            "sampled peak × weights": r["sampled_peak_bytes"] / weights,
+        }
+        for r in rows
+    ]
     print(f"model: {folder} ({weights / 2**30:.2f} GiB fp32 safetensors; built in {build_s:.0f} s or cached)")
     print_table("Peak memory on the Llama-3.2-1B-shaped model (ratios to the fp32 weights)", table)
     print(json.dumps(checks, indent=1))

@@ -31,11 +31,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-ui", action="store_true")
     args = ap.parse_args(argv)
 
-    from analysis.methods import linearity
     from analysis.capture.hidden_states import capture_hidden_states
-    from analysis.evaluation.perplexity import EvalSettings, evaluate
-    from analysis.model.loading import ModelSpec, converted_gguf_folder, default_gguf_path, load_model
     from analysis.changes.remove_blocks import remove_blocks
+    from analysis.evaluation.perplexity import EvalSettings, evaluate
+    from analysis.methods import linearity
+    from analysis.model.loading import ModelSpec, converted_gguf_folder, default_gguf_path, load_model
     from analysis.texts import bundled_text, calibration_windows
 
     results: dict = {}
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         def bare():
             base = lm.model.base_model
             for s in range(0, 32, 8):
-                base(input_ids=torch.as_tensor(windows[s:s + 8], device=lm.device), use_cache=False)
+                base(input_ids=torch.as_tensor(windows[s : s + 8], device=lm.device), use_cache=False)
                 if lm.device.type == "cuda":
                     torch.cuda.synchronize()
 
@@ -72,25 +72,36 @@ def main(argv=None) -> dict:
         loop_s, vals = timed(lambda: [linearity.linearity_lstsq(clouds[i], clouds[j]) for i, j in pairs])
         err = max(abs(v - M[i, j]) for v, (i, j) in zip(vals, pairs))
         per_pair = loop_s / len(pairs)
-        results["linearity"] = {"matrix_s": mat_s, "pairs": n_pairs, "lstsq_per_pair_s": per_pair,
-                                "lstsq_all_pairs_extrapolated_s": per_pair * n_pairs,
-                                "speedup": per_pair * n_pairs / mat_s, "max_abs_diff": err,
-                                "tokens": int(clouds[0].shape[0]), "width": int(clouds[0].shape[1])}
+        results["linearity"] = {
+            "matrix_s": mat_s,
+            "pairs": n_pairs,
+            "lstsq_per_pair_s": per_pair,
+            "lstsq_all_pairs_extrapolated_s": per_pair * n_pairs,
+            "speedup": per_pair * n_pairs / mat_s,
+            "max_abs_diff": err,
+            "tokens": int(clouds[0].shape[0]),
+            "width": int(clouds[0].shape[1]),
+        }
 
         # 4. re-evaluation
         pruned = remove_blocks(lm.model, [12, 13])
         settings = EvalSettings()
         eval_text = bundled_text("asyoulik")
-        first_s, _ = timed(lambda: evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned,
-                                            original_key=lm.fingerprint))
-        again_s, table = timed(lambda: evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned,
-                                                original_key=lm.fingerprint))
-        results["evaluation"] = {"first_apply_s": first_s, "re_evaluation_s": again_s,
-                                 "tokens": table.candidate.tokens,
-                                 "original_perplexity": table.original.perplexity,
-                                 "pruned_perplexity": table.candidate.perplexity,
-                                 "prefill_tokens_per_s": table.candidate.prefill_tokens_per_s,
-                                 "decode_ms_per_token": table.candidate.decode_ms_per_token}
+        first_s, _ = timed(
+            lambda: evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned, original_key=lm.fingerprint)
+        )
+        again_s, table = timed(
+            lambda: evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=pruned, original_key=lm.fingerprint)
+        )
+        results["evaluation"] = {
+            "first_apply_s": first_s,
+            "re_evaluation_s": again_s,
+            "tokens": table.candidate.tokens,
+            "original_perplexity": table.original.perplexity,
+            "pruned_perplexity": table.candidate.perplexity,
+            "prefill_tokens_per_s": table.candidate.prefill_tokens_per_s,
+            "decode_ms_per_token": table.candidate.decode_ms_per_token,
+        }
         results["model"] = {"conversion_s": conv_s, "load_s": load_s, "device": str(lm.device)}
 
     # 3. cold start to the first heatmap (new cache, new session)
@@ -112,24 +123,39 @@ def main(argv=None) -> dict:
             results["cold_start_to_first_heatmap_s"] = cold_s
 
     c, l, e = results["capture"], results["linearity"], results["evaluation"]
-    print_table("Linearity heatmap (31 × 31 states, all pairs)", [
-        {"method": "all-pairs (Gram eigh + one product per pair)", "seconds": l["matrix_s"], "ratio": 1.0},
-        {"method": f"per-pair least squares (timed on {len(pairs)} pairs, × {n_pairs})",
-         "seconds": l["lstsq_all_pairs_extrapolated_s"], "ratio": l["speedup"]},
-    ])
+    print_table(
+        "Linearity heatmap (31 × 31 states, all pairs)",
+        [
+            {"method": "all-pairs (Gram eigh + one product per pair)", "seconds": l["matrix_s"], "ratio": 1.0},
+            {
+                "method": f"per-pair least squares (timed on {len(pairs)} pairs, × {n_pairs})",
+                "seconds": l["lstsq_all_pairs_extrapolated_s"],
+                "ratio": l["speedup"],
+            },
+        ],
+    )
     print(f"max |difference| on the timed pairs: {l['max_abs_diff']:.2e}; {l['tokens']} tokens × width {l['width']}")
-    print_table("Capture of 32 × 128 tokens, 31 states", [
-        {"what": "bare forward pass", "seconds": c["bare_forward_s"], "ratio": 1.0},
-        {"what": "capture into cache/", "seconds": c["capture_s"], "ratio": c["capture_s"] / c["bare_forward_s"]},
-    ])
+    print_table(
+        "Capture of 32 × 128 tokens, 31 states",
+        [
+            {"what": "bare forward pass", "seconds": c["bare_forward_s"], "ratio": 1.0},
+            {"what": "capture into cache/", "seconds": c["capture_s"], "ratio": c["capture_s"] / c["bare_forward_s"]},
+        ],
+    )
     rows = [{"what": "model load (converted fp32)", "seconds": results["model"]["load_s"]}]
     if results["model"]["conversion_s"]:
         rows.insert(0, {"what": "GGUF de-quantisation (once)", "seconds": results["model"]["conversion_s"]})
     if "cold_start_to_first_heatmap_s" in results:
-        rows.append({"what": "cold start to first heatmap (new session, empty results cache)",
-                     "seconds": results["cold_start_to_first_heatmap_s"]})
-    rows += [{"what": "first Apply (original + pruned, 4096 tokens, speed, generation)", "seconds": e["first_apply_s"]},
-             {"what": "re-evaluation (pruned only; original memo warm)", "seconds": e["re_evaluation_s"]}]
+        rows.append(
+            {
+                "what": "cold start to first heatmap (new session, empty results cache)",
+                "seconds": results["cold_start_to_first_heatmap_s"],
+            }
+        )
+    rows += [
+        {"what": "first Apply (original + pruned, 4096 tokens, speed, generation)", "seconds": e["first_apply_s"]},
+        {"what": "re-evaluation (pruned only; original memo warm)", "seconds": e["re_evaluation_s"]},
+    ]
     print_table("Dashboard latency", rows)
     print(f"perplexity on asyoulik: original {e['original_perplexity']:.3f}, minus 12,13 {e['pruned_perplexity']:.3f}")
     print("saved", save(f"foundation-{args.device}", results))

@@ -50,9 +50,9 @@ def _synthetic(n: int = N_POINTS, width: int = 576, k: int = 10) -> np.ndarray:
 def bench_twonn(lm, text, states: list[int], repeats: int) -> list[dict]:
     import skdim
 
+    from analysis.capture.workspace import Calibration, Workspace
     from analysis.methods.clouds import dedupe_rows, subsample_rows
     from analysis.methods.intrinsic_dimension import twonn
-    from analysis.capture.workspace import Calibration, Workspace
 
     n_windows = -(-N_POINTS // 128) + 1  # 41 windows of 128 tokens: 5248 tokens, 5000 distinct rows drawn
     ws = Workspace(lm=lm, text=text, calibration=Calibration(n_windows=n_windows, window_len=128))
@@ -64,27 +64,44 @@ def bench_twonn(lm, text, states: list[int], repeats: int) -> list[dict]:
     twonn(clouds[0][1][:200])  # warm up torch
     rows = []
     print(f"\nTwoNN on {N_POINTS} x {lm.width} float32 clouds, best of {repeats} runs each (wall and CPU seconds)")
-    print(f"{'cloud':<36}{'ours':>8}{'skdim':>8}{'ours s':>8}{'skdim s':>9}{'ratio':>7}"
-          f"{'ours cpu':>10}{'skdim cpu':>10}{'ratio':>7}")
+    print(
+        f"{'cloud':<36}{'ours':>8}{'skdim':>8}{'ours s':>8}{'skdim s':>9}{'ratio':>7}"
+        f"{'ours cpu':>10}{'skdim cpu':>10}{'ratio':>7}"
+    )
     for name, X in clouds:
         ours, best_o, med_o, cpu_o = _timed(lambda: twonn(X), repeats)
         theirs, best_t, med_t, cpu_t = _timed(lambda: float(skdim.id.TwoNN().fit(X).dimension_), repeats)
-        rows.append({"cloud": name, "n": X.shape[0], "ours": ours, "skdim": theirs, "ours_s": best_o,
-                     "skdim_s": best_t, "ours_cpu_s": cpu_o, "skdim_cpu_s": cpu_t})
-        print(f"{name:<36}{ours:8.3f}{theirs:8.3f}{best_o:8.2f}{best_t:9.2f}{best_t / best_o:6.2f}x"
-              f"{cpu_o:10.2f}{cpu_t:10.2f}{cpu_t / cpu_o:6.2f}x", flush=True)
+        rows.append(
+            {
+                "cloud": name,
+                "n": X.shape[0],
+                "ours": ours,
+                "skdim": theirs,
+                "ours_s": best_o,
+                "skdim_s": best_t,
+                "ours_cpu_s": cpu_o,
+                "skdim_cpu_s": cpu_t,
+            }
+        )
+        print(
+            f"{name:<36}{ours:8.3f}{theirs:8.3f}{best_o:8.2f}{best_t:9.2f}{best_t / best_o:6.2f}x"
+            f"{cpu_o:10.2f}{cpu_t:10.2f}{cpu_t / cpu_o:6.2f}x",
+            flush=True,
+        )
     for key, what in (("s", "wall"), ("cpu_s", "CPU")):
         speedups = [r[f"skdim_{key}"] / r[f"ours_{key}"] for r in rows]
-        print(f"skdim time / ours ({what}, best of {repeats}): min {min(speedups):.2f}x, median "
-              f"{statistics.median(speedups):.2f}x, max {max(speedups):.2f}x")
+        print(
+            f"skdim time / ours ({what}, best of {repeats}): min {min(speedups):.2f}x, median "
+            f"{statistics.median(speedups):.2f}x, max {max(speedups):.2f}x"
+        )
     print(f"largest |ours - skdim| / skdim = {max(abs(r['ours'] - r['skdim']) / r['skdim'] for r in rows):.1e}")
     return rows
 
 
 @torch.no_grad()
 def bench_avss(lm, text, n_windows: int, repeats: int) -> list[dict]:
-    from analysis.methods import avss as avss_math
     from analysis.capture.hidden_states import iter_hidden_states
+    from analysis.methods import avss as avss_math
     from analysis.profiles.avss import SITES, _CountMask, avss_hooks
     from analysis.texts import calibration_windows
 
@@ -95,7 +112,7 @@ def bench_avss(lm, text, n_windows: int, repeats: int) -> list[dict]:
     def loop() -> None:
         for start, hidden in iter_hidden_states(lm, windows):
             for s in range(n_states):
-                buffer[s, start:start + hidden[s].shape[0]] = hidden[s].float().cpu().numpy()
+                buffer[s, start : start + hidden[s].shape[0]] = hidden[s].float().cpu().numpy()
 
     def capture_loop(site: str | None) -> float:
         if site is None:
@@ -115,15 +132,18 @@ def bench_avss(lm, text, n_windows: int, repeats: int) -> list[dict]:
             runs[site].append((wall, cpu))
     base_wall = min(w for w, _ in runs[None])
     base_cpu = min(c for _, c in runs[None])
-    print(f"\nAVSS overhead on top of capture: {n_windows} windows x 128 tokens, {lm.n_blocks} blocks, best of "
-          f"{repeats} alternating runs")
+    print(
+        f"\nAVSS overhead on top of capture: {n_windows} windows x 128 tokens, {lm.n_blocks} blocks, best of "
+        f"{repeats} alternating runs"
+    )
     print(f"{'run':<34}{'wall s':>8}{'ratio':>8}{'CPU s':>8}{'ratio':>8}")
     rows = []
     for site, times in runs.items():
         name = "capture alone" if site is None else f"capture + AVSS hooks ({site})"
         wall, cpu = min(w for w, _ in times), min(c for _, c in times)
-        rows.append({"run": name, "wall_s": wall, "cpu_s": cpu, "wall_ratio": wall / base_wall,
-                     "cpu_ratio": cpu / base_cpu})
+        rows.append(
+            {"run": name, "wall_s": wall, "cpu_s": cpu, "wall_ratio": wall / base_wall, "cpu_ratio": cpu / base_cpu}
+        )
         print(f"{name:<34}{wall:8.2f}{wall / base_wall:8.3f}{cpu:8.2f}{cpu / base_cpu:8.3f}", flush=True)
     return rows
 
@@ -143,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
 
     lm = load_model(ModelSpec(device="cpu"))
     text = bundled_text("alice")
-    print(f"{lm.name}: {lm.n_blocks} blocks, width {lm.width}; torch threads {torch.get_num_threads()}; "
-          f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"{lm.name}: {lm.n_blocks} blocks, width {lm.width}; torch threads {torch.get_num_threads()}; "
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})"
+    )
     states = list(range(lm.n_blocks + 1)) if args.all_states else [int(s) for s in args.states.split(",") if s]
     if not args.skip_twonn:
         bench_twonn(lm, text, states, args.repeats)

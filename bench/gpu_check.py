@@ -42,9 +42,18 @@ import torch  # noqa: E402
 from bench.common import ROOT, machine, print_table, private_cache  # noqa: E402
 
 NO_CUDA = "no CUDA GPU here: torch.cuda.is_available() is False"
-LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "intermediate_size": 8192, "head_dim": 64, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-            "tie_word_embeddings": True, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+}
 METRICS = ("linearity", "block_influence", "angular_distance")
 
 
@@ -66,8 +75,13 @@ def _build_llama_1b(seed: int = 0) -> Path:
     from analysis.model.loading import converted_gguf_folder, default_gguf_path
 
     tok = AutoTokenizer.from_pretrained(converted_gguf_folder(default_gguf_path()))
-    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **LLAMA_1B)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **LLAMA_1B,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     tmp = folder.with_name(folder.name + ".tmp")
@@ -80,6 +94,7 @@ def _build_llama_1b(seed: int = 0) -> Path:
 
 
 # ---- measuring one section ------------------------------------------------------------------------------------
+
 
 def _section(name: str, model: str, needs_cuda: bool, fn, skip: str = "") -> dict:
     row = {"section": name, "model": model, "device": "cuda" if needs_cuda else "cpu"}
@@ -94,8 +109,12 @@ def _section(name: str, model: str, needs_cuda: bool, fn, skip: str = "") -> dic
     try:
         out = fn()
     except Exception as exc:  # recorded, and the check fails at the end
-        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=8)}
+        return {
+            **row,
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+        }
     finally:
         if needs_cuda:
             torch.cuda.synchronize()
@@ -115,20 +134,29 @@ def _workspace(lm, n_windows: int = 32, window_len: int = 128):
     from analysis.capture.workspace import Calibration, Workspace
     from analysis.texts import bundled_text
 
-    return Workspace(lm=lm, text=bundled_text("alice"), calibration=Calibration(n_windows=n_windows,
-                                                                                  window_len=window_len))
+    return Workspace(
+        lm=lm, text=bundled_text("alice"), calibration=Calibration(n_windows=n_windows, window_len=window_len)
+    )
 
 
 # ---- the sections -----------------------------------------------------------------------------------------------
 
+
 def cpu_bf16_against_fp32() -> dict:
     from analysis.metrics import registry
 
-    full, half = _workspace(_load("default", "cpu", "float32"), 8, 64), _workspace(_load("default", "cpu",
-                                                                                          "bfloat16"), 8, 64)
+    full, half = (
+        _workspace(_load("default", "cpu", "float32"), 8, 64),
+        _workspace(_load("default", "cpu", "bfloat16"), 8, 64),
+    )
     a, b = full.capture(), half.capture()
-    rel = [float(np.linalg.norm(np.asarray(a.states[s], np.float64) - np.asarray(b.states[s], np.float64))
-                 / np.linalg.norm(np.asarray(a.states[s], np.float64))) for s in range(a.states.shape[0])]
+    rel = [
+        float(
+            np.linalg.norm(np.asarray(a.states[s], np.float64) - np.asarray(b.states[s], np.float64))
+            / np.linalg.norm(np.asarray(a.states[s], np.float64))
+        )
+        for s in range(a.states.shape[0])
+    ]
     m = registry.get("block_influence")
     diff = float(np.max(np.abs(np.asarray(m.scores(full, {})) - np.asarray(m.scores(half, {})))))
     return {"capture_rel_error_max": max(rel), "block_influence_max_diff": diff, "tokens": a.n_tokens}
@@ -150,9 +178,17 @@ def capture_and_metrics(source: str, dtype: str) -> dict:
         t0 = time.perf_counter()
         registry.get(key).scores(ws, {})
         metric_s[key] = time.perf_counter() - t0
-    return {"dtype": dtype, "blocks": lm.n_blocks, "width": lm.width, "parameters": lm.n_parameters(),
-            "load_s": load_s, "capture_s": capture_s, "tokens": cap.n_tokens,
-            "capture_tokens_per_s": cap.n_tokens / capture_s, "metrics_s": metric_s}
+    return {
+        "dtype": dtype,
+        "blocks": lm.n_blocks,
+        "width": lm.width,
+        "parameters": lm.n_parameters(),
+        "load_s": load_s,
+        "capture_s": capture_s,
+        "tokens": cap.n_tokens,
+        "capture_tokens_per_s": cap.n_tokens / capture_s,
+        "metrics_s": metric_s,
+    }
 
 
 def leaderboard(source: str, dtype: str, k: int) -> dict:
@@ -161,12 +197,23 @@ def leaderboard(source: str, dtype: str, k: int) -> dict:
 
     lm = _load(source, "cuda", dtype)
     ws = _workspace(lm)
-    settings = lb.LeaderboardSettings(k_min=1, k_max=k, search=SearchSettings(n_tokens=1024, context=512),
-                                      evaluation=lb.default_eval_settings(n_tokens=2048, context=512, stride=256),
-                                      metrics=("measured_damage", "block_influence"), random_samples=2)
+    settings = lb.LeaderboardSettings(
+        k_min=1,
+        k_max=k,
+        search=SearchSettings(n_tokens=1024, context=512),
+        evaluation=lb.default_eval_settings(n_tokens=2048, context=512, stride=256),
+        metrics=("measured_damage", "block_influence"),
+        random_samples=2,
+    )
     result = lb.run(ws, settings)
-    return {"dtype": dtype, "k": k, "evaluations": int(len(result.rows)), "damage_rows": int(len(result.damage)),
-            "leaderboard_s": result.seconds, "original_perplexity": result.original_perplexity}
+    return {
+        "dtype": dtype,
+        "k": k,
+        "evaluations": int(len(result.rows)),
+        "damage_rows": int(len(result.damage)),
+        "leaderboard_s": result.seconds,
+        "original_perplexity": result.original_perplexity,
+    }
 
 
 def healing(source: str, remove: list[int], steps: int) -> dict:
@@ -185,11 +232,18 @@ def healing(source: str, remove: list[int], steps: int) -> dict:
 
     hl.heal_model(remove_blocks(lm.model, remove), spec, windows, lm.model, on_step=on_step)
     steady = (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else float("nan")
-    return {"dtype": "float32", "method": spec.method, "loss": spec.loss, "steps": len(ends),
-            "tokens_per_step": spec.batch_size * spec.window_len, "steps_per_s": steady}
+    return {
+        "dtype": "float32",
+        "method": spec.method,
+        "loss": spec.loss,
+        "steps": len(ends),
+        "tokens_per_step": spec.batch_size * spec.window_len,
+        "steps_per_s": steady,
+    }
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
+
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,21 +260,44 @@ def main(argv=None) -> dict:
         folder = None
         if cuda and not args.skip_1b:
             folder = str(llama_1b_shape())
-        for source, label, dtypes, skip in (("default", "bundled", ("float32", "bfloat16"), ""),
-                                            (folder, "llama-3.2-1b-shape", ("bfloat16",), big)):
+        for source, label, dtypes, skip in (
+            ("default", "bundled", ("float32", "bfloat16"), ""),
+            (folder, "llama-3.2-1b-shape", ("bfloat16",), big),
+        ):
             for dtype in dtypes:
-                rows.append(_section(f"capture+metrics {dtype}", label, True,
-                                     lambda s=source, d=dtype: capture_and_metrics(s, d), skip))
-        rows.append(_section(f"leaderboard k=1..{args.k}", "bundled", True,
-                             lambda: leaderboard("default", "bfloat16", args.k)))
-        rows.append(_section(f"leaderboard k=1..{args.k}", "llama-3.2-1b-shape", True,
-                             lambda: leaderboard(folder, "bfloat16", args.k), big))
-        rows.append(_section("healing steps/s", "bundled", True,
-                             lambda: healing("default", [12, 13], args.heal_steps)))
-        rows.append(_section("healing steps/s", "llama-3.2-1b-shape", True,
-                             lambda: healing(folder, [6, 7], args.heal_steps), big))
-    record = {"machine": machine(), "cuda": cuda, "sections": rows,
-              "failed": [f"{r['section']} ({r['model']})" for r in rows if r["status"] == "failed"]}
+                rows.append(
+                    _section(
+                        f"capture+metrics {dtype}",
+                        label,
+                        True,
+                        lambda s=source, d=dtype: capture_and_metrics(s, d),
+                        skip,
+                    )
+                )
+        rows.append(
+            _section(f"leaderboard k=1..{args.k}", "bundled", True, lambda: leaderboard("default", "bfloat16", args.k))
+        )
+        rows.append(
+            _section(
+                f"leaderboard k=1..{args.k}",
+                "llama-3.2-1b-shape",
+                True,
+                lambda: leaderboard(folder, "bfloat16", args.k),
+                big,
+            )
+        )
+        rows.append(_section("healing steps/s", "bundled", True, lambda: healing("default", [12, 13], args.heal_steps)))
+        rows.append(
+            _section(
+                "healing steps/s", "llama-3.2-1b-shape", True, lambda: healing(folder, [6, 7], args.heal_steps), big
+            )
+        )
+    record = {
+        "machine": machine(),
+        "cuda": cuda,
+        "sections": rows,
+        "failed": [f"{r['section']} ({r['model']})" for r in rows if r["status"] == "failed"],
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -238,18 +315,28 @@ def _summary(r: dict) -> dict:
     main_figure = ""
     if r.get("status") == "ok":
         if "capture_rel_error_max" in r:
-            main_figure = (f"max rel. error {r['capture_rel_error_max']:.3g}, block influence Δ "
-                           f"{r['block_influence_max_diff']:.3g}")
+            main_figure = (
+                f"max rel. error {r['capture_rel_error_max']:.3g}, block influence Δ "
+                f"{r['block_influence_max_diff']:.3g}"
+            )
         elif "capture_tokens_per_s" in r:
-            main_figure = f"capture {r['capture_tokens_per_s']:,.0f} tok/s, metrics {sum(r['metrics_s'].values()):.1f} s"
+            main_figure = (
+                f"capture {r['capture_tokens_per_s']:,.0f} tok/s, metrics {sum(r['metrics_s'].values()):.1f} s"
+            )
         elif "leaderboard_s" in r:
             main_figure = f"{r['evaluations']} rows in {r['leaderboard_s']:.0f} s"
         elif "steps_per_s" in r:
             main_figure = f"{r['steps_per_s']:.2f} steps/s ({r['tokens_per_step']} tok/step)"
     peak = r.get("peak_gpu_bytes")
-    return {"section": r["section"], "model": r["model"], "device": r["device"], "status": r["status"],
-            "seconds": r.get("seconds"), "peak GPU GiB": peak / 2 ** 30 if peak is not None else None,
-            "result": main_figure or r.get("reason") or r.get("error", "")}
+    return {
+        "section": r["section"],
+        "model": r["model"],
+        "device": r["device"],
+        "status": r["status"],
+        "seconds": r.get("seconds"),
+        "peak GPU GiB": peak / 2**30 if peak is not None else None,
+        "result": main_figure or r.get("reason") or r.get("error", ""),
+    }
 
 
 if __name__ == "__main__":

@@ -51,12 +51,13 @@ def speed(args) -> dict:
     text = bundled_text("lcet10")
     rows = []
     for method in ("lora", "partial"):
-        spec = hl.HealSpec(method=method, loss=args.loss, batch_size=args.batch_size, window_len=args.window_len,
-                           steps=args.steps)
+        spec = hl.HealSpec(
+            method=method, loss=args.loss, batch_size=args.batch_size, window_len=args.window_len, steps=args.steps
+        )
         windows = hl.training_windows(lm.tokenizer, text, spec)
         teacher = lm.model if spec.loss != "ce" else None
         trainee = hl._Trainee(cut, spec)
-        x = torch.as_tensor(windows[:spec.batch_size])
+        x = torch.as_tensor(windows[: spec.batch_size])
 
         def plain_step():  # the network alone: forward (teacher too, for KD) + loss + backward
             t_logits = None
@@ -77,14 +78,28 @@ def speed(args) -> dict:
             # a two-step run, the second step timed (from the end of the first to the end of the second): the first
             # step of a run also creates the optimizer's state, once per run, which no later step pays
             ends = []
-            hl._train(trainee, windows, teacher, 2, progress=lambda d, t, m: None,
-                      on_step=lambda p: ends.append(time.perf_counter()))
+            hl._train(
+                trainee,
+                windows,
+                teacher,
+                2,
+                progress=lambda d, t, m: None,
+                on_step=lambda p: ends.append(time.perf_counter()),
+            )
             healing.append(ends[1] - ends[0])
         trainee.remove_hooks()
         p, h = sorted(plain)[len(plain) // 2], sorted(healing)[len(healing) // 2]
-        rows.append({"method": method, "loss": spec.loss, "tokens/step": spec.batch_size * spec.window_len,
-                     "trainable": trainee.info["trainable_parameters"], "plain fwd+bwd steps/s": 1 / p,
-                     "healing steps/s": 1 / h, "overhead": p and h / p - 1})
+        rows.append(
+            {
+                "method": method,
+                "loss": spec.loss,
+                "tokens/step": spec.batch_size * spec.window_len,
+                "trainable": trainee.info["trainable_parameters"],
+                "plain fwd+bwd steps/s": 1 / p,
+                "healing steps/s": 1 / h,
+                "overhead": p and h / p - 1,
+            }
+        )
         print_table("steps per second (median of interleaved repeats)", rows[-1:])
         trainee = None  # free the model copy before the next method
         gc.collect()
@@ -97,31 +112,57 @@ def speed(args) -> dict:
     wall = time.perf_counter() - t0
     rec = hl.record_of(healed)
     full = wall if run is spec else wall * spec.steps / run.steps
-    default = {"settings": spec.to_value(), "measured_steps": run.steps, "wall_seconds": wall,
-               "wall_seconds_full_run": full, "estimate_seconds": est["total_seconds"],
-               "first_loss": rec["first_loss"], "final_loss": rec["final_loss"]}
-    print_table("the default healing run (LoRA, KD, merge included) of minus 12,13", [
-        {"steps": spec.steps, "measured steps": run.steps, "batch": spec.batch_size, "window": spec.window_len,
-         "wall s (measured)": wall, "wall s (whole run)": full, "page estimate s": est["total_seconds"],
-         "first loss": rec["first_loss"], "final loss": rec["final_loss"]}])
+    default = {
+        "settings": spec.to_value(),
+        "measured_steps": run.steps,
+        "wall_seconds": wall,
+        "wall_seconds_full_run": full,
+        "estimate_seconds": est["total_seconds"],
+        "first_loss": rec["first_loss"],
+        "final_loss": rec["final_loss"],
+    }
+    print_table(
+        "the default healing run (LoRA, KD, merge included) of minus 12,13",
+        [
+            {
+                "steps": spec.steps,
+                "measured steps": run.steps,
+                "batch": spec.batch_size,
+                "window": spec.window_len,
+                "wall s (measured)": wall,
+                "wall s (whole run)": full,
+                "page estimate s": est["total_seconds"],
+                "first loss": rec["first_loss"],
+                "final loss": rec["final_loss"],
+            }
+        ],
+    )
     return {"speed": rows, "default_run": default}
 
 
 def gap(args) -> dict:
+    from analysis.capture.workspace import Calibration, Workspace
     from analysis.changes import healing as hl
+    from analysis.changes.variant import apply_actions
     from analysis.evaluation.perplexity import EvalSettings, evaluate
     from analysis.texts import bundled_text
-    from analysis.changes.variant import apply_actions
-    from analysis.capture.workspace import Calibration, Workspace
 
     lm = _load()
     ws = Workspace(lm=lm, text=bundled_text("alice"), calibration=Calibration(n_windows=args.calib_windows))
     heal_text, eval_text = bundled_text(args.text), bundled_text(args.eval_text)
     hl.check_texts(heal_text, eval_text)
-    settings = EvalSettings(text=args.eval_text, n_tokens=args.eval_tokens, context=args.context, stride=args.stride,
-                            measure_speed=False, max_new_tokens=8)
-    cuts = {"minus 12,13": {"remove_blocks": [12, 13]},
-            "SVD-LLM ρ=0.2 MLP": {"low_rank": {"method": "svd-llm", "ratio": 0.2, "targets": "mlp", "form": "dense"}}}
+    settings = EvalSettings(
+        text=args.eval_text,
+        n_tokens=args.eval_tokens,
+        context=args.context,
+        stride=args.stride,
+        measure_speed=False,
+        max_new_tokens=8,
+    )
+    cuts = {
+        "minus 12,13": {"remove_blocks": [12, 13]},
+        "SVD-LLM ρ=0.2 MLP": {"low_rank": {"method": "svd-llm", "ratio": 0.2, "targets": "mlp", "form": "dense"}},
+    }
     rows = []
     for name, action in cuts.items():
         if args.only and name not in args.only:
@@ -132,20 +173,36 @@ def gap(args) -> dict:
         ppl_o, ppl_c = table.original.perplexity, table.candidate.perplexity
         print(f"[gap] {name}: original {ppl_o:.3f}, cut {ppl_c:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         for loss in args.losses:
-            spec = hl.HealSpec(method=args.method, loss=loss, steps=args.steps, batch_size=args.batch_size,
-                               window_len=args.window_len, lr=args.lr, text=hl.text_ref(heal_text))
+            spec = hl.HealSpec(
+                method=args.method,
+                loss=loss,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                window_len=args.window_len,
+                lr=args.lr,
+                text=hl.text_ref(heal_text),
+            )
             windows = hl.training_windows(lm.tokenizer, heal_text, spec)
             t0 = time.perf_counter()
             healed = hl.heal_model(cut, spec, windows, lm.model if loss != "ce" else None, text=heal_text)
             train_s = time.perf_counter() - t0
             ht = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=healed, original_key=lm.fingerprint)
             rec = hl.record_of(healed)
-            row = {"variant": name, "loss": loss, "method": args.method, "steps": spec.steps,
-                   "tokens": spec.steps * spec.batch_size * spec.window_len, "ppl original": ppl_o, "ppl cut": ppl_c,
-                   "ppl healed": ht.candidate.perplexity,
-                   "gap closed": hl.gap_closed(ppl_o, ppl_c, ht.candidate.perplexity),
-                   "KL cut": table.candidate.kl_to_original, "KL healed": ht.candidate.kl_to_original,
-                   "train loss first→last": f"{rec['first_loss']:.3f}→{rec['final_loss']:.3f}", "train s": train_s}
+            row = {
+                "variant": name,
+                "loss": loss,
+                "method": args.method,
+                "steps": spec.steps,
+                "tokens": spec.steps * spec.batch_size * spec.window_len,
+                "ppl original": ppl_o,
+                "ppl cut": ppl_c,
+                "ppl healed": ht.candidate.perplexity,
+                "gap closed": hl.gap_closed(ppl_o, ppl_c, ht.candidate.perplexity),
+                "KL cut": table.candidate.kl_to_original,
+                "KL healed": ht.candidate.kl_to_original,
+                "train loss first→last": f"{rec['first_loss']:.3f}→{rec['final_loss']:.3f}",
+                "train s": train_s,
+            }
             rows.append(row)
             print_table("gap closed (evaluated on " + args.eval_text + ")", [row])
             sys.stdout.flush()
@@ -168,8 +225,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--window-len", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="speed: interleaved timed steps per method")
-    p.add_argument("--default-steps", type=int, default=None,
-                   help="speed: time only this many steps of the default run and scale to its step count")
+    p.add_argument(
+        "--default-steps",
+        type=int,
+        default=None,
+        help="speed: time only this many steps of the default run and scale to its step count",
+    )
     p.add_argument("--text", default="lcet10")
     p.add_argument("--eval-text", default="asyoulik")
     p.add_argument("--eval-tokens", type=int, default=1024)

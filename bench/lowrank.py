@@ -66,10 +66,10 @@ def _dir_size(path: Path) -> int:
 
 def costs(lm, ws, args) -> dict:
     """Statistics time, compression time of all matrices per method, export sizes."""
-    from analysis.model.checkpoint import load_checkpoint, save_checkpoint
-    from analysis.changes.low_rank import calibration_stats, record_of
     from analysis.changes.export import export_checkpoint, verify_export
+    from analysis.changes.low_rank import calibration_stats, record_of
     from analysis.changes.variant import apply_actions
+    from analysis.model.checkpoint import load_checkpoint, save_checkpoint
 
     out: dict = {}
     t0 = time.perf_counter()
@@ -78,9 +78,12 @@ def costs(lm, ws, args) -> dict:
     out["stats_matrices"] = len(stats)
     out["stats_tokens"] = stats.n_tokens
     out["stats_mib"] = stats.nbytes() / 2**20
-    print(f"# statistics of {len(stats)} matrices (attention and MLP, all blocks) on {stats.n_tokens} tokens: "
-          f"{out['stats_seconds']:.1f} s wall ({info['seconds']:.1f} s in the pass), {out['stats_mib']:.0f} MiB "
-          f"float64, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# statistics of {len(stats)} matrices (attention and MLP, all blocks) on {stats.n_tokens} tokens: "
+        f"{out['stats_seconds']:.1f} s wall ({info['seconds']:.1f} s in the pass), {out['stats_mib']:.0f} MiB "
+        f"float64, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     del stats
     gc.collect()
     rows = []
@@ -90,8 +93,15 @@ def costs(lm, ws, args) -> dict:
         model = apply_actions(lm.model, {"low_rank": value}, ws)
         seconds = time.perf_counter() - t0
         rec = record_of(model)["low_rank"]
-        rows.append({"method": method, "matrices": len(rec["ranks"]), "compress s (incl. reading stats)": seconds,
-                     "damped Grams": len(rec["damped"]), "load average": os.getloadavg()[0]})
+        rows.append(
+            {
+                "method": method,
+                "matrices": len(rec["ranks"]),
+                "compress s (incl. reading stats)": seconds,
+                "damped Grams": len(rec["damped"]),
+                "load average": os.getloadavg()[0],
+            }
+        )
         print(f"# {method}: compressed {len(rec['ranks'])} matrices in {seconds:.1f} s", flush=True)
         del model
         gc.collect()
@@ -100,34 +110,51 @@ def costs(lm, ws, args) -> dict:
 
     value = {"method": "svd-llm", "ratio": args.cost_ratio, "targets": args.targets, "form": "factorised"}
     model = apply_actions(lm.model, {"low_rank": value}, ws)
-    original = sum(f.stat().st_size for f in Path(lm.checkpoint_dir).glob("*.safetensors")) \
-        if lm.checkpoint_dir else None
+    original = (
+        sum(f.stat().st_size for f in Path(lm.checkpoint_dir).glob("*.safetensors")) if lm.checkpoint_dir else None
+    )
     tmp = Path(tempfile.mkdtemp(prefix="layerscope-bench-export-"))
     sizes = {}
     try:
         for form in ("dense", "factorised"):
             target = tmp / form
-            export_checkpoint(model, lm.tokenizer, target, {"bench": True},
-                              save_fn=lambda m, d, f=form: save_checkpoint(m, d, f))
+            export_checkpoint(
+                model, lm.tokenizer, target, {"bench": True}, save_fn=lambda m, d, f=form: save_checkpoint(m, d, f)
+            )
             check = verify_export(target, model, lm.tokenizer, loader=load_checkpoint)
-            sizes[form] = {"weights_bytes": sum(f.stat().st_size for f in target.glob("*.safetensors")),
-                           "folder_bytes": _dir_size(target), "reload_ok": check["ok"],
-                           "max_abs_logit_diff": check["max_abs_logit_diff"]}
+            sizes[form] = {
+                "weights_bytes": sum(f.stat().st_size for f in target.glob("*.safetensors")),
+                "folder_bytes": _dir_size(target),
+                "reload_ok": check["ok"],
+                "max_abs_logit_diff": check["max_abs_logit_diff"],
+            }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     del model
     gc.collect()
-    rows = [{"checkpoint": "original (fp32)", "weights MB": original / 1e6 if original else None,
-             "vs original": 1.0, "reload": "—"}]
+    rows = [
+        {
+            "checkpoint": "original (fp32)",
+            "weights MB": original / 1e6 if original else None,
+            "vs original": 1.0,
+            "reload": "—",
+        }
+    ]
     for form, s in sizes.items():
-        rows.append({"checkpoint": f"SVD-LLM {args.targets} {args.cost_ratio:.0%} {form}",
-                     "weights MB": s["weights_bytes"] / 1e6,
-                     "vs original": s["weights_bytes"] / original if original else None,
-                     "reload": f"{'ok' if s['reload_ok'] else 'DIFFERS'} (max |Δ logit| {s['max_abs_logit_diff']:.1e})"})
+        rows.append(
+            {
+                "checkpoint": f"SVD-LLM {args.targets} {args.cost_ratio:.0%} {form}",
+                "weights MB": s["weights_bytes"] / 1e6,
+                "vs original": s["weights_bytes"] / original if original else None,
+                "reload": f"{'ok' if s['reload_ok'] else 'DIFFERS'} (max |Δ logit| {s['max_abs_logit_diff']:.1e})",
+            }
+        )
     print_table("Export sizes (safetensors weights)", rows)
     if original:
-        print(f"factorised / dense = {sizes['factorised']['weights_bytes'] / sizes['dense']['weights_bytes']:.3f}, "
-              f"dense / original = {sizes['dense']['weights_bytes'] / original:.3f}")
+        print(
+            f"factorised / dense = {sizes['factorised']['weights_bytes'] / sizes['dense']['weights_bytes']:.3f}, "
+            f"dense / original = {sizes['dense']['weights_bytes'] / original:.3f}"
+        )
     out["export"] = {"original_bytes": original, **sizes}
     return out
 
@@ -135,36 +162,54 @@ def costs(lm, ws, args) -> dict:
 def quality(lm, ws, args) -> dict:
     """Perplexity of each method and ratio on each evaluation text (the original's pass memoised per text)."""
     from analysis.changes.low_rank import record_of
+    from analysis.changes.variant import apply_actions
     from analysis.evaluation.perplexity import EvalSettings, evaluate
     from analysis.texts import bundled_text
-    from analysis.changes.variant import apply_actions
 
     results: dict = {"original": {}, "rows": []}
     for text_name in args.eval_texts:
         text = bundled_text(text_name)
-        settings = EvalSettings(text=text_name, n_tokens=args.eval_tokens, context=args.context, stride=args.stride,
-                                measure_speed=False)
+        settings = EvalSettings(
+            text=text_name, n_tokens=args.eval_tokens, context=args.context, stride=args.stride, measure_speed=False
+        )
         for method in args.methods:
             for ratio in args.ratios:
                 value = {"method": method, "ratio": ratio, "targets": args.targets, "form": "dense"}
                 t0 = time.perf_counter()
                 model = apply_actions(lm.model, {"low_rank": value}, ws)
                 t_apply = time.perf_counter() - t0
-                table = evaluate(lm.model, lm.tokenizer, text, settings, candidate=model, candidate_name="compressed",
-                                 original_key=lm.fingerprint)
+                table = evaluate(
+                    lm.model,
+                    lm.tokenizer,
+                    text,
+                    settings,
+                    candidate=model,
+                    candidate_name="compressed",
+                    original_key=lm.fingerprint,
+                )
                 rec = record_of(model)["low_rank"]
                 rel = [m["relative_loss"] for m in rec["matrices"] if m["relative_loss"] is not None]
-                row = {"eval": text_name, "method": method, "ratio": ratio,
-                       "perplexity": table.candidate.perplexity, "kl": table.candidate.kl_to_original,
-                       "top1": table.candidate.top1_agreement,
-                       "mean rel. predicted loss": sum(rel) / len(rel) if rel else float("nan"),
-                       "damped": len(rec["damped"]), "apply s": t_apply, "eval s": table.candidate.seconds}
+                row = {
+                    "eval": text_name,
+                    "method": method,
+                    "ratio": ratio,
+                    "perplexity": table.candidate.perplexity,
+                    "kl": table.candidate.kl_to_original,
+                    "top1": table.candidate.top1_agreement,
+                    "mean rel. predicted loss": sum(rel) / len(rel) if rel else float("nan"),
+                    "damped": len(rec["damped"]),
+                    "apply s": t_apply,
+                    "eval s": table.candidate.seconds,
+                }
                 results["original"][text_name] = table.original.perplexity
                 results["rows"].append(row)
-                print(f"{text_name:9s} {method:8s} {ratio:.1f}  ppl {row['perplexity']:10.2f}  (original "
-                      f"{table.original.perplexity:.2f})  KL {row['kl']:.3f}  top-1 {row['top1']:.1%}  "
-                      f"rel. loss {row['mean rel. predicted loss']:.3f}  apply {t_apply:.0f} s  eval "
-                      f"{row['eval s']:.0f} s", flush=True)
+                print(
+                    f"{text_name:9s} {method:8s} {ratio:.1f}  ppl {row['perplexity']:10.2f}  (original "
+                    f"{table.original.perplexity:.2f})  KL {row['kl']:.3f}  top-1 {row['top1']:.1%}  "
+                    f"rel. loss {row['mean rel. predicted loss']:.3f}  apply {t_apply:.0f} s  eval "
+                    f"{row['eval s']:.0f} s",
+                    flush=True,
+                )
                 del model, table
                 gc.collect()
     for text_name in args.eval_texts:
@@ -175,26 +220,35 @@ def quality(lm, ws, args) -> dict:
                 if r["eval"] == text_name and r["method"] == method:
                     row[f"{r['ratio']:.1f}"] = round(r["perplexity"], 2)
             rows.append(row)
-        print_table(f"Perplexity on {text_name} (calibrated on {args.calib_text}; original "
-                    f"{results['original'].get(text_name, math.nan):.2f}), {args.targets} matrices, ratio removed", rows)
+        print_table(
+            f"Perplexity on {text_name} (calibrated on {args.calib_text}; original "
+            f"{results['original'].get(text_name, math.nan):.2f}), {args.targets} matrices, ratio removed",
+            rows,
+        )
     return results
 
 
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
+    from analysis.capture.workspace import Calibration, Workspace
     from analysis.model.loading import ModelSpec, load_model
     from analysis.texts import bundled_text
-    from analysis.capture.workspace import Calibration, Workspace
 
     print(f"machine: {machine()}  load average {os.getloadavg()}", flush=True)
     cmd = "python bench/lowrank.py " + " ".join(sys.argv[1:] if argv is None else argv)
     with private_cache():
         lm = load_model(ModelSpec(source=args.model, device="cpu"))
-        ws = Workspace(lm=lm, text=bundled_text(args.calib_text),
-                       calibration=Calibration(n_windows=args.windows, window_len=args.window_len))
-        print(f"model {lm.name}: {lm.n_blocks} blocks; calibration {args.calib_text}, {args.windows} × "
-              f"{args.window_len} tokens; evaluation {args.eval_tokens} tokens, context {args.context}, stride "
-              f"{args.stride}", flush=True)
+        ws = Workspace(
+            lm=lm,
+            text=bundled_text(args.calib_text),
+            calibration=Calibration(n_windows=args.windows, window_len=args.window_len),
+        )
+        print(
+            f"model {lm.name}: {lm.n_blocks} blocks; calibration {args.calib_text}, {args.windows} × "
+            f"{args.window_len} tokens; evaluation {args.eval_tokens} tokens, context {args.context}, stride "
+            f"{args.stride}",
+            flush=True,
+        )
         payload: dict = {"command": cmd, "args": vars(args)}
         if not args.skip_cost:
             payload["cost"] = costs(lm, ws, args)
@@ -203,8 +257,9 @@ def main(argv=None) -> dict:
                 from analysis.changes.low_rank import calibration_stats
 
                 t0 = time.perf_counter()
-                calibration_stats(lm, ws.text, args.windows, args.window_len,
-                                  ["mlp"] if args.targets == "mlp" else ["attn", "mlp"])
+                calibration_stats(
+                    lm, ws.text, args.windows, args.window_len, ["mlp"] if args.targets == "mlp" else ["attn", "mlp"]
+                )
                 print(f"# statistics: {time.perf_counter() - t0:.1f} s", flush=True)
             payload["quality"] = quality(lm, ws, args)
     path = save("lowrank", payload)

@@ -16,9 +16,18 @@ from pathlib import Path
 from bench.common import ROOT
 
 MODELS = ROOT / "cache" / "bench-models"
-LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "intermediate_size": 8192, "head_dim": 64, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-            "tie_word_embeddings": True, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+}
 
 
 def bundled_folder() -> Path:
@@ -36,8 +45,13 @@ def build(name: str, shape: dict, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(bundled_folder())
-    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **shape)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     tmp = folder.with_name(folder.name + ".tmp")

@@ -48,8 +48,11 @@ def parse(argv):
     p.add_argument("--random", type=int, default=5)
     p.add_argument("--old-path", action="store_true", help="also evaluate every selection the old way")
     p.add_argument("--quick", action="store_true", help="also the quick board")
-    p.add_argument("--plan", action="store_true", help="only the planned work of the board (cold), full and quick, "
-                                                       "in evaluations of the original; no timing")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="only the planned work of the board (cold), full and quick, in evaluations of the original; no timing",
+    )
     return p.parse_args(argv)
 
 
@@ -88,12 +91,26 @@ def scan_section(lm, settings, text) -> dict:
     naive = damage.scan(lm, settings, text=text, method="naive")
     t_naive = time.perf_counter() - t0
     diff = max(abs(a["nll"] - b["nll"]) for a, b in zip(fast, naive))
-    rows = [{"scan": "reuse the reference pass", "candidates": len(fast), "seconds": t_fast,
-             "per candidate s": t_fast / len(fast), "speed-up": t_naive / t_fast},
-            {"scan": "naive (full forward each)", "candidates": len(naive), "seconds": t_naive,
-             "per candidate s": t_naive / len(naive), "speed-up": 1.0}]
-    print(f"model {lm.name}, {lm.n_blocks} blocks; search text {text.label}: {settings.n_tokens} tokens in windows of "
-          f"{settings.context}; reference pass {t_ref:.1f} s (shared by both scans)")
+    rows = [
+        {
+            "scan": "reuse the reference pass",
+            "candidates": len(fast),
+            "seconds": t_fast,
+            "per candidate s": t_fast / len(fast),
+            "speed-up": t_naive / t_fast,
+        },
+        {
+            "scan": "naive (full forward each)",
+            "candidates": len(naive),
+            "seconds": t_naive,
+            "per candidate s": t_naive / len(naive),
+            "speed-up": 1.0,
+        },
+    ]
+    print(
+        f"model {lm.name}, {lm.n_blocks} blocks; search text {text.label}: {settings.n_tokens} tokens in windows of "
+        f"{settings.context}; reference pass {t_ref:.1f} s (shared by both scans)"
+    )
     print_table("Single-block damage scan, cold", rows)
     print(f"largest |ΔNLL| between the two scans: {diff:.2e}")
     return {"scan": rows, "max_abs_nll_diff": diff, "reference_s": t_ref}
@@ -107,8 +124,13 @@ def plan_section(args, lm, settings) -> dict:
     from analysis.texts import bundled_text
 
     ev = lb.default_eval_settings(n_tokens=args.eval_tokens, context=args.context, stride=args.stride)
-    full = lb.LeaderboardSettings(k_max=args.k, search=settings, evaluation=ev, random_samples=args.random,
-                                  metrics=tuple(args.metrics.split(",")) if args.metrics else None)
+    full = lb.LeaderboardSettings(
+        k_max=args.k,
+        search=settings,
+        evaluation=ev,
+        random_samples=args.random,
+        metrics=tuple(args.metrics.split(",")) if args.metrics else None,
+    )
     unit = {"seconds_per_work": 1.0, "seconds": 0.0, "seconds_per_token": 0.0, "tokens": 0}
     rows = []
     with private_cache():
@@ -120,12 +142,23 @@ def plan_section(args, lm, settings) -> dict:
             # the old path: the original once, then each selection a whole forward of the pruned model
             per_k = e["evaluations"] / len(ks)  # selections to evaluate per k (cold: all of them)
             old_eval = e["original_work"] * (1 + sum((L - k) / L * per_k for k in ks))
-            rows.append({"board": name, "scans": e["scans"], "selections": e["evaluations"],
-                         "scans (evals)": e["scan_work"] / one, "calibration (evals)": e["calibration_work"] / one,
-                         "evaluations (evals)": e["evaluation_work"] / one, "total (evals)": e["work"] / one,
-                         "old path total (evals)": (e["scan_work"] + e["calibration_work"] + old_eval) / one})
-    print_table(f"Planned work of a cold board k = 1..{args.k}, in evaluations of the original "
-                f"({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride})", rows)
+            rows.append(
+                {
+                    "board": name,
+                    "scans": e["scans"],
+                    "selections": e["evaluations"],
+                    "scans (evals)": e["scan_work"] / one,
+                    "calibration (evals)": e["calibration_work"] / one,
+                    "evaluations (evals)": e["evaluation_work"] / one,
+                    "total (evals)": e["work"] / one,
+                    "old path total (evals)": (e["scan_work"] + e["calibration_work"] + old_eval) / one,
+                }
+            )
+    print_table(
+        f"Planned work of a cold board k = 1..{args.k}, in evaluations of the original "
+        f"({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride})",
+        rows,
+    )
     return {"rows": rows}
 
 
@@ -140,8 +173,13 @@ def board_section(args, lm, settings) -> dict:
     from analysis.texts import bundled_text, resolve_text
 
     ev = lb.default_eval_settings(n_tokens=args.eval_tokens, context=args.context, stride=args.stride)
-    lbs = lb.LeaderboardSettings(k_max=args.k, search=settings, evaluation=ev, random_samples=args.random,
-                                 metrics=tuple(args.metrics.split(",")) if args.metrics else None)
+    lbs = lb.LeaderboardSettings(
+        k_max=args.k,
+        search=settings,
+        evaluation=ev,
+        random_samples=args.random,
+        metrics=tuple(args.metrics.split(",")) if args.metrics else None,
+    )
     eval_text = resolve_text(ev.text)
     out: dict = {"k": args.k, "eval_tokens": args.eval_tokens, "context": args.context, "stride": args.stride}
     with private_cache():
@@ -152,8 +190,8 @@ def board_section(args, lm, settings) -> dict:
         t_one = time.perf_counter() - t0
         runs = {}
         for name, s in [("full, cold", lbs), ("full, warm", lbs)] + (
-                [("quick, cold", lb.quick_settings(lbs)), ("quick, warm", lb.quick_settings(lbs))]
-                if args.quick else []):
+            [("quick, cold", lb.quick_settings(lbs)), ("quick, warm", lb.quick_settings(lbs))] if args.quick else []
+        ):
             t0 = time.perf_counter()
             probe = forward_probe(lm)
             est = lb.estimate(ws, s, probe=probe)
@@ -161,15 +199,26 @@ def board_section(args, lm, settings) -> dict:
             t0 = time.perf_counter()
             result = lb.run(ws, s)
             t = time.perf_counter() - t0
-            runs[name] = {"estimate s": est["seconds"], "estimate took s": t_est, "measured s": t,
-                          "estimate / measured": est["seconds"] / t, "measured / one evaluation": t / t_one,
-                          "cost (counted, evaluations)": result.cost["evaluations"],
-                          "of which scans": result.cost["scan_evaluations"],
-                          "selections": result.cost["selections"], "rows": result.cost["rows"], "result": result}
-    print(f"one plain evaluation of the original ({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride}): "
-          f"{t_one:.1f} s")
-    print_table(f"Leaderboard k = 1..{args.k}", [{"run": n, **{k: v for k, v in r.items() if k != "result"}}
-                                                 for n, r in runs.items()])
+            runs[name] = {
+                "estimate s": est["seconds"],
+                "estimate took s": t_est,
+                "measured s": t,
+                "estimate / measured": est["seconds"] / t,
+                "measured / one evaluation": t / t_one,
+                "cost (counted, evaluations)": result.cost["evaluations"],
+                "of which scans": result.cost["scan_evaluations"],
+                "selections": result.cost["selections"],
+                "rows": result.cost["rows"],
+                "result": result,
+            }
+    print(
+        f"one plain evaluation of the original ({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride}): "
+        f"{t_one:.1f} s"
+    )
+    print_table(
+        f"Leaderboard k = 1..{args.k}",
+        [{"run": n, **{k: v for k, v in r.items() if k != "result"}} for n, r in runs.items()],
+    )
     full = runs["full, cold"]["result"]
     print(full.winners().to_string(index=False))
     out.update(one_evaluation_s=t_one, runs={n: {k: v for k, v in r.items() if k != "result"} for n, r in runs.items()})
@@ -177,10 +226,16 @@ def board_section(args, lm, settings) -> dict:
         qw, fw = runs["quick, cold"]["result"].winners(), full.winners()
         agree = list(qw["rule"]) == list(fw["rule"])
         ratio = runs["quick, cold"]["measured s"] / runs["full, cold"]["measured s"]
-        print(f"quick / full time (cold): {ratio:.3f}; winners agree at every k: {agree} "
-              f"(quick {list(qw['rule'])}, full {list(fw['rule'])})")
-        out["quick"] = {"time_ratio": ratio, "winners_agree": agree, "quick_winners": list(qw["rule"]),
-                        "full_winners": list(fw["rule"])}
+        print(
+            f"quick / full time (cold): {ratio:.3f}; winners agree at every k: {agree} "
+            f"(quick {list(qw['rule'])}, full {list(fw['rule'])})"
+        )
+        out["quick"] = {
+            "time_ratio": ratio,
+            "winners_agree": agree,
+            "quick_winners": list(qw["rule"]),
+            "full_winners": list(fw["rule"]),
+        }
     if args.old_path:
         import json
 
@@ -191,8 +246,11 @@ def board_section(args, lm, settings) -> dict:
             cand = apply_actions(lm.model, action, ws)
             old = evaluate(lm.model, lm.tokenizer, eval_text, ev, candidate=cand, original_key=lm.fingerprint).candidate
             new = full.rows[full.rows["action"] == a].iloc[0]
-            for x, y in ((new["perplexity"], old.perplexity), (new["kl"], old.kl_to_original),
-                         (new["top1"], old.top1_agreement)):
+            for x, y in (
+                (new["perplexity"], old.perplexity),
+                (new["kl"], old.kl_to_original),
+                (new["top1"], old.top1_agreement),
+            ):
                 worst = max(worst, abs(x - y) / max(abs(y), 1e-12))
         t_old = time.perf_counter() - t0
         # the new path's evaluation share of the cold board, re-run alone for a like-for-like time
@@ -201,10 +259,17 @@ def board_section(args, lm, settings) -> dict:
         t0 = time.perf_counter()
         evaluate_actions(lm, list(actions.values()), ev, eval_text, ws=ws)
         t_new = time.perf_counter() - t0
-        print(f"{len(actions)} distinct selections: old path (evaluate each) {t_old:.1f} s, shared pass {t_new:.1f} s, "
-              f"speed-up {t_old / t_new:.2f}×; largest relative difference {worst:.2e}")
-        out["old_path"] = {"selections": len(actions), "old_s": t_old, "new_s": t_new, "speedup": t_old / t_new,
-                           "max_rel_diff": worst if math.isfinite(worst) else None}
+        print(
+            f"{len(actions)} distinct selections: old path (evaluate each) {t_old:.1f} s, shared pass {t_new:.1f} s, "
+            f"speed-up {t_old / t_new:.2f}×; largest relative difference {worst:.2e}"
+        )
+        out["old_path"] = {
+            "selections": len(actions),
+            "old_s": t_old,
+            "new_s": t_new,
+            "speedup": t_old / t_new,
+            "max_rel_diff": worst if math.isfinite(worst) else None,
+        }
     return out
 
 

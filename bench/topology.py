@@ -47,19 +47,28 @@ def count_zigzag(clouds: list[np.ndarray], k: int, m: int) -> dict:
 
     t = time.perf_counter()
     count = estimate_simplex_count(clouds, k, m)
-    return {"n": clouds[0].shape[0], "sum": count.total, "distinct": count.n_distinct, "events": count.n_events,
-            "estimate": estimate_zigzag_seconds(count), "count_s": time.perf_counter() - t}
+    return {
+        "n": clouds[0].shape[0],
+        "sum": count.total,
+        "distinct": count.n_distinct,
+        "events": count.n_events,
+        "estimate": estimate_zigzag_seconds(count),
+        "count_s": time.perf_counter() - t,
+    }
 
 
 def time_zigzag(clouds: list[np.ndarray], k: int, m: int, engine: str = "fast", count: dict | None = None) -> dict:
-
     from analysis.methods.zigzag import zigzag_bars
 
     r = dict(count) if count is not None else count_zigzag(clouds, k, m)
     t = time.perf_counter()
     bars = zigzag_bars(clouds, k=k, max_dim=m, keep_top_dim=True, engine=engine)
-    r.update(total_s=time.perf_counter() - t, dionysus_s=bars.attrs["zigzag_seconds"], bars=len(bars),
-             multiset=sorted(map(tuple, bars[["dim", "birth_index", "death_index"]].to_numpy().tolist())))
+    r.update(
+        total_s=time.perf_counter() - t,
+        dionysus_s=bars.attrs["zigzag_seconds"],
+        bars=len(bars),
+        multiset=sorted(map(tuple, bars[["dim", "birth_index", "death_index"]].to_numpy().tolist())),
+    )
     return r
 
 
@@ -70,8 +79,11 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="250,500,1000,2000", help="numbers of points (windows) for the zigzag")
-    parser.add_argument("--old-sizes", default="500,1000",
-                        help="sizes also run with the old engine (zigzag_homology_persistence), same run")
+    parser.add_argument(
+        "--old-sizes",
+        default="500,1000",
+        help="sizes also run with the old engine (zigzag_homology_persistence), same run",
+    )
     parser.add_argument("--window-len", type=int, default=8, help="tokens per window of the scaling clouds (8)")
     parser.add_argument("--text", default="alice")
     parser.add_argument("--k", type=int, default=4)
@@ -80,17 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rips-h2-sizes", default="100,200,300")
     parser.add_argument("--no-reference", action="store_true", help="skip the cached 500 x 32 default setting")
     parser.add_argument("--no-rips", action="store_true", help="skip the per-layer Rips rows")
-    parser.add_argument("--old-budget", type=float, default=1200.0,
-                        help="seconds of old-engine runs; a size predicted to exceed what is left is not run "
-                             "(0: no limit)")
+    parser.add_argument(
+        "--old-budget",
+        type=float,
+        default=1200.0,
+        help="seconds of old-engine runs; a size predicted to exceed what is left is not run (0: no limit)",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="Rips runs per size (the best is kept)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     old_sizes = {int(s) for s in args.old_sizes.split(",") if s}
 
-    from analysis.profiles import topology as topo
-    from analysis.model.loading import ModelSpec, load_model
     from analysis.methods.persistence import estimate_rips_seconds, layer_diagrams
+    from analysis.model.loading import ModelSpec, load_model
+    from analysis.profiles import topology as topo
     from analysis.texts import bundled_text
 
     t0 = time.perf_counter()
@@ -102,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     cap = topo.last_token_capture(lm, text, n_max, args.window_len)
     print(f"model {lm.name}, {lm.n_blocks + 1} states, width {lm.width}; text {text.label}")
-    print(f"capture: last token of {n_max} windows of {args.window_len} tokens "
-          f"({'cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'})\n")
+    print(
+        f"capture: last token of {n_max} windows of {args.window_len} tokens "
+        f"({'cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'})\n"
+    )
     full = [cap.last_token_cloud(s) for s in cap.state_ids]
 
-    print(f"Zigzag, {len(full)} states, k = {args.k}, m = {args.max_dim} (N = first N windows): FastZigzag (the "
-          "engine) against zigzag_homology_persistence (the old engine, the oracle), same clouds, same run")
+    print(
+        f"Zigzag, {len(full)} states, k = {args.k}, m = {args.max_dim} (N = first N windows): FastZigzag (the "
+        "engine) against zigzag_homology_persistence (the old engine, the oracle), same clouds, same run"
+    )
     rows, spent_old = [], 0.0
     last_old = None
 
@@ -124,14 +143,28 @@ def main(argv: list[str] | None = None) -> int:
                 o = time_zigzag(clouds, args.k, m, "zigzag", c)
                 spent_old += o["total_s"]
                 last_old = o
-        print(f"  {label}: fast {f['total_s']:.1f} s" + (f", old {o['total_s']:.1f} s" if o else "") + f"; {_load()}",
-              file=sys.stderr, flush=True)
-        rows.append([label, m, f"{c['distinct']:,}", f"{c['events']:,}", f"{c['estimate']:.1f}",
-                     f"{f['dionysus_s']:.2f}", f"{f['total_s']:.2f}",
-                     f"{o['dionysus_s']:.1f}" if o else "-", f"{o['total_s']:.1f}" if o else "-",
-                     f"{o['dionysus_s'] / f['dionysus_s']:.0f}x" if o else "-",
-                     f"{o['total_s'] / f['total_s']:.0f}x" if o else "-",
-                     ("yes" if o["multiset"] == f["multiset"] else "NO") if o else "-", f"{f['bars']:,}"])
+        print(
+            f"  {label}: fast {f['total_s']:.1f} s" + (f", old {o['total_s']:.1f} s" if o else "") + f"; {_load()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        rows.append(
+            [
+                label,
+                m,
+                f"{c['distinct']:,}",
+                f"{c['events']:,}",
+                f"{c['estimate']:.1f}",
+                f"{f['dionysus_s']:.2f}",
+                f"{f['total_s']:.2f}",
+                f"{o['dionysus_s']:.1f}" if o else "-",
+                f"{o['total_s']:.1f}" if o else "-",
+                f"{o['dionysus_s'] / f['dionysus_s']:.0f}x" if o else "-",
+                f"{o['total_s'] / f['total_s']:.0f}x" if o else "-",
+                ("yes" if o["multiset"] == f["multiset"] else "NO") if o else "-",
+                f"{f['bars']:,}",
+            ]
+        )
         return f
 
     for n in sizes:
@@ -147,21 +180,40 @@ def main(argv: list[str] | None = None) -> int:
 
             t = time.perf_counter()
             bars, cells = representatives_of_clouds(clouds, args.k, args.max_dim, top=topo.REPRESENTATIVE_TOP)
-            rep_note = (f"  representatives of the {len(bars)} longest bars ({dict(topo.REPRESENTATIVE_TOP)} per "
-                        f"dimension) at the default, every layer: {time.perf_counter() - t:.1f} s (graphs, cliques, "
-                        f"FastZigzag with the V matrix, lifts); {len(cells.attrs['unverified'])} (bar, layer) chains "
-                        "failed the cycle check and are not shown")
+            rep_note = (
+                f"  representatives of the {len(bars)} longest bars ({dict(topo.REPRESENTATIVE_TOP)} per "
+                f"dimension) at the default, every layer: {time.perf_counter() - t:.1f} s (graphs, cliques, "
+                f"FastZigzag with the V matrix, lifts); {len(cells.attrs['unverified'])} (bar, layer) chains "
+                "failed the cycle check and are not shown"
+            )
         else:
-            rep_note = ("  (the default 500 x 32 capture is not cached: open the zigzag page or run "
-                        "`python -m analysis topology` once to add it as a reference row)")
-    headers = ["N", "m", "simplices", "events", "estimate s", "fast Dionysus s", "fast total s", "old Dionysus s",
-               "old total s", "speed-up Dionysus", "speed-up total", "same bars", "bars"]
+            rep_note = (
+                "  (the default 500 x 32 capture is not cached: open the zigzag page or run "
+                "`python -m analysis topology` once to add it as a reference row)"
+            )
+    headers = [
+        "N",
+        "m",
+        "simplices",
+        "events",
+        "estimate s",
+        "fast Dionysus s",
+        "fast total s",
+        "old Dionysus s",
+        "old total s",
+        "speed-up Dionysus",
+        "speed-up total",
+        "same bars",
+        "bars",
+    ]
     print(_table(headers, rows))
     if rep_note:
         print(rep_note)
-    print("  simplices = distinct simplices over all layers; events = entries + exits of the zigzag; the estimate is "
-          "made before running (analysis.methods.zigzag.estimate_zigzag_seconds, FastZigzag total); total = kNN graphs + "
-          "cliques + Dionysus; same bars = identical (dim, birth, death) multisets, H_m artefacts included")
+    print(
+        "  simplices = distinct simplices over all layers; events = entries + exits of the zigzag; the estimate is "
+        "made before running (analysis.methods.zigzag.estimate_zigzag_seconds, FastZigzag total); total = kNN graphs + "
+        "cliques + Dionysus; same bars = identical (dim, birth, death) multisets, H_m artefacts included"
+    )
     print(f"  after the zigzag rows: {_load()}\n")
     if args.no_rips:
         print(f"total bench time {time.perf_counter() - t0:.0f} s")
@@ -184,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(1):  # as analysis.profiles.topology does it
         order = farthest_point_subsample(Xn, max(rips_sizes + h2_sizes))
     t_fps = time.perf_counter() - t
-    print(f"Per-layer Rips (GUDHI), state h{middle}: last-token cloud of {X.shape[0]} points, width {X.shape[1]}; "
-          f"preparation: median pairwise distance {t_scale:.2f} s, farthest-point subsample of "
-          f"{len(order)} points {t_fps:.2f} s")
+    print(
+        f"Per-layer Rips (GUDHI), state h{middle}: last-token cloud of {X.shape[0]} points, width {X.shape[1]}; "
+        f"preparation: median pairwise distance {t_scale:.2f} s, farthest-point subsample of "
+        f"{len(order)} points {t_fps:.2f} s"
+    )
     rows, base = [], {}
     for max_dim, ns in ((1, rips_sizes), (2, h2_sizes)):
         for n in ns:
@@ -197,18 +251,35 @@ def main(argv: list[str] | None = None) -> int:
                 best = min(best, time.perf_counter() - t)
             if n == 300:
                 base[max_dim] = best
-            all_states = topo.estimate_persistence_seconds(topo.PersistenceSettings(n_points=n, max_dim=max_dim),
-                                                           len(full), X.shape[0], X.shape[1])
-            rows.append([f"H0..H{max_dim}", n, f"{best:.3f}", f"{estimate_rips_seconds(n, max_dim):.3f}",
-                         f"{all_states:.0f}", len(d[1]), len(d[2]) if max_dim >= 2 else "-", best])
+            all_states = topo.estimate_persistence_seconds(
+                topo.PersistenceSettings(n_points=n, max_dim=max_dim), len(full), X.shape[0], X.shape[1]
+            )
+            rows.append(
+                [
+                    f"H0..H{max_dim}",
+                    n,
+                    f"{best:.3f}",
+                    f"{estimate_rips_seconds(n, max_dim):.3f}",
+                    f"{all_states:.0f}",
+                    len(d[1]),
+                    len(d[2]) if max_dim >= 2 else "-",
+                    best,
+                ]
+            )
     for r in rows:
         b = base.get(int(r[0][-1]))
         r[-1] = f"{r[-1] / b:.2f}" if b else "-"
-    print(_table(["homology", "points", "Rips s", "estimate s", "31 states est. s", "H1 bars", "H2 bars",
-                  "time / 300 pts"], rows))
-    print("  Rips s: GUDHI alone, best of the runs; '31 states est.' is what the persistence page announces "
-          "(Rips estimate + preparation, for this cloud of "
-          f"{X.shape[0]} points)")
+    print(
+        _table(
+            ["homology", "points", "Rips s", "estimate s", "31 states est. s", "H1 bars", "H2 bars", "time / 300 pts"],
+            rows,
+        )
+    )
+    print(
+        "  Rips s: GUDHI alone, best of the runs; '31 states est.' is what the persistence page announces "
+        "(Rips estimate + preparation, for this cloud of "
+        f"{X.shape[0]} points)"
+    )
     print(f"\ntotal bench time {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -61,14 +61,22 @@ def main(argv=None) -> dict:
     lm = load_model(ModelSpec(device="cpu"))
     search = SearchSettings(n_tokens=args.search_tokens, context=min(256, args.search_tokens))
     evaluation = lb.default_eval_settings(n_tokens=args.eval_tokens, context=256, stride=128)
-    actions = [{"remove_blocks": s} for s in SELECTIONS[:args.evaluations]]
+    actions = [{"remove_blocks": s} for s in SELECTIONS[: args.evaluations]]
     candidates = lm.n_blocks
     rows = []
     with private_cache():
         base, ref_rows, ref_evals = _work(lm, search, evaluation, actions)
-    rows.append({"where": f"in process ({torch.get_num_threads()} threads)", "start s": 0.0, **base,
-                 "scan candidates/s": candidates / base["scan_s"], "evaluations/s": len(actions) / base["eval_s"],
-                 "ratio": 1.0, "equal": True})
+    rows.append(
+        {
+            "where": f"in process ({torch.get_num_threads()} threads)",
+            "start s": 0.0,
+            **base,
+            "scan candidates/s": candidates / base["scan_s"],
+            "evaluations/s": len(actions) / base["eval_s"],
+            "ratio": 1.0,
+            "equal": True,
+        }
+    )
     for n in [int(w) for w in args.workers.split(",") if w.strip()]:
         with private_cache():
             t0 = time.perf_counter()
@@ -76,15 +84,27 @@ def main(argv=None) -> dict:
                 start = time.perf_counter() - t0
                 threads = pool.replicas[0]["threads"]
                 timing, scan_rows, evals = _work(lm, search, evaluation, actions, pool)
-        equal = all(abs(a["delta_nll"] - b["delta_nll"]) <= 1e-6 * abs(b["delta_nll"]) + 1e-9
-                    for a, b in zip(scan_rows, ref_rows)) and all(
-            abs(a["perplexity"] - b["perplexity"]) <= 1e-6 * b["perplexity"] for a, b in zip(evals, ref_evals))
+        equal = all(
+            abs(a["delta_nll"] - b["delta_nll"]) <= 1e-6 * abs(b["delta_nll"]) + 1e-9
+            for a, b in zip(scan_rows, ref_rows)
+        ) and all(abs(a["perplexity"] - b["perplexity"]) <= 1e-6 * b["perplexity"] for a, b in zip(evals, ref_evals))
         total, base_total = timing["scan_s"] + timing["eval_s"], base["scan_s"] + base["eval_s"]
-        rows.append({"where": f"Ray, {n} worker{'s' if n > 1 else ''} × {threads} thread{'s' if threads > 1 else ''}",
-                     "start s": start, **timing, "scan candidates/s": candidates / timing["scan_s"],
-                     "evaluations/s": len(actions) / timing["eval_s"], "ratio": base_total / total, "equal": equal})
-    print_table(f"damage scan ({candidates} candidates, {args.search_tokens} tokens) + {len(actions)} evaluations "
-                f"({args.eval_tokens} tokens), bundled model, CPU", rows)
+        rows.append(
+            {
+                "where": f"Ray, {n} worker{'s' if n > 1 else ''} × {threads} thread{'s' if threads > 1 else ''}",
+                "start s": start,
+                **timing,
+                "scan candidates/s": candidates / timing["scan_s"],
+                "evaluations/s": len(actions) / timing["eval_s"],
+                "ratio": base_total / total,
+                "equal": equal,
+            }
+        )
+    print_table(
+        f"damage scan ({candidates} candidates, {args.search_tokens} tokens) + {len(actions)} evaluations "
+        f"({args.eval_tokens} tokens), bundled model, CPU",
+        rows,
+    )
     path = save("workers", {"settings": vars(args), "rows": rows})
     print(path)
     return {"machine": machine(), "rows": rows}

@@ -36,8 +36,9 @@ from components.widgets import run_with_progress, text_bytes_download
 GGUF_CHOICES = ("none", "f16", "q8_0", "q4_0")
 
 
-def evaluation_form(key: str, submit_label: str = "Apply and evaluate", ws=None,
-                    candidate_share: float = 1.0) -> EvalSettings | None:
+def evaluation_form(
+    key: str, submit_label: str = "Apply and evaluate", ws=None, candidate_share: float = 1.0
+) -> EvalSettings | None:
     """The evaluation settings form; returns the settings when the user presses the button.
 
     With ``ws``: below the form, how long the evaluation will take with the settings shown (a short timed probe
@@ -50,10 +51,12 @@ def evaluation_form(key: str, submit_label: str = "Apply and evaluate", ws=None,
         if shown is not None:
             est = evaluation_estimate(ws, shown, candidate_share)
             if est is not None:
-                st.caption(f"Estimated time of the evaluation with these settings: about "
-                           f"**{jobs.format_seconds(est['seconds'])}** on this machine now (the original and the "
-                           f"candidate{', with interleaved speed timing' if shown.measure_speed else ''}; from "
-                           f"{est['basis']}). It runs in the background with its progress shown.")
+                st.caption(
+                    f"Estimated time of the evaluation with these settings: about "
+                    f"**{jobs.format_seconds(est['seconds'])}** on this machine now (the original and the "
+                    f"candidate{', with interleaved speed timing' if shown.measure_speed else ''}; from "
+                    f"{est['basis']}). It runs in the background with its progress shown."
+                )
     return settings
 
 
@@ -61,9 +64,15 @@ def _settings_from_widgets(k: str) -> EvalSettings | None:
     """The evaluation settings the form shows now (its keyed widgets' values), or None if not drawn yet."""
     try:
         v = st.session_state
-        return EvalSettings(text=v[k + "text"], n_tokens=int(v[k + "tokens"]), context=int(v[k + "context"]),
-                            stride=int(v[k + "stride"]), prompt=v[k + "prompt"],
-                            max_new_tokens=int(v[k + "new"]), measure_speed=bool(v[k + "speed"]))
+        return EvalSettings(
+            text=v[k + "text"],
+            n_tokens=int(v[k + "tokens"]),
+            context=int(v[k + "context"]),
+            stride=int(v[k + "stride"]),
+            prompt=v[k + "prompt"],
+            max_new_tokens=int(v[k + "new"]),
+            measure_speed=bool(v[k + "speed"]),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -90,8 +99,13 @@ def _evaluation_form(key: str, k: str, submit_label: str) -> EvalSettings | None
     with st.form(f"evaluate-{key}"):
         c = st.columns(4)
         names = list(BUNDLED)
-        eval_name = c[0].selectbox("Held-out text", names, index=names.index(DEFAULT_EVALUATION_TEXT),
-                                   help="evaluate on text different from the calibration text", key=k + "text")
+        eval_name = c[0].selectbox(
+            "Held-out text",
+            names,
+            index=names.index(DEFAULT_EVALUATION_TEXT),
+            help="evaluate on text different from the calibration text",
+            key=k + "text",
+        )
         n_tokens = c[1].number_input("Tokens", 256, 65536, 4096, step=256, key=k + "tokens")
         context = c[2].number_input("Context", 16, 8192, 512, step=64, key=k + "context")
         stride = c[3].number_input("Stride", 1, 8192, 256, step=64, key=k + "stride")
@@ -100,19 +114,29 @@ def _evaluation_form(key: str, k: str, submit_label: str) -> EvalSettings | None
         new_tokens = c[1].number_input("New tokens", 1, 512, 32, key=k + "new")
         speed = c[2].checkbox("Measure speed", True, key=k + "speed")
         if st.form_submit_button(submit_label, type="primary"):
-            return EvalSettings(text=eval_name, n_tokens=int(n_tokens), context=int(context), stride=int(stride),
-                                prompt=prompt, max_new_tokens=int(new_tokens), measure_speed=speed)
+            return EvalSettings(
+                text=eval_name,
+                n_tokens=int(n_tokens),
+                context=int(context),
+                stride=int(stride),
+                prompt=prompt,
+                max_new_tokens=int(new_tokens),
+                measure_speed=speed,
+            )
     return None
 
 
-def apply_and_evaluate(ws, action: dict, settings: EvalSettings, name: str | None = None,
-                       metrics: dict | None = None) -> Variant | None:
+def apply_and_evaluate(
+    ws, action: dict, settings: EvalSettings, name: str | None = None, metrics: dict | None = None
+) -> Variant | None:
     """Apply ``action`` to the original, evaluate it, keep it as a session variant; errors end in the page."""
     try:
         settings.validate()
         bundled_text(settings.text)
-        variant = run_with_progress("Applying and evaluating", lambda p: make_variant(
-            ws, action, settings, name=name, metrics=metrics, progress=p))
+        variant = run_with_progress(
+            "Applying and evaluating",
+            lambda p: make_variant(ws, action, settings, name=name, metrics=metrics, progress=p),
+        )
     except LayerScopeError as exc:  # ModelLoadError too: a results-only folder has no weights to change
         st.error(str(exc))
         return None
@@ -128,17 +152,20 @@ def apply_work(ws, action: dict, settings: EvalSettings, name: str | None = None
 
     Runs in a worker thread (components.jobs): plain data in, no Streamlit here.
     """
+
     def work(job):
-        variant = make_variant(ws, action, settings, name=name, metrics=metrics, progress=job.report,
-                               stage=job.set_stage)
+        variant = make_variant(
+            ws, action, settings, name=name, metrics=metrics, progress=job.report, stage=job.set_stage
+        )
         job.check()
         return variant
 
     return work
 
 
-def start_apply(ws, tag: str, action: dict, settings: EvalSettings, name: str | None = None,
-                metrics: dict | None = None):
+def start_apply(
+    ws, tag: str, action: dict, settings: EvalSettings, name: str | None = None, metrics: dict | None = None
+):
     """Start Apply-and-evaluate as this session's background job (checked first: bad input is one message here).
 
     ``tag`` names the page (``prune``, ``compress``, ``replace``); :func:`apply_panel` draws the job and hands its
@@ -155,13 +182,35 @@ def start_apply(ws, tag: str, action: dict, settings: EvalSettings, name: str | 
     est = None
     if set(action) == {"remove_blocks"} and ws.n_blocks:  # removing blocks takes no time: the estimate is the job's
         est = evaluation_estimate(ws, settings, 1.0 - len(action["remove_blocks"]) / ws.n_blocks)
-    key = "apply:" + jobs.owner() + ":" + stable_hash(
-        {"base": ws.lm.fingerprint, "text": ws.text.sha256, "calibration": ws.calibration.__dict__,
-         "action": action, "settings": settings.to_dict(), "name": name, "metrics": metrics})
-    job = jobs.start(key, f"Apply and evaluate {name}", apply_work(ws, action, settings, name, metrics),
-                     meta={"tag": tag, "name": name, "action": action, "base": ws.lm.fingerprint,
-                           "estimate_s": est["seconds"] if est else None},
-                     restart=True)  # pressed again: evaluated again (speed included), unless it is still running
+    key = (
+        "apply:"
+        + jobs.owner()
+        + ":"
+        + stable_hash(
+            {
+                "base": ws.lm.fingerprint,
+                "text": ws.text.sha256,
+                "calibration": ws.calibration.__dict__,
+                "action": action,
+                "settings": settings.to_dict(),
+                "name": name,
+                "metrics": metrics,
+            }
+        )
+    )
+    job = jobs.start(
+        key,
+        f"Apply and evaluate {name}",
+        apply_work(ws, action, settings, name, metrics),
+        meta={
+            "tag": tag,
+            "name": name,
+            "action": action,
+            "base": ws.lm.fingerprint,
+            "estimate_s": est["seconds"] if est else None,
+        },
+        restart=True,
+    )  # pressed again: evaluated again (speed included), unless it is still running
     st.session_state[f"apply-job-{tag}"] = key
     return job
 
@@ -184,8 +233,9 @@ def apply_panel(ws, tag: str):
     return jobs.show(key, on_done=done)
 
 
-def result_marker(variant: Variant, part: str, selected: list[int], what: str = "selection",
-                  evaluated: list[int] | None = None) -> bool:
+def result_marker(
+    variant: Variant, part: str, selected: list[int], what: str = "selection", evaluated: list[int] | None = None
+) -> bool:
     """Say which selection the shown result belongs to; warn when the selection has changed since. True if stale.
 
     ``evaluated``: the variant's blocks when its action ``part`` is not a plain block list (e.g. ReplaceMe's run)."""
@@ -197,9 +247,12 @@ def result_marker(variant: Variant, part: str, selected: list[int], what: str = 
     if evaluated == now:
         st.caption(f"Result for the current {what}: blocks {blocks} (variant **{variant.name}**).")
         return False
-    st.warning(f"**Stale result**: the evaluation and export below belong to blocks {blocks} (variant "
-               f"**{variant.name}**), not to the current {what} ({', '.join(map(str, now)) or 'none'}). Press "
-               "**Apply and evaluate** to evaluate the current one.", icon=":material/history:")
+    st.warning(
+        f"**Stale result**: the evaluation and export below belong to blocks {blocks} (variant "
+        f"**{variant.name}**), not to the current {what} ({', '.join(map(str, now)) or 'none'}). Press "
+        "**Apply and evaluate** to evaluate the current one.",
+        icon=":material/history:",
+    )
     return True
 
 
@@ -213,13 +266,26 @@ def variant_result(ws, variant: Variant | None) -> None:
 def _export(ws, variant: Variant, key: str, out_dir: str, form: str, overwrite: bool, gguf: str | None = None) -> None:
     """Write the export (the destination is checked again inside ``export_checkpoint``) and reload it."""
     try:
-        recipe = run_with_progress("Exporting and reloading", lambda p: export_variant(
-            variant.model, ws.lm.tokenizer, out_dir, variant.recipe, form=form, overwrite=overwrite,
-            gguf=gguf if gguf and gguf != "none" else None))
+        recipe = run_with_progress(
+            "Exporting and reloading",
+            lambda p: export_variant(
+                variant.model,
+                ws.lm.tokenizer,
+                out_dir,
+                variant.recipe,
+                form=form,
+                overwrite=overwrite,
+                gguf=gguf if gguf and gguf != "none" else None,
+            ),
+        )
         export = recipe["export"]
-        st.session_state[f"last-export-{key}"] = {"path": export["path"], "check": export["reload_check"],
-                                                  "form": form, "size": export["size_bytes"],
-                                                  "gguf": export.get("gguf")}
+        st.session_state[f"last-export-{key}"] = {
+            "path": export["path"],
+            "check": export["reload_check"],
+            "form": form,
+            "size": export["size_bytes"],
+            "gguf": export.get("gguf"),
+        }
         variant.recipe = recipe
     except LayerScopeError as exc:  # a refused destination, a family the GGUF writer does not know …
         st.error(f"{exc}")
@@ -240,17 +306,26 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         st.session_state[widget] = folders.get(variant.name, str(default_dir))
         st.session_state[widget + "-for"] = variant.name
     with st.form(f"export-{key}"):
-        out_dir = st.text_input("Export folder", key=widget,
-                                help="a new or empty folder (a Hugging Face folder: safetensors, tokenizer, config, "
-                                     "recipe.json). A folder LayerScope exported can be replaced after you confirm; "
-                                     "any other non-empty folder is refused")
+        out_dir = st.text_input(
+            "Export folder",
+            key=widget,
+            help="a new or empty folder (a Hugging Face folder: safetensors, tokenizer, config, "
+            "recipe.json). A folder LayerScope exported can be replaced after you confirm; "
+            "any other non-empty folder is refused",
+        )
         available = [f for f in forms if f in EXPORT_FORMS and (f != "factorised" or low_rank_ranks(variant.model))]
-        form = st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f], horizontal=True) \
-            if len(available) > 1 else available[0]
-        gguf = st.selectbox("Also write a GGUF file (llama.cpp, Ollama, LM Studio)", GGUF_CHOICES,
-                            key=f"export-gguf-{key}",
-                            help="f16: exact for these weights; q8_0: 8-bit, the usual choice; q4_0: 4-bit. Dense form "
-                                 "only; read back with transformers' GGUF reader and its top-1 agreement shown")
+        form = (
+            st.radio("Form", available, format_func=lambda f: EXPORT_FORMS[f], horizontal=True)
+            if len(available) > 1
+            else available[0]
+        )
+        gguf = st.selectbox(
+            "Also write a GGUF file (llama.cpp, Ollama, LM Studio)",
+            GGUF_CHOICES,
+            key=f"export-gguf-{key}",
+            help="f16: exact for these weights; q8_0: 8-bit, the usual choice; q4_0: 4-bit. Dense form "
+            "only; read back with transformers' GGUF reader and its top-1 agreement shown",
+        )
         do_export = st.form_submit_button("Export checkpoint")
     confirm_key = f"confirm-export-{key}"
     if do_export:
@@ -262,16 +337,22 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
                 _export(ws, variant, key, out_dir, form, overwrite=False, gguf=gguf)
             else:
                 destinations.check(out_dir, overwrite=True, what="The export folder")  # refuses a foreign folder
-                st.session_state[confirm_key] = {"path": str(dest.path), "form": form, "entries": dest.entries,
-                                                 "gguf": gguf}
+                st.session_state[confirm_key] = {
+                    "path": str(dest.path),
+                    "form": form,
+                    "entries": dest.entries,
+                    "gguf": gguf,
+                }
         except destinations.DestinationError as exc:
             st.error(f"{exc}.")
     pending = st.session_state.get(confirm_key)
     if pending:
         entries = pending["entries"]
-        st.warning(f"`{pending['path']}` is not empty: it holds a LayerScope export ({len(entries)} entries: "
-                   f"{', '.join(entries[:12])}{' …' if len(entries) > 12 else ''}). Replace everything in it with "
-                   "this export?")
+        st.warning(
+            f"`{pending['path']}` is not empty: it holds a LayerScope export ({len(entries)} entries: "
+            f"{', '.join(entries[:12])}{' …' if len(entries) > 12 else ''}). Replace everything in it with "
+            "this export?"
+        )
         c = st.columns([1, 1, 4])
         if c[0].button("Replace it", key=f"replace-export-{key}", type="primary"):
             st.session_state.pop(confirm_key, None)
@@ -284,29 +365,45 @@ def export_section(ws, variant: Variant, key: str, forms: tuple[str, ...] = ("de
         return
     check = export["check"]
     plain = not needs_project_loader(export["path"])
-    how = "plain `AutoModelForCausalLM`" if plain else "the project's loader (`analysis.model.checkpoint.load_checkpoint`)"
+    how = (
+        "plain `AutoModelForCausalLM`"
+        if plain
+        else "the project's loader (`analysis.model.checkpoint.load_checkpoint`)"
+    )
     if check["ok"]:
-        st.success(f"Exported to `{export['path']}` ({export['size'] / 2**20:,.1f} MiB) and reloaded with {how}: "
-                   f"{check['blocks']} blocks, max |Δ logit| = {check['max_abs_logit_diff']:.2e} on "
-                   f"{check['tokens']} tokens, same top-1 everywhere.")
+        st.success(
+            f"Exported to `{export['path']}` ({export['size'] / 2**20:,.1f} MiB) and reloaded with {how}: "
+            f"{check['blocks']} blocks, max |Δ logit| = {check['max_abs_logit_diff']:.2e} on "
+            f"{check['tokens']} tokens, same top-1 everywhere."
+        )
     else:
         st.error(f"The reloaded checkpoint differs from the in-memory model: {check}")
     g = export.get("gguf")
     if g:
         gc = g["reload_check"]
-        st.info(f"GGUF `{g['file']}` ({g['type']}, {g['size_bytes'] / 2**20:,.1f} MiB), read back with transformers' "
-                f"GGUF reader: top-1 agreement {gc['top1_agreement']:.1%} on {gc['tokens']} tokens. Run it with "
-                f"`llama-cli -m {Path(export['path']) / g['file']}` or `ollama create` from a Modelfile naming it.")
+        st.info(
+            f"GGUF `{g['file']}` ({g['type']}, {g['size_bytes'] / 2**20:,.1f} MiB), read back with transformers' "
+            f"GGUF reader: top-1 agreement {gc['top1_agreement']:.1%} on {gc['tokens']} tokens. Run it with "
+            f"`llama-cli -m {Path(export['path']) / g['file']}` or `ollama create` from a Modelfile naming it."
+        )
     if plain:
-        st.code(f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-                f"model = AutoModelForCausalLM.from_pretrained({export['path']!r})\n"
-                f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})", language="python")
+        st.code(
+            f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"model = AutoModelForCausalLM.from_pretrained({export['path']!r})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})",
+            language="python",
+        )
     else:
-        st.caption("config.json records the factorised matrices (`layerscope_factorised`) or the linear blocks "
-                   "(`layerscope_linear_blocks`): plain `from_pretrained` would fill them with random weights. "
-                   "`python -m analysis evaluate --model DIR` and the sidebar load it with the project's loader.")
-        st.code(f"from analysis.model.checkpoint import load_checkpoint  # this repository on PYTHONPATH\n"
-                f"from transformers import AutoTokenizer\n"
-                f"model = load_checkpoint({export['path']!r})\n"
-                f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})", language="python")
+        st.caption(
+            "config.json records the factorised matrices (`layerscope_factorised`) or the linear blocks "
+            "(`layerscope_linear_blocks`): plain `from_pretrained` would fill them with random weights. "
+            "`python -m analysis evaluate --model DIR` and the sidebar load it with the project's loader."
+        )
+        st.code(
+            f"from analysis.model.checkpoint import load_checkpoint  # this repository on PYTHONPATH\n"
+            f"from transformers import AutoTokenizer\n"
+            f"model = load_checkpoint({export['path']!r})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({export['path']!r})",
+            language="python",
+        )
     text_bytes_download(Path(export["path"], "recipe.json").read_text(), "recipe.json", "⬇ recipe.json")

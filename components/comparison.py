@@ -83,8 +83,10 @@ def compared_variant_section(ws, what: str, same: str, key: str):
         return None
     name = state.compare_variant().name
     st.header(f"Compared with {name}")
-    st.caption(f"The variant chosen under *Compare with* in the sidebar, {same}; depth as a fraction of each model's "
-               "depth (a pruned variant has fewer blocks).")
+    st.caption(
+        f"The variant chosen under *Compare with* in the sidebar, {same}; depth as a fraction of each model's "
+        "depth (a pruned variant has fewer blocks)."
+    )
     if not st.toggle(f"Compute {what} on {name} too", key=key):
         return None
     return other, name

@@ -19,11 +19,20 @@ from components.widgets import csv_download
 def _work(ws, variant, tasks: list[str], limit: int | None, allow_code: bool = False):
     """The job: score the tasks on the original and the variant, and keep the table in the variant's recipe
     (runs in a worker thread: no Streamlit here)."""
+
     def work(job):
-        result = evaluate_downstream(ws.lm.model, ws.lm.tokenizer, tasks, candidate=variant.model,
-                                     candidate_name=variant.name, limit=limit, progress=job.report,
-                                     original_key=ws.lm.fingerprint, candidate_key=fingerprint(variant.model),
-                                     allow_code=allow_code)
+        result = evaluate_downstream(
+            ws.lm.model,
+            ws.lm.tokenizer,
+            tasks,
+            candidate=variant.model,
+            candidate_name=variant.name,
+            limit=limit,
+            progress=job.report,
+            original_key=ws.lm.fingerprint,
+            candidate_key=fingerprint(variant.model),
+            allow_code=allow_code,
+        )
         rows = to_frame(result).to_dict(orient="records")
         variant.recipe.setdefault("evaluation", {})["downstream"] = rows
         return rows
@@ -34,11 +43,20 @@ def _work(ws, variant, tasks: list[str], limit: int | None, allow_code: bool = F
 def downstream_section(ws, variant) -> None:
     with_code = [i.name for i in available_tasks() if i.code]
     allow_code = bool(with_code) and st.checkbox(
-        f"Run the Python helpers of task folders ({', '.join(with_code)})", key="downstream-allow-code",
-        help="a task YAML may name Python functions of its folder (!function); they run only if you tick this")
+        f"Run the Python helpers of task folders ({', '.join(with_code)})",
+        key="downstream-allow-code",
+        help="a task YAML may name Python functions of its folder (!function); they run only if you tick this",
+    )
     infos = available_tasks(allow_code=allow_code)
-    st.dataframe(pd.DataFrame([{"task": i.name, "source": i.source, "data here": "yes" if i.available else "no",
-                                "why": i.reason} for i in infos]), hide_index=True)
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {"task": i.name, "source": i.source, "data here": "yes" if i.available else "no", "why": i.reason}
+                for i in infos
+            ]
+        ),
+        hide_index=True,
+    )
     runnable = [i.name for i in infos if i.available]
     if not runnable:
         st.info("No task has its data on this machine.")
@@ -49,11 +67,26 @@ def downstream_section(ws, variant) -> None:
         go = st.form_submit_button(f"Run on the original and {variant.name}")
     tag = f"downstream-{variant.name}"
     if go and tasks:  # a background job: the variants page may be left while the tasks are scored
-        key = "downstream:" + jobs.owner() + ":" + stable_hash(
-            {"variant": variant.name, "model": id(variant.model), "tasks": sorted(tasks), "limit": int(limit),
-             "code": allow_code})
-        jobs.start(key, f"Downstream tasks on the original and {variant.name}",
-                   _work(ws, variant, list(tasks), int(limit) or None, allow_code), meta={"tag": tag})
+        key = (
+            "downstream:"
+            + jobs.owner()
+            + ":"
+            + stable_hash(
+                {
+                    "variant": variant.name,
+                    "model": id(variant.model),
+                    "tasks": sorted(tasks),
+                    "limit": int(limit),
+                    "code": allow_code,
+                }
+            )
+        )
+        jobs.start(
+            key,
+            f"Downstream tasks on the original and {variant.name}",
+            _work(ws, variant, list(tasks), int(limit) or None, allow_code),
+            meta={"tag": tag},
+        )
     last = jobs.latest(tag)
     if last is not None:
         job = jobs.show(last.key)
@@ -63,7 +96,9 @@ def downstream_section(ws, variant) -> None:
     if rows:
         frame = pd.DataFrame(rows)
         st.dataframe(frame, hide_index=True)
-        st.caption("Accuracy (acc) and length-normalised accuracy (acc_norm) with their standard errors; recovery = "
-                   "variant / original. A task whose data is missing is listed as not run, with the reason — never "
-                   "with a number.")
+        st.caption(
+            "Accuracy (acc) and length-normalised accuracy (acc_norm) with their standard errors; recovery = "
+            "variant / original. A task whose data is missing is listed as not run, with the reason — never "
+            "with a number."
+        )
         csv_download(frame, "downstream.csv", key=f"dl-downstream-{variant.name}")

@@ -52,20 +52,30 @@ def evaluation_view(table: EvaluationTable, key: str = "evaluation") -> None:
     speed = rows[-1].get("speed") or {}
     if speed.get("prefill_tokens_per_s"):
         n_p, n_d = speed["prefill_tokens_per_s"]["n"], speed["decode_ms_per_token"]["n"]
-        st.caption(("Speed: original and changed model timed in the same run, interleaved (A B A B …)"
-                    if speed.get("interleaved") else "Speed: timed in this run")
-                   + f", after a warm-up: median (min–max) of {n_p} prefill passes of {table.settings['context']} "
-                     f"tokens and {n_d} greedy generations each. The machine's load moves both alike; compare the "
-                     "ranges, not only the medians.")
+        st.caption(
+            (
+                "Speed: original and changed model timed in the same run, interleaved (A B A B …)"
+                if speed.get("interleaved")
+                else "Speed: timed in this run"
+            )
+            + f", after a warm-up: median (min–max) of {n_p} prefill passes of {table.settings['context']} "
+            f"tokens and {n_d} greedy generations each. The machine's load moves both alike; compare the "
+            "ranges, not only the medians."
+        )
         if len(rows) > 1:
-            st.markdown("**Speed against the original:** " + "; ".join(speed_lines(rows[0], rows[-1]))
-                        + ". Faster or slower is claimed only when the measured ranges do not overlap.")
+            st.markdown(
+                "**Speed against the original:** "
+                + "; ".join(speed_lines(rows[0], rows[-1]))
+                + ". Faster or slower is claimed only when the measured ranges do not overlap."
+            )
     s, t = table.settings, table.text
-    st.caption(f"Perplexity on **{t['name']}** (sha256 {t['sha256'][:12]}…): {rows[0]['tokens']:,} scored tokens of "
-               f"the first {s['n_tokens']:,}, sliding window of {s['context']} tokens with stride {s['stride']}. "
-               "KL(original ‖ changed) and top-1 agreement on the same positions. Recovery = original perplexity / "
-               "changed perplexity. Peak memory: weights plus the growth during one prefill (CPU: sampled RSS, "
-               "approximate; CUDA: allocator peak).")
+    st.caption(
+        f"Perplexity on **{t['name']}** (sha256 {t['sha256'][:12]}…): {rows[0]['tokens']:,} scored tokens of "
+        f"the first {s['n_tokens']:,}, sliding window of {s['context']} tokens with stride {s['stride']}. "
+        "KL(original ‖ changed) and top-1 agreement on the same positions. Recovery = original perplexity / "
+        "changed perplexity. Peak memory: weights plus the growth during one prefill (CPU: sampled RSS, "
+        "approximate; CUDA: allocator peak)."
+    )
     csv_download(evaluation_frame(table), "evaluation.csv", label="evaluation CSV", key=f"csv-{key}")
     st.markdown(f"**Greedy generation** from: _{s['prompt']}_")
     cols = st.columns(len(rows))

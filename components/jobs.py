@@ -63,8 +63,9 @@ def _delivered() -> set[int]:
     return st.session_state.setdefault(_DELIVERED, set())
 
 
-def start(key: str, label: str, fn: Callable[[core.Job], Any], meta: dict | None = None,
-          restart: bool = False) -> core.Job:
+def start(
+    key: str, label: str, fn: Callable[[core.Job], Any], meta: dict | None = None, restart: bool = False
+) -> core.Job:
     """Start (or queue) ``fn(job)`` as this session's job under ``key``; returns at once.
 
     The same key while its job is queued, running or done gives that job (a finished one again hands its result
@@ -152,14 +153,17 @@ def _panel_body(job: core.Job, key: str) -> None:
                 st.caption(describe(job))
             elif frac is not None:  # the work counts its steps: an honest bar
                 msg = job.message or job.stage or ""
-                st.progress(frac, text=f"{msg} — {job.done:g} of {job.total:g}" if msg else
-                            f"{job.done:g} of {job.total:g}")
-                st.caption(f"{timing(job)} · runs in the background: you may leave this page (or reload it) "
-                           "and come back")
+                st.progress(
+                    frac, text=f"{msg} — {job.done:g} of {job.total:g}" if msg else f"{job.done:g} of {job.total:g}"
+                )
+                st.caption(
+                    f"{timing(job)} · runs in the background: you may leave this page (or reload it) and come back"
+                )
             else:  # no count: the named stage with a spinner, no made-up bar
                 st.status(f"{job.stage or job.message or 'Working'} …", state="running", expanded=False)
-                st.caption(f"{timing(job)} · runs in the background: you may leave this page (or reload it) "
-                           "and come back")
+                st.caption(
+                    f"{timing(job)} · runs in the background: you may leave this page (or reload it) and come back"
+                )
         with cols[1]:
             if _cancel_button(job, f"job-cancel-{key}"):
                 st.rerun(scope="fragment")
@@ -168,9 +172,12 @@ def _panel_body(job: core.Job, key: str) -> None:
 def _cancel_button(job: core.Job, key: str) -> bool:
     """A Cancel button for ``job`` (disabled once asked); True when it was pressed now."""
     asked = job.cancel_requested
-    if st.button("Cancelling…" if asked else "Cancel", key=key, disabled=asked,
-                 help="stops the job at its next progress step; nothing half-done is kept; the page keeps its "
-                      "settings"):
+    if st.button(
+        "Cancelling…" if asked else "Cancel",
+        key=key,
+        disabled=asked,
+        help="stops the job at its next progress step; nothing half-done is kept; the page keeps its settings",
+    ):
         job.cancel()
         return True
     return False
@@ -180,8 +187,10 @@ def _finished_view(job: core.Job, on_error: Callable[[core.Job], None] | None) -
     if job.state == core.DONE:
         st.caption(f":material/check_circle: {job.label}: {describe(job)}.")
     elif job.state == core.CANCELLED:
-        st.warning(f"{job.label}: {describe(job)}. Nothing was kept; start it again to resume (finished steps "
-                   "that were cached are reused).")
+        st.warning(
+            f"{job.label}: {describe(job)}. Nothing was kept; start it again to resume (finished steps "
+            "that were cached are reused)."
+        )
     elif job.state == core.FAILED:
         if on_error is not None:
             on_error(job)
@@ -192,8 +201,11 @@ def _finished_view(job: core.Job, on_error: Callable[[core.Job], None] | None) -
                     st.code(job.error_detail, language="text")
 
 
-def show(key: str | None, on_done: Callable[[core.Job], None] | None = None,
-         on_error: Callable[[core.Job], None] | None = None) -> core.Job | None:
+def show(
+    key: str | None,
+    on_done: Callable[[core.Job], None] | None = None,
+    on_error: Callable[[core.Job], None] | None = None,
+) -> core.Job | None:
     """Draw the job under ``key`` (None if there is none) and return it.
 
     Queued or running: a panel that refreshes itself every second (a progress bar with its message when the work

@@ -34,5 +34,7 @@ PAGES = {
 
 
 def pages() -> dict[str, list]:
-    return {group: [st.Page(path, title=title, icon=icon, default=default) for path, title, icon, default in items]
-            for group, items in PAGES.items()}
+    return {
+        group: [st.Page(path, title=title, icon=icon, default=default) for path, title, icon, default in items]
+        for group, items in PAGES.items()
+    }

@@ -38,8 +38,9 @@ PRUNE_SOURCE = "prune_selection_source"
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
-def _load(source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool,
-          max_memory: str = "") -> LoadedModel:
+def _load(
+    source: str, device: str, dtype: str, device_map_auto: bool, trust_remote_code: bool, max_memory: str = ""
+) -> LoadedModel:
     return load_model(ModelSpec(source, device, dtype, device_map_auto, trust_remote_code, max_memory))
 
 
@@ -55,8 +56,9 @@ def loaded_model() -> LoadedModel | None:
     st.session_state.setdefault(SPEC, spec)
     try:
         with st.spinner(f"Loading {spec.source} … (the bundled GGUF is de-quantised once, ~20 s, then cached)"):
-            lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code,
-                       spec.max_memory)
+            lm = _load(
+                spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code, spec.max_memory
+            )
         st.session_state[GOOD_SPEC] = spec
         _default_calibration(lm)
         return lm
@@ -68,8 +70,9 @@ def loaded_model() -> LoadedModel | None:
     if good is not None and good != spec:
         st.session_state[SPEC] = good
         try:
-            return _load(good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code,
-                         good.max_memory)
+            return _load(
+                good.source, good.device, good.dtype, good.device_map_auto, good.trust_remote_code, good.max_memory
+            )
         except Exception:
             return None
     return None
@@ -116,8 +119,9 @@ def _default_calibration(lm: LoadedModel) -> None:
     before = done[1] if done is not None else Calibration()  # the default the windows were set to, if untouched
     untouched = (cal.n_windows, cal.window_len, cal.storage) == (before.n_windows, before.window_len, before.storage)
     if untouched and not st.session_state.get(CALIBRATION_BY_USER):
-        st.session_state[CALIBRATION] = replace(cal, n_windows=choice.n_windows, window_len=choice.window_len,
-                                                storage=choice.storage)
+        st.session_state[CALIBRATION] = replace(
+            cal, n_windows=choice.n_windows, window_len=choice.window_len, storage=choice.storage
+        )
 
 
 def calibration_choice():
@@ -152,10 +156,13 @@ def results_workspace(lm) -> Workspace:
     text_info = info.get("text") or {}
     content = Path(info["text_file"]).read_text(encoding="utf-8")
     text = text_from_string(content, name=text_info.get("name", "text"), source=text_info.get("source", "bundled"))
-    cal = Calibration(**{k: v for k, v in (info.get("calibration") or {}).items()
-                         if k in Calibration.__dataclass_fields__})
-    st.caption(f"Results-only model: text **{text.label}** and windows {cal.n_windows} × {cal.window_len} come from "
-               "the results folder.")
+    cal = Calibration(
+        **{k: v for k, v in (info.get("calibration") or {}).items() if k in Calibration.__dataclass_fields__}
+    )
+    st.caption(
+        f"Results-only model: text **{text.label}** and windows {cal.n_windows} × {cal.window_len} come from "
+        "the results folder."
+    )
     return Workspace(lm=lm, text=text, calibration=cal)
 
 
@@ -189,8 +196,7 @@ def set_prune_selection(blocks: list[int], source: str) -> None:
 
 
 def _keep_prune_selection() -> None:
-    tab_store()[PRUNE_SELECTION] = (list(st.session_state.get(PRUNE_SELECTION, [])),
-                                    st.session_state.get(PRUNE_SOURCE))
+    tab_store()[PRUNE_SELECTION] = (list(st.session_state.get(PRUNE_SELECTION, [])), st.session_state.get(PRUNE_SOURCE))
 
 
 def restore_prune_selection(n_blocks: int) -> None:

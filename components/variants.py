@@ -35,8 +35,17 @@ def gap_closed(variant) -> float | None:
 
 
 def _row(name: str, change: str, r, gap: float | None = None) -> dict:
-    return {"variant": name, "change": change, "perplexity": r.perplexity, "recovery": r.recovery, "gap closed": gap,
-            "KL to original": r.kl_to_original, "top-1 agreement": r.top1_agreement, "parameters": r.parameters,
-            "weights MiB": r.weight_bytes / 2**20, "prefill tokens/s": r.prefill_tokens_per_s,
-            "decode ms/token": r.decode_ms_per_token,
-            "peak memory MiB": None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20}
+    return {
+        "variant": name,
+        "change": change,
+        "perplexity": r.perplexity,
+        "recovery": r.recovery,
+        "gap closed": gap,
+        "KL to original": r.kl_to_original,
+        "top-1 agreement": r.top1_agreement,
+        "parameters": r.parameters,
+        "weights MiB": r.weight_bytes / 2**20,
+        "prefill tokens/s": r.prefill_tokens_per_s,
+        "decode ms/token": r.decode_ms_per_token,
+        "peak memory MiB": None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20,
+    }

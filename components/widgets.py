@@ -39,22 +39,32 @@ def ensure_capture(ws: Workspace):
     """The workspace's hidden states, captured with a progress bar on the first visit (cached afterwards)."""
     cap = run_with_progress(
         f"Capturing hidden states of {ws.calibration.n_windows} × {ws.calibration.window_len} tokens",
-        lambda p: ws.capture(progress=p))
+        lambda p: ws.capture(progress=p),
+    )
     if cap.outcome.message:
         st.warning(cap.outcome.message)
     return cap
 
 
-def csv_download(frame: pd.DataFrame, filename: str, label: str = "CSV", key: str | None = None,
-                 index: bool = False) -> None:
-    st.download_button(f"⬇ {label}", frame.to_csv(index=index).encode(), file_name=filename, mime="text/csv",
-                       key=key or f"dl-{filename}")
+def csv_download(
+    frame: pd.DataFrame, filename: str, label: str = "CSV", key: str | None = None, index: bool = False
+) -> None:
+    st.download_button(
+        f"⬇ {label}",
+        frame.to_csv(index=index).encode(),
+        file_name=filename,
+        mime="text/csv",
+        key=key or f"dl-{filename}",
+    )
 
 
 def figure_with_csv(fig, frame: pd.DataFrame, filename: str, index: bool = False, key: str | None = None) -> None:
     """A plotly figure (PNG/SVG from its toolbar) with a CSV of its numbers below it."""
-    st.plotly_chart(fig, config={"toImageButtonOptions": {"format": "png", "scale": 2},
-                                 "displaylogo": False}, key=key and f"fig-{key}")
+    st.plotly_chart(
+        fig,
+        config={"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False},
+        key=key and f"fig-{key}",
+    )
     csv_download(frame, filename, key=key and f"csv-{key}", index=index)
 
 
@@ -62,9 +72,11 @@ def workspace_caption(ws: Workspace) -> None:
     c = ws.calibration
     extra = f", first {c.exclude_first} position(s) of each window excluded" if c.exclude_first else ""
     sub = f", subsampled to {c.n_max} tokens (seed {c.seed})" if c.n_max else ""
-    st.caption(f"**{ws.lm.name}** · {ws.n_blocks} blocks · width {ws.lm.width} · calibration text "
-               f"**{ws.text.label}**: first {c.n_windows} windows of {c.window_len} tokens{extra}{sub}. Blocks are "
-               "0-based; block b maps hidden state h_b to h_(b+1); ranges are [start, end).")
+    st.caption(
+        f"**{ws.lm.name}** · {ws.n_blocks} blocks · width {ws.lm.width} · calibration text "
+        f"**{ws.text.label}**: first {c.n_windows} windows of {c.window_len} tokens{extra}{sub}. Blocks are "
+        "0-based; block b maps hidden state h_b to h_(b+1); ranges are [start, end)."
+    )
 
 
 def suggestion_row(ws: Workspace, metric, k: int, key: str, blocks: list[int] | None = None) -> None:
@@ -74,8 +86,9 @@ def suggestion_row(ws: Workspace, metric, k: int, key: str, blocks: list[int] | 
     if blocks is None:
         blocks = metric.suggest(ws, k)
     cols = st.columns([3, 1])
-    cols[0].markdown(f"**{metric.label}** ({metric.direction_text}): remove blocks "
-                     f"`{', '.join(map(str, blocks)) or '—'}`")
+    cols[0].markdown(
+        f"**{metric.label}** ({metric.direction_text}): remove blocks `{', '.join(map(str, blocks)) or '—'}`"
+    )
     if cols[1].button("Send to prune", key=f"send-{key}", disabled=not blocks):
         send_to_prune(blocks, f"{metric.label} (k={k})")
 

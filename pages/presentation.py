@@ -23,8 +23,10 @@ opts = options()
 path = Path(opts.recipe)
 if not path.is_file():
     st.title("LayerScope")
-    st.warning(f"No precomputed recipe at `{path}`. Prepare one first — `make demo` runs the demo recipe headless "
-               "(`python -m analysis run analysis/recipes/demo.json --out exports/demo`) and then starts this mode.")
+    st.warning(
+        f"No precomputed recipe at `{path}`. Prepare one first — `make demo` runs the demo recipe headless "
+        "(`python -m analysis run analysis/recipes/demo.json --out exports/demo`) and then starts this mode."
+    )
     st.stop()
 recipe = json.loads(path.read_text())
 
@@ -55,9 +57,11 @@ if step == 0:
     c[1].metric("Width", card["width"])
     c[2].metric("Parameters", f"{card['parameters'] / 1e6:.0f} M")
     c[3].metric("Weights", f"{card['memory_bytes'] / 2**20:.0f} MiB")
-    st.markdown(f"**{ws.lm.name}** — a {card['architecture']} with {card['blocks']} decoder blocks. We fed it "
-                f"{ws.calibration.n_windows} windows of {ws.calibration.window_len} tokens of *{ws.text.label}* and "
-                "looked at what every block does to them.")
+    st.markdown(
+        f"**{ws.lm.name}** — a {card['architecture']} with {card['blocks']} decoder blocks. We fed it "
+        f"{ws.calibration.n_windows} windows of {ws.calibration.window_len} tokens of *{ws.text.label}* and "
+        "looked at what every block does to them."
+    )
 elif step == 1:
     computed = consensus.computed_metrics(ws)
     if not computed:
@@ -67,9 +71,17 @@ elif step == 1:
         scores = consensus.score_table(ws, computed)
         ranks = consensus.rank_table(scores, computed)
         suggested = consensus.suggestions(ws, computed, k, scores)
-        fig = plots.heatmap(ranks.to_numpy().T, list(range(ws.n_blocks)), [m.label for m in computed],
-                            "Which blocks each metric finds redundant (darker = more)", plots.BLOCK_AXIS, "",
-                            colorscale="Reds", zmin=0, zmax=1)
+        fig = plots.heatmap(
+            ranks.to_numpy().T,
+            list(range(ws.n_blocks)),
+            [m.label for m in computed],
+            "Which blocks each metric finds redundant (darker = more)",
+            plots.BLOCK_AXIS,
+            "",
+            colorscale="Reds",
+            zmin=0,
+            zmax=1,
+        )
         fig.update_yaxes(autorange=True)
         st.plotly_chart(fig, config={"displayModeBar": False})
         agreed = consensus.consensus(suggested, ranks, k)
@@ -82,10 +94,17 @@ elif step == 1:
 elif step == 2:
     st.markdown(f"### {describe_action(recipe.get('action') or {})}")
     colors = ["#d62728" if b in removed else "#1f77b4" for b in range(card["blocks"])]
-    fig = go.Figure(go.Bar(x=list(range(card["blocks"])), y=[1] * card["blocks"], marker_color=colors,
-                           hovertemplate="block %{x}<extra></extra>"))
-    fig.update_layout(height=220, yaxis_visible=False, xaxis_title="block (red = removed)",
-                      margin=dict(l=20, r=20, t=10, b=50))
+    fig = go.Figure(
+        go.Bar(
+            x=list(range(card["blocks"])),
+            y=[1] * card["blocks"],
+            marker_color=colors,
+            hovertemplate="block %{x}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=220, yaxis_visible=False, xaxis_title="block (red = removed)", margin=dict(l=20, r=20, t=10, b=50)
+    )
     st.plotly_chart(fig, config={"displayModeBar": False})
     source = (recipe.get("metrics") or {}).get("selection_source")
     if source:
@@ -98,13 +117,19 @@ else:
     cols = st.columns(4)
     saved = 1 - c_["parameters"] / o["parameters"]
     cols[0].metric("Parameters", f"{c_['parameters'] / 1e6:.0f} M", f"−{saved:.0%}", delta_color="inverse")
-    cols[1].metric("Perplexity", fmt.perplexity(c_["perplexity"]), f"{c_['perplexity'] - o['perplexity']:+.2f} vs "
-                   f"{fmt.perplexity(o['perplexity'])}", delta_color="inverse")
+    cols[1].metric(
+        "Perplexity",
+        fmt.perplexity(c_["perplexity"]),
+        f"{c_['perplexity'] - o['perplexity']:+.2f} vs {fmt.perplexity(o['perplexity'])}",
+        delta_color="inverse",
+    )
     cols[2].metric("Recovery", fmt.ratio(c_.get("recovery")))
     cols[3].metric("Same next token", fmt.percent(c_.get("top1_agreement")))
     if c_.get("decode_ms_per_token") and o.get("decode_ms_per_token"):
-        st.markdown("Speed: " + "; ".join(speed_lines(o, c_)) + f" (a change only where the measured ranges do not "
-                    f"overlap); weights **{fmt.mib(c_['weight_bytes'])}** instead of {fmt.mib(o['weight_bytes'])}.")
+        st.markdown(
+            "Speed: " + "; ".join(speed_lines(o, c_)) + f" (a change only where the measured ranges do not "
+            f"overlap); weights **{fmt.mib(c_['weight_bytes'])}** instead of {fmt.mib(o['weight_bytes'])}."
+        )
     st.markdown(f"Same prompt, greedy: *{ev.get('settings', {}).get('prompt', '')}*")
     g = st.columns(2)
     g[0].markdown("**original**")

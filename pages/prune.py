@@ -39,9 +39,14 @@ with st.expander("Use a metric's suggestion", expanded=not st.session_state.get(
         if c[2].button("Use suggestion"):
             state.set_prune_selection(metric.suggest(ws, int(k)), f"{metric.label} (k={k})")
             st.rerun()
-st.multiselect("Blocks to remove (0-based)", list(range(L)), key="prune-blocks",
-               on_change=state.widget_to_selection, args=("prune-blocks",),
-               help="block b maps hidden state h_b to h_(b+1)")
+st.multiselect(
+    "Blocks to remove (0-based)",
+    list(range(L)),
+    key="prune-blocks",
+    on_change=state.widget_to_selection,
+    args=("prune-blocks",),
+    help="block b maps hidden state h_b to h_(b+1)",
+)
 
 st.header("2 · Evaluate against the original")
 blocks = sorted(st.session_state.get("prune-blocks") or [])
@@ -50,8 +55,14 @@ if settings is not None:
     if not blocks:
         st.error("No blocks chosen to remove: pick at least one block above.")
         st.stop()
-    start_apply(ws, "prune", {"remove_blocks": blocks}, settings, name=f"minus {','.join(map(str, blocks))}",
-                metrics={"selection_source": st.session_state.get(state.PRUNE_SOURCE)})
+    start_apply(
+        ws,
+        "prune",
+        {"remove_blocks": blocks},
+        settings,
+        name=f"minus {','.join(map(str, blocks))}",
+        metrics={"selection_source": st.session_state.get(state.PRUNE_SOURCE)},
+    )
 job = apply_panel(ws, "prune")  # a background job: this page may be left (or reloaded) while it runs
 variant = state.latest_variant("remove_blocks")
 if variant is None:

@@ -30,8 +30,10 @@ workspace_caption(ws)
 kept = state.variants()
 
 st.header("This session as a recipe")
-st.caption("A recipe names the model, the text and windows, the metrics, the change and its evaluation. "
-           "`python -m analysis run recipe.json --out DIR` reproduces it headless; loading it below restores a session.")
+st.caption(
+    "A recipe names the model, the text and windows, the metrics, the change and its evaluation. "
+    "`python -m analysis run recipe.json --out DIR` reproduces it headless; loading it below restores a session."
+)
 names = ["(no change)"] + [v.name for v in kept]
 chosen = st.selectbox("Change to include", names, index=len(names) - 1)
 variant = next((v for v in kept if v.name == chosen), None)
@@ -60,9 +62,11 @@ if upload is not None:
     if loaded is not None:
         st.write(f"Model **{loaded['model']['source']}**, change: **{describe_action(loaded.get('action') or {})}**")
         if rc.asks_for_remote_code(loaded):
-            st.warning("This recipe was written with 'trust remote code' on. A recipe never switches it on: the "
-                       "model is restored with it off. If it needs its own code, tick 'Trust remote code' in the "
-                       "sidebar yourself after checking the files it lists.")
+            st.warning(
+                "This recipe was written with 'trust remote code' on. A recipe never switches it on: the "
+                "model is restored with it off. If it needs its own code, tick 'Trust remote code' in the "
+                "sidebar yourself after checking the files it lists."
+            )
         if st.button("Restore this session", type="primary"):
             try:
                 text_obj = rc.text_of(loaded)
@@ -90,23 +94,34 @@ if pending and (pending.get("action") or {}):
             variant_result(ws, v)
 
 st.header("Report")
-st.caption("One self-contained HTML file (plotly embedded once, opens offline): a one-paragraph summary (what was "
-           "removed, what it costs, what it saves), the model card, every view computed for this model and text (the "
-           "Rips persistence included), where the metrics agree, the kept variants' quality against cost, their "
-           "generations side by side and their evaluation tables.")
+st.caption(
+    "One self-contained HTML file (plotly embedded once, opens offline): a one-paragraph summary (what was "
+    "removed, what it costs, what it saves), the model card, every view computed for this model and text (the "
+    "Rips persistence included), where the metrics agree, the kept variants' quality against cost, their "
+    "generations side by side and their evaluation tables."
+)
 title = st.text_input("Title", f"LayerScope report — {ws.lm.name}", key="report-title")
-default_path = (Path("exports") / "reports" /  # a new name per session: an earlier report is not in the way
-                f"report-{ws.lm.fingerprint[:8]}-{_dt.datetime.now():%Y%m%d-%H%M}.html")
+default_path = (
+    Path("exports")
+    / "reports"  # a new name per session: an earlier report is not in the way
+    / f"report-{ws.lm.fingerprint[:8]}-{_dt.datetime.now():%Y%m%d-%H%M}.html"
+)
 c = st.columns([3, 1])
-target = c[0].text_input("Write to (an .html file)", str(default_path), key="report-path",
-                         help="relative paths are inside the folder the dashboard was started in")
+target = c[0].text_input(
+    "Write to (an .html file)",
+    str(default_path),
+    key="report-path",
+    help="relative paths are inside the folder the dashboard was started in",
+)
 c[1].write("")
 replace = c[1].checkbox("Replace it if it exists", key="report-overwrite")
 target_path = Path(target.strip()).expanduser() if target.strip() else None
 if target_path is not None and target_path.is_file() and not replace:
-    st.info(f"`{target_path}` exists ({target_path.stat().st_size / 2**20:.1f} MiB, written "
-            f"{_dt.datetime.fromtimestamp(target_path.stat().st_mtime):%Y-%m-%d %H:%M}). Choose another file name, or "
-            "tick **Replace it if it exists**.")
+    st.info(
+        f"`{target_path}` exists ({target_path.stat().st_size / 2**20:.1f} MiB, written "
+        f"{_dt.datetime.fromtimestamp(target_path.stat().st_mtime):%Y-%m-%d %H:%M}). Choose another file name, or "
+        "tick **Replace it if it exists**."
+    )
 if st.button("Write report", key="report-write"):
     if target_path is None or target_path.suffix.lower() not in (".html", ".htm"):
         st.error("Give the report a file name ending in .html, e.g. exports/reports/report.html.")
@@ -116,9 +131,15 @@ if st.button("Write report", key="report-write"):
         except ReportExists as exc:
             st.error(f"Not written: {exc}.")
         else:
-            changes = [{"name": v.name, "action": v.action,
-                        "evaluation": v.evaluation.to_dict() if v.evaluation else None, "recipe": v.recipe}
-                       for v in kept]
+            changes = [
+                {
+                    "name": v.name,
+                    "action": v.action,
+                    "evaluation": v.evaluation.to_dict() if v.evaluation else None,
+                    "recipe": v.recipe,
+                }
+                for v in kept
+            ]
             t0 = time.perf_counter()
             with lb.kept_for(jobs.owner()):  # the leaderboard this tab kept, not another tab's or user's
                 html = run_with_progress("Writing the report", lambda p: build_report(ws, changes, title=title))
@@ -136,7 +157,15 @@ if st.button("Write report", key="report-write"):
 report = st.session_state.get("last-report")
 if report and Path(report).is_file():
     took = st.session_state.get("last-report-seconds")
-    st.success(f"Report written to `{report}` ({Path(report).stat().st_size / 2**20:.1f} MiB"
-               + (f", in {took:.1f} s" if took else "") + ").")
-    st.download_button("⬇ Download report.html", Path(report).read_bytes(), file_name=Path(report).name,
-                       mime="text/html", key="dl-report")
+    st.success(
+        f"Report written to `{report}` ({Path(report).stat().st_size / 2**20:.1f} MiB"
+        + (f", in {took:.1f} s" if took else "")
+        + ")."
+    )
+    st.download_button(
+        "⬇ Download report.html",
+        Path(report).read_bytes(),
+        file_name=Path(report).name,
+        mime="text/html",
+        key="dl-report",
+    )

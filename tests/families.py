@@ -20,32 +20,81 @@ WIDTH = 64
 N_BLOCKS = 4
 
 _COMMON = dict(vocab_size=VOCAB, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
-_LLAMA_LIKE = dict(hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=N_BLOCKS, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=512)
+_LLAMA_LIKE = dict(
+    hidden_size=WIDTH,
+    intermediate_size=128,
+    num_hidden_layers=N_BLOCKS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 
 #: family name → (config class name, keyword arguments). Every family of the README's "Supported families" table.
 FAMILIES: dict[str, tuple[str, dict]] = {
     "gpt2": ("GPT2Config", dict(n_embd=WIDTH, n_layer=N_BLOCKS, n_head=4, n_positions=512)),
-    "opt": ("OPTConfig", dict(hidden_size=WIDTH, ffn_dim=128, num_hidden_layers=N_BLOCKS, num_attention_heads=4,
-                              word_embed_proj_dim=WIDTH, max_position_embeddings=512)),
-    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=N_BLOCKS,
-                                       num_attention_heads=4, max_position_embeddings=512)),
-    "falcon": ("FalconConfig", dict(hidden_size=WIDTH, num_hidden_layers=N_BLOCKS, num_attention_heads=4,
-                                    new_decoder_architecture=False, multi_query=True, parallel_attn=True,
-                                    alibi=False, max_position_embeddings=512)),
+    "opt": (
+        "OPTConfig",
+        dict(
+            hidden_size=WIDTH,
+            ffn_dim=128,
+            num_hidden_layers=N_BLOCKS,
+            num_attention_heads=4,
+            word_embed_proj_dim=WIDTH,
+            max_position_embeddings=512,
+        ),
+    ),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        dict(
+            hidden_size=WIDTH,
+            intermediate_size=128,
+            num_hidden_layers=N_BLOCKS,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+        ),
+    ),
+    "falcon": (
+        "FalconConfig",
+        dict(
+            hidden_size=WIDTH,
+            num_hidden_layers=N_BLOCKS,
+            num_attention_heads=4,
+            new_decoder_architecture=False,
+            multi_query=True,
+            parallel_attn=True,
+            alibi=False,
+            max_position_embeddings=512,
+        ),
+    ),
     "bloom": ("BloomConfig", dict(hidden_size=WIDTH, n_layer=N_BLOCKS, n_head=4)),
     "gptj": ("GPTJConfig", dict(n_embd=WIDTH, n_layer=N_BLOCKS, n_head=4, rotary_dim=8, n_positions=512)),
     "phi3": ("Phi3Config", dict(_LLAMA_LIKE, pad_token_id=EOS)),
     "gemma2": ("Gemma2Config", dict(_LLAMA_LIKE, head_dim=16, sliding_window=16)),
-    "gemma3_text": ("Gemma3TextConfig", dict(_LLAMA_LIKE, head_dim=16, sliding_window=16,
-                                             layer_types=["sliding_attention", "full_attention"] * (N_BLOCKS // 2))),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        dict(
+            _LLAMA_LIKE,
+            head_dim=16,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"] * (N_BLOCKS // 2),
+        ),
+    ),
     "qwen2": ("Qwen2Config", dict(_LLAMA_LIKE)),
     "qwen3": ("Qwen3Config", dict(_LLAMA_LIKE, head_dim=16)),
     "mistral": ("MistralConfig", dict(_LLAMA_LIKE)),
     "llama": ("LlamaConfig", dict(_LLAMA_LIKE)),
     "mixtral": ("MixtralConfig", dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2)),
-    "qwen3_moe": ("Qwen3MoeConfig", dict(_LLAMA_LIKE, head_dim=16, num_experts=4, num_experts_per_tok=2,
-                                         moe_intermediate_size=64, decoder_sparse_step=1)),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(
+            _LLAMA_LIKE,
+            head_dim=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+            decoder_sparse_step=1,
+        ),
+    ),
 }
 
 
@@ -78,8 +127,13 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", model_max_length=512)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=512,
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:

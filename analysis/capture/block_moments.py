@@ -66,7 +66,9 @@ def collect_moments_of_blocks(
 
         return hook
 
-    handles = [layers[b].register_forward_hook(this_thread_only(make_hook(b)), with_kwargs=True) for b in dict.fromkeys(chosen)]
+    handles = [
+        layers[b].register_forward_hook(this_thread_only(make_hook(b)), with_kwargs=True) for b in dict.fromkeys(chosen)
+    ]
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     device = next(model.parameters()).device
     was_training = model.training

@@ -35,8 +35,9 @@ def model_shape(config) -> tuple[int, int]:
     """``(width, depth)`` of a transformers configuration (hidden size, number of blocks)."""
     cfg = text_config(config)
     width = next((int(getattr(cfg, a)) for a in ("hidden_size", "n_embd", "d_model") if getattr(cfg, a, None)), 0)
-    depth = next((int(getattr(cfg, a)) for a in ("num_hidden_layers", "n_layer", "num_layers")
-                  if getattr(cfg, a, None)), 0)
+    depth = next(
+        (int(getattr(cfg, a)) for a in ("num_hidden_layers", "n_layer", "num_layers") if getattr(cfg, a, None)), 0
+    )
     return width, depth
 
 
@@ -65,27 +66,36 @@ def needed_tokens(width: int) -> int:
     return max(MIN_TOKENS, math.ceil(TOKENS_PER_WIDTH * width))
 
 
-def default_calibration(config, n_windows: int | None = None, window_len: int | None = None,
-                        storage: str | None = None) -> CalibrationChoice:
+def default_calibration(
+    config, n_windows: int | None = None, window_len: int | None = None, storage: str | None = None
+) -> CalibrationChoice:
     """The calibration for ``config`` (a transformers configuration); what the caller gives is kept as given."""
     width, depth = model_shape(config)
     limit = _max_positions(config)
-    given = [name for name, v in (("windows", n_windows), ("window length", window_len), ("storage", storage))
-             if v is not None]
+    given = [
+        name
+        for name, v in (("windows", n_windows), ("window length", window_len), ("storage", storage))
+        if v is not None
+    ]
     T = int(window_len) if window_len is not None else min(WINDOW_LEN, limit or WINDOW_LEN)
     need = needed_tokens(width)
     N = int(n_windows) if n_windows is not None else max(1, math.ceil(need / T))
     fp32_bytes = (depth + 1) * N * T * width * 4
     if storage is None:
         storage = "float16" if fp32_bytes > FLOAT16_ABOVE_BYTES else "float32"
-    why = [f"width {width}: linearity needs ≥ 2 × width = {2 * width:,} tokens and ReplaceMe's fit > {width:,}, "
-           f"so at least max({MIN_TOKENS:,}, 2.5 × width) = {need:,}"]
+    why = [
+        f"width {width}: linearity needs ≥ 2 × width = {2 * width:,} tokens and ReplaceMe's fit > {width:,}, "
+        f"so at least max({MIN_TOKENS:,}, 2.5 × width) = {need:,}"
+    ]
     if n_windows is not None and N * T < 2 * width:
         why.append(f"the {N * T:,} tokens given are fewer than linearity's {2 * width:,}: it will refuse")
     if "storage" not in given:
-        why.append(f"{depth + 1} states × {N * T:,} tokens × width in float32 = {fp32_bytes / 2**30:.1f} GiB, "
-                   + ("over" if storage == "float16" else "within")
-                   + f" {FLOAT16_ABOVE_BYTES / 2**30:.0f} GiB, so {storage} on disk")
+        why.append(
+            f"{depth + 1} states × {N * T:,} tokens × width in float32 = {fp32_bytes / 2**30:.1f} GiB, "
+            + ("over" if storage == "float16" else "within")
+            + f" {FLOAT16_ABOVE_BYTES / 2**30:.0f} GiB, so {storage} on disk"
+        )
     kept = f" ({', '.join(given)} as given)" if given else ""
-    return CalibrationChoice(N, T, storage, f"{N} windows × {T} tokens = {N * T:,} tokens, stored as {storage}{kept}: "
-                             + "; ".join(why))
+    return CalibrationChoice(
+        N, T, storage, f"{N} windows × {T} tokens = {N * T:,} tokens, stored as {storage}{kept}: " + "; ".join(why)
+    )

@@ -117,8 +117,10 @@ def calibrated_seconds(model_seconds: float, kind: str = "rips") -> float:
 def speed_note(kind: str = "rips") -> str:
     """One line for a caption: how the estimate was calibrated."""
     sp = machine_speed(kind)
-    return (f"calibrated on this machine now: a {PROBE_POINTS}-point probe ran {sp['factor']:.1f}× "
-            f"{'slower' if sp['factor'] >= 1 else 'faster'} than the cost model predicts")
+    return (
+        f"calibrated on this machine now: a {PROBE_POINTS}-point probe ran {sp['factor']:.1f}× "
+        f"{'slower' if sp['factor'] >= 1 else 'faster'} than the cost model predicts"
+    )
 
 
 def _history_tokens_per_s(fingerprint: str) -> float | None:
@@ -134,8 +136,9 @@ def _history_tokens_per_s(fingerprint: str) -> float | None:
     return float(np.median(rates)) if rates else None
 
 
-def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None = None, storage: str = "float32",
-                     positions: str = "all") -> dict:
+def capture_estimate(
+    lm, n_windows: int, window_len: int, n_states: int | None = None, storage: str = "float32", positions: str = "all"
+) -> dict:
     """Disk, peak memory and seconds of a capture before it runs."""
     n_states = n_states or lm.n_blocks + 1
     tokens = n_windows * window_len
@@ -157,13 +160,20 @@ def capture_estimate(lm, n_windows: int, window_len: int, n_states: int | None =
         source += "; layer by layer: one block resident, the states of all windows kept between blocks"
     else:
         peak = n_states * batch_tokens * lm.width * 4 + card["memory_bytes"]
-    return {"tokens": tokens, "disk_bytes": n_states * kept * lm.width * BYTES[storage],
-            "peak_memory_bytes": int(peak), "seconds": tokens / rate, "basis": source}
+    return {
+        "tokens": tokens,
+        "disk_bytes": n_states * kept * lm.width * BYTES[storage],
+        "peak_memory_bytes": int(peak),
+        "seconds": tokens / rate,
+        "basis": source,
+    }
 
 
 def describe(est: dict) -> str:
-    return (f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
-            f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB (estimated from {est['basis']})")
+    return (
+        f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
+        f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB (estimated from {est['basis']})"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,5 +247,10 @@ def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
     work = work_model(model).forward(tokens)
-    return {"seconds": seconds, "tokens": tokens, "work": work, "seconds_per_work": seconds / work,
-            "seconds_per_token": seconds / tokens}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "work": work,
+        "seconds_per_work": seconds / work,
+        "seconds_per_token": seconds / tokens,
+    }

@@ -63,8 +63,9 @@ class Capture:
             raise NotFound(f"hidden state {state} was not captured (have {self.state_ids[0]}..{self.state_ids[-1]})")
 
     def all_token_cloud(self, state: int, n_max: int | None = None, seed: int = 0, exclude_first: int = 0):
-        return clouds.all_token_cloud(self.states, self._row(state), n_max=n_max, seed=seed,
-                                      exclude_first=exclude_first)
+        return clouds.all_token_cloud(
+            self.states, self._row(state), n_max=n_max, seed=seed, exclude_first=exclude_first
+        )
 
     def last_token_cloud(self, state: int) -> np.ndarray:
         return clouds.last_token_cloud(self.states, self._row(state))
@@ -74,19 +75,38 @@ class Capture:
         return self.states[self._row(state)]
 
 
-def capture_params(lm: LoadedModel, text: Text, n_windows: int, window_len: int, storage: str = "float32",
-                   states: Sequence[int] | None = None, positions: str = "all") -> dict:
-    params = {"model": lm.fingerprint, "text": text.sha256, "windows": int(n_windows), "window_len": int(window_len),
-              "storage": storage, "states": sorted(int(s) for s in states) if states is not None else "all"}
+def capture_params(
+    lm: LoadedModel,
+    text: Text,
+    n_windows: int,
+    window_len: int,
+    storage: str = "float32",
+    states: Sequence[int] | None = None,
+    positions: str = "all",
+) -> dict:
+    params = {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "windows": int(n_windows),
+        "window_len": int(window_len),
+        "storage": storage,
+        "states": sorted(int(s) for s in states) if states is not None else "all",
+    }
     if positions != "all":
         params["positions"] = positions
     return params
 
 
-def is_captured(lm: LoadedModel, text: Text, n_windows: int, window_len: int, storage: str = "float32",
-                states: Sequence[int] | None = None, positions: str = "all") -> bool:
-    return cache.entry("capture", capture_params(lm, text, n_windows, window_len, storage, states,
-                                                 positions)).exists()
+def is_captured(
+    lm: LoadedModel,
+    text: Text,
+    n_windows: int,
+    window_len: int,
+    storage: str = "float32",
+    states: Sequence[int] | None = None,
+    positions: str = "all",
+) -> bool:
+    return cache.entry("capture", capture_params(lm, text, n_windows, window_len, storage, states, positions)).exists()
 
 
 def states_bytes(shape: Sequence[int], storage: str = "float32") -> int:
@@ -148,8 +168,13 @@ def capture_hidden_states(
     if e.exists() and not refresh:
         try:
             arrays, data = cache.read_entry(e, mmap=True)
-            return Capture(arrays["states"], np.asarray(arrays["tokens"]), data["state_ids"], data,
-                           cache.CacheOutcome("hit", e.path))
+            return Capture(
+                arrays["states"],
+                np.asarray(arrays["tokens"]),
+                data["state_ids"],
+                data,
+                cache.CacheOutcome("hit", e.path),
+            )
         except cache.CacheCorrupt as exc:
             note = f"The cached capture was unreadable and has been recomputed ({exc})."
             cache.remove_entry(e)
@@ -175,12 +200,23 @@ def capture_hidden_states(
                 del hidden
         del out  # unmapped, not msync'ed: like every other cache write, the kernel writes it back (an msync of
         # the whole array made capture 54% slower than a bare forward pass here; without it, 14%)
-        w.data = {**params, "state_ids": keep, "n_states_model": n_states, "seconds": time.perf_counter() - t0,
-                  "model_name": lm.name, "text_name": text.label,
-                  "last_state_is_normed": lm.card()["last_state_is_normed"]}
+        w.data = {
+            **params,
+            "state_ids": keep,
+            "n_states_model": n_states,
+            "seconds": time.perf_counter() - t0,
+            "model_name": lm.name,
+            "text_name": text.label,
+            "last_state_is_normed": lm.card()["last_state_is_normed"],
+        }
     arrays, data = cache.read_entry(e, mmap=True)
-    return Capture(arrays["states"], np.asarray(arrays["tokens"]), keep, data,
-                   cache.CacheOutcome("recomputed" if note else "computed", e.path, note))
+    return Capture(
+        arrays["states"],
+        np.asarray(arrays["tokens"]),
+        keep,
+        data,
+        cache.CacheOutcome("recomputed" if note else "computed", e.path, note),
+    )
 
 
 _TORCH_STORAGE = {"float32": torch.float32, "float16": torch.float16}
@@ -192,8 +228,16 @@ def _stored(h: torch.Tensor, storage: str) -> np.ndarray:
     return h.detach().to(_TORCH_STORAGE[storage]).cpu().numpy()
 
 
-def _capture_sequential(lm, windows: np.ndarray, out: np.ndarray, keep: list[int], batch_size: int, positions: str,
-                        storage: str, progress: Progress | None) -> None:
+def _capture_sequential(
+    lm,
+    windows: np.ndarray,
+    out: np.ndarray,
+    keep: list[int],
+    batch_size: int,
+    positions: str,
+    storage: str,
+    progress: Progress | None,
+) -> None:
     """Fill ``out`` state by state from a layer-by-layer run (:mod:`analysis.model.sequential`)."""
     from analysis.model.sequential import batches_of
 
@@ -205,7 +249,7 @@ def _capture_sequential(lm, windows: np.ndarray, out: np.ndarray, keep: list[int
         if row is None:
             return
         start = starts[i]
-        out[row, start:start + h.shape[0]] = _stored(h if positions == "all" else h[:, -1:], storage)
+        out[row, start : start + h.shape[0]] = _stored(h if positions == "all" else h[:, -1:], storage)
 
     def step(done: int, total: int, message: str) -> None:
         if progress:
@@ -215,13 +259,12 @@ def _capture_sequential(lm, windows: np.ndarray, out: np.ndarray, keep: list[int
 
 
 @torch.no_grad()
-def iter_hidden_states(lm: LoadedModel, windows: np.ndarray, batch_size: int = 16,
-                       progress: Progress | None = None):
+def iter_hidden_states(lm: LoadedModel, windows: np.ndarray, batch_size: int = 16, progress: Progress | None = None):
     """Yield ``(first_window_index, hidden_states tuple)`` batch by batch (the model's own device and dtype)."""
     base = lm.model.base_model
     n = windows.shape[0]
     for start in range(0, n, batch_size):
-        ids = torch.as_tensor(windows[start:start + batch_size], device=lm.device)
+        ids = torch.as_tensor(windows[start : start + batch_size], device=lm.device)
         out = base(input_ids=ids, output_hidden_states=True, use_cache=False)
         yield start, out.hidden_states
         if progress:

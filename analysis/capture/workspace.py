@@ -60,15 +60,18 @@ class Workspace:
     def capture(self, progress: Progress | None = None) -> Capture:
         if self._capture is None:
             c = self.calibration
-            self._capture = capture_hidden_states(self.lm, self.text, c.n_windows, c.window_len, storage=c.storage,
-                                                  progress=progress)
+            self._capture = capture_hidden_states(
+                self.lm, self.text, c.n_windows, c.window_len, storage=c.storage, progress=progress
+            )
         return self._capture
 
     def all_token_clouds(self, progress: Progress | None = None) -> list[np.ndarray]:
         cap = self.capture(progress)
         c = self.calibration
-        return [cap.all_token_cloud(s, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
-                for s in range(self.n_states)]
+        return [
+            cap.all_token_cloud(s, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
+            for s in range(self.n_states)
+        ]
 
     def n_cloud_tokens(self) -> int:
         c = self.calibration
@@ -83,6 +86,13 @@ class Workspace:
         return cache.entry(kind, {**self.key(), **params}).exists()
 
     def describe(self) -> dict:
-        return {"model": {"source": self.lm.spec.source, "name": self.lm.name, "fingerprint": self.lm.fingerprint,
-                          "dtype": self.lm.spec.dtype},
-                "text": self.text.describe(), "calibration": self.calibration.to_dict()}
+        return {
+            "model": {
+                "source": self.lm.spec.source,
+                "name": self.lm.name,
+                "fingerprint": self.lm.fingerprint,
+                "dtype": self.lm.spec.dtype,
+            },
+            "text": self.text.describe(),
+            "calibration": self.calibration.to_dict(),
+        }

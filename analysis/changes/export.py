@@ -29,8 +29,15 @@ def tensor_bytes(model: nn.Module) -> int:
     return int(total)
 
 
-def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: dict, overwrite: bool = False,
-                      save_fn=None, finish_fn=None) -> Path:
+def export_checkpoint(
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    recipe: dict,
+    overwrite: bool = False,
+    save_fn=None,
+    finish_fn=None,
+) -> Path:
     """Write ``model`` + tokenizer + ``recipe.json`` to ``out_dir`` atomically.
 
     ``save_fn(model, directory)`` replaces ``model.save_pretrained`` (used for factorised checkpoints);
@@ -39,8 +46,9 @@ def export_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path, recipe: 
     """
     from analysis import destinations
 
-    dest = destinations.check(out_dir, overwrite=overwrite, what="export folder",
-                              option="confirm replacing it (--overwrite)")
+    dest = destinations.check(
+        out_dir, overwrite=overwrite, what="export folder", option="confirm replacing it (--overwrite)"
+    )
     check_free_space(dest.path.parent, tensor_bytes(model), "the export")
     with on_disk_full("the export"), destinations.writing(dest, what="export") as tmp:
         if save_fn is None:
@@ -63,13 +71,22 @@ def reference_logits(model: nn.Module, tokenizer, text: str | None = None) -> di
     ``verify_export(out, tokenizer=…, reference=…)`` reloads the folder without two models resident at once."""
     device = input_device(model)
     x = tokenizer(text or REFERENCE_TEXT, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    return {"input_ids": x, "logits": model(input_ids=x.to(device), use_cache=False).logits.float().cpu(),
-            "device": device}
+    return {
+        "input_ids": x,
+        "logits": model(input_ids=x.to(device), use_cache=False).logits.float().cpu(),
+        "device": device,
+    }
 
 
 @torch.no_grad()
-def verify_export(out_dir: str | Path, model: nn.Module | None = None, tokenizer=None, text: str | None = None,
-                  loader=None, reference: dict | None = None) -> dict:
+def verify_export(
+    out_dir: str | Path,
+    model: nn.Module | None = None,
+    tokenizer=None,
+    text: str | None = None,
+    loader=None,
+    reference: dict | None = None,
+) -> dict:
     """Reload ``out_dir`` (plain ``AutoModelForCausalLM`` unless ``loader`` is given) and compare logits with
     ``model``'s, or with ``reference`` (:func:`reference_logits`, taken before the model was freed).
 
@@ -89,9 +106,14 @@ def verify_export(out_dir: str | Path, model: nn.Module | None = None, tokenizer
     same_top1 = bool((a.argmax(-1) == b.argmax(-1)).all())
     blocks = len(find_blocks(reloaded))
     del reloaded
-    return {"max_abs_logit_diff": diff, "relative_diff": diff / scale if scale else diff,
-            "same_top1": same_top1, "blocks": blocks, "tokens": int(x.shape[1]),
-            "ok": same_top1 and diff <= 1e-3 * max(1.0, scale)}
+    return {
+        "max_abs_logit_diff": diff,
+        "relative_diff": diff / scale if scale else diff,
+        "same_top1": same_top1,
+        "blocks": blocks,
+        "tokens": int(x.shape[1]),
+        "ok": same_top1 and diff <= 1e-3 * max(1.0, scale),
+    }
 
 
 @torch.no_grad()
@@ -102,8 +124,9 @@ def verify_gguf(folder: str | Path, gguf_file: str, model: nn.Module, tokenizer,
     from transformers import AutoModelForCausalLM
 
     device = input_device(model)
-    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, trust_remote_code=False,
-                                                    dtype=torch.float32)
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=gguf_file, trust_remote_code=False, dtype=torch.float32
+    )
     reloaded.to(device).eval()
     if text is None:  # 256 tokens of a bundled held-out text: enough positions for a stable agreement
         ids = token_ids(tokenizer, bundled_text("asyoulik"))[:256]
@@ -113,8 +136,11 @@ def verify_gguf(folder: str | Path, gguf_file: str, model: nn.Module, tokenizer,
     a = model(input_ids=x, use_cache=False).logits.float()
     b = reloaded(input_ids=x, use_cache=False).logits.float()
     del reloaded
-    return {"top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
-            "max_abs_logit_diff": float((a - b).abs().max()), "tokens": int(x.shape[1])}
+    return {
+        "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+        "max_abs_logit_diff": float((a - b).abs().max()),
+        "tokens": int(x.shape[1]),
+    }
 
 
 def read_recipe(out_dir: str | Path) -> dict:

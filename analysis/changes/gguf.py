@@ -128,6 +128,7 @@ def supported_families() -> dict[str, str]:
 
 # --- reading a folder without loading the model ---------------------------------------------------------------
 
+
 def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -234,15 +235,17 @@ def vllm_config_problems(folder: str | Path) -> list[str]:
 
     archs = raw_top.get("architectures")
     if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
-        problems.append('"architectures" is not set: vLLM picks the model class from it '
-                        '(e.g. ["LlamaForCausalLM"])')
+        problems.append('"architectures" is not set: vLLM picks the model class from it (e.g. ["LlamaForCausalLM"])')
     elif model_type in _FAMILIES and archs[0] not in _FAMILIES[model_type].classes:
-        problems.append(f'"architectures" is {archs} but model_type {model_type!r} is '
-                        f'{" or ".join(_FAMILIES[model_type].classes)}')
+        problems.append(
+            f'"architectures" is {archs} but model_type {model_type!r} is {" or ".join(_FAMILIES[model_type].classes)}'
+        )
     for key, what in ((FACTORISED_KEY, "factorised matrices"), (LINEAR_BLOCKS_KEY, "linear blocks")):
         if raw_top.get(key):
-            problems.append(f'"{key}" records {what}: vLLM (like plain transformers) builds ordinary layers and '
-                            "would not load them; export the dense form")
+            problems.append(
+                f'"{key}" records {what}: vLLM (like plain transformers) builds ordinary layers and '
+                "would not load them; export the dense form"
+            )
 
     try:
         shapes = {n: s for n, (s, _, _) in _weight_shapes(folder).items()}
@@ -260,12 +263,16 @@ def vllm_config_problems(folder: str | Path) -> list[str]:
         n_layers = None
     elif found and found != set(range(n_layers)):
         if found == set(range(len(found))):
-            problems.append(f"num_hidden_layers is {n_layers} but the weights hold {len(found)} decoder layers "
-                            f"(model.layers.0..{len(found) - 1})")
+            problems.append(
+                f"num_hidden_layers is {n_layers} but the weights hold {len(found)} decoder layers "
+                f"(model.layers.0..{len(found) - 1})"
+            )
         else:
             missing = sorted(set(range(max(found) + 1)) - found)
-            problems.append(f"the weights' decoder layers are not numbered 0..n-1 (missing {missing[:8]}); "
-                            f"num_hidden_layers is {n_layers}")
+            problems.append(
+                f"the weights' decoder layers are not numbered 0..n-1 (missing {missing[:8]}); "
+                f"num_hidden_layers is {n_layers}"
+            )
 
     layer_types = raw.get("layer_types")
     if n_layers is not None:
@@ -287,17 +294,21 @@ def vllm_config_problems(folder: str | Path) -> list[str]:
                 problems.append(f"layer_types has sliding layers but sliding_window is {window!r}")
         pattern = raw.get("sliding_window_pattern")  # Gemma 2/3 hub configs carry it beside layer_types
         if model_type in ("gemma3_text", "gemma3", "gemma2") and isinstance(pattern, int) and pattern > 0:
-            implied = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                       for i in range(len(layer_types))]
+            implied = [
+                "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(len(layer_types))
+            ]
             if implied != list(layer_types):
-                problems.append(f"sliding_window_pattern {pattern} and layer_types disagree (loaders that read the "
-                                "pattern would give other layers full attention); drop sliding_window_pattern")
+                problems.append(
+                    f"sliding_window_pattern {pattern} and layer_types disagree (loaders that read the "
+                    "pattern would give other layers full attention); drop sliding_window_pattern"
+                )
         if raw.get("use_sliding_window") and isinstance(raw.get("max_window_layers"), int):
             mwl = raw["max_window_layers"]
             implied = ["sliding_attention" if i >= mwl else "full_attention" for i in range(len(layer_types))]
             if implied != list(layer_types):
-                problems.append(f"use_sliding_window with max_window_layers {mwl} implies other layer_types than "
-                                "the ones listed")
+                problems.append(
+                    f"use_sliding_window with max_window_layers {mwl} implies other layer_types than the ones listed"
+                )
     if raw.get("use_sliding_window") and not (isinstance(raw.get("sliding_window"), int) and raw["sliding_window"] > 0):
         problems.append(f"use_sliding_window is true but sliding_window is {raw.get('sliding_window')!r}")
 
@@ -310,11 +321,15 @@ def vllm_config_problems(folder: str | Path) -> list[str]:
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     has_head = "lm_head.weight" in shapes
     if tied and has_head:
-        problems.append("tie_word_embeddings is true but the weights hold lm_head.weight: vLLM ties the head to the "
-                        "embedding and ignores it; set tie_word_embeddings false or drop lm_head.weight")
+        problems.append(
+            "tie_word_embeddings is true but the weights hold lm_head.weight: vLLM ties the head to the "
+            "embedding and ignores it; set tie_word_embeddings false or drop lm_head.weight"
+        )
     elif not tied and not has_head:
-        problems.append("tie_word_embeddings is false but the weights hold no lm_head.weight: vLLM would have no "
-                        "output head; set tie_word_embeddings true")
+        problems.append(
+            "tie_word_embeddings is false but the weights hold no lm_head.weight: vLLM would have no "
+            "output head; set tie_word_embeddings true"
+        )
     problems += _shape_problems(cfg, shapes)
     return problems
 
@@ -332,9 +347,13 @@ def _shape_problems(cfg, shapes: dict[str, tuple[int, ...]]) -> list[str]:
         return out
     kv = kv or heads
     hd = _head_dim(cfg)
-    expected = {"self_attn.q_proj.weight": heads * hd, "self_attn.k_proj.weight": kv * hd,
-                "self_attn.v_proj.weight": kv * hd, "mlp.gate_proj.weight": getattr(cfg, "intermediate_size", None),
-                "mlp.up_proj.weight": getattr(cfg, "intermediate_size", None)}
+    expected = {
+        "self_attn.q_proj.weight": heads * hd,
+        "self_attn.k_proj.weight": kv * hd,
+        "self_attn.v_proj.weight": kv * hd,
+        "mlp.gate_proj.weight": getattr(cfg, "intermediate_size", None),
+        "mlp.up_proj.weight": getattr(cfg, "intermediate_size", None),
+    }
     for suffix, rows in expected.items():
         for i in sorted(_layer_indices(shapes)):
             s = shapes.get(f"model.layers.{i}.{suffix}")
@@ -345,6 +364,7 @@ def _shape_problems(cfg, shapes: dict[str, tuple[int, ...]]) -> list[str]:
 
 
 # --- checks before export -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ExportPlan:
@@ -384,15 +404,18 @@ def _export_problems(folder: Path, qtype: str) -> ExportPlan | list[str]:
     except GGUFExportError as exc:
         return [str(exc)]
     if raw.get(FACTORISED_KEY):
-        return ["it holds factorised matrices (config.json records layerscope_factorised), which llama.cpp cannot "
-                "run as such; export the dense form (save_checkpoint(..., form='dense')) and convert that"]
+        return [
+            "it holds factorised matrices (config.json records layerscope_factorised), which llama.cpp cannot "
+            "run as such; export the dense form (save_checkpoint(..., form='dense')) and convert that"
+        ]
     if raw.get(LINEAR_BLOCKS_KEY):
-        return ["it holds linear blocks (config.json records layerscope_linear_blocks), which have no llama.cpp "
-                "form (a linear map is not a decoder layer)"]
+        return [
+            "it holds linear blocks (config.json records layerscope_linear_blocks), which have no llama.cpp "
+            "form (a linear map is not a decoder layer)"
+        ]
     model_type = raw.get("model_type")
     if model_type not in _FAMILIES:
-        return [f"model_type {model_type!r} is not one this exporter writes "
-                f"({', '.join(sorted(_FAMILIES))})"]
+        return [f"model_type {model_type!r} is not one this exporter writes ({', '.join(sorted(_FAMILIES))})"]
     family = _FAMILIES[model_type]
     if raw.get("quantization_config"):
         return ["config.json has a quantization_config: export from a plain (de-quantised) checkpoint"]
@@ -410,14 +433,19 @@ def _export_problems(folder: Path, qtype: str) -> ExportPlan | list[str]:
     problems = [p for p in vllm_config_problems(folder) if not p.startswith('"architectures"')]
     rope = _rope(cfg)
     if rope["rope_type"] not in ("default", "linear", "llama3") or (
-            rope["rope_type"] == "llama3" and not family.permute_qk):
-        problems.append(f"its rope scaling {rope['rope_type']!r} is not one this exporter writes "
-                        "(default, linear, and llama3 for Llama)")
+        rope["rope_type"] == "llama3" and not family.permute_qk
+    ):
+        problems.append(
+            f"its rope scaling {rope['rope_type']!r} is not one this exporter writes "
+            "(default, linear, and llama3 for Llama)"
+        )
     if model_type == "gemma3_text":
         problems += _gemma3_problems(cfg)
     elif "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
-        problems.append(f"it has sliding-window layers, but llama.cpp's {supported_families()[model_type]} runs "
-                        "every layer with full attention")
+        problems.append(
+            f"it has sliding-window layers, but llama.cpp's {supported_families()[model_type]} runs "
+            "every layer with full attention"
+        )
     try:
         tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         _tokenizer_kind(tokenizer)
@@ -425,8 +453,9 @@ def _export_problems(folder: Path, qtype: str) -> ExportPlan | list[str]:
         if n_tokens > int(cfg.vocab_size):
             problems.append(f"its tokenizer has {n_tokens} tokens but the embedding only {cfg.vocab_size} rows")
     except (OSError, ValueError) as exc:
-        problems.append(f"its tokenizer.json cannot be read: {exc}" if not isinstance(exc, GGUFExportError)
-                        else str(exc))
+        problems.append(
+            f"its tokenizer.json cannot be read: {exc}" if not isinstance(exc, GGUFExportError) else str(exc)
+        )
         tokenizer = {}
     if problems:
         return problems
@@ -445,19 +474,25 @@ def _gemma3_problems(cfg) -> list[str]:
     layer_types = list(getattr(cfg, "layer_types", None) or expected)
     if layer_types != expected:
         full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
-        out.append(f"its attention layout (full attention in layers {full}) is not the one llama.cpp hard-codes "
-                   f"for Gemma 3 (full attention in every sixth layer: {[i for i in range(5, n, 6)]}); removing "
-                   "blocks from the middle shifts the pattern, and llama.cpp would run the wrong attention (and "
-                   "rope base) in those layers")
+        out.append(
+            f"its attention layout (full attention in layers {full}) is not the one llama.cpp hard-codes "
+            f"for Gemma 3 (full attention in every sixth layer: {[i for i in range(5, n, 6)]}); removing "
+            "blocks from the middle shifts the pattern, and llama.cpp would run the wrong attention (and "
+            "rope base) in those layers"
+        )
     local = _rope(cfg, "sliding_attention")
     if local["rope_type"] != "default" or not math.isclose(float(local["rope_theta"]), _GEMMA3_LOCAL_ROPE_BASE):
-        out.append(f"its sliding layers' rope ({local['rope_type']}, base {local['rope_theta']}) differs from the "
-                   f"default with base {_GEMMA3_LOCAL_ROPE_BASE:g} that llama.cpp hard-codes")
+        out.append(
+            f"its sliding layers' rope ({local['rope_type']}, base {local['rope_theta']}) differs from the "
+            f"default with base {_GEMMA3_LOCAL_ROPE_BASE:g} that llama.cpp hard-codes"
+        )
     hd = _head_dim(cfg)
     scale_dim = int(cfg.hidden_size) // int(cfg.num_attention_heads) if n == 62 else hd
     if getattr(cfg, "query_pre_attn_scalar", hd) != scale_dim:
-        out.append(f"query_pre_attn_scalar is {cfg.query_pre_attn_scalar} but llama.cpp scales attention by "
-                   f"1/sqrt({scale_dim}) for a {n}-layer Gemma 3")
+        out.append(
+            f"query_pre_attn_scalar is {cfg.query_pre_attn_scalar} but llama.cpp scales attention by "
+            f"1/sqrt({scale_dim}) for a {n}-layer Gemma 3"
+        )
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(cfg, key, None) is not None:
             out.append(f"{key} is set, which llama.cpp's Gemma 3 does not apply")
@@ -470,17 +505,21 @@ def _gemma3_problems(cfg) -> list[str]:
 
 # --- tokenizer ------------------------------------------------------------------------------------------------
 
+
 def _tokenizer_kind(tj: dict) -> str:
     """``"gpt2"`` (byte-level BPE) or ``"llama"`` (BPE with byte fallback, i.e. SentencePiece), else refuse."""
     model = tj.get("model") or {}
     if model.get("type") != "BPE":
-        raise GGUFExportError(f"its tokenizer is a {model.get('type')} model; this exporter writes byte-level BPE "
-                              "(GPT-2 style) and SentencePiece-style BPE with byte fallback")
+        raise GGUFExportError(
+            f"its tokenizer is a {model.get('type')} model; this exporter writes byte-level BPE "
+            "(GPT-2 style) and SentencePiece-style BPE with byte fallback"
+        )
     if model.get("byte_fallback"):
         return "llama"
     if (tj.get("decoder") or {}).get("type") != "ByteLevel":
-        raise GGUFExportError("its BPE tokenizer is neither byte-level (GPT-2 style) nor byte-fallback "
-                              "(SentencePiece style)")
+        raise GGUFExportError(
+            "its BPE tokenizer is neither byte-level (GPT-2 style) nor byte-fallback (SentencePiece style)"
+        )
     _bpe_pre_name(tj)
     return "gpt2"
 
@@ -506,8 +545,10 @@ def _bpe_pre_name(tj: dict) -> str:
                 return preferred
         if names:
             return names[0]
-    raise GGUFExportError(f"its byte-level BPE splits text in a way this exporter has no llama.cpp name for "
-                          f"(pre-tokenizer {kinds}); llama.cpp would tokenize differently")
+    raise GGUFExportError(
+        f"its byte-level BPE splits text in a way this exporter has no llama.cpp name for "
+        f"(pre-tokenizer {kinds}); llama.cpp would tokenize differently"
+    )
 
 
 def _tokenizer_size(tj: dict) -> int:
@@ -576,8 +617,9 @@ def _adds_space_prefix(tj: dict) -> bool:
         if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
             return True
     for node in walk(tj.get("pre_tokenizer")):
-        if node.get("type") == "Metaspace" and (node.get("prepend_scheme") in ("first", "always")
-                                                or node.get("add_prefix_space")):
+        if node.get("type") == "Metaspace" and (
+            node.get("prepend_scheme") in ("first", "always") or node.get("add_prefix_space")
+        ):
             return True
     return False
 
@@ -611,12 +653,15 @@ def _added_specials(tj: dict) -> dict[str, bool]:
             return {"bos": True, "eos": True}
         if p.get("type") == "TemplateProcessing":
             single = p.get("single") or []
-            return {"bos": bool(single) and "SpecialToken" in single[0],
-                    "eos": len(single) > 1 and "SpecialToken" in single[-1]}
+            return {
+                "bos": bool(single) and "SpecialToken" in single[0],
+                "eos": len(single) > 1 and "SpecialToken" in single[-1],
+            }
     return {"bos": False, "eos": False}
 
 
 # --- tensors --------------------------------------------------------------------------------------------------
+
 
 def _permute_for_llama_rope(w, n_head: int):
     """Hugging Face's rotate-half row order → the interleaved pairs llama.cpp's ``llama`` rope expects.
@@ -637,8 +682,9 @@ def _llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     wavelen = 2 * math.pi / freqs
     smooth = (old_ctx / wavelen - low) / (high - low)
-    factors = np.where(wavelen < old_ctx / high, 1.0,
-                       np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    factors = np.where(
+        wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth))
+    )
     return factors.astype(np.float32)
 
 
@@ -665,8 +711,10 @@ def _tensor_plan(plan: ExportPlan, qtype: str) -> list[tuple[str, str, tuple[int
             continue  # llama.cpp uses token_embd for the head when there is no output.weight
         name = name_map.get_name(hf, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise GGUFExportError(f"the weight {hf} has no GGUF name in llama.cpp's "
-                                  f"{gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, plan.family.arch)]}")
+            raise GGUFExportError(
+                f"the weight {hf} has no GGUF name in llama.cpp's "
+                f"{gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, plan.family.arch)]}"
+            )
         if len(shape) < 2:
             ttype = gguf.GGMLQuantizationType.F32
         else:
@@ -677,8 +725,14 @@ def _tensor_plan(plan: ExportPlan, qtype: str) -> list[tuple[str, str, tuple[int
         rows.append((hf, name, shape, ttype))
     rope = _rope(cfg)
     if rope["rope_type"] == "llama3":
-        rows.append(("<rope_freqs>", gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
-                     (_head_dim(cfg) // 2,), gguf.GGMLQuantizationType.F32))
+        rows.append(
+            (
+                "<rope_freqs>",
+                gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                (_head_dim(cfg) // 2,),
+                gguf.GGMLQuantizationType.F32,
+            )
+        )
     return rows
 
 
@@ -714,6 +768,7 @@ def _encode(w: np.ndarray, ttype) -> np.ndarray:
 
 
 # --- writing --------------------------------------------------------------------------------------------------
+
 
 def write_gguf(folder: str | Path, out_file: str | Path, qtype: str = "f16", name: str | None = None) -> Path:
     """Write the checkpoint in ``folder`` as one GGUF file ``out_file`` (``qtype`` in :data:`SUPPORTED_QTYPES`).

@@ -78,14 +78,39 @@ SCHEDULES = ("constant", "cosine")
 SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine"}
 HEADS = ("tied", "untie", "freeze")
 TARGETS = ("all", "attn", "mlp")
-LABELS = {"lora": "LoRA", "partial": "partial fine-tuning", "ce": "cross-entropy", "kd": "distillation (KL)",
-          "mix": "CE + KL mix"}
+LABELS = {
+    "lora": "LoRA",
+    "partial": "partial fine-tuning",
+    "ce": "cross-entropy",
+    "kd": "distillation (KL)",
+    "mix": "CE + KL mix",
+}
 DEFAULT_LR = {"lora": 1e-3, "partial": 1e-4}
 RECORD = "layerscope_healing"
 ADAPTER = "layerscope_adapter"
-HEAL_KEYS = {"method", "loss", "mix", "steps", "lr", "schedule", "warmup", "batch_size", "window_len", "windows",
-             "seed", "rank", "alpha", "targets", "adapt_truncated", "adapt_linear_blocks", "blocks", "head",
-             "max_grad_norm", "text", "held_out"}
+HEAL_KEYS = {
+    "method",
+    "loss",
+    "mix",
+    "steps",
+    "lr",
+    "schedule",
+    "warmup",
+    "batch_size",
+    "window_len",
+    "windows",
+    "seed",
+    "rank",
+    "alpha",
+    "targets",
+    "adapt_truncated",
+    "adapt_linear_blocks",
+    "blocks",
+    "head",
+    "max_grad_norm",
+    "text",
+    "held_out",
+}
 
 
 class HealingError(InputError):
@@ -133,8 +158,11 @@ class HealSpec:
             raise HealingError(f"unknown heal key(s) {', '.join(unknown)}; known: {', '.join(sorted(HEAL_KEYS))}")
         d = cls()
         if isinstance(value.get("text"), str):
-            value["text"] = {"name": value["text"], "source": "bundled" if value["text"] in BUNDLED else "file",
-                             **({} if value["text"] in BUNDLED else {"path": value["text"]})}
+            value["text"] = {
+                "name": value["text"],
+                "source": "bundled" if value["text"] in BUNDLED else "file",
+                **({} if value["text"] in BUNDLED else {"path": value["text"]}),
+            }
         spec = replace(d, **value)
         spec.validate()
         return spec
@@ -153,8 +181,12 @@ class HealSpec:
         for name in ("steps", "batch_size", "rank", "blocks"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) != v or v < 1:
-                what = {"steps": "the number of steps", "batch_size": "the batch size", "rank": "the LoRA rank",
-                        "blocks": "the number of trained blocks"}[name]
+                what = {
+                    "steps": "the number of steps",
+                    "batch_size": "the batch size",
+                    "rank": "the LoRA rank",
+                    "blocks": "the number of trained blocks",
+                }[name]
                 raise HealingError(f"{what} must be a positive whole number, got {v!r}")
         if isinstance(self.window_len, bool) or int(self.window_len) != self.window_len or self.window_len < 2:
             raise HealingError(f"the window length must be at least 2 tokens, got {self.window_len!r}")
@@ -211,11 +243,14 @@ def healing_text(spec: HealSpec, given: Text | None = None) -> Text:
     elif ref.get("path") and Path(ref["path"]).is_file():
         text = text_from_bytes(Path(ref["path"]).read_bytes(), name=Path(ref["path"]).name)
     else:
-        raise HealingError(f"the healing text {ref.get('name')!r} was uploaded or pasted: give its file as "
-                           "'path' in the heal action (or choose a bundled text)")
+        raise HealingError(
+            f"the healing text {ref.get('name')!r} was uploaded or pasted: give its file as "
+            "'path' in the heal action (or choose a bundled text)"
+        )
     if ref.get("sha256") and ref["sha256"] != text.sha256:
-        raise HealingError(f"the healing text {ref.get('name')!r} differs from the one recorded "
-                           f"(sha256 {ref['sha256'][:12]}…)")
+        raise HealingError(
+            f"the healing text {ref.get('name')!r} differs from the one recorded (sha256 {ref['sha256'][:12]}…)"
+        )
     return text
 
 
@@ -227,8 +262,10 @@ def check_texts(heal: Text | dict, held_out: Text | dict | None) -> None:
     b = held_out.sha256 if isinstance(held_out, Text) else held_out.get("sha256")
     name = held_out.label if isinstance(held_out, Text) else held_out.get("name")
     if a and b and a == b:
-        raise HealingError(f"the healing text is the evaluation text ({name}): heal on another text, or the "
-                           "held-out perplexity would measure memorisation")
+        raise HealingError(
+            f"the healing text is the evaluation text ({name}): heal on another text, or the "
+            "held-out perplexity would measure memorisation"
+        )
 
 
 #: float32 bytes kept per token and block for the backward pass, in units of the width: Korthikanti et al.'s
@@ -236,8 +273,15 @@ def check_texts(heal: Text | dict, held_out: Text | dict | None) -> None:
 ACTIVATION_BYTES_PER_WIDTH = 68
 
 
-def training_memory_bytes(n_layers: int, width: int, vocab: int, batch_size: int, window_len: int,
-                          teacher: bool = True, intermediate: int | None = None) -> dict:
+def training_memory_bytes(
+    n_layers: int,
+    width: int,
+    vocab: int,
+    batch_size: int,
+    window_len: int,
+    teacher: bool = True,
+    intermediate: int | None = None,
+) -> dict:
     """A rough upper estimate of one healing step's memory beyond the weights (refused before training when over
     the budget): activations kept for the backward pass (68·d bytes per token and block in float32, plus the
     MLP's wider activations), and the logits: the student's, their gradient and log-softmax, and the teacher's
@@ -247,8 +291,7 @@ def training_memory_bytes(n_layers: int, width: int, vocab: int, batch_size: int
     mlp = 3 * 4 * int(intermediate or 4 * width)  # gate, up and activation outputs, float32
     per_token = int(n_layers) * (ACTIVATION_BYTES_PER_WIDTH * int(width) + mlp) + int(vocab) * 4 * (5 if teacher else 3)
     fixed = 0
-    return {"bytes": fixed + tokens * per_token, "per_token_bytes": per_token, "fixed_bytes": fixed,
-            "tokens": tokens}
+    return {"bytes": fixed + tokens * per_token, "per_token_bytes": per_token, "fixed_bytes": fixed, "tokens": tokens}
 
 
 def training_windows(tokenizer, text: Text, spec: HealSpec) -> np.ndarray:
@@ -259,10 +302,12 @@ def training_windows(tokenizer, text: Text, spec: HealSpec) -> np.ndarray:
     if spec.windows is not None:
         n = min(n, int(spec.windows))
     if n < spec.batch_size:
-        raise HealingError(f"the healing text {text.label} has {ids.size:,} tokens: one batch of {spec.batch_size} "
-                           f"windows of {spec.window_len} tokens needs {spec.batch_size * spec.window_len:,}. Use "
-                           "a longer text, shorter windows or a smaller batch.")
-    return ids[:n * spec.window_len].reshape(n, spec.window_len)
+        raise HealingError(
+            f"the healing text {text.label} has {ids.size:,} tokens: one batch of {spec.batch_size} "
+            f"windows of {spec.window_len} tokens needs {spec.batch_size * spec.window_len:,}. Use "
+            "a longer text, shorter windows or a smaller batch."
+        )
+    return ids[: n * spec.window_len].reshape(n, spec.window_len)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -316,20 +361,27 @@ def lora_targets(model: nn.Module, spec: HealSpec) -> tuple[list[str], dict[str,
     """``(qualified names to adapt, {kind: count frozen})`` under the spec's target options."""
     chosen, frozen = [], {}
     for c in lora_candidates(model, spec.targets):
-        ok = c["kind"] == "plain" or (c["kind"] == "truncated" and spec.adapt_truncated) or \
-            (c["kind"] == "linear_block" and spec.adapt_linear_blocks)
+        ok = (
+            c["kind"] == "plain"
+            or (c["kind"] == "truncated" and spec.adapt_truncated)
+            or (c["kind"] == "linear_block" and spec.adapt_linear_blocks)
+        )
         if ok:
             chosen.append(c)
         else:
             frozen[c["kind"]] = frozen.get(c["kind"], 0) + 1
     if not chosen:
-        raise HealingError("no matrix to adapt: every chosen projection is truncated or a linear block; allow "
-                           "adapting them, or choose partial fine-tuning")
+        raise HealingError(
+            "no matrix to adapt: every chosen projection is truncated or a linear block; allow "
+            "adapting them, or choose partial fine-tuning"
+        )
     bad = [c for c in chosen if spec.rank > min(c["shape"])]
     if bad:
         c = bad[0]
-        raise HealingError(f"LoRA rank {spec.rank} is larger than the matrix {c['name']} allows "
-                           f"({c['shape'][0]}×{c['shape'][1]}: at most {min(c['shape'])})")
+        raise HealingError(
+            f"LoRA rank {spec.rank} is larger than the matrix {c['name']} allows "
+            f"({c['shape'][0]}×{c['shape'][1]}: at most {min(c['shape'])})"
+        )
     return [c["name"] for c in chosen], frozen
 
 
@@ -378,8 +430,13 @@ class _Trainee:
         spec = self.spec
         work = _frozen_copy(model)
         names, frozen = lora_targets(work, spec)
-        config = LoraConfig(r=int(spec.rank), lora_alpha=float(spec.alpha), lora_dropout=0.0, bias="none",
-                            target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$")
+        config = LoraConfig(
+            r=int(spec.rank),
+            lora_alpha=float(spec.alpha),
+            lora_dropout=0.0,
+            bias="none",
+            target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",
+        )
         torch.manual_seed(spec.seed)
         import warnings
 
@@ -411,10 +468,15 @@ class _Trainee:
             for mod in layers[b].modules():
                 mod.__dict__.pop(RANK_ATTR, None)
         self.model = work
-        head_note = ("frozen" if spec.head == "freeze" else
-                     "untied: its own trained copy, the embeddings frozen" if untie else
-                     "tied to the input embeddings: the shared matrix is trained from its head use" if tied else
-                     "trained")
+        head_note = (
+            "frozen"
+            if spec.head == "freeze"
+            else "untied: its own trained copy, the embeddings frozen"
+            if untie
+            else "tied to the input embeddings: the shared matrix is trained from its head use"
+            if tied
+            else "trained"
+        )
         self.info.update(blocks=blocks, head=head_note, tied=tied, parameters=names if len(names) < 60 else None)
 
     def remove_hooks(self) -> None:
@@ -469,14 +531,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: HealSpec):
     :func:`warmup_steps` steps, then constant or cosine decay to 0 at ``spec.steps``."""
     from transformers import get_scheduler
 
-    return get_scheduler(SCHEDULERS[spec.schedule], optimizer, num_warmup_steps=warmup_steps(spec),
-                         num_training_steps=int(spec.steps))
+    return get_scheduler(
+        SCHEDULERS[spec.schedule], optimizer, num_warmup_steps=warmup_steps(spec), num_training_steps=int(spec.steps)
+    )
 
 
 def schedule_record(spec: HealSpec) -> dict:
     """What the recipe records about the schedule."""
-    return {"scheduler": SCHEDULERS[spec.schedule], "source": "transformers.get_scheduler",
-            "warmup_steps": warmup_steps(spec), "training_steps": int(spec.steps)}
+    return {
+        "scheduler": SCHEDULERS[spec.schedule],
+        "source": "transformers.get_scheduler",
+        "warmup_steps": warmup_steps(spec),
+        "training_steps": int(spec.steps),
+    }
 
 
 def learning_rate_at(step: int, spec: HealSpec) -> float:
@@ -494,8 +561,9 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(input_ids=x, use_cache=False).logits
 
 
-def heal_loss(logits: torch.Tensor, x: torch.Tensor, teacher_logits: torch.Tensor | None, kind: str,
-              mix: float = 0.5) -> tuple[torch.Tensor, dict]:
+def heal_loss(
+    logits: torch.Tensor, x: torch.Tensor, teacher_logits: torch.Tensor | None, kind: str, mix: float = 0.5
+) -> tuple[torch.Tensor, dict]:
     """``(loss, {"ce", "kl"})``: next-token CE of ``x`` and ``KL(teacher ‖ model)`` per token (nats)."""
     lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     ce = -lp.gather(-1, x[:, 1:, None]).mean()
@@ -518,7 +586,7 @@ class _Batches:
     def next(self) -> torch.Tensor:
         if len(self.order) < self.b:
             self.order = list(self.rng.permutation(len(self.windows)))
-        take, self.order = self.order[:self.b], self.order[self.b:]
+        take, self.order = self.order[: self.b], self.order[self.b :]
         return torch.as_tensor(self.windows[sorted(take)], device=self.device)
 
 
@@ -533,9 +601,15 @@ def adamw(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
 
 
-def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, steps: int,
-           progress: Progress | None = None, on_step: Callable[[dict], None] | None = None,
-           label: str = "healing") -> list[dict]:
+def _train(
+    trainee: _Trainee,
+    windows: np.ndarray,
+    teacher: nn.Module | None,
+    steps: int,
+    progress: Progress | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    label: str = "healing",
+) -> list[dict]:
     spec = trainee.spec
     device = next(iter(trainee.params)).device if trainee.params else torch.device("cpu")
     if not trainee.params:
@@ -559,8 +633,10 @@ def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, st
         loss, parts = heal_loss(_logits(trainee.model, x), x, t_logits, spec.loss, spec.mix)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise HealingError(f"the healing loss became {value} at step {step + 1}: the run was stopped and nothing "
-                               "kept (lower the learning rate)")
+            raise HealingError(
+                f"the healing loss became {value} at step {step + 1}: the run was stopped and nothing "
+                "kept (lower the learning rate)"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if spec.max_grad_norm:
@@ -576,9 +652,15 @@ def _train(trainee: _Trainee, windows: np.ndarray, teacher: nn.Module | None, st
     return curve
 
 
-def heal_model(model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: nn.Module | None = None,
-               progress: Progress | None = None, on_step: Callable[[dict], None] | None = None,
-               text: Text | None = None) -> nn.Module:
+def heal_model(
+    model: nn.Module,
+    spec: HealSpec,
+    windows: np.ndarray,
+    teacher: nn.Module | None = None,
+    progress: Progress | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    text: Text | None = None,
+) -> nn.Module:
     """A healed copy of ``model`` (never changed, nor is ``teacher``), with the record of the run on it."""
     spec.validate()
     t0 = time.perf_counter()
@@ -592,18 +674,28 @@ def heal_model(model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: n
     if text is not None:
         value["text"] = {**text_ref(text), **({"path": spec.text["path"]} if spec.text.get("path") else {})}
     healed.__dict__[RECORD] = {
-        "settings": value, "method": spec.method, "loss": spec.loss, "schedule": schedule_record(spec),
+        "settings": value,
+        "method": spec.method,
+        "loss": spec.loss,
+        "schedule": schedule_record(spec),
         **trainee.info,
-        "text": {**value["text"], "windows": int(len(windows)), "window_len": int(windows.shape[1]),
-                 "tokens_seen": int(spec.steps * spec.batch_size * windows.shape[1])},
-        "curve": curve, "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],
+        "text": {
+            **value["text"],
+            "windows": int(len(windows)),
+            "window_len": int(windows.shape[1]),
+            "tokens_seen": int(spec.steps * spec.batch_size * windows.shape[1]),
+        },
+        "curve": curve,
+        "first_loss": curve[0]["loss"],
+        "final_loss": curve[-1]["loss"],
         "seconds": time.perf_counter() - t0,
     }
     return healed
 
 
-def estimate(model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: nn.Module | None = None,
-             probe_steps: int = 2) -> dict:
+def estimate(
+    model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: nn.Module | None = None, probe_steps: int = 2
+) -> dict:
     """Time ``probe_steps`` steps (after one warm-up step) on a throw-away training copy: seconds per step and
     the predicted wall time of the whole run."""
     t0 = time.perf_counter()
@@ -616,9 +708,15 @@ def estimate(model: nn.Module, spec: HealSpec, windows: np.ndarray, teacher: nn.
         per_step = (time.perf_counter() - t1) / probe_steps
     finally:
         trainee.remove_hooks()
-    return {"seconds_per_step": per_step, "setup_seconds": setup, "steps": spec.steps,
-            "total_seconds": setup + per_step * spec.steps, "trainable_parameters": trainee.info["trainable_parameters"],
-            "tokens_per_step": spec.batch_size * spec.window_len, "probe_steps": probe_steps}
+    return {
+        "seconds_per_step": per_step,
+        "setup_seconds": setup,
+        "steps": spec.steps,
+        "total_seconds": setup + per_step * spec.steps,
+        "trainable_parameters": trainee.info["trainable_parameters"],
+        "tokens_per_step": spec.batch_size * spec.window_len,
+        "probe_steps": probe_steps,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -645,10 +743,20 @@ def gap_closed(ppl_original: float, ppl_cut: float, ppl_healed: float) -> float 
     return (ppl_cut - ppl_healed) / gap
 
 
-def record_gap(model: nn.Module, recipe: dict | None, ppl_original: float, ppl_cut: float, ppl_healed: float,
-               settings: dict | None = None) -> dict:
-    gap = {"perplexity_original": ppl_original, "perplexity_cut": ppl_cut, "perplexity_healed": ppl_healed,
-           "gap_closed": gap_closed(ppl_original, ppl_cut, ppl_healed)}
+def record_gap(
+    model: nn.Module,
+    recipe: dict | None,
+    ppl_original: float,
+    ppl_cut: float,
+    ppl_healed: float,
+    settings: dict | None = None,
+) -> dict:
+    gap = {
+        "perplexity_original": ppl_original,
+        "perplexity_cut": ppl_cut,
+        "perplexity_healed": ppl_healed,
+        "gap_closed": gap_closed(ppl_original, ppl_cut, ppl_healed),
+    }
     if settings:
         gap["evaluation"] = {k: settings.get(k) for k in ("text", "n_tokens", "context", "stride")}
     rec = model.__dict__.get(RECORD)
@@ -700,12 +808,16 @@ def save_adapter(model: nn.Module, directory: str | Path, base: str | None = Non
     config = copy.deepcopy(info["config"])
     config.base_model_name_or_path = base
     config.save_pretrained(str(directory))
-    save_file({k: v.contiguous() for k, v in info["state"].items()}, str(Path(directory) / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in info["state"].items()},
+        str(Path(directory) / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
-def export_adapter(model: nn.Module, out_dir: str | Path, recipe: dict | None = None, overwrite: bool = False,
-                   base: str | None = None) -> Path:
+def export_adapter(
+    model: nn.Module, out_dir: str | Path, recipe: dict | None = None, overwrite: bool = False, base: str | None = None
+) -> Path:
     """The adapter alone in ``out_dir``, written atomically (with ``recipe.json`` when given).
 
     ``out_dir`` goes through :func:`analysis.destinations.check`: a folder LayerScope did not write (the working
@@ -715,8 +827,7 @@ def export_adapter(model: nn.Module, out_dir: str | Path, recipe: dict | None = 
 
     if not has_adapter(model):
         raise HealingError("this variant has no LoRA adapter (it was not healed with LoRA)")
-    dest = destinations.check(out_dir, overwrite=overwrite, what="adapter folder",
-                              option="tick 'Replace the folder'")
+    dest = destinations.check(out_dir, overwrite=overwrite, what="adapter folder", option="tick 'Replace the folder'")
     with destinations.writing(dest, what="adapter") as tmp:
         save_adapter(model, tmp, base)
         if recipe is not None:

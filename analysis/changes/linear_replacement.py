@@ -69,7 +69,6 @@ def replace_value(value) -> tuple[list[int], float]:
     return sorted(blocks), ridge
 
 
-
 def apply_replace_linear(model: nn.Module, value, ws=None, progress: Progress | None = None) -> nn.Module:
     """The registered ``replace_linear`` action: each chosen block becomes a fitted :class:`LinearBlock`."""
     blocks, ridge = replace_value(value)
@@ -79,8 +78,10 @@ def apply_replace_linear(model: nn.Module, value, ws=None, progress: Progress | 
     n = len(layers)
     bad = [b for b in blocks if not 0 <= b < n]
     if bad:
-        raise CompressionError(f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the "
-                               f"model has blocks 0..{n - 1} (0-based)")
+        raise CompressionError(
+            f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the "
+            f"model has blocks 0..{n - 1} (0-based)"
+        )
     if not blocks:
         raise CompressionError("no blocks chosen to replace")
     c = ws.calibration
@@ -91,20 +92,28 @@ def apply_replace_linear(model: nn.Module, value, ws=None, progress: Progress | 
     for i, b in enumerate(blocks):
         with decomposition_threads():
             W, bias, residual = fit_linear_map_from_moments(moments[b], ridge)
-        replace_decoder_layer(model, b, LinearBlock.from_map(W, bias, layer_idx=b, dtype=weight.dtype,
-                                                             device=weight.device))
+        replace_decoder_layer(
+            model, b, LinearBlock.from_map(W, bias, layer_idx=b, dtype=weight.dtype, device=weight.device)
+        )
         residuals[b] = residual
         if progress:
             progress(i + 1, len(blocks), f"block {b} replaced (fit residual {residual:.3f})")
     d = weight.shape[1]
     writable_record(model)["replace_linear"] = {
-        "blocks": blocks, "ridge": ridge, "fit_residual": {str(b): r for b, r in residuals.items()},
-        "calibration": {"text": ws.text.name, "source": ws.text.source, "sha256": ws.text.sha256,
-                        "windows": c.n_windows, "window_len": c.window_len, "tokens": bm.tokens},
+        "blocks": blocks,
+        "ridge": ridge,
+        "fit_residual": {str(b): r for b, r in residuals.items()},
+        "calibration": {
+            "text": ws.text.name,
+            "source": ws.text.source,
+            "sha256": ws.text.sha256,
+            "windows": c.n_windows,
+            "window_len": c.window_len,
+            "tokens": bm.tokens,
+        },
         "parameters_per_block": d * d + d,
     }
     return model
-
 
 
 def describe_replace_linear(value) -> str:

@@ -68,18 +68,31 @@ DESCRIPTIONS = {
     "svd": "plain truncated SVD of W (ignores the data)",
     "asvd": "ASVD (arXiv 2312.05821): SVD of W·diag(mean|x|)^α, then undo the scaling",
     "svd-llm": "SVD-LLM (arXiv 2403.07378): SVD of W·S with S = cholesky(X Xᵀ); the truncated singular values are "
-               "exactly the loss ‖WX − W'X‖_F",
+    "exactly the loss ‖WX − W'X‖_F",
     "nsvd": "NSVD (arXiv 2503.17101): SVD-LLM with k1 = share·k, then a plain SVD of the residual with k − k1. "
-            "No public code: these equations were not verified against the authors'",
+    "No public code: these equations were not verified against the authors'",
 }
 _LIB_METHOD = {"svd": "svd", "asvd": "asvd", "svd-llm": "svd_llm", "nsvd": "nsvd"}
 GROUPS: tuple[str, ...] = ("attn", "mlp", "other")
 FORMS: tuple[str, ...] = ("dense", "factorised")
 STATS_KIND = "lowrank-stats"
 MOMENTS_KIND = "block-moments"
-LOW_RANK_KEYS = {"method", "ratio", "rank", "ranks", "targets", "blocks", "alpha", "k1_share", "damping", "form",
-                 "calibration"}
+LOW_RANK_KEYS = {
+    "method",
+    "ratio",
+    "rank",
+    "ranks",
+    "targets",
+    "blocks",
+    "alpha",
+    "k1_share",
+    "damping",
+    "form",
+    "calibration",
+}
 TOKENS_PER_BATCH = 2048
+
+
 class CompressionError(InputError):
     """A compression request that cannot be carried out (the message says why in the user's terms)."""
 
@@ -108,7 +121,7 @@ def group_of(name: str, model: nn.Module | None = None) -> str:
         prefix, layers = decoder_layers(model)
         head = f"{prefix}." if prefix else ""
         if name.startswith(head):
-            index, _, rel = name[len(head):].partition(".")
+            index, _, rel = name[len(head) :].partition(".")
             if index.isdigit() and int(index) < len(layers) and rel:
                 return block_parts(layers[int(index)]).group_of(rel)
         return "other"
@@ -133,8 +146,9 @@ def block_of(name: str) -> int:
     raise CompressionError(f"{name!r} is not inside a decoder block")
 
 
-def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "mlp",
-                    blocks: Iterable[int] | None = None) -> tuple[list[str], list[int]]:
+def resolve_targets(
+    model: nn.Module, targets: str | Sequence[str] = "mlp", blocks: Iterable[int] | None = None
+) -> tuple[list[str], list[int]]:
     """``(linear names, skipped blocks)``: the linears to truncate, leaving out blocks already replaced by a
     :class:`LinearBlock` (a linear map has no projections to truncate)."""
     _, layers = decoder_layers(model)
@@ -142,8 +156,10 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] = "mlp",
     chosen = list(range(n)) if blocks is None else sorted({int(b) for b in blocks})
     bad = [b for b in chosen if not 0 <= b < n]
     if bad:
-        raise CompressionError(f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the "
-                               f"model has blocks 0..{n - 1} (0-based)")
+        raise CompressionError(
+            f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the "
+            f"model has blocks 0..{n - 1} (0-based)"
+        )
     skipped = [b for b in chosen if isinstance(layers[b], LinearBlock)]
     keep = [b for b in chosen if b not in skipped]
     if not keep:
@@ -186,8 +202,13 @@ def break_even_rank(m: int, n: int) -> float:
     return m * n / (m + n)
 
 
-def plan_ranks(model: nn.Module, names: Sequence[str], ratio: float | None = None, rank: int | None = None,
-               ranks: dict[str, int] | None = None) -> tuple[dict[str, int], list[str]]:
+def plan_ranks(
+    model: nn.Module,
+    names: Sequence[str],
+    ratio: float | None = None,
+    rank: int | None = None,
+    ranks: dict[str, int] | None = None,
+) -> tuple[dict[str, int], list[str]]:
     """``({name: rank}, warnings)`` for a parameter ratio, one explicit rank, or explicit ranks per matrix.
 
     Errors (:class:`CompressionError`) for a ratio outside (0, 1), a rank outside ``[1, min(m, n)]`` or a name
@@ -220,12 +241,15 @@ def plan_ranks(model: nn.Module, names: Sequence[str], ratio: float | None = Non
         try:
             check_rank(m, n, k)
         except ValueError:
-            raise CompressionError(f"rank {k} is impossible for {name} ({m}×{n}): it must lie in "
-                                   f"[1, {min(m, n)}]") from None
+            raise CompressionError(
+                f"rank {k} is impossible for {name} ({m}×{n}): it must lie in [1, {min(m, n)}]"
+            ) from None
         plan[name] = int(k)
         if not saves_parameters(m, n, int(k)):
-            warnings.append(f"rank {k} of {name} ({m}×{n}) saves no parameters: stored factorised it takes "
-                            f"{int(k) * (m + n):,} instead of {m * n:,} (break-even rank {break_even_rank(m, n):.1f})")
+            warnings.append(
+                f"rank {k} of {name} ({m}×{n}) saves no parameters: stored factorised it takes "
+                f"{int(k) * (m + n):,} instead of {m * n:,} (break-even rank {break_even_rank(m, n):.1f})"
+            )
     extra = sorted(set(ranks or {}) - set(plan))
     if extra:
         raise CompressionError(f"ranks given for matrices that are not targets: {', '.join(extra)}")
@@ -237,10 +261,19 @@ def matrix_rows(model: nn.Module, plan: dict[str, int]) -> list[dict]:
     rows = []
     for name, k in plan.items():
         m, n = linear_shape(model, name)
-        rows.append({"matrix": name, "block": block_of(name), "shape": f"{m}×{n}", "rank": k,
-                     "full rank": min(m, n), "break-even rank": round(break_even_rank(m, n), 1),
-                     "parameters before": m * n, "parameters after (factorised)": k * (m + n),
-                     "saved": 1.0 - k * (m + n) / (m * n)})
+        rows.append(
+            {
+                "matrix": name,
+                "block": block_of(name),
+                "shape": f"{m}×{n}",
+                "rank": k,
+                "full rank": min(m, n),
+                "break-even rank": round(break_even_rank(m, n), 1),
+                "parameters before": m * n,
+                "parameters after (factorised)": k * (m + n),
+                "saved": 1.0 - k * (m + n) / (m * n),
+            }
+        )
     return rows
 
 
@@ -252,13 +285,20 @@ def matrix_rows(model: nn.Module, plan: dict[str, int]) -> list[dict]:
 def _batches(lm: LoadedModel, text: Text, n_windows: int, window_len: int) -> list[torch.Tensor]:
     windows = calibration_windows(lm.tokenizer, text, n_windows, window_len)
     size = max(1, TOKENS_PER_BATCH // max(1, window_len))
-    return [torch.as_tensor(windows[i:i + size]) for i in range(0, len(windows), size)]
+    return [torch.as_tensor(windows[i : i + size]) for i in range(0, len(windows), size)]
 
 
-def stats_params(lm: LoadedModel, text: Text, n_windows: int, window_len: int, group: str,
-                 blocks: Sequence[int] | None) -> dict:
-    return {"model": lm.fingerprint, "text": text.sha256, "windows": int(n_windows), "window_len": int(window_len),
-            "group": group, "blocks": "all" if blocks is None else sorted(int(b) for b in blocks)}
+def stats_params(
+    lm: LoadedModel, text: Text, n_windows: int, window_len: int, group: str, blocks: Sequence[int] | None
+) -> dict:
+    return {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "windows": int(n_windows),
+        "window_len": int(window_len),
+        "group": group,
+        "blocks": "all" if blocks is None else sorted(int(b) for b in blocks),
+    }
 
 
 def _group_names(model: nn.Module, group: str, blocks: Sequence[int] | None) -> list[str]:
@@ -300,8 +340,11 @@ def _write_stats(e: cache.Entry, stats: CalibrationStats, names: list[str], seco
         arrays[f"s{i}_abs"] = site.abs_sum.cpu().numpy()
         sites.append(members)
         tokens.append(site.n_tokens)
-    cache.write_entry(e, arrays, {"sites": sites, "n_tokens": tokens, "seconds": seconds,
-                                  "bytes": int(sum(a.nbytes for a in arrays.values()))})
+    cache.write_entry(
+        e,
+        arrays,
+        {"sites": sites, "n_tokens": tokens, "seconds": seconds, "bytes": int(sum(a.nbytes for a in arrays.values()))},
+    )
 
 
 def _merge(into: CalibrationStats, other: CalibrationStats) -> None:
@@ -317,20 +360,35 @@ def _merge(into: CalibrationStats, other: CalibrationStats) -> None:
         site.n_tokens = other[name].n_tokens
 
 
-def stats_cached(lm: LoadedModel, text: Text, n_windows: int, window_len: int, groups: Iterable[str],
-                 blocks: Sequence[int] | None = None) -> bool:
+def stats_cached(
+    lm: LoadedModel,
+    text: Text,
+    n_windows: int,
+    window_len: int,
+    groups: Iterable[str],
+    blocks: Sequence[int] | None = None,
+) -> bool:
     """True when the statistics of every group are on disk (for these blocks or for all blocks)."""
     for g in groups:
-        keys = [stats_params(lm, text, n_windows, window_len, g, blocks), stats_params(lm, text, n_windows,
-                                                                                        window_len, g, None)]
+        keys = [
+            stats_params(lm, text, n_windows, window_len, g, blocks),
+            stats_params(lm, text, n_windows, window_len, g, None),
+        ]
         if not any(cache.entry(STATS_KIND, k).exists() for k in keys):
             return False
     return True
 
 
-def calibration_stats(lm: LoadedModel, text: Text, n_windows: int, window_len: int, groups: Iterable[str],
-                      blocks: Sequence[int] | None = None, names: Iterable[str] | None = None,
-                      progress: Progress | None = None) -> tuple[CalibrationStats, dict]:
+def calibration_stats(
+    lm: LoadedModel,
+    text: Text,
+    n_windows: int,
+    window_len: int,
+    groups: Iterable[str],
+    blocks: Sequence[int] | None = None,
+    names: Iterable[str] | None = None,
+    progress: Progress | None = None,
+) -> tuple[CalibrationStats, dict]:
     """Input statistics of every linear of ``groups`` in ``blocks`` (``None``: all), from the cache when possible.
 
     One streamed pass over the first ``n_windows`` windows of ``window_len`` tokens gathers every missing group;
@@ -349,7 +407,7 @@ def calibration_stats(lm: LoadedModel, text: Text, n_windows: int, window_len: i
     missing: list[tuple[str, cache.Entry]] = []
     for g in groups:
         found = False
-        for scope in ([blocks, None] if blocks is not None else [None]):
+        for scope in [blocks, None] if blocks is not None else [None]:
             e = cache.entry(STATS_KIND, stats_params(lm, text, n_windows, window_len, g, scope))
             if not e.exists():
                 continue
@@ -370,8 +428,11 @@ def calibration_stats(lm: LoadedModel, text: Text, n_windows: int, window_len: i
 
         def step(done: int, total: int | None) -> None:
             if progress:
-                progress(done, total or len(batches), f"statistics of {len(all_names)} matrices: batch "
-                                                      f"{done}/{total or len(batches)}")
+                progress(
+                    done,
+                    total or len(batches),
+                    f"statistics of {len(all_names)} matrices: batch {done}/{total or len(batches)}",
+                )
 
         # a layer-by-layer model (analysis.model.sequential) runs its blocks one at a time with the same hooks
         fresh = collect_stats(lm if getattr(lm, "sequential", False) else model, all_names, batches, progress=step)
@@ -408,8 +469,13 @@ class BlockMoments:
 
 
 def moments_params(lm: LoadedModel, text: Text, n_windows: int, window_len: int, ridge: float = 0.0) -> dict:
-    return {"model": lm.fingerprint, "text": text.sha256, "windows": int(n_windows), "window_len": int(window_len),
-            "ridge": float(ridge)}
+    return {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "windows": int(n_windows),
+        "window_len": int(window_len),
+        "ridge": float(ridge),
+    }
 
 
 def _read_moments(e: cache.Entry) -> list[LinearMapMoments]:
@@ -417,15 +483,30 @@ def _read_moments(e: cache.Entry) -> list[LinearMapMoments]:
     out = []
     try:
         for b, (out_sq, n) in enumerate(zip(data["out_sq"], data["n"])):
-            out.append(LinearMapMoments(*(torch.from_numpy(np.array(arrays[f"b{b}_{k}"]))
-                                          for k in ("sum_in", "sum_out", "in_in", "in_out")), float(out_sq), int(n)))
+            out.append(
+                LinearMapMoments(
+                    *(
+                        torch.from_numpy(np.array(arrays[f"b{b}_{k}"]))
+                        for k in ("sum_in", "sum_out", "in_in", "in_out")
+                    ),
+                    float(out_sq),
+                    int(n),
+                )
+            )
     except KeyError as exc:
         raise cache.CacheCorrupt(f"cannot read {e.path}: missing {exc}") from exc
     return out
 
 
-def block_moments(lm: LoadedModel, text: Text, n_windows: int, window_len: int, ridge: float = 0.0,
-                  progress: Progress | None = None, load: bool = False) -> BlockMoments:
+def block_moments(
+    lm: LoadedModel,
+    text: Text,
+    n_windows: int,
+    window_len: int,
+    ridge: float = 0.0,
+    progress: Progress | None = None,
+    load: bool = False,
+) -> BlockMoments:
     """Moments of every block (one streamed pass, cached) and the relative fit residual of each block.
 
     The residual is ``‖H_b W + c − H_{b+1}‖_F / ‖H_{b+1} − mean‖_F`` on the calibration tokens (0: a perfect
@@ -436,8 +517,9 @@ def block_moments(lm: LoadedModel, text: Text, n_windows: int, window_len: int, 
     if e.exists():
         try:
             _, data = cache.read_entry(e, mmap=True)
-            bm = BlockMoments(None, np.asarray(data["residuals"], dtype=float), int(data["tokens"]),
-                              float(data["seconds"]), "hit", e)
+            bm = BlockMoments(
+                None, np.asarray(data["residuals"], dtype=float), int(data["tokens"]), float(data["seconds"]), "hit", e
+            )
             if load:
                 bm.load()
             return bm
@@ -458,8 +540,17 @@ def block_moments(lm: LoadedModel, text: Text, n_windows: int, window_len: int, 
     for b, m in enumerate(moments):
         for k in ("sum_in", "sum_out", "in_in", "in_out"):
             arrays[f"b{b}_{k}"] = getattr(m, k).cpu().numpy()
-    cache.write_entry(e, arrays, {"residuals": residuals.tolist(), "tokens": moments[0].n, "seconds": seconds,
-                                  "out_sq": [m.out_sq for m in moments], "n": [m.n for m in moments]})
+    cache.write_entry(
+        e,
+        arrays,
+        {
+            "residuals": residuals.tolist(),
+            "tokens": moments[0].n,
+            "seconds": seconds,
+            "out_sq": [m.out_sq for m in moments],
+            "n": [m.n for m in moments],
+        },
+    )
     return BlockMoments(moments, residuals, moments[0].n, seconds, "computed", e)
 
 
@@ -490,8 +581,9 @@ class LowRankSpec:
             raise CompressionError(f"the low_rank action takes an object, got {type(value).__name__}")
         unknown = sorted(set(value) - LOW_RANK_KEYS)
         if unknown:
-            raise CompressionError(f"unknown low_rank key(s) {', '.join(unknown)}; known: "
-                                   f"{', '.join(sorted(LOW_RANK_KEYS))}")
+            raise CompressionError(
+                f"unknown low_rank key(s) {', '.join(unknown)}; known: {', '.join(sorted(LOW_RANK_KEYS))}"
+            )
         method = method_name(value.get("method", "svd-llm"))
         ratio, rank, ranks = value.get("ratio"), value.get("rank"), value.get("ranks")
         if ratio is not None:
@@ -525,10 +617,19 @@ class LowRankSpec:
         targets = targets if isinstance(targets, str) else tuple(str(t) for t in targets)
         blocks = value.get("blocks")
         blocks = None if blocks is None else tuple(sorted({int(b) for b in blocks}))
-        return cls(method=method, ratio=ratio, rank=None if rank is None else int(rank),
-                   ranks={str(k): int(v) for k, v in ranks.items()} if ranks else None, targets=targets,
-                   blocks=blocks, alpha=alpha, k1_share=k1_share, damping=None if damping is None else float(damping),
-                   form=form, calibration=dict(value.get("calibration") or {}))
+        return cls(
+            method=method,
+            ratio=ratio,
+            rank=None if rank is None else int(rank),
+            ranks={str(k): int(v) for k, v in ranks.items()} if ranks else None,
+            targets=targets,
+            blocks=blocks,
+            alpha=alpha,
+            k1_share=k1_share,
+            damping=None if damping is None else float(damping),
+            form=form,
+            calibration=dict(value.get("calibration") or {}),
+        )
 
     def options(self) -> dict:
         if self.method == "asvd":
@@ -554,8 +655,10 @@ def calibration_of(spec: LowRankSpec, ws) -> tuple[Text, int, int]:
     elif isinstance(ref, str) and ref in BUNDLED:
         text = bundled_text(ref)
     else:
-        raise CompressionError(f"the calibration text {ref!r} is not a bundled text ({', '.join(BUNDLED)}) nor the "
-                               "workspace's text; load it in the sidebar (or pass --calib-text PATH)")
+        raise CompressionError(
+            f"the calibration text {ref!r} is not a bundled text ({', '.join(BUNDLED)}) nor the "
+            "workspace's text; load it in the sidebar (or pass --calib-text PATH)"
+        )
     if sha and sha != text.sha256:
         raise CompressionError(f"the calibration text {ref!r} differs from the one recorded (sha256 {sha[:12]}…)")
     return text, n_windows, window_len
@@ -565,8 +668,9 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | None = None,
-                   warn: Callable[[str], None] | None = None) -> nn.Module:
+def apply_low_rank(
+    model: nn.Module, value: dict, ws=None, progress: Progress | None = None, warn: Callable[[str], None] | None = None
+) -> nn.Module:
     """The registered ``low_rank`` action: truncate the target matrices of ``model`` (a structural copy)."""
     spec = LowRankSpec.from_value(value)
     names, skipped = resolve_targets(model, spec.targets, spec.blocks)
@@ -581,10 +685,18 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
         text, n_windows, window_len = calibration_of(spec, ws)
         groups = sorted({group_of(n, model) for n in plan})
         blocks = None if spec.blocks is None else sorted({block_of(n) for n in plan})
-        stats, info = calibration_stats(ws.lm, text, n_windows, window_len, groups, blocks, names=plan,
-                                        progress=progress)
-        calibration = {"text": text.name, "source": text.source, "sha256": text.sha256, "windows": n_windows,
-                       "window_len": window_len, "tokens": stats.n_tokens, "statistics": info}
+        stats, info = calibration_stats(
+            ws.lm, text, n_windows, window_len, groups, blocks, names=plan, progress=progress
+        )
+        calibration = {
+            "text": text.name,
+            "source": text.source,
+            "sha256": text.sha256,
+            "windows": n_windows,
+            "window_len": window_len,
+            "tokens": stats.n_tokens,
+            "statistics": info,
+        }
 
     def step(done: int, total: int) -> None:
         if progress:
@@ -592,8 +704,17 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
 
     try:
         with decomposition_threads():
-            report = apply_truncation(model, plan, stats, _LIB_METHOD[spec.method], form=spec.form,
-                                      alpha=spec.alpha, k1_share=spec.k1_share, damping=spec.damping, progress=step)
+            report = apply_truncation(
+                model,
+                plan,
+                stats,
+                _LIB_METHOD[spec.method],
+                form=spec.form,
+                alpha=spec.alpha,
+                k1_share=spec.k1_share,
+                damping=spec.damping,
+                progress=step,
+            )
     except ValueError as exc:
         raise CompressionError(str(exc)) from None
     from analysis.model.architecture import is_linear
@@ -609,21 +730,34 @@ def apply_low_rank(model: nn.Module, value: dict, ws=None, progress: Progress | 
     damped = [r["name"] for r in rows if (r.get("damping") or 0) > 0]
     notes = list(warnings)
     if skipped:
-        notes.append(f"blocks {', '.join(map(str, skipped))} are replaced by linear maps: their matrices were not "
-                     "truncated")
+        notes.append(
+            f"blocks {', '.join(map(str, skipped))} are replaced by linear maps: their matrices were not truncated"
+        )
     moe = moe_blocks(model, spec.blocks)
     if moe and (spec.targets in ("mlp", "all")):
-        notes.append(f"the experts of the mixture-of-experts block{'s' if len(moe) > 1 else ''} "
-                     f"{', '.join(map(str, moe))} were not truncated: they are fused 3-D tensors, not linear layers "
-                     "(only the attention and dense-MLP linears are)")
+        notes.append(
+            f"the experts of the mixture-of-experts block{'s' if len(moe) > 1 else ''} "
+            f"{', '.join(map(str, moe))} were not truncated: they are fused 3-D tensors, not linear layers "
+            "(only the attention and dense-MLP linears are)"
+        )
     if damped:
-        notes.append(f"{len(damped)} input Gram matri{'ces were' if len(damped) > 1 else 'x was'} not positive "
-                     "definite and got the damping λ·I (see each matrix's 'damping')")
+        notes.append(
+            f"{len(damped)} input Gram matri{'ces were' if len(damped) > 1 else 'x was'} not positive "
+            "definite and got the damping λ·I (see each matrix's 'damping')"
+        )
     writable_record(model)["low_rank"] = {
-        "method": spec.method, "form": spec.form, "ratio": spec.ratio, "rank": spec.rank,
+        "method": spec.method,
+        "form": spec.form,
+        "ratio": spec.ratio,
+        "rank": spec.rank,
         "targets": spec.targets if isinstance(spec.targets, str) else list(spec.targets),
-        "blocks": None if spec.blocks is None else list(spec.blocks), "options": spec.options(),
-        "ranks": dict(plan), "calibration": calibration, "matrices": rows, "damped": damped, "notes": notes,
+        "blocks": None if spec.blocks is None else list(spec.blocks),
+        "options": spec.options(),
+        "ranks": dict(plan),
+        "calibration": calibration,
+        "matrices": rows,
+        "damped": damped,
+        "notes": notes,
         "parameters_before": report.params_before,
         "parameters_after_factorised": int(sum(r["factorised_params"] for r in rows)),
     }
@@ -635,8 +769,13 @@ def describe_low_rank(value: dict) -> str:
         spec = LowRankSpec.from_value(value)
     except CompressionError:
         return "low-rank truncation"
-    amount = (f"{spec.ratio:.0%} of the parameters" if spec.ratio is not None else
-              f"rank {spec.rank}" if spec.rank is not None else f"explicit ranks of {len(spec.ranks or {})} matrices")
+    amount = (
+        f"{spec.ratio:.0%} of the parameters"
+        if spec.ratio is not None
+        else f"rank {spec.rank}"
+        if spec.rank is not None
+        else f"explicit ranks of {len(spec.ranks or {})} matrices"
+    )
     targets = spec.targets if isinstance(spec.targets, str) else ", ".join(spec.targets)
     where = "all blocks" if spec.blocks is None else "blocks " + ", ".join(map(str, spec.blocks))
     return f"{LABELS[spec.method]} low rank: {amount} of {targets} matrices in {where} ({spec.form})"
@@ -652,8 +791,9 @@ def describe_low_rank(value: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def matrix_spectra(model: nn.Module, stats: CalibrationStats, name: str, alpha: float = 0.5,
-                   damping: float | None = None) -> Spectra:
+def matrix_spectra(
+    model: nn.Module, stats: CalibrationStats, name: str, alpha: float = 0.5, damping: float | None = None
+) -> Spectra:
     """Singular values of ``W``, of the whitened ``W S`` (SVD-LLM) and of ASVD's ``W diag(mean|x|)^α``."""
     from analysis.model.architecture import linear_weight
 
@@ -662,16 +802,33 @@ def matrix_spectra(model: nn.Module, stats: CalibrationStats, name: str, alpha: 
         return spectra(W, stats[name], alpha=alpha, damping=damping)
 
 
-def loss_curves(model: nn.Module, stats: CalibrationStats, name: str, methods: Iterable[str] = METHODS,
-                alpha: float = 0.5, k1_share: float = 0.95, damping: float | None = None,
-                nsvd_points: int | None = 48) -> dict[str, LossCurve]:
+def loss_curves(
+    model: nn.Module,
+    stats: CalibrationStats,
+    name: str,
+    methods: Iterable[str] = METHODS,
+    alpha: float = 0.5,
+    k1_share: float = 0.95,
+    damping: float | None = None,
+    nsvd_points: int | None = 48,
+) -> dict[str, LossCurve]:
     """Predicted ``‖WX − W'X‖_F`` (over the calibration tokens) against rank, per method."""
     from analysis.model.architecture import linear_weight
 
     W = linear_weight(model.get_submodule(name))
     with decomposition_threads():
-        return {m: predicted_loss_curve(W, stats[name], _LIB_METHOD[method_name(m)], alpha=alpha, k1_share=k1_share,
-                                        damping=damping, nsvd_points=nsvd_points) for m in methods}
+        return {
+            m: predicted_loss_curve(
+                W,
+                stats[name],
+                _LIB_METHOD[method_name(m)],
+                alpha=alpha,
+                k1_share=k1_share,
+                damping=damping,
+                nsvd_points=nsvd_points,
+            )
+            for m in methods
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -723,6 +880,11 @@ def recipe_sections(model: nn.Module, original: nn.Module, candidate: str = "com
     return {"parameters": params, "compression": rec, **healing}
 
 
-ACTIONS = (Action(key="low_rank", order=50,
-                  apply=lambda model, value, ws, progress: apply_low_rank(model, value, ws, progress),
-                  describe=describe_low_rank),)
+ACTIONS = (
+    Action(
+        key="low_rank",
+        order=50,
+        apply=lambda model, value, ws, progress: apply_low_rank(model, value, ws, progress),
+        describe=describe_low_rank,
+    ),
+)

@@ -80,8 +80,9 @@ def parse_blocks(spec: str | Iterable[int], what: str = "blocks") -> list[int]:
                         if int(b) < int(a):
                             raise PruneError(f"{what}: the range {part!r} ends before it starts; give {forms}")
                         if max(abs(int(a)), abs(int(b))) > MAX_BLOCK_INDEX:
-                            raise PruneError(f"{what}: {part!r} reaches beyond block {MAX_BLOCK_INDEX:,}; no model "
-                                             "has that many")
+                            raise PruneError(
+                                f"{what}: {part!r} reaches beyond block {MAX_BLOCK_INDEX:,}; no model has that many"
+                            )
                         blocks.extend(range(int(a), int(b) + 1))
                     else:
                         blocks.append(int(part))
@@ -104,8 +105,10 @@ def validate_removal(blocks: Sequence[int], n_blocks: int) -> list[int]:
         raise PruneError("no blocks chosen to remove")
     bad = [b for b in blocks if b < 0 or b >= n_blocks]
     if bad:
-        raise PruneError(f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the model "
-                         f"has blocks 0..{n_blocks - 1} (0-based)")
+        raise PruneError(
+            f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the model "
+            f"has blocks 0..{n_blocks - 1} (0-based)"
+        )
     if len(blocks) >= n_blocks:
         raise PruneError(f"cannot remove all {n_blocks} blocks: at least one must remain")
     return blocks
@@ -166,16 +169,23 @@ def _trim_config(config, n_old: int, keep: list[int]) -> None:
         if getattr(config, attr, None) == n_old:
             setattr(config, attr, len(keep))
     for attr, value in list(vars(config).items()):
-        if (isinstance(value, (list, tuple)) and len(value) == n_old and not attr.startswith("_")
-                and attr not in _INDEX_LISTS):
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == n_old
+            and not attr.startswith("_")
+            and attr not in _INDEX_LISTS
+        ):
             setattr(config, attr, type(value)(value[i] for i in keep))
     for sub in ("text_config",):
         if hasattr(config, sub):
             _trim_config(getattr(config, sub), n_old, keep)
 
 
-ACTIONS = (Action(
-    key="remove_blocks", order=100,
-    apply=lambda model, value, ws, progress: remove_blocks(model, value),
-    describe=lambda value: "remove blocks " + ", ".join(map(str, value)),
-),)
+ACTIONS = (
+    Action(
+        key="remove_blocks",
+        order=100,
+        apply=lambda model, value, ws, progress: remove_blocks(model, value),
+        describe=lambda value: "remove blocks " + ", ".join(map(str, value)),
+    ),
+)

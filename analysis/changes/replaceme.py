@@ -120,11 +120,15 @@ class ReplaceMeSpec:
     @classmethod
     def from_value(cls, value) -> ReplaceMeSpec:
         if not isinstance(value, dict):
-            raise ReplaceMeError(f"the replaceme action takes an object {{'start': l, 'n': n, 'method': ...}}, got "
-                                 f"{type(value).__name__}")
+            raise ReplaceMeError(
+                f"the replaceme action takes an object {{'start': l, 'n': n, 'method': ...}}, got "
+                f"{type(value).__name__}"
+            )
         unknown = sorted(set(value) - VALUE_KEYS)
         if unknown:
-            raise ReplaceMeError(f"unknown replaceme key(s) {', '.join(unknown)}; known: {', '.join(sorted(VALUE_KEYS))}")
+            raise ReplaceMeError(
+                f"unknown replaceme key(s) {', '.join(unknown)}; known: {', '.join(sorted(VALUE_KEYS))}"
+            )
         for k in ("start", "n"):
             if k not in value:
                 raise ReplaceMeError(f"the replaceme action needs '{k}' (the run of blocks is [start, start + n))")
@@ -135,8 +139,10 @@ class ReplaceMeSpec:
         if n < 1:
             raise ReplaceMeError(f"ReplaceMe replaces at least one block: n = {n}")
         if start < 1:
-            raise ReplaceMeError(f"ReplaceMe cannot replace a run starting at block {start}: the map is folded into "
-                                 "the feed-forward of the block before the run, and block 0 has none before it")
+            raise ReplaceMeError(
+                f"ReplaceMe cannot replace a run starting at block {start}: the map is folded into "
+                "the feed-forward of the block before the run, and block 0 has none before it"
+            )
         method = str(value.get("method", "lstsq")).strip().lower()
         if method not in METHODS:
             raise ReplaceMeError(f"unknown ReplaceMe method {method!r}; use one of {', '.join(METHODS)}")
@@ -162,8 +168,10 @@ class ReplaceMeSpec:
         cos.update(extra)
         for k in ("steps", "batch_tokens", "max_tokens", "seed"):
             if int(cos[k]) != cos[k] or int(cos[k]) < (0 if k in ("steps", "seed") else 1):
-                raise ReplaceMeError(f"cosine '{k}' must be a {'non-negative' if k in ('steps', 'seed') else 'positive'}"
-                                     f" integer, got {cos[k]!r}")
+                raise ReplaceMeError(
+                    f"cosine '{k}' must be a {'non-negative' if k in ('steps', 'seed') else 'positive'}"
+                    f" integer, got {cos[k]!r}"
+                )
             cos[k] = int(cos[k])
         if not float(cos["lr"]) > 0:
             raise ReplaceMeError(f"cosine 'lr' must be positive, got {cos['lr']!r}")
@@ -171,16 +179,30 @@ class ReplaceMeSpec:
         cal = value.get("calibration") or {}
         if not isinstance(cal, dict):
             raise ReplaceMeError("replaceme 'calibration' takes an object {'text', 'windows', 'window_len'}")
-        return cls(start=start, n=n, method=method, relative_ridge=ridge, calibration=dict(cal), cosine=cos,
-                   chosen_by=dict(by) if by else None)
+        return cls(
+            start=start,
+            n=n,
+            method=method,
+            relative_ridge=ridge,
+            calibration=dict(cal),
+            cosine=cos,
+            chosen_by=dict(by) if by else None,
+        )
 
     def fit_params(self) -> dict:
         """What the fitted map depends on besides the model and the tokens."""
-        return {"start": self.start, "n": self.n, "method": self.method, "relative_ridge": self.relative_ridge,
-                "cosine": dict(self.cosine) if self.method == "cosine" else None}
+        return {
+            "start": self.start,
+            "n": self.n,
+            "method": self.method,
+            "relative_ridge": self.relative_ridge,
+            "cosine": dict(self.cosine) if self.method == "cosine" else None,
+        }
 
 
-_RUN_FORMS = "write START:N (e.g. 12:2 for blocks 12 and 13), [START,END) or auto:N, with whole numbers START >= 1, N >= 1"
+_RUN_FORMS = (
+    "write START:N (e.g. 12:2 for blocks 12 and 13), [START,END) or auto:N, with whole numbers START >= 1, N >= 1"
+)
 
 
 def parse_run(spec: str) -> tuple[int, int]:
@@ -191,7 +213,7 @@ def parse_run(spec: str) -> tuple[int, int]:
     import re
 
     s = str(spec).strip().replace(" ", "")
-    m = (re.fullmatch(r"(?i)(auto|\d{1,6}):(\d{1,6})", s) or re.fullmatch(r"\[(\d{1,6}),(\d{1,6})\)", s))
+    m = re.fullmatch(r"(?i)(auto|\d{1,6}):(\d{1,6})", s) or re.fullmatch(r"\[(\d{1,6}),(\d{1,6})\)", s)
     if m is None:
         neg = re.fullmatch(r"-\d+:\d+|\[-\d+,-?\d+\)", s)
         why = "a run cannot start at a negative block" if neg else f"cannot read the run {str(spec)[:40]!r}"
@@ -204,8 +226,9 @@ def parse_run(spec: str) -> tuple[int, int]:
     if n < 1:
         raise ReplaceMeError(f"the run {spec!r} holds no block: {_RUN_FORMS}")
     if start == 0:
-        raise ReplaceMeError(f"the run {spec!r} starts at block 0, which has no block before it to fold the map "
-                             f"into: {_RUN_FORMS}")
+        raise ReplaceMeError(
+            f"the run {spec!r} starts at block 0, which has no block before it to fold the map into: {_RUN_FORMS}"
+        )
     return start, n
 
 
@@ -215,8 +238,9 @@ def min_tokens(width: int) -> int:
     return int(width) + 1
 
 
-def check_tokens(n_windows: int, window_len: int, width: int, names: tuple[str, str] | None = None,
-                 tokens: int | None = None) -> None:
+def check_tokens(
+    n_windows: int, window_len: int, width: int, names: tuple[str, str] | None = None, tokens: int | None = None
+) -> None:
     """Refuse a fit on fewer than ``width + 1`` calibration tokens, naming how many windows are needed."""
     have = int(n_windows) * int(window_len) if tokens is None else int(tokens)
     need = min_tokens(width)
@@ -226,7 +250,8 @@ def check_tokens(n_windows: int, window_len: int, width: int, names: tuple[str, 
             f"ReplaceMe needs more calibration tokens than the model's width: {have:,} tokens ({n_windows} "
             f"window{'s' if n_windows != 1 else ''} of {window_len}) for a {width}×{width} map make the fit exact on them and useless elsewhere; use at "
             f"least {windows} windows of {window_len} tokens ({need:,} tokens)"
-            + (f": {names[0]} {windows} with {names[1]} {window_len}" if names else ""))
+            + (f": {names[0]} {windows} with {names[1]} {window_len}" if names else "")
+        )
 
 
 def describe(value) -> str:
@@ -235,8 +260,10 @@ def describe(value) -> str:
     except ReplaceMeError:
         return "ReplaceMe"
     by = f"; run chosen by the {spec.chosen_by.get('label') or spec.chosen_by['rule']}" if spec.chosen_by else ""
-    return (f"ReplaceMe ({spec.method}): blocks [{spec.start}, {spec.end}) replaced by a linear map folded into "
-            f"block {spec.start - 1}{by}")
+    return (
+        f"ReplaceMe ({spec.method}): blocks [{spec.start}, {spec.end}) replaced by a linear map folded into "
+        f"block {spec.start - 1}{by}"
+    )
 
 
 def removes(value) -> list[int]:
@@ -249,13 +276,16 @@ def check_with(value, action: dict) -> None:
     spec = ReplaceMeSpec.from_value(value)
     prev = spec.start - 1
     if prev in set(action.get("remove_blocks") or []):
-        raise ReplaceMeError(f"block {prev} carries ReplaceMe's fitted map for [{spec.start}, {spec.end}): it "
-                             "cannot be removed as well")
+        raise ReplaceMeError(
+            f"block {prev} carries ReplaceMe's fitted map for [{spec.start}, {spec.end}): it cannot be removed as well"
+        )
     replaced = set(replace_value(action["replace_linear"])[0]) if action.get("replace_linear") else set()
     both = sorted(replaced & (set(spec.blocks) | {prev}))
     if both:
-        raise ReplaceMeError(f"block {both[0]} is part of ReplaceMe's run [{spec.start}, {spec.end}) or carries its "
-                             "map: it cannot also be replaced by a full-residual linear map")
+        raise ReplaceMeError(
+            f"block {both[0]} is part of ReplaceMe's run [{spec.start}, {spec.end}) or carries its "
+            "map: it cannot also be replaced by a full-residual linear map"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,30 +318,40 @@ def fold_target(model: nn.Module, start: int, n: int) -> tuple[str, nn.Module]:
     if n < 1:
         raise ReplaceMeError(f"ReplaceMe replaces at least one block: n = {n}")
     if start < 1:
-        raise ReplaceMeError(f"ReplaceMe cannot replace a run starting at block {start}: the map is folded into the "
-                             "feed-forward of the block before the run, and block 0 has none before it")
+        raise ReplaceMeError(
+            f"ReplaceMe cannot replace a run starting at block {start}: the map is folded into the "
+            "feed-forward of the block before the run, and block 0 has none before it"
+        )
     if start + n > L:
-        raise ReplaceMeError(f"the run [{start}, {start + n}) goes past the last block: the model has blocks "
-                             f"0..{L - 1} (0-based), so start + n must be at most {L}")
+        raise ReplaceMeError(
+            f"the run [{start}, {start + n}) goes past the last block: the model has blocks "
+            f"0..{L - 1} (0-based), so start + n must be at most {L}"
+        )
     prev = layers[start - 1]
     where = f"block {start - 1} ({type(prev).__name__})"
     if isinstance(prev, LinearBlock):
         raise ReplaceMeError(f"{where} is already a linear map: it has no feed-forward to fold ReplaceMe's map into")
     parts = block_parts(prev)
     if parts.moe:
-        raise ReplaceMeError(f"{where} is a mixture of experts: it has one output projection per expert (and a "
-                             "router), no single projection the map can be folded into")
+        raise ReplaceMeError(
+            f"{where} is a mixture of experts: it has one output projection per expert (and a "
+            "router), no single projection the map can be folded into"
+        )
     norm = _post_feedforward_norm(prev)
     if norm is not None:
-        raise ReplaceMeError(f"{where} normalises its feed-forward output ({norm}): the map would be applied before "
-                             "that norm, so folding it would not be exact")
+        raise ReplaceMeError(
+            f"{where} normalises its feed-forward output ({norm}): the map would be applied before "
+            "that norm, so folding it would not be exact"
+        )
     try:
         out = mlp_output(prev, start - 1)
     except ArchitectureError as exc:
         raise ReplaceMeError(str(exc)) from None
     if isinstance(out, FactorisedLinear) or not isinstance(out, LINEAR_TYPES):
-        raise ReplaceMeError(f"{where}: its feed-forward output projection is a {type(out).__name__}, not a dense "
-                             "linear layer the map can be folded into")
+        raise ReplaceMeError(
+            f"{where}: its feed-forward output projection is a {type(out).__name__}, not a dense "
+            "linear layer the map can be folded into"
+        )
     return _qualified_name(model, out), out
 
 
@@ -369,9 +409,11 @@ def check_foldable(model: nn.Module, start: int, n: int, input_ids: Tensor | Non
     if input_ids is not None:
         err = additivity_error(model, start, input_ids)
         if not err <= ADDITIVITY_TOLERANCE:
-            raise ReplaceMeError(f"block {start - 1}'s output is not 'the rest + its feed-forward output' (doubling "
-                                 f"the output of {name} moved it by {err:.2f} relative error off): folding the map "
-                                 "into it would not be exact")
+            raise ReplaceMeError(
+                f"block {start - 1}'s output is not 'the rest + its feed-forward output' (doubling "
+                f"the output of {name} moved it by {err:.2f} relative error off): folding the map "
+                "into it would not be exact"
+            )
     return name, module
 
 
@@ -408,9 +450,13 @@ def _cos_dist_sum(A: Tensor, B: Tensor) -> float:
 
 
 @torch.no_grad()
-def collect_run_stats(model: nn.Module, runs: Sequence[tuple[int, int]], batches: Iterable[Tensor],
-                      keep_tokens: int = 0, progress: Callable[[int, int | None], None] | None = None
-                      ) -> list[RunStats]:
+def collect_run_stats(
+    model: nn.Module,
+    runs: Sequence[tuple[int, int]],
+    batches: Iterable[Tensor],
+    keep_tokens: int = 0,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> list[RunStats]:
     """Stream the moments of every run ``(start, n)`` in one pass over ``batches`` (``input_ids`` tensors).
 
     The forward pass stops after the deepest block any run needs. ``keep_tokens`` keeps the first that many
@@ -432,6 +478,7 @@ def collect_run_stats(model: nn.Module, runs: Sequence[tuple[int, int]], batches
     def proj_hook(b: int):
         def hook(module, args, output):
             acts[("m", b)] = output.detach()
+
         return hook
 
     def block_hook(b: int):
@@ -439,6 +486,7 @@ def collect_run_stats(model: nn.Module, runs: Sequence[tuple[int, int]], batches
             acts[("h", b)] = _output_tensor(output).detach()
             if b == last:
                 raise _Stop
+
         return hook
 
     handles = [projs[b].register_forward_hook(proj_hook(b)) for b in projs]
@@ -517,9 +565,17 @@ def cosine_distance(M: Tensor, Y: Tensor, L: Tensor, T: Tensor) -> float:
         return _cos_dist_sum(P.double(), L.double()) / max(1, M.shape[0])
 
 
-def fit_cosine(M: Tensor, Y: Tensor, L: Tensor, T0: Tensor, steps: int = 200, lr: float = 1e-4,
-               batch_tokens: int = 1024, seed: int = 0, progress: Callable[[int, int], None] | None = None
-               ) -> tuple[Tensor, dict]:
+def fit_cosine(
+    M: Tensor,
+    Y: Tensor,
+    L: Tensor,
+    T0: Tensor,
+    steps: int = 200,
+    lr: float = 1e-4,
+    batch_tokens: int = 1024,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Tensor, dict]:
     """Adam on the mean cosine distance ``1 − cos(M T + Y, L)`` from ``T0``; returns ``(T, info)`` with the
     full-data distance at the start and at the end, and which was kept (the lower)."""
     M, Y, L = (t.to(torch.float32) for t in (M, Y, L))
@@ -542,8 +598,13 @@ def fit_cosine(M: Tensor, Y: Tensor, L: Tensor, T0: Tensor, steps: int = 200, lr
     T_end = T.detach().to(torch.float64)
     end = cosine_distance(M, Y, L, T_end)
     kept = "end" if end <= start else "start"
-    info = {"cosine_distance_start": start, "cosine_distance_end": end, "kept": kept, "tokens": int(N),
-            "seconds": time.perf_counter() - t0}
+    info = {
+        "cosine_distance_start": start,
+        "cosine_distance_end": end,
+        "kept": kept,
+        "tokens": int(N),
+        "seconds": time.perf_counter() - t0,
+    }
     return (T_end if kept == "end" else T0.to(torch.float64)), info
 
 
@@ -566,16 +627,28 @@ class RunFit:
 def _batches(lm: LoadedModel, text: Text, n_windows: int, window_len: int) -> list[Tensor]:
     windows = calibration_windows(lm.tokenizer, text, n_windows, window_len)
     size = max(1, TOKENS_PER_BATCH // max(1, window_len))
-    return [torch.as_tensor(windows[i:i + size]) for i in range(0, len(windows), size)]
+    return [torch.as_tensor(windows[i : i + size]) for i in range(0, len(windows), size)]
 
 
 def fit_key(lm: LoadedModel, text: Text, n_windows: int, window_len: int, spec: ReplaceMeSpec) -> dict:
-    return {"model": lm.fingerprint, "text": text.sha256, "windows": int(n_windows), "window_len": int(window_len),
-            **spec.fit_params(), "v": 1}
+    return {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "windows": int(n_windows),
+        "window_len": int(window_len),
+        **spec.fit_params(),
+        "v": 1,
+    }
 
 
-def fit_runs(lm: LoadedModel, text: Text, n_windows: int, window_len: int, specs: Sequence[ReplaceMeSpec],
-             progress: Progress | None = None) -> list[RunFit]:
+def fit_runs(
+    lm: LoadedModel,
+    text: Text,
+    n_windows: int,
+    window_len: int,
+    specs: Sequence[ReplaceMeSpec],
+    progress: Progress | None = None,
+) -> list[RunFit]:
     """The fitted map of every spec, from the cache when possible; the missing runs share one streamed pass.
 
     Fits on ``lm.model`` (the original), on the first ``n_windows`` windows of ``window_len`` tokens of ``text``.
@@ -614,12 +687,18 @@ def fit_runs(lm: LoadedModel, text: Text, n_windows: int, window_len: int, specs
             st = stats[(spec.start, spec.n)]
             t1 = time.perf_counter()
             T = fit_lstsq(st, spec.relative_ridge)
-            info = {"start": spec.start, "n": spec.n, "method": spec.method, "relative_ridge": spec.relative_ridge,
-                    "ridge_absolute": absolute_ridge(st, spec.relative_ridge),
-                    "tokens": st.tokens, "lstsq_fit_residual": fit_residual(st, T),
-                    "removal_residual": removal_residual(st),
-                    "removal_cosine_distance": st.removal_cos / max(1, st.tokens),
-                    "statistics_seconds": seconds}
+            info = {
+                "start": spec.start,
+                "n": spec.n,
+                "method": spec.method,
+                "relative_ridge": spec.relative_ridge,
+                "ridge_absolute": absolute_ridge(st, spec.relative_ridge),
+                "tokens": st.tokens,
+                "lstsq_fit_residual": fit_residual(st, T),
+                "removal_residual": removal_residual(st),
+                "removal_cosine_distance": st.removal_cos / max(1, st.tokens),
+                "statistics_seconds": seconds,
+            }
             if spec.method == "cosine":
                 Mk, Yk, Lk = st.kept_tensors()
 
@@ -628,14 +707,24 @@ def fit_runs(lm: LoadedModel, text: Text, n_windows: int, window_len: int, specs
                         progress(done, total, f"ReplaceMe cosine fit [{spec.start}, {spec.end}): step {done}/{total}")
 
                 c = spec.cosine
-                T, cinfo = fit_cosine(Mk, Yk, Lk, T, steps=c["steps"], lr=c["lr"], batch_tokens=c["batch_tokens"],
-                                      seed=c["seed"], progress=cstep)
+                T, cinfo = fit_cosine(
+                    Mk,
+                    Yk,
+                    Lk,
+                    T,
+                    steps=c["steps"],
+                    lr=c["lr"],
+                    batch_tokens=c["batch_tokens"],
+                    seed=c["seed"],
+                    progress=cstep,
+                )
                 info["cosine"] = {**c, **cinfo}
             info["fit_residual"] = fit_residual(st, T)
             info["fit_seconds"] = time.perf_counter() - t1
             T = T.to(torch.float64).cpu()
-            cache.write_entry(cache.entry(FIT_KIND, fit_key(lm, text, n_windows, window_len, spec)),
-                              {"T": T.numpy()}, info)
+            cache.write_entry(
+                cache.entry(FIT_KIND, fit_key(lm, text, n_windows, window_len, spec)), {"T": T.numpy()}, info
+            )
             out[i] = RunFit(spec.start, spec.n, T, info, "computed")
     return [out[i] for i in range(len(specs))]
 
@@ -674,10 +763,19 @@ def apply_replaceme(model: nn.Module, value, ws=None, progress: Progress | None 
     fit = fit_runs(ws.lm, text, n_windows, window_len, [spec], progress=progress)[0]
     fold_map(module, fit.T)
     writable_record(model)[KEY] = {
-        **fit.info, "blocks": spec.blocks, "fold_into": name, "cached": fit.outcome == "hit",
+        **fit.info,
+        "blocks": spec.blocks,
+        "fold_into": name,
+        "cached": fit.outcome == "hit",
         "chosen_by": dict(spec.chosen_by) if spec.chosen_by else {"rule": "given", "label": "the run was given"},
-        "calibration": {"text": text.name, "source": text.source, "sha256": text.sha256, "windows": n_windows,
-                        "window_len": window_len, "tokens": fit.info.get("tokens")},
+        "calibration": {
+            "text": text.name,
+            "source": text.source,
+            "sha256": text.sha256,
+            "windows": n_windows,
+            "window_len": window_len,
+            "tokens": fit.info.get("tokens"),
+        },
     }
     return model
 
@@ -688,8 +786,9 @@ def apply_replaceme(model: nn.Module, value, ws=None, progress: Progress | None 
 
 
 @torch.no_grad()
-def collect_run_distances(model: nn.Module, batches: Iterable[Tensor],
-                          progress: Callable[[int, int | None], None] | None = None) -> np.ndarray:
+def collect_run_distances(
+    model: nn.Module, batches: Iterable[Tensor], progress: Callable[[int, int | None], None] | None = None
+) -> np.ndarray:
     """``D[l, n−1]`` = mean over tokens of ``1 − cos(h_l, h_{l+n})`` with ``h_l`` the input of block ``l`` and
     ``h_{l+n}`` the output of block ``l+n−1`` (real block outputs, no final norm); NaN where ``l + n > L``.
 
@@ -708,6 +807,7 @@ def collect_run_distances(model: nn.Module, batches: Iterable[Tensor],
     def hook(b: int):
         def fn(module, args, kwargs, output):
             states[b + 1] = _output_tensor(output).detach()
+
         return fn
 
     handles = [layers[0].register_forward_pre_hook(pre, with_kwargs=True)]
@@ -725,7 +825,7 @@ def collect_run_distances(model: nn.Module, batches: Iterable[Tensor],
             X = X / X.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # [tokens, L+1, d], unit rows
             G = torch.bmm(X, X.transpose(1, 2)).sum(0).to(torch.float64).cpu().numpy()  # Σ_t cos(h_a, h_b)
             for l in range(L):
-                sums[l, :L - l] += X.shape[0] - G[l, l + 1:]
+                sums[l, : L - l] += X.shape[0] - G[l, l + 1 :]
             count += X.shape[0]
             if progress is not None:
                 progress(i + 1, len(batches))
@@ -735,7 +835,7 @@ def collect_run_distances(model: nn.Module, batches: Iterable[Tensor],
         model.train(was_training)
     D = sums / max(1, count)
     for l in range(L):
-        D[l, L - l:] = np.nan
+        D[l, L - l :] = np.nan
     return D
 
 
@@ -752,8 +852,17 @@ def run_distances(ws, progress: Progress | None = None) -> np.ndarray:
 
         return {"D": collect_run_distances(ws.lm.model, batches, step)}, {"tokens": c.n_windows * c.window_len}
 
-    arrays, _, _ = cache.cached(DISTANCE_KIND, {"model": ws.lm.fingerprint, "text": ws.text.sha256,
-                                                "windows": c.n_windows, "window_len": c.window_len, "v": 1}, compute)
+    arrays, _, _ = cache.cached(
+        DISTANCE_KIND,
+        {
+            "model": ws.lm.fingerprint,
+            "text": ws.text.sha256,
+            "windows": c.n_windows,
+            "window_len": c.window_len,
+            "v": 1,
+        },
+        compute,
+    )
     return np.asarray(arrays["D"], dtype=float)
 
 

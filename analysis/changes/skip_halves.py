@@ -47,8 +47,10 @@ def skip_halves(model: nn.Module, half: str, blocks) -> nn.Module:
     if bad:
         from analysis.changes.remove_blocks import PruneError
 
-        raise PruneError(f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the model "
-                         f"has blocks 0..{len(layer_list) - 1} (0-based)")
+        raise PruneError(
+            f"block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: the model "
+            f"has blocks 0..{len(layer_list) - 1} (0-based)"
+        )
     for b in blocks:
         zero_projection(output_projection(layer_list[b], half, b))
     record = dict(getattr(model.config, "layerscope_skipped_halves", None) or {})
@@ -58,10 +60,16 @@ def skip_halves(model: nn.Module, half: str, blocks) -> nn.Module:
 
 
 ACTIONS = (
-    Action(key="skip_attention", order=60,
-           apply=lambda model, value, ws, progress: skip_halves(model, "attention", value),
-           describe=lambda value: "skip the attention of blocks " + ", ".join(map(str, value))),
-    Action(key="skip_mlp", order=61,
-           apply=lambda model, value, ws, progress: skip_halves(model, "mlp", value),
-           describe=lambda value: "skip the feed-forward of blocks " + ", ".join(map(str, value))),
+    Action(
+        key="skip_attention",
+        order=60,
+        apply=lambda model, value, ws, progress: skip_halves(model, "attention", value),
+        describe=lambda value: "skip the attention of blocks " + ", ".join(map(str, value)),
+    ),
+    Action(
+        key="skip_mlp",
+        order=61,
+        apply=lambda model, value, ws, progress: skip_halves(model, "mlp", value),
+        describe=lambda value: "skip the feed-forward of blocks " + ", ".join(map(str, value)),
+    ),
 )

@@ -193,7 +193,14 @@ def apply_truncation(
                 whitenings[key] = whitening(site.gram.to(W.device), damping)
             white = whitenings[key]
         factors: LowRankFactors = decompose(
-            W, site, k, method, alpha=alpha, k1_share=k1_share, damping=damping, white=white  # type: ignore[arg-type]
+            W,
+            site,
+            k,
+            method,
+            alpha=alpha,
+            k1_share=k1_share,
+            damping=damping,
+            white=white,  # type: ignore[arg-type]
         )
         if site is not None:
             loss = activation_loss(W, factors.B.double() @ factors.A.double(), site.gram)

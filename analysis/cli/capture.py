@@ -24,7 +24,12 @@ def add_arguments(p):
     add_model_args(p)
     add_sequential_arg(p)
     add_calibration_args(p)
-    p.add_argument("--states", default=None, type=block_list("--states"), help="hidden states to keep, e.g. '0,10,20' or '0-10' (default: all)")
+    p.add_argument(
+        "--states",
+        default=None,
+        type=block_list("--states"),
+        help="hidden states to keep, e.g. '0,10,20' or '0-10' (default: all)",
+    )
     p.add_argument("--last-only", action="store_true", help="keep only the last position of every window")
     p.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
 
@@ -47,14 +52,36 @@ def run(args) -> int:
     if states is not None and (states[0] < 0 or states[-1] > lm.n_blocks):
         raise InputError(f"--states must lie in 0..{lm.n_blocks}")
     positions = "last" if args.last_only else "all"
-    est = estimate.capture_estimate(lm, args.sequences, args.seq_len, n_states=len(states) if states else None,
-                                    storage=args.storage, positions=positions)
+    est = estimate.capture_estimate(
+        lm,
+        args.sequences,
+        args.seq_len,
+        n_states=len(states) if states else None,
+        storage=args.storage,
+        positions=positions,
+    )
     print(f"[capture] estimate: {estimate.describe(est)}", file=sys.stderr)
     if args.estimate_only:
         print_json(est)
         return 0
-    cap = capture_hidden_states(lm, resolve_text(args.text), args.sequences, args.seq_len, storage=args.storage,
-                                states=states, positions=positions, progress=TqdmProgress("capture"))
-    print_json({"path": str(cap.outcome.path), "status": cap.outcome.status, "shape": list(cap.states.shape),
-                "states": cap.state_ids, "storage": args.storage, "seconds": cap.meta.get("seconds")})
+    cap = capture_hidden_states(
+        lm,
+        resolve_text(args.text),
+        args.sequences,
+        args.seq_len,
+        storage=args.storage,
+        states=states,
+        positions=positions,
+        progress=TqdmProgress("capture"),
+    )
+    print_json(
+        {
+            "path": str(cap.outcome.path),
+            "status": cap.outcome.status,
+            "shape": list(cap.states.shape),
+            "states": cap.state_ids,
+            "storage": args.storage,
+            "seconds": cap.meta.get("seconds"),
+        }
+    )
     return 0

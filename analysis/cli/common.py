@@ -101,38 +101,68 @@ def replaceme_run(text: str) -> str:
     return text
 
 
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="default",
-                   help="'default' (bundled SmolLM2-135M), a Hugging Face id, a local folder or a .gguf file")
+    g.add_argument(
+        "--model",
+        default="default",
+        help="'default' (bundled SmolLM2-135M), a Hugging Face id, a local folder or a .gguf file",
+    )
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--device-map-auto", action="store_true",
-                   help="spread a model larger than one device over all devices (accelerate's device_map='auto')")
-    g.add_argument("--max-memory", default="",
-                   help="with --device-map-auto: memory per device, e.g. '0=20GiB,1=20GiB,cpu=60GiB'; the rest is "
-                        "offloaded to disk under cache/offload")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="run custom model code from the checkpoint's repository (off by default)")
+    g.add_argument(
+        "--device-map-auto",
+        action="store_true",
+        help="spread a model larger than one device over all devices (accelerate's device_map='auto')",
+    )
+    g.add_argument(
+        "--max-memory",
+        default="",
+        help="with --device-map-auto: memory per device, e.g. '0=20GiB,1=20GiB,cpu=60GiB'; the rest is "
+        "offloaded to disk under cache/offload",
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model code from the checkpoint's repository (off by default)",
+    )
 
 
-def add_calibration_args(p: argparse.ArgumentParser, text_default: str = "alice", sequences: int | None = None,
-                         seq_len: int | None = None) -> None:
+def add_calibration_args(
+    p: argparse.ArgumentParser, text_default: str = "alice", sequences: int | None = None, seq_len: int | None = None
+) -> None:
     g = p.add_argument_group("calibration text")
-    g.add_argument("--text", "--calib-text", dest="text", default=text_default,
-                   help="bundled text name (alice, asyoulik, lcet10, plrabn12) or a path to a text file")
-    g.add_argument("--sequences", type=positive_int, default=sequences,
-                   help="number of windows N (first N, non-overlapping); default: chosen from the model's width "
-                        "(enough tokens for linearity, 2.5 × width, at least 32 × 128)")
+    g.add_argument(
+        "--text",
+        "--calib-text",
+        dest="text",
+        default=text_default,
+        help="bundled text name (alice, asyoulik, lcet10, plrabn12) or a path to a text file",
+    )
+    g.add_argument(
+        "--sequences",
+        type=positive_int,
+        default=sequences,
+        help="number of windows N (first N, non-overlapping); default: chosen from the model's width "
+        "(enough tokens for linearity, 2.5 × width, at least 32 × 128)",
+    )
     g.add_argument("--seq-len", type=window_length, default=seq_len, help="tokens per window T (default 128)")
-    g.add_argument("--exclude-first", type=non_negative_int, default=0,
-                   help="drop the first positions of each window from all-token clouds (attention sink)")
-    g.add_argument("--n-max", type=positive_int, default=None,
-                   help="subsample all-token clouds to at most this many tokens")
-    g.add_argument("--storage", default=None, choices=["float32", "float16"],
-                   help="dtype of the captured hidden states on disk (default float32; float16 when the float32 "
-                        "capture would exceed 8 GiB)")
+    g.add_argument(
+        "--exclude-first",
+        type=non_negative_int,
+        default=0,
+        help="drop the first positions of each window from all-token clouds (attention sink)",
+    )
+    g.add_argument(
+        "--n-max", type=positive_int, default=None, help="subsample all-token clouds to at most this many tokens"
+    )
+    g.add_argument(
+        "--storage",
+        default=None,
+        choices=["float32", "float16"],
+        help="dtype of the captured hidden states on disk (default float32; float16 when the float32 "
+        "capture would exceed 8 GiB)",
+    )
 
 
 def add_eval_args(p: argparse.ArgumentParser, text_default: str = "asyoulik") -> None:
@@ -147,16 +177,24 @@ def add_eval_args(p: argparse.ArgumentParser, text_default: str = "asyoulik") ->
 def spec_from(args):
     from analysis.model.loading import ModelSpec
 
-    return ModelSpec(source=args.model, device=args.device, dtype=args.dtype,
-                     device_map_auto=args.device_map_auto, trust_remote_code=args.trust_remote_code,
-                     max_memory=args.max_memory)
+    return ModelSpec(
+        source=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_map_auto=args.device_map_auto,
+        trust_remote_code=args.trust_remote_code,
+        max_memory=args.max_memory,
+    )
 
 
 def add_sequential_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sequential", action="store_true",
-                   help="run the model one block at a time from its safetensors checkpoint (memory-mapped), the "
-                        "hidden states kept between blocks (on disk beyond a budget): for models bigger than "
-                        "memory. Chosen automatically when the weights do not fit the device's free memory")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run the model one block at a time from its safetensors checkpoint (memory-mapped), the "
+        "hidden states kept between blocks (on disk beyond a budget): for models bigger than "
+        "memory. Chosen automatically when the weights do not fit the device's free memory",
+    )
 
 
 def load(args, sequential_ok: bool = False):
@@ -221,16 +259,26 @@ def workspace_from(args, lm):
     from analysis.texts import resolve_text
 
     resolve_calibration(args, lm.config)
-    cal = Calibration(n_windows=args.sequences, window_len=args.seq_len, exclude_first=args.exclude_first,
-                      n_max=args.n_max, storage=args.storage)
+    cal = Calibration(
+        n_windows=args.sequences,
+        window_len=args.seq_len,
+        exclude_first=args.exclude_first,
+        n_max=args.n_max,
+        storage=args.storage,
+    )
     return Workspace(lm=lm, text=resolve_text(args.text), calibration=cal)
 
 
 def eval_settings_from(args):
     from analysis.evaluation.perplexity import EvalSettings
 
-    return EvalSettings(text=args.eval_text, n_tokens=args.eval_tokens, context=args.context, stride=args.stride,
-                        measure_speed=not args.no_speed)
+    return EvalSettings(
+        text=args.eval_text,
+        n_tokens=args.eval_tokens,
+        context=args.context,
+        stride=args.stride,
+        measure_speed=not args.no_speed,
+    )
 
 
 class TqdmProgress:
@@ -255,8 +303,6 @@ class TqdmProgress:
             self.bar = None
 
 
-
-
 def print_json(obj) -> None:
     print(json.dumps(json.loads(cache.dumps(obj)), indent=2))
 
@@ -264,10 +310,15 @@ def print_json(obj) -> None:
 def add_gguf_arg(p: argparse.ArgumentParser) -> None:
     from analysis.changes.gguf import SUPPORTED_QTYPES
 
-    p.add_argument("--gguf", choices=SUPPORTED_QTYPES, default=None, metavar="TYPE",
-                   help="also write model-TYPE.gguf into the export for llama.cpp, Ollama and LM Studio "
-                        f"({', '.join(SUPPORTED_QTYPES)}; f16 is lossless for an fp16 model, q8_0 the usual choice); "
-                        "read back with transformers' GGUF reader and its top-1 agreement recorded")
+    p.add_argument(
+        "--gguf",
+        choices=SUPPORTED_QTYPES,
+        default=None,
+        metavar="TYPE",
+        help="also write model-TYPE.gguf into the export for llama.cpp, Ollama and LM Studio "
+        f"({', '.join(SUPPORTED_QTYPES)}; f16 is lossless for an fp16 model, q8_0 the usual choice); "
+        "read back with transformers' GGUF reader and its top-1 agreement recorded",
+    )
 
 
 def check_gguf_family(args, config) -> None:
@@ -280,13 +331,17 @@ def check_gguf_family(args, config) -> None:
     families = supported_families()
     model_type = getattr(getattr(config, "text_config", None) or config, "model_type", None)
     if config.model_type not in families and model_type not in families:
-        raise InputError(f"--gguf: GGUF export covers {', '.join(sorted(families))}; this model is "
-                         f"{config.model_type!r}")
+        raise InputError(
+            f"--gguf: GGUF export covers {', '.join(sorted(families))}; this model is {config.model_type!r}"
+        )
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "results folder") -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace a non-empty {what} (only one LayerScope wrote; any other folder is refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace a non-empty {what} (only one LayerScope wrote; any other folder is refused)",
+    )
 
 
 def out_destination(args, what: str = "output folder", option: str = "--out"):
@@ -294,8 +349,11 @@ def out_destination(args, what: str = "output folder", option: str = "--out"):
     ``destinations.writing(dest)``."""
     from analysis import destinations
 
-    return destinations.check(getattr(args, option.lstrip("-").replace("-", "_")),
-                              overwrite=bool(getattr(args, "overwrite", False)), what=f"{option} {what}")
+    return destinations.check(
+        getattr(args, option.lstrip("-").replace("-", "_")),
+        overwrite=bool(getattr(args, "overwrite", False)),
+        what=f"{option} {what}",
+    )
 
 
 def preflight_calibration(args, spec=None, text=None):
@@ -306,15 +364,17 @@ def preflight_calibration(args, spec=None, text=None):
     from analysis.workflow import preflight
 
     if args.sequences is not None and args.seq_len is not None:
-        preflight.check_windows(None, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
-                                getattr(args, "n_max", None))
+        preflight.check_windows(
+            None, args.sequences, args.seq_len, getattr(args, "exclude_first", 0), getattr(args, "n_max", None)
+        )
     text = text or resolve_text(args.text)
     spec = spec or spec_from(args)
     say = lambda m: print(f"[model] {m}", file=sys.stderr)  # noqa: E731
     config = read_config(spec, say)
     if config is not None:
         resolve_calibration(args, config)
-        preflight.check_windows(config, args.sequences, args.seq_len, getattr(args, "exclude_first", 0),
-                                getattr(args, "n_max", None))
+        preflight.check_windows(
+            config, args.sequences, args.seq_len, getattr(args, "exclude_first", 0), getattr(args, "n_max", None)
+        )
         preflight.check_text_windows(read_tokenizer(spec), text, args.sequences, args.seq_len)
     return text

@@ -38,8 +38,7 @@ With --remove, both are removed in one step and every index refers to the origin
 import sys
 
 NAME = "compress"
-HELP = ("low-rank truncation (svd, asvd, svd-llm, nsvd), linear replacement of blocks and/or ReplaceMe; evaluate; "
-        "export")
+HELP = "low-rank truncation (svd, asvd, svd-llm, nsvd), linear replacement of blocks and/or ReplaceMe; evaluate; export"
 
 
 def add_arguments(p):
@@ -59,46 +58,101 @@ def add_arguments(p):
 
     add_model_args(p)
     g = p.add_argument_group("low-rank truncation")
-    g.add_argument("--method", default="svd-llm", choices=list(METHODS) + ["svd_llm"],
-                   help="svd (plain), asvd (activation-scaled), svd-llm (whitened), nsvd (nested; its equations "
-                        "are unverified: no public code)")
-    g.add_argument("--ratio", type=open_fraction, default=None,
-                   help="share of each matrix's parameters to remove, in (0, 1): rank ⌊(1−ρ)·m·n/(m+n)⌋")
+    g.add_argument(
+        "--method",
+        default="svd-llm",
+        choices=list(METHODS) + ["svd_llm"],
+        help="svd (plain), asvd (activation-scaled), svd-llm (whitened), nsvd (nested; its equations "
+        "are unverified: no public code)",
+    )
+    g.add_argument(
+        "--ratio",
+        type=open_fraction,
+        default=None,
+        help="share of each matrix's parameters to remove, in (0, 1): rank ⌊(1−ρ)·m·n/(m+n)⌋",
+    )
     g.add_argument("--rank", type=positive_int, default=None, help="one explicit rank for every target matrix")
-    g.add_argument("--targets", default="mlp",
-                   help="mlp, attn, all, or projection names separated by commas (e.g. down_proj,up_proj)")
-    g.add_argument("--blocks", default=None, type=block_list("--blocks"), help="blocks whose matrices to truncate, 0-based: '0-9', '3,5', '[0,10)' "
-                                                  "(default: all)")
+    g.add_argument(
+        "--targets",
+        default="mlp",
+        help="mlp, attn, all, or projection names separated by commas (e.g. down_proj,up_proj)",
+    )
+    g.add_argument(
+        "--blocks",
+        default=None,
+        type=block_list("--blocks"),
+        help="blocks whose matrices to truncate, 0-based: '0-9', '3,5', '[0,10)' (default: all)",
+    )
     g.add_argument("--alpha", type=non_negative_float, default=0.5, help="ASVD's exponent α of mean|x|")
-    g.add_argument("--k1-share", type=float_in(0.0, 1.0, lo_open=True), default=0.95, help="NSVD's share k1/k of the whitened first stage")
-    g.add_argument("--damping", type=non_negative_float, default=None,
-                   help="relative λ added to X Xᵀ before Cholesky (default: 0, raised automatically if X Xᵀ is not "
-                        "positive definite)")
-    g.add_argument("--form", choices=["dense", "factorised"], default=None,
-                   help="in-memory and export form (default: factorised with low rank, dense otherwise)")
+    g.add_argument(
+        "--k1-share",
+        type=float_in(0.0, 1.0, lo_open=True),
+        default=0.95,
+        help="NSVD's share k1/k of the whitened first stage",
+    )
+    g.add_argument(
+        "--damping",
+        type=non_negative_float,
+        default=None,
+        help="relative λ added to X Xᵀ before Cholesky (default: 0, raised automatically if X Xᵀ is not "
+        "positive definite)",
+    )
+    g.add_argument(
+        "--form",
+        choices=["dense", "factorised"],
+        default=None,
+        help="in-memory and export form (default: factorised with low rank, dense otherwise)",
+    )
     g = p.add_argument_group("other changes")
-    g.add_argument("--replace", default=None, type=block_list("--replace"), help="blocks to replace by a least-squares linear map h_b → h_(b+1)")
-    g.add_argument("--remove", default=None, type=block_list("--remove"), help="blocks to remove as well (depth pruning), 0-based")
+    g.add_argument(
+        "--replace",
+        default=None,
+        type=block_list("--replace"),
+        help="blocks to replace by a least-squares linear map h_b → h_(b+1)",
+    )
+    g.add_argument(
+        "--remove", default=None, type=block_list("--remove"), help="blocks to remove as well (depth pruning), 0-based"
+    )
     g = p.add_argument_group("ReplaceMe (a run of blocks replaced by a map folded into the block before it)")
-    g.add_argument("--replaceme", default=None, type=replaceme_run, metavar="START:N",
-                   help="the run [START, START+N) to replace: START:N, [START,END) or auto:N (start chosen by "
-                        "--replaceme-by); START >= 1")
-    g.add_argument("--replaceme-method", choices=["lstsq", "cosine"], default="lstsq",
-                   help="lstsq: least squares from streamed moments; cosine: Adam on the cosine distance from the "
-                        "least-squares map")
-    g.add_argument("--replaceme-relative-ridge", "--replaceme-ridge", dest="replaceme_relative_ridge",
-                   type=non_negative_float,
-                   default=0.0, help="relative ridge λ/(tr(MᵀM)/d) of the fit (the authors' alpha is the absolute "
-                                     "λ; the recipe records it as ridge_absolute); default 0")
-    g.add_argument("--replaceme-by", default="angular",
-                   help="for auto:N: angular (default; the ReplaceMe authors' rule: last-token angular distance), "
-                        "cosine (LayerScope's all-token cosine) or a block metric key (LayerScope: its score summed "
-                        "over the run)")
+    g.add_argument(
+        "--replaceme",
+        default=None,
+        type=replaceme_run,
+        metavar="START:N",
+        help="the run [START, START+N) to replace: START:N, [START,END) or auto:N (start chosen by "
+        "--replaceme-by); START >= 1",
+    )
+    g.add_argument(
+        "--replaceme-method",
+        choices=["lstsq", "cosine"],
+        default="lstsq",
+        help="lstsq: least squares from streamed moments; cosine: Adam on the cosine distance from the "
+        "least-squares map",
+    )
+    g.add_argument(
+        "--replaceme-relative-ridge",
+        "--replaceme-ridge",
+        dest="replaceme_relative_ridge",
+        type=non_negative_float,
+        default=0.0,
+        help="relative ridge λ/(tr(MᵀM)/d) of the fit (the authors' alpha is the absolute "
+        "λ; the recipe records it as ridge_absolute); default 0",
+    )
+    g.add_argument(
+        "--replaceme-by",
+        default="angular",
+        help="for auto:N: angular (default; the ReplaceMe authors' rule: last-token angular distance), "
+        "cosine (LayerScope's all-token cosine) or a block metric key (LayerScope: its score summed "
+        "over the run)",
+    )
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
+    )
     add_gguf_arg(p)
 
 
@@ -109,11 +163,16 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 
     action: dict = {}
     if args.ratio is not None or args.rank is not None:
-        value = {"method": args.method.replace("_", "-"), "targets": args.targets,
-                 "blocks": None if args.blocks is None else parse_blocks(args.blocks, what="--blocks"),
-                 "alpha": args.alpha,
-                 "k1_share": args.k1_share, "damping": args.damping, "form": args.form or "factorised",
-                 "calibration": _calibration(args)}
+        value = {
+            "method": args.method.replace("_", "-"),
+            "targets": args.targets,
+            "blocks": None if args.blocks is None else parse_blocks(args.blocks, what="--blocks"),
+            "alpha": args.alpha,
+            "k1_share": args.k1_share,
+            "damping": args.damping,
+            "form": args.form or "factorised",
+            "calibration": _calibration(args),
+        }
         if args.ratio is not None:
             value["ratio"] = args.ratio
         if args.rank is not None:
@@ -128,8 +187,13 @@ def build_action(args, n_blocks: int | None = None) -> dict:
         from analysis.changes.replaceme import ReplaceMeSpec, parse_run
 
         start, n = parse_run(args.replaceme)
-        value = {"start": start, "n": n, "method": args.replaceme_method,
-                 "relative_ridge": args.replaceme_relative_ridge, "calibration": _calibration(args)}
+        value = {
+            "start": start,
+            "n": n,
+            "method": args.replaceme_method,
+            "relative_ridge": args.replaceme_relative_ridge,
+            "calibration": _calibration(args),
+        }
         ReplaceMeSpec.from_value({**value, "start": 1 if start == -1 else start})  # auto: the start comes later
         if start == -1:
             from analysis.search.replaceme_rows import check_rule
@@ -140,12 +204,15 @@ def build_action(args, n_blocks: int | None = None) -> dict:
         removed = parse_blocks(args.remove, what="--remove")
         action["remove_blocks"] = validate_removal(removed, n_blocks) if n_blocks else removed
     if not action.get("low_rank") and not action.get("replace_linear") and not action.get("replaceme"):
-        raise CompressionError("nothing to compress: give --ratio or --rank (low-rank truncation), --replace "
-                               "BLOCKS (linear replacement) and/or --replaceme START:N (ReplaceMe)")
+        raise CompressionError(
+            "nothing to compress: give --ratio or --rank (low-rank truncation), --replace "
+            "BLOCKS (linear replacement) and/or --replaceme START:N (ReplaceMe)"
+        )
     both = sorted(set(action.get("replace_linear", [])) & set(action.get("remove_blocks", [])))
     if both:
-        raise CompressionError(f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
-                               "replaced and removed")
+        raise CompressionError(
+            f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both replaced and removed"
+        )
     if action.get("replaceme") and action["replaceme"]["start"] != -1:
         from analysis.changes.variant import removed_by
 
@@ -156,8 +223,11 @@ def build_action(args, n_blocks: int | None = None) -> dict:
 def _calibration(args) -> dict:
     """The calibration entry of an action: what is known yet (the windows are chosen from the model once it is
     read; see :func:`analysis.cli.common.resolve_calibration`)."""
-    return {k: v for k, v in (("text", args.text), ("windows", args.sequences), ("window_len", args.seq_len))
-            if v is not None}
+    return {
+        k: v
+        for k, v in (("text", args.text), ("windows", args.sequences), ("window_len", args.seq_len))
+        if v is not None
+    }
 
 
 def run(args) -> int:
@@ -214,30 +284,52 @@ def run(args) -> int:
             start, score = choose_run(ws, n, args.replaceme_by, TqdmProgress("choose"), exclude=exclude)
             action["replaceme"]["start"] = start
             action["replaceme"]["chosen_by"] = chosen_by(args.replaceme_by, score)
-            print(f"[compress] ReplaceMe: run [{start}, {start + n}) chosen by the "
-                  f"{action['replaceme']['chosen_by']['label']} (score {score:.4f})", file=sys.stderr)
+            print(
+                f"[compress] ReplaceMe: run [{start}, {start + n}) chosen by the "
+                f"{action['replaceme']['chosen_by']['label']} (score {score:.4f})",
+                file=sys.stderr,
+            )
     form = args.form or ("factorised" if "low_rank" in action else "dense")
     print(f"[compress] {describe_action(action)}", file=sys.stderr)
-    variant = make_variant(ws, action, settings, progress=TqdmProgress("compress"),
-                           stage=lambda s: print(f"[compress] {s.lower()} ({eval_text.label})", file=sys.stderr)
-                           if s.startswith("Evaluating") else None)
+    variant = make_variant(
+        ws,
+        action,
+        settings,
+        progress=TqdmProgress("compress"),
+        stage=lambda s: print(f"[compress] {s.lower()} ({eval_text.label})", file=sys.stderr)
+        if s.startswith("Evaluating")
+        else None,
+    )
     model, table, name = variant.model, variant.evaluation, candidate_name(action)
     record = record_of(model)
     for note in (record.get("low_rank") or {}).get("notes", []):
         print(f"warning: {note}", file=sys.stderr)
-    recipe = export_variant(model, lm.tokenizer, out, variant.recipe, form=form, overwrite=args.overwrite, gguf=args.gguf)
+    recipe = export_variant(
+        model, lm.tokenizer, out, variant.recipe, form=form, overwrite=args.overwrite, gguf=args.gguf
+    )
     check = recipe["export"]["reload_check"]
     low = record.get("low_rank") or {}
-    print_json({"out": str(out), "change": recipe["name"], "form": form,
-                "perplexity": {"original": table.original.perplexity, name: table.candidate.perplexity},
-                "kl_to_original": table.candidate.kl_to_original, "top1_agreement": table.candidate.top1_agreement,
-                "parameters": recipe.get("parameters"), "matrices": len(low.get("ranks", {})),
-                "damped": len(low.get("damped", [])),
-                "fit_residual": (record.get("replace_linear") or {}).get("fit_residual"),
-                "replaceme": {k: v for k, v in (record.get("replaceme") or {}).items()
-                              if k in ("start", "n", "method", "fit_residual", "removal_residual", "fold_into",
-                                       "chosen_by")}
-                or None,
-                "size_bytes": recipe["export"]["size_bytes"], "reload_check": check,
-                "plain_checkpoint": not needs_project_loader(out)})
+    print_json(
+        {
+            "out": str(out),
+            "change": recipe["name"],
+            "form": form,
+            "perplexity": {"original": table.original.perplexity, name: table.candidate.perplexity},
+            "kl_to_original": table.candidate.kl_to_original,
+            "top1_agreement": table.candidate.top1_agreement,
+            "parameters": recipe.get("parameters"),
+            "matrices": len(low.get("ranks", {})),
+            "damped": len(low.get("damped", [])),
+            "fit_residual": (record.get("replace_linear") or {}).get("fit_residual"),
+            "replaceme": {
+                k: v
+                for k, v in (record.get("replaceme") or {}).items()
+                if k in ("start", "n", "method", "fit_residual", "removal_residual", "fold_into", "chosen_by")
+            }
+            or None,
+            "size_bytes": recipe["export"]["size_bytes"],
+            "reload_check": check,
+            "plain_checkpoint": not needs_project_loader(out),
+        }
+    )
     return 0 if check["ok"] else 1

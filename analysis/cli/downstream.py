@@ -26,13 +26,28 @@ def add_arguments(p):
     add_model_args(p)
     p.add_argument("--tasks", default="layerscope_cloze", help="comma-separated task names (see --list)")
     p.add_argument("--list", action="store_true", help="list the tasks and whether their data is here; run nothing")
-    p.add_argument("--task-dir", action="append", default=None, metavar="DIR",
-                   help="a folder of lm-eval task YAMLs (repeatable; default: $LAYERSCOPE_TASKS)")
-    p.add_argument("--allow-task-code", action="store_true",
-                   help="run the Python helpers a task folder's YAML names (!function); off: such tasks are refused")
-    p.add_argument("--remove", default=None, type=block_list("--remove"), help="also evaluate a copy without these blocks: '12,13', '12-15'")
+    p.add_argument(
+        "--task-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a folder of lm-eval task YAMLs (repeatable; default: $LAYERSCOPE_TASKS)",
+    )
+    p.add_argument(
+        "--allow-task-code",
+        action="store_true",
+        help="run the Python helpers a task folder's YAML names (!function); off: such tasks are refused",
+    )
+    p.add_argument(
+        "--remove",
+        default=None,
+        type=block_list("--remove"),
+        help="also evaluate a copy without these blocks: '12,13', '12-15'",
+    )
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples of each task")
-    p.add_argument("--num-fewshot", type=non_negative_int, default=None, help="few-shot examples (default: the task's, or 0)")
+    p.add_argument(
+        "--num-fewshot", type=non_negative_int, default=None, help="few-shot examples (default: the task's, or 0)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", default=None, help="also write DIR/downstream.json (new or empty unless --overwrite)")
     from analysis.cli.common import add_overwrite_arg
@@ -74,13 +89,26 @@ def run(args) -> int:
         print(f"[downstream] removed blocks {blocks}", file=sys.stderr)
     names = [t.name for t in infos]
     result = ds.evaluate_downstream(
-        lm.model, lm.tokenizer, names, candidate=candidate, candidate_name="pruned", limit=args.limit,
-        batch_size=args.batch_size, progress=TqdmProgress("downstream"), task_dirs=task_dirs,
-        num_fewshot=args.num_fewshot, original_key=lm.fingerprint, allow_code=args.allow_task_code,
+        lm.model,
+        lm.tokenizer,
+        names,
+        candidate=candidate,
+        candidate_name="pruned",
+        limit=args.limit,
+        batch_size=args.batch_size,
+        progress=TqdmProgress("downstream"),
+        task_dirs=task_dirs,
+        num_fewshot=args.num_fewshot,
+        original_key=lm.fingerprint,
+        allow_code=args.allow_task_code,
         candidate_key=_fingerprint(candidate) if candidate is not None else "",
     )
-    result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,
-                       "parameters": lm.n_parameters()}
+    result["model"] = {
+        "source": args.model,
+        "fingerprint": lm.fingerprint,
+        "blocks": lm.n_blocks,
+        "parameters": lm.n_parameters(),
+    }
     if blocks is not None:
         result["removed_blocks"] = blocks
     result["task_info"] = {t.name: t.to_dict() for t in infos}

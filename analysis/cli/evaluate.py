@@ -32,13 +32,15 @@ def run(args) -> int:
     from analysis.workflow import preflight
 
     text = resolve_text(args.text)
-    settings = EvalSettings(text=args.text, n_tokens=args.tokens, context=args.context, stride=args.stride,
-                            measure_speed=False)
+    settings = EvalSettings(
+        text=args.text, n_tokens=args.tokens, context=args.context, stride=args.stride, measure_speed=False
+    )
     names = {**preflight.CLI, "n_tokens": "--tokens", "eval_text": "--text"}
     preflight.check_eval(None, None, settings, names)
     config = read_config(spec_from(args))
-    preflight.check_eval(config, read_tokenizer(spec_from(args)) if config is not None else None, settings, names,
-                         text=text)
+    preflight.check_eval(
+        config, read_tokenizer(spec_from(args)) if config is not None else None, settings, names, text=text
+    )
     lm = load(args, sequential_ok=True)
     sequential = bool(getattr(lm, "sequential", False))
     model = lm if sequential else lm.model  # layer by layer, or the module in memory
@@ -49,7 +51,12 @@ def run(args) -> int:
         est = estimate_seconds(lm, settings)
         print(f"[evaluate] estimate: about {format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
     result = perplexity(model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
-    result["model"] = {"source": args.model, "fingerprint": lm.fingerprint, "blocks": lm.n_blocks,
-                       "parameters": lm.n_parameters(), "sequential": bool(getattr(lm, "sequential", False))}
+    result["model"] = {
+        "source": args.model,
+        "fingerprint": lm.fingerprint,
+        "blocks": lm.n_blocks,
+        "parameters": lm.n_parameters(),
+        "sequential": bool(getattr(lm, "sequential", False)),
+    }
     print_json(result)
     return 0

@@ -46,24 +46,44 @@ def add_arguments(p):
     add_model_args(p)
     g = p.add_argument_group("variant")
     x = g.add_mutually_exclusive_group()
-    x.add_argument("--remove", default=None, type=block_list("--remove"), help="blocks to remove first, 0-based: '12,13', '12-15' or '[12,16)'")
+    x.add_argument(
+        "--remove",
+        default=None,
+        type=block_list("--remove"),
+        help="blocks to remove first, 0-based: '12,13', '12-15' or '[12,16)'",
+    )
     x.add_argument("--recipe", default=None, help="a recipe.json whose change is the variant to heal")
-    g.add_argument("--calib-text", default="alice",
-                   help="calibration text of the workspace (for changes that need one; a recipe brings its own)")
+    g.add_argument(
+        "--calib-text",
+        default="alice",
+        help="calibration text of the workspace (for changes that need one; a recipe brings its own)",
+    )
     h = p.add_argument_group("healing")
     h.add_argument("--method", default=d.method, choices=METHODS)
     h.add_argument("--loss", default=d.loss, choices=LOSSES)
     h.add_argument("--mix", type=float_in(0.0, 1.0), default=d.mix, help="the KL weight of --loss mix")
     h.add_argument("--steps", type=positive_int, default=d.steps)
     h.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 1e-3 LoRA, 1e-4 partial)")
-    h.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
-                   help="transformers' scheduler: cosine (get_cosine_schedule_with_warmup) or constant "
-                        "(get_constant_schedule_with_warmup)")
-    h.add_argument("--warmup", type=float_in(0.0, 1.0, hi_open=True), default=d.warmup,
-                   help="warm-up as a share of the steps: ceil(share x steps) steps rising linearly from 0")
+    h.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=SCHEDULES,
+        help="transformers' scheduler: cosine (get_cosine_schedule_with_warmup) or constant "
+        "(get_constant_schedule_with_warmup)",
+    )
+    h.add_argument(
+        "--warmup",
+        type=float_in(0.0, 1.0, hi_open=True),
+        default=d.warmup,
+        help="warm-up as a share of the steps: ceil(share x steps) steps rising linearly from 0",
+    )
     h.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    h.add_argument("--window-len", type=window_length, default=d.window_len,
-                   help="tokens per healing window (at most the model's positions; the step's estimated memory must fit the budget)")
+    h.add_argument(
+        "--window-len",
+        type=window_length,
+        default=d.window_len,
+        help="tokens per healing window (at most the model's positions; the step's estimated memory must fit the budget)",
+    )
     h.add_argument("--windows", type=positive_int, default=None, help="use at most this many windows of the text")
     h.add_argument("--seed", type=seed_int, default=d.seed)
     h.add_argument("--rank", type=positive_int, default=d.rank, help="LoRA rank r")
@@ -72,14 +92,21 @@ def add_arguments(p):
     h.add_argument("--adapt-truncated", action="store_true", help="LoRA: also adapt truncated B·A / low-rank W'")
     h.add_argument("--adapt-linear-blocks", action="store_true", help="LoRA: also adapt blocks replaced by linear maps")
     h.add_argument("--blocks", type=positive_int, default=d.blocks, help="partial: train the last n blocks")
-    h.add_argument("--head", default=d.head, choices=HEADS,
-                   help="partial: a tied head trains the shared matrix (tied), gets its own copy (untie), or is frozen")
+    h.add_argument(
+        "--head",
+        default=d.head,
+        choices=HEADS,
+        help="partial: a tied head trains the shared matrix (tied), gets its own copy (untie), or is frozen",
+    )
     h.add_argument("--text", default="lcet10", help="healing text: bundled name or a path to a text file")
     h.add_argument("--estimate", action="store_true", help="only time a few steps and print the cost estimate")
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
+    )
     add_gguf_arg(p)
 
 
@@ -100,14 +127,32 @@ def run(args) -> int:
     from analysis.workflow import recipe as rc
     from analysis.workflow.variants import export_variant
 
-    value = {"method": args.method, "loss": args.loss, "mix": args.mix, "steps": args.steps, "lr": args.lr,
-             "schedule": args.schedule, "warmup": args.warmup, "batch_size": args.batch_size,
-             "window_len": args.window_len, "windows": args.windows, "seed": args.seed, "rank": args.rank,
-             "alpha": args.alpha, "targets": args.targets, "adapt_truncated": args.adapt_truncated,
-             "adapt_linear_blocks": args.adapt_linear_blocks, "blocks": args.blocks, "head": args.head}
+    value = {
+        "method": args.method,
+        "loss": args.loss,
+        "mix": args.mix,
+        "steps": args.steps,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "window_len": args.window_len,
+        "windows": args.windows,
+        "seed": args.seed,
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "targets": args.targets,
+        "adapt_truncated": args.adapt_truncated,
+        "adapt_linear_blocks": args.adapt_linear_blocks,
+        "blocks": args.blocks,
+        "head": args.head,
+    }
     hl.HealSpec.from_value(value)  # bad settings end here, before anything is loaded
-    out = (out_destination(args, "export folder").path if not args.estimate  # checked again when written
-           else Path(args.out).expanduser().resolve())
+    out = (
+        out_destination(args, "export folder").path
+        if not args.estimate  # checked again when written
+        else Path(args.out).expanduser().resolve()
+    )
     heal_text = resolve_text(args.text)
     settings = eval_settings_from(args)
     eval_text = resolve_text(settings.text)
@@ -145,23 +190,48 @@ def run(args) -> int:
         print_json({"variant": describe_action(action), "estimate": est})
         return 0
     print(f"[heal] {hl.describe_heal(value)} of: {describe_action(action)}", file=sys.stderr)
-    healed = run_in_foreground(lambda job: hl.heal_model(cut, spec, windows, teacher, progress=job.report,
-                                                         text=heal_text),
-                               label="heal", progress=TqdmProgress("heal"))
+    healed = run_in_foreground(
+        lambda job: hl.heal_model(cut, spec, windows, teacher, progress=job.report, text=heal_text),
+        label="heal",
+        progress=TqdmProgress("heal"),
+    )
     rec = hl.record_of(healed)
-    print(f"[heal] training loss {rec['first_loss']:.4f} -> {rec['final_loss']:.4f} in {rec['seconds']:.0f} s; "
-          f"evaluating on {eval_text.label}", file=sys.stderr)
+    print(
+        f"[heal] training loss {rec['first_loss']:.4f} -> {rec['final_loss']:.4f} in {rec['seconds']:.0f} s; "
+        f"evaluating on {eval_text.label}",
+        file=sys.stderr,
+    )
     cut_table = None
     if action:
-        cut_table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=cut,
-                             candidate_name=rc.candidate_name(action), original_key=lm.fingerprint,
-                             progress=TqdmProgress("evaluate cut"))
+        cut_table = evaluate(
+            lm.model,
+            lm.tokenizer,
+            eval_text,
+            settings,
+            candidate=cut,
+            candidate_name=rc.candidate_name(action),
+            original_key=lm.fingerprint,
+            progress=TqdmProgress("evaluate cut"),
+        )
     full = {**action, "heal": rec["settings"]}
-    table = evaluate(lm.model, lm.tokenizer, eval_text, settings, candidate=healed, candidate_name="healed",
-                     original_key=lm.fingerprint, progress=TqdmProgress("evaluate healed"))
+    table = evaluate(
+        lm.model,
+        lm.tokenizer,
+        eval_text,
+        settings,
+        candidate=healed,
+        candidate_name="healed",
+        original_key=lm.fingerprint,
+        progress=TqdmProgress("evaluate healed"),
+    )
     recipe = rc.variant_recipe(ws, full, evaluation=table.to_dict(), model=healed)
-    cut_name = ("minus " + ",".join(map(str, action["remove_blocks"])) if set(action) == {"remove_blocks"} else
-                describe_action(action) if action else "original")
+    cut_name = (
+        "minus " + ",".join(map(str, action["remove_blocks"]))
+        if set(action) == {"remove_blocks"}
+        else describe_action(action)
+        if action
+        else "original"
+    )
     recipe["name"] = f"{cut_name} · healed"
     ppl_o, ppl_h = table.original.perplexity, table.candidate.perplexity
     ppl_c = cut_table.candidate.perplexity if cut_table is not None else ppl_o
@@ -174,11 +244,24 @@ def run(args) -> int:
         (directory / "adapter").mkdir()
         hl.save_adapter(model, directory / "adapter")
 
-    recipe = export_variant(healed, lm.tokenizer, out, recipe, overwrite=args.overwrite, gguf=args.gguf,
-                            also_write=save_adapter if lora else None)
+    recipe = export_variant(
+        healed,
+        lm.tokenizer,
+        out,
+        recipe,
+        overwrite=args.overwrite,
+        gguf=args.gguf,
+        also_write=save_adapter if lora else None,
+    )
     check = recipe["export"]["reload_check"]
-    result = {"out": str(out), "variant": recipe["name"], "gap": gap, "reload_check": check,
-              "training_loss": {"first": rec["first_loss"], "final": rec["final_loss"]}, "seconds": rec["seconds"]}
+    result = {
+        "out": str(out),
+        "variant": recipe["name"],
+        "gap": gap,
+        "reload_check": check,
+        "training_loss": {"first": rec["first_loss"], "final": rec["final_loss"]},
+        "seconds": rec["seconds"],
+    }
     if lora:
         adapter_check = check_adapter(cut, healed, out / "adapter", lm.tokenizer)
         recipe["export"]["adapter"] = {"path": str(out / "adapter"), "reload_check": adapter_check}
@@ -195,10 +278,15 @@ def load_recipe_model(recipe, trust_remote_code: bool = False):
     from analysis.workflow import recipe as rc
 
     if rc.asks_for_remote_code(recipe) and not trust_remote_code:
-        print("warning: the recipe was written with trust_remote_code on; it is not honoured from a file (pass "
-              "--trust-remote-code yourself if you trust the model's code)", file=sys.stderr)
-    return load_model(rc.spec_of(recipe, trust_remote_code=trust_remote_code),
-                      progress=lambda m: print(f"[model] {m}", file=sys.stderr))
+        print(
+            "warning: the recipe was written with trust_remote_code on; it is not honoured from a file (pass "
+            "--trust-remote-code yourself if you trust the model's code)",
+            file=sys.stderr,
+        )
+    return load_model(
+        rc.spec_of(recipe, trust_remote_code=trust_remote_code),
+        progress=lambda m: print(f"[model] {m}", file=sys.stderr),
+    )
 
 
 def check_adapter(cut, healed, directory, tokenizer) -> dict:
@@ -208,13 +296,19 @@ def check_adapter(cut, healed, directory, tokenizer) -> dict:
     from analysis.changes.healing import _frozen_copy, load_adapter
     from analysis.model.architecture import input_device
 
-    x = tokenizer("The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said",
-                  return_tensors="pt", add_special_tokens=False)["input_ids"].to(input_device(healed))
+    x = tokenizer(
+        "The quick brown fox jumps over the lazy dog. Alice looked at the Queen and said",
+        return_tensors="pt",
+        add_special_tokens=False,
+    )["input_ids"].to(input_device(healed))
     with torch.no_grad():
         on_top = load_adapter(_frozen_copy(cut), directory)
         a = healed(input_ids=x, use_cache=False).logits.float()
         b = on_top(input_ids=x, use_cache=False).logits.float()
     diff = float((a - b).abs().max())
     scale = float(a.abs().max())
-    return {"max_abs_logit_diff": diff, "same_top1": bool((a.argmax(-1) == b.argmax(-1)).all()),
-            "ok": bool((a.argmax(-1) == b.argmax(-1)).all()) and diff <= 1e-3 * max(1.0, scale)}
+    return {
+        "max_abs_logit_diff": diff,
+        "same_top1": bool((a.argmax(-1) == b.argmax(-1)).all()),
+        "ok": bool((a.argmax(-1) == b.argmax(-1)).all()) and diff <= 1e-3 * max(1.0, scale),
+    }

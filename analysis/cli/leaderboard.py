@@ -47,8 +47,9 @@ def parse_k(spec: str) -> tuple[int, int] | list[int]:
     if m:
         a, b = int(m.group(1)), int(m.group(2))
         if a < 1 or b < a:
-            raise InputError(f"--k {spec!r}: a range starts at 1 or more and does not end before it starts; give "
-                             f"{forms}")
+            raise InputError(
+                f"--k {spec!r}: a range starts at 1 or more and does not end before it starts; give {forms}"
+            )
         return a, b
     if re.fullmatch(r"\d{1,6}", s) and int(s) >= 1:
         return 1, int(s)
@@ -83,30 +84,54 @@ def add_arguments(p):
     add_calibration_args(p)
     add_eval_args(p)
     g = p.add_argument_group("search")
-    g.add_argument("--k", default=None, type=k_sizes, help="sizes: K (1..K), a range '1-8' or a list '2,4,8' (default 1..L/4)")
-    g.add_argument("--search-text", default="lcet10", help="text of the damage scan and the searches (bundled name "
-                                                           "or path; not the evaluation or calibration text)")
+    g.add_argument(
+        "--k", default=None, type=k_sizes, help="sizes: K (1..K), a range '1-8' or a list '2,4,8' (default 1..L/4)"
+    )
+    g.add_argument(
+        "--search-text",
+        default="lcet10",
+        help="text of the damage scan and the searches (bundled name or path; not the evaluation or calibration text)",
+    )
     g.add_argument("--search-tokens", type=window_length, default=1024, help="tokens of the search text")
     g.add_argument("--search-context", type=window_length, default=512, help="window of the search text")
     g.add_argument("--half-blocks", action="store_true", help="also half-block greedy search (BlockPruner)")
-    g.add_argument("--greedy-candidates", choices=["sleb", "all"], default="sleb",
-                   help="blocks greedy search may remove: sleb (default, as SLEB: never the first or the last "
-                        "block) or all")
+    g.add_argument(
+        "--greedy-candidates",
+        choices=["sleb", "all"],
+        default="sleb",
+        help="blocks greedy search may remove: sleb (default, as SLEB: never the first or the last block) or all",
+    )
     g.add_argument("--random", type=non_negative_int, default=5, help="random selections per k (seeded)")
     g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--metrics", default=None, help="comma-separated metric keys (default: cached + cheap ones)")
-    g.add_argument("--also", action="append", type=block_list("--also"), default=[], help="a selection of your own to rank, e.g. 12,13")
-    p.add_argument("--quick", action="store_true",
-                   help="the quick board for 'which rule wins at k': search on a quarter of its tokens, evaluation "
-                        "on an eighth (one window at least), no random draws, no half-block search, damage table of "
-                        "whole blocks only (printed before it starts)")
+    g.add_argument(
+        "--also",
+        action="append",
+        type=block_list("--also"),
+        default=[],
+        help="a selection of your own to rank, e.g. 12,13",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick board for 'which rule wins at k': search on a quarter of its tokens, evaluation "
+        "on an eighth (one window at least), no random draws, no half-block search, damage table of "
+        "whole blocks only (printed before it starts)",
+    )
     g = p.add_argument_group("Ray (docs/cluster.md)")
-    g.add_argument("--workers", type=positive_int, default=None, help="score candidates on N model replicas of a "
-                                                                      "local Ray started for the run (one per CPU "
-                                                                      "slot or GPU)")
-    g.add_argument("--ray-address", default="", help="score candidates on an existing Ray cluster (host:port or "
-                                                     "'auto'; one replica per GPU, or per node on CPUs, unless "
-                                                     "--workers says how many)")
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="score candidates on N model replicas of a local Ray started for the run (one per CPU slot or GPU)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default="",
+        help="score candidates on an existing Ray cluster (host:port or "
+        "'auto'; one replica per GPU, or per node on CPUs, unless "
+        "--workers says how many)",
+    )
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop")
     p.add_argument("--out", required=True, help="results folder (new or empty unless --overwrite)")
 
@@ -131,20 +156,30 @@ def run(args) -> int:
     k_list = tuple(k) if isinstance(k, list) else ()
     k_min, k_max = (1, max(k_list)) if k_list else k
     also = tuple(tuple(parse_blocks(s)) for s in args.also)
-    ev = lb.default_eval_settings(text=args.eval_text, n_tokens=args.eval_tokens, context=args.context,
-                                  stride=args.stride)
+    ev = lb.default_eval_settings(
+        text=args.eval_text, n_tokens=args.eval_tokens, context=args.context, stride=args.stride
+    )
     search = SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None
-    settings = lb.LeaderboardSettings(k_min=k_min, k_max=k_max, search=search, evaluation=ev, metrics=metrics,
-                                      half_blocks=args.half_blocks, random_samples=args.random, seed=args.seed,
-                                      greedy_candidates=args.greedy_candidates,
-                                      also=also, k_list=k_list)
+    settings = lb.LeaderboardSettings(
+        k_min=k_min,
+        k_max=k_max,
+        search=search,
+        evaluation=ev,
+        metrics=metrics,
+        half_blocks=args.half_blocks,
+        random_samples=args.random,
+        seed=args.seed,
+        greedy_candidates=args.greedy_candidates,
+        also=also,
+        k_list=k_list,
+    )
     # what can be refused without the model is refused before loading it
     dest = out_destination(args) if not args.estimate else None
     search.validate()
     ev.validate()
     if search.resolve().sha256 == lb.resolve_text(ev.text).sha256:
-        lb.validate(settings, 10 ** 6)
+        lb.validate(settings, 10**6)
     if metrics:
         from analysis.metrics import registry
 
@@ -166,10 +201,13 @@ def run(args) -> int:
     ws = workspace_from(args, lm)
     lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)
     est = lb.estimate(ws, settings)
-    print(f"[leaderboard] estimate: about {format_seconds(est['seconds'])} = work of "
-          f"{est['evaluations_of_original']:.1f} evaluations of the original at ~{est['per_evaluation_s']:.0f} s each "
-          f"({est['scans']} scans, up to {est['evaluations']} selections to evaluate; from a {est['probe_s']:.1f} s "
-          "forward of the model timed now; cached work is skipped)", file=sys.stderr)
+    print(
+        f"[leaderboard] estimate: about {format_seconds(est['seconds'])} = work of "
+        f"{est['evaluations_of_original']:.1f} evaluations of the original at ~{est['per_evaluation_s']:.0f} s each "
+        f"({est['scans']} scans, up to {est['evaluations']} selections to evaluate; from a {est['probe_s']:.1f} s "
+        "forward of the model timed now; cached work is skipped)",
+        file=sys.stderr,
+    )
     if args.estimate:
         return 0
     t0 = time.perf_counter()
@@ -181,16 +219,24 @@ def run(args) -> int:
         write_csv(out / "greedy.csv", lb.greedy_csv(result))
         write_csv(out / "leaderboard.csv", lb.leaderboard_csv(result))
         write_csv(out / "correlation.csv", lb.correlation_csv(result))
-        write_json(out / "leaderboard.json", {**result.to_dict(), "winners": result.winners().to_dict("records"),
-                                              **ws.describe()})
+        write_json(
+            out / "leaderboard.json",
+            {**result.to_dict(), "winners": result.winners().to_dict("records"), **ws.describe()},
+        )
     print(f"[leaderboard] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     c = result.cost
-    print(f"[leaderboard] cost: {c['evaluations']:.2f} evaluations of the original ({c['scan_evaluations']:.2f} in "
-          f"{c['scans_computed']} damage scans, {c['evaluation_evaluations']:.2f} evaluating "
-          f"{c['selections_computed']} of {c['selections']} distinct selections for {c['rows']} rows; cached work "
-          "costs nothing)", file=sys.stderr)
-    print(f"[leaderboard] greedy search (SLEB) searched {lb.greedy_candidates(result)}; removed in order: "
-          f"{', '.join(str(s['block']) for s in result.greedy)}", file=sys.stderr)
+    print(
+        f"[leaderboard] cost: {c['evaluations']:.2f} evaluations of the original ({c['scan_evaluations']:.2f} in "
+        f"{c['scans_computed']} damage scans, {c['evaluation_evaluations']:.2f} evaluating "
+        f"{c['selections_computed']} of {c['selections']} distinct selections for {c['rows']} rows; cached work "
+        "costs nothing)",
+        file=sys.stderr,
+    )
+    print(
+        f"[leaderboard] greedy search (SLEB) searched {lb.greedy_candidates(result)}; removed in order: "
+        f"{', '.join(str(s['block']) for s in result.greedy)}",
+        file=sys.stderr,
+    )
     print(result.winners().to_string(index=False))
     print(dest.path / "leaderboard.csv")
     return 0

@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_") or info.name in ("main", "common", "reference"):
             continue
         mod = importlib.import_module(f"{commands.__name__}.{info.name}")
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=(mod.__doc__ or mod.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -26,19 +26,29 @@ def add_arguments(p):
     add_model_args(p)
     add_sequential_arg(p)
     add_calibration_args(p)
-    p.add_argument("--metrics", default="linearity",
-                   help="comma-separated metric groups (default: linearity = linearity, linearity_no_residual, "
-                        "block_influence, angular_distance); 'all' for every registered group")
+    p.add_argument(
+        "--metrics",
+        default="linearity",
+        help="comma-separated metric groups (default: linearity = linearity, linearity_no_residual, "
+        "block_influence, angular_distance); 'all' for every registered group",
+    )
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
     from analysis.cli.common import add_overwrite_arg
 
     add_overwrite_arg(p)
     g = p.add_argument_group("AVSS (--metrics avss)")
-    g.add_argument("--avss-site", default="mlp", choices=["residual", "mlp", "attention"],
-                   help="activation site: block output, MLP hidden activation (input of down_proj; default), "
-                        "attention output")
-    g.add_argument("--avss-eps", type=positive_float, default=None,
-                   help="sparsity threshold (default 1e-5; 0.01 with --avss-relative)")
+    g.add_argument(
+        "--avss-site",
+        default="mlp",
+        choices=["residual", "mlp", "attention"],
+        help="activation site: block output, MLP hidden activation (input of down_proj; default), attention output",
+    )
+    g.add_argument(
+        "--avss-eps",
+        type=positive_float,
+        default=None,
+        help="sparsity threshold (default 1e-5; 0.01 with --avss-relative)",
+    )
     g.add_argument("--avss-relative", action="store_true", help="threshold eps * RMS(a) per token instead of eps")
 
 
@@ -62,17 +72,20 @@ def run(args) -> int:
         from analysis.model.loading import read_config
         from analysis.workflow import preflight
 
-        preflight.check_linearity_tokens(read_config(spec_from(args)), args.sequences, args.seq_len,
-                                         args.exclude_first, args.n_max)
+        preflight.check_linearity_tokens(
+            read_config(spec_from(args)), args.sequences, args.seq_len, args.exclude_first, args.n_max
+        )
     ws = workspace_from(args, load(args, sequential_ok=True))
     if getattr(ws.lm, "sequential", False):
         from analysis.errors import InputError
 
         need_model = [g for g in groups if g not in SEQUENTIAL_GROUPS]
         if need_model:
-            raise InputError(f"layer by layer, only the metrics computed from the captured states and the measured damage run "
-                             f"({', '.join(SEQUENTIAL_GROUPS)}); {', '.join(need_model)} need the model in memory: "
-                             "leave them out of --metrics, or run without --sequential on a machine it fits")
+            raise InputError(
+                f"layer by layer, only the metrics computed from the captured states and the measured damage run "
+                f"({', '.join(SEQUENTIAL_GROUPS)}); {', '.join(need_model)} need the model in memory: "
+                "leave them out of --metrics, or run without --sequential on a machine it fits"
+            )
     if not ws.is_captured():
         from analysis.capture import estimate
 

@@ -67,9 +67,15 @@ def run(args) -> int:
     with destinations.writing(dest, "overview") as out:
         write_csv(out / "overview.csv", table)
         write_csv(out / "overlap.csv", consensus.pairwise_overlap(suggested), index=True)
-        write_json(out / "suggestions.json", {
-            "k": args.k, "metrics": {m.key: {"blocks": suggested[m.key], "redundant_when": m.redundant_when}
-                                     for m in chosen},
-            "votes": consensus.votes(suggested, ws.n_blocks).tolist(), "consensus": agreed, **ws.describe()})
+        write_json(
+            out / "suggestions.json",
+            {
+                "k": args.k,
+                "metrics": {m.key: {"blocks": suggested[m.key], "redundant_when": m.redundant_when} for m in chosen},
+                "votes": consensus.votes(suggested, ws.n_blocks).tolist(),
+                "consensus": agreed,
+                **ws.describe(),
+            },
+        )
     print(dest.path / "suggestions.json")
     return 0

@@ -20,12 +20,20 @@ def add_arguments(p):
     from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args, block_list
 
     add_model_args(p)
-    p.add_argument("--remove", required=True, type=block_list("--remove"), help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'")
+    p.add_argument(
+        "--remove",
+        required=True,
+        type=block_list("--remove"),
+        help="blocks to remove, 0-based: '12,13', '12-15' or '[12,16)'",
+    )
     add_calibration_args(p)
     add_eval_args(p)
     p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
+    )
     add_gguf_arg(p)
 
 
@@ -67,19 +75,35 @@ def run(args) -> int:
     from analysis.formatting import format_seconds
 
     est = estimate_seconds(lm, settings, n_models=2, candidate_fraction=1 - len(blocks) / lm.n_blocks)
-    print(f"[prune] removing blocks {blocks}; evaluating on {eval_text.label}: about "
-          f"{format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
+    print(
+        f"[prune] removing blocks {blocks}; evaluating on {eval_text.label}: about "
+        f"{format_seconds(est['seconds'])} (from {est['basis']})",
+        file=sys.stderr,
+    )
     variant = make_variant(ws, {"remove_blocks": blocks}, settings, progress=TqdmProgress("evaluate"))
     table = variant.evaluation
     # the reload check holds one model at a time: the variant's logits first, then the original's weights (which
     # the variant shares) are released before the export is loaded back
-    recipe = export_variant(variant.model, lm.tokenizer, out, variant.recipe, overwrite=args.overwrite, gguf=args.gguf,
-                            release=lambda: _release(lm))
+    recipe = export_variant(
+        variant.model,
+        lm.tokenizer,
+        out,
+        variant.recipe,
+        overwrite=args.overwrite,
+        gguf=args.gguf,
+        release=lambda: _release(lm),
+    )
     check = recipe["export"]["reload_check"]
-    print_json({"out": str(out), "removed_blocks": blocks,
-                "perplexity": {"original": table.original.perplexity, "pruned": table.candidate.perplexity},
-                "kl_to_original": table.candidate.kl_to_original, "top1_agreement": table.candidate.top1_agreement,
-                "reload_check": check})
+    print_json(
+        {
+            "out": str(out),
+            "removed_blocks": blocks,
+            "perplexity": {"original": table.original.perplexity, "pruned": table.candidate.perplexity},
+            "kl_to_original": table.candidate.kl_to_original,
+            "top1_agreement": table.candidate.top1_agreement,
+            "reload_check": check,
+        }
+    )
     return 0 if check["ok"] else 1
 
 

@@ -15,10 +15,17 @@ def reference() -> str:
     os.environ["COLUMNS"] = "118"  # argparse wraps help text to the terminal width: make the output stable
     parser = build_parser()
     parser.prog = "layerscope"
-    out = ["# Command-line reference", "",
-           "Generated from the parser (`python -m analysis.cli.reference > docs/cli.md`); `layerscope X` and",
-           "`python -m analysis X` are the same command. What each command writes: [command-line.md](command-line.md).",
-           "", "```", parser.format_help().rstrip(), "```", ""]
+    out = [
+        "# Command-line reference",
+        "",
+        "Generated from the parser (`python -m analysis.cli.reference > docs/cli.md`); `layerscope X` and",
+        "`python -m analysis X` are the same command. What each command writes: [command-line.md](command-line.md).",
+        "",
+        "```",
+        parser.format_help().rstrip(),
+        "```",
+        "",
+    ]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, p in sorted(sub.choices.items()):
         p.prog = f"layerscope {name}"

@@ -11,7 +11,6 @@ Example:
   python -m analysis report --recipe out/pruned/recipe.json --out out/report.html --overwrite
 """
 
-
 NAME = "report"
 HELP = "write the self-contained HTML report from cached results"
 
@@ -40,11 +39,20 @@ def run(args) -> int:
     changes = []
     if args.recipe:
         recipe = rc.load(args.recipe)  # its trust_remote_code is never honoured: only --trust-remote-code
-        ws = Workspace(lm=load_model(rc.spec_of(recipe, trust_remote_code=args.trust_remote_code)),
-                       text=rc.text_of(recipe), calibration=rc.calibration_of(recipe))
+        ws = Workspace(
+            lm=load_model(rc.spec_of(recipe, trust_remote_code=args.trust_remote_code)),
+            text=rc.text_of(recipe),
+            calibration=rc.calibration_of(recipe),
+        )
         if recipe.get("action"):
-            changes.append({"name": recipe.get("name") or describe_action(recipe["action"]),
-                            "action": recipe["action"], "evaluation": recipe.get("evaluation"), "recipe": recipe})
+            changes.append(
+                {
+                    "name": recipe.get("name") or describe_action(recipe["action"]),
+                    "action": recipe["action"],
+                    "evaluation": recipe.get("evaluation"),
+                    "recipe": recipe,
+                }
+            )
     else:
         ws = workspace_from(args, load(args))
     path = write_report(dest.path, build_report(ws, changes, title=args.title), overwrite=args.overwrite)

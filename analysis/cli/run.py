@@ -19,15 +19,22 @@ HELP = "reproduce a recipe.json headless (metrics, change, evaluation, export, r
 def add_arguments(p):
     p.add_argument("recipe", help="path to a recipe.json")
     p.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
-    p.add_argument("--text", default=None,
-                   help="your calibration text file (a recipe names bundled texts only, never a file)")
+    p.add_argument(
+        "--text", default=None, help="your calibration text file (a recipe names bundled texts only, never a file)"
+    )
     p.add_argument("--device", default=None, help="override the recipe's device (auto, cpu, cuda, mps)")
     p.add_argument("--no-export", action="store_true", help="skip writing the checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty results folder (only one LayerScope wrote; any other is refused)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="run custom model code from the checkpoint's folder; a recipe's own \"trust_remote_code\" "
-                        "is never honoured")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty results folder (only one LayerScope wrote; any other is refused)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model code from the checkpoint's folder; a recipe's own \"trust_remote_code\" "
+        "is never honoured",
+    )
 
 
 def run(args) -> int:
@@ -53,8 +60,11 @@ def run(args) -> int:
     dest = destinations.check(args.out, overwrite=args.overwrite, what="--out results folder")
     spec = rc.spec_of(recipe, trust_remote_code=args.trust_remote_code)
     if rc.asks_for_remote_code(recipe) and not args.trust_remote_code:
-        print("warning: the recipe was written with trust_remote_code on; it is not honoured from a file (pass "
-              "--trust-remote-code yourself if you trust the model's code)", file=sys.stderr)
+        print(
+            "warning: the recipe was written with trust_remote_code on; it is not honoured from a file (pass "
+            "--trust-remote-code yourself if you trust the model's code)",
+            file=sys.stderr,
+        )
     if args.device:
         spec = dataclasses.replace(spec, device=args.device)
     if spec.trust_remote_code and remote_code_files(spec):
@@ -91,8 +101,15 @@ def run(args) -> int:
             if form and not args.no_export:
                 gguf = (recipe.get("export") or {}).get("gguf")  # "q8_0", or the section an export wrote
                 gguf = gguf.get("type") if isinstance(gguf, dict) else gguf
-                done = export_variant(model, lm.tokenizer, out / "checkpoint", done, form=form,
-                                      recorded_path=dest.path / "checkpoint", gguf=gguf)
+                done = export_variant(
+                    model,
+                    lm.tokenizer,
+                    out / "checkpoint",
+                    done,
+                    form=form,
+                    recorded_path=dest.path / "checkpoint",
+                    gguf=gguf,
+                )
             changes.append({"name": done["name"], "action": action, "evaluation": done["evaluation"], "recipe": done})
         write_json(out / "recipe.json", done)
         if recipe.get("report", True):

@@ -147,12 +147,16 @@ def hub_dataset_status(dataset_id: str, config: str | None = None) -> tuple[bool
         return True, f"prepared copy in the local datasets cache ({infos[0].parent.parent.parent})"
     raw = _hf_hub_cache() / f"datasets--{dataset_id.replace('/', '--')}"
     if raw.is_dir():
-        return False, (f"{NOT_LOCAL}: raw files of {dataset_id} are in the hub cache ({raw}) but no prepared copy"
-                       f"{f' of config {config!r}' if config else ''} is in the datasets cache, and datasets "
-                       "loads hub datasets offline only from a prepared copy (load it once where the hub is "
-                       "reachable)")
-    return False, (f"{NOT_LOCAL}: {dataset_id}{f' ({config})' if config else ''} is not in the local datasets "
-                   "cache (the hub is not reachable from here, and nothing is downloaded)")
+        return False, (
+            f"{NOT_LOCAL}: raw files of {dataset_id} are in the hub cache ({raw}) but no prepared copy"
+            f"{f' of config {config!r}' if config else ''} is in the datasets cache, and datasets "
+            "loads hub datasets offline only from a prepared copy (load it once where the hub is "
+            "reachable)"
+        )
+    return False, (
+        f"{NOT_LOCAL}: {dataset_id}{f' ({config})' if config else ''} is not in the local datasets "
+        "cache (the hub is not reachable from here, and nothing is downloaded)"
+    )
 
 
 def _load_yaml(path: Path, resolve_func: bool = False) -> dict:
@@ -233,6 +237,7 @@ def _data_file_list(data_files) -> list[str]:
 
 def _resolve_data_files(data_files, base: Path):
     """``data_files`` with each relative path made absolute against ``base`` when the file is there."""
+
     def one(f: str) -> str:
         p = Path(f).expanduser()
         if p.is_absolute():
@@ -257,9 +262,11 @@ def _info_from_yaml(path: Path, source: str, allow_code: bool = False) -> TaskIn
         info.code = task_code(path)
         if info.code and not allow_code and info.available:
             info.available = False
-            info.reason = (f"{CODE_REFUSED} ({', '.join(info.code[:3])}{' …' if len(info.code) > 3 else ''}); "
-                           "it runs only when you allow task code (downstream --allow-task-code, or the tick on "
-                           "the Variants page)")
+            info.reason = (
+                f"{CODE_REFUSED} ({', '.join(info.code[:3])}{' …' if len(info.code) > 3 else ''}); "
+                "it runs only when you allow task code (downstream --allow-task-code, or the tick on "
+                "the Variants page)"
+            )
     return info
 
 
@@ -267,16 +274,28 @@ def _info_from_yaml_data(path: Path, source: str) -> TaskInfo | None:
     try:
         cfg = _load_yaml(path)
     except Exception as exc:  # a broken YAML is listed, not fatal
-        return TaskInfo(name=path.stem, source=source, available=False, yaml_path=str(path),
-                        reason=f"cannot read {path.name}: {str(exc).splitlines()[0] if str(exc) else exc}")
+        return TaskInfo(
+            name=path.stem,
+            source=source,
+            available=False,
+            yaml_path=str(path),
+            reason=f"cannot read {path.name}: {str(exc).splitlines()[0] if str(exc) else exc}",
+        )
     name = cfg.get("task")
     if not isinstance(name, str):  # a group (task: [list]) or not a task config
         return None
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     output_type = cfg.get("output_type", "generate_until")
-    info = TaskInfo(name=name, source=source, available=False, reason="", yaml_path=str(path),
-                    description=str(meta.get("description", "")), output_type=output_type,
-                    chance=meta.get("chance") if isinstance(meta.get("chance"), (int, float)) else None)
+    info = TaskInfo(
+        name=name,
+        source=source,
+        available=False,
+        reason="",
+        yaml_path=str(path),
+        description=str(meta.get("description", "")),
+        output_type=output_type,
+        chance=meta.get("chance") if isinstance(meta.get("chance"), (int, float)) else None,
+    )
     if output_type != "multiple_choice":
         info.reason = f"output_type {output_type!r}: LayerScope runs multiple-choice tasks only"
         return info
@@ -329,12 +348,22 @@ def _scan(folder: Path, source: str, allow_code: bool = False) -> list[TaskInfo]
 def standard_task_info(name: str) -> TaskInfo:
     dataset_id, config, description = STANDARD_TASKS[name]
     available, reason = hub_dataset_status(dataset_id, config)
-    return TaskInfo(name=name, source="standard", available=available, reason=reason, description=description,
-                    dataset=dataset_id + (f" ({config})" if config else ""))
+    return TaskInfo(
+        name=name,
+        source="standard",
+        available=available,
+        reason=reason,
+        description=description,
+        dataset=dataset_id + (f" ({config})" if config else ""),
+    )
 
 
-def available_tasks(task_dirs: Sequence[str | Path] | None = None, include_standard: bool = True,
-                    only_available: bool = False, allow_code: bool = False) -> list[TaskInfo]:
+def available_tasks(
+    task_dirs: Sequence[str | Path] | None = None,
+    include_standard: bool = True,
+    only_available: bool = False,
+    allow_code: bool = False,
+) -> list[TaskInfo]:
     """Every task LayerScope knows, each with ``available`` and the reason.
 
     ``task_dirs`` adds folders of lm-eval task YAMLs (default: ``$LAYERSCOPE_TASKS``). The repository's own
@@ -359,8 +388,9 @@ def available_tasks(task_dirs: Sequence[str | Path] | None = None, include_stand
     return [t for t in out if t.available] if only_available else out
 
 
-def find_tasks(names: str | Iterable[str], task_dirs: Sequence[str | Path] | None = None,
-               allow_code: bool = False) -> list[TaskInfo]:
+def find_tasks(
+    names: str | Iterable[str], task_dirs: Sequence[str | Path] | None = None, allow_code: bool = False
+) -> list[TaskInfo]:
     """The tasks ``names`` names (a list or a comma-separated string); an unknown name is a :class:`DownstreamError`."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",")]
@@ -370,8 +400,10 @@ def find_tasks(names: str | Iterable[str], task_dirs: Sequence[str | Path] | Non
     known = {t.name: t for t in available_tasks(task_dirs, allow_code=allow_code)}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise DownstreamError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                              f"known tasks: {', '.join(sorted(known))}")
+        raise DownstreamError(
+            f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known tasks: {', '.join(sorted(known))}"
+        )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DownstreamError(f"task {', '.join(dup)} named more than once")
@@ -494,8 +526,9 @@ def _make_lm(model, tokenizer, batch_size: int, max_length: int | None):
             return out
 
     # lm-eval may set a pad token on the tokenizer it is given: give it a copy so the caller's stays as it was
-    return _ProgressHFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size,
-                         max_length=max_length)
+    return _ProgressHFLM(
+        pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size, max_length=max_length
+    )
 
 
 def _task_config(info: TaskInfo) -> dict | str:
@@ -601,8 +634,14 @@ def run_tasks(
     if limit is not None and limit < 1:
         raise DownstreamError(f"limit must be a positive number of examples (got {limit})")
     version = lm_eval_version()
-    settings = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size, "lm_eval": version,
-                "device": str(_model_device(model)), "chat_template": False}
+    settings = {
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "batch_size": batch_size,
+        "lm_eval": version,
+        "device": str(_model_device(model)),
+        "chat_template": False,
+    }
     t_all = time.perf_counter()
     rows: dict[str, dict] = {}
     if version is None:
@@ -617,8 +656,17 @@ def run_tasks(
         data_hash = _data_hash(info)
         entry = None
         if model_key and data_hash:
-            entry = cache.entry("downstream", {"model": model_key, "task": info.name, "data": data_hash,
-                                               "limit": limit, "num_fewshot": num_fewshot, "lm_eval": version})
+            entry = cache.entry(
+                "downstream",
+                {
+                    "model": model_key,
+                    "task": info.name,
+                    "data": data_hash,
+                    "limit": limit,
+                    "num_fewshot": num_fewshot,
+                    "lm_eval": version,
+                },
+            )
             if entry.exists() and not refresh:
                 try:
                     _, data = cache.read_entry(entry)
@@ -645,12 +693,23 @@ def run_tasks(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("task %s did not run: %s", info.name, exc)
             offline = isinstance(exc, ConnectionError) or "OfflineModeIsEnabled" in str(exc)
-            reason = (f"{NOT_LOCAL}: loading it offline failed ({first})" if offline
-                      else f"lm-eval failed: {type(exc).__name__}: {first}")
+            reason = (
+                f"{NOT_LOCAL}: loading it offline failed ({first})"
+                if offline
+                else f"lm-eval failed: {type(exc).__name__}: {first}"
+            )
             rows[info.name] = _not_run(info, info.name, reason)
             continue
-        row = {"task": info.name, "ran": True, "reason": "", "source": info.source, **metrics,
-               "chance": info.chance, "seconds": round(time.perf_counter() - t0, 2), "cached": False}
+        row = {
+            "task": info.name,
+            "ran": True,
+            "reason": "",
+            "source": info.source,
+            **metrics,
+            "chance": info.chance,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "cached": False,
+        }
         rows[info.name] = row
         if entry is not None:
             cache.write_entry(entry, {}, {"row": row})
@@ -672,8 +731,13 @@ def _simple_evaluate(lm, info: TaskInfo, limit, num_fewshot) -> dict:
         # the default index (14,000 configs, ~10 s) only when one of lm-eval's own tasks is asked for
         manager = TaskManager(include_defaults=info.source == "standard", metadata={})
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=[_task_config(info)], num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-            log_samples=False, confirm_run_unsafe_code=False,  # acc's stderr has a closed form: no bootstrap
+            model=lm,
+            tasks=[_task_config(info)],
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            confirm_run_unsafe_code=False,  # acc's stderr has a closed form: no bootstrap
         )
     if not results:
         raise DownstreamError(f"lm-eval returned nothing for {info.name}")
@@ -722,12 +786,19 @@ def evaluate_downstream(
     "candidate_name": ...}`` (without the candidate keys when ``candidate`` is None). Give the models'
     fingerprints as ``original_key``/``candidate_key`` to reuse results cached on disk.
     """
-    kw = dict(limit=limit, batch_size=batch_size, progress=progress, task_dirs=task_dirs, num_fewshot=num_fewshot,
-              allow_code=allow_code)
+    kw = dict(
+        limit=limit,
+        batch_size=batch_size,
+        progress=progress,
+        task_dirs=task_dirs,
+        num_fewshot=num_fewshot,
+        allow_code=allow_code,
+    )
     out: dict = {"original": run_tasks(original, tokenizer, tasks, model_key=original_key, label="original", **kw)}
     if candidate is not None:
-        out[candidate_name] = run_tasks(candidate, tokenizer, tasks, model_key=candidate_key, label=candidate_name,
-                                        **kw)
+        out[candidate_name] = run_tasks(
+            candidate, tokenizer, tasks, model_key=candidate_key, label=candidate_name, **kw
+        )
         out["recovery"] = compare(out["original"], out[candidate_name])
         out["candidate_name"] = candidate_name
     return out
@@ -740,8 +811,11 @@ def to_frame(result: dict):
     """
     import pandas as pd
 
-    runs = {"model": result} if "tasks" in result else {
-        k: v for k, v in result.items() if isinstance(v, dict) and "tasks" in v}
+    runs = (
+        {"model": result}
+        if "tasks" in result
+        else {k: v for k, v in result.items() if isinstance(v, dict) and "tasks" in v}
+    )
     recovery = result.get("recovery", {}) if "tasks" not in result else {}
     rows = []
     for model_name, run in runs.items():
@@ -750,9 +824,24 @@ def to_frame(result: dict):
             for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "chance"):
                 row[k] = r.get(k) if r.get("ran") else None
             rec = recovery.get(name, {})
-            row["recovery"] = (1.0 if model_name == "original" and r.get("ran") else rec.get("recovery")) \
-                if recovery else None
+            row["recovery"] = (
+                (1.0 if model_name == "original" and r.get("ran") else rec.get("recovery")) if recovery else None
+            )
             row["reason"] = r.get("reason", "")
             rows.append(row)
-    return pd.DataFrame(rows, columns=["task", "model", "ran", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr",
-                                       "n", "chance", "recovery", "reason"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "task",
+            "model",
+            "ran",
+            "acc",
+            "acc_stderr",
+            "acc_norm",
+            "acc_norm_stderr",
+            "n",
+            "chance",
+            "recovery",
+            "reason",
+        ],
+    )

@@ -65,8 +65,9 @@ class EvalSettings:
 
     def validate(self) -> None:
         if self.context < 2 or self.stride < 1 or self.stride > self.context:
-            raise EvaluationError(f"need 1 ≤ stride ≤ context and context ≥ 2 (got context {self.context}, "
-                                  f"stride {self.stride})")
+            raise EvaluationError(
+                f"need 1 ≤ stride ≤ context and context ≥ 2 (got context {self.context}, stride {self.stride})"
+            )
         if self.n_tokens < self.context:
             raise EvaluationError(f"n_tokens ({self.n_tokens}) must be at least the context ({self.context})")
 
@@ -147,8 +148,15 @@ class _Pass:
 
 
 @torch.no_grad()
-def _scored_pass(model, ids: np.ndarray, settings: EvalSettings, progress: Progress | None, label: str,
-                 keep: bool = False, reference: list[torch.Tensor] | None = None) -> _Pass:
+def _scored_pass(
+    model,
+    ids: np.ndarray,
+    settings: EvalSettings,
+    progress: Progress | None,
+    label: str,
+    keep: bool = False,
+    reference: list[torch.Tensor] | None = None,
+) -> _Pass:
     """One sliding-window pass: NLL of the scored tokens, argmax rows, and KL against ``reference`` rows.
 
     ``model`` is an ``nn.Module`` or a layer-by-layer :class:`analysis.model.sequential.SequentialModel`: both
@@ -160,7 +168,7 @@ def _scored_pass(model, ids: np.ndarray, settings: EvalSettings, progress: Progr
     wins = windows_for(ids, settings.context, settings.stride)
     jobs = []  # (first batch index, stop, x, n_scored, windows): windows of one shape (length, scored) together
     for b0 in range(0, len(wins), settings.batch_size):
-        batch = wins[b0:b0 + settings.batch_size]
+        batch = wins[b0 : b0 + settings.batch_size]
         groups: dict[tuple[int, int], list] = {}
         for w in batch:
             groups.setdefault((w[1] - w[0], w[1] - w[2]), []).append(w)
@@ -179,21 +187,34 @@ def _scored_pass(model, ids: np.ndarray, settings: EvalSettings, progress: Progr
         _, _, x, _, group = jobs[j]
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         for r, (s, e, first) in enumerate(group):
-            lp, tgt = logp[r], x[r, first - s:e - s].to(logp.device)
+            lp, tgt = logp[r], x[r, first - s : e - s].to(logp.device)
             kl = None
             if reference is not None:
                 ref = ref_at[s].to(lp.device).float()
                 kl = float((ref.exp() * (ref - lp)).sum())
-            rows[j].append((s, -float(lp.gather(-1, tgt[:, None]).sum()), int(tgt.numel()), lp.argmax(-1).cpu(),
-                            lp.to(torch.float16).cpu() if keep else None, kl))
+            rows[j].append(
+                (
+                    s,
+                    -float(lp.gather(-1, tgt[:, None]).sum()),
+                    int(tgt.numel()),
+                    lp.argmax(-1).cpu(),
+                    lp.to(torch.float16).cpu() if keep else None,
+                    kl,
+                )
+            )
 
     if sequential:
+
         def on_final(j: int, h: torch.Tensor) -> None:
             n_scored = jobs[j][3]
-            score(j, model.head_logits(h[:, -(n_scored + 1):]))
+            score(j, model.head_logits(h[:, -(n_scored + 1) :]))
 
-        model.run([x for _, _, x, _, _ in jobs], on_final=on_final, needs_head=True,
-                  progress=(lambda d, t, m: progress(d, t, f"{label}: layer by layer, {m}")) if progress else None)
+        model.run(
+            [x for _, _, x, _, _ in jobs],
+            on_final=on_final,
+            needs_head=True,
+            progress=(lambda d, t, m: progress(d, t, f"{label}: layer by layer, {m}")) if progress else None,
+        )
     else:
         for j, (b0, stop, x, n_scored, _) in enumerate(jobs):
             score(j, _last_logits(model, x.to(device), n_scored + 1))
@@ -238,8 +259,14 @@ def forget_original() -> None:
     _ORIGINAL_MEMO.clear()
 
 
-def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray, settings: EvalSettings,
-              progress: Progress | None) -> tuple[_Pass, ModelEvaluation]:
+def _original(
+    original: nn.Module,
+    tokenizer,
+    original_key: str,
+    ids: np.ndarray,
+    settings: EvalSettings,
+    progress: Progress | None,
+) -> tuple[_Pass, ModelEvaluation]:
     """The original's pass (log-prob rows kept for KL) and its quality row (no speed: that is timed beside each
     candidate), memoised per (weights, settings)."""
     key = (original_key, hash(ids.tobytes()), tuple(sorted(settings.to_dict().items())))
@@ -257,8 +284,10 @@ def _original(original: nn.Module, tokenizer, original_key: str, ids: np.ndarray
 def evaluation_ids(tokenizer, text: Text, n_tokens: int) -> np.ndarray:
     ids = token_ids(tokenizer, text)
     if ids.size < n_tokens:
-        raise EvaluationError(f"{text.label} has {ids.size} tokens; the evaluation needs {n_tokens}. "
-                              "Lower the token count or choose a longer text.")
+        raise EvaluationError(
+            f"{text.label} has {ids.size} tokens; the evaluation needs {n_tokens}. "
+            "Lower the token count or choose a longer text."
+        )
     return ids[:n_tokens]
 
 
@@ -284,15 +313,15 @@ def evaluate(
         orig = _row(original, tokenizer, o, settings)
     else:
         o, orig = _original(original, tokenizer, original_key, ids, settings, progress)
-    table = EvaluationTable(settings=settings.to_dict(), text=text.describe(), original=orig,
-                            candidate_name=candidate_name)
+    table = EvaluationTable(
+        settings=settings.to_dict(), text=text.describe(), original=orig, candidate_name=candidate_name
+    )
     if candidate is None:
         return table
     c = _scored_pass(candidate, ids, settings, progress, candidate_name, reference=o.log_probs)
     cand = _row(candidate, tokenizer, c, settings, speed=False)
     if settings.measure_speed:
-        timed = measure_speed({"original": original, candidate_name: candidate}, tokenizer, settings,
-                              progress=progress)
+        timed = measure_speed({"original": original, candidate_name: candidate}, tokenizer, settings, progress=progress)
         for row, name in ((orig, "original"), (cand, candidate_name)):
             _set_speed(row, timed[name])
     cand.kl_to_original = c.kl_sum / c.count
@@ -304,8 +333,14 @@ def evaluate(
 
 
 def _row(model: nn.Module, tokenizer, p: _Pass, settings: EvalSettings, speed: bool = True) -> ModelEvaluation:
-    row = ModelEvaluation(perplexity=math.exp(p.nll / p.count), nll=p.nll / p.count, tokens=p.count,
-                          parameters=count_parameters(model), weight_bytes=weight_bytes(model), seconds=p.seconds)
+    row = ModelEvaluation(
+        perplexity=math.exp(p.nll / p.count),
+        nll=p.nll / p.count,
+        tokens=p.count,
+        parameters=count_parameters(model),
+        weight_bytes=weight_bytes(model),
+        seconds=p.seconds,
+    )
     if speed and settings.measure_speed:
         _set_speed(row, measure_speed({"model": model}, tokenizer, settings)["model"])
     if settings.max_new_tokens > 0:  # 0: no generation (the leaderboard's many evaluations)
@@ -326,8 +361,12 @@ DECODE_ROUNDS = 3
 
 
 def _spread(values: list[float]) -> dict:
-    return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values)),
-            "n": len(values)}
+    return {
+        "median": float(statistics.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "n": len(values),
+    }
 
 
 def interleaved(fns: dict[str, Callable[[], float]], rounds: int, warmup: bool = True) -> dict[str, list[float]]:
@@ -344,8 +383,14 @@ def interleaved(fns: dict[str, Callable[[], float]], rounds: int, warmup: bool =
 
 
 @torch.no_grad()
-def measure_speed(models: dict[str, nn.Module], tokenizer, settings: EvalSettings, rounds: int = SPEED_ROUNDS,
-                  decode_rounds: int = DECODE_ROUNDS, progress: Progress | None = None) -> dict[str, dict]:
+def measure_speed(
+    models: dict[str, nn.Module],
+    tokenizer,
+    settings: EvalSettings,
+    rounds: int = SPEED_ROUNDS,
+    decode_rounds: int = DECODE_ROUNDS,
+    progress: Progress | None = None,
+) -> dict[str, dict]:
     """Prefill tokens/s and decode ms/token of several models timed in one run, interleaved, with the spread.
 
     ``{name: {"prefill_tokens_per_s": {median, min, max, n}, "decode_ms_per_token": {…}, "peak_memory_bytes",
@@ -363,29 +408,37 @@ def measure_speed(models: dict[str, nn.Module], tokenizer, settings: EvalSetting
             if progress:
                 progress(count[0], total, f"timing original and candidate, interleaved: {what}")
             return value
+
         return run
 
     if progress:
         progress(0, total, "timing original and candidate, interleaved")
     prefill = {name: counted(_prefill_timer(m, n_tokens), "prefill") for name, m in models.items()}
-    decode = {name: counted(_decode_timer(m, tokenizer, settings.prompt, settings.max_new_tokens), "decode")
-              for name, m in models.items()}
+    decode = {
+        name: counted(_decode_timer(m, tokenizer, settings.prompt, settings.max_new_tokens), "decode")
+        for name, m in models.items()
+    }
     p_times = interleaved(prefill, rounds)
     d_times = interleaved(decode, decode_rounds, warmup=False)  # prefill's warm-up already warmed the weights
     out = {}
     for name, model in models.items():
         device = input_device(model)
         peak = _peak_memory(prefill[name], device, weight_bytes(model))
-        out[name] = {"prefill_tokens_per_s": _spread([n_tokens / t for t in p_times[name]]),
-                     "decode_ms_per_token": _spread(d_times[name]), "peak_memory_bytes": peak,
-                     "interleaved": len(models) > 1, "with": [n for n in models if n != name]}
+        out[name] = {
+            "prefill_tokens_per_s": _spread([n_tokens / t for t in p_times[name]]),
+            "decode_ms_per_token": _spread(d_times[name]),
+            "peak_memory_bytes": peak,
+            "interleaved": len(models) > 1,
+            "with": [n for n in models if n != name],
+        }
     return out
 
 
 def _prefill_input(model: nn.Module, n_tokens: int) -> torch.Tensor:
     vocab = model.get_input_embeddings().weight.shape[0]
-    return torch.randint(100, max(101, vocab - 1), (1, n_tokens),
-                         generator=torch.Generator().manual_seed(0)).to(input_device(model))
+    return torch.randint(100, max(101, vocab - 1), (1, n_tokens), generator=torch.Generator().manual_seed(0)).to(
+        input_device(model)
+    )
 
 
 def _prefill_timer(model: nn.Module, n_tokens: int) -> Callable[[], float]:
@@ -414,8 +467,9 @@ def _decode_timer(model: nn.Module, tokenizer, prompt: str, new_tokens: int) -> 
     def run() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=pad)
+        out = model.generate(
+            **enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
+        )
         _sync(device)
         generated = out.shape[1] - enc["input_ids"].shape[1]
         return (time.perf_counter() - t0) * 1000 / max(1, generated)
@@ -428,9 +482,13 @@ def generate(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 32)
     """Greedy continuation of ``prompt`` (the continuation only)."""
     device = input_device(model)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -469,18 +527,25 @@ def _peak_memory(fn: Callable[[], object], device: torch.device, resident_bytes:
     return int(resident_bytes + max(0, peak[0] - base))
 
 
-def perplexity(model: nn.Module, tokenizer, text: Text, settings: EvalSettings = EvalSettings(),
-               progress: Progress | None = None) -> dict:
+def perplexity(
+    model: nn.Module, tokenizer, text: Text, settings: EvalSettings = EvalSettings(), progress: Progress | None = None
+) -> dict:
     """Perplexity alone (the ``evaluate`` command of the CLI)."""
     settings.validate()
     ids = evaluation_ids(tokenizer, text, settings.n_tokens)
     p = _scored_pass(model, ids, settings, progress, "model")
-    return {"perplexity": math.exp(p.nll / p.count), "nll": p.nll / p.count, "tokens": p.count,
-            "settings": settings.to_dict(), "text": text.describe()}
+    return {
+        "perplexity": math.exp(p.nll / p.count),
+        "nll": p.nll / p.count,
+        "tokens": p.count,
+        "settings": settings.to_dict(),
+        "text": text.describe(),
+    }
 
 
-def estimate_seconds(lm, settings: EvalSettings, n_models: int = 1, candidate_fraction: float = 1.0,
-                     probe: dict | None = None) -> dict:
+def estimate_seconds(
+    lm, settings: EvalSettings, n_models: int = 1, candidate_fraction: float = 1.0, probe: dict | None = None
+) -> dict:
     """Seconds of the sliding-window pass of ``n_models`` models (the original, and candidates of about
     ``candidate_fraction`` of its size), from a forward of the model timed now
     (:func:`analysis.capture.estimate.forward_probe`) times the windows' work; speed timing and generation add
@@ -496,5 +561,9 @@ def estimate_seconds(lm, settings: EvalSettings, n_models: int = 1, candidate_fr
         work += n_models * (SPEED_ROUNDS + 2) * wm.forward(settings.context)
         work += n_models * DECODE_ROUNDS * settings.max_new_tokens * wm.per_token() * 4  # decode: small batches
     seconds = work * probe["seconds_per_work"]
-    return {"seconds": seconds, "evaluations": work / one, "probe_s": probe["seconds"],
-            "basis": f"a {probe['tokens']}-token forward of this model timed now ({probe['seconds']:.2f} s)"}
+    return {
+        "seconds": seconds,
+        "evaluations": work / one,
+        "probe_s": probe["seconds"],
+        "basis": f"a {probe['tokens']}-token forward of this model timed now ({probe['seconds']:.2f} s)",
+    }

@@ -43,8 +43,15 @@ def _leaves(module: nn.Module) -> list:
     out = []
     for name, m in module.named_modules():
         hooks = bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None))
-        out.append((name, type(m), tuple(id(p) for p in m.parameters(recurse=False)),
-                    tuple(id(b) for b in m.buffers(recurse=False)), hooks))
+        out.append(
+            (
+                name,
+                type(m),
+                tuple(id(p) for p in m.parameters(recurse=False)),
+                tuple(id(b) for b in m.buffers(recurse=False)),
+                hooks,
+            )
+        )
     return out
 
 
@@ -57,9 +64,11 @@ def _same(a: nn.Module | None, b: nn.Module | None) -> bool:
 def first_changed_block(original: nn.Module, candidate: nn.Module) -> int | None:
     """Index (in the candidate) of its first block that differs from the original's block at the same index;
     ``len(candidate blocks)`` if none differs; ``None`` if the embedding, final norm or head differ (run whole)."""
-    if not (_same(original.get_input_embeddings(), candidate.get_input_embeddings())
-            and _same(final_norm(original), final_norm(candidate))
-            and _same(output_head(original), output_head(candidate))):
+    if not (
+        _same(original.get_input_embeddings(), candidate.get_input_embeddings())
+        and _same(final_norm(original), final_norm(candidate))
+        and _same(output_head(original), output_head(candidate))
+    ):
         return None
     ob, cb = find_blocks(original), find_blocks(candidate)
     for i, block in enumerate(cb):
@@ -112,9 +121,17 @@ class CandidateScore:
     def result(self, parameters: int, original: "CandidateScore", original_parameters: int) -> dict:
         nll = self.nll_sum / self.count
         onll = original.nll_sum / original.count
-        return {"perplexity": math.exp(nll), "nll": nll, "kl": self.kl_sum / self.count, "top1": self.agree / self.count,
-                "tokens": self.count, "parameters": parameters, "original_perplexity": math.exp(onll),
-                "original_parameters": original_parameters, "seconds": self.seconds}
+        return {
+            "perplexity": math.exp(nll),
+            "nll": nll,
+            "kl": self.kl_sum / self.count,
+            "top1": self.agree / self.count,
+            "tokens": self.count,
+            "parameters": parameters,
+            "original_perplexity": math.exp(onll),
+            "original_parameters": original_parameters,
+            "seconds": self.seconds,
+        }
 
 
 @dataclass
@@ -133,7 +150,7 @@ class ManyResult:
 
 def _groups(wins, batch_size):
     for b0 in range(0, len(wins), batch_size):
-        batch = wins[b0:b0 + batch_size]
+        batch = wins[b0 : b0 + batch_size]
         groups: dict[tuple[int, int], list] = {}
         for w in batch:
             groups.setdefault((w[1] - w[0], w[1] - w[2]), []).append(w)
@@ -151,24 +168,30 @@ def original_work(wm: WorkModel, ids_len: int, context: int, stride: int) -> flo
     """Parameter-tokens of one plain evaluation of the original (every window whole, the head on scored positions)."""
     from analysis.evaluation.perplexity import windows_for
 
-    return sum(wm.forward(e - s, head_positions=e - first + 1) for s, e, first in
-               windows_for(np.zeros(ids_len), context, stride))
+    return sum(
+        wm.forward(e - s, head_positions=e - first + 1)
+        for s, e, first in windows_for(np.zeros(ids_len), context, stride)
+    )
 
 
-def tail_work(wm: WorkModel, n_candidate_blocks: int, entry: int | None, ids_len: int, context: int,
-              stride: int) -> float:
+def tail_work(
+    wm: WorkModel, n_candidate_blocks: int, entry: int | None, ids_len: int, context: int, stride: int
+) -> float:
     """Parameter-tokens of one candidate run from ``entry`` (mean block size; ``None``: whole)."""
     from analysis.evaluation.perplexity import windows_for
 
     mean = sum(wm.block_params) / max(1, wm.n_blocks)
     run = n_candidate_blocks if entry is None or entry == 0 else max(1, n_candidate_blocks - entry)
-    return sum((e - s) * run * mean + (e - first + 1) * wm.head_params for s, e, first in
-               windows_for(np.zeros(ids_len), context, stride))
+    return sum(
+        (e - s) * run * mean + (e - first + 1) * wm.head_params
+        for s, e, first in windows_for(np.zeros(ids_len), context, stride)
+    )
 
 
 @torch.no_grad()
-def evaluate_many(original: nn.Module, ids: np.ndarray, settings, candidates: list[nn.Module],
-                  progress: Progress | None = None) -> ManyResult:
+def evaluate_many(
+    original: nn.Module, ids: np.ndarray, settings, candidates: list[nn.Module], progress: Progress | None = None
+) -> ManyResult:
     """Each candidate evaluated against ``original`` on ``ids`` with ``settings`` (an
     :class:`analysis.evaluation.perplexity.EvalSettings`): the same numbers as ``evaluate`` for each, one pass."""
     from analysis.evaluation.perplexity import windows_for
@@ -186,12 +209,13 @@ def evaluate_many(original: nn.Module, ids: np.ndarray, settings, candidates: li
     for done, groups in _groups(wins, settings.batch_size):
         for (length, n_scored), group in groups:
             x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
-            tgt = torch.stack([x[r, first - s:e - s] for r, (s, e, first) in enumerate(group)])
+            tgt = torch.stack([x[r, first - s : e - s] for r, (s, e, first) in enumerate(group)])
             seen: list[torch.Tensor | None] = [None] * len(blocks)
 
             def grab(i):
                 def pre(m, args, kwargs):
                     seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
                 return pre
 
             t0 = time.perf_counter()
@@ -216,7 +240,8 @@ def evaluate_many(original: nn.Module, ids: np.ndarray, settings, candidates: li
                 if tail.entry is not None:
                     h = seen[tail.entry]
                     handle = tail.target.register_forward_pre_hook(
-                        lambda m, args, kwargs, h=h: _replace_hidden(args, kwargs, h), with_kwargs=True)
+                        lambda m, args, kwargs, h=h: _replace_hidden(args, kwargs, h), with_kwargs=True
+                    )
                 try:
                     clog = _logits(tail.model, x, n_scored + 1)[:, :-1]
                 finally:
@@ -229,8 +254,10 @@ def evaluate_many(original: nn.Module, ids: np.ndarray, settings, candidates: li
                     sc.kl_sum += float((ref_p[r] * (ref[r] - clp[r])).sum())
                 sc.agree += int((clp.argmax(-1) == ref_arg).sum())
                 sc.count += int(tgt.numel())
-                w = (length * tail.blocks_run * sum(wm.block_params) / max(1, wm.n_blocks)
-                     + (n_scored + 1) * wm.head_params) * len(group)
+                w = (
+                    length * tail.blocks_run * sum(wm.block_params) / max(1, wm.n_blocks)
+                    + (n_scored + 1) * wm.head_params
+                ) * len(group)
                 per_work[c] += w
                 work += w
                 sc.seconds += time.perf_counter() - t0
@@ -239,13 +266,19 @@ def evaluate_many(original: nn.Module, ids: np.ndarray, settings, candidates: li
     n_orig = count_parameters(original)
     out = [sc.result(count_parameters(c), orig, n_orig) for c, sc in zip(candidates, scores)]
     o = orig.result(n_orig, orig, n_orig)
-    return ManyResult(candidates=out, original=o, work=work,
-                      original_work=original_work(wm, len(ids), settings.context, settings.stride),
-                      seconds=time.perf_counter() - t_start, per_candidate_work=per_work)
+    return ManyResult(
+        candidates=out,
+        original=o,
+        work=work,
+        original_work=original_work(wm, len(ids), settings.context, settings.stride),
+        seconds=time.perf_counter() - t_start,
+        per_candidate_work=per_work,
+    )
 
 
-def evaluate_actions(lm, actions: list[dict], settings, text: Text, ws=None,
-                     progress: Progress | None = None) -> ManyResult:
+def evaluate_actions(
+    lm, actions: list[dict], settings, text: Text, ws=None, progress: Progress | None = None
+) -> ManyResult:
     """:func:`evaluate_many` of the original with each action applied (``analysis.changes.variant``)."""
     from analysis.changes.variant import apply_actions
     from analysis.evaluation.perplexity import evaluation_ids

@@ -229,5 +229,3 @@ def suggest_k_lowest(result: pd.DataFrame, k: int) -> list[int]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # hooks on Hugging Face decoders (sites found by analysis.model.architecture)
-
-

@@ -27,8 +27,9 @@ def _cosine_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.ones_like(num), where=den > 0)
 
 
-def block_influence(states: np.ndarray, exclude_first: int = 0, progress: Progress | None = None,
-                    windows_per_chunk: int = 64) -> np.ndarray:
+def block_influence(
+    states: np.ndarray, exclude_first: int = 0, progress: Progress | None = None, windows_per_chunk: int = 64
+) -> np.ndarray:
     """BI per block from captured ``states[L+1, N, T, d]`` over all tokens (optionally without the first positions).
 
     Streamed over chunks of windows, so memory stays O(chunk × d) however many tokens were captured.
@@ -39,8 +40,8 @@ def block_influence(states: np.ndarray, exclude_first: int = 0, progress: Progre
     for b in range(n_blocks):
         total, count = 0.0, 0
         for w0 in range(0, states.shape[1], windows_per_chunk):
-            prev = np.asarray(states[b, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
-            cur = np.asarray(states[b + 1, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            prev = np.asarray(states[b, w0 : w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            cur = np.asarray(states[b + 1, w0 : w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
             total += float(np.sum(_cosine_rows(prev, cur)))
             count += prev.shape[0]
         out[b] = 1.0 - total / count

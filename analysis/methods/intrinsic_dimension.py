@@ -184,8 +184,9 @@ def knn_distances(X: np.ndarray, k: int, device: str | torch.device | None = Non
     error_bound64 = (4.0 * gamma64 + 16.0 * u64) * (centred_sq + centred_sq.max())
     refine_inflation = 1.0 + (gamma if X.dtype == np.float32 else 0.0) + 4.0 * u
 
-    def refine(rows: torch.Tensor, d2_rows: torch.Tensor, m: int,
-               bound: torch.Tensor = error_bound) -> tuple[torch.Tensor, torch.Tensor]:
+    def refine(
+        rows: torch.Tensor, d2_rows: torch.Tensor, m: int, bound: torch.Tensor = error_bound
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted exact distances to the ``m`` best candidates of ``rows``, and whether ``k`` are certified."""
         approx, idx = torch.topk(d2_rows, m, dim=1, largest=False, sorted=True)
         exact = torch.empty((rows.numel(), m), dtype=torch.float64, device=dev)

@@ -37,7 +37,9 @@ class LinearMapMoments:
     def empty(cls, d_in: int, d_out: int | None = None, device: torch.device | str | None = None) -> LinearMapMoments:
         d_out = d_in if d_out is None else d_out
         z = dict(dtype=torch.float64, device=device)
-        return cls(torch.zeros(d_in, **z), torch.zeros(d_out, **z), torch.zeros(d_in, d_in, **z), torch.zeros(d_in, d_out, **z))
+        return cls(
+            torch.zeros(d_in, **z), torch.zeros(d_out, **z), torch.zeros(d_in, d_in, **z), torch.zeros(d_in, d_out, **z)
+        )
 
     def update(self, h_in: Tensor, h_out: Tensor, mask: Tensor | None = None) -> None:
         """Add paired token vectors ``h_in[..., d_in]``, ``h_out[..., d_out]`` (``mask[...]`` keeps true tokens)."""

@@ -38,7 +38,8 @@ def check_enough_tokens(n_tokens: int, width: int, remedy: str | None = None) ->
         raise NotEnoughTokens(
             f"linearity needs at least 2 × width = {2 * width} tokens; there are {n_tokens}. With n ≤ d every "
             "pair of layers is exactly linear and the score is 1 for nothing — "
-            + (remedy or "capture more windows or longer ones") + "."
+            + (remedy or "capture more windows or longer ones")
+            + "."
         )
 
 
@@ -112,7 +113,9 @@ def linearity_matrix(clouds: Sequence[np.ndarray], progress: Progress | None = N
     return np.clip(M, 0.0, 1.0)
 
 
-def consecutive_linearity(clouds: Sequence[np.ndarray], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def consecutive_linearity(
+    clouds: Sequence[np.ndarray], progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per block ``b``: ``(linearity(h_b → h_{b+1}), linearity(h_b → h_{b+1} − h_b))`` in float64.
 
     The second is the paper's "without residual" curve: the block's own contribution ``h_{b+1} − h_b``.
@@ -172,8 +175,9 @@ class PairMoments:
         return float(np.clip(explained / tyy, 0.0, 1.0)) if tyy > 0 else 1.0
 
 
-def consecutive_linearity_streamed(states, exclude_first: int = 0, windows_per_chunk: int = 64,
-                                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def consecutive_linearity_streamed(
+    states, exclude_first: int = 0, windows_per_chunk: int = 64, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The consecutive curves of :func:`consecutive_linearity` from captured ``states[L+1, N, T, d]`` (memory
     mapped), streamed over windows: O(d²) memory instead of O(tokens × d × states). Exact, not sampled."""
     n_blocks = states.shape[0] - 1
@@ -182,8 +186,8 @@ def consecutive_linearity_streamed(states, exclude_first: int = 0, windows_per_c
     for b in range(n_blocks):
         m = PairMoments(d)
         for w0 in range(0, states.shape[1], windows_per_chunk):
-            X = np.asarray(states[b, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
-            Y = np.asarray(states[b + 1, w0:w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            X = np.asarray(states[b, w0 : w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
+            Y = np.asarray(states[b + 1, w0 : w0 + windows_per_chunk, exclude_first:]).reshape(-1, d)
             m.update(X, Y)
         with_res[b], without_res[b] = m.linearity(), m.linearity(without_residual=True)
         if progress:

@@ -281,7 +281,9 @@ class CalibrationStats:
         keys = list(dict.fromkeys(k.rsplit("::", 1)[0] for k in tensors))
         for key in keys:
             try:
-                gram, abs_sum, n_tokens = (torch.as_tensor(tensors[f"{key}::{p}"]) for p in ("gram", "abs_sum", "n_tokens"))
+                gram, abs_sum, n_tokens = (
+                    torch.as_tensor(tensors[f"{key}::{p}"]) for p in ("gram", "abs_sum", "n_tokens")
+                )
             except KeyError as exc:
                 raise InputError(f"incomplete calibration statistics for {key!r}: missing {exc}") from None
             site = stats.add_site(key.split("|"), int(gram.shape[0]), device=device)
@@ -420,9 +422,7 @@ def asvd_scale(mean_abs_x: Tensor, alpha: float = 0.5) -> Tensor:
     return mean_abs_x.detach().to(torch.float64).clamp_min(0.0) ** float(alpha) + ASVD_EPS
 
 
-def asvd(
-    W: Tensor, mean_abs_x: Tensor, k: int, alpha: float = 0.5, dtype: torch.dtype | None = None
-) -> LowRankFactors:
+def asvd(W: Tensor, mean_abs_x: Tensor, k: int, alpha: float = 0.5, dtype: torch.dtype | None = None) -> LowRankFactors:
     """ASVD: ``S = diag(mean|x|)^α``; ``W' = [W S]_k S⁻¹`` (arXiv 2312.05821, uniform rank, no sensitivity search).
 
     ``mean_abs_x`` is ``mean_t |x_j|`` over calibration tokens (:attr:`LinearInputStats.mean_abs`); any positive
@@ -662,4 +662,3 @@ def spectra(W: Tensor, stats: LinearInputStats, alpha: float = 0.5, damping: flo
         asvd_scaled=torch.linalg.svdvals(W64 * s),
         damping=white.damping,
     )
-

@@ -106,8 +106,9 @@ def cloud_token_coordinates(
     """
     kept = window_len - exclude_first
     if n_windows < 0 or kept < 1 or exclude_first < 0:
-        raise InputError(f"bad window shape: n_windows={n_windows}, window_len={window_len}, "
-                         f"exclude_first={exclude_first}")
+        raise InputError(
+            f"bad window shape: n_windows={n_windows}, window_len={window_len}, exclude_first={exclude_first}"
+        )
     flat = subsample_indices(n_windows * kept, n_max, seed).astype(np.int64)
     return flat // kept, exclude_first + flat % kept
 

@@ -274,9 +274,7 @@ def zigzag_index_to_layer(index: np.ndarray | int) -> np.ndarray | int:
     return index // 2 + index % 2
 
 
-def _union_and_presence(
-    complexes: Sequence[Sequence[np.ndarray]], max_dim: int
-) -> tuple[list[np.ndarray], np.ndarray]:
+def _union_and_presence(complexes: Sequence[Sequence[np.ndarray]], max_dim: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Distinct simplices of all layers (by dimension, then lexicographic) and their presence in each layer.
 
     Returns one array of vertex lists per non-empty dimension and a boolean ``[n_simplices, n_layers]`` matrix whose
@@ -317,7 +315,7 @@ def zigzag_times(presence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_index = 2 * n_layers - 1
     in_zigzag = np.zeros((n_simplices, n_index + 2), dtype=np.int8)  # padded with an empty column on both sides
     in_zigzag[:, 1 : n_index + 1 : 2] = presence
-    in_zigzag[:, 2 : n_index : 2] = presence[:, :-1] & presence[:, 1:]
+    in_zigzag[:, 2:n_index:2] = presence[:, :-1] & presence[:, 1:]
     change = np.diff(in_zigzag, axis=1)  # column c: between zigzag index c-1 and c
     simplex, time = np.nonzero(change)
     keep = time < n_index  # an exit after the last complex is no exit
@@ -440,8 +438,10 @@ def _raw_from_typed(diagrams, end_index: int) -> np.ndarray:
 def _check_interval_type(kind: str, birth: int, death: int | None) -> None:
     """FastZigzag's closed/open ends must match the parities of our event times (see :func:`_fast_zigzag_raw_bars`)."""
     if (kind[0] == "c") != (birth % 2 == 0) or (death is not None and (kind[1] == "c") != (death % 2 == 1)):
-        raise RuntimeError(f"FastZigzag interval {kind} ({birth}, {death}) does not match the zigzag's event times: "
-                           "Dionysus' endpoint convention changed; the bars cannot be converted safely")
+        raise RuntimeError(
+            f"FastZigzag interval {kind} ({birth}, {death}) does not match the zigzag's event times: "
+            "Dionysus' endpoint convention changed; the bars cannot be converted safely"
+        )
 
 
 def _old_zigzag_raw_bars(filtration, times, end_index: int, n_events: int, progress: Progress | None) -> np.ndarray:
@@ -786,8 +786,10 @@ def zigzag_representatives(
 
     top = {0: 10, 1: 20} if top is None else {int(d): int(c) for d, c in top.items()}
     if any(d >= max_dim or d < 0 for d in top):
-        raise InputError(f"representatives exist for the meaningful dimensions 0..{max_dim - 1} only (H_{max_dim} "
-                         "bars are truncation artefacts)")
+        raise InputError(
+            f"representatives exist for the meaningful dimensions 0..{max_dim - 1} only (H_{max_dim} "
+            "bars are truncation artefacts)"
+        )
     n_layers = len(complexes)
     end_index = 2 * n_layers - 1
     simplices, presence = _union_and_presence(complexes, max_dim)
@@ -814,16 +816,25 @@ def zigzag_representatives(
                 _check_interval_type(kind, birth, None if math.isinf(point.death) else death)
                 b_layer, d_layer = int(zigzag_index_to_layer(birth)), int(zigzag_index_to_layer(death))
                 if d_layer > b_layer:  # copy: Dionysus' diagram points are views that do not outlive the loop
-                    candidates.append((dim, birth, death, b_layer, d_layer,
-                                       _Point(float(point.birth), float(point.death), int(point.data))))
+                    candidates.append(
+                        (
+                            dim,
+                            birth,
+                            death,
+                            b_layer,
+                            d_layer,
+                            _Point(float(point.birth), float(point.death), int(point.data)),
+                        )
+                    )
     chosen = []
     for dim in sorted(top):
         mine = [c for c in candidates if c[0] == dim]
         mine.sort(key=lambda c: (-(c[4] - c[3]), -(c[2] - c[1]), c[1], c[2]))
         chosen.extend(mine[: top[dim]])
 
-    edges_of_layer = [np.asarray(c[1], dtype=np.int64).reshape(-1, 2) if len(c) > 1 else np.zeros((0, 2), np.int64)
-                      for c in complexes]
+    edges_of_layer = [
+        np.asarray(c[1], dtype=np.int64).reshape(-1, 2) if len(c) > 1 else np.zeros((0, 2), np.int64) for c in complexes
+    ]
     n_vertices = int(max((np.asarray(c[0]).size for c in complexes), default=0))
     edge_sets = [set(map(tuple, e.tolist())) for e in edges_of_layer]
     components = {}
@@ -859,8 +870,10 @@ def zigzag_representatives(
         bar_rows.append((bar_id, dim, birth, death, b_layer, d_layer, d_layer - b_layer, verified))
     if progress is not None:
         progress(len(chosen), len(chosen), "representatives done")
-    bars = pd.DataFrame(bar_rows, columns=["bar", "dim", "birth_index", "death_index", "birth_layer", "death_layer",
-                                           "lifetime", "layers_shown"])
+    bars = pd.DataFrame(
+        bar_rows,
+        columns=["bar", "dim", "birth_index", "death_index", "birth_layer", "death_layer", "lifetime", "layers_shown"],
+    )
     frame = pd.DataFrame(cells, columns=CELL_COLUMNS)
     frame.attrs["unverified"] = unverified
     return bars, frame
@@ -933,7 +946,9 @@ def _apex_cells(point, reduced, v, cone, query_times: Sequence[float]) -> list[l
     for t in query_times:
         alive = set()
         for f in set(coface_times) | initial:
-            flips = sum(1 for tau in coface_times.get(f, ()) if (start <= tau < t if start < finish else t < tau <= start))
+            flips = sum(
+                1 for tau in coface_times.get(f, ()) if (start <= tau < t if start < finish else t < tau <= start)
+            )
             if (f in initial) ^ (flips % 2 == 1) and w not in cone[f]:
                 alive.add(f)
         out.append(sorted(alive))
@@ -958,9 +973,13 @@ def _components(edges: np.ndarray, n_vertices: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def representatives_of_clouds(clouds: Sequence[np.ndarray], k: int = 4, max_dim: int = 3,
-                              top: dict[int, int] | None = None,
-                              progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def representatives_of_clouds(
+    clouds: Sequence[np.ndarray],
+    k: int = 4,
+    max_dim: int = 3,
+    top: dict[int, int] | None = None,
+    progress: Progress | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`zigzag_representatives` of the kNN clique complexes of layer clouds (as :func:`zigzag_bars`)."""
     clouds = _validate(clouds, k, max_dim)
     n = clouds[0].shape[0]

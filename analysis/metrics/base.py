@@ -62,7 +62,7 @@ def most_redundant(scores: np.ndarray, redundant_when: str, k: int) -> list[int]
     s = np.asarray(scores, dtype=float)
     valid = np.flatnonzero(np.isfinite(s))
     order = valid[np.argsort(s[valid] if redundant_when == "low" else -s[valid], kind="stable")]
-    return sorted(int(b) for b in order[:max(0, k)])
+    return sorted(int(b) for b in order[: max(0, k)])
 
 
 def rank_normalise(scores: np.ndarray, redundant_when: str) -> np.ndarray:

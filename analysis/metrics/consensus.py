@@ -33,8 +33,10 @@ def score_table(ws, metrics, progress=None) -> pd.DataFrame:
 
 def rank_table(scores: pd.DataFrame, metrics) -> pd.DataFrame:
     """Rank-normalised scores: 1 = most redundant for every metric."""
-    return pd.DataFrame({m.key: registry.rank_normalise(scores[m.key].to_numpy(), m.redundant_when)
-                         for m in metrics}, index=scores.index)
+    return pd.DataFrame(
+        {m.key: registry.rank_normalise(scores[m.key].to_numpy(), m.redundant_when) for m in metrics},
+        index=scores.index,
+    )
 
 
 def suggestions(ws, metrics, k: int, scores: pd.DataFrame | None = None) -> dict[str, list[int]]:

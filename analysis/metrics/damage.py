@@ -59,8 +59,10 @@ Progress = Callable[[int, int, str], None]
 SITES = ("block", "attention", "mlp")
 DEFAULT_SEARCH_TEXT = "lcet10"
 #: the candidate sets of the greedy block search: SLEB's (the default) and every block
-CANDIDATE_SETS = {"sleb": "SLEB's candidates: every block but the first and the last",
-                  "all": "every block (LayerScope's option; SLEB never removes the first or the last)"}
+CANDIDATE_SETS = {
+    "sleb": "SLEB's candidates: every block but the first and the last",
+    "all": "every block (LayerScope's option; SLEB never removes the first or the last)",
+}
 DEFAULT_CANDIDATES = "sleb"
 
 
@@ -82,8 +84,10 @@ class SearchSettings:
         if self.context < 2:
             raise DamageError(f"the search window needs at least 2 tokens (got {self.context})")
         if self.n_tokens < self.context:
-            raise DamageError(f"the search needs at least one window: {self.n_tokens} search tokens are fewer than "
-                              f"the window of {self.context}")
+            raise DamageError(
+                f"the search needs at least one window: {self.n_tokens} search tokens are fewer than "
+                f"the window of {self.context}"
+            )
         if self.batch_size < 1:
             raise DamageError("batch size must be at least 1")
 
@@ -96,13 +100,16 @@ def search_windows(tokenizer, text: Text, settings: SearchSettings) -> np.ndarra
     settings.validate()
     ids = token_ids(tokenizer, text)
     if ids.size < settings.n_tokens:
-        raise DamageError(f"the search text {text.label} has {ids.size} tokens; the search needs {settings.n_tokens} "
-                          "(lower the search tokens or choose a longer text)")
+        raise DamageError(
+            f"the search text {text.label} has {ids.size} tokens; the search needs {settings.n_tokens} "
+            "(lower the search tokens or choose a longer text)"
+        )
     w = settings.n_tokens // settings.context
-    return ids[:w * settings.context].reshape(w, settings.context)
+    return ids[: w * settings.context].reshape(w, settings.context)
 
 
 # ---- states: what is already removed ---------------------------------------------------------------------------
+
 
 def normalise_state(state: dict | None) -> dict:
     """``{"blocks": [...], "attention": [...], "mlp": [...]}`` in original indices; both halves → the block."""
@@ -146,6 +153,7 @@ def apply_state(model: nn.Module, state: dict) -> nn.Module:
 
 # ---- the original's reference rows ------------------------------------------------------------------------------
 
+
 @dataclass
 class Reference:
     """The original's log-probabilities on the scored positions of the search windows, per batch."""
@@ -167,7 +175,7 @@ _REFERENCE: dict = {}
 
 
 def _batches(windows: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:
-    return [torch.as_tensor(windows[i:i + batch_size], device=device) for i in range(0, len(windows), batch_size)]
+    return [torch.as_tensor(windows[i : i + batch_size], device=device) for i in range(0, len(windows), batch_size)]
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -188,8 +196,9 @@ def reference(lm, settings: SearchSettings, text: Text | None = None) -> Referen
     batches = _batches(windows, settings.batch_size, device)
     if sequential:  # layer by layer: the same logits, one block resident at a time
         seq_logits: dict[int, torch.Tensor] = {}
-        lm.run(batches, on_final=lambda i, h: seq_logits.__setitem__(i, lm.head_logits(h)[:, :-1].float()),
-               needs_head=True)
+        lm.run(
+            batches, on_final=lambda i, h: seq_logits.__setitem__(i, lm.head_logits(h)[:, :-1].float()), needs_head=True
+        )
     lps, am, tg, nll, count = [], [], [], 0.0, 0
     for i, x in enumerate(batches):
         lp = torch.log_softmax(seq_logits.pop(i) if sequential else _logits(lm.model, x), dim=-1)
@@ -225,11 +234,17 @@ def _add_batch(sums: list, ref: Reference, i: int, lg: torch.Tensor) -> None:
 def _scored(ref: Reference, sums: list) -> dict:
     nll, kl, agree, count = sums
     mean = nll / count
-    return {"nll": mean, "delta_nll": mean - ref.nll, "perplexity": math.exp(mean), "kl": kl / count,
-            "top1": agree / count}
+    return {
+        "nll": mean,
+        "delta_nll": mean - ref.nll,
+        "perplexity": math.exp(mean),
+        "kl": kl / count,
+        "top1": agree / count,
+    }
 
 
 # ---- running a model from a recorded hidden state ---------------------------------------------------------------
+
 
 def _replace_hidden(args, kwargs, h):
     if args:
@@ -238,8 +253,7 @@ def _replace_hidden(args, kwargs, h):
 
 
 def _inject(module: nn.Module, h: torch.Tensor):
-    return module.register_forward_pre_hook(lambda m, args, kwargs: _replace_hidden(args, kwargs, h),
-                                            with_kwargs=True)
+    return module.register_forward_pre_hook(lambda m, args, kwargs: _replace_hidden(args, kwargs, h), with_kwargs=True)
 
 
 def _zero_output(module: nn.Module):
@@ -258,6 +272,7 @@ def _block_inputs(model: nn.Module, batches: list[torch.Tensor]) -> tuple[list[l
         def grab(i):
             def pre(m, args, kwargs):
                 seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
             return pre
 
         handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
@@ -285,8 +300,9 @@ def _tail(model: nn.Module, j: int, site: str) -> tuple[nn.Module, nn.Module, li
 
 
 @torch.no_grad()
-def candidate_logits(model: nn.Module, j: int, site: str, batches: list[torch.Tensor],
-                     inputs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+def candidate_logits(
+    model: nn.Module, j: int, site: str, batches: list[torch.Tensor], inputs: list[list[torch.Tensor]]
+) -> list[torch.Tensor]:
     """Logits of ``model`` changed at its block ``j`` (``site``), run from the recorded input of block ``j``."""
     tail, target, zeroed = _tail(model, j, site)
     out = []
@@ -325,8 +341,15 @@ def _valid(state: dict, block: int, site: str) -> bool:
 
 
 @torch.no_grad()
-def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = None, sites=("block",),
-         progress: Progress | None = None, method: str = "fast", text: Text | None = None) -> list[dict]:
+def scan(
+    lm,
+    settings: SearchSettings = SearchSettings(),
+    state: dict | None = None,
+    sites=("block",),
+    progress: Progress | None = None,
+    method: str = "fast",
+    text: Text | None = None,
+) -> list[dict]:
     """One row per (block, site) of the model with ``state`` removed: the damage of also removing it.
 
     Blocks are the original's indices. A row's candidate that would remove every block is left out. Inside
@@ -337,8 +360,9 @@ def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = N
             raise DamageError(f"site must be one of {', '.join(SITES)}, not {s!r}")
     state = normalise_state(state)
     if getattr(lm, "sequential", False):  # layer by layer: every candidate at once, each block loaded once
-        return _scan_sequential(lm, reference(lm, settings, text), settings, state, _kept(lm.n_blocks, state), sites,
-                                progress)
+        return _scan_sequential(
+            lm, reference(lm, settings, text), settings, state, _kept(lm.n_blocks, state), sites, progress
+        )
     todo = scan_candidates(lm.n_blocks, state, sites)
     scorer = _SCORER.get()
     if scorer is not None and method == "fast" and todo:
@@ -354,13 +378,16 @@ def scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = N
     return rows
 
 
-def _scan_sequential(lm, ref: Reference, settings: SearchSettings, state: dict, kept: list[int], sites,
-                     progress: Progress | None) -> list[dict]:
+def _scan_sequential(
+    lm, ref: Reference, settings: SearchSettings, state: dict, kept: list[int], sites, progress: Progress | None
+) -> list[dict]:
     """The block-removal scan of a layer-by-layer model (:mod:`analysis.model.sequential`): every variant without
     one kept block runs at once, each block loaded once; rows as :func:`scan` gives them."""
     if tuple(sites) != ("block",) or state["attention"] or state["mlp"]:
-        raise DamageError("layer by layer, the damage scan removes whole blocks only (site 'block'); skipping "
-                          "attention or feed-forward halves needs the model in memory")
+        raise DamageError(
+            "layer by layer, the damage scan removes whole blocks only (site 'block'); skipping "
+            "attention or feed-forward halves needs the model in memory"
+        )
     if len(kept) == 1:
         return []
     batches = _batches(ref.windows, settings.batch_size, lm.device)
@@ -380,8 +407,12 @@ def scan_candidates(n_blocks: int, state: dict, sites=("block",)) -> list[tuple[
     """The candidates of a scan: ``(j, block, site)``, ``j`` the position of original block ``block`` in the model
     with ``state`` removed."""
     kept = _kept(n_blocks, state)
-    return [(j, b, site) for site in sites for j, b in enumerate(kept) if _valid(state, b, site)
-            and not (site == "block" and len(kept) == 1)]
+    return [
+        (j, b, site)
+        for site in sites
+        for j, b in enumerate(kept)
+        if _valid(state, b, site) and not (site == "block" and len(kept) == 1)
+    ]
 
 
 @dataclass
@@ -396,13 +427,15 @@ class PreparedScan:
 
 
 @torch.no_grad()
-def prepare_scan(lm, settings: SearchSettings, state: dict, text: Text | None = None,
-                 inputs: bool = True) -> PreparedScan:
+def prepare_scan(
+    lm, settings: SearchSettings, state: dict, text: Text | None = None, inputs: bool = True
+) -> PreparedScan:
     ref = reference(lm, settings, text)
     model = apply_state(lm.model, normalise_state(state))
     batches = _batches(ref.windows, settings.batch_size, input_device(lm.model))
-    return PreparedScan(ref=ref, model=model, batches=batches,
-                        inputs=_block_inputs(model, batches)[0] if inputs else None)
+    return PreparedScan(
+        ref=ref, model=model, batches=batches, inputs=_block_inputs(model, batches)[0] if inputs else None
+    )
 
 
 @torch.no_grad()
@@ -433,8 +466,14 @@ def scored_by(scorer):
 
 def scan_params(lm, settings: SearchSettings, state: dict | None, site: str, text: Text | None = None) -> dict:
     text = text or settings.resolve()
-    return {"model": lm.fingerprint, "search_text": text.sha256, "search": settings.to_dict(),
-            "state": normalise_state(state), "site": site, "v": 1}
+    return {
+        "model": lm.fingerprint,
+        "search_text": text.sha256,
+        "search": settings.to_dict(),
+        "state": normalise_state(state),
+        "site": site,
+        "v": 1,
+    }
 
 
 def scan_is_cached(lm, settings: SearchSettings, state: dict | None = None, site: str = "block") -> bool:
@@ -444,16 +483,21 @@ def scan_is_cached(lm, settings: SearchSettings, state: dict | None = None, site
         return False
 
 
-def cached_scan(lm, settings: SearchSettings = SearchSettings(), state: dict | None = None, site: str = "block",
-                progress: Progress | None = None, text: Text | None = None) -> dict:
+def cached_scan(
+    lm,
+    settings: SearchSettings = SearchSettings(),
+    state: dict | None = None,
+    site: str = "block",
+    progress: Progress | None = None,
+    text: Text | None = None,
+) -> dict:
     """A scan of one site, cached: ``{"rows": [...], "reference_nll", "reference_perplexity", "tokens"}``."""
     text = text or settings.resolve()
 
     def compute():
         rows = scan(lm, settings, state, (site,), progress, text=text)
         ref = reference(lm, settings, text)
-        return {}, {"rows": rows, "reference_nll": ref.nll, "reference_perplexity": ref.perplexity,
-                    "tokens": ref.count}
+        return {}, {"rows": rows, "reference_nll": ref.nll, "reference_perplexity": ref.perplexity, "tokens": ref.count}
 
     _, data, _ = cache.cached("damage-scan", scan_params(lm, settings, state, site, text), compute)
     return data
@@ -470,7 +514,9 @@ def damage_table(lm, settings: SearchSettings = SearchSettings(), sites=SITES, p
     return pd.DataFrame(rows, columns=["block", "site", "delta_nll", "perplexity", "kl", "top1", "nll", "seconds"])
 
 
-def single_block_damage(lm, settings: SearchSettings = SearchSettings(), progress: Progress | None = None) -> np.ndarray:
+def single_block_damage(
+    lm, settings: SearchSettings = SearchSettings(), progress: Progress | None = None
+) -> np.ndarray:
     """Increase in mean NLL on the search text when each block alone is removed (one value per block)."""
     rows = cached_scan(lm, settings, None, "block", progress=progress)["rows"]
     out = np.full(lm.n_blocks, np.nan)
@@ -487,6 +533,7 @@ def _sub_progress(progress, i, n, label):
 
 # ---- searches ---------------------------------------------------------------------------------------------------
 
+
 def candidate_blocks(n_blocks: int, candidates: str = DEFAULT_CANDIDATES) -> list[int]:
     """The blocks a greedy block search may remove: SLEB's (``sleb``: ``1 … L−2``) or ``all``."""
     if candidates not in CANDIDATE_SETS:
@@ -494,9 +541,15 @@ def candidate_blocks(n_blocks: int, candidates: str = DEFAULT_CANDIDATES) -> lis
     return list(range(1, n_blocks - 1)) if candidates == "sleb" else list(range(n_blocks))
 
 
-def greedy(lm, settings: SearchSettings = SearchSettings(), steps: int | None = None, half: bool = False,
-           progress: Progress | None = None, text: Text | None = None,
-           candidates: str = DEFAULT_CANDIDATES) -> list[dict]:
+def greedy(
+    lm,
+    settings: SearchSettings = SearchSettings(),
+    steps: int | None = None,
+    half: bool = False,
+    progress: Progress | None = None,
+    text: Text | None = None,
+    candidates: str = DEFAULT_CANDIDATES,
+) -> list[dict]:
     """Greedy removal (SLEB; BlockPruner with ``half``): one row per step, the damage after it.
 
     Row: ``step`` (1-based), ``block`` (original index), ``site``, ``perplexity``, ``delta_nll``, ``kl``, ``top1``,
@@ -510,29 +563,45 @@ def greedy(lm, settings: SearchSettings = SearchSettings(), steps: int | None = 
     steps = max(1, n // 4) if steps is None else int(steps)
     max_steps = min(n - 1, len(allowed)) if not half else 2 * n - 2
     if steps < 1 or steps > max_steps:
-        raise DamageError(f"greedy steps must lie in 1..{max_steps} for a model of {n} blocks (got {steps}); "
-                          "at least one block must remain" + ("" if half or candidates == "all" else
-                                                              "; SLEB's search never removes the first or last "
-                                                              "block"))
+        raise DamageError(
+            f"greedy steps must lie in 1..{max_steps} for a model of {n} blocks (got {steps}); "
+            "at least one block must remain"
+            + ("" if half or candidates == "all" else "; SLEB's search never removes the first or last block")
+        )
     sites = HALVES if half else ("block",)
     state = normalise_state(None)
     out = []
     for step in range(1, steps + 1):
         rows = []
         for si, site in enumerate(sites):
+
             def sub(done, total, msg, step=step, si=si):
                 if progress:
-                    progress((step - 1) * len(sites) * total + si * total + done, steps * len(sites) * total,
-                             f"greedy step {step}/{steps}: {msg}")
+                    progress(
+                        (step - 1) * len(sites) * total + si * total + done,
+                        steps * len(sites) * total,
+                        f"greedy step {step}/{steps}: {msg}",
+                    )
+
             rows += cached_scan(lm, settings, state, site, progress=sub, text=text)["rows"]
         rows = [r for r in rows if r["block"] in allowed and _still_leaves_a_block(n, state, r)]
         if not rows:
             break
         best = min(rows, key=lambda r: (r["perplexity"], r["block"], r["site"]))
         state = state_with(state, best["block"], best["site"])
-        out.append({"step": step, "block": best["block"], "site": best["site"], "perplexity": best["perplexity"],
-                    "delta_nll": best["delta_nll"], "kl": best["kl"], "top1": best["top1"], "state": state,
-                    "candidates": "all" if half else candidates})
+        out.append(
+            {
+                "step": step,
+                "block": best["block"],
+                "site": best["site"],
+                "perplexity": best["perplexity"],
+                "delta_nll": best["delta_nll"],
+                "kl": best["kl"],
+                "top1": best["top1"],
+                "state": state,
+                "candidates": "all" if half else candidates,
+            }
+        )
     return out
 
 
@@ -566,8 +635,12 @@ def estimate_scan_seconds(lm, settings: SearchSettings, n_candidates: int, per_t
 def probe_seconds_per_token(lm, context: int = 256) -> float:
     """Seconds per token of one forward of the original (a short timed probe)."""
     device = input_device(lm.model)
-    x = torch.randint(0, int(lm.model.get_input_embeddings().weight.shape[0]), (1, context),
-                      generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.randint(
+        0,
+        int(lm.model.get_input_embeddings().weight.shape[0]),
+        (1, context),
+        generator=torch.Generator().manual_seed(0),
+    ).to(device)
     with torch.no_grad():
         lm.model(input_ids=x[:, :16], use_cache=False)
         t0 = time.perf_counter()
@@ -575,5 +648,17 @@ def probe_seconds_per_token(lm, context: int = 256) -> float:
     return (time.perf_counter() - t0) / context
 
 
-__all__ = ["SearchSettings", "DamageError", "scan", "cached_scan", "damage_table", "single_block_damage", "greedy",
-           "reverse_order", "random_selections", "state_action", "normalise_state", "ArchitectureError"]
+__all__ = [
+    "SearchSettings",
+    "DamageError",
+    "scan",
+    "cached_scan",
+    "damage_table",
+    "single_block_damage",
+    "greedy",
+    "reverse_order",
+    "random_selections",
+    "state_action",
+    "normalise_state",
+    "ArchitectureError",
+]

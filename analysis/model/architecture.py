@@ -65,9 +65,31 @@ _HEADS = ("lm_head", "embed_out", "output")
 #: with ``[0]`` (transformers 5.23); every other family here returns the hidden-state tensor itself.
 TUPLE_BLOCK_TYPES = frozenset({"falcon", "bloom", "gptj", "codegen", "gpt_neo", "mpt"})
 #: model types whose blocks return the tensor (checked); others are probed once (see :func:`block_returns_tuple`).
-TENSOR_BLOCK_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3",
-                                "phi3", "gpt2", "opt", "gpt_neox", "mixtral", "qwen3_moe", "qwen2_moe", "olmo",
-                                "olmo2", "granite", "starcoder2", "cohere", "phi"})
+TENSOR_BLOCK_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "gemma3",
+        "phi3",
+        "gpt2",
+        "opt",
+        "gpt_neox",
+        "mixtral",
+        "qwen3_moe",
+        "qwen2_moe",
+        "olmo",
+        "olmo2",
+        "granite",
+        "starcoder2",
+        "cohere",
+        "phi",
+    }
+)
 
 
 class ArchitectureError(InputError):
@@ -155,8 +177,7 @@ def set_linear_weight(module: nn.Module, weight: torch.Tensor) -> None:
     into (a structural copy may share it with the original model)."""
     old = module.weight
     w = weight.T if is_conv1d(module) else weight
-    module.weight = nn.Parameter(w.to(dtype=old.dtype, device=old.device).contiguous(),
-                                 requires_grad=old.requires_grad)
+    module.weight = nn.Parameter(w.to(dtype=old.dtype, device=old.device).contiguous(), requires_grad=old.requires_grad)
 
 
 def block_parts(block: nn.Module) -> BlockParts:
@@ -182,9 +203,17 @@ def block_parts(block: nn.Module) -> BlockParts:
     elif all(is_linear(getattr(block, n, None)) for n in _MLP_IN_BLOCK):  # OPT
         mn, mlp, mon, mout = "", block, "fc2", block.fc2
     return BlockParts(
-        attention=attn, attention_out=aout, mlp=mlp, mlp_out=mout, moe=moe, experts=experts,
-        attention_name=an, attention_out_name=f"{an}.{aon}" if an and aon else None,
-        mlp_name=mn, mlp_out_name=(f"{mn}.{mon}" if mn else mon) if mon else None, n_experts=n_experts,
+        attention=attn,
+        attention_out=aout,
+        mlp=mlp,
+        mlp_out=mout,
+        moe=moe,
+        experts=experts,
+        attention_name=an,
+        attention_out_name=f"{an}.{aon}" if an and aon else None,
+        mlp_name=mn,
+        mlp_out_name=(f"{mn}.{mon}" if mn else mon) if mon else None,
+        n_experts=n_experts,
     )
 
 
@@ -196,8 +225,10 @@ def attention_output(block: nn.Module, index: int | None = None) -> nn.Module:
     """The attention's output projection, or :class:`ArchitectureError` naming what is missing."""
     parts = block_parts(block)
     if parts.attention_out is None:
-        raise ArchitectureError(f"{_where(block, index)} has no attention output projection "
-                                f"(looked for {'/'.join(_ATTENTION)} . {'/'.join(_ATTENTION_OUT)})")
+        raise ArchitectureError(
+            f"{_where(block, index)} has no attention output projection "
+            f"(looked for {'/'.join(_ATTENTION)} . {'/'.join(_ATTENTION_OUT)})"
+        )
     return parts.attention_out
 
 
@@ -205,8 +236,14 @@ def mlp_output(block: nn.Module, index: int | None = None) -> nn.Module:
     """The feed-forward's output projection; mixture-of-experts blocks have none (one per expert)."""
     parts = block_parts(block)
     if parts.mlp_out is None:
-        why = ("a mixture of experts has one output projection per expert (skip or hook the MoE block "
-               "itself, see feed_forward)") if parts.moe else f"looked for {'/'.join(_MLP)} . {'/'.join(_MLP_OUT)}"
+        why = (
+            (
+                "a mixture of experts has one output projection per expert (skip or hook the MoE block "
+                "itself, see feed_forward)"
+            )
+            if parts.moe
+            else f"looked for {'/'.join(_MLP)} . {'/'.join(_MLP_OUT)}"
+        )
         raise ArchitectureError(f"{_where(block, index)} has no single feed-forward output projection: {why}")
     return parts.mlp_out
 
@@ -219,8 +256,9 @@ def feed_forward(block: nn.Module, index: int | None = None) -> nn.Module:
         return parts.mlp_out
     if parts.moe and parts.mlp is not None:
         return parts.mlp
-    raise ArchitectureError(f"{_where(block, index)} has no feed-forward part "
-                            f"(looked for {'/'.join(_MLP)} . {'/'.join(_MLP_OUT)})")
+    raise ArchitectureError(
+        f"{_where(block, index)} has no feed-forward part (looked for {'/'.join(_MLP)} . {'/'.join(_MLP_OUT)})"
+    )
 
 
 def mlp_site(block: nn.Module, index: int | None = None) -> tuple[nn.Module, str]:
@@ -236,8 +274,10 @@ def mlp_site(block: nn.Module, index: int | None = None) -> tuple[nn.Module, str
         return parts.mlp_out, "input"
     if parts.moe and parts.mlp is not None:
         return parts.mlp, "output"
-    raise ArchitectureError(f"{_where(block, index)} has no feed-forward output projection for the MLP site "
-                            f"(looked for {'/'.join(_MLP)} . {'/'.join(_MLP_OUT)})")
+    raise ArchitectureError(
+        f"{_where(block, index)} has no feed-forward output projection for the MLP site "
+        f"(looked for {'/'.join(_MLP)} . {'/'.join(_MLP_OUT)})"
+    )
 
 
 def attention_site(block: nn.Module, index: int | None = None) -> nn.Module:
@@ -338,7 +378,6 @@ class ModelLoadError(LayerScopeError, RuntimeError):
     """A model cannot be loaded; the message says why in words a user can act on."""
 
 
-
 def input_device(model: nn.Module) -> torch.device:
     """The device of the input embedding, also for a model dispatched with ``device_map`` (offloaded weights
     live on the ``meta`` device; their inputs go to the CPU)."""
@@ -359,11 +398,9 @@ def input_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if w.device.type == "meta" else w.device
 
 
-
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks, found without knowing the architecture (the rule is :func:`block_list`)."""
     return block_list(model)[1]
-
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -395,9 +432,7 @@ def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 _ATTN_WORDS = ("attn", "attention")
 
 
-
 _MLP_WORDS = ("mlp", "feed_forward", "ffn")
-
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -407,7 +442,6 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         return block_list(model)
     except ModelLoadError as exc:
         raise InputError(str(exc)) from None
-
 
 
 def target_linears(
@@ -475,9 +509,11 @@ def target_linears(
                 names.append(full)
     experts_note = ""
     if moe_blocks:
-        experts_note = (f"; the feed-forward of block{'s' if len(moe_blocks) > 1 else ''} "
-                        f"{_ranges(moe_blocks)} is a mixture of experts whose experts are fused 3-D tensors, not "
-                        "linear layers (low rank applies to the attention and dense-MLP linears only)")
+        experts_note = (
+            f"; the feed-forward of block{'s' if len(moe_blocks) > 1 else ''} "
+            f"{_ranges(moe_blocks)} is a mixture of experts whose experts are fused 3-D tensors, not "
+            "linear layers (low rank applies to the attention and dense-MLP linears only)"
+        )
     if explicit is not None:
         missing = [t for t in explicit if t not in matched]
         if missing:
@@ -485,7 +521,6 @@ def target_linears(
     if not names:
         raise InputError(f"no linear layers match target {targets!r} in blocks {_ranges(chosen)}{experts_note}")
     return names
-
 
 
 def _ranges(blocks: Sequence[int]) -> str:

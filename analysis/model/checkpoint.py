@@ -120,8 +120,11 @@ def factorised_copy(model: nn.Module) -> nn.Module:
         linear_weight,
     )
 
-    todo = {name: int(module.__dict__[RANK_ATTR]) for name, module in model.named_modules()
-            if is_linear(module) and module.__dict__.get(RANK_ATTR) is not None}
+    todo = {
+        name: int(module.__dict__[RANK_ATTR])
+        for name, module in model.named_modules()
+        if is_linear(module) and module.__dict__.get(RANK_ATTR) is not None
+    }
     if not todo:
         return model
     out = _structural_copy(model)
@@ -191,8 +194,12 @@ def _write_module_state(model: nn.Module, directory: Path) -> None:
 
 
 @torch.no_grad()
-def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None, trust_remote_code: bool = False) -> nn.Module:
+def load_checkpoint(
+    directory: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+) -> nn.Module:
     """Load a checkpoint written by :func:`save_checkpoint` (or any plain Hugging Face causal-LM folder).
 
     Without LayerScope keys in ``config.json`` this is ``AutoModelForCausalLM.from_pretrained``. Otherwise the model
@@ -207,8 +214,9 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
 
     directory = Path(directory)
     if not needs_project_loader(directory):
-        model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=trust_remote_code,
-                                                     **({"dtype": dtype} if dtype else {}))
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, trust_remote_code=trust_remote_code, **({"dtype": dtype} if dtype else {})
+        )
         if device is not None:
             model.to(device)
         return model.eval()
@@ -234,16 +242,26 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None,
         if not is_linear(original):
             raise InputError(f"config names {name!r} but the rebuilt model has a {type(original).__name__} there")
         out_features, in_features = linear_dims(original)
-        model.set_submodule(name, FactorisedLinear(in_features, out_features, int(rank),
-                                                   bias=original.bias is not None, dtype=dtype,
-                                                   conv1d=is_conv1d(original)))
+        model.set_submodule(
+            name,
+            FactorisedLinear(
+                in_features,
+                out_features,
+                int(rank),
+                bias=original.bias is not None,
+                dtype=dtype,
+                conv1d=is_conv1d(original),
+            ),
+        )
     model.tie_weights()
     result = model.load_state_dict(state, strict=False)
     tied = _tied_parameter_names(model)
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise InputError(f"checkpoint {directory} does not match the rebuilt model: missing {missing}, "
-                         f"unexpected {result.unexpected_keys}")
+        raise InputError(
+            f"checkpoint {directory} does not match the rebuilt model: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
     model.tie_weights()
     if device is not None:
         model.to(device)
@@ -300,8 +318,14 @@ def save_factorised(
     return _save_atomically(model, directory, "factorised", tokenizer, overwrite, extra_files)
 
 
-def _save_atomically(model: nn.Module, directory: str | Path, form: str, tokenizer: object | None, overwrite: bool,
-                     extra_files: Mapping[str, str | bytes] | None) -> Path:
+def _save_atomically(
+    model: nn.Module,
+    directory: str | Path,
+    form: str,
+    tokenizer: object | None,
+    overwrite: bool,
+    extra_files: Mapping[str, str | bytes] | None,
+) -> Path:
     """:func:`save_checkpoint` (weights and config keys) plus tokenizer and extra files, all in one atomic folder
     written through :mod:`analysis.destinations` (only a folder LayerScope wrote is ever replaced)."""
     from analysis import destinations

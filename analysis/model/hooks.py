@@ -56,9 +56,7 @@ def site_hook(block: torch.nn.Module, site: str, index: int) -> tuple[torch.nn.M
     raise InputError(f"unknown site {site!r}; choose from {SITES}")
 
 
-def site_modules(
-    model: torch.nn.Module, site: str, blocks: torch.nn.ModuleList | None = None
-) -> list[torch.nn.Module]:
+def site_modules(model: torch.nn.Module, site: str, blocks: torch.nn.ModuleList | None = None) -> list[torch.nn.Module]:
     """The module to hook in each block for ``site`` (see :func:`site_hook`; read its output, or for the MLP
     site of a dense MLP its input)."""
     return [m for m, _ in site_hooks(model, site, blocks)]
@@ -100,11 +98,17 @@ def hook_site_activations(
 
             handles.append(block.register_forward_pre_hook(remember, with_kwargs=True))
             if kind == "input":
-                handles.append(module.register_forward_pre_hook(this_thread_only(
-                    lambda _m, args, index=index: feed(_first_tensor(args), index))))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        this_thread_only(lambda _m, args, index=index: feed(_first_tensor(args), index))
+                    )
+                )
             else:
-                handles.append(module.register_forward_hook(this_thread_only(
-                    lambda _m, _args, output, index=index: feed(_first_tensor(output), index))))
+                handles.append(
+                    module.register_forward_hook(
+                        this_thread_only(lambda _m, _args, output, index=index: feed(_first_tensor(output), index))
+                    )
+                )
     except BaseException:
         for h in handles:
             h.remove()

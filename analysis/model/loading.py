@@ -191,9 +191,17 @@ def derived_model(base: LoadedModel, model: nn.Module, name: str) -> LoadedModel
     """
     t0 = time.perf_counter()
     fp = fingerprint(model)
-    return LoadedModel(model=model, tokenizer=base.tokenizer, spec=base.spec, name=name, fingerprint=fp,
-                       load_seconds=time.perf_counter() - t0, source_kind="derived", checkpoint_dir=None,
-                       notes=[f"derived from {base.name} ({base.fingerprint[:12]})"])
+    return LoadedModel(
+        model=model,
+        tokenizer=base.tokenizer,
+        spec=base.spec,
+        name=name,
+        fingerprint=fp,
+        load_seconds=time.perf_counter() - t0,
+        source_kind="derived",
+        checkpoint_dir=None,
+        notes=[f"derived from {base.name} ({base.fingerprint[:12]})"],
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -290,11 +298,17 @@ def classify_source(source: str) -> str:
         if (p / RESULTS_FILE).is_file() and not (p / "config.json").is_file():
             return "results"
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint "
-                                 f"(nor a results folder with {RESULTS_FILE})")
+            raise ModelLoadError(
+                f"{source} is a folder without config.json, so it is not a Hugging Face checkpoint "
+                f"(nor a results folder with {RESULTS_FILE})"
+            )
         return "folder"
-    looks_like_path = (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
-                       or source.lower().endswith(".gguf"))
+    looks_like_path = (
+        source.startswith(("/", ".", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or source.lower().endswith(".gguf")
+    )
     if looks_like_path:
         raise ModelLoadError(f"no such file or folder: {source}")
     return "hub"
@@ -345,8 +359,10 @@ def checkpoint_folder(spec: ModelSpec, progress: Callable[[str], None] | None = 
 
             folder = Path(snapshot_download(target, local_files_only=True))
         except Exception as exc:  # noqa: BLE001 - not in the local cache, or no such repository
-            raise ModelLoadError(f"{target!r} is not in the local Hugging Face cache ({_first_line(exc)}); "
-                                 "download it first or give a local folder") from None
+            raise ModelLoadError(
+                f"{target!r} is not in the local Hugging Face cache ({_first_line(exc)}); "
+                "download it first or give a local folder"
+            ) from None
     check_weight_files(folder)
     return name, folder
 
@@ -360,8 +376,9 @@ def read_tokenizer(spec: ModelSpec, progress: Callable[[str], None] | None = Non
     if kind == "results":
         target = str(folder / "tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(target, trust_remote_code=spec.trust_remote_code,
-                                             local_files_only=local_only)
+        return AutoTokenizer.from_pretrained(
+            target, trust_remote_code=spec.trust_remote_code, local_files_only=local_only
+        )
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is one line
         raise ModelLoadError(f"cannot load the tokenizer of {target!r}: {_first_line(exc)}") from None
 
@@ -389,8 +406,17 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
         model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
     say("fingerprinting weights")
     fp = fingerprint(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name, fingerprint=fp,
-                       load_seconds=time.perf_counter() - t0, source_kind=kind, checkpoint_dir=folder, notes=notes)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        name=name,
+        fingerprint=fp,
+        load_seconds=time.perf_counter() - t0,
+        source_kind=kind,
+        checkpoint_dir=folder,
+        notes=notes,
+    )
 
 
 def _hub_local_only(repo_id: str) -> bool:
@@ -414,9 +440,20 @@ def _hub_local_only(repo_id: str) -> bool:
     return False
 
 
-_ENCODER_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
-                  "ForMultipleChoice", "ForNextSentencePrediction", "ForPreTraining", "ForImageClassification",
-                  "ForAudioClassification", "ForCTC", "ForSpeechSeq2Seq", "ForMaskedImageModeling")
+_ENCODER_HEADS = (
+    "ForMaskedLM",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+    "ForNextSentencePrediction",
+    "ForPreTraining",
+    "ForImageClassification",
+    "ForAudioClassification",
+    "ForCTC",
+    "ForSpeechSeq2Seq",
+    "ForMaskedImageModeling",
+)
 
 
 def check_causal_lm(config, target: str, trust_remote_code: bool = False) -> None:
@@ -440,17 +477,23 @@ def check_causal_lm(config, target: str, trust_remote_code: bool = False) -> Non
     auto_map = getattr(config, "auto_map", None) or {}
     remote_causal = trust_remote_code and "AutoModelForCausalLM" in auto_map
     if getattr(config, "is_encoder_decoder", False):
-        raise ModelLoadError(f"{what}: an encoder-decoder (sequence-to-sequence) model, not a decoder-only causal "
-                             f"language model{tail}")
+        raise ModelLoadError(
+            f"{what}: an encoder-decoder (sequence-to-sequence) model, not a decoder-only causal language model{tail}"
+        )
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
-        raise ModelLoadError(f"{what}: an encoder (masked language model), not a decoder-only causal language "
-                             f"model{tail}")
+        raise ModelLoadError(
+            f"{what}: an encoder (masked language model), not a decoder-only causal language model{tail}"
+        )
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote_causal:
-        raise ModelLoadError(f"{what}, which is not a causal language model (AutoModelForCausalLM has no class for "
-                             f"it){tail}")
+        raise ModelLoadError(
+            f"{what}, which is not a causal language model (AutoModelForCausalLM has no class for it){tail}"
+        )
     causal = {v for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for v in ((v,) if isinstance(v, str) else v)}
-    if archs and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) \
-            and any(a.endswith(_ENCODER_HEADS) for a in archs):
+    if (
+        archs
+        and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        and any(a.endswith(_ENCODER_HEADS) for a in archs)
+    ):
         raise ModelLoadError(f"{what}: its weights are for {', '.join(archs)}, not a language-model head{tail}")
 
 
@@ -483,7 +526,7 @@ def remote_code_files(spec: ModelSpec) -> list[Path] | None:
         except (OSError, ValueError):
             continue
         for ref in (info.get("auto_map") or {}).values():
-            for r in (ref if isinstance(ref, (list, tuple)) else [ref]):
+            for r in ref if isinstance(ref, (list, tuple)) else [ref]:
                 if isinstance(r, str) and "." in r:
                     modules.add(r.split("--")[-1].rsplit(".", 1)[0])
     if not modules:
@@ -543,8 +586,11 @@ def _safetensors_damage(path: Path) -> str | None:
             return f"its header entry {name!r} has no data offsets"
         end = max(end, int(b))
     if 8 + n + end != size:
-        return (f"it has {size:,} bytes but its header needs {8 + n + end:,} (truncated)" if size < 8 + n + end
-                else f"it has {size - 8 - n - end:,} bytes more than its header describes")
+        return (
+            f"it has {size:,} bytes but its header needs {8 + n + end:,} (truncated)"
+            if size < 8 + n + end
+            else f"it has {size - 8 - n - end:,} bytes more than its header describes"
+        )
     return None
 
 
@@ -604,8 +650,9 @@ def _from_pretrained(target: str, spec: ModelSpec, device: str, local_only: bool
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {target!r}: {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. safetensors' SafetensorError on a damaged file
-        raise ModelLoadError(f"cannot load the weights of {target!r}: {type(exc).__name__}: {_first_line(exc)}") \
-            from None
+        raise ModelLoadError(
+            f"cannot load the weights of {target!r}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if not spec.device_map_auto:
         model.to(device)
     model.eval()
@@ -634,8 +681,9 @@ def converted_gguf_folder(gguf: Path, say=lambda m: None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         # a GGUF file carries no code of its own: nothing from its folder ever runs
-        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-                                                         trust_remote_code=False)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot read the GGUF file {gguf}: {_first_line(exc)}") from None
@@ -649,8 +697,9 @@ def converted_gguf_folder(gguf: Path, say=lambda m: None) -> Path:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         files = {f.name: cache.file_checksum(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / SOURCE_FILE).write_text(json.dumps(
-            {"gguf": str(gguf), "sha256": _sha256(gguf), "size": st.st_size, "files": files}, indent=1))
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf), "size": st.st_size, "files": files}, indent=1)
+        )
     return folder
 
 
@@ -702,6 +751,7 @@ def _sha256(path: Path) -> str:
 
 # --- results-only models: open results computed elsewhere (a GPU server) without the weights -----------------
 
+
 class _NoWeights:
     """Stands in for the model of a results folder: any use says, in words, that the weights are not here."""
 
@@ -742,8 +792,14 @@ class ResultsOnlyModel(LoadedModel):
         return int(self.stored_card["parameters"])
 
     def card(self) -> dict:
-        return {**self.stored_card, "name": self.name, "device": "results only (no weights here)",
-                "device_map": None, "load_seconds": 0.0, "fingerprint": self.fingerprint}
+        return {
+            **self.stored_card,
+            "name": self.name,
+            "device": "results only (no weights here)",
+            "device_map": None,
+            "load_seconds": 0.0,
+            "fingerprint": self.fingerprint,
+        }
 
 
 def write_results_card(lm: LoadedModel, out: Path, workspace_description: dict, text_content: str) -> None:
@@ -754,9 +810,14 @@ def write_results_card(lm: LoadedModel, out: Path, workspace_description: dict, 
     (out / "tokenizer").mkdir(exist_ok=True)
     lm.tokenizer.save_pretrained(out / "tokenizer")
     cache.atomic_write_text(out / "calibration_text.txt", text_content)
-    cache.atomic_write_text(out / RESULTS_FILE, json.dumps(
-        {"layerscope_results": 1, "card": card, "spec": lm.spec.to_dict(), **workspace_description}, indent=1,
-        default=str))
+    cache.atomic_write_text(
+        out / RESULTS_FILE,
+        json.dumps(
+            {"layerscope_results": 1, "card": card, "spec": lm.spec.to_dict(), **workspace_description},
+            indent=1,
+            default=str,
+        ),
+    )
 
 
 def open_results(folder: Path, spec: ModelSpec) -> ResultsOnlyModel:
@@ -768,10 +829,24 @@ def open_results(folder: Path, spec: ModelSpec) -> ResultsOnlyModel:
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{folder} is not a readable results folder: {exc}") from None
-    why = (f"{folder} holds results computed elsewhere for {card.get('name')}, not its weights: what is not in the "
-           "cache cannot be computed here. Load the model itself to compute more.")
-    return ResultsOnlyModel(model=_NoWeights(why), tokenizer=tokenizer, spec=spec, name=f"{card.get('name')} (results)",
-                            fingerprint=card["fingerprint"], load_seconds=0.0, source_kind="results",
-                            checkpoint_dir=folder, notes=[why], stored_card=card,
-                            calibration={"text": info.get("text"), "calibration": info.get("calibration"),
-                                         "text_file": str(folder / "calibration_text.txt")})
+    why = (
+        f"{folder} holds results computed elsewhere for {card.get('name')}, not its weights: what is not in the "
+        "cache cannot be computed here. Load the model itself to compute more."
+    )
+    return ResultsOnlyModel(
+        model=_NoWeights(why),
+        tokenizer=tokenizer,
+        spec=spec,
+        name=f"{card.get('name')} (results)",
+        fingerprint=card["fingerprint"],
+        load_seconds=0.0,
+        source_kind="results",
+        checkpoint_dir=folder,
+        notes=[why],
+        stored_card=card,
+        calibration={
+            "text": info.get("text"),
+            "calibration": info.get("calibration"),
+            "text_file": str(folder / "calibration_text.txt"),
+        },
+    )

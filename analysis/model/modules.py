@@ -67,8 +67,14 @@ class LinearBlock(nn.Module):
                 block.linear.bias.copy_(c.to(dtype))
         return block
 
-    def forward(self, hidden_states: Tensor, *args: object, past_key_values: object = None, layer_past: object = None,
-                **kwargs: object) -> Tensor | tuple[Tensor, None]:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        *args: object,
+        past_key_values: object = None,
+        layer_past: object = None,
+        **kwargs: object,
+    ) -> Tensor | tuple[Tensor, None]:
         cache = past_key_values if past_key_values is not None else layer_past
         if cache is None and args and hasattr(args[0], "update") and hasattr(args[0], "get_seq_length"):
             cache = args[0]  # GPT-2 passes its cache as the second positional argument
@@ -138,10 +144,8 @@ def replace_decoder_layer(model: nn.Module, block_index: int, new_layer: nn.Modu
 RANK_ATTR = "layerscope_rank"
 
 
-
 #: Key in ``config.json`` holding ``{qualified linear name: rank}`` of a factorised checkpoint.
 CONFIG_KEY = "layerscope_factorised"
-
 
 
 class FactorisedLinear(nn.Module):
@@ -176,8 +180,9 @@ class FactorisedLinear(nn.Module):
         """Module with ``B.weight = B`` (``m×k``), ``A.weight = A`` (``k×n``) and the given output bias."""
         if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
             raise InputError(f"factors do not chain: B {tuple(B.shape)}, A {tuple(A.shape)}")
-        module = cls(A.shape[1], B.shape[0], A.shape[0], bias=bias is not None, device=A.device, dtype=A.dtype,
-                     conv1d=conv1d)
+        module = cls(
+            A.shape[1], B.shape[0], A.shape[0], bias=bias is not None, device=A.device, dtype=A.dtype, conv1d=conv1d
+        )
         with torch.no_grad():
             module.A.weight.copy_(A)
             module.B.weight.copy_(B)
@@ -211,7 +216,9 @@ class FactorisedLinear(nn.Module):
                 else:
                     conv.bias.zero_()
             return conv
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.B.bias is not None, device=w.device, dtype=w.dtype)
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.B.bias is not None, device=w.device, dtype=w.dtype
+        )
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
             if self.B.bias is not None:
@@ -219,8 +226,9 @@ class FactorisedLinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-                + (", conv1d=True" if self.conv1d else ""))
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}" + (
+            ", conv1d=True" if self.conv1d else ""
+        )
 
 
 def factorised_ranks(model: nn.Module) -> dict[str, int]:

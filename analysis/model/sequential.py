@@ -115,13 +115,17 @@ def available_bytes(device: str | torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def fits_in_memory(folder: Path, dtype: torch.dtype, device: str | torch.device, headroom: float = 1.3) -> tuple[bool, str]:
+def fits_in_memory(
+    folder: Path, dtype: torch.dtype, device: str | torch.device, headroom: float = 1.3
+) -> tuple[bool, str]:
     """Whether the model fits the device with ``headroom`` for activations, and one line that says so."""
     need, have = model_bytes(folder, dtype), available_bytes(device)
     ok = need * headroom <= have
-    return ok, (f"the weights take {need / 2**30:.1f} GiB in {str(dtype).replace('torch.', '')}, "
-                f"{'within' if ok else 'more than'} {1 / headroom:.0%} of the {have / 2**30:.1f} GiB available on "
-                f"{torch.device(device).type}")
+    return ok, (
+        f"the weights take {need / 2**30:.1f} GiB in {str(dtype).replace('torch.', '')}, "
+        f"{'within' if ok else 'more than'} {1 / headroom:.0%} of the {have / 2**30:.1f} GiB available on "
+        f"{torch.device(device).type}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,8 +171,9 @@ class StateStore:
             root.mkdir(parents=True, exist_ok=True)
             self._dir = tempfile.TemporaryDirectory(prefix="sequential-", dir=root)
         a = self._numpy(h)
-        arr = np.lib.format.open_memmap(os.path.join(self._dir.name, f"{i}.npy"), mode="w+", dtype=a.dtype,
-                                        shape=a.shape)
+        arr = np.lib.format.open_memmap(
+            os.path.join(self._dir.name, f"{i}.npy"), mode="w+", dtype=a.dtype, shape=a.shape
+        )
         arr[...] = a
         self._disk[i] = (arr, h.dtype)
 
@@ -253,14 +258,23 @@ class SequentialModel:
 
     def card(self) -> dict:
         cfg = self.config
-        return {"name": self.name, "source": getattr(self.spec, "source", str(self.folder)),
-                "architecture": type(self.skeleton).__name__, "model_type": getattr(cfg, "model_type", "?"),
-                "blocks": self.n_blocks, "width": self.width, "parameters": self.n_parameters(),
-                "dtype": str(self.torch_dtype).replace("torch.", ""), "device": self.device_name,
-                "device_map": "sequential", "memory_bytes": model_bytes(self.folder, self.torch_dtype),
-                "resident_bytes": self.resident_bytes(), "fingerprint": self.fingerprint,
-                "last_state_is_normed": True,
-                "load_seconds": round(self.load_seconds, 2)}
+        return {
+            "name": self.name,
+            "source": getattr(self.spec, "source", str(self.folder)),
+            "architecture": type(self.skeleton).__name__,
+            "model_type": getattr(cfg, "model_type", "?"),
+            "blocks": self.n_blocks,
+            "width": self.width,
+            "parameters": self.n_parameters(),
+            "dtype": str(self.torch_dtype).replace("torch.", ""),
+            "device": self.device_name,
+            "device_map": "sequential",
+            "memory_bytes": model_bytes(self.folder, self.torch_dtype),
+            "resident_bytes": self.resident_bytes(),
+            "fingerprint": self.fingerprint,
+            "last_state_is_normed": True,
+            "load_seconds": round(self.load_seconds, 2),
+        }
 
     def resident_bytes(self) -> int:
         """The most weights resident at once: the largest block, or the embedding with the head and final norm."""
@@ -285,15 +299,16 @@ class SequentialModel:
         for n in names:
             src = self._source_name(f"{prefix}{n}")
             if src not in self.index:
-                raise NotSequential(f"{src} is not in the checkpoint {self.folder}; this family stores its weights "
-                                    "under other names, and layer-by-layer execution reads them as the model names "
-                                    "them")
+                raise NotSequential(
+                    f"{src} is not in the checkpoint {self.folder}; this family stores its weights "
+                    "under other names, and layer-by-layer execution reads them as the model names "
+                    "them"
+                )
             by_file.setdefault(self.index[src], []).append((n, src))
         for f, pairs in by_file.items():
             with safe_open(str(f), framework="pt", device="cpu") as h:
                 for n, src in pairs:
-                    set_module_tensor_to_device(module, n, self.device, value=h.get_tensor(src),
-                                                dtype=self.torch_dtype)
+                    set_module_tensor_to_device(module, n, self.device, value=h.get_tensor(src), dtype=self.torch_dtype)
         return module
 
     @staticmethod
@@ -314,9 +329,15 @@ class SequentialModel:
 
     # --- running --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, batches: Sequence[torch.Tensor], on_state: Callable[[int, int, torch.Tensor], None] | None = None,
-            on_final: Callable[[int, torch.Tensor], None] | None = None, blocks: Iterable[int] | None = None,
-            progress: Callable[[int, int, str], None] | None = None, needs_head: bool = False) -> None:
+    def run(
+        self,
+        batches: Sequence[torch.Tensor],
+        on_state: Callable[[int, int, torch.Tensor], None] | None = None,
+        on_final: Callable[[int, torch.Tensor], None] | None = None,
+        blocks: Iterable[int] | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
+        needs_head: bool = False,
+    ) -> None:
         """Run token batches through the model part by part.
 
         ``on_state(state, batch, h)`` gets every hidden state as the in-memory model's ``output_hidden_states``
@@ -397,9 +418,13 @@ class SequentialModel:
         return kwargs
 
     @torch.no_grad()
-    def run_without_each(self, batches: Sequence[torch.Tensor], order: Sequence[int],
-                         on_final: Callable[[int, int, torch.Tensor], None],
-                         progress: Callable[[int, int, str], None] | None = None) -> None:
+    def run_without_each(
+        self,
+        batches: Sequence[torch.Tensor],
+        order: Sequence[int],
+        on_final: Callable[[int, int, torch.Tensor], None],
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> None:
         """The model of ``order``'s blocks and, at once, each of its variants without one of them, every block
         loaded once: ``on_final(t, batch, h)`` gets the final-normed states of the variant without ``order[t]``
         (``t = -1``: the model with all of ``order``), with the head loaded. The hidden states of every variant
@@ -458,8 +483,18 @@ class SequentialModel:
         return logits
 
 
-_NUMPY_OF = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "F64": np.float64, "I64": np.int64,
-             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_NUMPY_OF = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.int16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def _header(path: Path) -> tuple[dict, int]:
@@ -483,8 +518,13 @@ class CheckpointTensor:
         numel = int(np.prod(self.info["shape"])) if self.info["shape"] else 1
         step = max(1, numel // n)
         kind = self.info["dtype"]
-        mm = np.memmap(self.path, dtype=_NUMPY_OF[kind], mode="r", offset=self.data_start
-                       + int(self.info["data_offsets"][0]), shape=(numel,))
+        mm = np.memmap(
+            self.path,
+            dtype=_NUMPY_OF[kind],
+            mode="r",
+            offset=self.data_start + int(self.info["data_offsets"][0]),
+            shape=(numel,),
+        )
         sample = torch.from_numpy(np.array(mm[::step][:n]))
         del mm
         if kind == "BF16":
@@ -513,8 +553,9 @@ def sequential_fingerprint(sm: SequentialModel, samples_per_tensor: int = 4096) 
     return fingerprint_items(sm.skeleton, items(), samples_per_tensor)
 
 
-def open_sequential(spec, progress: Callable[[str], None] | None = None, reason: str = "",
-                    state_budget: int | None = None) -> SequentialModel:
+def open_sequential(
+    spec, progress: Callable[[str], None] | None = None, reason: str = "", state_budget: int | None = None
+) -> SequentialModel:
     """A :class:`SequentialModel` for what ``spec`` names (a checkpoint folder, the bundled model's converted copy,
     or a hub id in the local cache): the configuration, the tokenizer and the module tree, no weights."""
     from accelerate import init_empty_weights
@@ -528,15 +569,17 @@ def open_sequential(spec, progress: Callable[[str], None] | None = None, reason:
         raise NotSequential("layer-by-layer execution and --device-map-auto exclude each other; choose one")
     name, folder = checkpoint_folder(spec, say)
     config = read_config(spec, say)
-    types = set(getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
-                        "layer_types", None) or [])
+    types = set(
+        getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "layer_types", None) or []
+    )
     if len(types) > 1:
-        raise NotSequential(f"{name} mixes attention kinds across blocks ({', '.join(sorted(map(str, types)))}); "
-                            "layer-by-layer execution records the first block's mask only and does not run it yet")
+        raise NotSequential(
+            f"{name} mixes attention kinds across blocks ({', '.join(sorted(map(str, types)))}); "
+            "layer-by-layer execution records the first block's mask only and does not run it yet"
+        )
     dtype = DTYPES[spec.dtype]
     with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                    trust_remote_code=spec.trust_remote_code)
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
     skeleton.eval()
     index = weight_index(folder)
     tied = {}
@@ -547,9 +590,19 @@ def open_sequential(spec, progress: Callable[[str], None] | None = None, reason:
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     if head.weight is emb.weight or (head_name not in index and getattr(cfg, "tie_word_embeddings", False)):
         tied[head_name] = emb_name  # stored once, as the input embedding
-    sm = SequentialModel(folder=folder, config=skeleton.config, tokenizer=read_tokenizer(spec), spec=spec,
-                         name=f"{name} (layer by layer)", skeleton=skeleton, torch_dtype=dtype,
-                         device_name=resolve_device(spec.device), index=index, tied=tied, reason=reason)
+    sm = SequentialModel(
+        folder=folder,
+        config=skeleton.config,
+        tokenizer=read_tokenizer(spec),
+        spec=spec,
+        name=f"{name} (layer by layer)",
+        skeleton=skeleton,
+        torch_dtype=dtype,
+        device_name=resolve_device(spec.device),
+        index=index,
+        tied=tied,
+        reason=reason,
+    )
     if state_budget is not None:
         sm.state_budget = int(state_budget)
     say("fingerprinting the checkpoint's weights, one tensor at a time")
@@ -560,13 +613,14 @@ def open_sequential(spec, progress: Callable[[str], None] | None = None, reason:
 
 
 def batches_of(windows: np.ndarray, batch_size: int) -> list[torch.Tensor]:
-    return [torch.as_tensor(windows[s:s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
+    return [torch.as_tensor(windows[s : s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
 
 
 def describe_peak(sm: SequentialModel) -> str:
     """One line: roughly what a layer-by-layer run keeps in memory."""
     per_block = max(sum(p.numel() for p in b.parameters()) for b in sm.blocks) * torch.finfo(sm.dtype).bits // 8
     emb = sm.skeleton.get_input_embeddings().weight.numel() * torch.finfo(sm.dtype).bits // 8
-    return (f"one block ({per_block / 2**20:,.0f} MiB) at a time, the embedding or the head "
-            f"({emb / 2**20:,.0f} MiB), hidden states in memory up to {sm.state_budget / 2**30:.1f} GiB, then on disk")
-
+    return (
+        f"one block ({per_block / 2**20:,.0f} MiB) at a time, the embedding or the head "
+        f"({emb / 2**20:,.0f} MiB), hidden states in memory up to {sm.state_budget / 2**30:.1f} GiB, then on disk"
+    )

@@ -62,6 +62,8 @@ def is_moe(lm: LoadedModel) -> bool:
 def site_label(site: str, moe: bool = False) -> str:
     """The site in words; experts are mentioned only on a mixture of experts (``moe``)."""
     return MOE_MLP_LABEL if (moe and site == "mlp") else SITE_LABELS[site]
+
+
 DEFAULT_SITE = "mlp"
 DEFAULT_EPS = 1e-5
 DEFAULT_RELATIVE_EPS = 1e-2
@@ -91,12 +93,21 @@ class AVSSSettings:
         eps = params.get("eps")
         if eps is None:
             eps = DEFAULT_RELATIVE_EPS if relative else DEFAULT_EPS
-        return cls(site=str(params.get("site", DEFAULT_SITE)), eps=float(eps), relative=relative,
-                   ddof=int(params.get("ddof", 1)))
+        return cls(
+            site=str(params.get("site", DEFAULT_SITE)),
+            eps=float(eps),
+            relative=relative,
+            ddof=int(params.get("ddof", 1)),
+        )
 
     def cache_params(self) -> dict:
-        return {"v": 1, "site": self.site, "eps": float(self.eps), "relative": bool(self.relative),
-                "ddof": int(self.ddof)}
+        return {
+            "v": 1,
+            "site": self.site,
+            "eps": float(self.eps),
+            "relative": bool(self.relative),
+            "ddof": int(self.ddof),
+        }
 
     def describe(self, moe: bool = False) -> str:
         thr = f"|a| < {self.eps:g}·RMS(a) (per token)" if self.relative else f"|a| < ε = {self.eps:g}"
@@ -165,8 +176,7 @@ def avss_hooks(lm: LoadedModel, site: str, accumulator: avss_math.AVSSAccumulato
     here is ``count.mask``, set by the caller before each batch: the model sees every position as context, and
     the statistics leave out the ones the mask zeros (the excluded first positions).
     """
-    handles = hook_site_activations(lm.blocks, site, lambda index, a: accumulator.update(
-        index, a, count.mask))
+    handles = hook_site_activations(lm.blocks, site, lambda index, a: accumulator.update(index, a, count.mask))
     with removed_after(handles):
         yield
 
@@ -179,8 +189,14 @@ def count_mask(n_rows: int, window_len: int, exclude_first: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def run_avss(lm: LoadedModel, windows: np.ndarray, settings: AVSSSettings, exclude_first: int = 0,
-             batch_size: int = 8, progress: Progress | None = None) -> pd.DataFrame:
+def run_avss(
+    lm: LoadedModel,
+    windows: np.ndarray,
+    settings: AVSSSettings,
+    exclude_first: int = 0,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """Run the model over ``windows`` ``[N, T]`` with AVSS hooks on ``settings.site``; the per-block table."""
     if exclude_first >= windows.shape[1]:
         raise InputError("excluding every position of the window leaves no token for AVSS")
@@ -190,7 +206,7 @@ def run_avss(lm: LoadedModel, windows: np.ndarray, settings: AVSSSettings, exclu
     n = windows.shape[0]
     with avss_hooks(lm, settings.site, acc, count):
         for start in range(0, n, batch_size):
-            ids = torch.as_tensor(windows[start:start + batch_size], device=lm.device)
+            ids = torch.as_tensor(windows[start : start + batch_size], device=lm.device)
             count.mask = torch.as_tensor(count_mask(ids.shape[0], ids.shape[1], exclude_first), device=lm.device)
             base(input_ids=ids, use_cache=False)
             if progress:
@@ -199,12 +215,23 @@ def run_avss(lm: LoadedModel, windows: np.ndarray, settings: AVSSSettings, exclu
     return acc.result()
 
 
-AVSS_COLUMNS = ("block", "variance", "sparsity", "sparsity_zero", "avss", "navss", "n_sequences", "n_tokens",
-                "n_entries", "n_small")
+AVSS_COLUMNS = (
+    "block",
+    "variance",
+    "sparsity",
+    "sparsity_zero",
+    "avss",
+    "navss",
+    "n_sequences",
+    "n_tokens",
+    "n_entries",
+    "n_small",
+)
 
 
-def avss_result(ws: Workspace, settings: AVSSSettings | None = None, progress: Progress | None = None,
-                refresh: bool = False) -> AVSSResult:
+def avss_result(
+    ws: Workspace, settings: AVSSSettings | None = None, progress: Progress | None = None, refresh: bool = False
+) -> AVSSResult:
     """AVSS per block on the workspace's calibration windows, cached per (workspace, site, ε, relative, ddof)."""
     settings = settings or AVSSSettings()
     c = ws.calibration
@@ -299,6 +326,7 @@ def attach_avss_hooks(
     hooks.handles.append(model.register_forward_pre_hook(capture_mask, with_kwargs=True))
     hooks.handles.append(model.register_forward_hook(clear_mask))
 
-    hooks.handles.extend(hook_site_activations(blocks, site, lambda index, a: accumulator.update(
-        index, a, hooks.attention_mask)))
+    hooks.handles.extend(
+        hook_site_activations(blocks, site, lambda index, a: accumulator.update(index, a, hooks.attention_mask))
+    )
     return hooks

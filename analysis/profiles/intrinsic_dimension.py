@@ -142,8 +142,11 @@ class IDProfile:
         return f"flat: between {ids.min():.1f} and {ids.max():.1f} over h{s0}…h{s1}"
 
     def csv_frame(self) -> pd.DataFrame:
-        cols = ["state", "depth"] + [c for e in ID_ESTIMATORS for c in (f"id_{e}", f"id_{e}_subset_mean",
-                                                                        f"id_{e}_std", f"id_{e}_min", f"id_{e}_max")]
+        cols = ["state", "depth"] + [
+            c
+            for e in ID_ESTIMATORS
+            for c in (f"id_{e}", f"id_{e}_subset_mean", f"id_{e}_std", f"id_{e}_min", f"id_{e}_max")
+        ]
         cols += ["n_points", "n_distinct", "subset_size", "scale"]
         return self.table[cols]
 
@@ -168,13 +171,16 @@ def check_id_settings(n_cloud_points: int, settings: IDSettings) -> None:
     n = n_cloud_points if settings.max_points is None else min(n_cloud_points, settings.max_points)
     if settings.subset_size is not None:
         if settings.subset_size > n:
-            raise InputError(f"subsets of {settings.subset_size} points need at least that many tokens per state; "
-                             f"there are {n}: use smaller subsets or more windows")
+            raise InputError(
+                f"subsets of {settings.subset_size} points need at least that many tokens per state; "
+                f"there are {n}: use smaller subsets or more windows"
+            )
         return
     if n // settings.n_subsets < idm.MIN_POINTS:
         raise InputError(
             f"{n} tokens per state cannot make {settings.n_subsets} disjoint subsets of at least {idm.MIN_POINTS} "
-            f"points: use more windows, fewer subsets, or a larger point budget")
+            f"points: use more windows, fewer subsets, or a larger point budget"
+        )
 
 
 def distinct_cloud(cloud: np.ndarray, settings: IDSettings) -> tuple[np.ndarray, int, float]:
@@ -204,9 +210,11 @@ def _estimates(X: np.ndarray, settings: IDSettings, ks: Sequence[int]) -> tuple[
     if 2 * settings.gride_k > n_neighbours:
         raise InputError(f"GRIDE with k={settings.gride_k} needs {2 * settings.gride_k + 1} points per estimate")
     r = idm.knn_distances(X, n_neighbours)
-    values = {"twonn": idm.twonn_from_knn(r),
-              "gride": float(idm.gride_sweep_from_knn(r, [settings.gride_k])["id"].iloc[0]),
-              "corr": idm.correlation_dimension(X, max_points=n, seed=settings.seed)}
+    values = {
+        "twonn": idm.twonn_from_knn(r),
+        "gride": float(idm.gride_sweep_from_knn(r, [settings.gride_k])["id"].iloc[0]),
+        "corr": idm.correlation_dimension(X, max_points=n, seed=settings.seed),
+    }
     sweep = idm.gride_sweep_from_knn(r, list(ks)) if ks else None
     return values, sweep
 
@@ -227,17 +235,25 @@ def state_id(cloud: np.ndarray, settings: IDSettings) -> dict[str, Any]:
     if settings.subset_size is not None:
         if settings.subset_size > n:
             raise InputError(f"{n} distinct points (of {n_points}) cannot make a subset of {settings.subset_size}")
-        parts = [order[i * settings.subset_size:(i + 1) * settings.subset_size] for i in range(n_parts)]
+        parts = [order[i * settings.subset_size : (i + 1) * settings.subset_size] for i in range(n_parts)]
     else:
         if n // n_parts < idm.MIN_POINTS:
-            raise InputError(f"{n} distinct points (of {n_points}) cannot make {n_parts} disjoint "
-                             f"subsets of at least {idm.MIN_POINTS} points")
+            raise InputError(
+                f"{n} distinct points (of {n_points}) cannot make {n_parts} disjoint "
+                f"subsets of at least {idm.MIN_POINTS} points"
+            )
         parts = np.array_split(order, n_parts)
     smallest = min(len(p) for p in parts)
     ks = [k for k in settings.sweep_ks if 2 * k <= min(64, smallest - 1)]
     whole, sweep_whole = _estimates(distinct, settings, ks)
-    out: dict[str, Any] = {"n_points": n_points, "n_distinct": int(n), "scale": scale, "ks": ks,
-                           "subset_size": int(smallest), "whole": whole}
+    out: dict[str, Any] = {
+        "n_points": n_points,
+        "n_distinct": int(n),
+        "scale": scale,
+        "ks": ks,
+        "subset_size": int(smallest),
+        "whole": whole,
+    }
     out["sweep_whole"] = sweep_whole["id"].to_numpy() if ks else np.zeros(0)
     out["radius_whole"] = sweep_whole["radius"].to_numpy() if ks else np.zeros(0)
     values = {e: [] for e in ID_ESTIMATORS}
@@ -256,8 +272,9 @@ def state_id(cloud: np.ndarray, settings: IDSettings) -> dict[str, Any]:
     return out
 
 
-def id_profile_result(ws: Workspace, settings: IDSettings | None = None, progress: Progress | None = None,
-                      refresh: bool = False) -> IDProfile:
+def id_profile_result(
+    ws: Workspace, settings: IDSettings | None = None, progress: Progress | None = None, refresh: bool = False
+) -> IDProfile:
     """The ID profile of ``ws`` (its model, text and windows), cached per (workspace, settings)."""
     settings = settings or IDSettings()
     check_id_settings(ws.n_cloud_tokens(), settings)
@@ -304,8 +321,13 @@ def id_profile_result(ws: Workspace, settings: IDSettings | None = None, progres
                 arrays["radius_whole"][s, idx] = r["radius_whole"]
             if progress:
                 progress(s + 1, n_states, f"intrinsic dimension of h{s}")
-        return arrays, {"errors": errors, "seconds": time.perf_counter() - t0, "model_name": ws.lm.name,
-                        "n_blocks": ws.n_blocks, "width": ws.lm.width}
+        return arrays, {
+            "errors": errors,
+            "seconds": time.perf_counter() - t0,
+            "model_name": ws.lm.name,
+            "n_blocks": ws.n_blocks,
+            "width": ws.lm.width,
+        }
 
     arrays, data, outcome = ws.result("id_profile", settings.cache_params(), compute, refresh=refresh)
     return _profile_from_arrays(arrays, data, settings, outcome)
@@ -327,8 +349,11 @@ def _profile_from_arrays(arrays, data, settings: IDSettings, outcome) -> IDProfi
         table[f"id_{e}_std"], table[f"id_{e}_min"], table[f"id_{e}_max"] = std, lo, hi
     table["n_points"] = np.asarray(arrays["n_points"])
     table["n_distinct"] = np.asarray(arrays["n_distinct"])
-    table["subset_size"] = (np.asarray(arrays["subset_size"]) if "subset_size" in arrays
-                            else np.asarray(arrays["n_distinct"]) // max(1, subsets[ID_ESTIMATORS[0]].shape[1]))
+    table["subset_size"] = (
+        np.asarray(arrays["subset_size"])
+        if "subset_size" in arrays
+        else np.asarray(arrays["n_distinct"]) // max(1, subsets[ID_ESTIMATORS[0]].shape[1])
+    )
     table["scale"] = np.asarray(arrays["scale"], dtype=float)
     rows = []
     sweep, radius = np.asarray(arrays["sweep"], dtype=float), np.asarray(arrays["radius"], dtype=float)
@@ -344,14 +369,31 @@ def _profile_from_arrays(arrays, data, settings: IDSettings, outcome) -> IDProfi
             rad = float(radius_whole[s, j]) if radius_whole is not None else float(np.nanmean(radius[s, j]))
             if not np.isfinite(head):
                 continue
-            rows.append({"state": int(s), "k": int(k), "id": head,
-                         "id_std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-                         "id_min": float(v.min()), "id_max": float(v.max()), "radius": rad})
+            rows.append(
+                {
+                    "state": int(s),
+                    "k": int(k),
+                    "id": head,
+                    "id_std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                    "id_min": float(v.min()),
+                    "id_max": float(v.max()),
+                    "radius": rad,
+                }
+            )
     sweep_df = pd.DataFrame(rows, columns=["state", "k", "id", "id_std", "id_min", "id_max", "radius"])
     errors = {int(k): v for k, v in data.get("errors", {}).items()}
-    return IDProfile(table=table, subsets=subsets, sweep=sweep_df, errors=errors, settings=settings,
-                     model_name=str(data.get("model_name", "")), n_blocks=n_blocks, width=int(data["width"]),
-                     seconds=float(data.get("seconds", 0.0)), outcome=outcome)
+    return IDProfile(
+        table=table,
+        subsets=subsets,
+        sweep=sweep_df,
+        errors=errors,
+        settings=settings,
+        model_name=str(data.get("model_name", "")),
+        n_blocks=n_blocks,
+        width=int(data["width"]),
+        seconds=float(data.get("seconds", 0.0)),
+        outcome=outcome,
+    )
 
 
 def _spread(v: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -83,8 +83,9 @@ def token_text(tokenizer, ids: Sequence[int]) -> list[str]:
     return out
 
 
-def projection_rows(ws: Workspace, n_points: int, seed: int = 0, drop_first: int = 0
-                    ) -> tuple[np.ndarray, pd.DataFrame]:
+def projection_rows(
+    ws: Workspace, n_points: int, seed: int = 0, drop_first: int = 0
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Which rows of the workspace's all-token clouds a projection shows, and what each is.
 
     Returns ``(rows, info)``: ``rows`` indexes the rows of ``ws``'s all-token cloud (the same for every state),
@@ -99,21 +100,34 @@ def projection_rows(ws: Workspace, n_points: int, seed: int = 0, drop_first: int
 
     cap = ws.capture()
     c = ws.calibration
-    window, position = cloud_token_coordinates(c.n_windows, c.window_len, n_max=c.n_max, seed=c.seed,
-                                               exclude_first=c.exclude_first)
+    window, position = cloud_token_coordinates(
+        c.n_windows, c.window_len, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first
+    )
     keep = np.flatnonzero(position >= drop_first)
     rows = keep[subsample_indices(keep.size, n_points, seed)]
     window, position = window[rows], position[rows]
     ids = row_token_ids(cap.tokens, window, position)
     freq = token_frequency(ids, corpus_ids=cap.tokens)
-    info = pd.DataFrame({"window": window, "position": position, "token_id": ids,
-                         "token": token_text(ws.lm.tokenizer, ids), "frequency": freq,
-                         "log_frequency": np.log10(np.maximum(freq, 1))})
+    info = pd.DataFrame(
+        {
+            "window": window,
+            "position": position,
+            "token_id": ids,
+            "token": token_text(ws.lm.tokenizer, ids),
+            "frequency": freq,
+            "log_frequency": np.log10(np.maximum(freq, 1)),
+        }
+    )
     return rows, info
 
 
-def projection(ws: Workspace, state: int, settings: ProjectionSettings | None = None,
-               progress: Progress | None = None, refresh: bool = False) -> Projection:
+def projection(
+    ws: Workspace,
+    state: int,
+    settings: ProjectionSettings | None = None,
+    progress: Progress | None = None,
+    refresh: bool = False,
+) -> Projection:
     """PCA or UMAP of hidden state ``state``'s token cloud (UMAP cached per workspace, state and settings)."""
     from analysis.methods.projection import pca_2d3d, umap_embed
 
@@ -145,18 +159,26 @@ def projection(ws: Workspace, state: int, settings: ProjectionSettings | None = 
 
         def compute():
             t = time.perf_counter()
-            emb = umap_embed(cloud(), settings.n_components, n_neighbors=n_neighbors, min_dist=settings.min_dist,
-                             seed=settings.seed)
+            emb = umap_embed(
+                cloud(), settings.n_components, n_neighbors=n_neighbors, min_dist=settings.min_dist, seed=settings.seed
+            )
             return {"coords": emb}, {"seconds": time.perf_counter() - t}
 
         arrays, data, outcome = ws.result("umap", settings.cache_params(state), compute, refresh=refresh)
         coords, explained = np.asarray(arrays["coords"]), np.zeros(0)
         seconds = float(data.get("seconds", 0.0))
     points = info.copy()
-    for j, axis in enumerate("xyz"[:settings.n_components]):
+    for j, axis in enumerate("xyz"[: settings.n_components]):
         points.insert(j, axis, coords[:, j])
-    return Projection(state=state, settings=settings, points=points, explained=explained, seconds=seconds,
-                      outcome=outcome, notes=notes)
+    return Projection(
+        state=state,
+        settings=settings,
+        points=points,
+        explained=explained,
+        seconds=seconds,
+        outcome=outcome,
+        notes=notes,
+    )
 
 
 def has_projection(ws: Workspace, state: int, settings: ProjectionSettings) -> bool:

@@ -161,11 +161,13 @@ class ZigzagSettings:
         if not 1 <= self.max_dim <= zz.MAX_CLIQUE_DIM:
             raise TopologyError(
                 f"the clique dimension m must be between 1 and {zz.MAX_CLIQUE_DIM} (the paper uses 4); got "
-                f"{self.max_dim}. Above 4 the number of simplices explodes.")
+                f"{self.max_dim}. Above 4 the number of simplices explodes."
+            )
         if self.n_windows < self.k + 1:
             raise TopologyError(
                 f"a k-nearest-neighbour graph with k = {self.k} needs at least k + 1 = {self.k + 1} windows (one "
-                f"point per window); got {self.n_windows}. Use more windows or a smaller k.")
+                f"point per window); got {self.n_windows}. Use more windows or a smaller k."
+            )
         if self.window_len < 2:
             raise TopologyError(f"windows need at least 2 tokens, got {self.window_len}")
         return self
@@ -182,13 +184,13 @@ def check_zigzag_settings(settings: ZigzagSettings, lm: LoadedModel | None = Non
         calibration_windows(lm.tokenizer, text, settings.n_windows, settings.window_len)
 
 
-def last_token_capture(lm: LoadedModel, text: Text, n_windows: int, window_len: int,
-                       progress: Progress | None = None) -> Capture:
+def last_token_capture(
+    lm: LoadedModel, text: Text, n_windows: int, window_len: int, progress: Progress | None = None
+) -> Capture:
     """The last position of every hidden state for the first ``n_windows`` windows of ``window_len`` tokens (cached;
     ``[n_states, n_windows, 1, width]``, 500 x 32 on the default model: 36 MB)."""
     batch = max(8, CAPTURE_TOKENS_PER_BATCH // max(1, window_len))
-    return capture_hidden_states(lm, text, n_windows, window_len, positions="last", batch_size=batch,
-                                 progress=progress)
+    return capture_hidden_states(lm, text, n_windows, window_len, positions="last", batch_size=batch, progress=progress)
 
 
 def last_token_is_captured(lm: LoadedModel, text: Text, n_windows: int, window_len: int) -> bool:
@@ -201,8 +203,15 @@ def _last_token_clouds(cap: Capture) -> list[np.ndarray]:
 
 def zigzag_params(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> dict:
     """The cache key of a zigzag: model fingerprint, text hash, windows, window length, k, m."""
-    return {"model": lm.fingerprint, "text": text.sha256, "windows": int(settings.n_windows),
-            "window_len": int(settings.window_len), "k": int(settings.k), "m": int(settings.max_dim), "v": 1}
+    return {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "windows": int(settings.n_windows),
+        "window_len": int(settings.window_len),
+        "k": int(settings.k),
+        "m": int(settings.max_dim),
+        "v": 1,
+    }
 
 
 @dataclass
@@ -226,21 +235,29 @@ class ZigzagEstimate:
 
     def describe(self) -> str:
         s = self.settings
-        events = f"{self.n_events:,} zigzag events, {self.n_distinct:,} distinct simplices" if self.exact else \
-            "more than 200,000 cliques of one dimension in some layer (counts extrapolated)"
-        return (f"{s.n_windows} points x {self.per_layer.shape[0]} states, k = {s.k}, m = {s.max_dim}: "
-                f"{self.total:,} simplices summed over the layers, {events}; estimated {self.seconds:,.0f} s in "
-                "graphs, cliques and FastZigzag (expect a factor of 2-3 either way on a busy machine)")
+        events = (
+            f"{self.n_events:,} zigzag events, {self.n_distinct:,} distinct simplices"
+            if self.exact
+            else "more than 200,000 cliques of one dimension in some layer (counts extrapolated)"
+        )
+        return (
+            f"{s.n_windows} points x {self.per_layer.shape[0]} states, k = {s.k}, m = {s.max_dim}: "
+            f"{self.total:,} simplices summed over the layers, {events}; estimated {self.seconds:,.0f} s in "
+            "graphs, cliques and FastZigzag (expect a factor of 2-3 either way on a busy machine)"
+        )
 
     def warning(self) -> str:
         s = self.settings
-        return (f"This zigzag is large: {self.describe()}. Lower k or m (the paper's m = 4 is the most expensive), "
-                f"use fewer windows, or run it anyway (it is cached afterwards). Current warning limit: "
-                f"{ZIGZAG_WARN_SECONDS:.0f} s, k = {s.k}, m = {s.max_dim}.")
+        return (
+            f"This zigzag is large: {self.describe()}. Lower k or m (the paper's m = 4 is the most expensive), "
+            f"use fewer windows, or run it anyway (it is cached afterwards). Current warning limit: "
+            f"{ZIGZAG_WARN_SECONDS:.0f} s, k = {s.k}, m = {s.max_dim}."
+        )
 
 
-def zigzag_estimate(lm: LoadedModel, text: Text, settings: ZigzagSettings,
-                    progress: Progress | None = None) -> ZigzagEstimate:
+def zigzag_estimate(
+    lm: LoadedModel, text: Text, settings: ZigzagSettings, progress: Progress | None = None
+) -> ZigzagEstimate:
     """Count the simplices of the setting's complexes (captures the clouds first if needed); cached."""
     settings.validate()
     if not zigzag_estimate_is_cached(lm, text, settings):
@@ -251,22 +268,30 @@ def zigzag_estimate(lm: LoadedModel, text: Text, settings: ZigzagSettings,
         if progress:
             progress(0, 1, "counting simplices")
         count = zz.estimate_simplex_count(_last_token_clouds(cap), settings.k, settings.max_dim)
-        return ({"per_layer": count.per_layer},
-                {"exact": count.exact, "n_distinct": count.n_distinct, "n_events": count.n_events})
+        return (
+            {"per_layer": count.per_layer},
+            {"exact": count.exact, "n_distinct": count.n_distinct, "n_events": count.n_events},
+        )
 
     arrays, data, _ = cache.cached("zigzag-estimate", zigzag_params(lm, text, settings), compute)
-    count = zz.SimplexCount(np.asarray(arrays["per_layer"]), bool(data["exact"]), data["n_distinct"],
-                            data["n_events"])
+    count = zz.SimplexCount(np.asarray(arrays["per_layer"]), bool(data["exact"]), data["n_distinct"], data["n_events"])
     from analysis.capture.estimate import (
         machine_speed,  # the cost model's scale -> this machine now (a ~0.1 s probe, cached)
     )
 
-    return ZigzagEstimate(count.per_layer, count.exact, count.n_distinct, count.n_events,
-                          zz.estimate_zigzag_seconds(count) * machine_speed("rips")["factor"], settings)
+    return ZigzagEstimate(
+        count.per_layer,
+        count.exact,
+        count.n_distinct,
+        count.n_events,
+        zz.estimate_zigzag_seconds(count) * machine_speed("rips")["factor"],
+        settings,
+    )
 
 
-def _estimate_and_complexes(lm: LoadedModel, text: Text, settings: ZigzagSettings,
-                            progress: Progress | None = None) -> tuple[ZigzagEstimate, list | None]:
+def _estimate_and_complexes(
+    lm: LoadedModel, text: Text, settings: ZigzagSettings, progress: Progress | None = None
+) -> tuple[ZigzagEstimate, list | None]:
     """:func:`zigzag_estimate` (written to its cache) and the complexes built for it (None when not exact)."""
     holder: dict = {}
 
@@ -275,8 +300,10 @@ def _estimate_and_complexes(lm: LoadedModel, text: Text, settings: ZigzagSetting
         t0 = time.perf_counter()
         count, complexes = zz.count_and_complexes(_last_token_clouds(cap), settings.k, settings.max_dim)
         holder["complexes"], holder["seconds"] = complexes, time.perf_counter() - t0
-        return ({"per_layer": count.per_layer},
-                {"exact": count.exact, "n_distinct": count.n_distinct, "n_events": count.n_events})
+        return (
+            {"per_layer": count.per_layer},
+            {"exact": count.exact, "n_distinct": count.n_distinct, "n_events": count.n_events},
+        )
 
     cache.cached("zigzag-estimate", zigzag_params(lm, text, settings), compute)
     return zigzag_estimate(lm, text, settings), holder.get("complexes")
@@ -315,9 +342,14 @@ class ZigzagResult:
         return int(self.settings.max_dim)
 
 
-def compute_zigzag(lm: LoadedModel, text: Text, settings: ZigzagSettings | None = None,
-                   progress: Progress | None = None, allow_large: bool = False,
-                   refresh: bool = False) -> ZigzagResult:
+def compute_zigzag(
+    lm: LoadedModel,
+    text: Text,
+    settings: ZigzagSettings | None = None,
+    progress: Progress | None = None,
+    allow_large: bool = False,
+    refresh: bool = False,
+) -> ZigzagResult:
     """The zigzag bars of the last-token clouds of ``text`` on ``lm`` (cached; a rerun reads the cache).
 
     Before a first computation the simplices are counted (:func:`zigzag_estimate`; the complexes built for the count
@@ -349,14 +381,33 @@ def compute_zigzag(lm: LoadedModel, text: Text, settings: ZigzagSettings | None 
             bars = zz.zigzag_bars_of_complexes(complexes, settings.max_dim, progress=progress, keep_top_dim=True)
             bars.attrs.update(k=int(settings.k), n_points=int(settings.n_windows))
         else:
-            bars = zz.zigzag_bars(_last_token_clouds(cap), k=settings.k, max_dim=settings.max_dim,
-                                  progress=progress, keep_top_dim=True)
+            bars = zz.zigzag_bars(
+                _last_token_clouds(cap), k=settings.k, max_dim=settings.max_dim, progress=progress, keep_top_dim=True
+            )
         seconds = time.perf_counter() - t0 + built.get("seconds", 0.0)
-        info = {key: bars.attrs[key] for key in ("n_layers", "max_dim", "n_simplices", "n_events",
-                                                 "n_same_layer_dropped", "n_top_dim_bars", "build_seconds",
-                                                 "zigzag_seconds", "k", "n_points", "engine")}
-        info.update(seconds=seconds, estimated_seconds=estimate.seconds, model_name=lm.name, text_name=text.label,
-                    last_state_is_normed=bool(cap.meta.get("last_state_is_normed", False)))
+        info = {
+            key: bars.attrs[key]
+            for key in (
+                "n_layers",
+                "max_dim",
+                "n_simplices",
+                "n_events",
+                "n_same_layer_dropped",
+                "n_top_dim_bars",
+                "build_seconds",
+                "zigzag_seconds",
+                "k",
+                "n_points",
+                "engine",
+            )
+        }
+        info.update(
+            seconds=seconds,
+            estimated_seconds=estimate.seconds,
+            model_name=lm.name,
+            text_name=text.label,
+            last_state_is_normed=bool(cap.meta.get("last_state_is_normed", False)),
+        )
         table = bars[_BAR_INT_COLUMNS].to_numpy(np.int64)
         flags = bars["truncation_artefact"].to_numpy(bool)
         return {"bars": table, "artefact": flags, "simplices": estimate.per_layer}, info
@@ -368,8 +419,9 @@ def compute_zigzag(lm: LoadedModel, text: Text, settings: ZigzagSettings | None 
     return ZigzagResult(bars[zz.BAR_COLUMNS], np.asarray(arrays["simplices"]), settings, info, outcome)
 
 
-def filter_bars(bars: pd.DataFrame, min_lifetime: int = 1, include_top_dim: bool = False,
-                max_dim: int | None = None) -> pd.DataFrame:
+def filter_bars(
+    bars: pd.DataFrame, min_lifetime: int = 1, include_top_dim: bool = False, max_dim: int | None = None
+) -> pd.DataFrame:
     """Bars alive in at least ``min_lifetime`` layers, without the ``H_m`` truncation artefacts unless asked.
 
     The lifetime in layers is ``death_layer - birth_layer`` (a bar is alive in layers ``birth_layer .. death_layer
@@ -405,8 +457,14 @@ class ZigzagView:
     suggestions: dict[float, dict] = field(default_factory=dict)  # fraction -> {"states", "blocks", "ranges"}
 
 
-def describe_zigzag(result: ZigzagResult, p: int = 1, alpha: float = 0.0, min_lifetime: int = 1,
-                    fractions: Sequence[float] = (0.9, 0.8), include_top_dim: bool = False) -> ZigzagView:
+def describe_zigzag(
+    result: ZigzagResult,
+    p: int = 1,
+    alpha: float = 0.0,
+    min_lifetime: int = 1,
+    fractions: Sequence[float] = (0.9, 0.8),
+    include_top_dim: bool = False,
+) -> ZigzagView:
     """Betti numbers, births, ``Z_p``, ``Z̄_p`` and the suggestions at ``fractions`` of the maximum (cheap).
 
     ``p`` must be below ``m`` (``H_m`` bars are truncation artefacts) unless ``include_top_dim``. Suggestions: the
@@ -418,7 +476,8 @@ def describe_zigzag(result: ZigzagResult, p: int = 1, alpha: float = 0.0, min_li
     if int(p) != p or not 0 <= p <= top:
         raise TopologyError(
             f"the homology dimension p must be between 0 and m - 1 = {m - 1} (H_{m} bars are artefacts of cutting "
-            f"the clique complex at dimension m = {m}); got {p}")
+            f"the clique complex at dimension m = {m}); got {p}"
+        )
     if not np.isfinite(alpha):
         raise TopologyError(f"alpha must be a finite number, got {alpha}")
     n = result.n_layers
@@ -427,13 +486,26 @@ def describe_zigzag(result: ZigzagResult, p: int = 1, alpha: float = 0.0, min_li
     betti = zz.betti_per_layer(bars, n, dims)
     Z = zz.interlayer_persistence(bars, int(p), n)
     zbar = zz.averaged_persistence(Z, float(alpha))
-    view = ZigzagView(bars=bars, n_layers=n, dims=dims, betti=betti, p=int(p), alpha=float(alpha),
-                      min_lifetime=int(min_lifetime), births=zz.birth_frequency(bars, n, int(p)), Z=Z, zbar=zbar)
+    view = ZigzagView(
+        bars=bars,
+        n_layers=n,
+        dims=dims,
+        betti=betti,
+        p=int(p),
+        alpha=float(alpha),
+        min_lifetime=int(min_lifetime),
+        births=zz.birth_frequency(bars, n, int(p)),
+        Z=Z,
+        zbar=zbar,
+    )
     for f in fractions:
         states = zz.suggest_states(zbar, float(f))
         blocks = zz.states_to_blocks(states) if states.size else np.zeros(0, np.int64)
-        view.suggestions[float(f)] = {"states": states.tolist(), "blocks": blocks.tolist(),
-                                      "ranges": zz.blocks_to_ranges(blocks)}
+        view.suggestions[float(f)] = {
+            "states": states.tolist(),
+            "blocks": blocks.tolist(),
+            "ranges": zz.blocks_to_ranges(blocks),
+        }
     return view
 
 
@@ -460,26 +532,49 @@ def zigzag_layers_frame(result: ZigzagResult, view: ZigzagView) -> pd.DataFrame:
     return frame
 
 
-def zigzag_suggestion(result: ZigzagResult, view: ZigzagView, lm: LoadedModel | None = None,
-                      text: Text | None = None) -> dict:
+def zigzag_suggestion(
+    result: ZigzagResult, view: ZigzagView, lm: LoadedModel | None = None, text: Text | None = None
+) -> dict:
     """The suggestion as JSON: blocks to remove at each fraction (the first one is ``remove_blocks``), settings."""
     fractions = list(view.suggestions)
     first = view.suggestions[fractions[0]] if fractions else {"blocks": []}
     out = {
         "method": "zigzag persistence (Gardinazzi et al., arXiv 2410.11042), inter-layer persistence Z̄_p",
         "rule": f"remove the blocks whose output state has Z̄_{view.p}(l) >= fraction · max over all states; never "
-                "state 0 (embeddings) nor the last state; state s is the output of block s - 1",
+        "state 0 (embeddings) nor the last state; state s is the output of block s - 1",
         "remove_blocks": first["blocks"],
-        "thresholds": {f"{f:g}": {"fraction": f, "states": s["states"], "blocks": s["blocks"],
-                                  "ranges": [list(r) for r in s["ranges"]]} for f, s in view.suggestions.items()},
-        "settings": {**result.settings.to_dict(), "p": view.p, "alpha": view.alpha,
-                     "min_lifetime_layers": view.min_lifetime, "cloud": "residual stream, last token of each window",
-                     "metric": "Euclidean kNN graph, symmetrised"},
+        "thresholds": {
+            f"{f:g}": {
+                "fraction": f,
+                "states": s["states"],
+                "blocks": s["blocks"],
+                "ranges": [list(r) for r in s["ranges"]],
+            }
+            for f, s in view.suggestions.items()
+        },
+        "settings": {
+            **result.settings.to_dict(),
+            "p": view.p,
+            "alpha": view.alpha,
+            "min_lifetime_layers": view.min_lifetime,
+            "cloud": "residual stream, last token of each window",
+            "metric": "Euclidean kNN graph, symmetrised",
+        },
         "zbar": [float(v) for v in view.zbar],
         "max_zbar": float(np.max(view.zbar)) if view.zbar.size else 0.0,
-        "zigzag": {k: result.info.get(k) for k in ("n_layers", "n_simplices", "n_events", "n_same_layer_dropped",
-                                                   "n_top_dim_bars", "zigzag_seconds", "seconds",
-                                                   "estimated_seconds")},
+        "zigzag": {
+            k: result.info.get(k)
+            for k in (
+                "n_layers",
+                "n_simplices",
+                "n_events",
+                "n_same_layer_dropped",
+                "n_top_dim_bars",
+                "zigzag_seconds",
+                "seconds",
+                "estimated_seconds",
+            )
+        },
         "n_bars": int(len(view.bars)),
     }
     if lm is not None:
@@ -550,10 +645,19 @@ class ZigzagRepresentatives:
                 if w in seen:
                     continue
                 seen.add(w)
-                in_layers = sorted(int(x) for x in of_role[(of_role["v0"] == w) | (of_role["v1"] == w)]["layer"].unique())
-                rows.append({"window": w, "role": "representative" if role == "cycle" else "cluster",
-                             "degree": int(degree[w]) if dim == 1 else 0, "layers": _ranges_text(in_layers),
-                             "n_layers": len(in_layers), "text": self.texts[w] if w < len(self.texts) else ""})
+                in_layers = sorted(
+                    int(x) for x in of_role[(of_role["v0"] == w) | (of_role["v1"] == w)]["layer"].unique()
+                )
+                rows.append(
+                    {
+                        "window": w,
+                        "role": "representative" if role == "cycle" else "cluster",
+                        "degree": int(degree[w]) if dim == 1 else 0,
+                        "layers": _ranges_text(in_layers),
+                        "n_layers": len(in_layers),
+                        "text": self.texts[w] if w < len(self.texts) else "",
+                    }
+                )
         return pd.DataFrame(rows, columns=["window", "role", "degree", "layers", "n_layers", "text"])
 
     def frame(self) -> pd.DataFrame:
@@ -563,8 +667,22 @@ class ZigzagRepresentatives:
         texts = np.asarray(self.texts + [""], dtype=object)
         f["text_v0"] = texts[f["v0"].to_numpy()]
         f["text_v1"] = texts[np.where(f["v1"].to_numpy() >= 0, f["v1"].to_numpy(), len(self.texts))]
-        return f[["bar", "dim", "birth_layer", "death_layer", "lifetime", "layer", "role", "simplex_dim", "v0", "v1",
-                  "text_v0", "text_v1"]].rename(columns={"v0": "window_v0", "v1": "window_v1"})
+        return f[
+            [
+                "bar",
+                "dim",
+                "birth_layer",
+                "death_layer",
+                "lifetime",
+                "layer",
+                "role",
+                "simplex_dim",
+                "v0",
+                "v1",
+                "text_v0",
+                "text_v1",
+            ]
+        ].rename(columns={"v0": "window_v0", "v1": "window_v1"})
 
     def describe(self, bar: int) -> str:
         b = self.bar(bar)
@@ -572,8 +690,9 @@ class ZigzagRepresentatives:
         return f"H{int(b['dim'])} bar {int(bar)}: alive in {alive} ({int(b['lifetime'])} layers)"
 
 
-def layer_projection(lm: LoadedModel, text: Text, settings: ZigzagSettings, layer: int,
-                     method: str = "pca") -> np.ndarray:
+def layer_projection(
+    lm: LoadedModel, text: Text, settings: ZigzagSettings, layer: int, method: str = "pca"
+) -> np.ndarray:
     """2-D coordinates of one layer's last-token cloud (the zigzag's points), PCA or UMAP
     (:mod:`analysis.methods.projection`, seed 0); cached, kind ``zigzag-projection``."""
     from analysis.methods.projection import pca_2d3d, umap_embed
@@ -589,8 +708,15 @@ def layer_projection(lm: LoadedModel, text: Text, settings: ZigzagSettings, laye
             return {"coords": coords}, {"explained": [float(r) for r in ratio]}
         return {"coords": umap_embed(X, 2, n_neighbors=min(15, X.shape[0] - 1))}, {}
 
-    params = {"model": lm.fingerprint, "text": text.sha256, "windows": int(settings.n_windows),
-              "window_len": int(settings.window_len), "layer": int(layer), "method": method, "v": 1}
+    params = {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "windows": int(settings.n_windows),
+        "window_len": int(settings.window_len),
+        "layer": int(layer),
+        "method": method,
+        "v": 1,
+    }
     arrays, _, _ = cache.cached("zigzag-projection", params, compute)
     return np.asarray(arrays["coords"], dtype=np.float32)
 
@@ -611,16 +737,16 @@ def _ranges_text(layers: Sequence[int]) -> str:
 
 
 def representatives_params(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> dict:
-    return {**zigzag_params(lm, text, settings), "top": {str(d): c for d, c in REPRESENTATIVE_TOP.items()},
-            "rep_v": 1}
+    return {**zigzag_params(lm, text, settings), "top": {str(d): c for d, c in REPRESENTATIVE_TOP.items()}, "rep_v": 1}
 
 
 def representatives_are_cached(lm: LoadedModel, text: Text, settings: ZigzagSettings) -> bool:
     return cache.entry("zigzag-representatives", representatives_params(lm, text, settings)).exists()
 
 
-def zigzag_representatives(lm: LoadedModel, text: Text, settings: ZigzagSettings | None = None,
-                           progress: Progress | None = None) -> ZigzagRepresentatives:
+def zigzag_representatives(
+    lm: LoadedModel, text: Text, settings: ZigzagSettings | None = None, progress: Progress | None = None
+) -> ZigzagRepresentatives:
     """Representatives of the :data:`REPRESENTATIVE_TOP` longest bars of each meaningful dimension, in every layer
     they are alive in (cached, kind ``zigzag-representatives``). Runs FastZigzag again with the reduction's ``V``
     matrix (about 2-3x the plain run on the default setting). A plain function: ``progress`` gets stages (total 0)
@@ -632,24 +758,33 @@ def zigzag_representatives(lm: LoadedModel, text: Text, settings: ZigzagSettings
         check_zigzag_settings(settings, lm, text)
         cap = last_token_capture(lm, text, settings.n_windows, settings.window_len, progress=progress)
         t0 = time.perf_counter()
-        bars, cells = zz.representatives_of_clouds(_last_token_clouds(cap), settings.k, settings.max_dim, top=top,
-                                                   progress=progress)
+        bars, cells = zz.representatives_of_clouds(
+            _last_token_clouds(cap), settings.k, settings.max_dim, top=top, progress=progress
+        )
         roles = cells["role"].map({"cycle": 0, "component": 1}).to_numpy(np.int64)
-        table = np.c_[cells[["bar", "layer"]].to_numpy(np.int64), roles,
-                      cells[["simplex_dim", "v0", "v1"]].to_numpy(np.int64)].reshape(-1, 6)
-        return ({"bars": bars.to_numpy(np.int64).reshape(-1, len(bars.columns)), "cells": table},
-                {"bar_columns": list(bars.columns), "unverified": [list(x) for x in cells.attrs["unverified"]],
-                 "seconds": time.perf_counter() - t0})
+        table = np.c_[
+            cells[["bar", "layer"]].to_numpy(np.int64), roles, cells[["simplex_dim", "v0", "v1"]].to_numpy(np.int64)
+        ].reshape(-1, 6)
+        return (
+            {"bars": bars.to_numpy(np.int64).reshape(-1, len(bars.columns)), "cells": table},
+            {
+                "bar_columns": list(bars.columns),
+                "unverified": [list(x) for x in cells.attrs["unverified"]],
+                "seconds": time.perf_counter() - t0,
+            },
+        )
 
     arrays, data, _ = cache.cached("zigzag-representatives", representatives_params(lm, text, settings), compute)
-    bars = pd.DataFrame(np.asarray(arrays["bars"], dtype=np.int64).reshape(-1, len(data["bar_columns"])),
-                        columns=data["bar_columns"])
+    bars = pd.DataFrame(
+        np.asarray(arrays["bars"], dtype=np.int64).reshape(-1, len(data["bar_columns"])), columns=data["bar_columns"]
+    )
     raw = np.asarray(arrays["cells"], dtype=np.int64).reshape(-1, 6)
     cells = pd.DataFrame(raw, columns=zz.CELL_COLUMNS)
     cells["role"] = np.where(raw[:, 2] == 0, "cycle", "component")
     texts = window_texts(lm, text, settings.n_windows, settings.window_len)
-    return ZigzagRepresentatives(bars, cells, [tuple(x) for x in data["unverified"]], texts, settings,
-                                 float(data["seconds"]))
+    return ZigzagRepresentatives(
+        bars, cells, [tuple(x) for x in data["unverified"]], texts, settings, float(data["seconds"])
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -689,8 +824,10 @@ def check_persistence_settings(s: PersistenceSettings) -> PersistenceSettings:
     if s.max_dim not in MAX_POINTS:
         raise TopologyError(f"homology up to dimension 1 (H0, H1) or 2 (H0, H1, H2); got {s.max_dim}")
     if not 3 <= s.n_points <= MAX_POINTS[s.max_dim]:
-        raise TopologyError(f"the subsample must have between 3 and {MAX_POINTS[s.max_dim]} points for "
-                            f"max_dim = {s.max_dim}; got {s.n_points}")
+        raise TopologyError(
+            f"the subsample must have between 3 and {MAX_POINTS[s.max_dim]} points for "
+            f"max_dim = {s.max_dim}; got {s.n_points}"
+        )
     if s.drop_first < 0:
         raise TopologyError(f"drop_first must be 0 or more, got {s.drop_first}")
     if s.cloud == "last" and (s.last_windows < 3 or s.last_window_len < 2):
@@ -700,13 +837,18 @@ def check_persistence_settings(s: PersistenceSettings) -> PersistenceSettings:
 
 def persistence_params(ws, s: PersistenceSettings) -> dict:
     """Cache key of one setting's diagrams: the cloud's source (workspace calibration or last-token windows)."""
-    common = {"metric": s.metric, "n_points": int(s.n_points), "max_dim": int(s.max_dim), "seed": int(s.seed),
-              "v": 1}
+    common = {"metric": s.metric, "n_points": int(s.n_points), "max_dim": int(s.max_dim), "seed": int(s.seed), "v": 1}
     if s.cloud == "all":
         extra = {"drop_first": int(s.drop_first)} if s.drop_first else {}  # 0 keeps the earlier cache keys
         return {**ws.key(), "cloud": "all", **common, **extra}
-    return {"model": ws.lm.fingerprint, "text": ws.text.sha256, "cloud": "last", "windows": int(s.last_windows),
-            "window_len": int(s.last_window_len), **common}
+    return {
+        "model": ws.lm.fingerprint,
+        "text": ws.text.sha256,
+        "cloud": "last",
+        "windows": int(s.last_windows),
+        "window_len": int(s.last_window_len),
+        **common,
+    }
 
 
 #: Seconds per state spent outside Rips (median distance, farthest-point subsample, cache write) when the cloud size
@@ -718,8 +860,9 @@ PREPARE_SECONDS_BASE = 0.15
 PREPARE_SECONDS_PER_FLOP = 8e-10
 
 
-def estimate_persistence_seconds(s: PersistenceSettings, n_states: int, n_cloud: int | None = None,
-                                 width: int | None = None) -> float:
+def estimate_persistence_seconds(
+    s: PersistenceSettings, n_states: int, n_cloud: int | None = None, width: int | None = None
+) -> float:
     """Rough time for every state: :func:`analysis.methods.persistence.estimate_rips_seconds` plus the preparation.
 
     Give the cloud's size (``n_cloud`` points of ``width``) for a better preparation estimate.
@@ -760,9 +903,15 @@ def _cloud_capture(ws, s: PersistenceSettings, progress: Progress | None) -> Cap
     if s.cloud == "all":
         c = ws.calibration
         if not ws.is_captured():  # the workspace's own capture, in bigger batches (same cache entry)
-            capture_hidden_states(ws.lm, ws.text, c.n_windows, c.window_len, storage=c.storage,
-                                  batch_size=max(8, CAPTURE_TOKENS_PER_BATCH // max(1, c.window_len)),
-                                  progress=progress)
+            capture_hidden_states(
+                ws.lm,
+                ws.text,
+                c.n_windows,
+                c.window_len,
+                storage=c.storage,
+                batch_size=max(8, CAPTURE_TOKENS_PER_BATCH // max(1, c.window_len)),
+                progress=progress,
+            )
         return ws.capture(progress)
     calibration_windows(ws.lm.tokenizer, ws.text, s.last_windows, s.last_window_len)  # TextError if too short
     return last_token_capture(ws.lm, ws.text, s.last_windows, s.last_window_len, progress=progress)
@@ -771,13 +920,15 @@ def _cloud_capture(ws, s: PersistenceSettings, progress: Progress | None) -> Cap
 def _state_cloud(ws, s: PersistenceSettings, cap: Capture, state: int) -> np.ndarray:
     if s.cloud == "all":
         c = ws.calibration
-        return cap.all_token_cloud(state, n_max=c.n_max, seed=c.seed,
-                                   exclude_first=max(c.exclude_first, int(s.drop_first)))
+        return cap.all_token_cloud(
+            state, n_max=c.n_max, seed=c.seed, exclude_first=max(c.exclude_first, int(s.drop_first))
+        )
     return cap.last_token_cloud(state)
 
 
-def layer_persistence(ws, s: PersistenceSettings | None = None, progress: Progress | None = None,
-                      states: Sequence[int] | None = None) -> PersistenceResult:
+def layer_persistence(
+    ws, s: PersistenceSettings | None = None, progress: Progress | None = None, states: Sequence[int] | None = None
+) -> PersistenceResult:
     """Rips diagrams of every hidden state (or of ``states``), each state cached on its own."""
     s = check_persistence_settings(s or PersistenceSettings())
     wanted = list(range(ws.n_states)) if states is None else [int(x) for x in states]
@@ -838,8 +989,9 @@ def persistence_summary(result: PersistenceResult, noise: float = 0.05) -> pd.Da
         row["cloud_points"] = int(result.n_cloud[state])
         rows.append(row)
     frame = pd.DataFrame(rows)
-    first = ["state"] + [c for d in range(result.settings.max_dim + 1)
-                         for c in (f"total_persistence_h{d}", f"entropy_h{d}")]
+    first = ["state"] + [
+        c for d in range(result.settings.max_dim + 1) for c in (f"total_persistence_h{d}", f"entropy_h{d}")
+    ]
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
@@ -858,8 +1010,9 @@ def _distance_params(ws, s: PersistenceSettings, kind: str, dim: int) -> dict:
     return {**persistence_params(ws, s), "distance": kind, "dim": int(dim)}
 
 
-def distance_matrix(ws, s: PersistenceSettings, kind: str = "wasserstein", dim: int = 1,
-                    progress: Progress | None = None) -> np.ndarray:
+def distance_matrix(
+    ws, s: PersistenceSettings, kind: str = "wasserstein", dim: int = 1, progress: Progress | None = None
+) -> np.ndarray:
     """Layer x layer matrix of diagram distances of dimension ``dim`` (cached).
 
     ``"wasserstein"``: 1-Wasserstein with the L∞ ground metric (GUDHI/Hera); ``"bottleneck"``: exact bottleneck
@@ -891,4 +1044,3 @@ def distance_matrix(ws, s: PersistenceSettings, kind: str = "wasserstein", dim: 
 
 def distance_matrix_is_cached(ws, s: PersistenceSettings, kind: str, dim: int) -> bool:
     return cache.entry("persistence-distance", _distance_params(ws, s, kind, dim)).exists()
-

@@ -88,9 +88,14 @@ class Replica:
         self._prepared: dict = {}
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "threads": self.threads, "device": str(self.lm.device),
-                "fingerprint": self.lm.fingerprint, "fingerprint_ok": self.fingerprint_ok,
-                "node": os.uname().nodename}
+        return {
+            "pid": os.getpid(),
+            "threads": self.threads,
+            "device": str(self.lm.device),
+            "fingerprint": self.lm.fingerprint,
+            "fingerprint_ok": self.fingerprint_ok,
+            "node": os.uname().nodename,
+        }
 
     def scan(self, settings, text, state: dict, candidates: list[tuple[int, int, str]]) -> list[dict]:
         """Rows of :func:`analysis.metrics.damage.scan` for these candidates of the model with ``state`` removed;
@@ -159,15 +164,25 @@ class ReplicaPool:
             try:
                 ray.init(address=self.cluster.address.strip(), **quiet)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ClusterError(f"cannot join the Ray cluster at {self.cluster.address.strip()}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise ClusterError(
+                    f"cannot join the Ray cluster at {self.cluster.address.strip()}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from None
         else:
-            env = {"PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-                   "TOKENIZERS_PARALLELISM": "false", "LAYERSCOPE_CACHE": str(cache.cache_root())}
+            env = {
+                "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+                "TOKENIZERS_PARALLELISM": "false",
+                "LAYERSCOPE_CACHE": str(cache.cache_root()),
+            }
             if os.environ.get("LAYERSCOPE_TEXTS"):
                 env["LAYERSCOPE_TEXTS"] = os.environ["LAYERSCOPE_TEXTS"]
-            ray.init(num_cpus=self.cluster.workers, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     runtime_env={"env_vars": env}, **quiet)
+            ray.init(
+                num_cpus=self.cluster.workers,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env={"env_vars": env},
+                **quiet,
+            )
             self._started_ray = True
 
     def plan(self, resources: dict) -> tuple[int, dict, int, str]:
@@ -192,23 +207,25 @@ class ReplicaPool:
         n, options, threads, device = self.plan(ray.cluster_resources())
         remote = ray.remote(Replica)
         spec = self.lm.spec.to_dict()
-        self.actors = [remote.options(**options).remote(spec, self.lm.fingerprint, threads, device)
-                       for _ in range(n)]
+        self.actors = [remote.options(**options).remote(spec, self.lm.fingerprint, threads, device) for _ in range(n)]
         try:
             self.replicas = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayActorError as exc:
             cause = exc
             for _ in range(4):  # Ray wraps the constructor's exception (ActorDiedError → RayTaskError → cause)
                 if isinstance(cause, InputError):  # e.g. the model cannot be loaded on a node
-                    raise ClusterError(f"a Ray replica could not load the model: {str(cause).splitlines()[-1]}") \
-                        from None
+                    raise ClusterError(
+                        f"a Ray replica could not load the model: {str(cause).splitlines()[-1]}"
+                    ) from None
                 cause = getattr(cause, "cause", None)
             raise
         bad = [r for r in self.replicas if not r["fingerprint_ok"]]
         if bad:
-            raise ClusterError(f"the replica on {bad[0]['node']} loaded other weights than this process "
-                               f"(fingerprint {bad[0]['fingerprint'][:12]} ≠ {self.lm.fingerprint[:12]}): every "
-                               "node must see the same model")
+            raise ClusterError(
+                f"the replica on {bad[0]['node']} loaded other weights than this process "
+                f"(fingerprint {bad[0]['fingerprint'][:12]} ≠ {self.lm.fingerprint[:12]}): every "
+                "node must see the same model"
+            )
 
     def close(self) -> None:
         if self._hook is not None:
@@ -235,8 +252,9 @@ class ReplicaPool:
         _, ActorPool = _import_ray()
         return ActorPool(self.actors).map(submit, items)
 
-    def scan(self, lm, settings, state: dict, candidates: list, text,
-             progress: Progress | None = None) -> list[dict] | None:
+    def scan(
+        self, lm, settings, state: dict, candidates: list, text, progress: Progress | None = None
+    ) -> list[dict] | None:
         """The rows of a damage scan (called by :func:`analysis.metrics.damage.scan` inside the pool); None for
         another model than the replicas hold (it is then scanned in this process)."""
         if lm.fingerprint != self.lm.fingerprint:
@@ -271,8 +289,13 @@ def _ray():
     return _import_ray()[0]
 
 
-def run_leaderboard(ws, settings: lb.LeaderboardSettings, progress: Progress | None = None,
-                    cluster: Cluster | None = None, owner: str | None = None) -> lb.Result:
+def run_leaderboard(
+    ws,
+    settings: lb.LeaderboardSettings,
+    progress: Progress | None = None,
+    cluster: Cluster | None = None,
+    owner: str | None = None,
+) -> lb.Result:
     """:func:`analysis.search.leaderboard.run` (``owner`` as there), on Ray replicas when ``cluster`` asks."""
     if cluster is None or not cluster.enabled:
         return lb.run(ws, settings, progress, owner=owner)

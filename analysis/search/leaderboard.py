@@ -59,8 +59,7 @@ Progress = Callable[[int, int, str], None]
 
 # metrics computed for the leaderboard when they are not cached yet (a few seconds each on the bundled model);
 # the others (intrinsic dimension, zigzag persistence) take part only when cached or named
-CHEAP_METRICS = ("measured_damage", "linearity", "linearity_no_residual", "block_influence", "angular_distance",
-                 "avss")
+CHEAP_METRICS = ("measured_damage", "linearity", "linearity_no_residual", "block_influence", "angular_distance", "avss")
 DAMAGE_KEY = "measured_damage"
 
 
@@ -118,8 +117,15 @@ def quick_settings(settings: LeaderboardSettings) -> LeaderboardSettings:
     search = replace(settings.search, n_tokens=s_tok, context=min(settings.search.context, s_tok))
     ev = settings.evaluation
     evaluation = replace(ev, n_tokens=max(ev.context, ev.n_tokens // QUICK_EVAL_SHARE))
-    return replace(settings, search=search, evaluation=evaluation, random_samples=0, half_blocks=False,
-                   damage_sites=("block",), quick=True)
+    return replace(
+        settings,
+        search=search,
+        evaluation=evaluation,
+        random_samples=0,
+        half_blocks=False,
+        damage_sites=("block",),
+        quick=True,
+    )
 
 
 def quick_skipped(full: LeaderboardSettings) -> list[str]:
@@ -139,8 +145,9 @@ def quick_skipped(full: LeaderboardSettings) -> list[str]:
     return out
 
 
-def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | None = None,
-             tokenizer=None) -> tuple[Text, Text]:
+def validate(
+    settings: LeaderboardSettings, n_blocks: int, calibration: Text | None = None, tokenizer=None
+) -> tuple[Text, Text]:
     """Refuse what cannot run (before anything is computed); the search and evaluation texts.
 
     With the ``tokenizer``, a search or evaluation text too short for its tokens is refused too."""
@@ -149,22 +156,28 @@ def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | N
     if not ks or min(ks) < 1:
         raise LeaderboardError(f"k must be a range 1 ≤ k_min ≤ k_max or sizes ≥ 1 (got {ks or 'none'})")
     if k_max > n_blocks - 1:
-        raise LeaderboardError(f"K = {k_max} is more than L − 1 = {n_blocks - 1}: removing {k_max} of {n_blocks} "
-                               "blocks leaves none (at least one must remain)")
+        raise LeaderboardError(
+            f"K = {k_max} is more than L − 1 = {n_blocks - 1}: removing {k_max} of {n_blocks} "
+            "blocks leaves none (at least one must remain)"
+        )
     if settings.random_samples < 0:
         raise LeaderboardError("random samples must be ≥ 0")
     if settings.greedy_candidates not in CANDIDATE_SETS:
-        raise LeaderboardError(f"unknown greedy candidate set {settings.greedy_candidates!r}; use one of "
-                               f"{', '.join(CANDIDATE_SETS)}")
+        raise LeaderboardError(
+            f"unknown greedy candidate set {settings.greedy_candidates!r}; use one of {', '.join(CANDIDATE_SETS)}"
+        )
     settings.search.validate()
     settings.evaluation.validate()
     search, evaluation = settings.search.resolve(), resolve_text(settings.evaluation.text)
     if search.sha256 == evaluation.sha256:
-        raise LeaderboardError(f"the search text ({search.label}) is the evaluation text: the search would tune on "
-                               "the test; choose another search text")
+        raise LeaderboardError(
+            f"the search text ({search.label}) is the evaluation text: the search would tune on "
+            "the test; choose another search text"
+        )
     if calibration is not None and search.sha256 == calibration.sha256:
-        raise LeaderboardError(f"the search text ({search.label}) is the calibration text of the metrics; choose "
-                               "another search text")
+        raise LeaderboardError(
+            f"the search text ({search.label}) is the calibration text of the metrics; choose another search text"
+        )
     for sel in settings.also:
         if len(set(sel)) >= n_blocks:
             raise LeaderboardError(f"the selection {','.join(map(str, sel))} removes every block")
@@ -182,6 +195,7 @@ def validate(settings: LeaderboardSettings, n_blocks: int, calibration: Text | N
 
 # ---- evaluation of one action -----------------------------------------------------------------------------------
 
+
 def canonical_action(action: dict) -> dict:
     out = {}
     for key in sorted(action):
@@ -194,16 +208,22 @@ def canonical_action(action: dict) -> dict:
 
 
 def eval_params(lm, action: dict, settings: EvalSettings, text: Text) -> dict:
-    return {"model": lm.fingerprint, "text": text.sha256, "settings": settings.to_dict(),
-            "action": canonical_action(action), "v": 1}
+    return {
+        "model": lm.fingerprint,
+        "text": text.sha256,
+        "settings": settings.to_dict(),
+        "action": canonical_action(action),
+        "v": 1,
+    }
 
 
 def eval_is_cached(lm, action: dict, settings: EvalSettings, text: Text) -> bool:
     return cache.entry("leaderboard-eval", eval_params(lm, action, settings, text)).exists()
 
 
-def evaluate_action(lm, action: dict, settings: EvalSettings, text: Text | None = None, ws=None,
-                    progress: Progress | None = None) -> dict:
+def evaluate_action(
+    lm, action: dict, settings: EvalSettings, text: Text | None = None, ws=None, progress: Progress | None = None
+) -> dict:
     """The original without/with ``action`` evaluated on ``text`` by :func:`analysis.evaluation.perplexity.evaluate`, cached.
 
     Returns ``{"perplexity", "nll", "kl", "top1", "tokens", "parameters", "original_perplexity", ...}``.
@@ -217,19 +237,36 @@ def evaluate_action(lm, action: dict, settings: EvalSettings, text: Text | None 
     return data
 
 
-def evaluation_row(lm, action: dict, settings: EvalSettings, text: Text, ws=None,
-                   progress: Progress | None = None) -> dict:
+def evaluation_row(
+    lm, action: dict, settings: EvalSettings, text: Text, ws=None, progress: Progress | None = None
+) -> dict:
     """What :func:`evaluate_action` caches, computed here (a Ray actor calls it on its replica)."""
     from analysis.changes.variant import apply_actions, candidate_name
     from analysis.evaluation.perplexity import evaluate
 
     model = apply_actions(lm.model, action, ws)
-    table = evaluate(lm.model, lm.tokenizer, text, settings, candidate=model,
-                     candidate_name=candidate_name(action), original_key=lm.fingerprint, progress=progress)
+    table = evaluate(
+        lm.model,
+        lm.tokenizer,
+        text,
+        settings,
+        candidate=model,
+        candidate_name=candidate_name(action),
+        original_key=lm.fingerprint,
+        progress=progress,
+    )
     c, o = table.candidate, table.original
-    return {"perplexity": c.perplexity, "nll": c.nll, "kl": c.kl_to_original, "top1": c.top1_agreement,
-            "tokens": c.tokens, "parameters": c.parameters, "original_perplexity": o.perplexity,
-            "original_parameters": o.parameters, "seconds": c.seconds}
+    return {
+        "perplexity": c.perplexity,
+        "nll": c.nll,
+        "kl": c.kl_to_original,
+        "top1": c.top1_agreement,
+        "tokens": c.tokens,
+        "parameters": c.parameters,
+        "original_perplexity": o.perplexity,
+        "original_parameters": o.parameters,
+        "seconds": c.seconds,
+    }
 
 
 def store_evaluation(lm, action: dict, settings: EvalSettings, text: Text, data: dict) -> None:
@@ -238,6 +275,7 @@ def store_evaluation(lm, action: dict, settings: EvalSettings, text: Text, data:
 
 
 # ---- rules ------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -293,8 +331,7 @@ class Board:
     def metrics(self) -> list:
         chosen = self.settings.metrics
         if chosen is None:
-            return [m for m in registry.metrics()
-                    if m.key in CHEAP_METRICS or m.cached(self.ws, self.metric_params(m))]
+            return [m for m in registry.metrics() if m.key in CHEAP_METRICS or m.cached(self.ws, self.metric_params(m))]
         return [registry.get(k) for k in chosen]
 
     def scores(self, metric) -> np.ndarray:
@@ -308,8 +345,14 @@ class Board:
     def greedy(self, half: bool = False) -> list[dict]:
         if half not in self._greedy:
             steps = self.k_max * (2 if half else 1)
-            self._greedy[half] = greedy(self.lm, self.settings.search, steps, half=half, progress=self.progress,
-                                        candidates=self.settings.greedy_candidates)
+            self._greedy[half] = greedy(
+                self.lm,
+                self.settings.search,
+                steps,
+                half=half,
+                progress=self.progress,
+                candidates=self.settings.greedy_candidates,
+            )
         return self._greedy[half]
 
     def damage(self) -> np.ndarray:
@@ -319,9 +362,16 @@ class Board:
 def _metric_rules(board: Board) -> list[Rule]:
     out = []
     for m in board.metrics():
-        out.append(Rule(key=f"metric:{m.key}", label=m.label, kind="metric", order=10 + m.order / 1000,
-                        select=lambda b, k, m=m: [{"remove_blocks": b.suggestion(m, k)}],
-                        description=m.direction_text))
+        out.append(
+            Rule(
+                key=f"metric:{m.key}",
+                label=m.label,
+                kind="metric",
+                order=10 + m.order / 1000,
+                select=lambda b, k, m=m: [{"remove_blocks": b.suggestion(m, k)}],
+                description=m.direction_text,
+            )
+        )
     return out
 
 
@@ -352,22 +402,73 @@ def _chosen(board: Board, k: int) -> list[dict]:
     return [{"remove_blocks": sorted(sel)} for sel in board.settings.also if len(sel) == k]
 
 
-register_rule(Rule("consensus", "Consensus of the proxies", _consensus, kind="consensus", order=20,
-                   description="the k blocks most proxy metrics suggest (measured damage not included)"))
-register_rule(Rule("greedy", "Greedy search (SLEB)", _greedy_rule, kind="search", order=30,
-                   description="remove the least damaging block on the search text, k times (SLEB's candidates by "
-                               "default: never the first or the last block; greedy_candidates='all' searches every "
-                               "block)"))
-register_rule(Rule("greedy_half", "Half-block greedy (BlockPruner)", _greedy_half_rule, kind="search", order=31,
-                   enabled=lambda b: b.settings.half_blocks,
-                   description="remove the least damaging attention or feed-forward half, 2k times"))
-register_rule(Rule("reverse", "Reverse order", lambda b, k: [{"remove_blocks": reverse_order(b.n_blocks, k)}],
-                   kind="baseline", order=40, description="the k blocks before the last one, [L−1−k, L−1)"))
-register_rule(Rule("random", "Random", lambda b, k: [{"remove_blocks": s} for s in random_selections(
-    b.n_blocks, k, b.settings.random_samples, b.settings.seed)], kind="random", order=50,
-    enabled=lambda b: b.settings.random_samples > 0, description="seeded random sets of k blocks (the band)"))
-register_rule(Rule("chosen", "Chosen selection", _chosen, kind="chosen", order=60,
-                   enabled=lambda b: bool(b.settings.also), description="a selection named by the user"))
+register_rule(
+    Rule(
+        "consensus",
+        "Consensus of the proxies",
+        _consensus,
+        kind="consensus",
+        order=20,
+        description="the k blocks most proxy metrics suggest (measured damage not included)",
+    )
+)
+register_rule(
+    Rule(
+        "greedy",
+        "Greedy search (SLEB)",
+        _greedy_rule,
+        kind="search",
+        order=30,
+        description="remove the least damaging block on the search text, k times (SLEB's candidates by "
+        "default: never the first or the last block; greedy_candidates='all' searches every "
+        "block)",
+    )
+)
+register_rule(
+    Rule(
+        "greedy_half",
+        "Half-block greedy (BlockPruner)",
+        _greedy_half_rule,
+        kind="search",
+        order=31,
+        enabled=lambda b: b.settings.half_blocks,
+        description="remove the least damaging attention or feed-forward half, 2k times",
+    )
+)
+register_rule(
+    Rule(
+        "reverse",
+        "Reverse order",
+        lambda b, k: [{"remove_blocks": reverse_order(b.n_blocks, k)}],
+        kind="baseline",
+        order=40,
+        description="the k blocks before the last one, [L−1−k, L−1)",
+    )
+)
+register_rule(
+    Rule(
+        "random",
+        "Random",
+        lambda b, k: [
+            {"remove_blocks": s} for s in random_selections(b.n_blocks, k, b.settings.random_samples, b.settings.seed)
+        ],
+        kind="random",
+        order=50,
+        enabled=lambda b: b.settings.random_samples > 0,
+        description="seeded random sets of k blocks (the band)",
+    )
+)
+register_rule(
+    Rule(
+        "chosen",
+        "Chosen selection",
+        _chosen,
+        kind="chosen",
+        order=60,
+        enabled=lambda b: bool(b.settings.also),
+        description="a selection named by the user",
+    )
+)
 
 
 def active_rules(board: Board) -> list[Rule]:
@@ -375,6 +476,7 @@ def active_rules(board: Board) -> list[Rule]:
 
 
 # ---- the board --------------------------------------------------------------------------------------------------
+
 
 def describe_blocks(action: dict) -> str:
     parts = [str(b) for b in action.get("remove_blocks", [])]
@@ -406,17 +508,31 @@ class Result:
         return winners(self.rows)
 
     def to_dict(self) -> dict:
-        return {"settings": self.settings, "rows": self.rows.to_dict("records"), "greedy": self.greedy,
-                "greedy_half": self.greedy_half, "damage": self.damage.to_dict("records"),
-                "correlation": self.correlation.to_dict("records"), "original_perplexity": self.original_perplexity,
-                "seconds": self.seconds, "cost": self.cost}
+        return {
+            "settings": self.settings,
+            "rows": self.rows.to_dict("records"),
+            "greedy": self.greedy,
+            "greedy_half": self.greedy_half,
+            "damage": self.damage.to_dict("records"),
+            "correlation": self.correlation.to_dict("records"),
+            "original_perplexity": self.original_perplexity,
+            "seconds": self.seconds,
+            "cost": self.cost,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":
-        return cls(settings=d["settings"], rows=pd.DataFrame(d["rows"]), greedy=d["greedy"],
-                   greedy_half=d.get("greedy_half", []), damage=pd.DataFrame(d["damage"]),
-                   correlation=pd.DataFrame(d["correlation"]), original_perplexity=d["original_perplexity"],
-                   seconds=d.get("seconds", 0.0), cost=d.get("cost", {}))
+        return cls(
+            settings=d["settings"],
+            rows=pd.DataFrame(d["rows"]),
+            greedy=d["greedy"],
+            greedy_half=d.get("greedy_half", []),
+            damage=pd.DataFrame(d["damage"]),
+            correlation=pd.DataFrame(d["correlation"]),
+            original_perplexity=d["original_perplexity"],
+            seconds=d.get("seconds", 0.0),
+            cost=d.get("cost", {}),
+        )
 
 
 def winners(rows: pd.DataFrame) -> pd.DataFrame:
@@ -426,9 +542,16 @@ def winners(rows: pd.DataFrame) -> pd.DataFrame:
     for k, g in comp.groupby("k"):
         best = g.sort_values(["perplexity", "rule"]).iloc[0]
         greedy_ppl = g.loc[g["rule"] == "greedy", "perplexity"]
-        out.append({"k": int(k), "winner": best["label"], "rule": best["rule"], "blocks": best["blocks"],
-                    "perplexity": best["perplexity"],
-                    "greedy_perplexity": float(greedy_ppl.iloc[0]) if len(greedy_ppl) else math.nan})
+        out.append(
+            {
+                "k": int(k),
+                "winner": best["label"],
+                "rule": best["rule"],
+                "blocks": best["blocks"],
+                "perplexity": best["perplexity"],
+                "greedy_perplexity": float(greedy_ppl.iloc[0]) if len(greedy_ppl) else math.nan,
+            }
+        )
     return pd.DataFrame(out, columns=["k", "winner", "rule", "blocks", "perplexity", "greedy_perplexity"])
 
 
@@ -463,13 +586,14 @@ def _store_eval(lm, action: dict, settings: EvalSettings, text: Text, data: dict
     return out
 
 
-def evaluate_plan(ws, actions: list[dict], settings: EvalSettings, text: Text,
-                  progress: Progress | None = None) -> tuple[dict[str, dict], dict]:
+def evaluate_plan(
+    ws, actions: list[dict], settings: EvalSettings, text: Text, progress: Progress | None = None
+) -> tuple[dict[str, dict], dict]:
     """Every distinct action evaluated once (``{stable_hash(action): result}``): cached ones read, the others in
     one pass of :func:`analysis.evaluation.shared_prefix.evaluate_actions` (the original once, each candidate from
     its first changed block). Also ``{"work", "original_work", "computed"}`` of what ran."""
-    from analysis.evaluation.shared_prefix import evaluate_actions, original_work
     from analysis.capture.estimate import work_model
+    from analysis.evaluation.shared_prefix import evaluate_actions, original_work
 
     lm = ws.lm
     distinct: dict[str, dict] = {}
@@ -550,8 +674,13 @@ def _scans_of(settings: LeaderboardSettings, greedy_steps: list[dict], half_step
     return uniq
 
 
-def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Progress | None = None,
-        owner: str | None = None, pool=None) -> Result:
+def run(
+    ws,
+    settings: LeaderboardSettings = LeaderboardSettings(),
+    progress: Progress | None = None,
+    owner: str | None = None,
+    pool=None,
+) -> Result:
     """Compute the leaderboard (everything cached on the way), keep it for the report (``owner``'s: a browser tab
     of the dashboard; None: the command line's), and return it. A quick board is not kept for the report.
 
@@ -569,50 +698,87 @@ def run(ws, settings: LeaderboardSettings = LeaderboardSettings(), progress: Pro
     metrics = board.metrics()
     for i, m in enumerate(metrics):
         say(i, len(metrics), f"metrics · {m.label}")
-        sub = (lambda d, t, msg, m=m: say(d, t, f"metrics · {m.label}: {msg}"))
-        board._scores[m.key] = m.scores(ws, board.metric_params(m), progress=sub)
-    damage = damage_table(ws.lm, settings.search, sites=settings.damage_sites,
-                          progress=lambda d, t, m: say(d, t, f"damage scan · {m}"))
+        board._scores[m.key] = m.scores(
+            ws, board.metric_params(m), progress=lambda d, t, msg, m=m: say(d, t, f"metrics · {m.label}: {msg}")
+        )
+    damage = damage_table(
+        ws.lm, settings.search, sites=settings.damage_sites, progress=lambda d, t, m: say(d, t, f"damage scan · {m}")
+    )
     greedy_steps = board.greedy(False)
     half_steps = board.greedy(True) if settings.half_blocks else []
     work = plan(board)
     if pool is not None:
-        pool.evaluate_missing([a for _, _, _, a in work], settings.evaluation, eval_text,
-                              progress=lambda d, t, m: say(d, t, f"evaluate on {pool.describe()} · {m}"))
-    results, ev_cost = evaluate_plan(ws, [a for *_, a in work], settings.evaluation, eval_text,
-                                     progress=lambda d, t, m: say(d, t, f"evaluate · {m}"))
+        pool.evaluate_missing(
+            [a for _, _, _, a in work],
+            settings.evaluation,
+            eval_text,
+            progress=lambda d, t, m: say(d, t, f"evaluate on {pool.describe()} · {m}"),
+        )
+    results, ev_cost = evaluate_plan(
+        ws, [a for *_, a in work], settings.evaluation, eval_text, progress=lambda d, t, m: say(d, t, f"evaluate · {m}")
+    )
     rows = []
     for rule, k, sample, action in work:
         r = results[cache.stable_hash(action)]
-        rows.append({"rule": rule.key, "label": rule.label, "kind": rule.kind, "k": k, "sample": sample,
-                     "blocks": describe_blocks(action), "perplexity": r["perplexity"], "kl": r["kl"],
-                     "top1": r["top1"], "nll": r["nll"], "parameters": r["parameters"],
-                     "action": cache.dumps(action).replace("\n", "").replace("  ", ""),
-                     "candidates": settings.greedy_candidates if rule.key == "greedy" else ""})
+        rows.append(
+            {
+                "rule": rule.key,
+                "label": rule.label,
+                "kind": rule.kind,
+                "k": k,
+                "sample": sample,
+                "blocks": describe_blocks(action),
+                "perplexity": r["perplexity"],
+                "kl": r["kl"],
+                "top1": r["top1"],
+                "nll": r["nll"],
+                "parameters": r["parameters"],
+                "action": cache.dumps(action).replace("\n", "").replace("  ", ""),
+                "candidates": settings.greedy_candidates if rule.key == "greedy" else "",
+            }
+        )
     say(len(work), len(work), "done")
     # the cost of what ran: scans written by this run, and the evaluations
     wm = work_model(ws.lm.model)
-    scans = [(st, site) for st, site, _ in _scans_of(settings, greedy_steps, half_steps)
-             if _computed_since(_scan_entry(ws.lm, settings.search, st, site), wall0)]
+    scans = [
+        (st, site)
+        for st, site, _ in _scans_of(settings, greedy_steps, half_steps)
+        if _computed_since(_scan_entry(ws.lm, settings.search, st, site), wall0)
+    ]
     s_work = sum(scan_work(wm, settings.search, ws.n_blocks - len(st["blocks"]), site) for st, site in scans)
     if scans:
         s_work += reference_work(wm, settings.search)
     one = ev_cost["original_work"]
-    cost = {"evaluations": (s_work + ev_cost["work"]) / one, "scan_evaluations": s_work / one,
-            "evaluation_evaluations": ev_cost["work"] / one, "scans_computed": len(scans),
-            "selections": ev_cost["distinct"], "selections_computed": ev_cost["computed"], "rows": len(rows),
-            "work": s_work + ev_cost["work"],
-            "unit": "evaluations of the original on the evaluation settings (forward work in parameter-tokens)"}
+    cost = {
+        "evaluations": (s_work + ev_cost["work"]) / one,
+        "scan_evaluations": s_work / one,
+        "evaluation_evaluations": ev_cost["work"] / one,
+        "scans_computed": len(scans),
+        "selections": ev_cost["distinct"],
+        "selections_computed": ev_cost["computed"],
+        "rows": len(rows),
+        "work": s_work + ev_cost["work"],
+        "unit": "evaluations of the original on the evaluation settings (forward work in parameter-tokens)",
+    }
     orig = next(iter(results.values()))["original_perplexity"] if results else math.nan
-    result = Result(settings=settings.to_dict(), rows=pd.DataFrame(rows), greedy=greedy_steps,
-                    greedy_half=half_steps, damage=damage, correlation=correlation(board),
-                    original_perplexity=orig, seconds=time.perf_counter() - t0, cost=cost)
+    result = Result(
+        settings=settings.to_dict(),
+        rows=pd.DataFrame(rows),
+        greedy=greedy_steps,
+        greedy_half=half_steps,
+        damage=damage,
+        correlation=correlation(board),
+        original_perplexity=orig,
+        seconds=time.perf_counter() - t0,
+        cost=cost,
+    )
     if not settings.quick:  # the report shows the full board only
         _keep_latest(ws, result, owner)
     return result
 
 
 # ---- estimate ---------------------------------------------------------------------------------------------------
+
 
 def _greedy_chain(lm, search: SearchSettings, steps: int) -> tuple[list[dict], int]:
     """The greedy states that can be read from cached scans without computing anything, and how many of the
@@ -623,8 +789,11 @@ def _greedy_chain(lm, search: SearchSettings, steps: int) -> tuple[list[dict], i
     for _ in range(steps):
         if not scan_is_cached(lm, search, state, "block"):
             break
-        rows = [r for r in cached_rows(lm, search, state) if len(state_with(state, r["block"], "block")["blocks"])
-                < lm.n_blocks]
+        rows = [
+            r
+            for r in cached_rows(lm, search, state)
+            if len(state_with(state, r["block"], "block")["blocks"]) < lm.n_blocks
+        ]
         if not rows:
             break
         cached += 1
@@ -704,12 +873,23 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     e_work = (one + sum(tail_work(wm, L - 1, j, n_ids, ev.context, ev.stride) for j in todo)) if todo else 0.0
     total = s_work + c_work + e_work
     seconds = total * probe["seconds_per_work"]
-    return {"seconds": seconds, "scans": n_scans, "evaluations": len(todo), "work": total,
-            "scan_work": s_work, "calibration_work": c_work, "evaluation_work": e_work, "original_work": one,
-            "evaluations_of_original": total / one, "original_evaluation_s": one * probe["seconds_per_work"],
-            "per_evaluation_s": one * probe["seconds_per_work"], "probe_s": probe["seconds"],
-            "per_token_s": probe["seconds_per_token"], "quick": settings.quick,
-            "note": "from a forward of the model timed now; cached scans and evaluations are skipped"}
+    return {
+        "seconds": seconds,
+        "scans": n_scans,
+        "evaluations": len(todo),
+        "work": total,
+        "scan_work": s_work,
+        "calibration_work": c_work,
+        "evaluation_work": e_work,
+        "original_work": one,
+        "evaluations_of_original": total / one,
+        "original_evaluation_s": one * probe["seconds_per_work"],
+        "per_evaluation_s": one * probe["seconds_per_work"],
+        "probe_s": probe["seconds"],
+        "per_token_s": probe["seconds_per_token"],
+        "quick": settings.quick,
+        "note": "from a forward of the model timed now; cached scans and evaluations are skipped",
+    }
 
 
 # ---- kept results, CSV tables, report -----------------------------------------------------------------------------
@@ -736,8 +916,9 @@ def _latest_path(lm, owner: str | None = None):
 def _keep_latest(ws, result: Result, owner: str | None = None) -> None:
     """Keep the finished leaderboard (for ``owner``: a browser tab; None: the command line), with its checksum."""
     body = cache.dumps(result.to_dict())
-    cache.atomic_write_text(_latest_path(ws.lm, owner), json.dumps({"xxh3": xxhash.xxh3_64_hexdigest(body.encode()),
-                                                                    "result": body}))
+    cache.atomic_write_text(
+        _latest_path(ws.lm, owner), json.dumps({"xxh3": xxhash.xxh3_64_hexdigest(body.encode()), "result": body})
+    )
 
 
 def latest(ws, owner: str | None = None) -> Result | None:
@@ -770,10 +951,28 @@ def greedy_candidates(result: Result) -> str:
 
 def greedy_csv(result: Result) -> pd.DataFrame:
     key = result.settings.get("greedy_candidates", "all")
-    rows = [{"step": s["step"], "block": s["block"], "site": s["site"], "perplexity": s["perplexity"],
-             "search": "block", "candidates": s.get("candidates", key)} for s in result.greedy]
-    rows += [{"step": s["step"], "block": s["block"], "site": s["site"], "perplexity": s["perplexity"],
-              "search": "half", "candidates": "all"} for s in result.greedy_half]
+    rows = [
+        {
+            "step": s["step"],
+            "block": s["block"],
+            "site": s["site"],
+            "perplexity": s["perplexity"],
+            "search": "block",
+            "candidates": s.get("candidates", key),
+        }
+        for s in result.greedy
+    ]
+    rows += [
+        {
+            "step": s["step"],
+            "block": s["block"],
+            "site": s["site"],
+            "perplexity": s["perplexity"],
+            "search": "half",
+            "candidates": "all",
+        }
+        for s in result.greedy_half
+    ]
     return pd.DataFrame(rows, columns=["step", "block", "site", "perplexity", "search", "candidates"])
 
 
@@ -800,12 +999,27 @@ def figure(result: Result):
     if len(rnd):
         g = rnd.groupby("k")["perplexity"]
         ks = list(g.min().index)
-        fig.add_trace(go.Scatter(x=ks + ks[::-1], y=list(g.max()) + list(g.min())[::-1], fill="toself",
-                                 fillcolor="rgba(127,127,127,0.2)", line=dict(width=0), name="random (min–max)",
-                                 hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=ks, y=list(g.median()), mode="lines", name="random (median)",
-                                 line=dict(color="#7f7f7f", dash="dot"),
-                                 hovertemplate="k %{x}: %{y:.2f}<extra>random (median)</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=ks + ks[::-1],
+                y=list(g.max()) + list(g.min())[::-1],
+                fill="toself",
+                fillcolor="rgba(127,127,127,0.2)",
+                line=dict(width=0),
+                name="random (min–max)",
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=ks,
+                y=list(g.median()),
+                mode="lines",
+                name="random (median)",
+                line=dict(color="#7f7f7f", dash="dot"),
+                hovertemplate="k %{x}: %{y:.2f}<extra>random (median)</extra>",
+            )
+        )
     for rule, g in rows[~rows["kind"].isin(["random"])].groupby("rule", sort=False):
         g = g.sort_values("k")
         label = g["label"].iloc[0]
@@ -814,16 +1028,34 @@ def figure(result: Result):
             style = dict(line=dict(color=plots.HIGHLIGHT, width=3))
         elif rule == "reverse":
             style = dict(line=dict(color="#000000", dash="dash"))
-        fig.add_trace(go.Scatter(x=list(g["k"]), y=list(g["perplexity"]), mode="lines+markers", name=label,
-                                 customdata=list(g["blocks"]), **style,
-                                 hovertemplate=f"k %{{x}}: %{{y:.2f}}<br>blocks %{{customdata}}<extra>{label}</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(g["k"]),
+                y=list(g["perplexity"]),
+                mode="lines+markers",
+                name=label,
+                customdata=list(g["blocks"]),
+                **style,
+                hovertemplate=f"k %{{x}}: %{{y:.2f}}<br>blocks %{{customdata}}<extra>{label}</extra>",
+            )
+        )
     if math.isfinite(result.original_perplexity):
-        fig.add_hline(y=result.original_perplexity, line_dash="dot", line_color="#2ca02c",
-                      annotation_text="original", annotation_position="bottom right")
+        fig.add_hline(
+            y=result.original_perplexity,
+            line_dash="dot",
+            line_color="#2ca02c",
+            annotation_text="original",
+            annotation_position="bottom right",
+        )
     ev = result.settings.get("evaluation", {})
-    fig.update_layout(title=f"Perplexity on {ev.get('text')} ({ev.get('n_tokens')} tokens) after removing k blocks",
-                      xaxis_title="k (blocks removed)", yaxis_title="perplexity (log scale)", height=460,
-                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        title=f"Perplexity on {ev.get('text')} ({ev.get('n_tokens')} tokens) after removing k blocks",
+        xaxis_title="k (blocks removed)",
+        yaxis_title="perplexity (log scale)",
+        height=460,
+        margin=dict(l=60, r=20, t=50, b=50),
+        legend=dict(orientation="h", y=-0.25),
+    )
     fig.update_yaxes(type="log")
     fig.update_xaxes(dtick=1)
     return fig
@@ -846,13 +1078,25 @@ def report_items(ws) -> list:
     corr = result.correlation[["label", "spearman"]].rename(columns={"label": "metric"})
     s = result.settings
     return [
-        ("figure", figure(result), "Each rule's k blocks removed, evaluated against the original (one line per rule; "
-                                   "random selections as a band)."),
+        (
+            "figure",
+            figure(result),
+            "Each rule's k blocks removed, evaluated against the original (one line per rule; "
+            "random selections as a band).",
+        ),
         ("table", t, f"Perplexity on {s['evaluation']['text']} by rule and k (lower is better)."),
-        ("table", w, "Winner at each k (random and chosen selections not competing). Greedy search (SLEB) searched "
-                     f"{greedy_candidates(result)}."),
-        ("table", corr, f"Spearman ρ of each metric (oriented: low = redundant) with the measured single-block damage "
-                        f"on {s['search']['text']} ({s['search']['n_tokens']} tokens); +1 = same order."),
+        (
+            "table",
+            w,
+            "Winner at each k (random and chosen selections not competing). Greedy search (SLEB) searched "
+            f"{greedy_candidates(result)}.",
+        ),
+        (
+            "table",
+            corr,
+            f"Spearman ρ of each metric (oriented: low = redundant) with the measured single-block damage "
+            f"on {s['search']['text']} ({s['search']['n_tokens']} tokens); +1 = same order.",
+        ),
     ]
 
 

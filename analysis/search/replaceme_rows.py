@@ -42,9 +42,9 @@ RULES = {
 }
 RULE_DETAILS = {
     AUTHORS: "arccos(cos(h_l, h_(l+n)))/π of the last token of each calibration window, averaged (mts-ai/ReplaceMe's "
-             "distance.py; Gromov et al.'s d(l, n)); l ≥ 1",
+    "distance.py; Gromov et al.'s d(l, n)); l ≥ 1",
     OURS: "mean 1 − cos(h_l, h_(l+n)) over every calibration token (LayerScope's earlier default, not the authors'); "
-          "l ≥ 1",
+    "l ≥ 1",
 }
 
 
@@ -74,8 +74,10 @@ def check_rule(by: str) -> str:
     try:
         registry.get(by)
     except KeyError:
-        raise rm.ReplaceMeError(f"unknown rule for choosing the run {by!r}: use angular (the {RULES[AUTHORS]}), "
-                                f"cosine ({RULES[OURS]}) or a block metric's key") from None
+        raise rm.ReplaceMeError(
+            f"unknown rule for choosing the run {by!r}: use angular (the {RULES[AUTHORS]}), "
+            f"cosine ({RULES[OURS]}) or a block metric's key"
+        ) from None
     return by
 
 
@@ -103,10 +105,20 @@ def replaceme_rule(ws, k: int, by: str = BY, method: str = "lstsq", progress: rm
     text's hash and windows, so a cache keyed by the action never mixes two calibrations."""
     start, score = choose_run(ws, k, by, progress)
     c = ws.calibration
-    return {rm.KEY: {"start": int(start), "n": int(k), "method": method,
-                     "calibration": {"text": ws.text.name, "sha256": ws.text.sha256, "windows": c.n_windows,
-                                     "window_len": c.window_len},
-                     "chosen_by": chosen_by(by, score)}}
+    return {
+        rm.KEY: {
+            "start": int(start),
+            "n": int(k),
+            "method": method,
+            "calibration": {
+                "text": ws.text.name,
+                "sha256": ws.text.sha256,
+                "windows": c.n_windows,
+                "window_len": c.window_len,
+            },
+            "chosen_by": chosen_by(by, score),
+        }
+    }
 
 
 def removal_rule(ws, k: int, by: str = BY) -> dict:
@@ -120,10 +132,24 @@ def _fits(board, k: int) -> bool:
 
 
 def register(register_rule, Rule) -> None:
-    register_rule(Rule("replaceme", f"Replace (ReplaceMe; run by the {RULES[AUTHORS]})",
-                       lambda b, k: [replaceme_rule(b.ws, k)] if _fits(b, k) else [], kind="replace", order=45,
-                       description=f"the run [l, l+k) chosen by the {RULES[AUTHORS]} ({RULE_DETAILS[AUTHORS]}), "
-                                   "replaced by a least-squares map folded into block l−1 (plain checkpoint)"))
-    register_rule(Rule("replaceme_remove", f"Remove (the same run, {RULES[AUTHORS]})",
-                       lambda b, k: [removal_rule(b.ws, k)] if _fits(b, k) else [], kind="baseline", order=46,
-                       description="the same run [l, l+k) removed without a map"))
+    register_rule(
+        Rule(
+            "replaceme",
+            f"Replace (ReplaceMe; run by the {RULES[AUTHORS]})",
+            lambda b, k: [replaceme_rule(b.ws, k)] if _fits(b, k) else [],
+            kind="replace",
+            order=45,
+            description=f"the run [l, l+k) chosen by the {RULES[AUTHORS]} ({RULE_DETAILS[AUTHORS]}), "
+            "replaced by a least-squares map folded into block l−1 (plain checkpoint)",
+        )
+    )
+    register_rule(
+        Rule(
+            "replaceme_remove",
+            f"Remove (the same run, {RULES[AUTHORS]})",
+            lambda b, k: [removal_rule(b.ws, k)] if _fits(b, k) else [],
+            kind="baseline",
+            order=46,
+            description="the same run [l, l+k) removed without a map",
+        )
+    )

@@ -12,19 +12,42 @@ from __future__ import annotations
 
 from analysis.errors import InputError
 
-CLI = {"windows": "--sequences", "window_len": "--seq-len", "exclude_first": "--exclude-first", "n_max": "--n-max",
-       "text": "--text", "context": "--context", "stride": "--stride", "n_tokens": "--eval-tokens",
-       "eval_text": "--eval-text", "remove": "--remove", "blocks": "--blocks", "replace": "--replace",
-       "replaceme_windows": "--sequences", "replaceme_window_len": "--seq-len", "heal_window_len": "--window-len",
-       "heal_batch_size": "--batch-size"}
-RECIPE = {"windows": "calibration.windows", "window_len": "calibration.window_len",
-          "exclude_first": "calibration.exclude_first", "n_max": "calibration.n_max", "text": "calibration.text",
-          "context": "evaluation.settings.context", "stride": "evaluation.settings.stride",
-          "n_tokens": "evaluation.settings.n_tokens", "eval_text": "evaluation.settings.text",
-          "remove": "action.remove_blocks", "blocks": "action.low_rank.blocks", "replace": "action.replace_linear",
-          "replaceme_windows": "action.replaceme.calibration.windows",
-          "replaceme_window_len": "action.replaceme.calibration.window_len",
-          "heal_window_len": "action.heal.window_len", "heal_batch_size": "action.heal.batch_size"}
+CLI = {
+    "windows": "--sequences",
+    "window_len": "--seq-len",
+    "exclude_first": "--exclude-first",
+    "n_max": "--n-max",
+    "text": "--text",
+    "context": "--context",
+    "stride": "--stride",
+    "n_tokens": "--eval-tokens",
+    "eval_text": "--eval-text",
+    "remove": "--remove",
+    "blocks": "--blocks",
+    "replace": "--replace",
+    "replaceme_windows": "--sequences",
+    "replaceme_window_len": "--seq-len",
+    "heal_window_len": "--window-len",
+    "heal_batch_size": "--batch-size",
+}
+RECIPE = {
+    "windows": "calibration.windows",
+    "window_len": "calibration.window_len",
+    "exclude_first": "calibration.exclude_first",
+    "n_max": "calibration.n_max",
+    "text": "calibration.text",
+    "context": "evaluation.settings.context",
+    "stride": "evaluation.settings.stride",
+    "n_tokens": "evaluation.settings.n_tokens",
+    "eval_text": "evaluation.settings.text",
+    "remove": "action.remove_blocks",
+    "blocks": "action.low_rank.blocks",
+    "replace": "action.replace_linear",
+    "replaceme_windows": "action.replaceme.calibration.windows",
+    "replaceme_window_len": "action.replaceme.calibration.window_len",
+    "heal_window_len": "action.heal.window_len",
+    "heal_batch_size": "action.heal.batch_size",
+}
 
 
 class PreflightError(InputError):
@@ -76,13 +99,21 @@ def check_heal(config, spec, names: dict = CLI, budget: int | None = None) -> di
 
     limit = max_positions(config) if config is not None else None
     if limit is not None and spec.window_len > limit:
-        raise PreflightError(f"{names['heal_window_len']} = {spec.window_len:,} is longer than the model's {limit:,} "
-                             f"positions; use at most {limit:,}")
+        raise PreflightError(
+            f"{names['heal_window_len']} = {spec.window_len:,} is longer than the model's {limit:,} "
+            f"positions; use at most {limit:,}"
+        )
     if config is None:
         return {}
-    est = training_memory_bytes(n_layers(config) or 1, hidden_size(config) or 1, vocab_size(config) or 1,
-                                spec.batch_size, spec.window_len, teacher=spec.loss != "ce",
-                                intermediate=getattr(_text_config(config), "intermediate_size", None))
+    est = training_memory_bytes(
+        n_layers(config) or 1,
+        hidden_size(config) or 1,
+        vocab_size(config) or 1,
+        spec.batch_size,
+        spec.window_len,
+        teacher=spec.loss != "ce",
+        intermediate=getattr(_text_config(config), "intermediate_size", None),
+    )
     budget = memory_budget() if budget is None else budget
     if est["bytes"] > budget:
         per = max(1, est["per_token_bytes"])
@@ -92,29 +123,35 @@ def check_heal(config, spec, names: dict = CLI, budget: int | None = None) -> di
             f"{format_bytes(est['bytes'])} of memory (activations, logits and gradients, estimated), more than the "
             f"budget of {format_bytes(budget)} (half this machine's memory, or $LAYERSCOPE_MEMORY_BUDGET_GB): use "
             f"a smaller {names['heal_window_len']} or {names['heal_batch_size']} (at most about {fit:,} tokens per "
-            "step)")
+            "step)"
+        )
     return est
 
 
-def check_windows(config, n_windows: int, window_len: int, exclude_first: int = 0, n_max: int | None = None,
-                  names: dict = CLI) -> None:
+def check_windows(
+    config, n_windows: int, window_len: int, exclude_first: int = 0, n_max: int | None = None, names: dict = CLI
+) -> None:
     if n_windows < 1:
         raise PreflightError(f"{names['windows']} must be at least 1 (got {n_windows})")
     if window_len < 2:
         raise PreflightError(f"{names['window_len']} must be at least 2 tokens (got {window_len})")
     if exclude_first < 0 or exclude_first >= window_len:
-        raise PreflightError(f"{names['exclude_first']} must lie in 0..{window_len - 1}, below {names['window_len']} "
-                             f"= {window_len} (got {exclude_first}): it drops the first positions of every window")
+        raise PreflightError(
+            f"{names['exclude_first']} must lie in 0..{window_len - 1}, below {names['window_len']} "
+            f"= {window_len} (got {exclude_first}): it drops the first positions of every window"
+        )
     if n_max is not None and n_max < 1:
         raise PreflightError(f"{names['n_max']} must be at least 1 token (got {n_max}); leave it out for all tokens")
     limit = max_positions(config) if config is not None else None
     if limit is not None and window_len > limit:
-        raise PreflightError(f"{names['window_len']} = {window_len} is longer than the model's {limit} positions; "
-                             f"use at most {limit}")
+        raise PreflightError(
+            f"{names['window_len']} = {window_len} is longer than the model's {limit} positions; use at most {limit}"
+        )
 
 
-def check_linearity_tokens(config, n_windows: int, window_len: int, exclude_first: int = 0,
-                           n_max: int | None = None, names: dict = CLI) -> None:
+def check_linearity_tokens(
+    config, n_windows: int, window_len: int, exclude_first: int = 0, n_max: int | None = None, names: dict = CLI
+) -> None:
     """Linearity needs ``2 × width`` cloud tokens; the message names the setting that actually limits them."""
     from analysis.capture.defaults import model_shape
 
@@ -125,16 +162,20 @@ def check_linearity_tokens(config, n_windows: int, window_len: int, exclude_firs
     if not width or have >= need:
         return
     if n_max is not None and n_max < need <= captured:
-        raise PreflightError(f"linearity needs at least 2 × width = {need:,} tokens; {names['n_max']} = {n_max:,} "
-                             f"subsamples the clouds to fewer: raise {names['n_max']} to at least {need:,} or leave "
-                             "it out")
+        raise PreflightError(
+            f"linearity needs at least 2 × width = {need:,} tokens; {names['n_max']} = {n_max:,} "
+            f"subsamples the clouds to fewer: raise {names['n_max']} to at least {need:,} or leave "
+            "it out"
+        )
     per_window = max(1, window_len - exclude_first)
-    raise PreflightError(f"linearity needs at least 2 × width = {need:,} tokens; {n_windows} windows of {window_len}"
-                         + (f" minus {exclude_first} excluded" if exclude_first else "") + f" give {captured:,}: "
-                         f"use {names['windows']} {-(-need // per_window)} or more, or a longer {names['window_len']}"
-                         + (f", and raise {names['n_max']} or leave it out" if n_max is not None and n_max < need
-                            else "")
-                         + f" (leave {names['windows']} out to get enough for this model)")
+    raise PreflightError(
+        f"linearity needs at least 2 × width = {need:,} tokens; {n_windows} windows of {window_len}"
+        + (f" minus {exclude_first} excluded" if exclude_first else "")
+        + f" give {captured:,}: "
+        f"use {names['windows']} {-(-need // per_window)} or more, or a longer {names['window_len']}"
+        + (f", and raise {names['n_max']} or leave it out" if n_max is not None and n_max < need else "")
+        + f" (leave {names['windows']} out to get enough for this model)"
+    )
 
 
 def count_tokens(tokenizer, text) -> int:
@@ -153,10 +194,13 @@ def check_text_windows(tokenizer, text, n_windows: int, window_len: int, names: 
         raise PreflightError(
             f"{names['text']} {text.label} has only {have} tokens, fewer than one window of {window_len}: give a "
             f"longer text (at least {need} tokens for {n_windows} windows of {window_len})"
-            + (f" or a shorter {names['window_len']} (at most {have})" if have >= 2 else ""))
-    raise PreflightError(f"{names['text']} {text.label} has {have} tokens; {n_windows} windows of {window_len} "
-                         f"tokens need {need}: use {names['windows']} {have // window_len} or less, a shorter "
-                         f"{names['window_len']}, or a longer text")
+            + (f" or a shorter {names['window_len']} (at most {have})" if have >= 2 else "")
+        )
+    raise PreflightError(
+        f"{names['text']} {text.label} has {have} tokens; {n_windows} windows of {window_len} "
+        f"tokens need {need}: use {names['windows']} {have // window_len} or less, a shorter "
+        f"{names['window_len']}, or a longer text"
+    )
 
 
 def check_eval(config, tokenizer, settings, names: dict = CLI, text=None) -> None:
@@ -169,16 +213,19 @@ def check_eval(config, tokenizer, settings, names: dict = CLI, text=None) -> Non
         raise PreflightError(f"{names['context']} / {names['stride']} / {names['n_tokens']}: {exc}") from None
     limit = max_positions(config) if config is not None else None
     if limit is not None and settings.context > limit:
-        raise PreflightError(f"{names['context']} = {settings.context} is longer than the model's {limit} positions; "
-                             f"use at most {limit}")
+        raise PreflightError(
+            f"{names['context']} = {settings.context} is longer than the model's {limit} positions; use at most {limit}"
+        )
     if tokenizer is not None:
         from analysis.texts import resolve_text
 
         text = text or resolve_text(settings.text)
         have = count_tokens(tokenizer, text)
         if have < settings.n_tokens:
-            raise PreflightError(f"{names['eval_text']} {text.label} has {have} tokens; {names['n_tokens']} asks for "
-                                 f"{settings.n_tokens}: use at most {have}")
+            raise PreflightError(
+                f"{names['eval_text']} {text.label} has {have} tokens; {names['n_tokens']} asks for "
+                f"{settings.n_tokens}: use at most {have}"
+            )
 
 
 def _blocks_in_range(blocks, n: int, what: str) -> list[int]:
@@ -187,8 +234,10 @@ def _blocks_in_range(blocks, n: int, what: str) -> list[int]:
     blocks = parse_blocks(blocks, what=what) if isinstance(blocks, str) else [int(b) for b in blocks]
     bad = [b for b in blocks if not 0 <= b < n]
     if bad:
-        raise PreflightError(f"{what}: block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range; "
-                             f"the model has blocks 0..{n - 1} (0-based)")
+        raise PreflightError(
+            f"{what}: block{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range; "
+            f"the model has blocks 0..{n - 1} (0-based)"
+        )
     return blocks
 
 
@@ -216,15 +265,20 @@ def check_action(config, action: dict, names: dict = CLI) -> None:
                 raise PreflightError(f"{names['remove']}: {exc}") from None
         both = sorted(set(replaced) & set(removed))
         if both:
-            raise PreflightError(f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
-                                 "replaced and removed")
+            raise PreflightError(
+                f"block{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both replaced and removed"
+            )
         cal = (action.get("replaceme") or {}).get("calibration") or {}
         width = hidden_size(config)
         if width and cal.get("windows") is not None and cal.get("window_len") is not None:
             from analysis.changes.replaceme import check_tokens
 
-            check_tokens(int(cal["windows"]), int(cal["window_len"]), width,
-                         names=(names["replaceme_windows"], names["replaceme_window_len"]))
+            check_tokens(
+                int(cal["windows"]),
+                int(cal["window_len"]),
+                width,
+                names=(names["replaceme_windows"], names["replaceme_window_len"]),
+            )
     except CompressionError as exc:
         raise PreflightError(str(exc)) from None
 

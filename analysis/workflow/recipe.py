@@ -37,16 +37,28 @@ import sys
 from pathlib import Path
 
 from analysis.capture.workspace import Workspace
-from analysis.errors import InputError
 from analysis.changes.variant import candidate_name  # noqa: F401
+from analysis.errors import InputError
 from analysis.texts import BUNDLED
 
 RECIPE_VERSION = 1
 
 SCHEMA: dict[str, object] = {
-    "layerscope": None, "created": None, "name": None,
-    "model": {"source", "dtype", "device", "device_map_auto", "trust_remote_code", "name", "fingerprint",
-              "parameters", "blocks", "architecture"},
+    "layerscope": None,
+    "created": None,
+    "name": None,
+    "model": {
+        "source",
+        "dtype",
+        "device",
+        "device_map_auto",
+        "trust_remote_code",
+        "name",
+        "fingerprint",
+        "parameters",
+        "blocks",
+        "architecture",
+    },
     "calibration": {"text", "windows", "window_len", "exclude_first", "n_max", "seed", "storage"},
     "metrics": None,  # free-form per metric group, checked against the registry
     "action": None,  # checked against the registered actions
@@ -104,7 +116,9 @@ def validate(recipe: dict) -> None:
     settings = (recipe.get("evaluation") or {}).get("settings") or {}
     bad = sorted(set(settings) - set(EvalSettings().to_dict()))
     if bad:
-        raise RecipeError(f"unknown evaluation setting(s): {', '.join(bad)}; known: {', '.join(EvalSettings().to_dict())}")
+        raise RecipeError(
+            f"unknown evaluation setting(s): {', '.join(bad)}; known: {', '.join(EvalSettings().to_dict())}"
+        )
 
 
 def _validate_action_values(action: dict) -> None:
@@ -115,8 +129,12 @@ def _validate_action_values(action: dict) -> None:
     from analysis.changes.remove_blocks import parse_blocks
     from analysis.changes.replaceme import ReplaceMeSpec
 
-    readers = {"low_rank": LowRankSpec.from_value, "replaceme": ReplaceMeSpec.from_value,
-               "replace_linear": replace_value, "remove_blocks": lambda v: parse_blocks(v, "action.remove_blocks")}
+    readers = {
+        "low_rank": LowRankSpec.from_value,
+        "replaceme": ReplaceMeSpec.from_value,
+        "replace_linear": replace_value,
+        "remove_blocks": lambda v: parse_blocks(v, "action.remove_blocks"),
+    }
     for key, read in readers.items():
         if action.get(key) is not None:
             read(action[key])
@@ -145,8 +163,9 @@ def load(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise RecipeError(f"{path} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise RecipeError(f"{path}: nested more than {recipe_schema.MAX_DEPTH} levels deep; a recipe is a few "
-                          "flat sections") from None
+        raise RecipeError(
+            f"{path}: nested more than {recipe_schema.MAX_DEPTH} levels deep; a recipe is a few flat sections"
+        ) from None
     except recipe_schema.RecipeSchemaError as exc:
         raise RecipeError(str(exc)) from None
     except OSError as exc:
@@ -160,25 +179,40 @@ def base_recipe(ws: Workspace) -> dict:
     return {
         "layerscope": RECIPE_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"source": ws.lm.spec.source, "dtype": ws.lm.spec.dtype, "device": ws.lm.spec.device,
-                  "device_map_auto": ws.lm.spec.device_map_auto, "trust_remote_code": ws.lm.spec.trust_remote_code,
-                  "name": ws.lm.name, "fingerprint": ws.lm.fingerprint, "parameters": card["parameters"],
-                  "blocks": card["blocks"], "architecture": card["architecture"]},
-        "calibration": {"text": ws.text.describe(), "windows": ws.calibration.n_windows,
-                        "window_len": ws.calibration.window_len, "exclude_first": ws.calibration.exclude_first,
-                        "n_max": ws.calibration.n_max, "seed": ws.calibration.seed},
+        "model": {
+            "source": ws.lm.spec.source,
+            "dtype": ws.lm.spec.dtype,
+            "device": ws.lm.spec.device,
+            "device_map_auto": ws.lm.spec.device_map_auto,
+            "trust_remote_code": ws.lm.spec.trust_remote_code,
+            "name": ws.lm.name,
+            "fingerprint": ws.lm.fingerprint,
+            "parameters": card["parameters"],
+            "blocks": card["blocks"],
+            "architecture": card["architecture"],
+        },
+        "calibration": {
+            "text": ws.text.describe(),
+            "windows": ws.calibration.n_windows,
+            "window_len": ws.calibration.window_len,
+            "exclude_first": ws.calibration.exclude_first,
+            "n_max": ws.calibration.n_max,
+            "seed": ws.calibration.seed,
+        },
         "metrics": {},
         "action": {},
     }
 
 
-def pruning_recipe(ws: Workspace, removed: list[int], evaluation: dict | None = None,
-                   metrics: dict | None = None) -> dict:
+def pruning_recipe(
+    ws: Workspace, removed: list[int], evaluation: dict | None = None, metrics: dict | None = None
+) -> dict:
     return variant_recipe(ws, {"remove_blocks": sorted(removed)}, evaluation, metrics)
 
 
-def variant_recipe(ws: Workspace, action: dict, evaluation: dict | None = None, metrics: dict | None = None,
-                   model=None) -> dict:
+def variant_recipe(
+    ws: Workspace, action: dict, evaluation: dict | None = None, metrics: dict | None = None, model=None
+) -> dict:
     """The recipe of a variant; with the changed ``model`` it also records what its actions resolved to (the
     ``compression`` and ``parameters`` sections)."""
     r = base_recipe(ws)
@@ -202,9 +236,13 @@ def spec_of(recipe: dict, trust_remote_code: bool = False):
     from analysis.model.loading import ModelSpec
 
     m = recipe["model"]
-    return ModelSpec(source=m["source"], device=m.get("device", "auto"), dtype=m.get("dtype", "float32"),
-                     device_map_auto=bool(m.get("device_map_auto", False)),
-                     trust_remote_code=bool(trust_remote_code))
+    return ModelSpec(
+        source=m["source"],
+        device=m.get("device", "auto"),
+        dtype=m.get("dtype", "float32"),
+        device_map_auto=bool(m.get("device_map_auto", False)),
+        trust_remote_code=bool(trust_remote_code),
+    )
 
 
 def asks_for_remote_code(recipe: dict) -> bool:
@@ -216,8 +254,12 @@ def _bundled_name(ref) -> str | None:
     """The bundled text a recipe's text entry names (a name, or ``{name, source: bundled}``), or None."""
     if isinstance(ref, str):
         return ref if ref in BUNDLED else None
-    if isinstance(ref, dict) and ref.get("source", "bundled") == "bundled" and not ref.get("path") \
-            and ref.get("name") in BUNDLED:
+    if (
+        isinstance(ref, dict)
+        and ref.get("source", "bundled") == "bundled"
+        and not ref.get("path")
+        and ref.get("name") in BUNDLED
+    ):
         return ref["name"]
     return None
 
@@ -242,14 +284,19 @@ def text_of(recipe: dict, text_path: str | None = None):
     else:
         name = _bundled_name(ref)
         if name is None:
-            raise RecipeError(f"the recipe's calibration text {_label(ref)!r} is not a bundled text "
-                              f"({', '.join(BUNDLED)}); a recipe names bundled texts only: give its file yourself "
-                              "with --text PATH")
+            raise RecipeError(
+                f"the recipe's calibration text {_label(ref)!r} is not a bundled text "
+                f"({', '.join(BUNDLED)}); a recipe names bundled texts only: give its file yourself "
+                "with --text PATH"
+            )
         text = bundled_text(name)
     sha = ref.get("sha256") if isinstance(ref, dict) else None
     if sha and sha != text.sha256:
-        print(f"warning: the calibration text's sha256 differs from the recipe's ({text.sha256[:12]} vs "
-              f"{sha[:12]}); results will differ", file=sys.stderr)
+        print(
+            f"warning: the calibration text's sha256 differs from the recipe's ({text.sha256[:12]} vs "
+            f"{sha[:12]}); results will differ",
+            file=sys.stderr,
+        )
     return text
 
 
@@ -259,8 +306,10 @@ def eval_text_of(recipe: dict):
 
     ref = ((recipe.get("evaluation") or {}).get("settings") or {}).get("text", DEFAULT_EVALUATION_TEXT)
     if _bundled_name(ref) is None:
-        raise RecipeError(f"the recipe's held-out text {_label(ref)!r} is not a bundled text ({', '.join(BUNDLED)}); "
-                          "a recipe names bundled texts only")
+        raise RecipeError(
+            f"the recipe's held-out text {_label(ref)!r} is not a bundled text ({', '.join(BUNDLED)}); "
+            "a recipe names bundled texts only"
+        )
     return bundled_text(_bundled_name(ref))
 
 
@@ -274,15 +323,22 @@ def check_texts(recipe: dict, text_path: str | None = None) -> None:
         eval_text_of(recipe)
     heal = (recipe.get("action") or {}).get("heal")
     if isinstance(heal, dict) and "text" in heal and _bundled_name(heal["text"]) is None:
-        raise RecipeError(f"the heal action's text {_label(heal['text'])!r} is not a bundled text "
-                          f"({', '.join(BUNDLED)}); a recipe names bundled texts only: heal with the heal command "
-                          "and --text PATH instead")
+        raise RecipeError(
+            f"the heal action's text {_label(heal['text'])!r} is not a bundled text "
+            f"({', '.join(BUNDLED)}); a recipe names bundled texts only: heal with the heal command "
+            "and --text PATH instead"
+        )
 
 
 def calibration_of(recipe: dict):
     from analysis.capture.workspace import Calibration
 
     c = recipe.get("calibration") or {}
-    return Calibration(n_windows=int(c.get("windows", 32)), window_len=int(c.get("window_len", 128)),
-                       exclude_first=int(c.get("exclude_first", 0)), n_max=c.get("n_max"), seed=int(c.get("seed", 0)),
-                       storage=c.get("storage", "float32"))
+    return Calibration(
+        n_windows=int(c.get("windows", 32)),
+        window_len=int(c.get("window_len", 128)),
+        exclude_first=int(c.get("exclude_first", 0)),
+        n_max=c.get("n_max"),
+        seed=int(c.get("seed", 0)),
+        storage=c.get("storage", "float32"),
+    )

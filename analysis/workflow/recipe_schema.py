@@ -177,19 +177,28 @@ class Recipe(_Strict):
 
 
 _WHAT = {
-    "int_type": "a whole number is expected", "int_from_float": "a whole number is expected",
-    "int_parsing": "a whole number is expected", "bool_type": "true or false is expected",
-    "string_type": "a string is expected", "dict_type": "an object is expected", "list_type": "a list is expected",
-    "model_type": "an object is expected", "float_type": "a number is expected", "extra_forbidden": "unknown key",
-    "missing": "required", "literal_error": "", "finite_number": "a finite number is expected",
+    "int_type": "a whole number is expected",
+    "int_from_float": "a whole number is expected",
+    "int_parsing": "a whole number is expected",
+    "bool_type": "true or false is expected",
+    "string_type": "a string is expected",
+    "dict_type": "an object is expected",
+    "list_type": "a list is expected",
+    "model_type": "an object is expected",
+    "float_type": "a number is expected",
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+    "literal_error": "",
+    "finite_number": "a finite number is expected",
 }
 
 
 def _is_union_tag(part: Any) -> bool:
     """pydantic names the members of a union in an error's location (``str``, ``list[constrained-int]``, a model's
     class name); they are left out of the field path shown."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or "-" in part
-                                      or part in _MODELS)
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool") or "[" in part or "-" in part or part in _MODELS
+    )
 
 
 def _describe(errors: list[dict]) -> str:
@@ -203,7 +212,9 @@ def _describe(errors: list[dict]) -> str:
     whats = list(dict.fromkeys(_WHAT.get(e["type"]) or e["msg"][0].lower() + e["msg"][1:] for e in same))
     if "a number is expected" in whats and len(whats) > 1:
         whats = [w for w in whats if w != "a whole number is expected"]
-    what = " or ".join(w.removesuffix(" is expected") for w in whats[:-1]) + (" or " if len(whats) > 1 else "") + whats[-1]
+    what = (
+        " or ".join(w.removesuffix(" is expected") for w in whats[:-1]) + (" or " if len(whats) > 1 else "") + whats[-1]
+    )
     if kind in ("extra_forbidden", "missing"):
         return f"{path}: {what}"
     got = err.get("input")
@@ -226,8 +237,10 @@ def depth(value: Any) -> int:
 
 def check_size(n_bytes: int, where: str = "the recipe") -> None:
     if n_bytes > MAX_BYTES:
-        raise RecipeSchemaError(f"{where} is {n_bytes:,} bytes, more than a recipe's limit of {MAX_BYTES:,} "
-                                "(1 MiB); a recipe describes a run, it holds no data")
+        raise RecipeSchemaError(
+            f"{where} is {n_bytes:,} bytes, more than a recipe's limit of {MAX_BYTES:,} "
+            "(1 MiB); a recipe describes a run, it holds no data"
+        )
 
 
 def check(recipe: Any) -> Recipe:

@@ -45,11 +45,17 @@ overflow:auto;font-size:.8rem} .muted{color:#888}
 .plot{width:100%;overflow-x:auto}
 """
 
-EVAL_COLUMNS = [("perplexity", "Perplexity", fmt.perplexity), ("recovery", "Recovery", fmt.ratio),
-                ("kl_to_original", "KL to original", fmt.kl), ("top1_agreement", "Top-1 agreement", fmt.percent),
-                ("parameters", "Parameters", fmt.count), ("weight_bytes", "Weights", fmt.mib),
-                ("prefill_tokens_per_s", "Prefill tok/s", fmt.tokens_per_s),
-                ("decode_ms_per_token", "Decode ms/token", fmt.ms), ("peak_memory_bytes", "Peak memory", fmt.mib)]
+EVAL_COLUMNS = [
+    ("perplexity", "Perplexity", fmt.perplexity),
+    ("recovery", "Recovery", fmt.ratio),
+    ("kl_to_original", "KL to original", fmt.kl),
+    ("top1_agreement", "Top-1 agreement", fmt.percent),
+    ("parameters", "Parameters", fmt.count),
+    ("weight_bytes", "Weights", fmt.mib),
+    ("prefill_tokens_per_s", "Prefill tok/s", fmt.tokens_per_s),
+    ("decode_ms_per_token", "Decode ms/token", fmt.ms),
+    ("peak_memory_bytes", "Peak memory", fmt.mib),
+]
 _SPREAD = {"prefill_tokens_per_s", "decode_ms_per_token"}
 
 
@@ -83,12 +89,28 @@ def speed_lines(o: dict, c: dict) -> list[str]:
     out = []
     so, sc = o.get("speed") or {}, c.get("speed") or {}
     if o.get("decode_ms_per_token") and c.get("decode_ms_per_token"):
-        out.append(fmt.speed_sentence("decoding", o["decode_ms_per_token"], c["decode_ms_per_token"],
-                                      so.get("decode_ms_per_token"), sc.get("decode_ms_per_token")))
+        out.append(
+            fmt.speed_sentence(
+                "decoding",
+                o["decode_ms_per_token"],
+                c["decode_ms_per_token"],
+                so.get("decode_ms_per_token"),
+                sc.get("decode_ms_per_token"),
+            )
+        )
     if o.get("prefill_tokens_per_s") and c.get("prefill_tokens_per_s"):
-        out.append(fmt.speed_sentence("prefill", o["prefill_tokens_per_s"], c["prefill_tokens_per_s"],
-                                      so.get("prefill_tokens_per_s"), sc.get("prefill_tokens_per_s"),
-                                      unit="tokens/s", lower_is_better=False, fmt=fmt.tokens_per_s))
+        out.append(
+            fmt.speed_sentence(
+                "prefill",
+                o["prefill_tokens_per_s"],
+                c["prefill_tokens_per_s"],
+                so.get("prefill_tokens_per_s"),
+                sc.get("prefill_tokens_per_s"),
+                unit="tokens/s",
+                lower_is_better=False,
+                fmt=fmt.tokens_per_s,
+            )
+        )
     return out
 
 
@@ -103,8 +125,9 @@ def _figure_html(fig, first: bool = False) -> str:
     fig.update_layout(template=plots.report_template(), autosize=True, width=None)
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
-    html_div = fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%",
-                           config={"displaylogo": False, "responsive": True})
+    html_div = fig.to_html(
+        full_html=False, include_plotlyjs=False, default_width="100%", config={"displaylogo": False, "responsive": True}
+    )
     return f'<div class="plot">{html_div}</div>'
 
 
@@ -123,12 +146,16 @@ def summary_paragraph(ws, changes: list[dict]) -> str:
 
     card = ws.lm.card()
     params = card.get("parameters") or ws.lm.n_parameters()
-    intro = (f"This report covers {ws.lm.name} ({ws.n_blocks} blocks, {params:,} parameters), inspected on the first "
-             f"{ws.calibration.n_windows} windows of {ws.calibration.window_len} tokens of {ws.text.label}.")
+    intro = (
+        f"This report covers {ws.lm.name} ({ws.n_blocks} blocks, {params:,} parameters), inspected on the first "
+        f"{ws.calibration.n_windows} windows of {ws.calibration.window_len} tokens of {ws.text.label}."
+    )
     evaluated = [c for c in changes if c.get("evaluation") and _other_row(c["evaluation"])]
     if not evaluated:
-        return intro + (" No change was applied and evaluated: the sections below show the views computed for this "
-                        "model (which blocks look redundant by each measure, and where the measures agree).")
+        return intro + (
+            " No change was applied and evaluated: the sections below show the views computed for this "
+            "model (which blocks look redundant by each measure, and where the measures agree)."
+        )
     main = evaluated[-1]
     ev = main["evaluation"]
     o = ev["original"]
@@ -140,33 +167,42 @@ def summary_paragraph(ws, changes: list[dict]) -> str:
         what = main.get("name", "the change")
     sentence = [intro, f"The change shown first, “{main.get('name', what)}”, is: {what}."]
     if o.get("perplexity") and c.get("perplexity"):
-        cost = (f"It costs quality: perplexity on {text} goes from {fmt.perplexity(o['perplexity'])} to "
-                f"{fmt.perplexity(c['perplexity'])}")
+        cost = (
+            f"It costs quality: perplexity on {text} goes from {fmt.perplexity(o['perplexity'])} to "
+            f"{fmt.perplexity(c['perplexity'])}"
+        )
         if c.get("recovery") is not None:
             cost += f" (recovery {fmt.ratio(c['recovery'])}, 1 = no loss"
             if c.get("top1_agreement") is not None:
-                cost += (f"; the next-token choice agrees with the original's {fmt.percent(c['top1_agreement'])} of "
-                         "the time")
+                cost += (
+                    f"; the next-token choice agrees with the original's {fmt.percent(c['top1_agreement'])} of the time"
+                )
             cost += ")"
         sentence.append(cost + ".")
     saves = []
     if o.get("parameters") and c.get("parameters") is not None:
-        saves.append(f"{fmt.count(o['parameters'] - c['parameters'])} parameters "
-                     f"({fmt.percent(1 - c['parameters'] / o['parameters'])}; {fmt.count(o['parameters'])} → "
-                     f"{fmt.count(c['parameters'])})")
+        saves.append(
+            f"{fmt.count(o['parameters'] - c['parameters'])} parameters "
+            f"({fmt.percent(1 - c['parameters'] / o['parameters'])}; {fmt.count(o['parameters'])} → "
+            f"{fmt.count(c['parameters'])})"
+        )
     if o.get("weight_bytes") and c.get("weight_bytes") is not None:
         saves.append(f"weights {fmt.mib(o['weight_bytes'])} → {fmt.mib(c['weight_bytes'])}")
     if saves:
         sentence.append("It saves " + "; ".join(saves) + ".")
     speed = speed_lines(o, c)
     if speed:
-        how = ("timed interleaved with the original" if (c.get("speed") or {}).get("interleaved")
-               else "timed in one run")
-        sentence.append(f"Speed ({how}; a change is claimed only when the measured ranges do not overlap): "
-                        + "; ".join(speed) + ".")
+        how = "timed interleaved with the original" if (c.get("speed") or {}).get("interleaved") else "timed in one run"
+        sentence.append(
+            f"Speed ({how}; a change is claimed only when the measured ranges do not overlap): "
+            + "; ".join(speed)
+            + "."
+        )
     if len(evaluated) > 1:
-        sentence.append(f"{len(evaluated) - 1} other variant{'s are' if len(evaluated) > 2 else ' is'} compared "
-                        "below (quality against cost).")
+        sentence.append(
+            f"{len(evaluated) - 1} other variant{'s are' if len(evaluated) > 2 else ' is'} compared "
+            "below (quality against cost)."
+        )
     return " ".join(sentence)
 
 
@@ -184,9 +220,16 @@ def variants_frame(changes: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-VARIANT_FORMATS = {"perplexity": fmt.perplexity, "recovery": fmt.ratio, "KL to original": fmt.kl,
-                   "top-1 agreement": fmt.percent, "parameters": fmt.count, "weights MiB": lambda v: fmt.mib(v * 2**20),
-                   "prefill tokens/s": fmt.tokens_per_s, "decode ms/token": fmt.ms}
+VARIANT_FORMATS = {
+    "perplexity": fmt.perplexity,
+    "recovery": fmt.ratio,
+    "KL to original": fmt.kl,
+    "top-1 agreement": fmt.percent,
+    "parameters": fmt.count,
+    "weights MiB": lambda v: fmt.mib(v * 2**20),
+    "prefill tokens/s": fmt.tokens_per_s,
+    "decode ms/token": fmt.ms,
+}
 
 
 def variants_display(frame: pd.DataFrame) -> pd.DataFrame:
@@ -199,11 +242,17 @@ def variants_display(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _variant_row(name: str, r: dict) -> dict:
-    return {"variant": name, "perplexity": r.get("perplexity"), "recovery": r.get("recovery"),
-            "KL to original": r.get("kl_to_original"), "top-1 agreement": r.get("top1_agreement"),
-            "parameters": r.get("parameters"),
-            "weights MiB": None if r.get("weight_bytes") is None else r["weight_bytes"] / 2**20,
-            "prefill tokens/s": r.get("prefill_tokens_per_s"), "decode ms/token": r.get("decode_ms_per_token")}
+    return {
+        "variant": name,
+        "perplexity": r.get("perplexity"),
+        "recovery": r.get("recovery"),
+        "KL to original": r.get("kl_to_original"),
+        "top-1 agreement": r.get("top1_agreement"),
+        "parameters": r.get("parameters"),
+        "weights MiB": None if r.get("weight_bytes") is None else r["weight_bytes"] / 2**20,
+        "prefill tokens/s": r.get("prefill_tokens_per_s"),
+        "decode ms/token": r.get("decode_ms_per_token"),
+    }
 
 
 def _generations_html(changes: list[dict]) -> str:
@@ -220,10 +269,11 @@ def _generations_html(changes: list[dict]) -> str:
         cells.append((ch.get("name") or other[0], other[1].get("generation", ""), False))
     if len(cells) < 2:
         return ""
-    grid = "".join(f'<div class="{"orig" if orig else ""}"><b>{html.escape(n)}</b><br>{html.escape(g or "(empty)")}'
-                   "</div>" for n, g, orig in cells)
-    return (f"<p>Greedy continuation of: <em>{html.escape(str(prompt))}</em></p>"
-            f'<div class="gens">{grid}</div>')
+    grid = "".join(
+        f'<div class="{"orig" if orig else ""}"><b>{html.escape(n)}</b><br>{html.escape(g or "(empty)")}</div>'
+        for n, g, orig in cells
+    )
+    return f'<p>Greedy continuation of: <em>{html.escape(str(prompt))}</em></p><div class="gens">{grid}</div>'
 
 
 def _table_html(frame: pd.DataFrame) -> str:
@@ -257,17 +307,28 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
     card = ws.lm.card()
     changes = list(changes or [])
     title = title or f"LayerScope report — {ws.lm.name}"
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f'<p class="summary">{html.escape(summary_paragraph(ws, changes))}</p>',
-             f'<p class="muted">Written {_dt.datetime.now().isoformat(timespec="seconds")}. Blocks are 0-based; block b '
-             "maps hidden state h_b to h_(b+1); ranges are [start, end).</p>",
-             "<h2>Model</h2>",
-             _table_html(pd.DataFrame({"": list(card), "value": [str(v) for v in card.values()]})),
-             "<h2>Calibration</h2>",
-             _table_html(pd.DataFrame([{"text": ws.text.label, "sha256": ws.text.sha256[:16] + "…",
-                                        "windows": ws.calibration.n_windows, "tokens per window":
-                                            ws.calibration.window_len, "excluded first positions":
-                                            ws.calibration.exclude_first}]))]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="summary">{html.escape(summary_paragraph(ws, changes))}</p>',
+        f'<p class="muted">Written {_dt.datetime.now().isoformat(timespec="seconds")}. Blocks are 0-based; block b '
+        "maps hidden state h_b to h_(b+1); ranges are [start, end).</p>",
+        "<h2>Model</h2>",
+        _table_html(pd.DataFrame({"": list(card), "value": [str(v) for v in card.values()]})),
+        "<h2>Calibration</h2>",
+        _table_html(
+            pd.DataFrame(
+                [
+                    {
+                        "text": ws.text.label,
+                        "sha256": ws.text.sha256[:16] + "…",
+                        "windows": ws.calibration.n_windows,
+                        "tokens per window": ws.calibration.window_len,
+                        "excluded first positions": ws.calibration.exclude_first,
+                    }
+                ]
+            )
+        ),
+    ]
     sections = sorted([*registry.report_sections(), leaderboard.REPORT_SECTION], key=lambda s: (s.order, s.key))
     for section in sections:
         items = section.build(ws)
@@ -280,18 +341,37 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
         ranks = consensus.rank_table(scores, computed)
         suggested = consensus.suggestions(ws, computed, k, scores)
         agreed = consensus.consensus(suggested, ranks, k)
-        fig = plots.heatmap(ranks.to_numpy().T, list(range(ws.n_blocks)), [m.label for m in computed],
-                            "Rank-normalised redundancy (1 = most redundant)", plots.BLOCK_AXIS, "metric",
-                            colorscale="Reds", zmin=0, zmax=1)
+        fig = plots.heatmap(
+            ranks.to_numpy().T,
+            list(range(ws.n_blocks)),
+            [m.label for m in computed],
+            "Rank-normalised redundancy (1 = most redundant)",
+            plots.BLOCK_AXIS,
+            "metric",
+            colorscale="Reds",
+            zmin=0,
+            zmax=1,
+        )
         fig.update_yaxes(autorange=True, automargin=True)
         fig.update_layout(height=max(320, 140 + 34 * len(computed)), margin=dict(l=20))
-        table = pd.DataFrame([{"metric": m.label, "redundant when": m.redundant_when,
-                               "suggested blocks": ", ".join(map(str, suggested[m.key]))} for m in computed]
-                             + [{"metric": "consensus", "redundant when": "most votes",
-                                 "suggested blocks": ", ".join(map(str, agreed))}])
-        parts += ["<h2>Where the metrics agree</h2>", _figure_html(fig, False), _table_html(table),
-                  f'<p class="caption">Each metric\'s own rule for k = {k} blocks; the consensus is the k blocks '
-                  "suggested by the most metrics.</p>"]
+        table = pd.DataFrame(
+            [
+                {
+                    "metric": m.label,
+                    "redundant when": m.redundant_when,
+                    "suggested blocks": ", ".join(map(str, suggested[m.key])),
+                }
+                for m in computed
+            ]
+            + [{"metric": "consensus", "redundant when": "most votes", "suggested blocks": ", ".join(map(str, agreed))}]
+        )
+        parts += [
+            "<h2>Where the metrics agree</h2>",
+            _figure_html(fig, False),
+            _table_html(table),
+            f'<p class="caption">Each metric\'s own rule for k = {k} blocks; the consensus is the k blocks '
+            "suggested by the most metrics.</p>",
+        ]
     frame = variants_frame(changes)
     if len(frame) >= 2:
         parts.append("<h2>Variants: quality against cost</h2>")
@@ -299,9 +379,11 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
         if frame["decode ms/token"].notna().sum() >= 2:
             parts.append(_figure_html(plots.quality_cost_figure(frame, "decode ms/token", "recovery")))
         parts.append(_table_html(variants_display(frame)))
-        parts.append('<p class="caption">Perplexity on the held-out text against parameters (lower left is better); '
-                     "recovery = original perplexity / variant perplexity against decode latency. The original is the "
-                     "star.</p>")
+        parts.append(
+            '<p class="caption">Perplexity on the held-out text against parameters (lower left is better); '
+            "recovery = original perplexity / variant perplexity against decode latency. The original is the "
+            "star.</p>"
+        )
     gens = _generations_html(changes)
     if gens:
         parts += ["<h2>Generations side by side</h2>", gens]
@@ -315,28 +397,43 @@ def build_report(ws, changes: list[dict] | None = None, title: str | None = None
             other = _other_row(ev)
             lines = speed_lines(ev.get("original") or {}, other[1]) if other and ev.get("original") else []
             if lines:
-                parts.append('<p class="caption">Speed (median, with the min–max over the timing rounds in the table): '
-                             + html.escape("; ".join(lines)) + ". A change is claimed only when the ranges do not "
-                             "overlap.</p>")
+                parts.append(
+                    '<p class="caption">Speed (median, with the min–max over the timing rounds in the table): '
+                    + html.escape("; ".join(lines))
+                    + ". A change is claimed only when the ranges do not "
+                    "overlap.</p>"
+                )
             s, t = ev.get("settings", {}), ev.get("text", {})
-            parts.append(f'<p class="caption">Perplexity on {html.escape(str(t.get("name")))}: first '
-                         f'{s.get("n_tokens")} tokens, context {s.get("context")}, stride {s.get("stride")}. Recovery '
-                         "= original perplexity / changed perplexity.</p>")
-            gens = [(name, row.get("generation", "")) for name, row in ev.items()
-                    if isinstance(row, dict) and "generation" in row]
+            parts.append(
+                f'<p class="caption">Perplexity on {html.escape(str(t.get("name")))}: first '
+                f"{s.get('n_tokens')} tokens, context {s.get('context')}, stride {s.get('stride')}. Recovery "
+                "= original perplexity / changed perplexity.</p>"
+            )
+            gens = [
+                (name, row.get("generation", ""))
+                for name, row in ev.items()
+                if isinstance(row, dict) and "generation" in row
+            ]
             if gens:
                 parts.append(f"<p>Greedy generation from: <em>{html.escape(str(s.get('prompt', '')))}</em></p>")
-                parts.append('<div class="gen">' + "".join(
-                    f"<div><b>{html.escape(n)}</b><br>{html.escape(g)}</div>" for n, g in gens) + "</div>")
+                parts.append(
+                    '<div class="gen">'
+                    + "".join(f"<div><b>{html.escape(n)}</b><br>{html.escape(g)}</div>" for n, g in gens)
+                    + "</div>"
+                )
             downstream = ev.get("downstream")
             if downstream:
                 parts.append(_table_html(pd.DataFrame(downstream)))
         if change.get("recipe"):
-            parts.append("<details><summary>recipe.json</summary><pre>"
-                         f"{html.escape(cache.dumps(change['recipe']))}</pre></details>")
+            parts.append(
+                "<details><summary>recipe.json</summary><pre>"
+                f"{html.escape(cache.dumps(change['recipe']))}</pre></details>"
+            )
     body = "\n".join(parts)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>{body}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>{body}</body></html>"
+    )
 
 
 ReportExists = destinations.DestinationError  # the report's destination must not be written (one line: why)

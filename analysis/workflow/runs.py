@@ -18,16 +18,20 @@ def resolve_groups(spec: str | list[str] | None) -> list[str]:
     groups = registry.group_names()  # metric groups, then groups that only write files (id: states.csv)
     if spec in (None, "", []):
         return ["linearity"]
-    wanted = list(groups) if spec == "all" else ([g.strip() for g in spec.split(",") if g.strip()]
-                                                 if isinstance(spec, str) else list(spec))
+    wanted = (
+        list(groups)
+        if spec == "all"
+        else ([g.strip() for g in spec.split(",") if g.strip()] if isinstance(spec, str) else list(spec))
+    )
     unknown = [g for g in wanted if g not in groups]
     if unknown:
         raise InputError(f"unknown metric group(s) {', '.join(unknown)}; known: {', '.join(groups)}")
     return wanted
 
 
-def write_metric_files(ws, groups: list[str], out: Path, progress_factory=None,
-                       group_params: dict[str, dict] | None = None) -> dict:
+def write_metric_files(
+    ws, groups: list[str], out: Path, progress_factory=None, group_params: dict[str, dict] | None = None
+) -> dict:
     """``layers.csv`` (one row per block, a column per metric of the groups), the groups' own files, and the
     run description; returns what goes into ``run.json``. ``group_params[g]`` (optional) goes to the metrics of
     group ``g`` and to its writer as ``params=`` (e.g. the AVSS site)."""

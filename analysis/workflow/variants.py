@@ -36,8 +36,15 @@ def _phase(progress: Progress | None, what: str) -> Progress | None:
     return lambda done, total, message="": progress(done, total, f"{what}: {message}" if message else what)
 
 
-def make_variant(ws, action: dict, settings: EvalSettings, name: str | None = None, metrics: dict | None = None,
-                 progress: Progress | None = None, stage: Callable[[str], None] | None = None) -> Variant:
+def make_variant(
+    ws,
+    action: dict,
+    settings: EvalSettings,
+    name: str | None = None,
+    metrics: dict | None = None,
+    progress: Progress | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> Variant:
     """Apply ``action`` to the workspace's original (never modified), evaluate the result against it on
     ``settings`` and return the :class:`~analysis.changes.variant.Variant` with its recipe.
 
@@ -47,20 +54,41 @@ def make_variant(ws, action: dict, settings: EvalSettings, name: str | None = No
     stage("Applying the change")
     model = apply_actions(ws.lm.model, action, ws, progress=_phase(progress, "Applying"))
     stage("Evaluating against the original")
-    table = evaluate(ws.lm.model, ws.lm.tokenizer, eval_text, settings, candidate=model,
-                     candidate_name=candidate_name(action), original_key=ws.lm.fingerprint,
-                     progress=_phase(progress, "Evaluating"))
+    table = evaluate(
+        ws.lm.model,
+        ws.lm.tokenizer,
+        eval_text,
+        settings,
+        candidate=model,
+        candidate_name=candidate_name(action),
+        original_key=ws.lm.fingerprint,
+        progress=_phase(progress, "Evaluating"),
+    )
     recipe = variant_recipe(ws, action, evaluation=table.to_dict(), metrics=metrics, model=model)
-    variant = Variant(name=name or describe_action(action), model=model, action=action,
-                      base_fingerprint=ws.lm.fingerprint, evaluation=table, recipe=recipe)
+    variant = Variant(
+        name=name or describe_action(action),
+        model=model,
+        action=action,
+        base_fingerprint=ws.lm.fingerprint,
+        evaluation=table,
+        recipe=recipe,
+    )
     recipe["name"] = variant.name
     return variant
 
 
-def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = "dense",
-                   overwrite: bool = False, recorded_path: str | Path | None = None,
-                   also_write: Callable[[object, Path], None] | None = None, gguf: str | None = None,
-                   release: Callable[[], None] | None = None) -> dict:
+def export_variant(
+    model,
+    tokenizer,
+    out: str | Path,
+    recipe: dict,
+    form: str = "dense",
+    overwrite: bool = False,
+    recorded_path: str | Path | None = None,
+    also_write: Callable[[object, Path], None] | None = None,
+    gguf: str | None = None,
+    release: Callable[[], None] | None = None,
+) -> dict:
     """Write ``model`` as a checkpoint of ``form`` with ``recipe.json`` into ``out`` (atomically; the destination
     rule of :mod:`analysis.destinations` decides whether ``out`` may be written), reload it and compare logits.
 
@@ -97,8 +125,9 @@ def export_variant(model, tokenizer, out: str | Path, recipe: dict, form: str = 
         release()
         del model
         gc.collect()
-        recipe["export"]["reload_check"] = verify_export(path, tokenizer=tokenizer, reference=reference,
-                                                         loader=load_checkpoint)
+        recipe["export"]["reload_check"] = verify_export(
+            path, tokenizer=tokenizer, reference=reference, loader=load_checkpoint
+        )
     else:
         recipe["export"]["reload_check"] = verify_export(path, model, tokenizer, loader=load_checkpoint)
     if gguf_name:

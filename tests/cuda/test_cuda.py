@@ -61,12 +61,25 @@ def test_evaluate_runs_on_cuda_and_agrees_with_the_cpu(gpu_lm, lm, asyoulik):
     from analysis.changes.remove_blocks import remove_blocks
     from analysis.evaluation.perplexity import EvalSettings, evaluate
 
-    settings = EvalSettings(text="asyoulik", n_tokens=512, context=256, stride=128, measure_speed=False,
-                            max_new_tokens=0)
-    gpu = evaluate(gpu_lm.model, gpu_lm.tokenizer, asyoulik, settings,
-                   candidate=remove_blocks(gpu_lm.model, [12, 13]), original_key=gpu_lm.fingerprint + ":cuda")
-    cpu = evaluate(lm.model, lm.tokenizer, asyoulik, settings, candidate=remove_blocks(lm.model, [12, 13]),
-                   original_key=lm.fingerprint)
+    settings = EvalSettings(
+        text="asyoulik", n_tokens=512, context=256, stride=128, measure_speed=False, max_new_tokens=0
+    )
+    gpu = evaluate(
+        gpu_lm.model,
+        gpu_lm.tokenizer,
+        asyoulik,
+        settings,
+        candidate=remove_blocks(gpu_lm.model, [12, 13]),
+        original_key=gpu_lm.fingerprint + ":cuda",
+    )
+    cpu = evaluate(
+        lm.model,
+        lm.tokenizer,
+        asyoulik,
+        settings,
+        candidate=remove_blocks(lm.model, [12, 13]),
+        original_key=lm.fingerprint,
+    )
     assert gpu.original.perplexity == pytest.approx(cpu.original.perplexity, rel=1e-3)
     assert gpu.candidate.perplexity == pytest.approx(cpu.candidate.perplexity, rel=1e-3)
     assert gpu.candidate.top1_agreement > 0.99 * cpu.candidate.top1_agreement

@@ -58,7 +58,8 @@ def test_compress_evaluate_export(ui, tmp_path_factory):
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["export"]["form"] == "factorised"
     assert sorted(recipe["compression"]["low_rank"]["ranks"]) == sorted(
-        f"model.layers.{b}.mlp.{p}_proj" for b in (0, 4) for p in ("gate", "up", "down"))
+        f"model.layers.{b}.mlp.{p}_proj" for b in (0, 4) for p in ("gate", "up", "down")
+    )
     from analysis.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(out)

@@ -85,8 +85,12 @@ def test_report_is_coloured_legended_unclipped_and_never_overwritten(ui, browser
     summary = tab.locator("p.summary").inner_text()
     assert "remove blocks 12, 13, 20" in summary and "It costs quality" in summary and "It saves" in summary
     html = tab.content()
-    for section in ("Per-layer persistence (Vietoris–Rips)", "Variants: quality against cost",
-                    "Generations side by side", "Where the metrics agree"):
+    for section in (
+        "Per-layer persistence (Vietoris–Rips)",
+        "Variants: quality against cost",
+        "Generations side by side",
+        "Where the metrics agree",
+    ):
         assert section in html, section
     # coloured: the line traces use several real colours, none of Streamlit's black placeholders
     strokes = tab.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot path.js-line')]

@@ -8,8 +8,15 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SMALL = [("Largest k (K)", 1), ("Search tokens", 128), ("Search window", 64), ("Tokens", 256), ("Context", 128),
-         ("Stride", 64), ("Random samples", 2)]
+SMALL = [
+    ("Largest k (K)", 1),
+    ("Search tokens", 128),
+    ("Search window", 64),
+    ("Tokens", 256),
+    ("Context", 128),
+    ("Stride", 64),
+    ("Random samples", 2),
+]
 
 
 def value(ui, label: str) -> str:

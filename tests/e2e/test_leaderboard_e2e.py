@@ -12,8 +12,15 @@ def test_small_leaderboard_and_send_to_prune(ui):
     ui.wait_idle()
     ui.nav("Leaderboard")
     ui.page.get_by_text("Leaderboard: which blocks to cut").first.wait_for()
-    for label, value in [("Largest k (K)", 2), ("Search tokens", 128), ("Search window", 64), ("Tokens", 256),
-                         ("Context", 128), ("Stride", 64), ("Random samples", 2)]:
+    for label, value in [
+        ("Largest k (K)", 2),
+        ("Search tokens", 128),
+        ("Search window", 64),
+        ("Tokens", 256),
+        ("Context", 128),
+        ("Stride", 64),
+        ("Random samples", 2),
+    ]:
         ui.number(label, value)
     ui.button("Estimate")
     ui.page.get_by_text("Estimated time").first.wait_for()

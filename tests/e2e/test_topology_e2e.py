@@ -53,9 +53,10 @@ def test_zigzag_suggestion_reaches_the_prune_page(ui, lm, alice):
     box = ui.page.locator('[data-testid="stMultiSelect"]').filter(has_text="Blocks to remove").first
     tags = box.locator('[data-testid="stMultiSelectTagsContainer"] [data-tag]')
     tags.first.wait_for()  # on a loaded machine the tags can appear a moment after the page's text
-    ui.page.wait_for_function("n => document.querySelectorAll("
-                              "'[data-testid=\"stMultiSelectTagsContainer\"] [data-tag]').length >= n",
-                              arg=len(expected))
+    ui.page.wait_for_function(
+        "n => document.querySelectorAll('[data-testid=\"stMultiSelectTagsContainer\"] [data-tag]').length >= n",
+        arg=len(expected),
+    )
     chosen = tags.all_inner_texts()
     assert [int(t.strip()) for t in chosen] == expected
     ui.shot("11-prune-from-zigzag")

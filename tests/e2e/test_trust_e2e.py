@@ -13,11 +13,13 @@ def bad_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bad-models")
     bert = root / "tiny-bert"
-    tf.BertForMaskedLM(tf.BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32)).save_pretrained(bert)
+    tf.BertForMaskedLM(
+        tf.BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(bert)
     damaged = root / "damaged-llama"
-    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2)).save_pretrained(damaged)
+    tf.LlamaForCausalLM(
+        tf.LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    ).save_pretrained(damaged)
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])  # truncated, as by an interrupted copy
     return {"bert": bert, "damaged": damaged, "weights": weights}

@@ -12,11 +12,15 @@ pytestmark = pytest.mark.slow
 
 def test_metrics_writes_layers_and_linearity_csv(tmp_path, ws):
     out = tmp_path / "m"
-    cli("metrics", "--model", "default", "--text", "alice", "--sequences", "32", "--seq-len", "128", "--out",
-        str(out))
+    cli("metrics", "--model", "default", "--text", "alice", "--sequences", "32", "--seq-len", "128", "--out", str(out))
     layers = pd.read_csv(out / "layers.csv")
-    assert list(layers.columns) == ["block", "linearity", "linearity_no_residual", "block_influence",
-                                    "angular_distance"]
+    assert list(layers.columns) == [
+        "block",
+        "linearity",
+        "linearity_no_residual",
+        "block_influence",
+        "angular_distance",
+    ]
     assert list(layers.block) == list(range(30))
     mat = pd.read_csv(out / "linearity.csv", index_col=0)
     assert mat.shape == (31, 31) and list(mat.columns[:2]) == ["h0", "h1"]
@@ -50,15 +54,18 @@ def test_prune_then_evaluate_the_export(tmp_path):
     assert abs(res["perplexity"] - pruned) / pruned < 1e-3
 
 
-@pytest.mark.parametrize("args,message", [
-    (["prune", "--remove", "30", "--out", "{tmp}/a"], "out of range"),
-    (["prune", "--remove", "0-29", "--out", "{tmp}/b"], "cannot remove all 30 blocks"),
-    (["prune", "--remove", "3,3", "--out", "{tmp}/c"], "more than once"),
-    (["prune", "--remove", "3", "--out", "{tmp}/busy"], "not empty"),
-    (["evaluate", "--model", "/nonexistent/dir"], "no such file or folder"),
-    (["evaluate", "--text", "hamlet"], "neither a bundled text"),
-    (["metrics", "--sequences", "2000", "--out", "{tmp}/m"], "windows of 128 tokens need 256000"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prune", "--remove", "30", "--out", "{tmp}/a"], "out of range"),
+        (["prune", "--remove", "0-29", "--out", "{tmp}/b"], "cannot remove all 30 blocks"),
+        (["prune", "--remove", "3,3", "--out", "{tmp}/c"], "more than once"),
+        (["prune", "--remove", "3", "--out", "{tmp}/busy"], "not empty"),
+        (["evaluate", "--model", "/nonexistent/dir"], "no such file or folder"),
+        (["evaluate", "--text", "hamlet"], "neither a bundled text"),
+        (["metrics", "--sequences", "2000", "--out", "{tmp}/m"], "windows of 128 tokens need 256000"),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")

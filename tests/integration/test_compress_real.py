@@ -24,8 +24,7 @@ from tests.cli import cli
 
 pytestmark = pytest.mark.slow
 BLOCKS = [3, 4]
-SMALL_EVAL = EvalSettings(text="asyoulik", n_tokens=512, context=256, stride=256, measure_speed=False,
-                          max_new_tokens=8)
+SMALL_EVAL = EvalSettings(text="asyoulik", n_tokens=512, context=256, stride=256, measure_speed=False, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,9 @@ def small_ws(lm, alice):
 
 
 def _logits(model, lm):
-    ids = lm.tokenizer("Alice looked at the Queen and said nothing at all.", return_tensors="pt",
-                       add_special_tokens=False)["input_ids"]
+    ids = lm.tokenizer(
+        "Alice looked at the Queen and said nothing at all.", return_tensors="pt", add_special_tokens=False
+    )["input_ids"]
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False).logits
 
@@ -44,8 +44,7 @@ def _logits(model, lm):
 def compressed(small_ws, lm):
     """SVD-LLM at ratio 0.2 on the MLPs of blocks 3 and 4, factorised in memory."""
     before = _logits(lm.model, lm)
-    action = {"low_rank": {"method": "svd-llm", "ratio": 0.2, "targets": "mlp", "blocks": BLOCKS,
-                           "form": "factorised"}}
+    action = {"low_rank": {"method": "svd-llm", "ratio": 0.2, "targets": "mlp", "blocks": BLOCKS, "form": "factorised"}}
     model = apply_actions(lm.model, action, small_ws)
     assert torch.equal(_logits(lm.model, lm), before), "the original changed"
     return model
@@ -60,8 +59,15 @@ def test_compress_gives_a_valid_variant_and_leaves_the_original(compressed, lm, 
     assert any("not positive definite" in n for n in record["notes"])
     rel = {r["name"]: r["relative_loss"] for r in record["matrices"]}
     assert all(0 < v < 0.5 for v in rel.values())
-    table = evaluate(lm.model, lm.tokenizer, asyoulik, SMALL_EVAL, candidate=compressed, candidate_name="compressed",
-                     original_key=lm.fingerprint)
+    table = evaluate(
+        lm.model,
+        lm.tokenizer,
+        asyoulik,
+        SMALL_EVAL,
+        candidate=compressed,
+        candidate_name="compressed",
+        original_key=lm.fingerprint,
+    )
     assert table.original.perplexity < table.candidate.perplexity < 1.5 * table.original.perplexity
     assert table.candidate.parameters == lm.n_parameters() - 6 * (1536 * 576 - k * (1536 + 576))
     # measured: top-1 agreement 0.78 on these 511 tokens (1024 calibration tokens, down_proj damped)
@@ -75,8 +81,13 @@ def test_dense_and_factorised_exports_reload_to_identical_logits(compressed, lm,
 
     sizes = {}
     for form in ("dense", "factorised"):
-        out = export_checkpoint(compressed, lm.tokenizer, tmp_path / form, {"form": form},
-                                save_fn=lambda m, d, f=form: save_checkpoint(m, d, f))
+        out = export_checkpoint(
+            compressed,
+            lm.tokenizer,
+            tmp_path / form,
+            {"form": form},
+            save_fn=lambda m, d, f=form: save_checkpoint(m, d, f),
+        )
         check = verify_export(out, compressed, lm.tokenizer, loader=load_checkpoint)
         assert check["ok"] and check["max_abs_logit_diff"] < 1e-3, check
         sizes[form] = (out / "model.safetensors").stat().st_size
@@ -94,13 +105,16 @@ def test_dense_and_factorised_exports_reload_to_identical_logits(compressed, lm,
 
 
 def test_low_rank_and_remove_blocks_combined(small_ws, lm, tmp_path):
-    action = {"low_rank": {"method": "nsvd", "ratio": 0.2, "targets": ["down_proj"], "blocks": [20],
-                           "form": "dense"}, "remove_blocks": [12, 13]}
+    action = {
+        "low_rank": {"method": "nsvd", "ratio": 0.2, "targets": ["down_proj"], "blocks": [20], "form": "dense"},
+        "remove_blocks": [12, 13],
+    }
     model = apply_actions(lm.model, action, small_ws)
     assert model.config.num_hidden_layers == 28 and lm.model.config.num_hidden_layers == 30
     assert cp.low_rank_ranks(model) == {"model.layers.18.mlp.down_proj": rank_for_ratio(576, 1536, 0.2)}
-    out = export_checkpoint(model, lm.tokenizer, tmp_path / "f", {},
-                            save_fn=lambda m, d: save_checkpoint(m, d, "factorised"))
+    out = export_checkpoint(
+        model, lm.tokenizer, tmp_path / "f", {}, save_fn=lambda m, d: save_checkpoint(m, d, "factorised")
+    )
     assert list(json.loads((out / "config.json").read_text())[FACTORISED_KEY]) == ["model.layers.18.mlp.down_proj"]
     assert verify_export(out, model, lm.tokenizer, loader=load_checkpoint)["ok"]
 
@@ -112,20 +126,51 @@ def test_replace_linear_is_evaluated_and_exported(small_ws, lm, asyoulik, tmp_pa
     fit = cp.record_of(model)["replace_linear"]["fit_residual"]
     residuals = cp.block_moments(lm, small_ws.text, 8, 128).residuals
     assert len(residuals) == 30 and fit["12"] == pytest.approx(residuals[12]) and 0 < fit["12"] < 0.2
-    table = evaluate(lm.model, lm.tokenizer, asyoulik, SMALL_EVAL, candidate=model, candidate_name="changed",
-                     original_key=lm.fingerprint)
+    table = evaluate(
+        lm.model,
+        lm.tokenizer,
+        asyoulik,
+        SMALL_EVAL,
+        candidate=model,
+        candidate_name="changed",
+        original_key=lm.fingerprint,
+    )
     assert table.candidate.perplexity < 3 * table.original.perplexity and table.candidate.generation
-    out = export_checkpoint(model, lm.tokenizer, tmp_path / "lin", {},
-                            save_fn=lambda m, d: save_checkpoint(m, d))
+    out = export_checkpoint(model, lm.tokenizer, tmp_path / "lin", {}, save_fn=lambda m, d: save_checkpoint(m, d))
     assert json.loads((out / "config.json").read_text())[LINEAR_BLOCKS_KEY] == [12]
     assert verify_export(out, model, lm.tokenizer, loader=load_checkpoint)["ok"]
 
 
 def test_cli_compress_writes_checkpoint_and_recipe(tmp_path, small_ws):
     out = tmp_path / "svdllm"
-    proc = cli("compress", "--model", "default", "--method", "svd-llm", "--ratio", "0.2", "--targets", "mlp",
-               "--blocks", "3,4", "--calib-text", "alice", "--sequences", "8", "--eval-text", "asyoulik",
-               "--eval-tokens", "512", "--context", "256", "--stride", "256", "--no-speed", "--out", str(out))
+    proc = cli(
+        "compress",
+        "--model",
+        "default",
+        "--method",
+        "svd-llm",
+        "--ratio",
+        "0.2",
+        "--targets",
+        "mlp",
+        "--blocks",
+        "3,4",
+        "--calib-text",
+        "alice",
+        "--sequences",
+        "8",
+        "--eval-text",
+        "asyoulik",
+        "--eval-tokens",
+        "512",
+        "--context",
+        "256",
+        "--stride",
+        "256",
+        "--no-speed",
+        "--out",
+        str(out),
+    )
     summary = json.loads(proc.stdout)
     assert summary["reload_check"]["ok"] and summary["form"] == "factorised"
     assert "not positive definite" in proc.stderr  # the damping note for down_proj
@@ -142,8 +187,21 @@ def test_cli_compress_writes_checkpoint_and_recipe(tmp_path, small_ws):
     assert needs_project_loader(out)
     # the statistics the command gathered are the dashboard's: same cache entry
     assert cp.stats_cached(small_ws.lm, small_ws.text, 8, 128, ["mlp"], blocks=BLOCKS)
-    res = json.loads(cli("evaluate", "--model", str(out), "--text", "asyoulik", "--tokens", "512",
-                         "--context", "256", "--stride", "256").stdout)
+    res = json.loads(
+        cli(
+            "evaluate",
+            "--model",
+            str(out),
+            "--text",
+            "asyoulik",
+            "--tokens",
+            "512",
+            "--context",
+            "256",
+            "--stride",
+            "256",
+        ).stdout
+    )
     assert abs(res["perplexity"] - ev["compressed"]["perplexity"]) / res["perplexity"] < 1e-3
     # the recipe reproduces the change headless: same ranks, same perplexity, a factorised export that reloads
     cli("run", out / "recipe.json", "--out", tmp_path / "rerun")
@@ -153,14 +211,17 @@ def test_cli_compress_writes_checkpoint_and_recipe(tmp_path, small_ws):
     assert again["export"]["form"] == "factorised" and again["export"]["reload_check"]["ok"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--ratio", "1.5"], "strictly between 0 and 1"),
-    (["--ratio", "0"], "strictly between 0 and 1"),
-    (["--rank", "5000", "--blocks", "0"], "rank 5000 is impossible for model.layers.0.mlp.gate_proj (1536×576)"),
-    ([], "nothing to compress"),
-    (["--replace", "12", "--remove", "12"], "cannot be both replaced and removed"),
-    (["--method", "pca", "--ratio", "0.2"], "invalid choice: 'pca'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--ratio", "1.5"], "strictly between 0 and 1"),
+        (["--ratio", "0"], "strictly between 0 and 1"),
+        (["--rank", "5000", "--blocks", "0"], "rank 5000 is impossible for model.layers.0.mlp.gate_proj (1536×576)"),
+        ([], "nothing to compress"),
+        (["--replace", "12", "--remove", "12"], "cannot be both replaced and removed"),
+        (["--method", "pca", "--ratio", "0.2"], "invalid choice: 'pca'"),
+    ],
+)
 def test_cli_compress_errors_are_one_line(tmp_path, args, message):
     proc = cli("compress", *args, "--out", str(tmp_path / "x"), check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]

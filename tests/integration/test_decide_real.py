@@ -10,18 +10,30 @@ from tests.cli import cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_EVAL = {"text": "asyoulik", "n_tokens": 1024, "context": 256, "stride": 128, "measure_speed": False,
-              "max_new_tokens": 12}
+SMALL_EVAL = {
+    "text": "asyoulik",
+    "n_tokens": 1024,
+    "context": 256,
+    "stride": 128,
+    "measure_speed": False,
+    "max_new_tokens": 12,
+}
 
 
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory, ws):
     ws.capture()  # shared capture: the run command finds it in the session cache
     d = tmp_path_factory.mktemp("recipe")
-    recipe = {"layerscope": 1, "name": "minus 12,13", "model": {"source": "default"},
-              "calibration": {"text": "alice", "windows": 32, "window_len": 128}, "metrics": {"linearity": {}},
-              "action": {"remove_blocks": [12, 13]}, "evaluation": {"settings": SMALL_EVAL},
-              "export": {"form": "dense"}}
+    recipe = {
+        "layerscope": 1,
+        "name": "minus 12,13",
+        "model": {"source": "default"},
+        "calibration": {"text": "alice", "windows": 32, "window_len": 128},
+        "metrics": {"linearity": {}},
+        "action": {"remove_blocks": [12, 13]},
+        "evaluation": {"settings": SMALL_EVAL},
+        "export": {"form": "dense"},
+    }
     (d / "recipe.json").write_text(json.dumps(recipe))
     cli("run", d / "recipe.json", "--out", d / "out")
     return d / "out"
@@ -52,10 +64,12 @@ def test_the_dashboard_restores_the_recipe_with_the_same_numbers(recipe_run):
     at.run()
     assert not at.exception, [str(e.value)[:2000] for e in at.exception]
     variant = at.session_state["variants"][-1]
-    assert variant.evaluation.candidate.perplexity == pytest.approx(done["evaluation"]["pruned"]["perplexity"],
-                                                                    rel=1e-6)
-    assert variant.evaluation.original.perplexity == pytest.approx(done["evaluation"]["original"]["perplexity"],
-                                                                   rel=1e-6)
+    assert variant.evaluation.candidate.perplexity == pytest.approx(
+        done["evaluation"]["pruned"]["perplexity"], rel=1e-6
+    )
+    assert variant.evaluation.original.perplexity == pytest.approx(
+        done["evaluation"]["original"]["perplexity"], rel=1e-6
+    )
 
 
 def test_report_command_from_the_recipe(recipe_run, tmp_path):
@@ -63,11 +77,14 @@ def test_report_command_from_the_recipe(recipe_run, tmp_path):
     assert "Where the metrics agree" in (tmp_path / "r.html").read_text()
 
 
-@pytest.mark.parametrize("recipe,message", [
-    ({"model": {"source": "default"}, "colour": "blue"}, "unknown recipe key(s): colour"),
-    ({"model": {"source": "/nonexistent/model"}}, "no such file or folder"),
-    ({"action": {"remove_blocks": [1]}}, "names no model"),
-])
+@pytest.mark.parametrize(
+    "recipe,message",
+    [
+        ({"model": {"source": "default"}, "colour": "blue"}, "unknown recipe key(s): colour"),
+        ({"model": {"source": "/nonexistent/model"}}, "no such file or folder"),
+        ({"action": {"remove_blocks": [1]}}, "names no model"),
+    ],
+)
 def test_bad_recipes_get_a_clear_message(tmp_path, recipe, message):
     (tmp_path / "r.json").write_text(json.dumps(recipe))
     proc = cli("run", tmp_path / "r.json", "--out", tmp_path / "o", check=False)

@@ -16,9 +16,14 @@ def _settings():
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
 
-    return lb.LeaderboardSettings(k_list=(1, 2), search=SearchSettings(n_tokens=128, context=64),
-                                  evaluation=lb.default_eval_settings(**EVAL), metrics=("measured_damage",),
-                                  random_samples=1, also=((12, 13),))
+    return lb.LeaderboardSettings(
+        k_list=(1, 2),
+        search=SearchSettings(n_tokens=128, context=64),
+        evaluation=lb.default_eval_settings(**EVAL),
+        metrics=("measured_damage",),
+        random_samples=1,
+        also=((12, 13),),
+    )
 
 
 def _fresh_cache(monkeypatch, tmp_path, cache_dir):
@@ -59,8 +64,11 @@ def test_two_ray_workers_give_the_single_process_scans_and_evaluations(lm, monke
     state = {"blocks": [12]}  # a scan of the model with a block already removed (a greedy step)
 
     def work():
-        return (damage.cached_scan(lm, search, None, "block"), damage.cached_scan(lm, search, state, "attention"),
-                [lb.evaluate_action(lm, a, evaluation, text) for a in actions])
+        return (
+            damage.cached_scan(lm, search, None, "block"),
+            damage.cached_scan(lm, search, state, "attention"),
+            [lb.evaluate_action(lm, a, evaluation, text) for a in actions],
+        )
 
     _fresh_cache(monkeypatch, tmp_path / "one", cache_dir)
     single = work()
@@ -93,8 +101,9 @@ def test_two_ray_workers_give_the_single_process_scans_and_evaluations(lm, monke
     while _ray_processes(session_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _ray_processes(session_dir) == []
-    assert not any(psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE
-                   for r in replicas)
+    assert not any(
+        psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE for r in replicas
+    )
 
 
 def test_the_leaderboard_hands_its_scans_and_evaluations_to_the_pool(monkeypatch, tmp_path, cache_dir, alice):
@@ -129,9 +138,13 @@ def test_the_leaderboard_hands_its_scans_and_evaluations_to_the_pool(monkeypatch
             return "in process"
 
     pool = InProcess()
-    settings = lb.LeaderboardSettings(k_list=(1,), search=_settings().search,
-                                      evaluation=_settings().evaluation, metrics=("measured_damage",),
-                                      random_samples=0)
+    settings = lb.LeaderboardSettings(
+        k_list=(1,),
+        search=_settings().search,
+        evaluation=_settings().evaluation,
+        metrics=("measured_damage",),
+        random_samples=0,
+    )
     with damage.scored_by(pool):
         result = lb.run(ws, settings, pool=pool)
     assert ("", ws.n_blocks) in pool.scans and len(pool.scans) == 3  # block, attention, mlp of the original
@@ -144,11 +157,14 @@ def _refuse(*args, **kwargs):
     raise AssertionError("computed in the driver, not on a replica")
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--workers", "-1"], "argument --workers: must be at least 1"),
-    (["--workers", "1.5"], "argument --workers"),
-    (["--ray-address", "host 1"], "a Ray address is host:port"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--workers", "-1"], "argument --workers: must be at least 1"),
+        (["--workers", "1.5"], "argument --workers"),
+        (["--ray-address", "host 1"], "a Ray address is host:port"),
+    ],
+)
 def test_bad_cluster_settings_are_one_line_before_loading(tmp_path, args, msg):
     proc = cli("leaderboard", *args, "--out", tmp_path / "lb", check=False)
     assert proc.returncode == 2 and msg in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -50,8 +50,13 @@ def original_run(lm):
 
     steps = []
     with network_off() as attempts:
-        result = ds.run_tasks(lm.model, lm.tokenizer, "layerscope_cloze", batch_size=16,
-                              progress=lambda done, total, msg: steps.append((done, total, msg)))
+        result = ds.run_tasks(
+            lm.model,
+            lm.tokenizer,
+            "layerscope_cloze",
+            batch_size=16,
+            progress=lambda done, total, msg: steps.append((done, total, msg)),
+        )
     assert attempts == [], f"downstream evaluation tried to reach the network: {attempts}"
     return result, steps
 
@@ -93,8 +98,26 @@ def test_cli_downstream_with_removal_writes_json(lm, tmp_path, capsys, no_networ
     from analysis.cli.main import main
 
     out = tmp_path / "ds"
-    assert main(["downstream", "--model", "default", "--device", "cpu", "--tasks", "layerscope_cloze",
-                 "--limit", "3", "--remove", "12,13", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "downstream",
+                "--model",
+                "default",
+                "--device",
+                "cpu",
+                "--tasks",
+                "layerscope_cloze",
+                "--limit",
+                "3",
+                "--remove",
+                "12,13",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     written = json.loads((out / "downstream.json").read_text())
     assert written["removed_blocks"] == [12, 13] == printed["removed_blocks"]
@@ -119,18 +142,32 @@ def test_standard_task_runs_from_a_prepared_local_copy(lm, tmp_path, monkeypatch
 
     from analysis.evaluation import downstream as ds
 
-    rows = [{"id": "q1", "question": "Which of these is a liquid at room temperature?",
-             "choices": {"text": ["iron", "water", "salt", "wood"], "label": ["A", "B", "C", "D"]}, "answerKey": "B"},
-            {"id": "q2", "question": "What do plants take from the air to make food?",
-             "choices": {"text": ["carbon dioxide", "helium", "smoke", "dust"], "label": ["A", "B", "C", "D"]},
-             "answerKey": "A"}]
+    rows = [
+        {
+            "id": "q1",
+            "question": "Which of these is a liquid at room temperature?",
+            "choices": {"text": ["iron", "water", "salt", "wood"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "B",
+        },
+        {
+            "id": "q2",
+            "question": "What do plants take from the air to make food?",
+            "choices": {"text": ["carbon dioxide", "helium", "smoke", "dust"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "A",
+        },
+    ]
     src = tmp_path / "src"
     src.mkdir()
     for split in ("train", "validation", "test"):
         pq.write_table(pa.Table.from_pylist(rows), src / f"{split}.parquet")
     build = tmp_path / "build"
-    Parquet(cache_dir=str(build), dataset_name="ai2_arc", config_name="ARC-Easy", hash="0123abcd",
-            data_files={s: [str(src / f"{s}.parquet")] for s in ("train", "validation", "test")}).download_and_prepare()
+    Parquet(
+        cache_dir=str(build),
+        dataset_name="ai2_arc",
+        config_name="ARC-Easy",
+        hash="0123abcd",
+        data_files={s: [str(src / f"{s}.parquet")] for s in ("train", "validation", "test")},
+    ).download_and_prepare()
     prepared = next(build.glob("ai2_arc/*/0.0.0/0123abcd"))
     target = tmp_path / "datasets" / "allenai___ai2_arc" / "ARC-Easy" / "0.0.0" / "0123abcd"
     target.parent.mkdir(parents=True)

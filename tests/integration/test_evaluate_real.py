@@ -10,8 +10,9 @@ pytestmark = pytest.mark.slow
 
 def test_original_against_itself_and_pruned(lm, asyoulik):
     s = EvalSettings(n_tokens=1024, context=256, stride=128, max_new_tokens=8)
-    same = evaluate(lm.model, lm.tokenizer, asyoulik, s, candidate=lm.model, candidate_name="same",
-                    original_key=lm.fingerprint)
+    same = evaluate(
+        lm.model, lm.tokenizer, asyoulik, s, candidate=lm.model, candidate_name="same", original_key=lm.fingerprint
+    )
     assert same.candidate.kl_to_original == pytest.approx(0.0, abs=2e-3)
     assert same.candidate.top1_agreement == 1.0 and same.candidate.recovery == pytest.approx(1.0)
     assert same.candidate.generation == same.original.generation

@@ -73,8 +73,9 @@ def errors(err: str) -> list[str]:
 QUICK_METRICS = ("gpt2", "opt", "bloom", "mixtral", "llama")
 
 
-@pytest.mark.parametrize("family", [f if f in QUICK_METRICS else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in FAMILIES], indirect=True)
+@pytest.mark.parametrize(
+    "family", [f if f in QUICK_METRICS else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES], indirect=True
+)
 def test_metrics_all_and_zigzag(family, tmp_path, capsys, small_zigzag):
     name, model_dir = family
     from analysis.metrics import registry
@@ -90,16 +91,46 @@ def test_metrics_all_and_zigzag(family, tmp_path, capsys, small_zigzag):
     run = json.loads((tmp_path / "m" / "run.json").read_text())
     assert run["calibration"]["n_windows"] == 8
 
-    rc, _, err = cli(capsys, "metrics", "--model", model_dir, *CAL, "--metrics", "avss", "--avss-site", "attention",
-                     "--out", tmp_path / "a")
+    rc, _, err = cli(
+        capsys,
+        "metrics",
+        "--model",
+        model_dir,
+        *CAL,
+        "--metrics",
+        "avss",
+        "--avss-site",
+        "attention",
+        "--out",
+        tmp_path / "a",
+    )
     assert rc == 0 and not errors(err), err[-2000:]
     attention = pd.read_csv(tmp_path / "a" / "layers.csv")
     assert (attention["avss_variance"] > 0).all()
     assert not attention["avss"].equals(layers["avss"])  # another site, other numbers
 
-    rc, _, err = cli(capsys, "topology", "--model", model_dir, "--text", "alice", "--sequences", "24", "--seq-len",
-                     "16", "--max-dim", "2", "--points", "30", "--calib-sequences", "8", "--calib-seq-len", "32",
-                     "--out", tmp_path / "t")
+    rc, _, err = cli(
+        capsys,
+        "topology",
+        "--model",
+        model_dir,
+        "--text",
+        "alice",
+        "--sequences",
+        "24",
+        "--seq-len",
+        "16",
+        "--max-dim",
+        "2",
+        "--points",
+        "30",
+        "--calib-sequences",
+        "8",
+        "--calib-seq-len",
+        "32",
+        "--out",
+        tmp_path / "t",
+    )
     assert rc == 0 and not errors(err), err[-2000:]
     zz = pd.read_csv(tmp_path / "t" / "zigzag_layers.csv")
     assert len(zz) == N_BLOCKS + 1
@@ -140,8 +171,9 @@ def test_low_rank_on_all_linears_dense_and_factorised(family, tmp_path, capsys):
     original = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     linears = target_linears(original, "all")
     low = ["--method", "svd-llm", "--ratio", "0.3", "--targets", "all"]
-    rc, stdout, err = cli(capsys, "compress", "--model", model_dir, *low, "--form", "dense", *CAL, *EVAL,
-                          "--out", tmp_path / "dense")
+    rc, stdout, err = cli(
+        capsys, "compress", "--model", model_dir, *low, "--form", "dense", *CAL, *EVAL, "--out", tmp_path / "dense"
+    )
     assert rc == 0 and not errors(err), err[-2000:]
     summary = json.loads(stdout)
     assert summary["reload_check"]["ok"] and summary["matrices"] == len(linears)
@@ -158,8 +190,21 @@ def test_low_rank_on_all_linears_dense_and_factorised(family, tmp_path, capsys):
         k = json.loads((tmp_path / "dense" / "recipe.json").read_text())["compression"]["low_rank"]["ranks"][n]
         assert int(torch.linalg.matrix_rank(w.double(), rtol=1e-5)) <= k, n  # float32 W' of rank k
 
-    rc, stdout, err = cli(capsys, "compress", "--model", model_dir, *low, "--form", "factorised", "--remove", "2",
-                          *CAL, *EVAL, "--out", tmp_path / "fact")
+    rc, stdout, err = cli(
+        capsys,
+        "compress",
+        "--model",
+        model_dir,
+        *low,
+        "--form",
+        "factorised",
+        "--remove",
+        "2",
+        *CAL,
+        *EVAL,
+        "--out",
+        tmp_path / "fact",
+    )
     assert rc == 0 and not errors(err), err[-2000:]
     assert json.loads(stdout)["reload_check"]["ok"]
     rebuilt = load_checkpoint(tmp_path / "fact")
@@ -182,13 +227,29 @@ def test_low_rank_mlp_group(family, tmp_path, capsys):
         names = target_linears(AutoModelForCausalLM.from_pretrained(model_dir), "mlp", [0])
         assert len(names) >= 2 and all(".attn" not in n and "attention" not in n for n in names), names
         return
-    rc, _, err = cli(capsys, "compress", "--model", model_dir, "--method", "svd", "--ratio", "0.3", "--targets",
-                     "mlp", *CAL, *EVAL, "--out", tmp_path / "x")
+    rc, _, err = cli(
+        capsys,
+        "compress",
+        "--model",
+        model_dir,
+        "--method",
+        "svd",
+        "--ratio",
+        "0.3",
+        "--targets",
+        "mlp",
+        *CAL,
+        *EVAL,
+        "--out",
+        tmp_path / "x",
+    )
     assert rc == 2
     lines = errors(err)
     assert len(lines) == 1 and "Traceback" not in err
-    assert lines[0].startswith("error: no linear layers match target 'mlp' in blocks 0-3; the feed-forward of blocks "
-                               "0-3 is a mixture of experts whose experts are fused 3-D tensors, not linear layers")
+    assert lines[0].startswith(
+        "error: no linear layers match target 'mlp' in blocks 0-3; the feed-forward of blocks "
+        "0-3 is a mixture of experts whose experts are fused 3-D tensors, not linear layers"
+    )
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 

@@ -42,8 +42,16 @@ def test_bad_model_sources_give_clear_messages(tmp_path, monkeypatch):
         load_model(ModelSpec(source=str(tmp_path / "notes.txt")))
     from transformers import ViTConfig, ViTModel
 
-    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       image_size=32, patch_size=16)).save_pretrained(tmp_path / "vit")
+    ViTModel(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=16,
+        )
+    ).save_pretrained(tmp_path / "vit")
     with pytest.raises(ModelLoadError, match="not a causal language model"):
         load_model(ModelSpec(source=str(tmp_path / "vit")))
     t0 = time.perf_counter()

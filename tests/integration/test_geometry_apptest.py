@@ -87,8 +87,11 @@ def test_id_page_compute_profile_and_compare_with_pruned_variant(at):
     spec = ModelSpec()
     lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
     action = {"remove_blocks": [12, 13]}
-    at.session_state["variants"] = [Variant(name="minus 12,13", model=apply_actions(lm.model, action),
-                                                action=action, base_fingerprint=lm.fingerprint)]
+    at.session_state["variants"] = [
+        Variant(
+            name="minus 12,13", model=apply_actions(lm.model, action), action=action, base_fingerprint=lm.fingerprint
+        )
+    ]
     at.run()
     at.selectbox(key="id-compare").set_value("pruned").run()
     at.button(key="id-compare-go").click().run()
@@ -104,8 +107,9 @@ def test_id_page_refuses_impossible_settings(at):
     at.number_input(key="id-points").set_value(200)  # subsets of 300 of 200 points: refused with a message
     at.button(key="id-compute").click().run()
     assert not at.exception
-    assert any("subsets of 300 points need at least that many" in e.value for e in at.error), \
-        [e.value for e in at.error]
+    assert any("subsets of 300 points need at least that many" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]
 
 
 def test_projections_page_pca_then_umap(at):
@@ -158,8 +162,11 @@ def test_avss_page_compares_with_the_sidebars_variant(at):
     spec = ModelSpec()
     lm = _load(spec.source, spec.device, spec.dtype, spec.device_map_auto, spec.trust_remote_code)
     action = {"remove_blocks": [12, 13]}
-    at.session_state["variants"] = [Variant(name="minus 12,13", model=apply_actions(lm.model, action),
-                                            action=action, base_fingerprint=lm.fingerprint)]
+    at.session_state["variants"] = [
+        Variant(
+            name="minus 12,13", model=apply_actions(lm.model, action), action=action, base_fingerprint=lm.fingerprint
+        )
+    ]
     at.session_state["compare_variant"] = "minus 12,13"
     at.switch_page("pages/avss.py")
     at.run()

@@ -103,8 +103,10 @@ def test_headline_twonn_is_scikit_dimensions_twonn_of_the_whole_distinct_cloud(w
     theirs = float(skdim.id.TwoNN().fit(X).dimension_)
     assert r["whole"]["twonn"] == pytest.approx(theirs, rel=1e-6)
     assert r["subset_size"] == X.shape[0] // 4 and r["twonn"].shape == (4,)
-    print(f"\nh{state}: whole-cloud TwoNN {r['whole']['twonn']:.2f} (skdim {theirs:.2f}); subsets of "
-          f"{r['subset_size']}: mean {r['twonn'].mean():.2f}")
+    print(
+        f"\nh{state}: whole-cloud TwoNN {r['whole']['twonn']:.2f} (skdim {theirs:.2f}); subsets of "
+        f"{r['subset_size']}: mean {r['twonn'].mean():.2f}"
+    )
 
 
 def test_id_profile_of_a_pruned_variant_shares_the_depth_axis(lm, small_ws):
@@ -129,16 +131,31 @@ def test_projections_pca_and_umap(small_ws):
     assert hidden.explained[0] < pca.explained[0]  # the attention sink no longer fills PC1
     umap = projection(small_ws, 15, ProjectionSettings(method="umap", n_components=3, n_points=200))
     assert umap.points[["x", "y", "z"]].shape == (200, 3) and umap.outcome.status == "computed"
-    assert projection(small_ws, 15, ProjectionSettings(method="umap", n_components=3, n_points=200)).outcome.status \
+    assert (
+        projection(small_ws, 15, ProjectionSettings(method="umap", n_components=3, n_points=200)).outcome.status
         == "hit"
+    )
 
 
 def test_cli_metrics_avss_and_id(tmp_path, lm):
     from analysis.cli.main import main
 
     out = tmp_path / "geometry"
-    rc = main(["metrics", "--metrics", "avss,id", "--sequences", "8", "--seq-len", "64", "--avss-site", "residual",
-               "--out", str(out)])
+    rc = main(
+        [
+            "metrics",
+            "--metrics",
+            "avss,id",
+            "--sequences",
+            "8",
+            "--seq-len",
+            "64",
+            "--avss-site",
+            "residual",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     layers = pd.read_csv(out / "layers.csv")
     assert list(layers.columns) == ["block", "avss", "avss_variance", "avss_sparsity"] and len(layers) == 30

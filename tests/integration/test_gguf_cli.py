@@ -13,8 +13,23 @@ pytestmark = pytest.mark.slow
 
 def test_prune_exports_a_gguf_that_transformers_reads_back(tmp_path):
     out = tmp_path / "pruned"
-    r = cli("prune", "--remove", "12,13", "--eval-tokens", "256", "--context", "128", "--stride", "128",
-                "--no-speed", "--gguf", "q8_0", "--out", str(out), check=False)
+    r = cli(
+        "prune",
+        "--remove",
+        "12,13",
+        "--eval-tokens",
+        "256",
+        "--context",
+        "128",
+        "--stride",
+        "128",
+        "--no-speed",
+        "--gguf",
+        "q8_0",
+        "--out",
+        str(out),
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     recipe = json.loads((out / "recipe.json").read_text())
     g = recipe["export"]["gguf"]
@@ -25,7 +40,21 @@ def test_prune_exports_a_gguf_that_transformers_reads_back(tmp_path):
 
 
 def test_gguf_refused_before_any_work_for_a_factorised_export(tmp_path):
-    r = cli("compress", "--method", "svd", "--ratio", "0.2", "--blocks", "3", "--form", "factorised",
-                "--gguf", "q8_0", "--out", str(tmp_path / "x"), check=False)
+    r = cli(
+        "compress",
+        "--method",
+        "svd",
+        "--ratio",
+        "0.2",
+        "--blocks",
+        "3",
+        "--form",
+        "factorised",
+        "--gguf",
+        "q8_0",
+        "--out",
+        str(tmp_path / "x"),
+        check=False,
+    )
     assert r.returncode == 2 and "dense" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()

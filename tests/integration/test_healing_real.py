@@ -13,19 +13,25 @@ from tests.cli import cli
 def one_error_line(proc, *words):
     assert proc.returncode == 2, proc.stderr[-2000:]
     # LayerScope's own lines: its one error (transformers' weight-loading bar may come before it)
-    lines = [l for l in proc.stderr.strip().splitlines()
-             if l.strip() and not l.startswith("[") and not l.lstrip().startswith(("Loading weights", "Writing"))]
+    lines = [
+        l
+        for l in proc.stderr.strip().splitlines()
+        if l.strip() and not l.startswith("[") and not l.lstrip().startswith(("Loading weights", "Writing"))
+    ]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
     for w in words:
         assert w in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--steps", "0"], ["steps", "positive"]),
-    (["--lr=-1e-3"], ["learning rate"]),
-    (["--text", "asyoulik"], ["evaluation text"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--steps", "0"], ["steps", "positive"]),
+        (["--lr=-1e-3"], ["learning rate"]),
+        (["--text", "asyoulik"], ["evaluation text"]),
+    ],
+)
 def test_heal_command_refuses_bad_settings_before_loading(tmp_path, args, words):
     proc = cli("heal", "--remove", "12,13", "--out", tmp_path / "o", *args, check=False)
     one_error_line(proc, *words)
@@ -40,14 +46,15 @@ def test_heal_command_refuses_a_results_folder_a_big_rank_and_a_short_text(tmp_p
     results = tmp_path / "results"
     results.mkdir()
     write_results_card(lm, results, Workspace(lm=lm, text=alice).describe(), alice.content)
-    one_error_line(cli("heal", "--model", results, "--remove", "12,13", "--out", tmp_path / "o", check=False),
-                   "results-only")
-    one_error_line(cli("heal", "--remove", "12,13", "--rank", "1000", "--out", tmp_path / "o", check=False),
-                   "rank 1000 is larger")
+    one_error_line(
+        cli("heal", "--model", results, "--remove", "12,13", "--out", tmp_path / "o", check=False), "results-only"
+    )
+    one_error_line(
+        cli("heal", "--remove", "12,13", "--rank", "1000", "--out", tmp_path / "o", check=False), "rank 1000 is larger"
+    )
     short = tmp_path / "short.txt"
     short.write_text("Only a few words of healing text.")
-    one_error_line(cli("heal", "--remove", "12,13", "--text", short, "--out", tmp_path / "o", check=False),
-                   "one batch")
+    one_error_line(cli("heal", "--remove", "12,13", "--text", short, "--out", tmp_path / "o", check=False), "one batch")
     assert not (tmp_path / "o").exists()
 
 
@@ -71,8 +78,7 @@ def test_a_short_healing_run_heals_minus_12_13(lm, asyoulik):
     before_fp = fingerprint(lm.model)
     cut = remove_blocks(lm.model, [12, 13])
     text = bundled_text("lcet10")
-    spec = hl.HealSpec(method="lora", loss="kd", steps=20, batch_size=2, window_len=64,
-                       text=hl.text_ref(text))
+    spec = hl.HealSpec(method="lora", loss="kd", steps=20, batch_size=2, window_len=64, text=hl.text_ref(text))
     windows = hl.training_windows(lm.tokenizer, text, spec)
     probe = windows[:4]
     settings = EvalSettings(n_tokens=512, context=256, stride=256, measure_speed=False)
@@ -98,8 +104,28 @@ def test_heal_command_exports_merged_and_adapter_and_run_reproduces(tmp_path, lm
 
     out = tmp_path / "healed"
     small = ["--eval-tokens", "256", "--context", "128", "--stride", "128", "--no-speed"]
-    proc = cli("heal", "--remove", "12,13", "--method", "lora", "--loss", "kd", "--steps", "3", "--batch-size", "1",
-               "--window-len", "32", "--text", "lcet10", "--eval-text", "asyoulik", "--out", out, *small)
+    proc = cli(
+        "heal",
+        "--remove",
+        "12,13",
+        "--method",
+        "lora",
+        "--loss",
+        "kd",
+        "--steps",
+        "3",
+        "--batch-size",
+        "1",
+        "--window-len",
+        "32",
+        "--text",
+        "lcet10",
+        "--eval-text",
+        "asyoulik",
+        "--out",
+        out,
+        *small,
+    )
     result = json.loads(proc.stdout)
     assert result["reload_check"]["ok"] and result["adapter_check"]["ok"]
     recipe = json.loads((out / "recipe.json").read_text())

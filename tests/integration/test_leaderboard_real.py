@@ -10,8 +10,19 @@ from tests.cli import cli
 
 pytestmark = pytest.mark.slow
 EVAL = ["--eval-tokens", "512", "--context", "256", "--stride", "128"]
-SMALL = ["--k", "1-2", "--search-tokens", "256", "--search-context", "128", *EVAL, "--random", "2",
-         "--metrics", "block_influence,measured_damage"]
+SMALL = [
+    "--k",
+    "1-2",
+    "--search-tokens",
+    "256",
+    "--search-context",
+    "128",
+    *EVAL,
+    "--random",
+    "2",
+    "--metrics",
+    "block_influence,measured_damage",
+]
 
 
 def test_leaderboard_matches_prune_and_writes_its_tables(tmp_path):
@@ -29,8 +40,9 @@ def test_leaderboard_matches_prune_and_writes_its_tables(tmp_path):
     assert greedy["perplexity"][0] == pytest.approx(blocks["perplexity"].min())
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board.columns[:6]) == ["rule", "k", "blocks", "perplexity", "kl", "top1"]
-    assert {"metric:block_influence", "metric:measured_damage", "greedy", "reverse", "random", "chosen"} <= \
-        set(board["rule"])
+    assert {"metric:block_influence", "metric:measured_damage", "greedy", "reverse", "random", "chosen"} <= set(
+        board["rule"]
+    )
     assert board[(board["rule"] == "reverse") & (board["k"] == 2)]["blocks"].iloc[0] == "27,28"
     assert len(board[(board["rule"] == "random") & (board["k"] == 2)]) == 2
     corr = pd.read_csv(out / "correlation.csv")
@@ -50,13 +62,16 @@ def test_leaderboard_matches_prune_and_writes_its_tables(tmp_path):
     assert "done in" in again.stderr
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--k", "1-30"], "more than L − 1 = 29"),
-    (["--search-text", "asyoulik"], "tune on the test"),
-    (["--search-tokens", "64", "--search-context", "128"], "fewer than the window"),
-    (["--search-tokens", "100000000"], "the search needs 100000000"),
-    (["--k", "2", "--also", "0-29"], "removes every block"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--k", "1-30"], "more than L − 1 = 29"),
+        (["--search-text", "asyoulik"], "tune on the test"),
+        (["--search-tokens", "64", "--search-context", "128"], "fewer than the window"),
+        (["--search-tokens", "100000000"], "the search needs 100000000"),
+        (["--k", "2", "--also", "0-29"], "removes every block"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg):
     out = tmp_path / "out"
     proc = cli("leaderboard", *args, "--out", out, check=False)
@@ -77,13 +92,24 @@ def test_one_shared_pass_equals_the_old_evaluation_of_each_selection(lm, ws):
 
     settings = lb.default_eval_settings(n_tokens=512, context=256, stride=128)
     text = bundled_text("asyoulik")
-    actions = [{"remove_blocks": [12, 13]}, {"remove_blocks": [29]}, {"remove_blocks": [0, 27]},
-               {"skip_attention": [5]}]
+    actions = [
+        {"remove_blocks": [12, 13]},
+        {"remove_blocks": [29]},
+        {"remove_blocks": [0, 27]},
+        {"skip_attention": [5]},
+    ]
     many = evaluate_actions(lm, actions, settings, text, ws=ws)
     for action, got in zip(actions, many.candidates):
         cand = apply_actions(lm.model, action, ws)
-        old = evaluate(lm.model, lm.tokenizer, text, settings, candidate=cand, candidate_name=candidate_name(action),
-                       original_key=lm.fingerprint).candidate
+        old = evaluate(
+            lm.model,
+            lm.tokenizer,
+            text,
+            settings,
+            candidate=cand,
+            candidate_name=candidate_name(action),
+            original_key=lm.fingerprint,
+        ).candidate
         assert got["perplexity"] == pytest.approx(old.perplexity, rel=1e-4), action
         assert got["kl"] == pytest.approx(old.kl_to_original, rel=1e-4, abs=1e-7), action
         assert got["top1"] == pytest.approx(old.top1_agreement, rel=1e-4), action
@@ -98,9 +124,13 @@ def test_quick_board_names_the_full_boards_winner_at_each_k(ws):
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
 
-    full = lb.LeaderboardSettings(k_max=2, search=SearchSettings(n_tokens=256, context=128),
-                                  evaluation=lb.default_eval_settings(n_tokens=1024, context=256, stride=128),
-                                  metrics=("block_influence", "measured_damage"), random_samples=2)
+    full = lb.LeaderboardSettings(
+        k_max=2,
+        search=SearchSettings(n_tokens=256, context=128),
+        evaluation=lb.default_eval_settings(n_tokens=1024, context=256, stride=128),
+        metrics=("block_influence", "measured_damage"),
+        random_samples=2,
+    )
     quick = lb.quick_settings(full)
     assert quick.quick and quick.random_samples == 0 and quick.damage_sites == ("block",)
     assert any("random" in s for s in lb.quick_skipped(full))

@@ -47,13 +47,28 @@ def test_replaceme_beats_removal_of_the_same_run_and_exports_plain(lm, ws, asyou
     assert rec["fold_into"] == f"model.layers.{start - 1}.mlp.down_proj" and rec["tokens"] == 4096
     assert rec["fit_residual"] < rec["removal_residual"]  # measured 0.527 against 0.883
     assert rec["removal_cosine_distance"] == pytest.approx(score, rel=1e-3)
-    settings = EvalSettings(text="asyoulik", n_tokens=1024, context=256, stride=256, measure_speed=False,
-                            max_new_tokens=1)
+    settings = EvalSettings(
+        text="asyoulik", n_tokens=1024, context=256, stride=256, measure_speed=False, max_new_tokens=1
+    )
     removed = apply_actions(lm.model, {"remove_blocks": [start, start + 1]}, ws)
-    t_rm = evaluate(lm.model, lm.tokenizer, asyoulik, settings, candidate=model, candidate_name="compressed",
-                    original_key=lm.fingerprint)
-    t_cut = evaluate(lm.model, lm.tokenizer, asyoulik, settings, candidate=removed, candidate_name="pruned",
-                     original_key=lm.fingerprint)
+    t_rm = evaluate(
+        lm.model,
+        lm.tokenizer,
+        asyoulik,
+        settings,
+        candidate=model,
+        candidate_name="compressed",
+        original_key=lm.fingerprint,
+    )
+    t_cut = evaluate(
+        lm.model,
+        lm.tokenizer,
+        asyoulik,
+        settings,
+        candidate=removed,
+        candidate_name="pruned",
+        original_key=lm.fingerprint,
+    )
     assert t_rm.original.perplexity < t_rm.candidate.perplexity < t_cut.candidate.perplexity
     assert t_rm.candidate.kl_to_original < t_cut.candidate.kl_to_original
     assert t_rm.candidate.parameters == t_cut.candidate.parameters  # the map costs no parameter
@@ -64,9 +79,12 @@ def test_replaceme_beats_removal_of_the_same_run_and_exports_plain(lm, ws, asyou
     assert config["num_hidden_layers"] == 28 and not any(k.startswith("layerscope") for k in config)
     check = verify_export(out, model, lm.tokenizer)
     assert check["ok"] and check["blocks"] == 28 and check["max_abs_logit_diff"] < 1e-4, check
-    assert json.loads((out / "recipe.json").read_text())["compression"]["replaceme"]["calibration"]["sha256"] == \
-        ws.text.sha256
+    assert (
+        json.loads((out / "recipe.json").read_text())["compression"]["replaceme"]["calibration"]["sha256"]
+        == ws.text.sha256
+    )
     # the original is untouched
     assert len(lm.model.model.layers) == 30
-    assert not torch.equal(lm.model.model.layers[start - 1].mlp.down_proj.weight,
-                           model.model.layers[start - 1].mlp.down_proj.weight)
+    assert not torch.equal(
+        lm.model.model.layers[start - 1].mlp.down_proj.weight, model.model.layers[start - 1].mlp.down_proj.weight
+    )

@@ -89,8 +89,27 @@ class _Ws:
 
 def test_cli_writes_the_four_files(tmp_path, capsys, small_zigzag):
     out = tmp_path / "topology"
-    code = cli_main(["topology", "--model", "default", "--device", "cpu", "--text", "alice", "--sequences", "120",
-                     "--seq-len", "32", "--cloud", "last", "--points", "100", "--out", str(out)])
+    code = cli_main(
+        [
+            "topology",
+            "--model",
+            "default",
+            "--device",
+            "cpu",
+            "--text",
+            "alice",
+            "--sequences",
+            "120",
+            "--seq-len",
+            "32",
+            "--cloud",
+            "last",
+            "--points",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     bars = pd.read_csv(out / "zigzag_bars.csv")
     assert list(bars.columns) == ["dim", "birth_index", "death_index", "birth_layer", "death_layer"]
@@ -106,8 +125,13 @@ def test_cli_writes_the_four_files(tmp_path, capsys, small_zigzag):
     assert sug["settings"]["n_windows"] == 120 and sug["settings"]["k"] == 4 and sug["settings"]["max_dim"] == 3
     assert sug["persistence"]["cloud"] == "last" and sug["persistence"]["n_points"] == 100
     pers = pd.read_csv(out / "persistence_layers.csv")
-    assert list(pers.columns[:5]) == ["state", "total_persistence_h0", "entropy_h0", "total_persistence_h1",
-                                      "entropy_h1"]
+    assert list(pers.columns[:5]) == [
+        "state",
+        "total_persistence_h0",
+        "entropy_h0",
+        "total_persistence_h1",
+        "entropy_h1",
+    ]
     assert len(pers) == 31 and (pers["total_persistence_h0"] > 0).all()
 
 
@@ -127,8 +151,22 @@ def test_cli_refuses_bad_settings_before_loading_the_model(tmp_path, capsys, ext
 
 def test_cli_warns_about_an_exploding_setting_and_can_stop_at_the_estimate(tmp_path, capsys, small_zigzag):
     out = tmp_path / "estimate"
-    code = cli_main(["topology", "--device", "cpu", "--sequences", "120", "--k", "14", "--max-dim", "4",
-                     "--estimate-only", "--out", str(out)])
+    code = cli_main(
+        [
+            "topology",
+            "--device",
+            "cpu",
+            "--sequences",
+            "120",
+            "--k",
+            "14",
+            "--max-dim",
+            "4",
+            "--estimate-only",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "warning: This zigzag is large" in err
@@ -145,8 +183,10 @@ def test_cli_refuses_a_text_too_short(tmp_path, capsys):
     assert "error: short.txt (upload) has" in err and "500 windows of 32 tokens need 16000" in err
 
 
-@pytest.mark.skipif(not os.environ.get("LAYERSCOPE_TEST_FULL_ZIGZAG"),
-                    reason="paper-sized default (500 windows): set LAYERSCOPE_TEST_FULL_ZIGZAG=1 (~3.5 min)")
+@pytest.mark.skipif(
+    not os.environ.get("LAYERSCOPE_TEST_FULL_ZIGZAG"),
+    reason="paper-sized default (500 windows): set LAYERSCOPE_TEST_FULL_ZIGZAG=1 (~3.5 min)",
+)
 def test_default_zigzag_of_the_bundled_model(ws, lm, alice):
     r = topo.compute_zigzag(lm, alice)
     assert r.info["n_points"] == 500 and 15_000 < r.info["n_simplices"] < 40_000

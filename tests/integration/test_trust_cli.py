@@ -20,8 +20,9 @@ def _results_folder(tmp_path):
     out.mkdir()
     (out / "layers.csv").write_text("block,linearity\n0,0.899\n")
     (out / "recipe.json").write_text(json.dumps({"layerscope": 1, "model": {"source": "default"}}))
-    (out / ".layerscope.json").write_text(json.dumps({"layerscope": 1, "files": ["layers.csv", "recipe.json",
-                                                                                   ".layerscope.json"]}))
+    (out / ".layerscope.json").write_text(
+        json.dumps({"layerscope": 1, "files": ["layers.csv", "recipe.json", ".layerscope.json"]})
+    )
     return out
 
 
@@ -45,10 +46,23 @@ def test_run_into_an_existing_results_folder_is_refused_and_the_folder_unchanged
 
 def test_a_recipe_with_an_impossible_action_fails_before_any_work_and_leaves_nothing(tmp_path):
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"layerscope": 1, "model": {"source": "default"}, "metrics": {"linearity": {}},
-                                  "action": {"remove_blocks": [12, 31]}, "export": {"form": "dense"}}))
-    _one_line_exit_2(cli("run", recipe, "--out", tmp_path / "out", check=False),
-                     "action.remove_blocks", "block 31 out of range", "0..29")
+    recipe.write_text(
+        json.dumps(
+            {
+                "layerscope": 1,
+                "model": {"source": "default"},
+                "metrics": {"linearity": {}},
+                "action": {"remove_blocks": [12, 31]},
+                "export": {"form": "dense"},
+            }
+        )
+    )
+    _one_line_exit_2(
+        cli("run", recipe, "--out", tmp_path / "out", check=False),
+        "action.remove_blocks",
+        "block 31 out of range",
+        "0..29",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]  # no --out, no temporary
 
 
@@ -60,17 +74,27 @@ def test_report_into_a_folder_and_over_a_foreign_file_is_refused(tmp_path):
     assert mine.read_text() == "<html>my own page</html>"
 
 
-@pytest.mark.parametrize("args,words", [
-    (["prune", "--remove", "abc", "--out", "{tmp}/p"], ["--remove", "'abc'", "0-based"]),
-    (["metrics", "--exclude-first", "200", "--seq-len", "128", "--out", "{tmp}/m"],
-     ["--exclude-first", "0..127", "--seq-len = 128"]),
-    (["metrics", "--text", "{tmp}/five.txt", "--out", "{tmp}/m"],
-     ["five.txt", "has only 5 tokens, fewer than one window of 128"]),
-    (["metrics", "--seq-len", "9000", "--sequences", "1", "--out", "{tmp}/m"], ["--seq-len = 9000", "8192 positions"]),
-    (["evaluate", "--context", "9000", "--tokens", "9000"], ["--context = 9000", "8192 positions"]),
-    (["compress", "--rank", "8", "--blocks", "40", "--out", "{tmp}/c"], ["--blocks", "block 40 out of range"]),
-    (["metrics", "--out", "{tmp}/notes", "--overwrite"], ["not written by LayerScope", "todo.txt"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["prune", "--remove", "abc", "--out", "{tmp}/p"], ["--remove", "'abc'", "0-based"]),
+        (
+            ["metrics", "--exclude-first", "200", "--seq-len", "128", "--out", "{tmp}/m"],
+            ["--exclude-first", "0..127", "--seq-len = 128"],
+        ),
+        (
+            ["metrics", "--text", "{tmp}/five.txt", "--out", "{tmp}/m"],
+            ["five.txt", "has only 5 tokens, fewer than one window of 128"],
+        ),
+        (
+            ["metrics", "--seq-len", "9000", "--sequences", "1", "--out", "{tmp}/m"],
+            ["--seq-len = 9000", "8192 positions"],
+        ),
+        (["evaluate", "--context", "9000", "--tokens", "9000"], ["--context = 9000", "8192 positions"]),
+        (["compress", "--rank", "8", "--blocks", "40", "--out", "{tmp}/c"], ["--blocks", "block 40 out of range"]),
+        (["metrics", "--out", "{tmp}/notes", "--overwrite"], ["not written by LayerScope", "todo.txt"]),
+    ],
+)
 def test_bad_arguments_are_one_line_naming_the_option(tmp_path, args, words):
     (tmp_path / "five.txt").write_text("one two three four five")
     (tmp_path / "notes").mkdir()
@@ -87,9 +111,31 @@ def test_bad_arguments_are_one_line_naming_the_option(tmp_path, args, words):
 
 def test_compress_targets_down_proj_as_in_its_help(tmp_path):
     out = tmp_path / "c"
-    proc = cli("compress", "--method", "svd", "--rank", "16", "--targets", "down_proj", "--blocks", "3",
-               "--sequences", "2", "--seq-len", "64", "--eval-tokens", "256", "--context", "128", "--stride", "128",
-               "--no-speed", "--out", out, check=False)
+    proc = cli(
+        "compress",
+        "--method",
+        "svd",
+        "--rank",
+        "16",
+        "--targets",
+        "down_proj",
+        "--blocks",
+        "3",
+        "--sequences",
+        "2",
+        "--seq-len",
+        "64",
+        "--eval-tokens",
+        "256",
+        "--context",
+        "128",
+        "--stride",
+        "128",
+        "--no-speed",
+        "--out",
+        out,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["matrices"] == 1 and summary["reload_check"]["ok"]
@@ -97,11 +143,33 @@ def test_compress_targets_down_proj_as_in_its_help(tmp_path):
     assert list(recipe["compression"]["low_rank"]["ranks"]) == ["model.layers.3.mlp.down_proj"]
     assert (out / ".layerscope.json").is_file()
     # a second export into it: refused without --overwrite, replaced with it (LayerScope wrote it)
-    again = ["compress", "--method", "svd", "--rank", "8", "--targets", "down_proj", "--blocks", "3", "--sequences",
-             "2", "--seq-len", "64", "--eval-tokens", "256", "--context", "128", "--stride", "128", "--no-speed",
-             "--out", out]
+    again = [
+        "compress",
+        "--method",
+        "svd",
+        "--rank",
+        "8",
+        "--targets",
+        "down_proj",
+        "--blocks",
+        "3",
+        "--sequences",
+        "2",
+        "--seq-len",
+        "64",
+        "--eval-tokens",
+        "256",
+        "--context",
+        "128",
+        "--stride",
+        "128",
+        "--no-speed",
+        "--out",
+        out,
+    ]
     _one_line_exit_2(cli(*again, check=False), "is not empty", "--overwrite")
     proc = cli(*again, "--overwrite")
-    assert json.loads((out / "recipe.json").read_text())["compression"]["low_rank"]["ranks"] == \
-        {"model.layers.3.mlp.down_proj": 8}
+    assert json.loads((out / "recipe.json").read_text())["compression"]["low_rank"]["ranks"] == {
+        "model.layers.3.mlp.down_proj": 8
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]

@@ -74,11 +74,14 @@ def test_compress_page_views_apply_evaluate_export(small_app, tmp_path):
     assert "layerscope_factorised" not in json.loads((tmp_path / "dense" / "config.json").read_text())
 
 
-@pytest.mark.parametrize("setup,message", [
-    ({"lr-ratio": 1.0}, "strictly between 0 and 1"),
-    ({"lr-ratio": 0.0}, "strictly between 0 and 1"),
-    ({"lr-amount": "explicit rank", "lr-rank": 5000}, "rank 5000 is impossible for model.layers.0.mlp.gate_proj"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        ({"lr-ratio": 1.0}, "strictly between 0 and 1"),
+        ({"lr-ratio": 0.0}, "strictly between 0 and 1"),
+        ({"lr-amount": "explicit rank", "lr-rank": 5000}, "rank 5000 is impossible for model.layers.0.mlp.gate_proj"),
+    ],
+)
 def test_compress_page_refuses_bad_amounts(small_app, setup, message):
     at = open_page(small_app, "pages/compress.py")
     for key, value in setup.items():

@@ -88,14 +88,25 @@ def test_two_variants_compared_and_reported(app, tmp_path):
 def test_presentation_mode_reads_a_precomputed_recipe(tmp_path, monkeypatch, lm):
     from streamlit.testing.v1 import AppTest
 
-    recipe = {"layerscope": 1, "name": "demo", "model": {"source": "default"},
-              "calibration": {"text": "alice", "windows": 32, "window_len": 128},
-              "action": {"remove_blocks": [13, 14]},
-              "evaluation": {"settings": {"prompt": "Alice"},
-                             "original": {"perplexity": 20.0, "parameters": 100, "weight_bytes": 400,
-                                          "generation": "a"},
-                             "pruned": {"perplexity": 25.0, "parameters": 90, "weight_bytes": 360, "recovery": 0.8,
-                                        "top1_agreement": 0.7, "generation": "b"}}}
+    recipe = {
+        "layerscope": 1,
+        "name": "demo",
+        "model": {"source": "default"},
+        "calibration": {"text": "alice", "windows": 32, "window_len": 128},
+        "action": {"remove_blocks": [13, 14]},
+        "evaluation": {
+            "settings": {"prompt": "Alice"},
+            "original": {"perplexity": 20.0, "parameters": 100, "weight_bytes": 400, "generation": "a"},
+            "pruned": {
+                "perplexity": 25.0,
+                "parameters": 90,
+                "weight_bytes": 360,
+                "recovery": 0.8,
+                "top1_agreement": 0.7,
+                "generation": "b",
+            },
+        },
+    }
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     monkeypatch.setenv("LAYERSCOPE_PRESENT", "1")
     monkeypatch.setenv("LAYERSCOPE_RECIPE", str(tmp_path / "recipe.json"))

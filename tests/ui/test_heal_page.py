@@ -17,8 +17,14 @@ def cut_variant(lm, asyoulik):
     cut = remove_blocks(lm.model, [12, 13])
     settings = EvalSettings(n_tokens=256, context=128, stride=128, measure_speed=False, max_new_tokens=4)
     table = evaluate(lm.model, lm.tokenizer, asyoulik, settings, candidate=cut, original_key=lm.fingerprint)
-    return Variant(name="minus 12,13", model=cut, action={"remove_blocks": [12, 13]},
-                   base_fingerprint=lm.fingerprint, evaluation=table, recipe={})
+    return Variant(
+        name="minus 12,13",
+        model=cut,
+        action={"remove_blocks": [12, 13]},
+        base_fingerprint=lm.fingerprint,
+        evaluation=table,
+        recipe={},
+    )
 
 
 def heal_app(variant):

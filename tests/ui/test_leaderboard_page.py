@@ -6,8 +6,15 @@ import pytest
 from tests.ui.conftest import no_exceptions, open_page, texts
 
 pytestmark = pytest.mark.slow
-SMALL = {"Largest k (K)": 1, "Search tokens": 128, "Search window": 64, "Tokens": 256, "Context": 128,
-         "Stride": 64, "Random samples": 2}
+SMALL = {
+    "Largest k (K)": 1,
+    "Search tokens": 128,
+    "Search window": 64,
+    "Tokens": 256,
+    "Context": 128,
+    "Stride": 64,
+    "Random samples": 2,
+}
 
 
 def test_leaderboard_page_runs_a_small_board_and_sends_to_prune(app):

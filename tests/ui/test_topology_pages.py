@@ -75,8 +75,9 @@ def test_zigzag_page_draws_the_compared_variant_beside_the_original(lm):
     from analysis.changes.variant import Variant, apply_actions
 
     action = {"remove_blocks": [12, 13]}
-    variant = Variant(name="minus 12,13", model=apply_actions(lm.model, action), action=action,
-                      base_fingerprint=lm.fingerprint)
+    variant = Variant(
+        name="minus 12,13", model=apply_actions(lm.model, action), action=action, base_fingerprint=lm.fingerprint
+    )
     at = open_page("pages/zigzag.py", variants=[variant], compare_variant="minus 12,13")
     submit_zigzag(at)
     assert "Compared with minus 12,13" in [h.value for h in at.header]

@@ -12,14 +12,42 @@ from tests.families import FAMILIES, tiny_model
 # family → (blocks path, attention, attention out, mlp, mlp out, final norm, linear layer types)
 EXPECTED = {
     "gpt2": ("transformer.h", "attn", "attn.c_proj", "mlp", "mlp.c_proj", "transformer.ln_f", ["Conv1D"]),
-    "opt": ("model.decoder.layers", "self_attn", "self_attn.out_proj", "", "fc2", "model.decoder.final_layer_norm",
-            ["Linear"]),
-    "gpt_neox": ("gpt_neox.layers", "attention", "attention.dense", "mlp", "mlp.dense_4h_to_h",
-                 "gpt_neox.final_layer_norm", ["Linear"]),
-    "falcon": ("transformer.h", "self_attention", "self_attention.dense", "mlp", "mlp.dense_4h_to_h",
-               "transformer.ln_f", ["FalconLinear"]),
-    "bloom": ("transformer.h", "self_attention", "self_attention.dense", "mlp", "mlp.dense_4h_to_h",
-              "transformer.ln_f", ["Linear"]),
+    "opt": (
+        "model.decoder.layers",
+        "self_attn",
+        "self_attn.out_proj",
+        "",
+        "fc2",
+        "model.decoder.final_layer_norm",
+        ["Linear"],
+    ),
+    "gpt_neox": (
+        "gpt_neox.layers",
+        "attention",
+        "attention.dense",
+        "mlp",
+        "mlp.dense_4h_to_h",
+        "gpt_neox.final_layer_norm",
+        ["Linear"],
+    ),
+    "falcon": (
+        "transformer.h",
+        "self_attention",
+        "self_attention.dense",
+        "mlp",
+        "mlp.dense_4h_to_h",
+        "transformer.ln_f",
+        ["FalconLinear"],
+    ),
+    "bloom": (
+        "transformer.h",
+        "self_attention",
+        "self_attention.dense",
+        "mlp",
+        "mlp.dense_4h_to_h",
+        "transformer.ln_f",
+        ["Linear"],
+    ),
     "gptj": ("transformer.h", "attn", "attn.out_proj", "mlp", "mlp.fc_out", "transformer.ln_f", ["Linear"]),
     "phi3": ("model.layers", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj", "model.norm", ["Linear"]),
     "mixtral": ("model.layers", "self_attn", "self_attn.o_proj", "mlp", None, "model.norm", ["Linear"]),
@@ -69,8 +97,10 @@ def test_zeroing_both_output_projections_skips_the_block_exactly(family):
     _, model = family
     blocks = block_list(model)[1]
     zero = lambda _m, _a, out: torch.zeros_like(out)  # noqa: E731
-    handles = [arch.attention_site(blocks[0]).register_forward_hook(zero),
-               arch.feed_forward(blocks[0]).register_forward_hook(zero)]
+    handles = [
+        arch.attention_site(blocks[0]).register_forward_hook(zero),
+        arch.feed_forward(blocks[0]).register_forward_hook(zero),
+    ]
     try:
         hs = model.base_model(input_ids=torch.arange(3, 20)[None], output_hidden_states=True).hidden_states
     finally:

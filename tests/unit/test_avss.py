@@ -276,8 +276,38 @@ def test_hooks_refuse_a_4d_mask_and_a_wrong_block_count(tiny_llama: torch.nn.Mod
 # ---- claims no larger than the numbers: AVSS's suggestion against block influence; the site's words -----------
 
 #: block influence of the bundled SmolLM2-135M on alice (32 windows of 128 tokens), rounded; measured
-BUNDLED_BI = [0.986, 0.19, 0.042, 0.032, 0.033, 0.034, 0.035, 0.038, 0.05, 0.041, 0.055, 0.048, 0.033, 0.028, 0.025,
-              0.029, 0.032, 0.026, 0.039, 0.046, 0.063, 0.051, 0.048, 0.047, 0.154, 0.026, 0.032, 0.046, 0.052, 1.036]
+BUNDLED_BI = [
+    0.986,
+    0.19,
+    0.042,
+    0.032,
+    0.033,
+    0.034,
+    0.035,
+    0.038,
+    0.05,
+    0.041,
+    0.055,
+    0.048,
+    0.033,
+    0.028,
+    0.025,
+    0.029,
+    0.032,
+    0.026,
+    0.039,
+    0.046,
+    0.063,
+    0.051,
+    0.048,
+    0.047,
+    0.154,
+    0.026,
+    0.032,
+    0.046,
+    0.052,
+    1.036,
+]
 
 
 def test_avss_caveat_names_the_blocks_block_influence_ranks_most_important() -> None:
@@ -309,8 +339,14 @@ def test_site_label_mentions_experts_only_on_a_mixture_of_experts() -> None:
 
     assert "expert" not in site_label("mlp").lower() and "expert" not in AVSSSettings().describe().lower()
     assert "MoE" in site_label("mlp", moe=True) and site_label("residual", moe=True) == site_label("residual")
-    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1)
+    small = dict(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     dense = AutoModelForCausalLM.from_config(LlamaConfig(**small))
     moe = AutoModelForCausalLM.from_config(MixtralConfig(**small, num_local_experts=2, num_experts_per_tok=1))
     assert not is_moe(SimpleNamespace(blocks=dense.model.layers))

@@ -20,7 +20,6 @@ from analysis.cli import common
 from analysis.cli.main import build_parser, main
 
 
-
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
     try:
         rc = main([str(a) for a in argv])
@@ -58,11 +57,18 @@ def _typed_options():
 
 # --- every numeric option uses a checked type ----------------------------------------------------------------
 
+
 def test_no_option_takes_a_bare_int_or_float():
     """``type=int`` accepts -5 and 10**12, ``type=float`` accepts nan and inf: every number goes through a checked
     type (analysis.cli.common) instead."""
-    bare = [f"{cmd} {opt}" for cmd, p in PARSERS.items() for a in p._actions if a.option_strings
-            for opt in a.option_strings[-1:] if a.type in (int, float) and not a.choices]
+    bare = [
+        f"{cmd} {opt}"
+        for cmd, p in PARSERS.items()
+        for a in p._actions
+        if a.option_strings
+        for opt in a.option_strings[-1:]
+        if a.type in (int, float) and not a.choices
+    ]
     assert not bare, bare
 
 
@@ -70,8 +76,11 @@ def test_no_option_takes_a_bare_int_or_float():
 @pytest.mark.parametrize("value", ["not-a-number", "1.5.2", "nan"])
 def test_every_typed_option_refuses_garbage(cmd, opt, value, capsys, tmp_path):
     out = tmp_path / "out"
-    argv = [cmd, *REQUIRED.get(cmd, []), opt, value, "--out", out] if "--out" in PARSERS[cmd]._option_string_actions \
+    argv = (
+        [cmd, *REQUIRED.get(cmd, []), opt, value, "--out", out]
+        if "--out" in PARSERS[cmd]._option_string_actions
         else [cmd, *REQUIRED.get(cmd, []), opt, value]
+    )
     rc, lines = run_cli(argv, capsys)
     assert_one_line(rc, lines, opt)
     assert not out.exists()
@@ -79,28 +88,54 @@ def test_every_typed_option_refuses_garbage(cmd, opt, value, capsys, tmp_path):
 
 INT_POSITIVE = ["0", "-3", "1.5", "1e3", "", "99999999999999999999"]
 CASES = [
-    ("heal", "--window-len", ["1", "0", "2.5", "-64"]), ("heal", "--steps", INT_POSITIVE),
-    ("heal", "--batch-size", INT_POSITIVE), ("heal", "--rank", INT_POSITIVE), ("heal", "--windows", INT_POSITIVE),
-    ("heal", "--blocks", INT_POSITIVE), ("heal", "--mix", ["-0.1", "1.1", "inf"]),
-    ("heal", "--warmup", ["1", "-0.5", "nan"]), ("heal", "--lr", ["0", "-1", "inf"]),
-    ("heal", "--alpha", ["0", "-2"]), ("heal", "--seed", ["-1", "1.5"]),
+    ("heal", "--window-len", ["1", "0", "2.5", "-64"]),
+    ("heal", "--steps", INT_POSITIVE),
+    ("heal", "--batch-size", INT_POSITIVE),
+    ("heal", "--rank", INT_POSITIVE),
+    ("heal", "--windows", INT_POSITIVE),
+    ("heal", "--blocks", INT_POSITIVE),
+    ("heal", "--mix", ["-0.1", "1.1", "inf"]),
+    ("heal", "--warmup", ["1", "-0.5", "nan"]),
+    ("heal", "--lr", ["0", "-1", "inf"]),
+    ("heal", "--alpha", ["0", "-2"]),
+    ("heal", "--seed", ["-1", "1.5"]),
     ("heal", "--remove", ["12.5", "a", "1,1", "3-1", "-1", "[0,99999999)", "0-99999999"]),
-    ("compress", "--ratio", ["0", "1", "1.5", "-0.1", "inf"]), ("compress", "--rank", INT_POSITIVE),
-    ("compress", "--k1-share", ["0", "1.01"]), ("compress", "--alpha", ["-1"]), ("compress", "--damping", ["-1"]),
-    ("compress", "--blocks", ["0.5", "x", "2,2"]), ("compress", "--replace", ["1.5"]),
-    ("compress", "--remove", ["12.5", "-1"]), ("compress", "--replaceme-relative-ridge", ["-0.1", "nan"]),
-    ("compress", "--replaceme", ["-1:2", "-3:1", "1.5:2", "auto:0", "0:2", "[3,3)", "[5,3)", "[-1,2)", "x", "auto",
-                                 "2:-1", "2:"]),
-    ("compress", "--sequences", INT_POSITIVE), ("compress", "--seq-len", ["1", "0", "2.5"]),
-    ("compress", "--exclude-first", ["-1", "0.5"]), ("compress", "--n-max", ["0"]),
-    ("compress", "--eval-tokens", ["1", "-5"]), ("compress", "--context", ["1"]), ("compress", "--stride", ["0"]),
+    ("compress", "--ratio", ["0", "1", "1.5", "-0.1", "inf"]),
+    ("compress", "--rank", INT_POSITIVE),
+    ("compress", "--k1-share", ["0", "1.01"]),
+    ("compress", "--alpha", ["-1"]),
+    ("compress", "--damping", ["-1"]),
+    ("compress", "--blocks", ["0.5", "x", "2,2"]),
+    ("compress", "--replace", ["1.5"]),
+    ("compress", "--remove", ["12.5", "-1"]),
+    ("compress", "--replaceme-relative-ridge", ["-0.1", "nan"]),
+    (
+        "compress",
+        "--replaceme",
+        ["-1:2", "-3:1", "1.5:2", "auto:0", "0:2", "[3,3)", "[5,3)", "[-1,2)", "x", "auto", "2:-1", "2:"],
+    ),
+    ("compress", "--sequences", INT_POSITIVE),
+    ("compress", "--seq-len", ["1", "0", "2.5"]),
+    ("compress", "--exclude-first", ["-1", "0.5"]),
+    ("compress", "--n-max", ["0"]),
+    ("compress", "--eval-tokens", ["1", "-5"]),
+    ("compress", "--context", ["1"]),
+    ("compress", "--stride", ["0"]),
     ("prune", "--remove", ["12.5", "", "a-b", "1,,x"]),
-    ("leaderboard", "--k", ["0", "1.5", "3-1", "x", "2,2", "-1", "0-3"]), ("leaderboard", "--random", ["-1"]),
-    ("leaderboard", "--search-tokens", ["1"]), ("leaderboard", "--also", ["1.5", "-2"]),
-    ("topology", "--max-dim", ["0", "5"]), ("topology", "--threshold", ["0", "1.5"]),
-    ("topology", "--points", ["2"]), ("topology", "--noise", ["-1"]), ("overview", "--k", ["0"]),
-    ("downstream", "--limit", ["0"]), ("downstream", "--num-fewshot", ["-1"]), ("evaluate", "--tokens", ["1"]),
-    ("capture", "--states", ["0.5", "-1"]), ("metrics", "--avss-eps", ["0", "-1e-5"]),
+    ("leaderboard", "--k", ["0", "1.5", "3-1", "x", "2,2", "-1", "0-3"]),
+    ("leaderboard", "--random", ["-1"]),
+    ("leaderboard", "--search-tokens", ["1"]),
+    ("leaderboard", "--also", ["1.5", "-2"]),
+    ("topology", "--max-dim", ["0", "5"]),
+    ("topology", "--threshold", ["0", "1.5"]),
+    ("topology", "--points", ["2"]),
+    ("topology", "--noise", ["-1"]),
+    ("overview", "--k", ["0"]),
+    ("downstream", "--limit", ["0"]),
+    ("downstream", "--num-fewshot", ["-1"]),
+    ("evaluate", "--tokens", ["1"]),
+    ("capture", "--states", ["0.5", "-1"]),
+    ("metrics", "--avss-eps", ["0", "-1e-5"]),
 ]
 
 
@@ -108,14 +143,14 @@ CASES = [
 def test_out_of_range_numbers_refused_at_parse_time(cmd, opt, value, capsys, tmp_path):
     out = tmp_path / "out"
     has_out = "--out" in PARSERS[cmd]._option_string_actions
-    rc, lines = run_cli([cmd, *REQUIRED.get(cmd, []), f"{opt}={value}", *(["--out", out] if has_out else [])],
-                        capsys)
+    rc, lines = run_cli([cmd, *REQUIRED.get(cmd, []), f"{opt}={value}", *(["--out", out] if has_out else [])], capsys)
     assert_one_line(rc, lines, opt)
     assert lines[0].startswith(f"python -m analysis {cmd}: error: argument {opt}")
     assert not out.exists()
 
 
 # --- property-based: the parse-time types accept exactly what they claim ------------------------------------
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=12))
@@ -139,8 +174,12 @@ def test_open_fraction_is_strictly_between_zero_and_one(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(alphabet="0123456789,-[)]. ax", max_size=14),
-                 st.lists(st.floats(allow_nan=True), max_size=4).map(lambda xs: ",".join(map(repr, xs)))))
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789,-[)]. ax", max_size=14),
+        st.lists(st.floats(allow_nan=True), max_size=4).map(lambda xs: ",".join(map(repr, xs))),
+    )
+)
 def test_block_lists_are_whole_distinct_non_negative_numbers(text):
     from analysis.changes.remove_blocks import parse_blocks
 
@@ -154,8 +193,13 @@ def test_block_lists_are_whole_distinct_non_negative_numbers(text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.floats(allow_nan=True), st.booleans(), st.text(max_size=3),
-                          st.integers(-5, 200_000)), min_size=1, max_size=5))
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_nan=True), st.booleans(), st.text(max_size=3), st.integers(-5, 200_000)),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_block_values_from_a_recipe_are_whole_numbers(values):
     from analysis.changes.remove_blocks import PruneError, parse_blocks
 
@@ -168,8 +212,12 @@ def test_block_values_from_a_recipe_are_whole_numbers(values):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(alphabet="0123456789:-[), auto", max_size=10),
-                 st.tuples(st.integers(-50, 50), st.integers(-5, 50)).map(lambda t: f"{t[0]}:{t[1]}")))
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789:-[), auto", max_size=10),
+        st.tuples(st.integers(-50, 50), st.integers(-5, 50)).map(lambda t: f"{t[0]}:{t[1]}"),
+    )
+)
 def test_replaceme_runs_never_start_below_one(text):
     from analysis.changes.replaceme import ReplaceMeError, parse_run
 
@@ -194,8 +242,12 @@ def test_k_sizes_are_positive(text):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not float(x).is_integer()),
-                 st.integers(max_value=-1)))
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not float(x).is_integer()),
+        st.integers(max_value=-1),
+    )
+)
 def test_cli_block_lists_refuse_fractions_and_negatives(capsys, tmp_path, x):
     rc, lines = run_cli(["prune", f"--remove={x!r}", "--out", tmp_path / "out"], capsys)
     assert_one_line(rc, lines, "--remove")
@@ -203,14 +255,19 @@ def test_cli_block_lists_refuse_fractions_and_negatives(capsys, tmp_path, x):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.integers(max_value=1), st.floats(allow_nan=True, allow_infinity=True).filter(
-    lambda x: not float(x).is_integer())))
+@given(
+    st.one_of(
+        st.integers(max_value=1),
+        st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not float(x).is_integer()),
+    )
+)
 def test_cli_window_lengths_refuse_non_tokens(capsys, tmp_path, x):
     rc, lines = run_cli(["heal", f"--window-len={x!r}", "--out", tmp_path / "out"], capsys)
     assert_one_line(rc, lines, "--window-len")
 
 
 # --- destinations: checked before any work, messages name only real options ----------------------------------
+
 
 def _marked_folder(path: Path) -> Path:
     path.mkdir(parents=True)
@@ -225,8 +282,9 @@ def _minimal_recipe(tmp_path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("cmd", sorted(c for c, p in PARSERS.items() if "--out" in p._option_string_actions
-                                       and c != "report"))
+@pytest.mark.parametrize(
+    "cmd", sorted(c for c, p in PARSERS.items() if "--out" in p._option_string_actions and c != "report")
+)
 def test_destination_refused_first_naming_only_real_options(cmd, capsys, tmp_path, monkeypatch):
     import analysis.model.loading as loading
 
@@ -235,8 +293,11 @@ def test_destination_refused_first_naming_only_real_options(cmd, capsys, tmp_pat
 
     monkeypatch.setattr(loading, "load_model", no_loading)
     out = _marked_folder(tmp_path / "existing")
-    args = {"run": [_minimal_recipe(tmp_path)], "prune": ["--remove", "12"], "compress": ["--remove", "3",
-            "--replace", "12"]}.get(cmd, [])
+    args = {
+        "run": [_minimal_recipe(tmp_path)],
+        "prune": ["--remove", "12"],
+        "compress": ["--remove", "3", "--replace", "12"],
+    }.get(cmd, [])
     rc, lines = run_cli([cmd, *args, "--out", out], capsys)
     assert_one_line(rc, lines, str(out))
     named = set(re.findall(r"(--[a-z][a-z-]+)", lines[0]))
@@ -270,8 +331,14 @@ def test_leaderboard_checks_out_first_and_offers_its_own_overwrite(capsys, tmp_p
 
 # --- impossible settings, from the configuration alone ----------------------------------------------------------
 
-@pytest.mark.parametrize("extra,words", [(["--window-len", "1000000"], ["--window-len", "8,192 positions"]),
-                                         (["--window-len", "4096", "--batch-size", "64"], ["memory", "--batch-size"])])
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--window-len", "1000000"], ["--window-len", "8,192 positions"]),
+        (["--window-len", "4096", "--batch-size", "64"], ["memory", "--batch-size"]),
+    ],
+)
 def test_heal_windows_bounded_before_loading(extra, words, capsys, tmp_path, monkeypatch):
     import analysis.model.loading as loading
 
@@ -294,8 +361,9 @@ def test_replaceme_needs_more_tokens_than_the_width(capsys, tmp_path, monkeypatc
     import analysis.model.loading as loading
 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded before the tokens were checked"))
-    rc, lines = run_cli(["compress", "--replaceme", "14:2", "--sequences", "4", "--seq-len", "128",
-                         "--out", tmp_path / "out"], capsys)
+    rc, lines = run_cli(
+        ["compress", "--replaceme", "14:2", "--sequences", "4", "--seq-len", "128", "--out", tmp_path / "out"], capsys
+    )
     assert_one_line(rc, lines, "--sequences 5", "577 tokens")
 
 
@@ -380,6 +448,7 @@ def test_run_bad_recipe_one_line(capsys, tmp_path):
 
 # --- disk full ----------------------------------------------------------------------------------------------------
 
+
 def _little_space(monkeypatch, free=1 << 20):
     import shutil
     from collections import namedtuple
@@ -397,8 +466,15 @@ def tiny_lm():
     from analysis.model.loading import LoadedModel, ModelSpec
     from tests.families import byte_tokenizer, tiny_model
 
-    return LoadedModel(model=tiny_model("llama"), tokenizer=byte_tokenizer(), spec=ModelSpec(source="tiny"),
-                       name="tiny", fingerprint="tiny-llama", load_seconds=0.0, source_kind="derived")
+    return LoadedModel(
+        model=tiny_model("llama"),
+        tokenizer=byte_tokenizer(),
+        spec=ModelSpec(source="tiny"),
+        name="tiny",
+        fingerprint="tiny-llama",
+        load_seconds=0.0,
+        source_kind="derived",
+    )
 
 
 def test_capture_refused_when_the_disk_is_too_small(tiny_lm, cache_dir, monkeypatch):
@@ -452,8 +528,9 @@ def test_export_enospc_mid_write_leaves_nothing(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device", str(directory / "model.safetensors"))
 
     with pytest.raises(DiskFull, match="disk is full"):
-        export_checkpoint(tiny_model("llama"), byte_tokenizer(), tmp_path / "out", {"layerscope": 1},
-                          save_fn=half_then_full)
+        export_checkpoint(
+            tiny_model("llama"), byte_tokenizer(), tmp_path / "out", {"layerscope": 1}, save_fn=half_then_full
+        )
     assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
 
 
@@ -475,8 +552,12 @@ def test_a_background_job_on_a_full_disk_fails_alone(tiny_lm, monkeypatch):
     from analysis.texts import bundled_text
 
     _little_space(monkeypatch)
-    job = jobs.submit("disk-full-test", "capture", lambda j: capture_hidden_states(tiny_lm, bundled_text("alice"),
-                                                                                   64, 128), owner="t-disk")
+    job = jobs.submit(
+        "disk-full-test",
+        "capture",
+        lambda j: capture_hidden_states(tiny_lm, bundled_text("alice"), 64, 128),
+        owner="t-disk",
+    )
     jobs.wait(job.key, timeout=120)
     assert job.state == jobs.FAILED and "not enough disk space" in job.error and "\n" not in job.error
     after = jobs.submit("disk-full-test-2", "next", lambda j: 42, owner="t-disk")

@@ -6,12 +6,15 @@ from analysis.changes import low_rank as cp
 from tests.families import tiny_model
 
 
-@pytest.mark.parametrize("family,offered,mlp", [
-    ("gpt2", ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"], ["c_fc", "mlp.c_proj"]),
-    ("opt", ["k_proj", "v_proj", "q_proj", "out_proj", "fc1", "fc2"], ["fc1", "fc2"]),
-    ("phi3", ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"], ["gate_up_proj", "down_proj"]),
-    ("mixtral", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]),
-])
+@pytest.mark.parametrize(
+    "family,offered,mlp",
+    [
+        ("gpt2", ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"], ["c_fc", "mlp.c_proj"]),
+        ("opt", ["k_proj", "v_proj", "q_proj", "out_proj", "fc1", "fc2"], ["fc1", "fc2"]),
+        ("phi3", ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"], ["gate_up_proj", "down_proj"]),
+        ("mixtral", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    ],
+)
 def test_offered_names_resolve_to_one_matrix_each(family, offered, mlp):
     from components.compress import default_mlp, moe_note, projection_names
 

@@ -51,17 +51,32 @@ class CharTokenizer:
 
 def tiny(seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def workspace(model=None, windows: int = 8, window_len: int = 32) -> Workspace:
     model = model if model is not None else tiny()
-    lm = LoadedModel(model=model, tokenizer=CharTokenizer(), spec=ModelSpec(source="tiny"), name="tiny",
-                     fingerprint=fingerprint(model), load_seconds=0.0, source_kind="derived")
-    text = text_from_string("Alice was beginning to get very tired of sitting by her sister on the bank. " * 40,
-                            name="tiny-text")
+    lm = LoadedModel(
+        model=model,
+        tokenizer=CharTokenizer(),
+        spec=ModelSpec(source="tiny"),
+        name="tiny",
+        fingerprint=fingerprint(model),
+        load_seconds=0.0,
+        source_kind="derived",
+    )
+    text = text_from_string(
+        "Alice was beginning to get very tired of sitting by her sister on the bank. " * 40, name="tiny-text"
+    )
     return Workspace(lm=lm, text=text, calibration=Calibration(n_windows=windows, window_len=window_len))
 
 
@@ -110,8 +125,10 @@ def test_statistics_are_gathered_once_and_shared_by_every_method():
     stats, info = cp.calibration_stats(ws.lm, ws.text, c.n_windows, c.window_len, ["mlp"])
     assert info["computed"] == ["mlp"] and len(stats) == 12 and stats.n_tokens == 256
     # gate and up read the same input: one site
-    assert stats.sharing_input("model.layers.0.mlp.gate_proj") == ["model.layers.0.mlp.gate_proj",
-                                                                   "model.layers.0.mlp.up_proj"]
+    assert stats.sharing_input("model.layers.0.mlp.gate_proj") == [
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.0.mlp.up_proj",
+    ]
     again, info = cp.calibration_stats(ws.lm, ws.text, c.n_windows, c.window_len, ["mlp"], blocks=[2])
     assert info["cached"] == ["mlp"] and info["computed"] == []  # the all-blocks entry serves a subset
     name = "model.layers.2.mlp.down_proj"
@@ -131,22 +148,27 @@ def test_a_corrupt_statistics_entry_is_recomputed():
     assert info["computed"] == ["attn"] and len(stats) == 16
 
 
-@pytest.mark.parametrize("value,message", [
-    ({"method": "svd", "ratio": 0.0}, "strictly between 0 and 1"),
-    ({"method": "svd", "ratio": 1.0}, "strictly between 0 and 1"),
-    ({"method": "svd", "ratio": 1.5}, "strictly between 0 and 1"),
-    ({"method": "svd", "ratio": -0.2}, "strictly between 0 and 1"),
-    ({"method": "svd"}, "say how much to remove"),
-    ({"method": "svd", "ratio": 0.2, "rank": 3}, "not both"),
-    ({"method": "pca", "ratio": 0.2}, "unknown method 'pca'"),
-    ({"method": "svd", "ratio": 0.2, "colour": 1}, "unknown low_rank key(s) colour"),
-    ({"method": "nsvd", "ratio": 0.2, "k1_share": 1.5}, "k1 share must lie in (0, 1]"),
-    ({"method": "svd", "ratio": 0.2, "form": "sparse"}, "form must be one of dense, factorised"),
-    ({"method": "svd", "rank": 40}, "rank 40 is impossible for model.layers.0.mlp.gate_proj (64×32): it must lie in "
-                                    "[1, 32]"),
-    ({"method": "svd", "ratio": 0.2, "blocks": [4]}, "block 4 out of range"),
-    ({"method": "svd", "ratio": 0.2, "targets": ["nope_proj"]}, "no linear layer named nope_proj"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ({"method": "svd", "ratio": 0.0}, "strictly between 0 and 1"),
+        ({"method": "svd", "ratio": 1.0}, "strictly between 0 and 1"),
+        ({"method": "svd", "ratio": 1.5}, "strictly between 0 and 1"),
+        ({"method": "svd", "ratio": -0.2}, "strictly between 0 and 1"),
+        ({"method": "svd"}, "say how much to remove"),
+        ({"method": "svd", "ratio": 0.2, "rank": 3}, "not both"),
+        ({"method": "pca", "ratio": 0.2}, "unknown method 'pca'"),
+        ({"method": "svd", "ratio": 0.2, "colour": 1}, "unknown low_rank key(s) colour"),
+        ({"method": "nsvd", "ratio": 0.2, "k1_share": 1.5}, "k1 share must lie in (0, 1]"),
+        ({"method": "svd", "ratio": 0.2, "form": "sparse"}, "form must be one of dense, factorised"),
+        (
+            {"method": "svd", "rank": 40},
+            "rank 40 is impossible for model.layers.0.mlp.gate_proj (64×32): it must lie in [1, 32]",
+        ),
+        ({"method": "svd", "ratio": 0.2, "blocks": [4]}, "block 4 out of range"),
+        ({"method": "svd", "ratio": 0.2, "targets": ["nope_proj"]}, "no linear layer named nope_proj"),
+    ],
+)
 def test_bad_low_rank_values_get_clear_messages(value, message):
     ws = workspace()
     with pytest.raises(cp.CompressionError) as exc:
@@ -159,8 +181,9 @@ def test_a_rank_that_saves_nothing_is_warned_about_and_recorded():
     plan, warnings = cp.plan_ranks(ws.lm.model, ["model.layers.0.mlp.down_proj"], rank=30)
     assert plan == {"model.layers.0.mlp.down_proj": 30}
     assert "saves no parameters" in warnings[0] and "break-even rank 21.3" in warnings[0]
-    variant = apply_actions(ws.lm.model, {"low_rank": {"method": "svd", "rank": 30, "targets": ["down_proj"],
-                                                       "blocks": [0]}}, ws)
+    variant = apply_actions(
+        ws.lm.model, {"low_rank": {"method": "svd", "rank": 30, "targets": ["down_proj"], "blocks": [0]}}, ws
+    )
     assert "saves no parameters" in cp.record_of(variant)["low_rank"]["notes"][0]
     # a ratio never gives such a rank
     assert not cp.plan_ranks(ws.lm.model, ["model.layers.0.mlp.down_proj"], ratio=0.01)[1]
@@ -172,8 +195,7 @@ def test_explicit_ranks_per_matrix():
     variant = apply_actions(ws.lm.model, {"low_rank": {"method": "svd-llm", "ranks": ranks, "form": "factorised"}}, ws)
     assert cp.low_rank_ranks(variant) == ranks
     with pytest.raises(cp.CompressionError, match="not targets"):
-        cp.plan_ranks(ws.lm.model, ["model.layers.0.mlp.up_proj"], ratio=0.2,
-                      ranks={"model.layers.1.mlp.up_proj": 3})
+        cp.plan_ranks(ws.lm.model, ["model.layers.0.mlp.up_proj"], ratio=0.2, ranks={"model.layers.1.mlp.up_proj": 3})
 
 
 def test_rank_deficient_gram_is_damped_and_said_so():
@@ -197,13 +219,15 @@ def test_low_rank_then_remove_blocks_exports_exactly_after_renumbering(tmp_path)
     # block 3 of the original is block 2 now: its matrices carry their rank with them
     k = rank_for_ratio(64, 32, 0.3)
     assert cp.low_rank_ranks(variant) == {f"model.layers.2.mlp.{p}_proj": k for p in ("gate", "up", "down")}
-    assert cp.record_of(variant)["low_rank"]["ranks"] == {f"model.layers.3.mlp.{p}_proj": k
-                                                         for p in ("gate", "up", "down")}
+    assert cp.record_of(variant)["low_rank"]["ranks"] == {
+        f"model.layers.3.mlp.{p}_proj": k for p in ("gate", "up", "down")
+    }
     assert candidate_name(action) == "changed" and "remove blocks 1" in describe_action(action)
     tok = CharTokenizer()
     for form in ("factorised", "dense"):
-        out = export_checkpoint(variant, tok, tmp_path / form, {"form": form},
-                                save_fn=lambda m, d, f=form: save_checkpoint(m, d, f))
+        out = export_checkpoint(
+            variant, tok, tmp_path / form, {"form": form}, save_fn=lambda m, d, f=form: save_checkpoint(m, d, f)
+        )
         config = json.loads((out / "config.json").read_text())
         check = verify_export(out, variant, tok, loader=load_checkpoint)
         assert check["ok"] and check["blocks"] == 3
@@ -220,8 +244,9 @@ def test_low_rank_then_remove_blocks_exports_exactly_after_renumbering(tmp_path)
 
 def test_factorised_export_reloads_to_identical_logits(tmp_path):
     ws = workspace()
-    variant = apply_actions(ws.lm.model, {"low_rank": {"method": "nsvd", "ratio": 0.5, "targets": "all",
-                                                       "form": "factorised"}}, ws)
+    variant = apply_actions(
+        ws.lm.model, {"low_rank": {"method": "nsvd", "ratio": 0.5, "targets": "all", "form": "factorised"}}, ws
+    )
     out = tmp_path / "fact"
     out.mkdir()
     save_checkpoint(variant, out, form="factorised")
@@ -262,19 +287,27 @@ def test_replace_linear_with_remove_blocks(tmp_path):
 
 def test_replace_linear_then_low_rank_skips_the_replaced_blocks():
     ws = workspace()
-    variant = apply_actions(ws.lm.model, {"replace_linear": [1], "low_rank": {"method": "svd", "ratio": 0.2,
-                                                                              "targets": "all"}}, ws)
+    variant = apply_actions(
+        ws.lm.model, {"replace_linear": [1], "low_rank": {"method": "svd", "ratio": 0.2, "targets": "all"}}, ws
+    )
     record = cp.record_of(variant)
     assert not any(".layers.1." in n for n in record["low_rank"]["ranks"])
     assert any("replaced by linear maps" in n for n in record["low_rank"]["notes"])
     with pytest.raises(cp.CompressionError, match="every chosen block is replaced"):
-        apply_actions(ws.lm.model, {"replace_linear": [1], "low_rank": {"method": "svd", "ratio": 0.2,
-                                                                         "blocks": [1]}}, ws)
+        apply_actions(
+            ws.lm.model, {"replace_linear": [1], "low_rank": {"method": "svd", "ratio": 0.2, "blocks": [1]}}, ws
+        )
 
 
-@pytest.mark.parametrize("value,message", [([], "no blocks chosen"), ([4], "out of range"),
-                                           ([1, 1], "named more than once"),
-                                           ({"blocks": [1], "ridge": -1}, "ridge must be non-negative")])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ([], "no blocks chosen"),
+        ([4], "out of range"),
+        ([1, 1], "named more than once"),
+        ({"blocks": [1], "ridge": -1}, "ridge must be non-negative"),
+    ],
+)
 def test_bad_replacements(value, message):
     ws = workspace()
     with pytest.raises(cp.CompressionError, match=message):
@@ -299,5 +332,6 @@ def test_recipe_records_ranks_parameters_and_validates():
 def test_method_names_and_describe():
     assert cp.method_name("SVD_LLM") == "svd-llm"
     assert describe_action({"low_rank": {"method": "nsvd", "ratio": 0.2}}).startswith(
-        "NSVD low rank: 20% of the parameters of mlp matrices in all blocks")
+        "NSVD low rank: 20% of the parameters of mlp matrices in all blocks"
+    )
     assert describe_action({"replace_linear": [12, 13]}) == "replace blocks 12, 13 by linear maps"

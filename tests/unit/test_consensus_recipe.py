@@ -30,15 +30,18 @@ def test_valid_recipe_passes():
     recipe.validate(_minimal(metrics={"linearity": {}}, evaluation={"settings": {"text": "asyoulik"}}))
 
 
-@pytest.mark.parametrize("bad,message", [
-    (_minimal(colour="blue"), "unknown recipe key(s): colour"),
-    ({"action": {}}, "names no model"),
-    ({"model": {"path": "x"}}, "unknown key(s) in 'model': path"),
-    (_minimal(metrics={"astrology": {}}), "unknown metric group(s) in 'metrics': astrology"),
-    ({"model": {"source": "default"}, "action": {"delete_everything": True}}, "unknown action key(s)"),
-    (_minimal(evaluation={"settings": {"tokenz": 5}}), "unknown evaluation setting(s): tokenz"),
-    (_minimal(calibration={"text": "alice", "windowz": 3}), "unknown key(s) in 'calibration': windowz"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (_minimal(colour="blue"), "unknown recipe key(s): colour"),
+        ({"action": {}}, "names no model"),
+        ({"model": {"path": "x"}}, "unknown key(s) in 'model': path"),
+        (_minimal(metrics={"astrology": {}}), "unknown metric group(s) in 'metrics': astrology"),
+        ({"model": {"source": "default"}, "action": {"delete_everything": True}}, "unknown action key(s)"),
+        (_minimal(evaluation={"settings": {"tokenz": 5}}), "unknown evaluation setting(s): tokenz"),
+        (_minimal(calibration={"text": "alice", "windowz": 3}), "unknown key(s) in 'calibration': windowz"),
+    ],
+)
 def test_recipe_errors_are_clear(bad, message):
     with pytest.raises(recipe.RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         recipe.validate(bad)

@@ -44,8 +44,15 @@ class TinyLM:
 
 def tiny(identity_block: int | None = None, seed: int = 0, name: str = "tiny") -> TinyLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model = LlamaForCausalLM(cfg).eval()
     for name, p in model.named_parameters():  # larger block weights than the default init: every block matters
         if ".layers." in name and p.dim() == 2:
@@ -201,9 +208,12 @@ def test_rules_are_a_registry_keyed_by_rule_and_k():
         assert extra in lb.rules()
     finally:
         lb._RULES.pop("test-noop")
-    rows = __import__("pandas").DataFrame([
-        {"rule": "a", "label": "A", "kind": "metric", "k": 1, "blocks": "3", "perplexity": 12.0},
-        {"rule": "greedy", "label": "G", "kind": "search", "k": 1, "blocks": "4", "perplexity": 10.0},
-        {"rule": "random", "label": "R", "kind": "random", "k": 1, "blocks": "5", "perplexity": 9.0}])
+    rows = __import__("pandas").DataFrame(
+        [
+            {"rule": "a", "label": "A", "kind": "metric", "k": 1, "blocks": "3", "perplexity": 12.0},
+            {"rule": "greedy", "label": "G", "kind": "search", "k": 1, "blocks": "4", "perplexity": 10.0},
+            {"rule": "random", "label": "R", "kind": "random", "k": 1, "blocks": "5", "perplexity": 9.0},
+        ]
+    )
     w = lb.winners(rows)
     assert w.iloc[0]["rule"] == "greedy" and w.iloc[0]["greedy_perplexity"] == 10.0

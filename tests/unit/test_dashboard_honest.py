@@ -54,8 +54,12 @@ def test_real_rips_probe_is_short_and_follows_the_load():
 
 
 def test_format_seconds():
-    assert [estimate.format_seconds(s) for s in (0.42, 12.4, 200, 4000)] == ["0.4 s", "12 s", "3 min 20 s",
-                                                                             "1 h 07 min"]
+    assert [estimate.format_seconds(s) for s in (0.42, 12.4, 200, 4000)] == [
+        "0.4 s",
+        "12 s",
+        "3 min 20 s",
+        "1 h 07 min",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,6 +73,7 @@ def test_interleaved_calls_a_b_a_b_after_one_warm_up_each():
         def f():
             order.append(name)
             return value
+
         return f
 
     out = ev.interleaved({"A": fn("A", 1.0), "B": fn("B", 2.0)}, rounds=3)
@@ -95,15 +100,20 @@ def test_interleaving_shares_the_load_between_the_two_models():
     assert spread == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 4}
 
 
-
-
 def test_measure_speed_times_both_models_in_one_run_with_the_spread():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+    )
     a, b = LlamaForCausalLM(cfg).eval(), LlamaForCausalLM(cfg).eval()
 
     class Tok:
@@ -113,6 +123,7 @@ def test_measure_speed_times_both_models_in_one_run_with_the_spread():
             class Enc(dict):
                 def to(self, device):
                     return self
+
             return Enc(input_ids=torch.tensor([[5, 6, 7, 8]]), attention_mask=torch.ones(1, 4, dtype=torch.long))
 
     settings = ev.EvalSettings(context=32, max_new_tokens=4)
@@ -181,11 +192,26 @@ def test_report_is_never_overwritten_without_asking(tmp_path):
 def test_variants_frame_and_summary_from_evaluations():
     from analysis.workflow.report import _generations_html, variants_frame
 
-    evaluation = {"settings": {"prompt": "Alice"}, "text": {"name": "asyoulik"},
-                  "original": {"perplexity": 20.0, "parameters": 100, "weight_bytes": 2**21, "generation": "was",
-                               "decode_ms_per_token": 30.0},
-                  "pruned": {"perplexity": 25.0, "recovery": 0.8, "parameters": 80, "weight_bytes": 2**20,
-                             "generation": "is", "decode_ms_per_token": 25.0, "top1_agreement": 0.9}}
+    evaluation = {
+        "settings": {"prompt": "Alice"},
+        "text": {"name": "asyoulik"},
+        "original": {
+            "perplexity": 20.0,
+            "parameters": 100,
+            "weight_bytes": 2**21,
+            "generation": "was",
+            "decode_ms_per_token": 30.0,
+        },
+        "pruned": {
+            "perplexity": 25.0,
+            "recovery": 0.8,
+            "parameters": 80,
+            "weight_bytes": 2**20,
+            "generation": "is",
+            "decode_ms_per_token": 25.0,
+            "top1_agreement": 0.9,
+        },
+    }
     frame = variants_frame([{"name": "minus 3", "action": {"remove_blocks": [3]}, "evaluation": evaluation}])
     assert frame["variant"].tolist() == ["original", "minus 3"] and frame["weights MiB"].tolist() == [2.0, 1.0]
     gens = _generations_html([{"name": "minus 3", "evaluation": evaluation}])

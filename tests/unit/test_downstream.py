@@ -36,16 +36,29 @@ def _prepared(root: Path, folder: str, config: str) -> None:
     (d / "dataset_info.json").write_text(json.dumps({"config_name": config}))
 
 
-def _local_task(folder: Path, name: str, data: str | None = "items.jsonl", output_type: str = "multiple_choice",
-                write_data: bool = True) -> Path:
+def _local_task(
+    folder: Path,
+    name: str,
+    data: str | None = "items.jsonl",
+    output_type: str = "multiple_choice",
+    write_data: bool = True,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"task: {name}", "dataset_path: json", f"output_type: {output_type}", "test_split: test",
-             'doc_to_text: "{{q}}"', "doc_to_target: label", "doc_to_choice: choices"]
+    lines = [
+        f"task: {name}",
+        "dataset_path: json",
+        f"output_type: {output_type}",
+        "test_split: test",
+        'doc_to_text: "{{q}}"',
+        "doc_to_target: label",
+        "doc_to_choice: choices",
+    ]
     if data:
         lines += ["dataset_kwargs:", "  data_files:", f"    test: {data}"]
         if write_data:
-            (folder / data).write_text(json.dumps({"q": "Two and two make", "choices": ["four", "five"],
-                                                   "label": 0}) + "\n")
+            (folder / data).write_text(
+                json.dumps({"q": "Two and two make", "choices": ["four", "five"], "label": 0}) + "\n"
+            )
     path = folder / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -120,9 +133,14 @@ def test_standard_task_table_matches_lm_eval_configs():
     from analysis.evaluation.downstream import _load_yaml
 
     root = Path(lm_eval.__file__).parent / "tasks"
-    files = {"hellaswag": "hellaswag/hellaswag.yaml", "winogrande": "winogrande/default.yaml",
-             "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml", "piqa": "piqa/piqa.yaml",
-             "mmlu": "mmlu/default/_default_template_yaml"}
+    files = {
+        "hellaswag": "hellaswag/hellaswag.yaml",
+        "winogrande": "winogrande/default.yaml",
+        "arc_easy": "arc/arc_easy.yaml",
+        "arc_challenge": "arc/arc_challenge.yaml",
+        "piqa": "piqa/piqa.yaml",
+        "mmlu": "mmlu/default/_default_template_yaml",
+    }
     for name, rel in files.items():
         cfg = _load_yaml(root / rel)
         dataset_id, config, _ = ds.STANDARD_TASKS[name]
@@ -189,9 +207,19 @@ class _NoModel:
 
 def _fake_results(name: str, acc: float, n: int) -> dict:
     """The shape of what lm_eval.simple_evaluate returns for one multiple-choice task."""
-    return {"results": {name: {"alias": name, "acc,none": acc, "acc_stderr,none": 0.05, "acc_norm,none": acc + 0.1,
-                               "acc_norm_stderr,none": 0.05}},
-            "n-samples": {name: {"original": 75, "effective": n}}, "group_subtasks": {name: []}}
+    return {
+        "results": {
+            name: {
+                "alias": name,
+                "acc,none": acc,
+                "acc_stderr,none": 0.05,
+                "acc_norm,none": acc + 0.1,
+                "acc_norm_stderr,none": 0.05,
+            }
+        },
+        "n-samples": {name: {"original": 75, "effective": n}},
+        "group_subtasks": {name: []},
+    }
 
 
 def test_unavailable_task_never_runs_and_has_no_numbers(empty_hf_caches, monkeypatch):
@@ -244,8 +272,9 @@ def test_compare_and_frame(empty_hf_caches, monkeypatch):
     accs = iter([0.6, 0.3])
     monkeypatch.setattr(ds, "_make_lm", lambda *a, **k: type("LM", (), {})())
     monkeypatch.setattr(ds, "_simple_evaluate", lambda lm, info, limit, nf: _fake_results(info.name, next(accs), 75))
-    out = ds.evaluate_downstream(_NoModel(), None, ["layerscope_cloze", "piqa"], candidate=_NoModel(),
-                                 candidate_name="pruned")
+    out = ds.evaluate_downstream(
+        _NoModel(), None, ["layerscope_cloze", "piqa"], candidate=_NoModel(), candidate_name="pruned"
+    )
     rec = out["recovery"]
     assert rec["layerscope_cloze"]["recovery"] == pytest.approx(0.5)
     assert rec["layerscope_cloze"]["recovery_acc_norm"] == pytest.approx(0.4 / 0.7)

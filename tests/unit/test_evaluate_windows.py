@@ -24,8 +24,16 @@ def test_every_position_scored_once(n, context, stride):
 
 def test_candidate_equal_to_original_has_zero_kl_and_full_agreement():
     torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=1)).eval()
+    m = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
     ids = np.random.default_rng(0).integers(0, 50, 200)
     s = EvalSettings(n_tokens=200, context=64, stride=32)
     ref = _scored_pass(m, ids, s, None, "o", keep=True)
@@ -39,4 +47,3 @@ def test_bad_settings():
         EvalSettings(context=10, stride=20).validate()
     with pytest.raises(EvaluationError):
         EvalSettings(n_tokens=100, context=512).validate()
-

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from analysis import cache
 from analysis.capture.linear_inputs import collect_stats
 from analysis.changes.truncation import apply_truncation, densify, plan_for_ratio
 from analysis.methods.lowrank import activation_loss, svd_llm
 from analysis.model.architecture import target_linears
-from analysis import cache
 from analysis.model.checkpoint import (
     is_factorised_checkpoint,
     load_factorised,
@@ -84,7 +84,9 @@ def test_report_predicted_loss_is_the_calibration_loss() -> None:
     row = report.matrices[0]
     expected = activation_loss(W, svd_llm(W.double(), stats[name].gram, 20).weight(), stats[name].gram)
     assert row.predicted_loss == pytest.approx(expected, rel=1e-6)
-    assert row.relative_loss == pytest.approx(expected / activation_loss(W, torch.zeros_like(W), stats[name].gram), rel=1e-6)
+    assert row.relative_loss == pytest.approx(
+        expected / activation_loss(W, torch.zeros_like(W), stats[name].gram), rel=1e-6
+    )
     assert report.records()[0]["name"] == name
 
 

@@ -38,11 +38,25 @@ from components import geometry_figures as gf
 def tiny_lm() -> LoadedModel:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
-    return LoadedModel(model=model, tokenizer=None, spec=ModelSpec(), name="tiny", fingerprint="tiny",
-                       load_seconds=0.0, source_kind="derived")
+    return LoadedModel(
+        model=model,
+        tokenizer=None,
+        spec=ModelSpec(),
+        name="tiny",
+        fingerprint="tiny",
+        load_seconds=0.0,
+        source_kind="derived",
+    )
 
 
 def _windows() -> np.ndarray:
@@ -175,11 +189,14 @@ def test_knn_exact_on_near_duplicates_takes_the_float64_path() -> None:
     np.testing.assert_allclose(got, np.sort(D, axis=1)[:, :4], rtol=1e-5)
 
 
-@pytest.mark.parametrize(("cloud", "message"), [
-    (np.random.default_rng(0).standard_normal((15, 8)), "at least 20"),
-    (np.ones((100, 8)), "constant cloud"),
-    (np.repeat(np.random.default_rng(0).standard_normal((30, 8)), 5, axis=0), "distinct points"),
-])
+@pytest.mark.parametrize(
+    ("cloud", "message"),
+    [
+        (np.random.default_rng(0).standard_normal((15, 8)), "at least 20"),
+        (np.ones((100, 8)), "constant cloud"),
+        (np.repeat(np.random.default_rng(0).standard_normal((30, 8)), 5, axis=0), "distinct points"),
+    ],
+)
 def test_state_id_bad_clouds_give_clear_messages(cloud, message) -> None:
     with pytest.raises(ValueError, match=message):
         state_id(cloud, IDSettings(n_subsets=4, max_points=None))
@@ -237,8 +254,7 @@ class _FakeWorkspace:
 
 
 def test_profile_with_a_bad_state_has_no_nan_on_the_chart() -> None:
-    clouds = [_plane(400, 2, 30, 1), np.ones((400, 30), dtype=np.float32), _plane(400, 3, 30, 2),
-              _plane(400, 2, 30, 3)]
+    clouds = [_plane(400, 2, 30, 1), np.ones((400, 30), dtype=np.float32), _plane(400, 3, 30, 2), _plane(400, 2, 30, 3)]
     prof = id_profile_result(_FakeWorkspace(clouds), IDSettings(n_subsets=4, max_points=None))
     assert set(prof.errors) == {1} and "constant" in prof.errors[1]
     assert prof.table["id_twonn"].isna().tolist() == [False, True, False, False]
@@ -267,15 +283,22 @@ def test_profile_from_arrays_shape_text() -> None:
     n = 5
     ids = np.array([[5, 5], [9, 9], [14, 14], [8, 8], [6, 6]], dtype=float)
     arrays = {f"subsets_{e}": ids for e in ("twonn", "gride", "corr")}
-    arrays.update(n_points=np.full(n, 100), n_distinct=np.full(n, 100), scale=np.ones(n),
-                  sweep=np.full((n, 1, 2), 3.0), radius=np.ones((n, 1, 2)))
-    prof = _profile_from_arrays(arrays, {"n_blocks": 4, "width": 16, "errors": {}},
-                                IDSettings(n_subsets=2, sweep_ks=(1,)), None)
+    arrays.update(
+        n_points=np.full(n, 100),
+        n_distinct=np.full(n, 100),
+        scale=np.ones(n),
+        sweep=np.full((n, 1, 2), 3.0),
+        radius=np.ones((n, 1, 2)),
+    )
+    prof = _profile_from_arrays(
+        arrays, {"n_blocks": 4, "width": 16, "errors": {}}, IDSettings(n_subsets=2, sweep_ks=(1,)), None
+    )
     assert prof.peak() == (2, 14.0) and prof.final() == (4, 6.0)
     assert prof.shape().startswith("expansion–contraction")
     rising = dict(arrays, subsets_twonn=np.array([[30, 30], [2, 2], [5, 5], [8, 8], [9, 9]], dtype=float))
-    prof = _profile_from_arrays(rising, {"n_blocks": 4, "width": 16, "errors": {}},
-                                IDSettings(n_subsets=2, sweep_ks=(1,)), None)
+    prof = _profile_from_arrays(
+        rising, {"n_blocks": 4, "width": 16, "errors": {}}, IDSettings(n_subsets=2, sweep_ks=(1,)), None
+    )
     assert prof.peak() == (4, 9.0)  # h0, the embedding lookup, is not a peak candidate
     assert prof.peak(first_state=0) == (0, 30.0)
     assert prof.shape().startswith("expansion without contraction")
@@ -322,15 +345,15 @@ class _FakeProjectionWorkspace:
 
     def capture(self, progress=None):
         rng = np.random.default_rng(0)
-        states = np.stack([np.ones((32, 16, 8), dtype=np.float32),
-                           rng.standard_normal((32, 16, 8)).astype(np.float32)])
+        states = np.stack([np.ones((32, 16, 8), dtype=np.float32), rng.standard_normal((32, 16, 8)).astype(np.float32)])
         tokens = rng.integers(0, 50, size=(32, 16))
         from analysis.methods.clouds import all_token_cloud
 
         cap = type("Cap", (), {})()
         cap.tokens = tokens
         cap.all_token_cloud = lambda s, n_max=None, seed=0, exclude_first=0: all_token_cloud(
-            states, s, n_max=n_max, seed=seed, exclude_first=exclude_first)
+            states, s, n_max=n_max, seed=seed, exclude_first=exclude_first
+        )
         return cap
 
     def result(self, kind, params, compute, refresh=False):

@@ -27,8 +27,10 @@ from analysis.changes.gguf import (
 )
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
-TEXT = ("ROSALIND. I pray you, what is't o'clock? ORLANDO. You should ask me what time o' day; there's no clock in "
-        "the forest. 1234 + 5678 = 6912, café naïve.")
+TEXT = (
+    "ROSALIND. I pray you, what is't o'clock? ORLANDO. You should ask me what time o' day; there's no clock in "
+    "the forest. 1234 + 5678 = 6912, café naïve."
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
@@ -50,11 +52,20 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator([bundled_text("asyoulik").content], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
     folder = tmp_path_factory.mktemp("tokenizer")
     tok.save_pretrained(folder)
     return folder
@@ -82,18 +93,39 @@ def bundled_tokenizer_dir() -> Path:
 def tiny_config(family: str, n_layers: int | None = None, **extra):
     import transformers
 
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers or 4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
-                  eos_token_id=2, pad_token_id=2, initializer_range=0.05)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers or 4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=0.05,
+    )
     if family == "gemma3_text":
         # llama.cpp hard-codes Gemma 3's layout (full attention every sixth layer) and scales attention by
         # 1/sqrt(head_dim); transformers' GGUF reader keeps query_pre_attn_scalar at its default 256
-        common.update(num_hidden_layers=n_layers or 6, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
-                      query_pre_attn_scalar=256, sliding_window=16)
+        common.update(
+            num_hidden_layers=n_layers or 6,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=16,
+        )
     if family == "qwen3":  # transformers' GGUF reader keeps Qwen3's head_dim at its default 128
         common.update(head_dim=128)
-    cls = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
-           "gemma3_text": "Gemma3TextConfig"}[family]
+    cls = {
+        "llama": "LlamaConfig",
+        "mistral": "MistralConfig",
+        "qwen2": "Qwen2Config",
+        "qwen3": "Qwen3Config",
+        "gemma3_text": "Gemma3TextConfig",
+    }[family]
     return getattr(transformers, cls)(**{**common, **extra})
 
 
@@ -123,16 +155,20 @@ def save(model, folder: Path, tokenizer_dir: Path) -> Path:
 def read_back(gguf_file: Path):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
-                                                dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32
+    ).eval()
 
 
 @torch.no_grad()
 def compare(a, b, ids: torch.Tensor) -> dict:
     x, y = a(ids).logits.float(), b(ids).logits.float()
-    return {"max_abs": float((x - y).abs().max()), "scale": float(x.abs().max()),
-            "top1": float((x.argmax(-1) == y.argmax(-1)).float().mean()),
-            "cos": float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0))}
+    return {
+        "max_abs": float((x - y).abs().max()),
+        "scale": float(x.abs().max()),
+        "top1": float((x.argmax(-1) == y.argmax(-1)).float().mean()),
+        "cos": float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0)),
+    }
 
 
 def fields(gguf_file: Path) -> dict:
@@ -146,8 +182,13 @@ def fields(gguf_file: Path) -> dict:
 
 def test_what_is_offered() -> None:
     assert {"f16", "q8_0", "q4_0"} <= set(SUPPORTED_QTYPES)
-    assert supported_families() == {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                                    "gemma3_text": "gemma3"}
+    assert supported_families() == {
+        "llama": "llama",
+        "mistral": "llama",
+        "qwen2": "qwen2",
+        "qwen3": "qwen3",
+        "gemma3_text": "gemma3",
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -163,8 +204,9 @@ def test_f16_reads_back_with_the_same_logits(family, tmp_path, tokenizer_dir, to
     assert meta["general.architecture"] == arch
     assert meta[f"{arch}.block_count"] == cfg.num_hidden_layers
     assert meta[f"{arch}.attention.head_count_kv"] == cfg.num_key_value_heads
-    assert meta[f"{arch}.attention.key_length"] == (getattr(cfg, "head_dim", None)
-                                                     or cfg.hidden_size // cfg.num_attention_heads)
+    assert meta[f"{arch}.attention.key_length"] == (
+        getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    )
     assert ("output.weight" in meta["tensors"]) == (not cfg.tie_word_embeddings)
     assert meta["tensors"]["blk.0.ffn_down.weight"] == "F16" and meta["tensors"]["blk.0.attn_norm.weight"] == "F32"
     if family == "gemma3_text":
@@ -226,15 +268,24 @@ def test_a_sentencepiece_style_tokenizer_reads_back_the_same(kind, tmp_path) -> 
 
     text = bundled_text("asyoulik")
     text = text if isinstance(text, str) else text.content
-    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False,
-                                  special_tokens=["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))])
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        show_progress=False,
+        special_tokens=["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))],
+    )
     bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
     bpe.train_from_iterator([text[:100_000]], trainer)
     trained = json.loads(bpe.to_str())["model"]
     cls = LlamaTokenizer if kind == "llama" else GemmaTokenizer
-    tok = cls(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]], bos_token="<s>",
-              eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+    tok = cls(
+        vocab=trained["vocab"],
+        merges=[tuple(m) for m in trained["merges"]],
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+    )
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(kind, n_layers=1 if kind == "llama" else 6)
@@ -279,8 +330,8 @@ def test_a_gemma3_pruned_in_the_middle_is_refused(tmp_path, tokenizer_dir) -> No
 
 
 def test_factorised_and_linear_block_checkpoints_are_refused(tmp_path, tokenizer_dir) -> None:
-    from analysis.model.checkpoint import save_factorised
     from analysis.changes.truncation import apply_truncation
+    from analysis.model.checkpoint import save_factorised
 
     model = tiny_model("llama", n_layers=2)
     apply_truncation(model, {"model.layers.0.mlp.down_proj": 8}, None, "svd", form="factorised")
@@ -338,8 +389,14 @@ def test_llama3_rope_scaling_becomes_rope_freqs(tmp_path, tokenizer_dir) -> None
     from gguf import GGUFReader
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     model = tiny_model("llama", n_layers=1, rope_parameters=rope)
     out = write_gguf(save(model, tmp_path / "l3", tokenizer_dir), tmp_path / "l3.gguf")
     factors = next(t for t in GGUFReader(str(out)).tensors if t.name == "rope_freqs.weight").data
@@ -401,9 +458,10 @@ def test_vllm_config_problems_on_a_pruned_folder_whose_config_was_not_updated(tm
 
 # --- the real bundled model ----------------------------------------------------------------------------------
 
+
 def _windows(tokenizer, text: str, n: int = 4, length: int = 128) -> list[torch.Tensor]:
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
-    return [ids[i * length:(i + 1) * length][None] for i in range(n)]
+    return [ids[i * length : (i + 1) * length][None] for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -413,8 +471,9 @@ def pruned_smollm(lm, tmp_path_factory):
     from analysis.changes.remove_blocks import remove_blocks
 
     pruned = remove_blocks(lm.model, [10, 20])
-    folder = export_checkpoint(pruned, lm.tokenizer, tmp_path_factory.mktemp("smollm") / "pruned",
-                               recipe={"remove": [10, 20]})
+    folder = export_checkpoint(
+        pruned, lm.tokenizer, tmp_path_factory.mktemp("smollm") / "pruned", recipe={"remove": [10, 20]}
+    )
     return pruned, folder
 
 
@@ -445,7 +504,7 @@ def test_llama_cpp_runs_the_export_like_the_safetensors_model(lm, pruned_smollm,
     assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
     ours = [t for _, t in zip(range(16), llm.generate(ids, temp=0.0, top_k=1))]
     with torch.no_grad():
-        ref = pruned.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
+        ref = pruned.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids) :].tolist()
     assert ours == ref
 
 
@@ -465,7 +524,7 @@ def test_llama_cpp_computes_what_transformers_computes(family, tmp_path, tokeniz
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
     ids = ids[:64]
     llm.eval(ids)
-    got = np.array(llm.scores[:len(ids)])
+    got = np.array(llm.scores[: len(ids)])
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(got - ref).max() < 1e-2 and np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.95

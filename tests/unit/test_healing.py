@@ -16,9 +16,17 @@ def tiny_llama(tied: bool = True, layers: int = 4, init: float = 0.02):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
-                      max_position_embeddings=64, initializer_range=init)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+        max_position_embeddings=64,
+        initializer_range=init,
+    )
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
@@ -26,8 +34,9 @@ def tiny_gpt2():
     from transformers import AutoModelForCausalLM, GPT2Config
 
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4,
-                                                       n_positions=64)).eval()
+    return AutoModelForCausalLM.from_config(
+        GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64)
+    ).eval()
 
 
 def windows(n: int = 16, t: int = 16) -> np.ndarray:
@@ -47,8 +56,16 @@ def snapshot(model) -> dict:
 
 
 def spec(**kw) -> hl.HealSpec:
-    base = dict(steps=3, batch_size=2, window_len=16, loss="ce", lr=1e-2, schedule="constant", warmup=0.0,
-                text={"name": "random", "source": "pasted"})
+    base = dict(
+        steps=3,
+        batch_size=2,
+        window_len=16,
+        loss="ce",
+        lr=1e-2,
+        schedule="constant",
+        warmup=0.0,
+        text={"name": "random", "source": "pasted"},
+    )
     base.update(kw)
     return hl.HealSpec(**base)
 
@@ -105,8 +122,12 @@ def test_lora_training_lowers_the_loss():
 def test_training_follows_transformers_scheduler_and_records_it():
     s = spec(rank=4, steps=6, lr=1e-2, schedule="cosine", warmup=0.34)
     rec = hl.record_of(hl.heal_model(tiny_llama(), s, windows()))
-    assert rec["schedule"] == {"scheduler": "cosine", "source": "transformers.get_scheduler", "warmup_steps": 3,
-                               "training_steps": 6}
+    assert rec["schedule"] == {
+        "scheduler": "cosine",
+        "source": "transformers.get_scheduler",
+        "warmup_steps": 3,
+        "training_steps": 6,
+    }
     lrs = [p["lr"] for p in rec["curve"]]
     assert lrs[0] == 0.0 and lrs == pytest.approx([hl.learning_rate_at(i, s) for i in range(6)])
 
@@ -119,8 +140,9 @@ def test_partial_changes_only_the_chosen_parameters():
     after = healed.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     trained_block = "model.layers.2."
-    assert changed and all(k.startswith(trained_block) or k in ("lm_head.weight", "model.embed_tokens.weight")
-                           for k in changed)
+    assert changed and all(
+        k.startswith(trained_block) or k in ("lm_head.weight", "model.embed_tokens.weight") for k in changed
+    )
     assert any(k.startswith(trained_block) for k in changed) and "model.embed_tokens.weight" in changed  # tied head
     assert all(torch.equal(v, cut.state_dict()[k]) for k, v in before.items())  # the cut variant is unchanged
     assert healed.lm_head.weight is healed.model.embed_tokens.weight
@@ -245,12 +267,20 @@ def test_schedule_and_gap():
     assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
     from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
-    assert lrs == pytest.approx([_get_cosine_schedule_with_warmup_lr_lambda(
-        i, num_warmup_steps=2, num_training_steps=10, num_cycles=0.5) for i in range(10)])
+    assert lrs == pytest.approx(
+        [
+            _get_cosine_schedule_with_warmup_lr_lambda(i, num_warmup_steps=2, num_training_steps=10, num_cycles=0.5)
+            for i in range(10)
+        ]
+    )
     c = spec(steps=10, warmup=0.15, schedule="constant", lr=2.0)
     assert hl.warmup_steps(c) == 2 and [hl.learning_rate_at(i, c) for i in range(4)] == [0.0, 1.0, 2.0, 2.0]
-    assert hl.schedule_record(c) == {"scheduler": "constant_with_warmup", "source": "transformers.get_scheduler",
-                                     "warmup_steps": 2, "training_steps": 10}
+    assert hl.schedule_record(c) == {
+        "scheduler": "constant_with_warmup",
+        "source": "transformers.get_scheduler",
+        "warmup_steps": 2,
+        "training_steps": 10,
+    }
     assert hl.gap_closed(10.0, 20.0, 15.0) == 0.5
     assert hl.gap_closed(10.0, 10.0, 9.0) is None
 

@@ -237,8 +237,16 @@ def test_id_profile_table_and_progress() -> None:
 
 def test_id_profile_custom_estimators() -> None:
     profile = id_profile([sphere(300, 2, seed=30)], estimators={"mle": lambda X: twonn(X, fit="mle")}, n_subsets=1)
-    assert list(profile.columns) == ["state", "n_points", "n_distinct", "scale", "id_mle", "id_mle_subset_mean",
-                                     "id_mle_std", "id_mle_subsets"]
+    assert list(profile.columns) == [
+        "state",
+        "n_points",
+        "n_distinct",
+        "scale",
+        "id_mle",
+        "id_mle_subset_mean",
+        "id_mle_std",
+        "id_mle_subsets",
+    ]
     # one subset of everything: the headline (whole cloud) and the subset mean coincide
     assert profile["id_mle"].item() == pytest.approx(profile["id_mle_subset_mean"].item(), rel=1e-12)
     assert profile["id_mle_std"].item() == 0.0

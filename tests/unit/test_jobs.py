@@ -184,7 +184,6 @@ def test_the_interpreter_exits_cleanly_while_a_job_is_inside_torch():
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root), TOKENIZERS_PARALLELISM="false")
     for _ in range(3):  # the abort depends on where the worker is at exit: try a few times
-        p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, capture_output=True, text=True,
-                           timeout=120)
+        p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
         assert "exiting" in p.stdout, p.stderr
         assert "terminate called" not in p.stderr and p.returncode == 0, (p.returncode, p.stderr[-2000:])

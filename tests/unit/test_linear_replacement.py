@@ -83,8 +83,15 @@ def test_linear_block_accepts_the_decoder_call_signature() -> None:
     W, c = torch.randn(8, 8), torch.randn(8)
     block = LinearBlock.from_map(W, c)
     h = torch.randn(2, 5, 8)
-    out = block(h, attention_mask=None, position_ids=torch.arange(5)[None], past_key_values=None, use_cache=False,
-                cache_position=torch.arange(5), position_embeddings=(torch.ones(1), torch.ones(1)))
+    out = block(
+        h,
+        attention_mask=None,
+        position_ids=torch.arange(5)[None],
+        past_key_values=None,
+        use_cache=False,
+        cache_position=torch.arange(5),
+        position_embeddings=(torch.ones(1), torch.ones(1)),
+    )
     assert isinstance(out, torch.Tensor)
     assert torch.allclose(out, h @ W + c, atol=1e-5)
 

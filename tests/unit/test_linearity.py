@@ -84,5 +84,6 @@ def test_streamed_moments_give_the_same_curves(rng):
     assert np.allclose(exact[0], streamed[0], atol=1e-9) and np.allclose(exact[1], streamed[1], atol=1e-9)
     # and without the first position of every window
     clouds1 = [states[s][:, 1:].reshape(-1, 6) for s in range(3)]
-    assert np.allclose(lin.consecutive_linearity(clouds1)[0],
-                       lin.consecutive_linearity_streamed(states, exclude_first=1)[0], atol=1e-9)
+    assert np.allclose(
+        lin.consecutive_linearity(clouds1)[0], lin.consecutive_linearity_streamed(states, exclude_first=1)[0], atol=1e-9
+    )

@@ -146,7 +146,9 @@ def test_asvd_matches_its_definition() -> None:
     expected = (U[:, :5] * sig[:5]) @ Vh[:5] / s
     assert torch.allclose(asvd(W, stats.mean_abs, 5).weight(), expected, atol=1e-10)
     # a positive rescaling of the statistic does not change W'
-    assert torch.allclose(asvd(W, stats.mean_abs * 7.0, 5, alpha=1.0).weight(), asvd(W, stats.mean_abs, 5, alpha=1.0).weight(), atol=1e-6)
+    assert torch.allclose(
+        asvd(W, stats.mean_abs * 7.0, 5, alpha=1.0).weight(), asvd(W, stats.mean_abs, 5, alpha=1.0).weight(), atol=1e-6
+    )
 
 
 def test_asvd_survives_dead_channels() -> None:
@@ -287,7 +289,9 @@ def test_collect_stats_matches_the_inputs_seen_by_the_linears() -> None:
     # the reference: record inputs explicitly, all at once
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_pre_hook(lambda mod, args, n=n: seen[n].append(args[0].detach())) for n in names]
+    handles = [
+        modules[n].register_forward_pre_hook(lambda mod, args, n=n: seen[n].append(args[0].detach())) for n in names
+    ]
     with torch.no_grad():
         model(torch.cat(batches))
     for h in handles:
@@ -298,8 +302,13 @@ def test_collect_stats_matches_the_inputs_seen_by_the_linears() -> None:
         assert torch.allclose(stats[n].gram, x.T @ x, rtol=1e-6, atol=1e-6)
         assert torch.allclose(stats[n].mean_abs, x.abs().mean(0), rtol=1e-6)
     # q/k/v and gate/up share one accumulator; o and down have their own
-    assert stats.sharing_input("model.layers.0.self_attn.k_proj") == [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
-    assert stats.sharing_input("model.layers.1.mlp.up_proj") == ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"]
+    assert stats.sharing_input("model.layers.0.self_attn.k_proj") == [
+        f"model.layers.0.self_attn.{p}_proj" for p in "qkv"
+    ]
+    assert stats.sharing_input("model.layers.1.mlp.up_proj") == [
+        "model.layers.1.mlp.gate_proj",
+        "model.layers.1.mlp.up_proj",
+    ]
     assert stats.sharing_input("model.layers.1.mlp.down_proj") == ["model.layers.1.mlp.down_proj"]
 
 

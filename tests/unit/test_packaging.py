@@ -54,8 +54,9 @@ def test_readme_is_short_and_has_the_two_setup_commands():
 def test_cli_reference_is_current():
     from analysis.cli.reference import reference
 
-    assert (ROOT / "docs" / "cli.md").read_text() == reference(), \
+    assert (ROOT / "docs" / "cli.md").read_text() == reference(), (
         "docs/cli.md is stale: python -m analysis.cli.reference > docs/cli.md"
+    )
 
 
 def test_docs_links_resolve():

@@ -19,10 +19,10 @@ from transformers import (
 )
 
 from analysis.changes import replaceme as rm
-from analysis.search import replaceme_rows
 from analysis.changes.export import export_checkpoint, verify_export
 from analysis.changes.low_rank import CompressionError, record_of
 from analysis.changes.variant import Variant, apply_actions, describe_action, removed_by
+from analysis.search import replaceme_rows
 from analysis.workflow.recipe import validate, variant_recipe
 from tests.unit.test_compression import logits, tiny, workspace
 
@@ -32,8 +32,11 @@ def _zero_run(model, blocks, gpt2: bool = False) -> None:
     layers = model.transformer.h if gpt2 else model.model.layers
     with torch.no_grad():
         for b in blocks:
-            projs = [layers[b].attn.c_proj, layers[b].mlp.c_proj] if gpt2 else \
-                [layers[b].self_attn.o_proj, layers[b].mlp.down_proj]
+            projs = (
+                [layers[b].attn.c_proj, layers[b].mlp.c_proj]
+                if gpt2
+                else [layers[b].self_attn.o_proj, layers[b].mlp.down_proj]
+            )
             for p in projs:
                 p.weight.zero_()
                 if getattr(p, "bias", None) is not None:
@@ -78,9 +81,23 @@ def test_least_squares_recovers_a_known_map_from_streamed_moments():
     from analysis.workflow import recipe_schema
 
     model = {"source": "default"}
-    recipe_schema.check({"model": model, "action": {"replaceme": {"start": 2, "n": 1, "relative_ridge": 0.5,
-                         "chosen_by": {"rule": "angular", "label": "ReplaceMe authors' rule: last-token angular "
-                                                                   "distance", "score": 0.07}}}})
+    recipe_schema.check(
+        {
+            "model": model,
+            "action": {
+                "replaceme": {
+                    "start": 2,
+                    "n": 1,
+                    "relative_ridge": 0.5,
+                    "chosen_by": {
+                        "rule": "angular",
+                        "label": "ReplaceMe authors' rule: last-token angular distance",
+                        "score": 0.07,
+                    },
+                }
+            },
+        }
+    )
     recipe_schema.check({"model": model, "action": {"replaceme": {"start": 2, "n": 1, "ridge": 0.5}}})
 
 
@@ -119,8 +136,9 @@ def test_identity_run_is_recovered_exactly_and_exports_plain(tmp_path):
     assert rec["fit_residual"] < 1e-6 and rec["blocks"] == [2, 3]
     assert rec["fold_into"] == "model.layers.1.mlp.down_proj"
     assert torch.allclose(logits(variant), before, atol=1e-4)
-    assert torch.allclose(variant.model.layers[1].mlp.down_proj.weight, model.model.layers[1].mlp.down_proj.weight,
-                          atol=1e-5)  # T = I
+    assert torch.allclose(
+        variant.model.layers[1].mlp.down_proj.weight, model.model.layers[1].mlp.down_proj.weight, atol=1e-5
+    )  # T = I
     # the export is a plain Llama with 3 blocks that AutoModelForCausalLM reloads with the same logits
     recipe = variant_recipe(ws, {"replaceme": {"start": 2, "n": 2}}, model=variant)
     validate(recipe)
@@ -148,8 +166,12 @@ def test_folded_block_computes_y_plus_m_t():
     x = torch.randint(1, 120, (1, 12))
     got = {}
     model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, a, o: got.__setitem__("M", o))
-    model.model.layers[1].register_forward_hook(lambda m, a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
-    variant.model.layers[1].register_forward_hook(lambda m, a, o: got.__setitem__("v", o[0] if isinstance(o, tuple) else o))
+    model.model.layers[1].register_forward_hook(
+        lambda m, a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o)
+    )
+    variant.model.layers[1].register_forward_hook(
+        lambda m, a, o: got.__setitem__("v", o[0] if isinstance(o, tuple) else o)
+    )
     with torch.no_grad():
         model(x)
         variant(x)
@@ -168,16 +190,19 @@ def test_gpt2_conv1d_identity_run_recovered():
     assert torch.allclose(logits(variant), logits(model), atol=1e-4)
 
 
-@pytest.mark.parametrize("value,message", [
-    ({"start": 0, "n": 2}, "block 0 has none before it"),
-    ({"start": 2, "n": 0}, "at least one block"),
-    ({"start": 3, "n": 3}, "goes past the last block"),
-    ({"start": 2, "n": 1, "method": "pca"}, "unknown ReplaceMe method"),
-    ({"start": 2, "n": 1, "alpha": 1}, "unknown replaceme key"),
-    ({"start": 2}, "needs 'n'"),
-    ({"start": 2, "n": 1.5}, "must be an integer"),
-    ({"start": 2, "n": 1, "ridge": -1}, "non-negative"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ({"start": 0, "n": 2}, "block 0 has none before it"),
+        ({"start": 2, "n": 0}, "at least one block"),
+        ({"start": 3, "n": 3}, "goes past the last block"),
+        ({"start": 2, "n": 1, "method": "pca"}, "unknown ReplaceMe method"),
+        ({"start": 2, "n": 1, "alpha": 1}, "unknown replaceme key"),
+        ({"start": 2}, "needs 'n'"),
+        ({"start": 2, "n": 1.5}, "must be an integer"),
+        ({"start": 2, "n": 1, "ridge": -1}, "non-negative"),
+    ],
+)
 def test_refusals_of_bad_runs(value, message):
     ws = workspace(tiny(layers=5))
     with pytest.raises(CompressionError, match=message):
@@ -203,37 +228,75 @@ def test_refusals_of_combinations():
 
 def test_refusals_of_families_where_folding_is_not_exact():
     torch.manual_seed(0)
-    gemma = AutoModelForCausalLM.from_config(Gemma2Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8)).eval()
+    gemma = AutoModelForCausalLM.from_config(
+        Gemma2Config(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+        )
+    ).eval()
     with pytest.raises(CompressionError, match="post_feedforward_layernorm"):
         rm.fold_target(gemma, 2, 1)
-    mixtral = AutoModelForCausalLM.from_config(MixtralConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1)).eval()
+    mixtral = AutoModelForCausalLM.from_config(
+        MixtralConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+        )
+    ).eval()
     with pytest.raises(CompressionError, match="mixture of experts"):
         rm.fold_target(mixtral, 2, 1)
     # OPT with the norm after the residual (post-LN, as OPT-350m): only the numerical check can see it
-    opt = AutoModelForCausalLM.from_config(OPTConfig(
-        vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
-        word_embed_proj_dim=32, max_position_embeddings=64, do_layer_norm_before=False)).eval()
+    opt = AutoModelForCausalLM.from_config(
+        OPTConfig(
+            vocab_size=128,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=64,
+            do_layer_norm_before=False,
+        )
+    ).eval()
     assert rm.fold_target(opt, 2, 1)[0] == "model.decoder.layers.1.fc2"
     with pytest.raises(CompressionError, match="would not be exact"):
         rm.check_foldable(opt, 2, 1, torch.randint(1, 120, (1, 16)))
-    opt_pre = AutoModelForCausalLM.from_config(OPTConfig(
-        vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
-        word_embed_proj_dim=32, max_position_embeddings=64, do_layer_norm_before=True)).eval()
+    opt_pre = AutoModelForCausalLM.from_config(
+        OPTConfig(
+            vocab_size=128,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=64,
+            do_layer_norm_before=True,
+        )
+    ).eval()
     assert rm.additivity_error(opt_pre, 2, torch.randint(1, 120, (1, 16))) < 1e-4
 
 
 def test_cosine_variant_does_not_end_worse_than_its_start():
     ws = workspace(tiny(layers=5, seed=2))
-    variant = apply_actions(ws.lm.model, {"replaceme": {"start": 2, "n": 2, "method": "cosine",
-                                                        "cosine": {"steps": 30}}}, ws)
+    variant = apply_actions(
+        ws.lm.model, {"replaceme": {"start": 2, "n": 2, "method": "cosine", "cosine": {"steps": 30}}}, ws
+    )
     cos = record_of(variant)["replaceme"]["cosine"]
     assert cos["steps"] == 30 and cos["lr"] == rm.COSINE_DEFAULTS["lr"]
-    assert cos["cosine_distance_end" if cos["kept"] == "end" else "cosine_distance_start"] <= \
-        min(cos["cosine_distance_start"], cos["cosine_distance_end"]) + 1e-12
+    assert (
+        cos["cosine_distance_end" if cos["kept"] == "end" else "cosine_distance_start"]
+        <= min(cos["cosine_distance_start"], cos["cosine_distance_end"]) + 1e-12
+    )
     assert len(variant.model.layers) == 3
 
 
@@ -245,8 +308,11 @@ def test_run_distances_and_choice_of_the_run():
     assert D.shape == (6, 6) and np.isnan(D[5, 1]) and D[3, 1] == pytest.approx(0.0, abs=1e-6)
     assert rm.best_start(D, 2) == (3, pytest.approx(0.0, abs=1e-6))
     rule = replaceme_rows.replaceme_rule(ws, 2)  # the authors' rule: last-token angular distance
-    assert {k: v for k, v in rule["replaceme"].items() if k not in ("calibration", "chosen_by")} == \
-        {"start": 3, "n": 2, "method": "lstsq"}
+    assert {k: v for k, v in rule["replaceme"].items() if k not in ("calibration", "chosen_by")} == {
+        "start": 3,
+        "n": 2,
+        "method": "lstsq",
+    }
     by = rule["replaceme"]["chosen_by"]
     assert by["rule"] == "angular" and by["label"] == "ReplaceMe authors' rule: last-token angular distance"
     assert by["score"] == pytest.approx(0.0, abs=1e-3)

@@ -37,9 +37,12 @@ def _export(folder: Path, files: dict[str, str], overwrite: bool = False) -> Pat
 
 # --- the marker rule -----------------------------------------------------------------------------------------------
 
+
 def test_a_folder_with_a_foreign_recipe_or_model_json_naming_layerscope_is_refused(tmp_path):
-    for name, body in (("recipe.json", {"layerscope": 1, "model": {"source": "default"}}),
-                       ("model.json", {"layerscope_results": 1, "card": {}})):
+    for name, body in (
+        ("recipe.json", {"layerscope": 1, "model": {"source": "default"}}),
+        ("model.json", {"layerscope_results": 1, "card": {}}),
+    ):
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
         (folder / name).write_text(json.dumps(body))
@@ -112,7 +115,7 @@ def test_a_layerscope_export_is_replaced_and_only_its_files_are_removed(tmp_path
     assert sorted(listed) == sorted(["config.json", "recipe.json", "old-only.bin", destinations.MARKER])
     with pytest.raises(DestinationError, match="--overwrite to replace it"):
         destinations.check(out)
-    _export(out, {"config.json": "{\"new\": 1}"}, overwrite=True)
+    _export(out, {"config.json": '{"new": 1}'}, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", destinations.MARKER])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no backup, no temporary left
 
@@ -139,6 +142,7 @@ def test_stale_temporaries_beside_out_are_removed_by_the_check(tmp_path):
 
 
 # --- the one atomic writer, under faults ----------------------------------------------------------------------------
+
 
 class Killed(BaseException):
     """The process dies here (nothing after it runs: no except-OSError clean-up)."""
@@ -260,11 +264,13 @@ _LOADERS = {"from_pretrained", "from_config"}
 
 def test_every_model_config_and_tokenizer_load_passes_trust_remote_code():
     missing = []
-    for path in sorted((ROOT / "analysis").rglob("*.py")) + sorted((ROOT / "components").rglob("*.py")) + \
-            sorted((ROOT / "pages").rglob("*.py")):
+    for path in (
+        sorted((ROOT / "analysis").rglob("*.py"))
+        + sorted((ROOT / "components").rglob("*.py"))
+        + sorted((ROOT / "pages").rglob("*.py"))
+    ):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in _LOADERS):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _LOADERS):
                 continue
             owner = ast.unparse(node.func.value)
             if not owner.startswith("Auto"):
@@ -280,12 +286,20 @@ def remote_code_folder(tmp_path):
     folder = tmp_path / "evil-model"
     folder.mkdir()
     flag = tmp_path / "code-ran"
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "layerscope_evil", "architectures": ["EvilForCausalLM"],
-        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}}))
-    (folder / "evil.py").write_text(f"open({str(flag)!r}, 'w').write('ran')\n"
-                                    "from transformers import PretrainedConfig\n"
-                                    "class EvilConfig(PretrainedConfig):\n    model_type = 'layerscope_evil'\n")
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "layerscope_evil",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"},
+            }
+        )
+    )
+    (folder / "evil.py").write_text(
+        f"open({str(flag)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'layerscope_evil'\n"
+    )
     return folder, flag
 
 
@@ -299,17 +313,22 @@ def no_prompt(monkeypatch):
 
 def test_a_folder_with_auto_map_is_refused_without_the_flag_on_every_loading_path(remote_code_folder, no_prompt):
     from analysis.changes.export import verify_export
-    from analysis.model.checkpoint import load_checkpoint, load_factorised
     from analysis.model.architecture import ModelLoadError
+    from analysis.model.checkpoint import load_checkpoint, load_factorised
     from analysis.model.loading import ModelSpec, load_model, read_config
 
     folder, flag = remote_code_folder
-    for load in (lambda: load_checkpoint(folder), lambda: load_factorised(folder),
-                 lambda: verify_export(folder, None, None)):
+    for load in (
+        lambda: load_checkpoint(folder),
+        lambda: load_factorised(folder),
+        lambda: verify_export(folder, None, None),
+    ):
         with pytest.raises((ValueError, OSError, AttributeError)):
             load()
-    for load in (lambda: load_model(ModelSpec(source=str(folder), device="cpu")),
-                 lambda: read_config(ModelSpec(source=str(folder), device="cpu"))):
+    for load in (
+        lambda: load_model(ModelSpec(source=str(folder), device="cpu")),
+        lambda: read_config(ModelSpec(source=str(folder), device="cpu")),
+    ):
         with pytest.raises(ModelLoadError, match="custom code|trust remote code"):
             load()
     assert no_prompt == [] and not flag.exists()
@@ -328,8 +347,15 @@ def test_heal_with_a_recipe_honours_trust_remote_code(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loading, "load_model", fake_load_model)
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"layerscope": 1, "model": {"source": "default", "trust_remote_code": True},
-                                  "action": {"remove_blocks": [3]}}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "layerscope": 1,
+                "model": {"source": "default", "trust_remote_code": True},
+                "action": {"remove_blocks": [3]},
+            }
+        )
+    )
     for flags, want in (([], False), (["--trust-remote-code"], True)):
         code = main(["heal", "--recipe", str(recipe), "--out", str(tmp_path / "healed"), *flags])
         assert code == 2 and seen[-1] is want
@@ -340,13 +366,13 @@ def test_heal_with_a_recipe_honours_trust_remote_code(tmp_path, monkeypatch):
 def _task_folder(tmp_path: Path) -> tuple[Path, Path]:
     folder, flag = tmp_path / "tasks", tmp_path / "helper-ran"
     folder.mkdir()
-    (folder / "utils.py").write_text(f"open({str(flag)!r}, 'w').write('ran')\n"
-                                     "def process_docs(ds):\n    return ds\n")
+    (folder / "utils.py").write_text(f"open({str(flag)!r}, 'w').write('ran')\ndef process_docs(ds):\n    return ds\n")
     (folder / "data.jsonl").write_text(json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}) + "\n")
     (folder / "mytask.yaml").write_text(
         "task: mytask\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: data.jsonl\n"
         "output_type: multiple_choice\ntest_split: test\nprocess_docs: !function utils.process_docs\n"
-        "doc_to_text: '{{context}}'\ndoc_to_target: label\ndoc_to_choice: choices\n")
+        "doc_to_text: '{{context}}'\ndoc_to_target: label\ndoc_to_choice: choices\n"
+    )
     return folder, flag
 
 
@@ -359,8 +385,9 @@ def test_a_task_folders_python_helpers_run_only_when_allowed(tmp_path):
     result = ds.run_tasks(None, None, "mytask", task_dirs=[folder])
     assert result["tasks"]["mytask"]["ran"] is False and ds.CODE_REFUSED in result["tasks"]["mytask"]["reason"]
     assert not flag.exists()
-    allowed = next(t for t in ds.available_tasks([folder], include_standard=False, allow_code=True)
-                   if t.name == "mytask")
+    allowed = next(
+        t for t in ds.available_tasks([folder], include_standard=False, allow_code=True) if t.name == "mytask"
+    )
     assert allowed.available and not flag.exists()  # listing never imports the helpers
 
 
@@ -374,20 +401,29 @@ def test_downstream_cli_refuses_task_code_without_the_flag(tmp_path):
 
 # --- files a recipe or a report must not touch ---------------------------------------------------------------------
 
+
 def test_a_recipe_naming_a_local_file_is_refused_and_the_users_own_text_is_read(tmp_path):
     from analysis.workflow import recipe as rc
 
     secret = tmp_path / "id_rsa"
     secret.write_text("PRIVATE KEY " * 200)
-    for ref in (str(secret), {"name": str(secret), "source": "file"},
-                {"name": "alice", "source": "bundled", "path": str(secret)}):
+    for ref in (
+        str(secret),
+        {"name": str(secret), "source": "file"},
+        {"name": "alice", "source": "bundled", "path": str(secret)},
+    ):
         r = {"layerscope": 1, "model": {"source": "default"}, "calibration": {"text": ref}}
         with pytest.raises(rc.RecipeError, match="not a bundled text"):
             rc.text_of(r)
         with pytest.raises(rc.RecipeError, match="not a bundled text"):
             rc.check_texts(r)
-    r = {"layerscope": 1, "model": {"source": "default"}, "calibration": {"text": "notes.txt"},
-         "action": {"remove_blocks": [1]}, "evaluation": {"settings": {"text": str(secret)}}}
+    r = {
+        "layerscope": 1,
+        "model": {"source": "default"},
+        "calibration": {"text": "notes.txt"},
+        "action": {"remove_blocks": [1]},
+        "evaluation": {"settings": {"text": str(secret)}},
+    }
     with pytest.raises(rc.RecipeError, match="held-out text"):
         rc.check_texts(r, text_path=str(secret))
     mine = tmp_path / "mine.txt"
@@ -401,8 +437,15 @@ def test_run_with_a_recipe_naming_a_local_file_writes_nothing(tmp_path, capsys):
     secret = tmp_path / "secret.txt"
     secret.write_text("do not copy me " * 500)
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"layerscope": 1, "model": {"source": "default"},
-                                  "calibration": {"text": {"name": "x", "source": "file", "path": str(secret)}}}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "layerscope": 1,
+                "model": {"source": "default"},
+                "calibration": {"text": {"name": "x", "source": "file", "path": str(secret)}},
+            }
+        )
+    )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "not a bundled text" in err and err.count("\n") == 1  # one line, before anything is loaded
@@ -427,13 +470,21 @@ def test_report_overwrite_replaces_only_a_report_layerscope_wrote(tmp_path):
 
 # --- the kept leaderboard --------------------------------------------------------------------------------------------
 
+
 def _result():
     import pandas as pd
 
     from analysis.search.leaderboard import Result
 
-    return Result(settings={"k_max": 2}, rows=pd.DataFrame([{"rule": "r", "k": 1, "perplexity": 40.0}]), greedy=[],
-                  greedy_half=[], damage=pd.DataFrame(), correlation=pd.DataFrame(), original_perplexity=30.0)
+    return Result(
+        settings={"k_max": 2},
+        rows=pd.DataFrame([{"rule": "r", "k": 1, "perplexity": 40.0}]),
+        greedy=[],
+        greedy_half=[],
+        damage=pd.DataFrame(),
+        correlation=pd.DataFrame(),
+        original_perplexity=30.0,
+    )
 
 
 class _WS:
@@ -455,6 +506,7 @@ def test_the_kept_leaderboard_is_checked_and_kept_per_browser_tab(private_cache)
 
 
 # --- finished jobs are released -------------------------------------------------------------------------------------
+
 
 class Big:
     """Stands in for a model a job's result or closure holds."""

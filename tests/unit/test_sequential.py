@@ -77,8 +77,15 @@ def test_chosen_automatically_when_the_weights_do_not_fit(tiny, monkeypatch, cap
     from analysis.model import sequential
 
     lm, _ = tiny
-    args = argparse.Namespace(model=str(lm.checkpoint_dir), device="cpu", dtype="float32", device_map_auto=False,
-                              trust_remote_code=False, max_memory="", sequential=False)
+    args = argparse.Namespace(
+        model=str(lm.checkpoint_dir),
+        device="cpu",
+        dtype="float32",
+        device_map_auto=False,
+        trust_remote_code=False,
+        max_memory="",
+        sequential=False,
+    )
     assert not getattr(common.load(args, sequential_ok=True), "sequential", False)
     monkeypatch.setattr(sequential, "available_bytes", lambda device: 1000)
     got = common.load(args, sequential_ok=True)

@@ -11,10 +11,17 @@ from analysis.evaluation.perplexity import EvalSettings, evaluate
 from analysis.texts import text_from_string
 from tests.unit.test_damage import tiny
 
-ACTIONS = [{"remove_blocks": [5]}, {"remove_blocks": [0]}, {"remove_blocks": [2, 3]}, {"remove_blocks": [4, 5]},
-           {"skip_attention": [3]}, {"skip_mlp": [1], "remove_blocks": [4]}]
-SETTINGS = EvalSettings(text="unused", n_tokens=200, context=48, stride=20, batch_size=3, measure_speed=False,
-                        max_new_tokens=0)
+ACTIONS = [
+    {"remove_blocks": [5]},
+    {"remove_blocks": [0]},
+    {"remove_blocks": [2, 3]},
+    {"remove_blocks": [4, 5]},
+    {"skip_attention": [3]},
+    {"skip_mlp": [1], "remove_blocks": [4]},
+]
+SETTINGS = EvalSettings(
+    text="unused", n_tokens=200, context=48, stride=20, batch_size=3, measure_speed=False, max_new_tokens=0
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,7 +35,7 @@ def one_thread():
 def test_one_pass_equals_evaluate_of_each_candidate():
     lm = tiny(name="shared")
     text = text_from_string("It was the best of times, it was the worst of times, it was the age of wisdom, " * 4)
-    ids = np.array(lm.tokenizer(text.content)["input_ids"][:SETTINGS.n_tokens])
+    ids = np.array(lm.tokenizer(text.content)["input_ids"][: SETTINGS.n_tokens])
     models = [apply_actions(lm.model, a) for a in ACTIONS]
     many = shared_prefix.evaluate_many(lm.model, ids, SETTINGS, models)
     for action, model, got in zip(ACTIONS, models, many.candidates):

@@ -26,8 +26,15 @@ class TinyTokenizer:
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -39,8 +46,15 @@ def test_parse_blocks_forms():
         surgery.parse_blocks("3,3")
 
 
-@pytest.mark.parametrize("blocks,msg", [([6], "out of range"), ([-1], "out of range"), ([], "no blocks"),
-                                        ([0, 1, 2, 3, 4, 5], "cannot remove all 6 blocks")])
+@pytest.mark.parametrize(
+    "blocks,msg",
+    [
+        ([6], "out of range"),
+        ([-1], "out of range"),
+        ([], "no blocks"),
+        ([0, 1, 2, 3, 4, 5], "cannot remove all 6 blocks"),
+    ],
+)
 def test_impossible_removals(tiny, blocks, msg):
     with pytest.raises(surgery.PruneError, match=msg):
         surgery.remove_blocks(tiny, blocks)

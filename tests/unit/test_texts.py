@@ -17,8 +17,15 @@ def test_newlines_are_normalised_and_hash_is_stable():
     assert a.content == b.content and a.sha256 == b.sha256
 
 
-@pytest.mark.parametrize("data,msg", [(b"", "empty"), (b"  \n\t ", "empty"), (b"PK\x03\x04\x00\x00binary", "binary"),
-                                      (bytes(range(1, 32)) * 20, "binary")])
+@pytest.mark.parametrize(
+    "data,msg",
+    [
+        (b"", "empty"),
+        (b"  \n\t ", "empty"),
+        (b"PK\x03\x04\x00\x00binary", "binary"),
+        (bytes(range(1, 32)) * 20, "binary"),
+    ],
+)
 def test_bad_uploads_are_refused(data, msg):
     with pytest.raises(texts.TextError, match=msg):
         texts.text_from_bytes(data, name="x.txt")

@@ -36,10 +36,16 @@ def square_with_diagonal(a: int, b: int) -> list[np.ndarray]:
 
 def as_result(bars, k: int = 2, m: int = 2, n_windows: int = 8) -> topo.ZigzagResult:
     n_layers = bars.attrs["n_layers"]
-    info = {key: bars.attrs[key] for key in ("n_layers", "n_simplices", "n_events", "n_same_layer_dropped",
-                                             "n_top_dim_bars")}
-    return topo.ZigzagResult(bars, np.zeros((n_layers, m + 1), np.int64),
-                             topo.ZigzagSettings(n_windows=n_windows, window_len=32, k=k, max_dim=m), info)
+    info = {
+        key: bars.attrs[key]
+        for key in ("n_layers", "n_simplices", "n_events", "n_same_layer_dropped", "n_top_dim_bars")
+    }
+    return topo.ZigzagResult(
+        bars,
+        np.zeros((n_layers, m + 1), np.int64),
+        topo.ZigzagSettings(n_windows=n_windows, window_len=32, k=k, max_dim=m),
+        info,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -205,8 +211,13 @@ def test_layer_persistence_is_cached_per_state_and_scale_free():
     assert first.scales[1] == pytest.approx(10 * first.scales[0], rel=1e-5)
 
     summary = topo.persistence_summary(first, noise=0.3)
-    assert list(summary.columns[:5]) == ["state", "total_persistence_h0", "entropy_h0", "total_persistence_h1",
-                                         "entropy_h1"]
+    assert list(summary.columns[:5]) == [
+        "state",
+        "total_persistence_h0",
+        "entropy_h0",
+        "total_persistence_h1",
+        "entropy_h1",
+    ]
     assert summary["h1_above_noise"].tolist()[:2] == [1, 1]  # one long loop in each circle
     assert summary["h1_above_noise"].iloc[2] == 0  # none in the blob
     curves = topo.betti_curves(first.diagrams[0])
@@ -237,5 +248,6 @@ def test_persistence_settings_refused_and_keys_differ_by_cloud():
     last_key = topo.persistence_params(ws, topo.PersistenceSettings(cloud="last"))
     assert cache.entry("persistence", all_key).key != cache.entry("persistence", last_key).key
     assert last_key["windows"] == 500 and "n_windows" not in last_key  # the sidebar's windows do not matter
-    assert topo.estimate_persistence_seconds(topo.PersistenceSettings(n_points=600), 31) > \
-        topo.estimate_persistence_seconds(topo.PersistenceSettings(), 31)
+    assert topo.estimate_persistence_seconds(
+        topo.PersistenceSettings(n_points=600), 31
+    ) > topo.estimate_persistence_seconds(topo.PersistenceSettings(), 31)

@@ -53,41 +53,72 @@ def _save(model, folder: Path, tokenizer: bool = False) -> Path:
 def _tiny_llama(tmp_path, name="llama", **kw):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, **kw)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        **kw,
+    )
     return _save(LlamaForCausalLM(cfg), tmp_path / name, tokenizer=True)
 
 
-@pytest.mark.parametrize("build,words", [
-    ("bert", ["'bert'", "BertForMaskedLM", "encoder (masked language model)"]),
-    ("roberta", ["'roberta'", "RobertaForMaskedLM", "encoder"]),
-    ("t5", ["'t5'", "T5ForConditionalGeneration", "encoder-decoder"]),
-    ("bart", ["'bart'", "encoder-decoder"]),
-    ("llama-classifier", ["'llama'", "LlamaForSequenceClassification", "not a language-model head"]),
-])
+@pytest.mark.parametrize(
+    "build,words",
+    [
+        ("bert", ["'bert'", "BertForMaskedLM", "encoder (masked language model)"]),
+        ("roberta", ["'roberta'", "RobertaForMaskedLM", "encoder"]),
+        ("t5", ["'t5'", "T5ForConditionalGeneration", "encoder-decoder"]),
+        ("bart", ["'bart'", "encoder-decoder"]),
+        ("llama-classifier", ["'llama'", "LlamaForSequenceClassification", "not a language-model head"]),
+    ],
+)
 def test_a_model_that_is_not_a_decoder_only_causal_lm_is_refused_naming_what_it_is(tmp_path, build, words):
     import transformers as tf
 
     if build == "bert":
-        m = tf.BertForMaskedLM(tf.BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=32))
+        m = tf.BertForMaskedLM(
+            tf.BertConfig(
+                vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+            )
+        )
     elif build == "roberta":
-        m = tf.RobertaForMaskedLM(tf.RobertaConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2,
-                                                   num_attention_heads=2, intermediate_size=32))
+        m = tf.RobertaForMaskedLM(
+            tf.RobertaConfig(
+                vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+            )
+        )
     elif build == "t5":
-        m = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=2,
-                                                      num_heads=2))
+        m = tf.T5ForConditionalGeneration(
+            tf.T5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
+        )
     elif build == "bart":
-        m = tf.BartForConditionalGeneration(tf.BartConfig(vocab_size=99, d_model=16, encoder_layers=1,
-                                                          decoder_layers=1, encoder_attention_heads=2,
-                                                          decoder_attention_heads=2, encoder_ffn_dim=32,
-                                                          decoder_ffn_dim=32))
+        m = tf.BartForConditionalGeneration(
+            tf.BartConfig(
+                vocab_size=99,
+                d_model=16,
+                encoder_layers=1,
+                decoder_layers=1,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                encoder_ffn_dim=32,
+                decoder_ffn_dim=32,
+            )
+        )
     else:
-        m = tf.LlamaForSequenceClassification(tf.LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32,
-                                                             num_hidden_layers=2, num_attention_heads=2))
+        m = tf.LlamaForSequenceClassification(
+            tf.LlamaConfig(
+                vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
+            )
+        )
     folder = _save(m, tmp_path / build)
-    for call in (lambda: models.read_config(ModelSpec(source=str(folder))),
-                 lambda: models.load_model(ModelSpec(source=str(folder), device="cpu"))):
+    for call in (
+        lambda: models.read_config(ModelSpec(source=str(folder))),
+        lambda: models.load_model(ModelSpec(source=str(folder), device="cpu")),
+    ):
         with pytest.raises(ModelLoadError) as err:
             call()
         msg = str(err.value)
@@ -110,10 +141,13 @@ def test_a_tiny_causal_lm_passes_and_its_limits_are_read_without_weights(tmp_pat
         preflight.check_action(config, {"remove_blocks": [3]})
 
 
-@pytest.mark.parametrize("damage,words", [
-    ("truncate", ["model.safetensors is damaged", "truncated"]),
-    ("header", ["model.safetensors is damaged", "header"]),
-])
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        ("truncate", ["model.safetensors is damaged", "truncated"]),
+        ("header", ["model.safetensors is damaged", "header"]),
+    ],
+)
 def test_a_damaged_checkpoint_gives_one_line_naming_the_file(tmp_path, damage, words):
     folder = _tiny_llama(tmp_path)
     f = folder / "model.safetensors"
@@ -129,9 +163,18 @@ def _remote_code_folder(tmp_path) -> tuple[Path, Path]:
     folder = tmp_path / "custom"
     folder.mkdir()
     sentinel = tmp_path / "code-ran"
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil_lm", "architectures": ["EvilForCausalLM"],
-        "auto_map": {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil_lm",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "modeling_evil.EvilConfig",
+                    "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
+                },
+            }
+        )
+    )
     (folder / "modeling_evil.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n")
     return folder, sentinel
 
@@ -162,12 +205,15 @@ def test_run_with_a_recipe_asking_for_remote_code_runs_none(tmp_path):
     assert not sentinel.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec,words", [
-    ("abc", ["--remove", "'abc'", "0-based"]),
-    ("3-x", ["--remove", "'3-x'"]),
-    ("5-2", ["--remove", "ends before it starts"]),
-    ("[1,x)", ["--remove", "block list"]),
-])
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("abc", ["--remove", "'abc'", "0-based"]),
+        ("3-x", ["--remove", "'3-x'"]),
+        ("5-2", ["--remove", "ends before it starts"]),
+        ("[1,x)", ["--remove", "block list"]),
+    ],
+)
 def test_block_lists_that_are_not_numbers_name_the_option(spec, words):
     with pytest.raises(PruneError) as err:
         parse_blocks(spec, what="--remove")
@@ -202,14 +248,16 @@ def test_targets_by_one_projection_name_as_in_the_help(tmp_path):
 
     from analysis.changes.low_rank import resolve_targets
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    )
     names, _ = resolve_targets(model, "down_proj")
     assert names == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     assert len(resolve_targets(model, "mlp")[0]) == 6
 
 
 # --- destinations -------------------------------------------------------------------------------------------
+
 
 def test_destination_rules(tmp_path):
     new = tmp_path / "new"
@@ -237,7 +285,9 @@ def test_destination_rules(tmp_path):
     legacy = tmp_path / "legacy-export"
     legacy.mkdir()
     (legacy / "recipe.json").write_text('{"layerscope": 1, "model": {}}')
-    with pytest.raises(destinations.DestinationError, match="not written by LayerScope"):  # a recipe.json proves nothing
+    with pytest.raises(
+        destinations.DestinationError, match="not written by LayerScope"
+    ):  # a recipe.json proves nothing
         destinations.check(legacy, overwrite=True)
     with pytest.raises(destinations.DestinationError, match="is a file"):
         (tmp_path / "f").write_text("x")

@@ -291,8 +291,12 @@ def test_estimate_simplex_count_matches_what_the_zigzag_builds():
 
 def test_progress_is_reported():
     calls: list[tuple[int, int, str]] = []
-    zigzag_bars(random_layers(n=30, n_layers=3, width=3, drift=0.3, seed=7), k=3, max_dim=2,
-                progress=lambda done, total, message: calls.append((done, total, message)))
+    zigzag_bars(
+        random_layers(n=30, n_layers=3, width=3, drift=0.3, seed=7),
+        k=3,
+        max_dim=2,
+        progress=lambda done, total, message: calls.append((done, total, message)),
+    )
     messages = [m for _, _, m in calls]
     assert "kNN clique complexes" in messages
     # FastZigzag reports no steps: stages with total 0 (shown as text, never as a made-up bar)
@@ -300,8 +304,13 @@ def test_progress_is_reported():
     assert [c[2].split(":")[1].split()[0] for c in stages] == ["building", "reducing", "reading"]
     assert all(done == 0 and total == 0 for done, total, _ in stages)
     old: list[tuple[int, int, str]] = []
-    zigzag_bars(random_layers(n=30, n_layers=3, width=3, drift=0.3, seed=7), k=3, max_dim=2, engine="zigzag",
-                progress=lambda done, total, message: old.append((done, total, message)))
+    zigzag_bars(
+        random_layers(n=30, n_layers=3, width=3, drift=0.3, seed=7),
+        k=3,
+        max_dim=2,
+        engine="zigzag",
+        progress=lambda done, total, message: old.append((done, total, message)),
+    )
     last = [c for c in old if c[2] == "zigzag persistence"][-1]
     assert last[0] == last[1] > 0
 
@@ -339,8 +348,13 @@ def test_fast_zigzag_gives_the_old_engines_bars_on_random_filtrations(seed):
     """The oracle: Dionysus' zigzag_homology_persistence. Random clouds drifting over 1-6 layers, k 2-5, m 1-3, with
     the H_m artefacts kept so that every dimension is compared."""
     rng = np.random.default_rng(seed)
-    clouds = random_layers(n=int(rng.integers(8, 40)), n_layers=int(rng.integers(1, 7)), width=int(rng.integers(2, 5)),
-                           drift=float(rng.uniform(0.05, 1.0)), seed=seed)
+    clouds = random_layers(
+        n=int(rng.integers(8, 40)),
+        n_layers=int(rng.integers(1, 7)),
+        width=int(rng.integers(2, 5)),
+        drift=float(rng.uniform(0.05, 1.0)),
+        seed=seed,
+    )
     k, m = int(rng.integers(2, 6)), int(rng.integers(1, 4))
     fast = zigzag_bars(clouds, k=k, max_dim=m, keep_top_dim=True)
     old = zigzag_bars(clouds, k=k, max_dim=m, keep_top_dim=True, engine="zigzag")

@@ -35,9 +35,11 @@ def contradiction(suggested, scores, label: str, redundant_when: str = "low", to
     if not hit:
         return None
     ranks = ", ".join(f"block {b}: rank {rank[b]}" for b in hit)
-    return (f"Caveat: AVSS suggests removing block{'s' if len(hit) > 1 else ''} {', '.join(map(str, hit))}, which "
-            f"{label} ranks among the {top} most important of {L} blocks ({ranks}; rank 1 = most important). The "
-            "suggestion contradicts it: check the measured damage (leaderboard) before cutting.")
+    return (
+        f"Caveat: AVSS suggests removing block{'s' if len(hit) > 1 else ''} {', '.join(map(str, hit))}, which "
+        f"{label} ranks among the {top} most important of {L} blocks ({ranks}; rank 1 = most important). The "
+        "suggestion contradicts it: check the measured damage (leaderboard) before cutting."
+    )
 
 
 def contradictions(ws, suggested) -> list[str]:
@@ -82,13 +84,23 @@ def _suggest(ws, params, k, scores) -> list[int]:
     return suggest_avss(table_from_scores(scores), share=float(params.get("share", 0.25)), k=int(k))
 
 
-register(BlockMetric(
-    key="avss", label="AVSS", redundant_when="low", group="avss", page="avss", order=30,
-    description="AVSS_b = variance / sparsity of the block's activations at the chosen site (default: MLP hidden "
-                "activation, the input of down_proj). Low = little varied, mostly small activity. The suggestion "
-                "takes the k lowest, never past a sorted cumulative NAVSS of 25 %.",
-    compute=_compute, is_cached=_is_cached, default_params=dict(DEFAULTS), suggest_rule=_suggest,
-))
+register(
+    BlockMetric(
+        key="avss",
+        label="AVSS",
+        redundant_when="low",
+        group="avss",
+        page="avss",
+        order=30,
+        description="AVSS_b = variance / sparsity of the block's activations at the chosen site (default: MLP hidden "
+        "activation, the input of down_proj). Low = little varied, mostly small activity. The suggestion "
+        "takes the k lowest, never past a sorted cumulative NAVSS of 25 %.",
+        compute=_compute,
+        is_cached=_is_cached,
+        default_params=dict(DEFAULTS),
+        suggest_rule=_suggest,
+    )
+)
 
 
 def write_avss_columns(ws, out_dir, progress, params: dict | None = None):
@@ -114,8 +126,7 @@ def write_avss_columns(ws, out_dir, progress, params: dict | None = None):
         "zero_sparsity_note": "where no entry is below the threshold, avss = variance * n_entries (a lower bound)",
         "tokens_per_block": int(t["n_tokens"].iloc[0]),
     }
-    return ({"avss_variance": t["variance"].to_numpy(), "avss_sparsity": t["sparsity"].to_numpy()},
-            {"avss": info})
+    return ({"avss_variance": t["variance"].to_numpy(), "avss_sparsity": t["sparsity"].to_numpy()}, {"avss": info})
 
 
 register_group_writer("avss", write_avss_columns)
@@ -141,22 +152,39 @@ def _report(ws) -> list:
     picked = res.suggest(share=DEFAULTS["share"], k=k)
     curve = res.curve()
     where = site_label(settings.site, is_moe(ws.lm))
-    bars = plots.bars(blocks, t["avss"], f"AVSS per block at the {where} (log scale; low = redundant)",
-                      plots.BLOCK_AXIS, "AVSS", highlight=picked, hover_fmt=".4g")
+    bars = plots.bars(
+        blocks,
+        t["avss"],
+        f"AVSS per block at the {where} (log scale; low = redundant)",
+        plots.BLOCK_AXIS,
+        "AVSS",
+        highlight=picked,
+        hover_fmt=".4g",
+    )
     plots.set_log_axis(bars, t["avss"].tolist())  # one block holds most of the sum: linear bars hide the rest
     by_share = res.suggest(share=DEFAULTS["share"])
     caveats = [("text", line, "") for line in contradictions(ws, picked)]
     return [
-        ("figure", bars,
-         f"AVSS = variance / sparsity (|a| < {settings.eps}); suggested: {', '.join(map(str, picked))} (k = {k}, "
-         f"never past a sorted cumulative share of {DEFAULTS['share']:.0%}). Blocks with raw sparsity below "
-         f"{NEAR_ZERO_SPARSITY:g}: {', '.join(map(str, res.near_zero)) or 'none'}."),
+        (
+            "figure",
+            bars,
+            f"AVSS = variance / sparsity (|a| < {settings.eps}); suggested: {', '.join(map(str, picked))} (k = {k}, "
+            f"never past a sorted cumulative share of {DEFAULTS['share']:.0%}). Blocks with raw sparsity below "
+            f"{NEAR_ZERO_SPARSITY:g}: {', '.join(map(str, res.near_zero)) or 'none'}.",
+        ),
         *caveats,
-        ("figure", plots.curves(list(range(1, len(curve) + 1)), {"cumulative NAVSS": curve["cumulative_navss"]},
-                                "Cumulative normalised AVSS over blocks sorted by AVSS", "blocks taken",
-                                "cumulative share"),
-         f"The paper's rule keeps the lowest blocks while this stays ≤ 25 %: here {len(by_share)} of {len(blocks)} "
-         "blocks, hence the cap k."),
+        (
+            "figure",
+            plots.curves(
+                list(range(1, len(curve) + 1)),
+                {"cumulative NAVSS": curve["cumulative_navss"]},
+                "Cumulative normalised AVSS over blocks sorted by AVSS",
+                "blocks taken",
+                "cumulative share",
+            ),
+            f"The paper's rule keeps the lowest blocks while this stays ≤ 25 %: here {len(by_share)} of {len(blocks)} "
+            "blocks, hence the cap k.",
+        ),
     ]
 
 

@@ -7,10 +7,11 @@ import numpy as np
 from analysis.methods import baselines
 from analysis.metrics.base import BlockMetric, ReportSection, register, register_report_section
 
-
-BI_ABOVE_ONE = ("BI = 1 − mean cos can exceed 1: then the mean cosine is negative, the block's output points on "
-                "average away from its input (for the last block, its output is read after the final norm, as "
-                "Hugging Face returns the last hidden state).")
+BI_ABOVE_ONE = (
+    "BI = 1 − mean cos can exceed 1: then the mean cosine is negative, the block's output points on "
+    "average away from its input (for the last block, its output is read after the final norm, as "
+    "Hugging Face returns the last hidden state)."
+)
 
 
 def block_influence_note(bi) -> str:
@@ -18,8 +19,12 @@ def block_influence_note(bi) -> str:
     above = [b for b, v in enumerate(np.asarray(bi, dtype=float)) if v > 1.0]
     if not above:
         return ""
-    return (f"Block{'s' if len(above) > 1 else ''} {', '.join(map(str, above))}: "
-            + ", ".join(f"BI {float(bi[b]):.3f}" for b in above) + ". " + BI_ABOVE_ONE)
+    return (
+        f"Block{'s' if len(above) > 1 else ''} {', '.join(map(str, above))}: "
+        + ", ".join(f"BI {float(bi[b]):.3f}" for b in above)
+        + ". "
+        + BI_ABOVE_ONE
+    )
 
 
 def baseline_results(ws, progress=None) -> dict:
@@ -47,24 +52,36 @@ def _best_range(ws, params, k, scores) -> list[int]:
     return list(range(start, end))
 
 
-register(BlockMetric(
-    key="block_influence", label="Block influence", redundant_when="low", group="linearity", page="linearity",
-    order=20,
-    description="BI_b = 1 − mean cos(h_b, h_{b+1}) over all tokens (ShortGPT). Low = the block barely turns "
-                "the residual stream; above 1 = the mean cosine is negative (the output points away from the input).",
-    compute=lambda ws, p, progress: baseline_results(ws, progress)["block_influence"],
-    is_cached=_cached,
-))
+register(
+    BlockMetric(
+        key="block_influence",
+        label="Block influence",
+        redundant_when="low",
+        group="linearity",
+        page="linearity",
+        order=20,
+        description="BI_b = 1 − mean cos(h_b, h_{b+1}) over all tokens (ShortGPT). Low = the block barely turns "
+        "the residual stream; above 1 = the mean cosine is negative (the output points away from the input).",
+        compute=lambda ws, p, progress: baseline_results(ws, progress)["block_influence"],
+        is_cached=_cached,
+    )
+)
 
-register(BlockMetric(
-    key="angular_distance", label="Angular distance", redundant_when="low", group="linearity", page="linearity",
-    order=21,
-    description="d(b, 1) = arccos(cos(h_b, h_{b+1}))/π on the last token of each window (Gromov et al.). The "
-                "suggestion is the contiguous range [l, l+k) with the smallest d(l, k).",
-    compute=lambda ws, p, progress: baseline_results(ws, progress)["angular"][:, 0],
-    is_cached=_cached,
-    suggest_rule=_best_range,
-))
+register(
+    BlockMetric(
+        key="angular_distance",
+        label="Angular distance",
+        redundant_when="low",
+        group="linearity",
+        page="linearity",
+        order=21,
+        description="d(b, 1) = arccos(cos(h_b, h_{b+1}))/π on the last token of each window (Gromov et al.). The "
+        "suggestion is the contiguous range [l, l+k) with the smallest d(l, k).",
+        compute=lambda ws, p, progress: baseline_results(ws, progress)["angular"][:, 0],
+        is_cached=_cached,
+        suggest_rule=_best_range,
+    )
+)
 
 
 def _report(ws) -> list:
@@ -79,13 +96,34 @@ def _report(ws) -> list:
     best = pd.DataFrame(baselines.best_ranges(res["angular"]), columns=["size", "start", "end", "distance"])
     best.insert(1, "range", [f"[{s}, {e})" for s, e in zip(best.start, best.end)])
     return [
-        ("figure", plots.bars(list(range(L)), res["block_influence"], "Block influence (low = redundant)",
-                              plots.BLOCK_AXIS, "BI"),
-         " ".join(filter(None, ["BI_b = 1 − mean cos(h_b, h_(b+1)) over all tokens (ShortGPT).",
-                                block_influence_note(res["block_influence"])]))),
-        ("figure", plots.heatmap(res["angular"], list(range(1, L + 1)), list(range(L)), "Angular distance d(l, n)",
-                                 "block size n", "start block l", colorscale="Viridis_r"),
-         "arccos(cos(h_l, h_(l+n)))/π on the last token of each window (Gromov et al.)."),
+        (
+            "figure",
+            plots.bars(
+                list(range(L)), res["block_influence"], "Block influence (low = redundant)", plots.BLOCK_AXIS, "BI"
+            ),
+            " ".join(
+                filter(
+                    None,
+                    [
+                        "BI_b = 1 − mean cos(h_b, h_(b+1)) over all tokens (ShortGPT).",
+                        block_influence_note(res["block_influence"]),
+                    ],
+                )
+            ),
+        ),
+        (
+            "figure",
+            plots.heatmap(
+                res["angular"],
+                list(range(1, L + 1)),
+                list(range(L)),
+                "Angular distance d(l, n)",
+                "block size n",
+                "start block l",
+                colorscale="Viridis_r",
+            ),
+            "arccos(cos(h_l, h_(l+n)))/π on the last token of each window (Gromov et al.).",
+        ),
         ("table", best[["size", "range", "distance"]], "Best range [start, end) of every size."),
     ]
 

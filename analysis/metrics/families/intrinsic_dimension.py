@@ -33,7 +33,7 @@ def write_states_csv(ws, out_dir, progress, params: dict | None = None):
             "twonn": "Facco et al. 2017, linear fit through the origin, top 10% of ratios discarded",
             "gride": f"Denti et al. 2022, neighbours of order {settings.gride_k} and {2 * settings.gride_k}",
             "corr": "Grassberger-Procaccia correlation dimension between the 0.1% and 5% quantiles of pairwise "
-                    "distances (not the 'correlators' of arXiv 2503.22547, whose definition could not be checked)",
+            "distances (not the 'correlators' of arXiv 2503.22547, whose definition could not be checked)",
         },
         "normalisation": "each state's cloud divided by its median pairwise distance; exact duplicates removed",
         "width": prof.width,
@@ -66,17 +66,38 @@ def _report(ws) -> list:
         v = prof.valid(est)
         if v.empty:
             continue
-        fig.add_trace(go.Scatter(x=v["state"], y=v[f"id_{est}"], name=label, mode="lines+markers",
-                                 error_y=dict(type="data", symmetric=False,
-                                              array=(v[f"id_{est}_max"] - v[f"id_{est}"]).clip(lower=0),
-                                              arrayminus=(v[f"id_{est}"] - v[f"id_{est}_min"]).clip(lower=0),
-                                              visible=True)))
-    fig.update_layout(title="Intrinsic dimension against depth", xaxis_title="hidden state h_s",
-                      yaxis_title="intrinsic dimension", height=400, margin=dict(l=60, r=20, t=50, b=50))
-    return [("figure", fig, f"{prof.shape('twonn')} (TwoNN, whole cloud). Points: each estimator on the whole "
-                            f"distinct cloud of the state; error bars: the range over {prof.subset_size_text()} "
-                            f"(smaller samples read higher); width {prof.width}. Correlation dimension is the closest standard estimator to "
-                            "the seed paper's unverified 'correlators'.")]
+        fig.add_trace(
+            go.Scatter(
+                x=v["state"],
+                y=v[f"id_{est}"],
+                name=label,
+                mode="lines+markers",
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(v[f"id_{est}_max"] - v[f"id_{est}"]).clip(lower=0),
+                    arrayminus=(v[f"id_{est}"] - v[f"id_{est}_min"]).clip(lower=0),
+                    visible=True,
+                ),
+            )
+        )
+    fig.update_layout(
+        title="Intrinsic dimension against depth",
+        xaxis_title="hidden state h_s",
+        yaxis_title="intrinsic dimension",
+        height=400,
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
+    return [
+        (
+            "figure",
+            fig,
+            f"{prof.shape('twonn')} (TwoNN, whole cloud). Points: each estimator on the whole "
+            f"distinct cloud of the state; error bars: the range over {prof.subset_size_text()} "
+            f"(smaller samples read higher); width {prof.width}. Correlation dimension is the closest standard estimator to "
+            "the seed paper's unverified 'correlators'.",
+        )
+    ]
 
 
 register_report_section(ReportSection("intrinsic_dimension", "Intrinsic dimension profile", _report, order=40))

@@ -14,13 +14,16 @@ def too_few_tokens_remedy(ws) -> str:
     c, need = ws.calibration, 2 * ws.lm.width
     captured = c.n_windows * (c.window_len - c.exclude_first)
     if c.n_max is not None and c.n_max < need <= captured:
-        return (f"the clouds are subsampled to n_max = {c.n_max:,} tokens: raise --n-max ('Subsample all-token "
-                f"clouds to' in the sidebar) to at least {need:,}, or leave it out")
+        return (
+            f"the clouds are subsampled to n_max = {c.n_max:,} tokens: raise --n-max ('Subsample all-token "
+            f"clouds to' in the sidebar) to at least {need:,}, or leave it out"
+        )
     more = f"at least {-(-need // max(1, c.window_len - c.exclude_first)):,} windows of {c.window_len}"
     if c.exclude_first:
         more += f" (minus the {c.exclude_first} excluded first positions)"
-    return (f"capture more tokens: --sequences {more} ('Windows N' in the sidebar), or longer windows with "
-            "--seq-len" + (", and raise --n-max or leave it out" if c.n_max is not None and c.n_max < need else ""))
+    return f"capture more tokens: --sequences {more} ('Windows N' in the sidebar), or longer windows with --seq-len" + (
+        ", and raise --n-max or leave it out" if c.n_max is not None and c.n_max < need else ""
+    )
 
 
 def linearity_results(ws, progress=None) -> dict:
@@ -40,13 +43,21 @@ def linearity_results(ws, progress=None) -> dict:
         if need > memory_budget():
             cap = ws.capture()
             with_res, without_res = linearity.consecutive_linearity_streamed(
-                cap.states, exclude_first=ws.calibration.exclude_first, progress=progress)
-            reason = (f"the clouds of all {ws.n_states} states need about {need / 2**30:.1f} GiB, over the memory "
-                      f"budget of {memory_budget() / 2**30:.1f} GiB; the consecutive curves were streamed instead. "
-                      "Subsample the clouds (n_max) to see the full matrix.")
-            return ({"matrix": np.full((ws.n_states, ws.n_states), np.nan), "consecutive": with_res,
-                     "without_residual": without_res},
-                    {"tokens": ws.n_cloud_tokens(), "width": ws.lm.width, "matrix_skipped": reason})
+                cap.states, exclude_first=ws.calibration.exclude_first, progress=progress
+            )
+            reason = (
+                f"the clouds of all {ws.n_states} states need about {need / 2**30:.1f} GiB, over the memory "
+                f"budget of {memory_budget() / 2**30:.1f} GiB; the consecutive curves were streamed instead. "
+                "Subsample the clouds (n_max) to see the full matrix."
+            )
+            return (
+                {
+                    "matrix": np.full((ws.n_states, ws.n_states), np.nan),
+                    "consecutive": with_res,
+                    "without_residual": without_res,
+                },
+                {"tokens": ws.n_cloud_tokens(), "width": ws.lm.width, "matrix_skipped": reason},
+            )
         clouds = ws.all_token_clouds()
         n_states = len(clouds)
         total = n_states + n_states * (n_states - 1) // 2 + (n_states - 1)
@@ -63,8 +74,10 @@ def linearity_results(ws, progress=None) -> dict:
                 progress(offset + done, total, f"consecutive linearity: {msg}")
 
         with_res, without_res = linearity.consecutive_linearity(clouds, progress=curve_progress)
-        return ({"matrix": M, "consecutive": with_res, "without_residual": without_res},
-                {"tokens": int(clouds[0].shape[0]), "width": int(clouds[0].shape[1])})
+        return (
+            {"matrix": M, "consecutive": with_res, "without_residual": without_res},
+            {"tokens": int(clouds[0].shape[0]), "width": int(clouds[0].shape[1])},
+        )
 
     arrays, data, outcome = ws.result("linearity", {"v": 1}, compute)
     return {**arrays, **data, "outcome": outcome}
@@ -74,22 +87,35 @@ def _cached(ws, params) -> bool:
     return ws.has_result("linearity", {"v": 1})
 
 
-register(BlockMetric(
-    key="linearity", label="Linearity", redundant_when="high", group="linearity", page="linearity", order=10,
-    description="Linearity score of h_b → h_{b+1} (Procrustes-style, any linear map; 1 = exactly linear). "
-                "Near-linear blocks are candidates for removal or linear replacement.",
-    compute=lambda ws, p, progress: linearity_results(ws, progress)["consecutive"],
-    is_cached=_cached,
-))
+register(
+    BlockMetric(
+        key="linearity",
+        label="Linearity",
+        redundant_when="high",
+        group="linearity",
+        page="linearity",
+        order=10,
+        description="Linearity score of h_b → h_{b+1} (Procrustes-style, any linear map; 1 = exactly linear). "
+        "Near-linear blocks are candidates for removal or linear replacement.",
+        compute=lambda ws, p, progress: linearity_results(ws, progress)["consecutive"],
+        is_cached=_cached,
+    )
+)
 
-register(BlockMetric(
-    key="linearity_no_residual", label="Linearity without residual", redundant_when="high", group="linearity",
-    page="linearity", order=11,
-    description="Linearity of h_b → h_{b+1} − h_b: how linear the block's own contribution is. High = the block "
-                "could be replaced by a linear map.",
-    compute=lambda ws, p, progress: linearity_results(ws, progress)["without_residual"],
-    is_cached=_cached,
-))
+register(
+    BlockMetric(
+        key="linearity_no_residual",
+        label="Linearity without residual",
+        redundant_when="high",
+        group="linearity",
+        page="linearity",
+        order=11,
+        description="Linearity of h_b → h_{b+1} − h_b: how linear the block's own contribution is. High = the block "
+        "could be replaced by a linear map.",
+        compute=lambda ws, p, progress: linearity_results(ws, progress)["without_residual"],
+        is_cached=_cached,
+    )
+)
 
 
 def _write_linearity_files(ws, out_dir, progress):
@@ -101,10 +127,18 @@ def _write_linearity_files(ws, out_dir, progress):
     res = linearity_results(ws, progress)
     n = res["matrix"].shape[0]
     names = [f"h{s}" for s in range(n)]
-    write_csv(out_dir / "linearity.csv", pd.DataFrame(res["matrix"], index=pd.Index(names, name="state"), columns=names),
-              index=True)
-    return {}, {"linearity": {"tokens": res["tokens"], "width": res["width"],
-                              "definition": "1 - min_A ||X~A - Y~||_F^2, columns centred, Frobenius-normalised"}}
+    write_csv(
+        out_dir / "linearity.csv",
+        pd.DataFrame(res["matrix"], index=pd.Index(names, name="state"), columns=names),
+        index=True,
+    )
+    return {}, {
+        "linearity": {
+            "tokens": res["tokens"],
+            "width": res["width"],
+            "definition": "1 - min_A ||X~A - Y~||_F^2, columns centred, Frobenius-normalised",
+        }
+    }
 
 
 register_group_writer("linearity", _write_linearity_files)
@@ -118,15 +152,38 @@ def _report(ws) -> list:
     res = linearity_results(ws)
     labels = plots.state_labels(res["matrix"].shape[0])
     blocks = list(range(len(res["consecutive"])))
-    matrix = [] if res.get("matrix_skipped") else [
-        ("figure", plots.heatmap(res["matrix"], labels, labels, "Linearity from h_i (row) to h_j (column)", "to state",
-                                 "from state", zmin=float(res["matrix"].min()), zmax=1.0),
-         f"1 − min_A ‖X̃A − Ỹ‖²_F over any linear map, on {res['tokens']:,} tokens (arXiv 2405.12250).")]
+    matrix = (
+        []
+        if res.get("matrix_skipped")
+        else [
+            (
+                "figure",
+                plots.heatmap(
+                    res["matrix"],
+                    labels,
+                    labels,
+                    "Linearity from h_i (row) to h_j (column)",
+                    "to state",
+                    "from state",
+                    zmin=float(res["matrix"].min()),
+                    zmax=1.0,
+                ),
+                f"1 − min_A ‖X̃A − Ỹ‖²_F over any linear map, on {res['tokens']:,} tokens (arXiv 2405.12250).",
+            )
+        ]
+    )
     return matrix + [
-        ("figure", plots.curves(blocks, {"with residual": res["consecutive"],
-                                         "without residual": res["without_residual"]},
-                                "Linearity of each block", plots.BLOCK_AXIS, "linearity"),
-         "With residual: h_b → h_(b+1); without: h_b → h_(b+1) − h_b."),
+        (
+            "figure",
+            plots.curves(
+                blocks,
+                {"with residual": res["consecutive"], "without residual": res["without_residual"]},
+                "Linearity of each block",
+                plots.BLOCK_AXIS,
+                "linearity",
+            ),
+            "With residual: h_b → h_(b+1); without: h_b → h_(b+1) − h_b.",
+        ),
     ]
 
 

@@ -29,10 +29,18 @@ def _cached(ws, params) -> bool:
     return scan_is_cached(ws.lm, search_settings(params), None, "block")
 
 
-register(BlockMetric(
-    key="measured_damage", label="Measured damage", redundant_when="low", group="damage", page="leaderboard",
-    order=90, default_params=dict(DEFAULT_PARAMS),
-    description="ΔNLL_b = mean NLL of the model without block b − the original's, on the search text (first 1024 "
-                "tokens of lcet10, windows of 512): what removing the block alone really costs. Low = safe to remove.",
-    compute=_compute, is_cached=_cached,
-))
+register(
+    BlockMetric(
+        key="measured_damage",
+        label="Measured damage",
+        redundant_when="low",
+        group="damage",
+        page="leaderboard",
+        order=90,
+        default_params=dict(DEFAULT_PARAMS),
+        description="ΔNLL_b = mean NLL of the model without block b − the original's, on the search text (first 1024 "
+        "tokens of lcet10, windows of 512): what removing the block alone really costs. Low = safe to remove.",
+        compute=_compute,
+        is_cached=_cached,
+    )
+)

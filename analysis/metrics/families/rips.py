@@ -32,15 +32,26 @@ def cached_settings(ws) -> list:
         if params.get("cloud") == "all":
             if any(params.get(k) != v for k, v in key.items()):
                 continue
-            s = PersistenceSettings(cloud="all", metric=params["metric"], n_points=int(params["n_points"]),
-                                    max_dim=int(params["max_dim"]), seed=int(params["seed"]),
-                                    drop_first=int(params.get("drop_first", 0)))
+            s = PersistenceSettings(
+                cloud="all",
+                metric=params["metric"],
+                n_points=int(params["n_points"]),
+                max_dim=int(params["max_dim"]),
+                seed=int(params["seed"]),
+                drop_first=int(params.get("drop_first", 0)),
+            )
         elif params.get("cloud") == "last":
             if params.get("model") != ws.lm.fingerprint or params.get("text") != ws.text.sha256:
                 continue
-            s = PersistenceSettings(cloud="last", metric=params["metric"], n_points=int(params["n_points"]),
-                                    max_dim=int(params["max_dim"]), seed=int(params["seed"]),
-                                    last_windows=int(params["windows"]), last_window_len=int(params["window_len"]))
+            s = PersistenceSettings(
+                cloud="last",
+                metric=params["metric"],
+                n_points=int(params["n_points"]),
+                max_dim=int(params["max_dim"]),
+                seed=int(params["seed"]),
+                last_windows=int(params["windows"]),
+                last_window_len=int(params["window_len"]),
+            )
         else:
             continue
         ident = tuple(sorted(s.to_dict().items()))
@@ -63,22 +74,43 @@ def _report(ws) -> list:
     dims = list(range(s.max_dim + 1))
     mid = ws.n_states // 2
     dgms = res.diagrams[mid]
-    what = ("all tokens of the calibration windows" + (", the first position of each window left out (attention "
-                                                       "sink)" if s.drop_first else "")
-            if s.cloud == "all" else f"the last token of {s.last_windows} windows of {s.last_window_len} tokens")
-    settings_text = (f"Cloud: {what}; {s.metric} distance; farthest-point subsample of {s.n_points} points; "
-                     f"homology up to H{s.max_dim}; every cloud divided by its median pairwise distance.")
+    what = (
+        "all tokens of the calibration windows"
+        + (", the first position of each window left out (attention sink)" if s.drop_first else "")
+        if s.cloud == "all"
+        else f"the last token of {s.last_windows} windows of {s.last_window_len} tokens"
+    )
+    settings_text = (
+        f"Cloud: {what}; {s.metric} distance; farthest-point subsample of {s.n_points} points; "
+        f"homology up to H{s.max_dim}; every cloud divided by its median pairwise distance."
+    )
     items = [
-        ("figure", plots.per_dimension_curves(summary, "total_persistence_h", dims,
-                                              "Total persistence (sum of finite lifetimes) per hidden state",
-                                              "total persistence"), settings_text),
-        ("figure", plots.per_dimension_curves(summary, "entropy_h", dims, "Persistent entropy (nats) per hidden state",
-                                              "entropy"), ""),
+        (
+            "figure",
+            plots.per_dimension_curves(
+                summary,
+                "total_persistence_h",
+                dims,
+                "Total persistence (sum of finite lifetimes) per hidden state",
+                "total persistence",
+            ),
+            settings_text,
+        ),
+        (
+            "figure",
+            plots.per_dimension_curves(
+                summary, "entropy_h", dims, "Persistent entropy (nats) per hidden state", "entropy"
+            ),
+            "",
+        ),
         ("figure", plots.persistence_barcode(dgms, f"Barcode of h{mid}"), ""),
         ("figure", plots.persistence_diagram(dgms, f"Persistence diagram of h{mid}"), ""),
-        ("figure", plots.betti_curves(topo.betti_curves(dgms), f"Betti curves of h{mid}"),
-         "Lifetimes in units of the state's median pairwise distance (Gardinazzi et al., arXiv 2410.11042, per-layer "
-         "view)."),
+        (
+            "figure",
+            plots.betti_curves(topo.betti_curves(dgms), f"Betti curves of h{mid}"),
+            "Lifetimes in units of the state's median pairwise distance (Gardinazzi et al., arXiv 2410.11042, per-layer "
+            "view).",
+        ),
     ]
     if len(settings) > 1:
         items.append(("text", f"{len(settings) - 1} other setting(s) are cached too; the most recent is shown.", ""))

@@ -23,8 +23,12 @@ DEFAULTS = {"windows": 500, "window_len": 32, "k": 4, "m": 3, "alpha": 0.0, "fra
 def _settings(params: dict):
     from analysis.profiles.topology import ZigzagSettings
 
-    return ZigzagSettings(n_windows=int(params["windows"]), window_len=int(params["window_len"]), k=int(params["k"]),
-                          max_dim=int(params["m"]))
+    return ZigzagSettings(
+        n_windows=int(params["windows"]),
+        window_len=int(params["window_len"]),
+        k=int(params["k"]),
+        max_dim=int(params["m"]),
+    )
 
 
 def zigzag_result(ws, params: dict | None = None, progress=None):
@@ -62,16 +66,23 @@ def _rule(ws, params, k, scores) -> list[int]:
     return sorted(blocks)
 
 
-register(BlockMetric(
-    key="zigzag_persistence", label="Zigzag persistence Z̄_1", redundant_when="high", group="topology",
-    page="zigzag", order=40, default_params=dict(DEFAULTS),
-    description="Averaged inter-layer persistence Z̄_1 of the block's output state (zigzag persistence of the "
-                "last-token kNN clique complexes, 500 windows x 32 tokens, k = 4, m = 3, α = 0; Gardinazzi et al.). "
-                "High = its loops persist across the layers. Suggestion: Z̄_1 >= 0.9 · max (k = a cap).",
-    compute=_scores,
-    is_cached=_cached,
-    suggest_rule=_rule,
-))
+register(
+    BlockMetric(
+        key="zigzag_persistence",
+        label="Zigzag persistence Z̄_1",
+        redundant_when="high",
+        group="topology",
+        page="zigzag",
+        order=40,
+        default_params=dict(DEFAULTS),
+        description="Averaged inter-layer persistence Z̄_1 of the block's output state (zigzag persistence of the "
+        "last-token kNN clique complexes, 500 windows x 32 tokens, k = 4, m = 3, α = 0; Gardinazzi et al.). "
+        "High = its loops persist across the layers. Suggestion: Z̄_1 >= 0.9 · max (k = a cap).",
+        compute=_scores,
+        is_cached=_cached,
+        suggest_rule=_rule,
+    )
+)
 
 
 def _write_topology_files(ws, out_dir, progress):
@@ -81,12 +92,19 @@ def _write_topology_files(ws, out_dir, progress):
 
     result = zigzag_result(ws, None, progress)
     view = describe_zigzag(result)
-    write_csv(out_dir / "zigzag_bars.csv", view.bars[["dim", "birth_index", "death_index", "birth_layer",
-                                                      "death_layer"]])
+    write_csv(
+        out_dir / "zigzag_bars.csv", view.bars[["dim", "birth_index", "death_index", "birth_layer", "death_layer"]]
+    )
     write_csv(out_dir / "zigzag_layers.csv", zigzag_layers_frame(result, view))
-    return {}, {"zigzag": {**result.settings.to_dict(), "alpha": 0.0,
-                           "suggested_blocks": {f"{f:g}": s["blocks"] for f, s in view.suggestions.items()},
-                           "n_simplices": result.info["n_simplices"], "seconds": result.info.get("seconds")}}
+    return {}, {
+        "zigzag": {
+            **result.settings.to_dict(),
+            "alpha": 0.0,
+            "suggested_blocks": {f"{f:g}": s["blocks"] for f, s in view.suggestions.items()},
+            "n_simplices": result.info["n_simplices"],
+            "seconds": result.info.get("seconds"),
+        }
+    }
 
 
 register_group_writer("topology", _write_topology_files)
@@ -107,11 +125,20 @@ def _report(ws) -> list:
     s = view.suggestions[DEFAULTS["fraction"]]
     betti = {f"β{d}": view.betti[i] for i, d in enumerate(view.dims)}
     return [
-        ("figure", plots.curves(list(range(n)), {"Z̄_1": view.zbar}, "Averaged inter-layer persistence Z̄_1 (α = 0)",
-                                "hidden state h_s", "Z̄_1", highlight=[b + 1 for b in s["blocks"]]),
-         f"Zigzag persistence (Gardinazzi et al., arXiv 2410.11042) on the last token of {DEFAULTS['windows']} windows "
-         f"of {DEFAULTS['window_len']} tokens, k = {DEFAULTS['k']}, m = {DEFAULTS['m']}. The 0.9·max rule removes "
-         f"blocks {', '.join(map(str, s['blocks']))} (state s ↔ block s − 1)."),
+        (
+            "figure",
+            plots.curves(
+                list(range(n)),
+                {"Z̄_1": view.zbar},
+                "Averaged inter-layer persistence Z̄_1 (α = 0)",
+                "hidden state h_s",
+                "Z̄_1",
+                highlight=[b + 1 for b in s["blocks"]],
+            ),
+            f"Zigzag persistence (Gardinazzi et al., arXiv 2410.11042) on the last token of {DEFAULTS['windows']} windows "
+            f"of {DEFAULTS['window_len']} tokens, k = {DEFAULTS['k']}, m = {DEFAULTS['m']}. The 0.9·max rule removes "
+            f"blocks {', '.join(map(str, s['blocks']))} (state s ↔ block s − 1).",
+        ),
         ("figure", plots.curves(list(range(n)), betti, "Betti numbers per hidden state", "hidden state h_s", "β"), ""),
     ]
 
@@ -135,12 +162,18 @@ def _representatives_report(ws) -> list:
     if not representatives_are_cached(ws.lm, ws.text, settings):
         return []
     reps = zigzag_representatives(ws.lm, ws.text, settings)
-    items = [("text", "Each point of the zigzag is one window of text (its last token's hidden state). A long "
-                      "H1 bar is a ring of windows, each among the k nearest neighbours of the next, around a hole "
-                      "that lasts from layer to layer; an H0 bar is a cluster cut off from the rest. Listed: the "
-                      "windows of the longest bars at each bar's middle layer (Dionysus' apex representative, "
-                      "checked to be a loop of that layer's graph), with the layers in which each window is part "
-                      "of the bar; the window's last token is in ⟦ ⟧.", "")]
+    items = [
+        (
+            "text",
+            "Each point of the zigzag is one window of text (its last token's hidden state). A long "
+            "H1 bar is a ring of windows, each among the k nearest neighbours of the next, around a hole "
+            "that lasts from layer to layer; an H0 bar is a cluster cut off from the rest. Listed: the "
+            "windows of the longest bars at each bar's middle layer (Dionysus' apex representative, "
+            "checked to be a loop of that layer's graph), with the layers in which each window is part "
+            "of the bar; the window's last token is in ⟦ ⟧.",
+            "",
+        )
+    ]
     h1 = reps.bars[reps.bars["dim"] == 1].head(REPORT_TOP_BARS)
     h0 = reps.bars[(reps.bars["dim"] == 0) & (reps.bars["death_layer"] < reps.bars["death_layer"].max())].head(1)
     for _, b in list(h1.iterrows()) + list(h0.iterrows()):
@@ -152,10 +185,19 @@ def _representatives_report(ws) -> list:
         if int(b["dim"]) == 0:
             w = w[w["role"] == "cluster"].head(20)
         table = w[["window", "layers", "text"]].rename(columns={"layers": "part of the bar in"})
-        items.append(("table", table, f"{reps.describe(int(b['bar']))}; windows at h{mid}"
-                                      + (" (first 20 of the cluster)" if int(b["dim"]) == 0 else "")))
+        items.append(
+            (
+                "table",
+                table,
+                f"{reps.describe(int(b['bar']))}; windows at h{mid}"
+                + (" (first 20 of the cluster)" if int(b["dim"]) == 0 else ""),
+            )
+        )
     return items
 
 
-register_report_section(ReportSection("zigzag_representatives", "What the longest zigzag features are made of",
-                                      _representatives_report, order=51))
+register_report_section(
+    ReportSection(
+        "zigzag_representatives", "What the longest zigzag features are made of", _representatives_report, order=51
+    )
+)

@@ -177,8 +177,9 @@ def make_items(name: str, text: str, n: int = ITEMS_PER_BOOK, seed: int = SEED) 
         who = book.speaker.get(book.unit[k - 1])
         if who:
             context = f"{who}: {context}"
-        items.append({"book": name, "word_index": k, "context": context, "choices": choices,
-                      "label": choices.index(answer)})
+        items.append(
+            {"book": name, "word_index": k, "context": context, "choices": choices, "label": choices.index(answer)}
+        )
         if name != "plrabn12":  # one item per paragraph or speech (Milton's units are whole books)
             used_units.add(book.unit[k - 1])
         taken.append(k)
@@ -194,8 +195,9 @@ def build(texts: dict[str, str] | None = None) -> list[dict]:
         from analysis.texts import bundled_text
 
         texts = {name: bundled_text(name).content for name in BOOKS}
-    per_book = [[{"id": f"{name}-{i:02d}", **it} for i, it in enumerate(make_items(name, texts[name]))]
-                for name in BOOKS]
+    per_book = [
+        [{"id": f"{name}-{i:02d}", **it} for i, it in enumerate(make_items(name, texts[name]))] for name in BOOKS
+    ]
     return [book[i] for i in range(ITEMS_PER_BOOK) for book in per_book]
 
 
