@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 import traceback
@@ -42,55 +41,14 @@ import torch  # noqa: E402
 from bench.common import ROOT, machine, print_table, private_cache  # noqa: E402
 
 NO_CUDA = "no CUDA GPU here: torch.cuda.is_available() is False"
-LLAMA_1B = {
-    "hidden_size": 2048,
-    "num_hidden_layers": 16,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 8192,
-    "head_dim": 64,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": True,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
-}
 METRICS = ("linearity", "block_influence", "angular_distance")
 
 
 def llama_1b_shape() -> Path:
-    """The 1B-shaped model's folder (bench/models.py's builder when it exists; the same model built here)."""
-    try:
-        from bench.models import llama_1b_shape as build  # the big-models builder, once merged
-    except ImportError:
-        build = _build_llama_1b
+    """The 1B-shaped model's folder (built once by bench/models.py, cached in cache/bench-models/)."""
+    from bench.models import llama_1b_shape as build
+
     return build()
-
-
-def _build_llama_1b(seed: int = 0) -> Path:
-    folder = ROOT / "cache" / "bench-models" / "llama-3.2-1b-shape"
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-        return folder
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from analysis.model.loading import converted_gguf_folder, default_gguf_path
-
-    tok = AutoTokenizer.from_pretrained(converted_gguf_folder(default_gguf_path()))
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **LLAMA_1B,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 # ---- measuring one section ------------------------------------------------------------------------------------
