@@ -64,7 +64,7 @@ SCHEMA: dict[str, object] = {
     "action": None,  # checked against the registered actions
     "removed_blocks": None,
     "evaluation": None,  # settings checked against EvalSettings; results are free-form
-    "export": {"form", "path", "reload_check", "size_bytes", "adapter"},
+    "export": {"form", "path", "reload_check", "size_bytes", "adapter", "gguf", "vllm_config_problems"},
     "compression": None,  # written by the low_rank / replace_linear actions (analysis.changes.low_rank)
     "parameters": None,
     "healing": None,  # written by the heal action (analysis.changes.healing): settings, text hash, loss curve, gap closed

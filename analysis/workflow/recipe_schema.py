@@ -157,6 +157,9 @@ class ExportSection(_Strict):
     reload_check: dict[str, Any] | None = None
     size_bytes: NonNegative | None = None
     adapter: dict[str, Any] | None = None
+    # a GGUF type to write ("q8_0"), or the section an export wrote: {file, type, size_bytes, reload_check}
+    gguf: StrictStr | dict[str, Any] | None = None
+    vllm_config_problems: list[StrictStr] | None = None
 
 
 class Recipe(_Strict):

@@ -102,6 +102,7 @@ def export_variant(
     model resident at a time (the command line's prune passes it; the model is unusable afterwards)."""
     if form not in EXPORT_FORMS:
         raise InputError(f"unknown export form {form!r}; choose from {', '.join(EXPORT_FORMS)}")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)  # the model may be released below
     gguf_name = None
     if gguf:
         gguf_name = check_gguf_request(model, form, gguf)
@@ -133,7 +134,7 @@ def export_variant(
     if gguf_name:
         recipe["export"]["gguf"]["size_bytes"] = (Path(path) / gguf_name).stat().st_size
         recipe["export"]["gguf"]["reload_check"] = verify_gguf(path, gguf_name, model, tokenizer)
-    if form == "dense" and getattr(getattr(model, "config", None), "model_type", None) in supported_families():
+    if form == "dense" and model_type in supported_families():
         recipe["export"]["vllm_config_problems"] = vllm_config_problems(path)  # [] = what vLLM's loader reads agrees
     recipe["export"]["size_bytes"] = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
     atomic_write_text(Path(path) / "recipe.json", dumps(recipe))

@@ -214,8 +214,8 @@ def test_cli_compress_writes_checkpoint_and_recipe(tmp_path, small_ws):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--ratio", "1.5"], "strictly between 0 and 1"),
-        (["--ratio", "0"], "strictly between 0 and 1"),
+        (["--ratio", "1.5"], "must lie in (0, 1)"),
+        (["--ratio", "0"], "must lie in (0, 1)"),
         (["--rank", "5000", "--blocks", "0"], "rank 5000 is impossible for model.layers.0.mlp.gate_proj (1536×576)"),
         ([], "nothing to compress"),
         (["--replace", "12", "--remove", "12"], "cannot be both replaced and removed"),
