@@ -88,11 +88,14 @@ def evaluation_estimate(ws, settings: EvalSettings, candidate_share: float = 1.0
         bundled_text(settings.text)
     except (LayerScopeError, ValueError):
         return None
-    kept = st.session_state.get("_forward_probe")
-    if not kept or kept[0] != ws.lm.fingerprint:
-        kept = (ws.lm.fingerprint, forward_probe(ws.lm))
-        st.session_state["_forward_probe"] = kept
-    return estimate_seconds(ws.lm, settings, n_models=2, candidate_fraction=candidate_share, probe=kept[1])
+    try:
+        kept = st.session_state.get("_forward_probe")
+        if not kept or kept[0] != ws.lm.fingerprint:
+            kept = (ws.lm.fingerprint, forward_probe(ws.lm))
+            st.session_state["_forward_probe"] = kept
+        return estimate_seconds(ws.lm, settings, n_models=2, candidate_fraction=candidate_share, probe=kept[1])
+    except LayerScopeError:  # no weights to time (a results folder computed elsewhere): no estimate
+        return None
 
 
 def _evaluation_form(key: str, k: str, submit_label: str) -> EvalSettings | None:

@@ -113,7 +113,10 @@ def _default_calibration(lm: LoadedModel) -> None:
     done = st.session_state.get(CALIBRATION_CHOICE)
     if done is not None and done[0] == lm.fingerprint:
         return
-    choice = default_calibration(lm.config)
+    try:
+        choice = default_calibration(lm.config)
+    except ModelLoadError:  # a results folder computed elsewhere has no configuration to choose from
+        return
     st.session_state[CALIBRATION_CHOICE] = (lm.fingerprint, choice)
     cal = calibration()
     before = done[1] if done is not None else Calibration()  # the default the windows were set to, if untouched
