@@ -22,11 +22,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An argument error is one line on stderr (``prog: error: argument --x: …``, no usage block), exit 2; the
+    """An argument error is one line on stderr (``error: argument --x: … (see PROG --help)``, no usage block: the same form as every other error), exit 2; the
     sub-command parsers are of the same class."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see --help)\n")
+        self.exit(2, f"error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,7 +54,7 @@ def test_leaderboard_matches_prune_and_writes_its_tables(tmp_path):
     report = json.loads(pruned.stdout)
     assert chosen["perplexity"] == pytest.approx(report["perplexity"]["pruned"], rel=1e-6)
     assert chosen["kl"] == pytest.approx(report["kl_to_original"], rel=1e-5, abs=1e-7)
-    assert chosen["top1"] == pytest.approx(report["top1_agreement"], abs=1e-9)
+    assert chosen["top1"] == pytest.approx(report["top1_agreement"], abs=1e-6)  # same count (float32 vs float64 mean)
 
     # a rerun reads every scan and evaluation from the cache
     again = cli("leaderboard", *SMALL, "--also", "12,13", "--out", tmp_path / "again")

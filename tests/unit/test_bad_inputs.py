@@ -145,7 +145,7 @@ def test_out_of_range_numbers_refused_at_parse_time(cmd, opt, value, capsys, tmp
     has_out = "--out" in PARSERS[cmd]._option_string_actions
     rc, lines = run_cli([cmd, *REQUIRED.get(cmd, []), f"{opt}={value}", *(["--out", out] if has_out else [])], capsys)
     assert_one_line(rc, lines, opt)
-    assert lines[0].startswith(f"python -m analysis {cmd}: error: argument {opt}")
+    assert lines[0].startswith(f"error: argument {opt}") and f"(see python -m analysis {cmd} --help)" in lines[0]
     assert not out.exists()
 
 
