@@ -60,6 +60,7 @@ from analysis import cache
 from analysis.changes.base import Action, writable_record
 from analysis.changes.linear_replacement import replace_value
 from analysis.changes.low_rank import CompressionError, calibration_of
+from analysis.jobs import this_thread_only
 from analysis.methods.least_squares import solve_normal_equations
 from analysis.methods.lowrank import decomposition_threads
 from analysis.model.architecture import (
@@ -382,7 +383,11 @@ def additivity_error(model: nn.Module, start: int, input_ids: Tensor) -> float:
         got["h2" if double["on"] else "h1"] = _output_tensor(output).detach().clone()
         raise _Stop
 
-    handles = [proj.register_forward_hook(on_proj), block.register_forward_hook(on_block, with_kwargs=True)]
+    # hooks record (and stop) only this thread's passes: a background job may run the same model meanwhile
+    handles = [
+        proj.register_forward_hook(this_thread_only(on_proj)),
+        block.register_forward_hook(this_thread_only(on_block), with_kwargs=True),
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -489,8 +494,9 @@ def collect_run_stats(
 
         return hook
 
-    handles = [projs[b].register_forward_hook(proj_hook(b)) for b in projs]
-    handles += [layers[b].register_forward_hook(block_hook(b), with_kwargs=True) for b in outs]
+    # hooks record (and stop) only this thread's passes: a background job may run the same model meanwhile
+    handles = [projs[b].register_forward_hook(this_thread_only(proj_hook(b))) for b in projs]
+    handles += [layers[b].register_forward_hook(this_thread_only(block_hook(b)), with_kwargs=True) for b in outs]
     batches = list(batches)
     was_training = model.training
     model.eval()
@@ -810,8 +816,8 @@ def collect_run_distances(
 
         return fn
 
-    handles = [layers[0].register_forward_pre_hook(pre, with_kwargs=True)]
-    handles += [layers[b].register_forward_hook(hook(b), with_kwargs=True) for b in range(L)]
+    handles = [layers[0].register_forward_pre_hook(this_thread_only(pre), with_kwargs=True)]
+    handles += [layers[b].register_forward_hook(this_thread_only(hook(b)), with_kwargs=True) for b in range(L)]
     batches = list(batches)
     device = next(model.parameters()).device
     was_training = model.training
