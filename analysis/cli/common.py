@@ -307,6 +307,17 @@ def print_json(obj) -> None:
     print(json.dumps(json.loads(cache.dumps(obj)), indent=2))
 
 
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    """``--out``, ``--overwrite`` and ``--gguf``: the options of every command that exports a checkpoint."""
+    p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
+    )
+    add_gguf_arg(p)
+
+
 def add_gguf_arg(p: argparse.ArgumentParser) -> None:
     from analysis.changes.gguf import SUPPORTED_QTYPES
 

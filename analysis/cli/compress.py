@@ -46,7 +46,7 @@ def add_arguments(p):
     from analysis.cli.common import (
         add_calibration_args,
         add_eval_args,
-        add_gguf_arg,
+        add_export_args,
         add_model_args,
         block_list,
         float_in,
@@ -147,13 +147,7 @@ def add_arguments(p):
     )
     add_calibration_args(p)
     add_eval_args(p)
-    p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
-    )
-    add_gguf_arg(p)
+    add_export_args(p)
 
 
 def build_action(args, n_blocks: int | None = None) -> dict:

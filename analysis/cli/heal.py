@@ -32,7 +32,7 @@ def add_arguments(p):
     )
     from analysis.cli.common import (
         add_eval_args,
-        add_gguf_arg,
+        add_export_args,
         add_model_args,
         block_list,
         float_in,
@@ -101,13 +101,7 @@ def add_arguments(p):
     h.add_argument("--text", default="lcet10", help="healing text: bundled name or a path to a text file")
     h.add_argument("--estimate", action="store_true", help="only time a few steps and print the cost estimate")
     add_eval_args(p)
-    p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
-    )
-    add_gguf_arg(p)
+    add_export_args(p)
 
 
 def run(args) -> int:

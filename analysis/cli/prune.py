@@ -17,7 +17,7 @@ HELP = "remove blocks, evaluate, export a checkpoint with recipe.json"
 
 
 def add_arguments(p):
-    from analysis.cli.common import add_calibration_args, add_eval_args, add_gguf_arg, add_model_args, block_list
+    from analysis.cli.common import add_calibration_args, add_eval_args, add_export_args, add_model_args, block_list
 
     add_model_args(p)
     p.add_argument(
@@ -28,13 +28,7 @@ def add_arguments(p):
     )
     add_calibration_args(p)
     add_eval_args(p)
-    p.add_argument("--out", required=True, help="export folder (must be empty unless --overwrite)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a non-empty export folder (only one LayerScope wrote; any other folder is refused)",
-    )
-    add_gguf_arg(p)
+    add_export_args(p)
 
 
 def run(args) -> int:
