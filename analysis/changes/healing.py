@@ -59,6 +59,7 @@ from torch import nn
 from analysis.changes.base import Action
 from analysis.changes.base import record_of as base_record_of
 from analysis.errors import InputError
+from analysis.jobs import this_thread_only
 from analysis.model.architecture import (
     LINEAR_TYPES,
     block_parts,
@@ -420,7 +421,7 @@ class _Trainee:
             self._partial(model)
         emb = self.model.get_input_embeddings()
         if emb is not None:  # nothing before the first trained part is back-propagated through
-            self._hooks.append(emb.register_forward_hook(lambda m, i, o: o.detach()))
+            self._hooks.append(emb.register_forward_hook(this_thread_only(lambda m, i, o: o.detach())))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.info["trainable_parameters"] = int(sum(p.numel() for p in self.params))
 

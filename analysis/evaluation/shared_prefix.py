@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from analysis.capture.estimate import WorkModel, work_model
+from analysis.jobs import this_thread_only
 from analysis.model.architecture import final_norm, find_blocks, input_device, output_head
 from analysis.model.loading import count_parameters
 from analysis.texts import Text
@@ -219,7 +220,9 @@ def evaluate_many(
                 return pre
 
             t0 = time.perf_counter()
-            handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
+            handles = [
+                b.register_forward_pre_hook(this_thread_only(grab(i)), with_kwargs=True) for i, b in enumerate(blocks)
+            ]
             try:
                 logits = _logits(original, x, n_scored + 1)[:, :-1]
             finally:
@@ -240,7 +243,8 @@ def evaluate_many(
                 if tail.entry is not None:
                     h = seen[tail.entry]
                     handle = tail.target.register_forward_pre_hook(
-                        lambda m, args, kwargs, h=h: _replace_hidden(args, kwargs, h), with_kwargs=True
+                        this_thread_only(lambda m, args, kwargs, h=h: _replace_hidden(args, kwargs, h)),
+                        with_kwargs=True,
                     )
                 try:
                     clog = _logits(tail.model, x, n_scored + 1)[:, :-1]

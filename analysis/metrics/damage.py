@@ -45,6 +45,7 @@ from analysis.changes.skip_halves import (  # noqa: F401  (HALVES re-exported)
     output_projection,
 )
 from analysis.errors import InputError
+from analysis.jobs import this_thread_only
 from analysis.model.architecture import (
     ArchitectureError,
     final_norm,
@@ -253,11 +254,13 @@ def _replace_hidden(args, kwargs, h):
 
 
 def _inject(module: nn.Module, h: torch.Tensor):
-    return module.register_forward_pre_hook(lambda m, args, kwargs: _replace_hidden(args, kwargs, h), with_kwargs=True)
+    return module.register_forward_pre_hook(
+        this_thread_only(lambda m, args, kwargs: _replace_hidden(args, kwargs, h)), with_kwargs=True
+    )
 
 
 def _zero_output(module: nn.Module):
-    return module.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    return module.register_forward_hook(this_thread_only(lambda m, i, o: torch.zeros_like(o)))
 
 
 @torch.no_grad()
@@ -275,7 +278,9 @@ def _block_inputs(model: nn.Module, batches: list[torch.Tensor]) -> tuple[list[l
 
             return pre
 
-        handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
+        handles = [
+            b.register_forward_pre_hook(this_thread_only(grab(i)), with_kwargs=True) for i, b in enumerate(blocks)
+        ]
         with removed_after(handles):
             logits.append(_logits(model, x))
         per_batch.append(seen)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from analysis.errors import InputError, LayerScopeError
+from analysis.jobs import this_thread_only
 
 try:  # GPT-2's projections are transformers' Conv1D (y = x W + b with W: in × out)
     from transformers.pytorch_utils import Conv1D
@@ -343,7 +344,7 @@ def block_returns_tuple(model: nn.Module) -> bool:
         return bool(known)
     _, blocks = block_list(model)
     seen: list[bool] = []
-    handle = blocks[0].register_forward_hook(lambda _m, _a, out: seen.append(isinstance(out, tuple)))
+    handle = blocks[0].register_forward_hook(this_thread_only(lambda _m, _a, out: seen.append(isinstance(out, tuple))))
     try:
         with torch.no_grad():
             model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=input_device(model)), use_cache=False)

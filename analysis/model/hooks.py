@@ -96,7 +96,7 @@ def hook_site_activations(
                     t = t.reshape(shape[0], shape[1], t.shape[-1])
                 callback(index, t)
 
-            handles.append(block.register_forward_pre_hook(remember, with_kwargs=True))
+            handles.append(block.register_forward_pre_hook(this_thread_only(remember), with_kwargs=True))
             if kind == "input":
                 handles.append(
                     module.register_forward_pre_hook(

@@ -28,6 +28,7 @@ import torch
 from analysis.cache import CacheOutcome
 from analysis.capture.workspace import Workspace
 from analysis.errors import InputError
+from analysis.jobs import this_thread_only
 from analysis.methods import avss as avss_math
 from analysis.methods.avss import AVSSAccumulator
 from analysis.model.hooks import hook_site_activations, removed_after, site_hook
@@ -323,8 +324,8 @@ def attach_avss_hooks(
     def clear_mask(*_: object) -> None:
         hooks.attention_mask = None
 
-    hooks.handles.append(model.register_forward_pre_hook(capture_mask, with_kwargs=True))
-    hooks.handles.append(model.register_forward_hook(clear_mask))
+    hooks.handles.append(model.register_forward_pre_hook(this_thread_only(capture_mask), with_kwargs=True))
+    hooks.handles.append(model.register_forward_hook(this_thread_only(clear_mask)))
 
     hooks.handles.extend(
         hook_site_activations(blocks, site, lambda index, a: accumulator.update(index, a, hooks.attention_mask))
