@@ -14,6 +14,9 @@ ratio to the fp32 weights (the checkpoint's bytes). Cases:
 
 5. ``capture --sequences 8`` in memory and ``--sequential`` (case ``capture``): the sequential comparison on fewer
    tokens, for a loaded machine.
+6. ``leaderboard --k 1`` on small search and evaluation settings in memory and ``--sequential`` (case
+   ``leaderboard``) — target: the same rows (perplexity, KL, top-1 to 1e-5 relative) for every rule both run, peak
+   < 0.6 × weights layer by layer.
 
 Run: PYTHONPATH=. nice -n 10 python bench/big_models.py [--cases metrics,sequential,capture,evaluate,prune]
 (about an hour on 2 shared cores; the model is built once into cache/bench-models/, ~2 min).
@@ -180,6 +183,29 @@ def main(argv=None) -> dict:
             checks["perplexity"] = {"in_memory": p_mem, "sequential": p_seq, "relative_diff": abs(p_seq / p_mem - 1)}
         except (ValueError, KeyError) as exc:
             checks["perplexity"] = f"not compared: {exc}"
+    if "leaderboard" in cases:
+        board = ["leaderboard", *model, "--k", "1", "--search-tokens", "128", "--search-context", "128"]
+        board += ["--eval-tokens", "256", "--context", "128", "--stride", "128", "--random", "1"]
+        r_mem = run_case("leaderboard k=1, in memory", [*board, "--out", str(root / "lb-mem")], cache("lb"))
+        r_seq = run_case(
+            "leaderboard k=1, --sequential", [*board, "--sequential", "--out", str(root / "lb-seq")], cache("lb-seq")
+        )
+        rows += [r_mem, r_seq]
+        try:
+            a = pd.read_csv(root / "lb-mem" / "leaderboard.csv")
+            b = pd.read_csv(root / "lb-seq" / "leaderboard.csv")
+            both = a.merge(b, on=["rule", "k", "sample", "blocks"], suffixes=("", "_seq"))
+            checks["leaderboard"] = {
+                "rows_in_memory": len(a),
+                "rows_sequential": len(b),
+                "rows_compared": len(both),
+                "max_relative_diff": {
+                    c: float(((both[c + "_seq"] - both[c]).abs() / both[c].abs().clip(lower=1e-12)).max())
+                    for c in ("perplexity", "kl", "top1")
+                },
+            }
+        except (OSError, ValueError, KeyError) as exc:
+            checks["leaderboard"] = f"not compared: {exc}"
     if "prune" in cases:
         rows.append(
             run_case(

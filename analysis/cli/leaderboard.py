@@ -18,9 +18,14 @@ Example:
   python -m analysis leaderboard --k 1-2 --search-tokens 256 --eval-tokens 1024 --also 12,13 --out out/lb
   python -m analysis leaderboard --k 1-4 --workers 2 --out out/lb        # a local Ray, 2 model replicas
   python -m analysis leaderboard --k 1-8 --ray-address head:6379 --out out/lb   # an existing Ray cluster
+  python -m analysis leaderboard --model ./big --sequential --k 1-4 --out out/lb  # layer by layer
 
 --workers / --ray-address score the damage scans and the evaluations on Ray actors, one per model replica
 (analysis/search/distributed.py, docs/cluster.md); the numbers are the single-process ones.
+
+--sequential (chosen automatically when the weights do not fit) runs every scan and every evaluation layer by
+layer, each block loaded once per pass and the selections sharing the blocks they keep (docs/big-models.md): whole
+blocks only (no half-block search, damage table of blocks), no ReplaceMe rows and no AVSS; the same numbers.
 """
 
 import sys
@@ -73,6 +78,7 @@ def add_arguments(p):
         add_eval_args,
         add_model_args,
         add_overwrite_arg,
+        add_sequential_arg,
         block_list,
         non_negative_int,
         positive_int,
@@ -81,6 +87,7 @@ def add_arguments(p):
     )
 
     add_model_args(p)
+    add_sequential_arg(p)
     add_calibration_args(p)
     add_eval_args(p)
     g = p.add_argument_group("search")
@@ -152,6 +159,11 @@ def run(args) -> int:
 
     cluster = Cluster(workers=args.workers or 0, address=args.ray_address)
     cluster.validate()
+    if cluster.enabled and args.sequential:
+        raise InputError(
+            "--sequential cannot go with --workers or --ray-address: each Ray replica holds the whole model in "
+            "memory; choose one"
+        )
     k = parse_k(args.k) if args.k else (1, None)
     k_list = tuple(k) if isinstance(k, list) else ()
     k_min, k_max = (1, max(k_list)) if k_list else k
@@ -197,17 +209,27 @@ def run(args) -> int:
         for what in lb.quick_skipped(settings):
             print(f"[leaderboard] quick: {what}", file=sys.stderr)
         settings = lb.quick_settings(settings)
-    lm = load(args)
+    lm = load(args, sequential_ok=not cluster.enabled)  # Ray's replicas hold the model in memory
     ws = workspace_from(args, lm)
+    settings, notes = lb.layer_by_layer(settings, lm)
+    for note in notes:
+        print(f"[leaderboard] {note}", file=sys.stderr)
     lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)
-    est = lb.estimate(ws, settings)
-    print(
-        f"[leaderboard] estimate: about {format_seconds(est['seconds'])} = work of "
-        f"{est['evaluations_of_original']:.1f} evaluations of the original at ~{est['per_evaluation_s']:.0f} s each "
-        f"({est['scans']} scans, up to {est['evaluations']} selections to evaluate; from a {est['probe_s']:.1f} s "
-        "forward of the model timed now; cached work is skipped)",
-        file=sys.stderr,
-    )
+    if getattr(lm, "sequential", False):
+        print(
+            "[leaderboard] layer by layer: no time estimate before it starts (each pass reads the checkpoint "
+            "once, block by block; the progress bar counts the blocks)",
+            file=sys.stderr,
+        )
+    else:
+        est = lb.estimate(ws, settings)
+        print(
+            f"[leaderboard] estimate: about {format_seconds(est['seconds'])} = work of "
+            f"{est['evaluations_of_original']:.1f} evaluations of the original at ~{est['per_evaluation_s']:.0f} s "
+            f"each ({est['scans']} scans, up to {est['evaluations']} selections to evaluate; from a "
+            f"{est['probe_s']:.1f} s forward of the model timed now; cached work is skipped)",
+            file=sys.stderr,
+        )
     if args.estimate:
         return 0
     t0 = time.perf_counter()

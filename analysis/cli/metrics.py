@@ -14,9 +14,6 @@ Example:
 import sys
 
 NAME = "metrics"
-#: metric groups a layer-by-layer run can give: those computed from the captured states, and the measured damage
-#: (its block-removal scan runs every variant at once, each block loaded once)
-SEQUENTIAL_GROUPS = ("linearity", "id", "topology", "damage")
 HELP = "compute per-block metrics and write layers.csv"
 
 
@@ -78,6 +75,7 @@ def run(args) -> int:
     ws = workspace_from(args, load(args, sequential_ok=True))
     if getattr(ws.lm, "sequential", False):
         from analysis.errors import InputError
+        from analysis.metrics.registry import SEQUENTIAL_GROUPS
 
         need_model = [g for g in groups if g not in SEQUENTIAL_GROUPS]
         if need_model:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from analysis.capture.estimate import WorkModel, work_model
+from analysis.errors import InputError
 from analysis.jobs import this_thread_only
 from analysis.model.architecture import final_norm, find_blocks, input_device, output_head
 from analysis.model.loading import count_parameters
@@ -149,6 +150,35 @@ class ManyResult:
         return self.work / self.original_work
 
 
+@dataclass
+class _Reference:
+    """The original's rows of one window group: what every candidate of the group is scored against."""
+
+    tgt: torch.Tensor  # [windows, scored] target tokens
+    ref: torch.Tensor  # log-probabilities rounded to float16 (evaluate keeps the original's rows so for the KL)
+    ref_p: torch.Tensor
+    ref_arg: torch.Tensor
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, tgt: torch.Tensor, orig: CandidateScore) -> "_Reference":
+        """From the original's logits on the scored positions; adds the original's NLL to ``orig``."""
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        ref = lp.to(torch.float16).float()
+        orig.nll_sum -= float(lp.gather(-1, tgt[..., None]).sum())
+        orig.count += int(tgt.numel())
+        return cls(tgt=tgt, ref=ref, ref_p=ref.exp(), ref_arg=lp.argmax(-1))
+
+    def score(self, logits: torch.Tensor, sc: CandidateScore) -> None:
+        """A candidate's logits on the same positions, added to ``sc``: per window, in window order, as
+        ``evaluate`` sums them."""
+        clp = torch.log_softmax(logits.float(), dim=-1)
+        for r in range(len(self.tgt)):
+            sc.nll_sum -= float(clp[r].gather(-1, self.tgt[r][:, None]).sum())
+            sc.kl_sum += float((self.ref_p[r] * (self.ref[r] - clp[r])).sum())
+        sc.agree += int((clp.argmax(-1) == self.ref_arg).sum())
+        sc.count += int(self.tgt.numel())
+
+
 def _groups(wins, batch_size):
     for b0 in range(0, len(wins), batch_size):
         batch = wins[b0 : b0 + batch_size]
@@ -228,12 +258,7 @@ def evaluate_many(
             finally:
                 for h in handles:
                     h.remove()
-            lp = torch.log_softmax(logits.float(), dim=-1)
-            ref = lp.to(torch.float16).float()  # evaluate keeps the original's rows in float16 for the KL
-            ref_p = ref.exp()
-            ref_arg = lp.argmax(-1)
-            orig.nll_sum -= float(lp.gather(-1, tgt[..., None]).sum())
-            orig.count += int(tgt.numel())
+            ref = _Reference.of(logits, tgt, orig)
             w_orig = wm.forward(length, head_positions=n_scored + 1) * len(group)
             work += w_orig
             orig.seconds += time.perf_counter() - t0
@@ -251,13 +276,7 @@ def evaluate_many(
                 finally:
                     if handle is not None:
                         handle.remove()
-                clp = torch.log_softmax(clog.float(), dim=-1)
-                # per window, in window order, as evaluate sums them
-                for r in range(len(group)):
-                    sc.nll_sum -= float(clp[r].gather(-1, tgt[r][:, None]).sum())
-                    sc.kl_sum += float((ref_p[r] * (ref[r] - clp[r])).sum())
-                sc.agree += int((clp.argmax(-1) == ref_arg).sum())
-                sc.count += int(tgt.numel())
+                ref.score(clog, sc)
                 w = (
                     length * tail.blocks_run * sum(wm.block_params) / max(1, wm.n_blocks)
                     + (n_scored + 1) * wm.head_params
@@ -280,6 +299,69 @@ def evaluate_many(
     )
 
 
+@torch.no_grad()
+def evaluate_removals_layer_by_layer(
+    sm, ids: np.ndarray, settings, removals: list[list[int]], progress: Progress | None = None
+) -> ManyResult:
+    """:func:`evaluate_many` for a layer-by-layer model (:class:`analysis.model.sequential.SequentialModel`) and
+    candidates that remove blocks: the original and every candidate in one pass over the checkpoint, each block
+    loaded once (:meth:`~analysis.model.sequential.SequentialModel.run_variants`: candidates share the states
+    of the blocks they both keep); the same windows, batches and sums, so the same numbers."""
+    from analysis.evaluation.perplexity import windows_for
+
+    t_start = time.perf_counter()
+    wm = work_model(sm.model)
+    n = sm.n_blocks
+    variants = [list(range(n))] + [[b for b in range(n) if b not in set(r)] for r in removals]
+    wins = windows_for(ids, settings.context, settings.stride)
+    jobs = []  # (x, n_scored, tgt, windows) per window group, in evaluate_many's order
+    for _, groups in _groups(wins, settings.batch_size):
+        for (_, n_scored), group in groups:
+            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]))
+            tgt = torch.stack([x[r, first - s : e - s] for r, (s, e, first) in enumerate(group)])
+            jobs.append((x, n_scored, tgt, len(group)))
+    orig = CandidateScore()
+    scores = [CandidateScore() for _ in removals]
+    refs: dict[int, _Reference] = {}
+
+    def on_final(v: int, j: int, h: torch.Tensor) -> None:
+        _, n_scored, tgt, _ = jobs[j]
+        logits = sm.head_logits(h[:, -(n_scored + 1) :])[:, :-1]
+        if v == 0:
+            refs[j] = _Reference.of(logits, tgt.to(logits.device), orig)
+        else:
+            refs[j].score(logits, scores[v - 1])
+            if v == len(variants) - 1:
+                del refs[j]
+
+    runs = sm.run_variants(
+        [x for x, *_ in jobs],
+        variants,
+        on_final,
+        progress=(lambda d, t, m: progress(d, t, f"layer by layer, {m} · {len(removals)} candidates"))
+        if progress
+        else None,
+    )
+    mean = sum(wm.block_params) / max(1, wm.n_blocks)
+    tokens = sum(x.numel() for x, *_ in jobs)
+    head = sum((n_scored + 1) * k for _, n_scored, _, k in jobs) * wm.head_params
+    work = tokens * runs * mean + head * len(variants)
+    n_orig = count_parameters(sm.model)
+    block_size = [sum(p.numel() for p in b.parameters()) for b in sm.blocks]
+    seconds = time.perf_counter() - t_start
+    out = []
+    for r, sc in zip(removals, scores):
+        sc.seconds = seconds / len(variants)
+        out.append(sc.result(n_orig - sum(block_size[b] for b in set(r)), orig, n_orig))
+    return ManyResult(
+        candidates=out,
+        original=orig.result(n_orig, orig, n_orig),
+        work=work,
+        original_work=original_work(wm, len(ids), settings.context, settings.stride),
+        seconds=seconds,
+    )
+
+
 def evaluate_actions(
     lm, actions: list[dict], settings, text: Text, ws=None, progress: Progress | None = None
 ) -> ManyResult:
@@ -289,5 +371,18 @@ def evaluate_actions(
 
     settings.validate()
     ids = evaluation_ids(lm.tokenizer, text, settings.n_tokens)
+    if getattr(lm, "sequential", False):
+        return evaluate_removals_layer_by_layer(lm, ids, settings, [removal_of(a) for a in actions], progress)
     models = [apply_actions(lm.model, a, ws) for a in actions]
     return evaluate_many(lm.model, ids, settings, models, progress)
+
+
+def removal_of(action: dict) -> list[int]:
+    """The blocks an action removes, when removing blocks is all it does (layer by layer, nothing else runs)."""
+    other = sorted(k for k, v in action.items() if k != "remove_blocks" and v)
+    if other:
+        raise InputError(
+            f"layer by layer, a selection can only remove whole blocks; {', '.join(other)} needs the model in "
+            "memory (run without --sequential on a machine it fits)"
+        )
+    return sorted(int(b) for b in action.get("remove_blocks", []))

@@ -36,6 +36,15 @@ from analysis.metrics.families import (
 
 FAMILIES = (linearity, baselines, avss, intrinsic_dimension, topology, rips, measured_damage)
 
+#: metric groups a layer-by-layer model (:mod:`analysis.model.sequential`) can give: those computed from the captured
+#: states, and the measured damage (its block-removal scan runs every variant at once, each block loaded once)
+SEQUENTIAL_GROUPS = ("linearity", "id", "topology", "damage")
+
+
+def runs_layer_by_layer(metric: BlockMetric) -> bool:
+    """Whether ``metric`` can be computed for a layer-by-layer model (AVSS's hooks need the model in memory)."""
+    return metric.group in SEQUENTIAL_GROUPS
+
 
 def metrics() -> list[BlockMetric]:
     """Every registered metric (imports every module of :mod:`analysis.metrics.families` once)."""

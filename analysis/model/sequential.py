@@ -427,41 +427,79 @@ class SequentialModel:
     ) -> None:
         """The model of ``order``'s blocks and, at once, each of its variants without one of them, every block
         loaded once: ``on_final(t, batch, h)`` gets the final-normed states of the variant without ``order[t]``
-        (``t = -1``: the model with all of ``order``), with the head loaded. The hidden states of every variant
-        are kept between blocks (``len(order) + 1`` streams; on disk beyond the budget)."""
-        base_name, layers = block_list(self.skeleton)
+        (``t = -1``: the model with all of ``order``), with the head loaded (:meth:`run_variants`)."""
         order = [int(b) for b in order]
+        variants = [order] + [order[:t] + order[t + 1 :] for t in range(len(order))]
+        self.run_variants(batches, variants, lambda v, i, h: on_final(v - 1, i, h), progress=progress)
+
+    @torch.no_grad()
+    def run_variants(
+        self,
+        batches: Sequence[torch.Tensor],
+        variants: Sequence[Sequence[int]],
+        on_final: Callable[[int, int, torch.Tensor], None],
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> int:
+        """Several block-removal variants of the model at once, every block loaded once.
+
+        ``variants[v]`` lists the blocks variant ``v`` keeps. Variants that kept the same blocks so far share one
+        stream of hidden states (a prefix tree): a block runs once per stream that keeps it, and a stream splits
+        where its variants part. ``on_final(v, batch, h)`` gets variant ``v``'s final-normed states, with the head
+        loaded, batch after batch and, within a batch, ``v`` in order. Returns the number of (block, stream) runs
+        per batch. The streams' states stay between blocks (on disk beyond ``state_budget``)."""
+        base_name, layers = block_list(self.skeleton)
+        kept = [set(int(b) for b in v) for v in variants]
         n = len(batches)
-        total = len(order) + 2
+        blocks = sorted(set().union(*kept)) if kept else []
+        total = len(blocks) + 2
         store = StateStore(self.state_budget)
-        key = lambda t, i: (t + 1) * n + i  # noqa: E731 - stream t (-1 = all blocks), batch i
+        streams: list[list[int]] = [list(range(len(variants)))]  # stream s: the variants it carries
+        key = lambda s, i: s * n + i  # noqa: E731 - stream s, batch i
+        runs = 0
         t0 = time.perf_counter()
         try:
-            kwargs = self._embed(batches, store)  # stream -1 lives at keys 0..n-1
+            kwargs = self._embed(batches, store)  # stream 0 lives at keys 0..n-1
             emb = self.skeleton.get_input_embeddings()
             if not self._head_is_embedding():
                 self.free(emb)
             if progress:
                 progress(1, total, "embeddings")
-            for t, b in enumerate(order):
-                for i in range(n):  # the variant without block b: the states entering b, kept as they are
-                    store.put(key(t, i), store.get(key(-1, i), self.device))
+            for step, b in enumerate(blocks):
+                running = []
+                for s in range(len(streams)):
+                    keep = [v for v in streams[s] if b in kept[v]]
+                    skip = [v for v in streams[s] if b not in kept[v]]
+                    if keep and skip:  # the stream parts here: those without block b go on with its input
+                        streams.append(skip)
+                        for i in range(n):
+                            store.put(key(len(streams) - 1, i), store.get(key(s, i), self.device))
+                        streams[s] = keep
+                    if keep:
+                        running.append(s)
                 block = self.load(layers[b], f"{base_name}.{b}.")
-                for s in [-1, *range(t)]:
+                for s in running:
                     for i in range(n):
                         args, kw = kwargs[i]
                         out = block(store.get(key(s, i), self.device), *args, **kw)
                         store.put(key(s, i), out[0] if isinstance(out, tuple) else out)
+                runs += len(running)
                 self.free(block)
                 if progress:
-                    progress(t + 2, total, f"block {b} for {t + 1} streams ({time.perf_counter() - t0:.0f} s)")
+                    progress(
+                        step + 2, total, f"block {b} for {len(running)} streams ({time.perf_counter() - t0:.0f} s)"
+                    )
             norm = final_norm(self.skeleton)
             head = output_head(self.skeleton)
             self.load(norm, self._prefix(norm))
             self.load(head, self._prefix(head))
-            for s in [-1, *range(len(order))]:
-                for i in range(n):
-                    on_final(s, i, norm(store.get(key(s, i), self.device)))
+            stream_of = {v: s for s, vs in enumerate(streams) for v in vs}
+            for i in range(n):
+                normed: dict[int, torch.Tensor] = {}
+                for v in range(len(variants)):
+                    s = stream_of[v]
+                    if s not in normed:
+                        normed[s] = norm(store.get(key(s, i), self.device))
+                    on_final(v, i, normed[s])
             self.free(norm)
             self.free(head)
             self.free(emb)
@@ -469,6 +507,7 @@ class SequentialModel:
                 progress(total, total, "final norm and head")
         finally:
             store.close()
+        return runs
 
     def _head_is_embedding(self) -> bool:
         head = output_head(self.skeleton)

@@ -193,6 +193,38 @@ def validate(
     return search, evaluation
 
 
+def layer_by_layer(settings: LeaderboardSettings, lm) -> tuple[LeaderboardSettings, list[str]]:
+    """``settings`` as a layer-by-layer model (:mod:`analysis.model.sequential`) runs them, and what that leaves
+    out, in words; the same settings and no notes for a model in memory.
+
+    Layer by layer, every scan and evaluation removes whole blocks (each block loaded once per pass): the damage
+    table is of whole blocks, the half-block search is refused, ReplaceMe's rows (its fit needs the model in memory)
+    and the metrics that need the model in memory (AVSS) are left out, or refused when named."""
+    if not getattr(lm, "sequential", False):
+        return settings, []
+    from dataclasses import replace
+
+    if settings.half_blocks:
+        raise LeaderboardError(
+            "layer by layer, the search removes whole blocks only: the half-block search needs the model in "
+            "memory (leave out --half-blocks, or run without --sequential on a machine it fits)"
+        )
+    if settings.metrics is not None:
+        need = [k for k in settings.metrics if not registry.runs_layer_by_layer(registry.get(k))]
+        if need:
+            raise LeaderboardError(
+                f"layer by layer, {', '.join(need)} cannot be computed (it needs the model in memory); leave it "
+                "out of --metrics, or run without --sequential on a machine it fits"
+            )
+    notes = ["layer by layer: every block is loaded once per pass, and every selection removes whole blocks"]
+    if tuple(settings.damage_sites) != ("block",):
+        notes.append("damage table of whole blocks only (skipping a half needs the model in memory)")
+    if settings.metrics is None:
+        notes.append("AVSS left out (its hooks need the model in memory)")
+    notes.append("ReplaceMe's rows left out (its fit needs the model in memory)")
+    return replace(settings, damage_sites=("block",)), notes
+
+
 # ---- evaluation of one action -----------------------------------------------------------------------------------
 
 
@@ -331,7 +363,10 @@ class Board:
     def metrics(self) -> list:
         chosen = self.settings.metrics
         if chosen is None:
-            return [m for m in registry.metrics() if m.key in CHEAP_METRICS or m.cached(self.ws, self.metric_params(m))]
+            out = [m for m in registry.metrics() if m.key in CHEAP_METRICS or m.cached(self.ws, self.metric_params(m))]
+            if getattr(self.lm, "sequential", False):
+                out = [m for m in out if registry.runs_layer_by_layer(m)]
+            return out
         return [registry.get(k) for k in chosen]
 
     def scores(self, metric) -> np.ndarray:
@@ -692,6 +727,7 @@ def run(
 
     t0 = time.perf_counter()
     wall0 = time.time()
+    settings, _ = layer_by_layer(settings, ws.lm)
     _, eval_text = validate(settings, ws.n_blocks, ws.text, ws.lm.tokenizer)
     say = progress or (lambda d, t, m: None)
     board = Board(ws=ws, settings=settings, progress=lambda d, t, m: say(d, t, f"search · {m}"))

@@ -131,6 +131,11 @@ def _fits(board, k: int) -> bool:
     return 1 <= k <= board.n_blocks - 2
 
 
+def _in_memory(board) -> bool:
+    """ReplaceMe fits a map on the model in memory: no rows for a layer-by-layer model."""
+    return not getattr(board.lm, "sequential", False)
+
+
 def register(register_rule, Rule) -> None:
     register_rule(
         Rule(
@@ -139,6 +144,7 @@ def register(register_rule, Rule) -> None:
             lambda b, k: [replaceme_rule(b.ws, k)] if _fits(b, k) else [],
             kind="replace",
             order=45,
+            enabled=_in_memory,
             description=f"the run [l, l+k) chosen by the {RULES[AUTHORS]} ({RULE_DETAILS[AUTHORS]}), "
             "replaced by a least-squares map folded into block l−1 (plain checkpoint)",
         )
@@ -150,6 +156,7 @@ def register(register_rule, Rule) -> None:
             lambda b, k: [removal_rule(b.ws, k)] if _fits(b, k) else [],
             kind="baseline",
             order=46,
+            enabled=_in_memory,
             description="the same run [l, l+k) removed without a map",
         )
     )

@@ -186,3 +186,82 @@ def test_damage_scan(tiny):
         for ra, rb in zip(a, b):
             for k in ("nll", "perplexity", "kl", "top1"):
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (state, ra["block"], k)
+
+
+def test_run_variants_share_prefixes_and_give_each_pruned_model(tiny):
+    """Variants that keep the same blocks so far share a stream: each block runs once per stream; every variant's
+    logits are those of the model with its blocks removed in memory."""
+    from analysis.changes.remove_blocks import remove_blocks
+
+    lm, sm = tiny
+    n = lm.n_blocks
+    x = torch.as_tensor(np.arange(64).reshape(2, 32) % 250)
+    variants = [list(range(n)), [0, 2, 3], [0, 2], [1, 2, 3], [0, 1, 2]]
+    got = {}
+    runs = sm.run_variants([x], variants, lambda v, i, h: got.__setitem__(v, sm.head_logits(h)))
+    # block 0: one stream (all but [1,2,3], which parts there); block 1: it and [1,2,3]'s; block 2: three
+    # ([0,2,3] and [0,2] parted at 1); block 3: three again ([0,1,2] and [0,2] part there without running it)
+    assert runs == 1 + 2 + 3 + 3
+    for v, keep in enumerate(variants):
+        drop = [b for b in range(n) if b not in keep]
+        with torch.no_grad():
+            want = (remove_blocks(lm.model, drop) if drop else lm.model)(input_ids=x, use_cache=False).logits
+        torch.testing.assert_close(got[v], want, rtol=0, atol=1e-5)
+
+
+def test_shared_pass_layer_by_layer_equals_the_in_memory_one(tiny, asyoulik):
+    from analysis.evaluation import shared_prefix
+
+    lm, sm = tiny
+    settings = EvalSettings(n_tokens=600, context=128, stride=64, batch_size=3, measure_speed=False)
+    actions = [{"remove_blocks": [1]}, {"remove_blocks": [0, 3]}, {"remove_blocks": [3]}, {"remove_blocks": [1, 2]}]
+    a = shared_prefix.evaluate_actions(lm, actions, settings, asyoulik)
+    b = shared_prefix.evaluate_actions(sm, actions, settings, asyoulik)
+    for x, y in zip(a.candidates, b.candidates):
+        for key in ("perplexity", "kl", "top1"):
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), key
+        assert (y["tokens"], y["parameters"]) == (x["tokens"], x["parameters"])
+    assert b.original["perplexity"] == pytest.approx(a.original["perplexity"], rel=1e-6)
+    with pytest.raises(Exception, match="only remove whole blocks; skip_mlp"):
+        shared_prefix.evaluate_actions(sm, [{"skip_mlp": [1]}], settings, asyoulik)
+
+
+def test_leaderboard_layer_by_layer_gives_the_in_memory_rows(tiny, alice, tmp_path, monkeypatch):
+    """The leaderboard of a layer-by-layer model: the same rows as in memory for every rule both run (whole
+    blocks), without ReplaceMe's and AVSS's rows; half-block search and AVSS named are refused in one line."""
+    from dataclasses import replace
+
+    from analysis.capture.workspace import Calibration, Workspace
+    from analysis.metrics.damage import SearchSettings
+    from analysis.search import leaderboard as lb
+
+    lm, sm = tiny
+    settings = lb.LeaderboardSettings(
+        k_max=2,
+        search=SearchSettings(text="lcet10", n_tokens=128, context=64),
+        evaluation=lb.default_eval_settings(text="asyoulik", n_tokens=256, context=128, stride=64),
+        random_samples=2,
+    )
+    cal = Calibration(n_windows=8, window_len=64)
+    boards = {}
+    for name, model in (("memory", lm), ("layers", sm)):
+        monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / name))  # each computes everything itself
+        boards[name] = lb.run(Workspace(lm=model, text=alice, calibration=cal), settings).rows
+    mem, seq = boards["memory"], boards["layers"]
+    assert {"replaceme", "replaceme_remove", "metric:avss"} <= set(mem.rule) and not {
+        "replaceme",
+        "replaceme_remove",
+        "metric:avss",
+    } & set(seq.rule)
+    both = mem[mem.rule.isin(set(seq.rule))].merge(seq, on=["rule", "k", "sample"], suffixes=("", "_seq"))
+    assert len(both) == len(seq) > 10
+    differ = both[both.blocks != both.blocks_seq]
+    assert set(differ.rule) <= {"consensus"}, differ  # the consensus of other proxies (no AVSS) may differ
+    both = both[both.blocks == both.blocks_seq]
+    for col in ("perplexity", "kl", "top1"):
+        np.testing.assert_allclose(both[col + "_seq"], both[col], rtol=1e-5, atol=1e-7)
+    with pytest.raises(lb.LeaderboardError, match="half-block search needs the model in memory"):
+        lb.layer_by_layer(replace(settings, half_blocks=True), sm)
+    with pytest.raises(lb.LeaderboardError, match="avss cannot be computed"):
+        lb.layer_by_layer(replace(settings, metrics=("avss", "linearity")), sm)
+    assert lb.layer_by_layer(settings, lm) == (settings, [])
