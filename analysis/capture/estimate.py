@@ -169,11 +169,16 @@ def capture_estimate(
     }
 
 
-def describe(est: dict) -> str:
+def footprint(est: dict) -> str:
+    """What a capture estimate says besides the time: tokens, disk, peak memory and what it was estimated from."""
     return (
-        f"about {est['seconds']:.0f} s for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
-        f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB (estimated from {est['basis']})"
+        f"for {est['tokens']:,} tokens, {est['disk_bytes'] / 2**20:,.0f} MiB on disk, "
+        f"peak memory about {est['peak_memory_bytes'] / 2**20:,.0f} MiB; estimated from {est['basis']}"
     )
+
+
+def describe(est: dict) -> str:
+    return f"about {est['seconds']:.0f} s " + footprint(est)
 
 
 # ----------------------------------------------------------------------------------------------------------------

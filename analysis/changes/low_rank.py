@@ -888,3 +888,66 @@ ACTIONS = (
         describe=describe_low_rank,
     ),
 )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Estimate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _time_one_matrix(m: int, n: int, k: int, method: str, damping: float | None) -> float:
+    """Seconds of one target matrix's work, timed now on a random ``m × n`` matrix and a random positive definite
+    Gram of its input: the whitening, the decomposition and the predicted loss, as :func:`apply_truncation` runs
+    them (float64)."""
+    from analysis.methods.lowrank import LinearInputStats, activation_loss, decompose, whitening
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(m, n, generator=g)
+    X = torch.randn(n, n, generator=g, dtype=torch.float64)
+    gram = X @ X.T / n + torch.eye(n, dtype=torch.float64)
+    stats = LinearInputStats(gram=gram, abs_sum=torch.ones(n, dtype=torch.float64), n_tokens=1)
+    t0 = time.perf_counter()
+    white = whitening(gram, damping) if method in ("svd_llm", "nsvd") else None
+    factors = decompose(W, stats, k, method, damping=damping, white=white)
+    activation_loss(W, factors.B.double() @ factors.A.double(), gram)
+    activation_loss(W, torch.zeros_like(W), gram)
+    return time.perf_counter() - t0
+
+
+def estimate_seconds(lm: LoadedModel, value: dict, ws=None, probe: dict | None = None) -> dict:
+    """Seconds of a ``low_rank`` action before it runs, measured on this machine now.
+
+    The statistics pass when it is not cached: the calibration tokens' forward (``forward_probe``'s rate) and
+    each target's Gram update (``n²`` multiply-adds per token for an input of ``n``); the decompositions: each
+    distinct (shape, rank) timed once now on random data of that shape (:func:`_time_one_matrix`), times the
+    number of matrices of that shape."""
+    from collections import Counter
+
+    from analysis.capture.estimate import forward_probe, work_model
+
+    spec = LowRankSpec.from_value(value)
+    model = lm.model
+    names, _ = resolve_targets(model, spec.targets, spec.blocks)
+    plan, _ = plan_ranks(model, names, spec.ratio, spec.rank, spec.ranks)
+    stats_s = 0.0
+    if ws is not None:
+        text, n_windows, window_len = calibration_of(spec, ws)
+        groups = sorted({group_of(n, model) for n in plan})
+        blocks = None if spec.blocks is None else sorted({block_of(n) for n in plan})
+        if not stats_cached(ws.lm, text, n_windows, window_len, groups, blocks):
+            probe = probe or forward_probe(lm)
+            gram = sum(linear_shape(model, n)[1] ** 2 for n in plan)
+            stats_s = n_windows * window_len * (work_model(model).per_token() + gram) * probe["seconds_per_work"]
+    shapes = Counter((*linear_shape(model, n), k) for n, k in plan.items())
+    decompose_s = 0.0
+    with decomposition_threads():
+        for (m, n, k), count in shapes.items():
+            decompose_s += count * _time_one_matrix(m, n, k, _LIB_METHOD[spec.method], spec.damping)
+    return {
+        "seconds": stats_s + decompose_s,
+        "statistics_s": stats_s,
+        "decompositions_s": decompose_s,
+        "matrices": len(plan),
+        "basis": f"{len(shapes)} matrix shape(s) decomposed now on random data"
+        + (", the statistics pass from a forward timed now" if stats_s else ""),
+    }

@@ -10,8 +10,6 @@ Example:
   python -m analysis capture --model default --text alice --sequences 32 --seq-len 128 --states 0-10 --storage float16
 """
 
-import sys
-
 from analysis.errors import InputError
 
 NAME = "capture"
@@ -40,6 +38,7 @@ def run(args) -> int:
     from analysis.changes.remove_blocks import parse_blocks
     from analysis.cli.common import (
         TqdmProgress,
+        announce_estimate,
         load,
         preflight_calibration,
         print_json,
@@ -60,7 +59,17 @@ def run(args) -> int:
         storage=args.storage,
         positions=positions,
     )
-    print(f"[capture] estimate: {estimate.describe(est)}", file=sys.stderr)
+    from analysis import cache
+    from analysis.capture.hidden_states import capture_params
+
+    cached = cache.entry(
+        "capture",
+        capture_params(lm, resolve_text(args.text), args.sequences, args.seq_len, args.storage, states, positions),
+    ).exists()
+    if cached:  # read from the cache: nothing to compute
+        announce_estimate("capture", 0.0, "cached: read from the cache, nothing to compute")
+    else:
+        announce_estimate("capture", est["seconds"], estimate.footprint(est))
     if args.estimate_only:
         print_json(est)
         return 0

@@ -303,6 +303,26 @@ class TqdmProgress:
             self.bar = None
 
 
+#: When set, every estimate a command prints is also appended to this file as one JSON line ``{"action",
+#: "seconds", "time"}`` (``bench/estimates.py`` compares it with the time the work then took).
+ESTIMATE_LOG_ENV = "LAYERSCOPE_ESTIMATE_LOG"
+
+
+def announce_estimate(action: str, seconds: float, detail: str = "") -> None:
+    """Print ``[action] estimate: about <time>[ (detail)]`` on stderr before the work starts (the one way a command
+    says how long it will take), and log it for ``bench/estimates.py`` when :data:`ESTIMATE_LOG_ENV` is set."""
+    import os
+    import time
+
+    from analysis.formatting import format_seconds
+
+    print(f"[{action}] estimate: about {format_seconds(seconds)}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+    path = os.environ.get(ESTIMATE_LOG_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"action": action, "seconds": float(seconds), "time": time.time()}) + "\n")
+
+
 def print_json(obj) -> None:
     print(json.dumps(json.loads(cache.dumps(obj)), indent=2))
 

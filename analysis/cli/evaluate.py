@@ -7,8 +7,6 @@ Example:
   python -m analysis evaluate --model out/pruned --text asyoulik
 """
 
-import sys
-
 NAME = "evaluate"
 HELP = "perplexity of a model on a text (JSON)"
 
@@ -45,11 +43,11 @@ def run(args) -> int:
     sequential = bool(getattr(lm, "sequential", False))
     model = lm if sequential else lm.model  # layer by layer, or the module in memory
     if not sequential:
+        from analysis.cli.common import announce_estimate
         from analysis.evaluation.perplexity import estimate_seconds
-        from analysis.formatting import format_seconds
 
         est = estimate_seconds(lm, settings)
-        print(f"[evaluate] estimate: about {format_seconds(est['seconds'])} (from {est['basis']})", file=sys.stderr)
+        announce_estimate("evaluate", est["seconds"], f"from {est['basis']}")
     result = perplexity(model, lm.tokenizer, text, settings, progress=TqdmProgress("evaluate"))
     result["model"] = {
         "source": args.model,

@@ -112,7 +112,15 @@ def run(args) -> int:
     from analysis.changes import healing as hl
     from analysis.changes.remove_blocks import parse_blocks, validate_removal
     from analysis.changes.variant import apply_actions, describe_action
-    from analysis.cli.common import TqdmProgress, eval_settings_from, load, out_destination, print_json, spec_from
+    from analysis.cli.common import (
+        TqdmProgress,
+        announce_estimate,
+        eval_settings_from,
+        load,
+        out_destination,
+        print_json,
+        spec_from,
+    )
     from analysis.evaluation.perplexity import evaluate
     from analysis.jobs import run_in_foreground
     from analysis.model.loading import read_config
@@ -179,10 +187,22 @@ def run(args) -> int:
     windows = hl.training_windows(lm.tokenizer, heal_text, spec)
     cut = apply_actions(lm.model, action, ws, progress=TqdmProgress("apply")) if action else lm.model
     teacher = lm.model if spec.loss != "ce" else None
+    est = hl.estimate(cut, spec, windows, teacher)
     if args.estimate:
-        est = hl.estimate(cut, spec, windows, teacher)
         print_json({"variant": describe_action(action), "estimate": est})
         return 0
+    from analysis.evaluation.perplexity import estimate_seconds
+    from analysis.model.loading import count_parameters
+
+    # training (3 steps timed now on a throw-away copy), then the evaluations: the original, the cut, the healed
+    share = count_parameters(cut) / max(1, count_parameters(lm.model))
+    ev = estimate_seconds(lm, settings, n_models=3 if action else 2, candidate_fraction=share)
+    announce_estimate(
+        "heal",
+        est["total_seconds"] + ev["seconds"],
+        f"{spec.steps} steps at {est['seconds_per_step']:.2f} s per step timed now, then "
+        f"{ev['seconds']:.0f} s of evaluation on {eval_text.label} from {ev['basis']}",
+    )
     print(f"[heal] {hl.describe_heal(value)} of: {describe_action(action)}", file=sys.stderr)
     healed = run_in_foreground(
         lambda job: hl.heal_model(cut, spec, windows, teacher, progress=job.report, text=heal_text),

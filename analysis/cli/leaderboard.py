@@ -151,7 +151,7 @@ def run(args) -> int:
     from analysis import destinations
     from analysis.cache import write_csv, write_json
     from analysis.changes.remove_blocks import parse_blocks
-    from analysis.cli.common import TqdmProgress, load, out_destination, workspace_from
+    from analysis.cli.common import TqdmProgress, announce_estimate, load, out_destination, workspace_from
     from analysis.formatting import format_seconds
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
@@ -223,12 +223,13 @@ def run(args) -> int:
         )
     else:
         est = lb.estimate(ws, settings)
-        print(
-            f"[leaderboard] estimate: about {format_seconds(est['seconds'])} = work of "
-            f"{est['evaluations_of_original']:.1f} evaluations of the original at ~{est['per_evaluation_s']:.0f} s "
-            f"each ({est['scans']} scans, up to {est['evaluations']} selections to evaluate; from a "
-            f"{est['probe_s']:.1f} s forward of the model timed now; cached work is skipped)",
-            file=sys.stderr,
+        announce_estimate(
+            "leaderboard",
+            est["seconds"],
+            f"the work of {est['evaluations_of_original']:.1f} evaluations of the original at "
+            f"~{format_seconds(est['per_evaluation_s'])} each: {est['scans']} scans, up to {est['evaluations']} "
+            f"selections to evaluate; from a {est['probe_s']:.1f} s forward of the model timed now; cached work is "
+            "skipped",
         )
     if args.estimate:
         return 0

@@ -11,8 +11,6 @@ Example:
   python -m analysis metrics --metrics avss,id --avss-site residual --avss-relative --out out/geometry
 """
 
-import sys
-
 NAME = "metrics"
 HELP = "compute per-block metrics and write layers.csv"
 
@@ -53,6 +51,7 @@ def run(args) -> int:
     from analysis import destinations
     from analysis.cli.common import (
         TqdmProgress,
+        announce_estimate,
         load,
         out_destination,
         preflight_calibration,
@@ -89,7 +88,7 @@ def run(args) -> int:
 
         c = ws.calibration
         est = estimate.capture_estimate(ws.lm, c.n_windows, c.window_len, storage=c.storage)
-        print(f"[capture] estimate: {estimate.describe(est)}", file=sys.stderr)
+        announce_estimate("capture", est["seconds"], estimate.footprint(est))
     with destinations.writing(dest, "metrics") as out:
         ws.capture(TqdmProgress("capture"))
         write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)

@@ -151,7 +151,7 @@ def run(args) -> int:
     from analysis import destinations
     from analysis.cache import write_csv, write_json
     from analysis.capture.workspace import Calibration, Workspace
-    from analysis.cli.common import TqdmProgress, load, out_destination
+    from analysis.cli.common import TqdmProgress, announce_estimate, load, out_destination
     from analysis.profiles import topology as topo
     from analysis.texts import resolve_text
 
@@ -163,7 +163,7 @@ def run(args) -> int:
 
     with destinations.writing(dest, "topology") as out:
         estimate = topo.zigzag_estimate(lm, text, zs, progress=TqdmProgress("capture"))
-        print(f"[topology] {estimate.describe()}", file=sys.stderr)
+        announce_estimate("topology", estimate.seconds, estimate.describe())
         if estimate.too_large:
             print(f"warning: {estimate.warning()}", file=sys.stderr)
         if args.estimate_only:

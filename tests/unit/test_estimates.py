@@ -1,0 +1,59 @@
+"""Every long command says how long it will take before it starts, in one format and one place
+(``cli.common.announce_estimate``), from work measured on this machine now; ``bench/estimates.py`` compares the
+estimates with the time taken."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from analysis.changes import low_rank
+from analysis.cli.common import ESTIMATE_LOG_ENV, announce_estimate
+from analysis.model.loading import LoadedModel, ModelSpec
+
+
+def test_announce_prints_one_line_and_logs_for_the_bench(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "estimates.jsonl"
+    monkeypatch.setenv(ESTIMATE_LOG_ENV, str(log))
+    announce_estimate("compress", 95.0, "why")
+    announce_estimate("capture", 0.0)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[compress] estimate: about 1 min 35 s (why)", "[capture] estimate: about 0.0 s"]
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(r["action"], r["seconds"]) for r in rows] == [("compress", 95.0), ("capture", 0.0)]
+    assert all(r["time"] > 0 for r in rows)
+
+
+def test_low_rank_estimate_times_each_shape_once(monkeypatch):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    lm = LoadedModel(
+        model=LlamaForCausalLM(config).eval(),
+        tokenizer=None,
+        spec=ModelSpec(),
+        name="tiny",
+        fingerprint="tiny",
+        load_seconds=0.0,
+        source_kind="derived",
+    )
+    timed = []
+    real = low_rank._time_one_matrix
+
+    def spy(m, n, k, method, damping):
+        timed.append((m, n, k, method))
+        return real(m, n, k, method, damping)
+
+    monkeypatch.setattr(low_rank, "_time_one_matrix", spy)
+    est = low_rank.estimate_seconds(lm, {"method": "svd-llm", "ratio": 0.2, "targets": "mlp"})
+    assert est["matrices"] == 9 and est["statistics_s"] == 0.0  # no workspace: no statistics pass
+    # gate and up are 48 × 32, down 32 × 48: two shapes, each timed once, as SVD-LLM runs them
+    assert sorted((m, n) for m, n, _, _ in timed) == [(32, 48), (48, 32)] and {t[3] for t in timed} == {"svd_llm"}
+    assert est["seconds"] == pytest.approx(est["decompositions_s"]) and est["seconds"] > 0
