@@ -47,6 +47,33 @@ def add_arguments(p):
     g.add_argument("--avss-relative", action="store_true", help="threshold eps * RMS(a) per token instead of eps")
 
 
+def _announce(ws, groups: list[str], announce_estimate) -> None:
+    """One estimate before the work: the capture when missing, and each group's metrics not cached yet (each group
+    estimates its own work, timed on this machine now; a group without an estimate is named)."""
+    from analysis.capture import estimate
+    from analysis.metrics.registry import group_estimate
+
+    parts, seconds, missing = [], 0.0, []
+    sequential = getattr(ws.lm, "sequential", False)
+    if not ws.is_captured():
+        c = ws.calibration
+        est = estimate.capture_estimate(ws.lm, c.n_windows, c.window_len, storage=c.storage)
+        seconds += est["seconds"]
+        parts.append(f"capture {est['seconds']:.0f} s {estimate.footprint(est)}")
+    probe = None if sequential else estimate.forward_probe(ws.lm)
+    for g in groups:
+        fn = group_estimate(g)
+        if fn is None or (sequential and g != "linearity"):  # layer by layer: no in-memory forward to time
+            missing.append(g)
+            continue
+        s = fn(ws, probe)
+        seconds += s
+        parts.append(f"{g} {s:.0f} s" if s else f"{g} cached")
+    if missing:
+        parts.append(f"not estimated: {', '.join(missing)}")
+    announce_estimate("metrics", seconds, "; ".join(parts))
+
+
 def run(args) -> int:
     from analysis import destinations
     from analysis.cli.common import (
@@ -83,12 +110,7 @@ def run(args) -> int:
                 f"({', '.join(SEQUENTIAL_GROUPS)}); {', '.join(need_model)} need the model in memory: "
                 "leave them out of --metrics, or run without --sequential on a machine it fits"
             )
-    if not ws.is_captured():
-        from analysis.capture import estimate
-
-        c = ws.calibration
-        est = estimate.capture_estimate(ws.lm, c.n_windows, c.window_len, storage=c.storage)
-        announce_estimate("capture", est["seconds"], estimate.footprint(est))
+    _announce(ws, groups, announce_estimate)
     with destinations.writing(dest, "metrics") as out:
         ws.capture(TqdmProgress("capture"))
         write_metric_files(ws, groups, out, progress_factory=TqdmProgress, group_params=group_params)

@@ -93,6 +93,17 @@ def register_group_writer(group: str, writer: Callable) -> Callable:
     return writer
 
 
+# group name -> estimate(ws, probe) -> seconds of computing the group's metrics that are not cached, measured on
+# this machine now (``probe``: :func:`analysis.capture.estimate.forward_probe` of the workspace's model); the capture
+# itself is estimated apart. Used by ``python -m analysis metrics`` before it starts.
+_GROUP_ESTIMATES: dict[str, Callable] = {}
+
+
+def register_group_estimate(group: str, estimate: Callable) -> Callable:
+    _GROUP_ESTIMATES[group] = estimate
+    return estimate
+
+
 @dataclass(frozen=True)
 class ReportSection:
     """A section of the HTML report: ``build(ws)`` returns items from *cached* results only (never computes).

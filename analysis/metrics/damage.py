@@ -631,26 +631,27 @@ def random_selections(n_blocks: int, k: int, samples: int = 5, seed: int = 0) ->
     return out
 
 
-def estimate_scan_seconds(lm, settings: SearchSettings, n_candidates: int, per_token_s: float) -> float:
-    """A scan runs on average about half the blocks per candidate plus the head; one reference pass."""
-    tokens = (settings.n_tokens // settings.context) * settings.context
-    return per_token_s * tokens * (1 + 0.6 * n_candidates)
+def scan_work(wm, search: SearchSettings, n_kept: int, site: str) -> float:
+    """Parameter-tokens of one damage scan (``analysis.metrics.damage.scan``, fast method) of a model of ``n_kept``
+    blocks: one pass of the model recording its block inputs, then each candidate from its block on, the head on
+    every position."""
+    windows = search.n_tokens // search.context
+    T = search.context
+    mean = sum(wm.block_params) / max(1, wm.n_blocks)
+    total = windows * T * (n_kept * mean + wm.head_params)  # the pass recording the block inputs
+    for j in range(n_kept):
+        if site == "block":
+            if n_kept == 1:
+                continue
+            run = max(1, n_kept - 1 - j)
+        else:
+            run = n_kept - j
+        total += windows * T * (run * mean + wm.head_params)
+    return total
 
 
-def probe_seconds_per_token(lm, context: int = 256) -> float:
-    """Seconds per token of one forward of the original (a short timed probe)."""
-    device = input_device(lm.model)
-    x = torch.randint(
-        0,
-        int(lm.model.get_input_embeddings().weight.shape[0]),
-        (1, context),
-        generator=torch.Generator().manual_seed(0),
-    ).to(device)
-    with torch.no_grad():
-        lm.model(input_ids=x[:, :16], use_cache=False)
-        t0 = time.perf_counter()
-        lm.model(input_ids=x, use_cache=False)
-    return (time.perf_counter() - t0) / context
+def reference_work(wm, search: SearchSettings) -> float:
+    return (search.n_tokens // search.context) * search.context * wm.per_token()
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Callable
 
 from analysis.errors import NotFound
 from analysis.metrics.base import (  # noqa: F401  (re-exported: the registry is the one name consumers import)
+    _GROUP_ESTIMATES,
     _GROUP_WRITERS,
     _REGISTRY,
     _REPORT_SECTIONS,
@@ -66,6 +67,11 @@ def groups() -> dict[str, list[BlockMetric]]:
 
 def group_writer(group: str) -> Callable | None:
     return _GROUP_WRITERS.get(group)
+
+
+def group_estimate(group: str) -> Callable | None:
+    """``estimate(ws, probe) -> seconds`` of a ``--metrics`` group (None: the group has no estimate)."""
+    return _GROUP_ESTIMATES.get(group)
 
 
 def group_names() -> list[str]:

@@ -45,7 +45,9 @@ from analysis.metrics.damage import (
     damage_table,
     greedy,
     random_selections,
+    reference_work,
     reverse_order,
+    scan_work,
     single_block_damage,
     state_action,
 )
@@ -651,29 +653,6 @@ def evaluate_plan(
         for (key, a), r in zip(todo, many.candidates):
             out[key] = _store_eval(lm, a, settings, text, r)
     return out, {"work": work, "original_work": one, "computed": len(todo), "distinct": len(distinct)}
-
-
-def scan_work(wm, search: SearchSettings, n_kept: int, site: str) -> float:
-    """Parameter-tokens of one damage scan (``analysis.metrics.damage.scan``, fast method) of a model of ``n_kept``
-    blocks: one pass of the model recording its block inputs, then each candidate from its block on, the head on
-    every position."""
-    windows = search.n_tokens // search.context
-    T = search.context
-    mean = sum(wm.block_params) / max(1, wm.n_blocks)
-    total = windows * T * (n_kept * mean + wm.head_params)  # the pass recording the block inputs
-    for j in range(n_kept):
-        if site == "block":
-            if n_kept == 1:
-                continue
-            run = max(1, n_kept - 1 - j)
-        else:
-            run = n_kept - j
-        total += windows * T * (run * mean + wm.head_params)
-    return total
-
-
-def reference_work(wm, search: SearchSettings) -> float:
-    return (search.n_tokens // search.context) * search.context * wm.per_token()
 
 
 def _scan_entry(lm, search: SearchSettings, state, site: str):

@@ -57,3 +57,14 @@ def test_low_rank_estimate_times_each_shape_once(monkeypatch):
     # gate and up are 48 × 32, down 32 × 48: two shapes, each timed once, as SVD-LLM runs them
     assert sorted((m, n) for m, n, _, _ in timed) == [(32, 48), (48, 32)] and {t[3] for t in timed} == {"svd_llm"}
     assert est["seconds"] == pytest.approx(est["decompositions_s"]) and est["seconds"] > 0
+
+
+def test_metric_groups_estimate_their_own_work(ws):
+    """The default groups of ``metrics`` say what they will cost (0 when cached); the bundled workspace's linearity
+    group is timed on random clouds of its size."""
+    from analysis.metrics.registry import group_estimate
+
+    for g in ("linearity", "avss", "damage"):
+        assert group_estimate(g) is not None, g
+    s = group_estimate("linearity")(ws, None)
+    assert s >= 0.0 and (s == 0.0) == ws.has_result("linearity", {"v": 1})

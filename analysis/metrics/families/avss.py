@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
+from analysis.metrics.base import (
+    BlockMetric,
+    ReportSection,
+    register,
+    register_group_estimate,
+    register_group_writer,
+    register_report_section,
+)
 
 DEFAULTS = {"site": "mlp", "eps": None, "relative": False, "share": 0.25}
 #: a suggested block is flagged when another measure ranks it among the top quarter of the blocks by importance
@@ -189,3 +196,18 @@ def _report(ws) -> list:
 
 
 register_report_section(ReportSection("avss", "Activation variance and sparsity (AVSS)", _report, order=30))
+
+
+def estimate_seconds(ws, probe: dict | None = None) -> float:
+    """Seconds of AVSS on the default settings when not cached: one forward of the calibration windows with the
+    site's hooks, at the rate of a forward timed now."""
+    from analysis.capture.estimate import forward_probe, work_model
+
+    if _is_cached(ws, dict(DEFAULTS)):
+        return 0.0
+    probe = probe or forward_probe(ws.lm)
+    c = ws.calibration
+    return c.n_windows * c.window_len * work_model(ws.lm.model).per_token() * probe["seconds_per_work"]
+
+
+register_group_estimate("avss", estimate_seconds)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.methods import linearity
-from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
+from analysis.metrics.base import (
+    BlockMetric,
+    ReportSection,
+    register,
+    register_group_estimate,
+    register_group_writer,
+    register_report_section,
+)
 
 
 def too_few_tokens_remedy(ws) -> str:
@@ -116,6 +123,36 @@ register(
         is_cached=_cached,
     )
 )
+
+
+def estimate_seconds(ws, probe: dict | None = None) -> float:
+    """Seconds of the linearity group (the all-pairs matrix and the consecutive curves; block influence and angular
+    distance are a small part) when not cached, timed now: one cloud's whitening, one pair's product and one
+    block's consecutive curves on random clouds of the workspace's size, times how many of each run."""
+    import time
+
+    from analysis.capture.estimate import linearity_memory_bytes, memory_budget
+
+    if _cached(ws, None):
+        return 0.0
+    n, d, k = ws.n_cloud_tokens(), ws.lm.width, ws.n_states
+    rng = np.random.default_rng(0)
+    X, Y = (rng.standard_normal((n, d), dtype=np.float32) for _ in range(2))
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    t_curve = timed(lambda: linearity.consecutive_linearity([X, Y]))
+    if linearity_memory_bytes(k, n, d) > memory_budget():  # streamed: the consecutive curves only
+        return (k - 1) * t_curve
+    t_one = timed(lambda: linearity.linearity_matrix([X]))
+    t_pair = max(0.0, timed(lambda: linearity.linearity_matrix([X, Y])) - 2 * t_one)
+    return k * t_one + k * (k - 1) / 2 * t_pair + (k - 1) * t_curve
+
+
+register_group_estimate("linearity", estimate_seconds)
 
 
 def _write_linearity_files(ws, out_dir, progress):

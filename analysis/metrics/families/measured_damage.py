@@ -5,6 +5,7 @@ from __future__ import annotations
 from analysis.metrics.base import (
     BlockMetric,
     register,
+    register_group_estimate,
 )
 
 DEFAULT_PARAMS = {"search_text": "lcet10", "search_tokens": 1024, "search_context": 512}
@@ -44,3 +45,19 @@ register(
         is_cached=_cached,
     )
 )
+
+
+def estimate_seconds(ws, probe: dict | None = None) -> float:
+    """Seconds of the single-block damage scan on the default search settings when not cached: its forward work
+    (:func:`analysis.metrics.damage.scan_work` and the reference pass) at the rate of a forward timed now."""
+    from analysis.capture.estimate import forward_probe, work_model
+    from analysis.metrics.damage import reference_work, scan_work
+
+    if _cached(ws, None):
+        return 0.0
+    probe = probe or forward_probe(ws.lm)
+    wm, search = work_model(ws.lm.model), search_settings({})
+    return (scan_work(wm, search, ws.n_blocks, "block") + reference_work(wm, search)) * probe["seconds_per_work"]
+
+
+register_group_estimate("damage", estimate_seconds)
