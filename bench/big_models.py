@@ -186,14 +186,15 @@ def main(argv=None) -> dict:
     if "leaderboard" in cases:
         board = ["leaderboard", *model, "--k", "1", "--search-tokens", "128", "--search-context", "128"]
         board += ["--eval-tokens", "256", "--context", "128", "--stride", "128", "--random", "1"]
-        r_mem = run_case("leaderboard k=1, in memory", [*board, "--out", str(root / "lb-mem")], cache("lb"))
+        board += ["--metrics", "block_influence,angular_distance,measured_damage"]
+        r_mem = run_case("leaderboard k=1, in memory", [*board, "--out", str(root / "board-mem")], cache("lb"))
         r_seq = run_case(
-            "leaderboard k=1, --sequential", [*board, "--sequential", "--out", str(root / "lb-seq")], cache("lb-seq")
+            "leaderboard k=1, --sequential", [*board, "--sequential", "--out", str(root / "board-seq")], cache("lb-seq")
         )
         rows += [r_mem, r_seq]
         try:
-            a = pd.read_csv(root / "lb-mem" / "leaderboard.csv")
-            b = pd.read_csv(root / "lb-seq" / "leaderboard.csv")
+            a = pd.read_csv(root / "board-mem" / "leaderboard.csv")
+            b = pd.read_csv(root / "board-seq" / "leaderboard.csv")
             both = a.merge(b, on=["rule", "k", "sample", "blocks"], suffixes=("", "_seq"))
             checks["leaderboard"] = {
                 "rows_in_memory": len(a),

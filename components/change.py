@@ -77,24 +77,40 @@ def _settings_from_widgets(k: str) -> EvalSettings | None:
         return None
 
 
-def evaluation_estimate(ws, settings: EvalSettings, candidate_share: float = 1.0) -> dict | None:
-    """Seconds an Apply-and-evaluate with ``settings`` will take: the original and a candidate of
-    ``candidate_share`` of its cost (``analysis.evaluation.perplexity.estimate_seconds``, from a forward of the
-    model timed once per session and model). None when the settings are invalid."""
+def session_probe(ws) -> dict:
+    """A forward of the model timed once per session and model (``analysis.capture.estimate.forward_probe``);
+    raises LayerScopeError when the model has no weights to time (a results folder computed elsewhere)."""
     from analysis.capture.estimate import forward_probe
 
+    kept = st.session_state.get("_forward_probe")
+    if not kept or kept[0] != ws.lm.fingerprint:
+        kept = (ws.lm.fingerprint, forward_probe(ws.lm))
+        st.session_state["_forward_probe"] = kept
+    return kept[1]
+
+
+def evaluation_estimate(ws, settings: EvalSettings, candidate_share: float = 1.0) -> dict | None:
+    """Seconds an Apply-and-evaluate with ``settings`` will take: the original and a candidate of
+    ``candidate_share`` of its cost (``analysis.evaluation.perplexity.estimate_seconds``). None when the settings
+    are invalid or the model has no weights to time."""
     try:
         settings.validate()
         bundled_text(settings.text)
+        return estimate_seconds(
+            ws.lm, settings, n_models=2, candidate_fraction=candidate_share, probe=session_probe(ws)
+        )
     except (LayerScopeError, ValueError):
         return None
+
+
+def variant_estimate(ws, action: dict, settings: EvalSettings) -> dict | None:
+    """Seconds the Apply job will take (``analysis.workflow.variants.estimate_variant``: the change timed now, then
+    the evaluation); None when the model has no weights to time."""
+    from analysis.workflow.variants import estimate_variant
+
     try:
-        kept = st.session_state.get("_forward_probe")
-        if not kept or kept[0] != ws.lm.fingerprint:
-            kept = (ws.lm.fingerprint, forward_probe(ws.lm))
-            st.session_state["_forward_probe"] = kept
-        return estimate_seconds(ws.lm, settings, n_models=2, candidate_fraction=candidate_share, probe=kept[1])
-    except LayerScopeError:  # no weights to time (a results folder computed elsewhere): no estimate
+        return estimate_variant(ws, action, settings, probe=session_probe(ws))
+    except LayerScopeError:
         return None
 
 
@@ -182,9 +198,7 @@ def start_apply(
         st.error(str(exc))
         return None
     name = name or describe_action(action)
-    est = None
-    if set(action) == {"remove_blocks"} and ws.n_blocks:  # removing blocks takes no time: the estimate is the job's
-        est = evaluation_estimate(ws, settings, 1.0 - len(action["remove_blocks"]) / ws.n_blocks)
+    est = variant_estimate(ws, action, settings)
     key = (
         "apply:"
         + jobs.owner()

@@ -191,6 +191,7 @@ def describe(est: dict) -> str:
 # probe work). Every long action's estimate is its planned work (minus what is cached) times that rate.
 
 FORWARD_PROBE_TOKENS = 256
+PROBE_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def work_model(model) -> WorkModel:
 
 
 def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
-    """Time one forward of ``lm``'s model on ``tokens`` tokens now (after a 16-token warm-up).
+    """Time a forward of ``lm``'s model on ``tokens`` tokens now (after a 16-token warm-up; the median of up to
+    :data:`PROBE_REPEATS`).
 
     ``{"seconds", "tokens", "work", "seconds_per_work", "seconds_per_token"}``: ``seconds_per_work`` turns any
     planned work (parameter-tokens, :class:`WorkModel`) into seconds on this machine as it is now."""
@@ -242,15 +244,20 @@ def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
     device = input_device(model)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     x = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
+    times = []
     with torch.no_grad():
         model(input_ids=x[:, :16], use_cache=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(input_ids=x, use_cache=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        # the median of up to three forwards (fewer when one takes over a second): one short forward on a busy
+        # machine can be caught by a burst of other work and read several times too slow
+        while len(times) < PROBE_REPEATS and sum(times) < 1.0:
+            t0 = time.perf_counter()
+            model(input_ids=x, use_cache=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    seconds = float(np.median(times))
     work = work_model(model).forward(tokens)
     return {
         "seconds": seconds,

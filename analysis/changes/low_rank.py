@@ -906,12 +906,15 @@ def _time_one_matrix(m: int, n: int, k: int, method: str, damping: float | None)
     X = torch.randn(n, n, generator=g, dtype=torch.float64)
     gram = X @ X.T / n + torch.eye(n, dtype=torch.float64)
     stats = LinearInputStats(gram=gram, abs_sum=torch.ones(n, dtype=torch.float64), n_tokens=1)
-    t0 = time.perf_counter()
-    white = whitening(gram, damping) if method in ("svd_llm", "nsvd") else None
-    factors = decompose(W, stats, k, method, damping=damping, white=white)
-    activation_loss(W, factors.B.double() @ factors.A.double(), gram)
-    activation_loss(W, torch.zeros_like(W), gram)
-    return time.perf_counter() - t0
+    times: list[float] = []
+    while len(times) < 3 and sum(times) < 1.0:  # the median of up to three (one can be caught by other work)
+        t0 = time.perf_counter()
+        white = whitening(gram, damping) if method in ("svd_llm", "nsvd") else None
+        factors = decompose(W, stats, k, method, damping=damping, white=white)
+        activation_loss(W, factors.B.double() @ factors.A.double(), gram)
+        activation_loss(W, torch.zeros_like(W), gram)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def estimate_seconds(lm: LoadedModel, value: dict, ws=None, probe: dict | None = None) -> dict:

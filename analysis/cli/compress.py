@@ -224,40 +224,12 @@ def _calibration(args) -> dict:
     }
 
 
-def _announce(ws, action: dict, settings) -> None:
-    """The estimate before the work: the change (statistics and decompositions timed now; a linear map's fit as a
-    forward of the calibration tokens), then the evaluation of the original and the variant."""
-    from analysis.capture.estimate import forward_probe, work_model
-    from analysis.changes import low_rank
-    from analysis.cli.common import announce_estimate
-    from analysis.evaluation.perplexity import estimate_seconds
-
-    lm = ws.lm
-    probe = forward_probe(lm)
-    parts, seconds = [], 0.0
-    share = 1.0
-    if "low_rank" in action:
-        lr = low_rank.estimate_seconds(lm, action["low_rank"], ws, probe)
-        seconds += lr["seconds"]
-        share = 1.0 - float(action["low_rank"].get("ratio") or 0.0)
-        parts.append(f"{lr['seconds']:.0f} s for {lr['matrices']} matrices ({lr['basis']})")
-    fits = [k for k in ("replaceme", "replace_linear") if k in action]
-    if fits:
-        c = ws.calibration
-        fit = len(fits) * c.n_windows * c.window_len * work_model(lm.model).per_token() * probe["seconds_per_work"]
-        seconds += fit
-        parts.append(f"{fit:.0f} s for the linear map's calibration pass")
-    ev = estimate_seconds(lm, settings, n_models=2, candidate_fraction=share, probe=probe)
-    seconds += ev["seconds"]
-    parts.append(f"{ev['seconds']:.0f} s evaluating the original and the variant")
-    announce_estimate("compress", seconds, "; ".join(parts) + "; the export and its reload check come on top")
-
-
 def run(args) -> int:
     from analysis.changes.low_rank import record_of
     from analysis.changes.variant import candidate_name, describe_action
     from analysis.cli.common import (
         TqdmProgress,
+        announce_estimate,
         check_gguf_family,
         eval_settings_from,
         load,
@@ -274,7 +246,7 @@ def run(args) -> int:
     from analysis.model.loading import read_config, read_tokenizer
     from analysis.texts import resolve_text
     from analysis.workflow import preflight
-    from analysis.workflow.variants import export_variant, make_variant
+    from analysis.workflow.variants import estimate_variant, export_variant, make_variant
 
     action = build_action(args)  # refuse bad arguments before loading anything
     if args.gguf and (args.form or ("factorised" if "low_rank" in action else "dense")) != "dense":
@@ -314,7 +286,8 @@ def run(args) -> int:
             )
     form = args.form or ("factorised" if "low_rank" in action else "dense")
     print(f"[compress] {describe_action(action)}", file=sys.stderr)
-    _announce(ws, action, settings)
+    est = estimate_variant(ws, action, settings)
+    announce_estimate("compress", est["seconds"], "; ".join(est["parts"]))
     variant = make_variant(
         ws,
         action,

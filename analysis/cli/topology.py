@@ -150,6 +150,7 @@ def _settings(args):
 def run(args) -> int:
     from analysis import destinations
     from analysis.cache import write_csv, write_json
+    from analysis.capture import estimate as capture_estimate
     from analysis.capture.workspace import Calibration, Workspace
     from analysis.cli.common import TqdmProgress, announce_estimate, load, out_destination
     from analysis.profiles import topology as topo
@@ -163,7 +164,28 @@ def run(args) -> int:
 
     with destinations.writing(dest, "topology") as out:
         estimate = topo.zigzag_estimate(lm, text, zs, progress=TqdmProgress("capture"))
-        announce_estimate("topology", estimate.seconds, estimate.describe())
+        ws = None
+        seconds, detail = estimate.seconds, estimate.describe()
+        if topo.zigzag_is_cached(lm, text, zs):
+            seconds, detail = 0.0, "zigzag persistence cached"
+        if not args.no_persistence:
+            cal = Calibration(
+                n_windows=args.calib_sequences, window_len=args.calib_seq_len, exclude_first=args.exclude_first
+            )
+            ws = Workspace(lm=lm, text=text, calibration=cal)
+        if ws is not None and topo.persistence_is_cached(ws, ps):
+            detail += "; per-layer Rips persistence cached"
+        elif ws is not None:
+            rips = capture_estimate.calibrated_seconds(
+                topo.estimate_persistence_seconds(ps, ws.n_states, topo.cloud_size(ws, ps), lm.width)
+            )
+            seconds += rips
+            detail += f"; then per-layer Rips persistence, about {rips:.0f} s at this machine's speed now"
+            if not ws.is_captured():
+                cap = capture_estimate.capture_estimate(lm, cal.n_windows, cal.window_len, storage=cal.storage)
+                seconds += cap["seconds"]
+                detail += f", after a capture of {cap['tokens']:,} tokens ({cap['seconds']:.0f} s)"
+        announce_estimate("topology", seconds, detail)
         if estimate.too_large:
             print(f"warning: {estimate.warning()}", file=sys.stderr)
         if args.estimate_only:
@@ -191,16 +213,8 @@ def run(args) -> int:
         write_csv(out / "zigzag_layers.csv", topo.zigzag_layers_frame(result, view))
         suggestion = topo.zigzag_suggestion(result, view, lm, text)
 
-        if not args.no_persistence:
-            cal = Calibration(
-                n_windows=args.calib_sequences, window_len=args.calib_seq_len, exclude_first=args.exclude_first
-            )
-            ws = Workspace(lm=lm, text=text, calibration=cal)
-            print(
-                f"[topology] per-layer Rips persistence, about {topo.estimate_persistence_seconds(ps, ws.n_states):.0f}"
-                f" s estimated",
-                file=sys.stderr,
-            )
+        if ws is not None:
+            cal = ws.calibration
             pres = topo.layer_persistence(ws, ps, progress=TqdmProgress("persistence"))
             write_csv(out / "persistence_layers.csv", topo.persistence_summary(pres, noise=args.noise))
             cloud = (

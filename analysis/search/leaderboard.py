@@ -824,15 +824,29 @@ def cached_rows(lm, search: SearchSettings, state) -> list[dict]:
     return cached_scan(lm, search, state, "block")["rows"]
 
 
+#: Seconds a board that is all cached takes to read and assemble, on the machine the cost models were fitted on.
+READ_SECONDS = 2.0
+
+
+def _first_changed(action: dict) -> int:
+    """The first block an action changes (a ReplaceMe run changes the block before it: the map is folded in)."""
+    if "replaceme" in action:
+        return max(0, int(action["replaceme"]["start"]) - 1)
+    blocks = [int(b) for key in ("remove_blocks", "skip_attention", "skip_mlp") for b in action.get(key) or []]
+    return min(blocks) if blocks else 0
+
+
 def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: dict | None = None) -> dict:
     """Seconds the leaderboard will take, from a short forward of the model timed now (``probe``: a
     :func:`analysis.capture.estimate.forward_probe` result to reuse) and the work planned, minus what is cached.
 
     Work (parameter-tokens, :class:`analysis.capture.estimate.WorkModel`): the damage scans and greedy steps not
-    cached; the calibration capture if missing; one evaluation of the original plus, for each selection not
-    cached, its run from its first changed block (known for reverse, random and chosen selections and for greedy
-    when its scans are cached; the middle block assumed otherwise)."""
-    from analysis.capture.estimate import forward_probe, work_model
+    cached; the calibration capture if missing and ReplaceMe's fits; one evaluation of the original plus, for each
+    selection not cached, its run from its first changed block (known for reverse, random and chosen selections,
+    for greedy when its scans are cached, for a cached metric's suggestion and the consensus of cached proxies,
+    and for ReplaceMe's runs when the angular distances are cached; the middle block assumed otherwise). The
+    metrics not cached add their groups' own estimates (:func:`analysis.metrics.registry.group_estimate`)."""
+    from analysis.capture.estimate import forward_probe, machine_speed, work_model
     from analysis.evaluation.perplexity import evaluation_ids
     from analysis.evaluation.shared_prefix import original_work, tail_work
     from analysis.metrics.damage import scan_is_cached
@@ -861,33 +875,69 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
                 n_scans += 1
     if n_scans:
         s_work += reference_work(wm, search)
-    # calibration: the capture of the workspace when missing (the metrics read it), ReplaceMe's fits
+    # calibration: the capture of the workspace when missing (the metrics read it), the metrics not cached (each
+    # group's own estimate, timed now), ReplaceMe's fits for the runs not evaluated yet
     c = ws.calibration
     cal_tokens = c.n_windows * c.window_len
     c_work = 0.0 if ws.is_captured() else cal_tokens * sum(wm.block_params)
-    c_work += cal_tokens * sum(wm.block_params) * len([k for k in ks if 1 <= k <= L - 2])
-    # evaluations
+    board = Board(ws=ws, settings=settings)
+    metrics = board.metrics()
+    cached = {m.key: m.cached(ws, board.metric_params(m)) for m in metrics}
+    m_seconds = 0.0
+    # (the measured damage is the damage table's block scan, counted with the scans)
+    for group in dict.fromkeys(m.group or m.key for m in metrics if not cached[m.key] and m.key != DAMAGE_KEY):
+        fn = registry.group_estimate(group)
+        m_seconds += fn(ws, probe) if fn is not None else 0.0
+    # evaluations: each selection from its first changed block, unless cached; a selection known before the run
+    # (reverse, random, chosen; greedy from cached scans; a cached metric's suggestion, the consensus of cached
+    # proxies, ReplaceMe's run from the cached angular distances) is checked against the cache, the others are
+    # counted from the middle block
     n_ids = len(evaluation_ids(lm.tokenizer, eval_text, ev.n_tokens))
     one = original_work(wm, n_ids, ev.context, ev.stride)
     firsts: dict[str, int] = {}
     mid = L // 2
+    proxies = [m for m in metrics if m.key != DAMAGE_KEY]
+    replaceme = any(r.key == "replaceme" and r.enabled(board) for r in rules())
+    runs_known = replaceme and all(cached.get(k, False) for k in ("angular_distance",)) and ws.is_captured()
     for k in ks:
-        known = [reverse_order(L, k)] + random_selections(L, k, settings.random_samples, settings.seed)
-        known += [sorted(sel) for sel in settings.also if len(sel) == k]
+        known = [{"remove_blocks": reverse_order(L, k)}]
+        known += [{"remove_blocks": s} for s in random_selections(L, k, settings.random_samples, settings.seed)]
+        known += [{"remove_blocks": sorted(sel)} for sel in settings.also if len(sel) == k]
+        unknown = 1 if settings.half_blocks else 0
         if k <= len(states):
-            known.append(states[k - 1]["blocks"])
-        for sel in known:
-            a = {"remove_blocks": sorted(int(b) for b in sel)}
-            firsts[cache.stable_hash(a)] = min(sel) if not eval_is_cached(lm, a, ev, eval_text) else -1
-        n_metrics = len(settings.metrics) if settings.metrics is not None else len(CHEAP_METRICS)
-        unknown = n_metrics + 1 + (1 if k > len(states) else 0) + (2 if 1 <= k <= L - 2 else 0)
-        unknown += 1 if settings.half_blocks else 0
+            known.append({"remove_blocks": states[k - 1]["blocks"]})
+        else:
+            unknown += 1
+        for m in metrics:
+            if cached[m.key]:
+                known.append({"remove_blocks": board.suggestion(m, k)})
+            else:
+                unknown += 1
+        if proxies and all(cached[m.key] for m in proxies):
+            known += _consensus(board, k)
+        elif proxies:
+            unknown += 1
+        if replaceme and 1 <= k <= L - 2:
+            if runs_known:
+                for a in (replaceme_rows.replaceme_rule(ws, k), replaceme_rows.removal_rule(ws, k)):
+                    known.append(a)
+                    if "replaceme" in a and not eval_is_cached(lm, canonical_action(a), ev, eval_text):
+                        c_work += cal_tokens * sum(wm.block_params)  # its fit
+            else:
+                unknown += 2
+                c_work += cal_tokens * sum(wm.block_params)
+        for a in known:
+            a = canonical_action(a)
+            first = _first_changed(a)
+            firsts[cache.stable_hash(a)] = first if not eval_is_cached(lm, a, ev, eval_text) else -1
         for i in range(unknown):
             firsts[f"unknown-{k}-{i}"] = mid
     todo = [j for j in firsts.values() if j >= 0]
     e_work = (one + sum(tail_work(wm, L - 1, j, n_ids, ev.context, ev.stride) for j in todo)) if todo else 0.0
     total = s_work + c_work + e_work
-    seconds = total * probe["seconds_per_work"]
+    # reading what is cached and writing the board: ~2 s on the machine the cost models were fitted on, scaled by
+    # this machine's measured speed now (a board that is all cached takes only this)
+    seconds = total * probe["seconds_per_work"] + m_seconds + READ_SECONDS * machine_speed()["factor"]
     return {
         "seconds": seconds,
         "scans": n_scans,
@@ -895,6 +945,7 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
         "work": total,
         "scan_work": s_work,
         "calibration_work": c_work,
+        "metrics_s": m_seconds,
         "evaluation_work": e_work,
         "original_work": one,
         "evaluations_of_original": total / one,

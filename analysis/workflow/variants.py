@@ -12,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from analysis.cache import atomic_write_text, dumps
+from analysis.capture.estimate import forward_probe, work_model
+from analysis.changes import low_rank
 from analysis.changes.export import export_checkpoint, reference_logits, verify_export, verify_gguf
 from analysis.changes.gguf import SUPPORTED_QTYPES, supported_families, vllm_config_problems, write_gguf
 from analysis.changes.variant import Variant, apply_actions, candidate_name, describe_action
 from analysis.errors import InputError
-from analysis.evaluation.perplexity import EvalSettings, evaluate
+from analysis.evaluation.perplexity import EvalSettings, estimate_seconds, evaluate
 from analysis.model.checkpoint import load_checkpoint, save_checkpoint
 from analysis.texts import resolve_text
 from analysis.workflow.recipe import variant_recipe
@@ -75,6 +77,36 @@ def make_variant(
     )
     recipe["name"] = variant.name
     return variant
+
+
+def estimate_variant(ws, action: dict, settings: EvalSettings, probe: dict | None = None) -> dict:
+    """Seconds :func:`make_variant` will take, measured on this machine now: ``{"seconds", "parts"}``.
+
+    The change: removing blocks or skipping halves costs nothing; low rank, its statistics pass when not cached and
+    each matrix shape's decomposition timed now (:func:`analysis.changes.low_rank.estimate_seconds`); a linear
+    map (ReplaceMe, linear replacement), one forward of the calibration tokens. Then the evaluation of the original
+    and the variant (:func:`analysis.evaluation.perplexity.estimate_seconds`). ``probe``: a
+    :func:`analysis.capture.estimate.forward_probe` result to reuse. The export is not included."""
+    lm = ws.lm
+    probe = probe or forward_probe(lm)
+    parts, seconds = [], 0.0
+    n = max(1, ws.n_blocks)
+    share = 1.0 - len(action.get("remove_blocks") or []) / n
+    if "low_rank" in action:
+        lr = low_rank.estimate_seconds(lm, action["low_rank"], ws, probe)
+        seconds += lr["seconds"]
+        share *= 1.0 - float(action["low_rank"].get("ratio") or 0.0)
+        parts.append(f"{lr['seconds']:.0f} s for {lr['matrices']} matrices ({lr['basis']})")
+    fits = [k for k in ("replaceme", "replace_linear") if k in action]
+    if fits:
+        c = ws.calibration
+        fit = len(fits) * c.n_windows * c.window_len * work_model(lm.model).per_token() * probe["seconds_per_work"]
+        seconds += fit
+        parts.append(f"{fit:.0f} s for the linear map's calibration pass")
+    ev = estimate_seconds(lm, settings, n_models=2, candidate_fraction=share, probe=probe)
+    seconds += ev["seconds"]
+    parts.append(f"{ev['seconds']:.0f} s evaluating the original and the variant ({ev['basis']})")
+    return {"seconds": seconds, "parts": parts}
 
 
 def export_variant(
