@@ -193,8 +193,10 @@ def main(argv=None) -> dict:
         )
         rows += [r_mem, r_seq]
         try:
-            a = pd.read_csv(root / "board-mem" / "leaderboard.csv")
-            b = pd.read_csv(root / "board-seq" / "leaderboard.csv")
+            a = pd.read_csv(root / "board-mem" / "leaderboard.csv", dtype={"blocks": str})
+            b = pd.read_csv(root / "board-seq" / "leaderboard.csv", dtype={"blocks": str})
+            for name, frame in (("in_memory", a), ("sequential", b)):  # kept beside the results
+                frame.to_csv(ROOT / "artifacts" / "bench" / f"big_models_leaderboard_{name}.csv", index=False)
             both = a.merge(b, on=["rule", "k", "sample", "blocks"], suffixes=("", "_seq"))
             checks["leaderboard"] = {
                 "rows_in_memory": len(a),

@@ -32,59 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine, print_table, save  # noqa: E402
 
 #: name -> the command's arguments (``{out}``: a results folder of the case)
+OUT = "--out {out} --overwrite"
 CASES = {
-    "capture": ["capture", "--sequences", "32", "--seq-len", "128"],
-    "metrics": ["metrics", "--out", "{out}", "--overwrite"],
-    "evaluate": ["evaluate", "--tokens", "2048"],
-    "leaderboard": [
-        "leaderboard",
-        "--k",
-        "2",
-        "--search-tokens",
-        "256",
-        "--search-context",
-        "128",
-        "--eval-tokens",
-        "1024",
-        "--context",
-        "256",
-        "--stride",
-        "128",
-        "--random",
-        "2",
-        "--out",
-        "{out}",
-        "--overwrite",
-    ],
-    "compress": [
-        "compress",
-        "--method",
-        "svd-llm",
-        "--ratio",
-        "0.2",
-        "--targets",
-        "mlp",
-        "--eval-tokens",
-        "1024",
-        "--no-speed",
-        "--out",
-        "{out}",
-        "--overwrite",
-    ],
-    "heal": [
-        "heal",
-        "--remove",
-        "14",
-        "--steps",
-        "20",
-        "--eval-tokens",
-        "1024",
-        "--no-speed",
-        "--out",
-        "{out}",
-        "--overwrite",
-    ],
-    "zigzag": ["topology", "--sequences", "200", "--seq-len", "32", "--out", "{out}", "--overwrite"],
+    name: line.replace("OUT", OUT).split()
+    for name, line in {
+        "capture": "capture --sequences 32 --seq-len 128",
+        "metrics": "metrics OUT",
+        "evaluate": "evaluate --tokens 2048",
+        "leaderboard": "leaderboard --k 2 --search-tokens 256 --search-context 128 --eval-tokens 1024 --context 256 "
+        "--stride 128 --random 2 OUT",
+        "compress": "compress --method svd-llm --ratio 0.2 --targets mlp --eval-tokens 1024 --no-speed OUT",
+        "heal": "heal --remove 14 --steps 20 --eval-tokens 1024 --no-speed OUT",
+        "zigzag": "topology --sequences 200 --seq-len 32 OUT",
+    }.items()
 }
 HOG = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 TOLERANCE, SLACK_S = 1.5, 3.0

@@ -5,12 +5,10 @@ estimates with the time taken."""
 import json
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from analysis.changes import low_rank
 from analysis.cli.common import ESTIMATE_LOG_ENV, announce_estimate
-from analysis.model.loading import LoadedModel, ModelSpec
+from tests.unit.test_geometry import tiny_lm  # noqa: F401  (the fixture: a tiny Llama, 3 blocks, width 32, MLP 48)
 
 
 def test_announce_prints_one_line_and_logs_for_the_bench(tmp_path, monkeypatch, capsys):
@@ -25,25 +23,8 @@ def test_announce_prints_one_line_and_logs_for_the_bench(tmp_path, monkeypatch, 
     assert all(r["time"] > 0 for r in rows)
 
 
-def test_low_rank_estimate_times_each_shape_once(monkeypatch):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    lm = LoadedModel(
-        model=LlamaForCausalLM(config).eval(),
-        tokenizer=None,
-        spec=ModelSpec(),
-        name="tiny",
-        fingerprint="tiny",
-        load_seconds=0.0,
-        source_kind="derived",
-    )
+def test_low_rank_estimate_times_each_shape_once(tiny_lm, monkeypatch):  # noqa: F811
+    lm = tiny_lm
     timed = []
     real = low_rank._time_one_matrix
 
