@@ -191,7 +191,7 @@ def describe(est: dict) -> str:
 # probe work). Every long action's estimate is its planned work (minus what is cached) times that rate.
 
 FORWARD_PROBE_TOKENS = 256
-PROBE_REPEATS = 3
+FORWARD_PROBE_REPEATS, FORWARD_PROBE_SECONDS = 5, 1.5
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def work_model(model) -> WorkModel:
 
 def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
     """Time a forward of ``lm``'s model on ``tokens`` tokens now (after a 16-token warm-up; the median of up to
-    :data:`PROBE_REPEATS`).
+    :data:`FORWARD_PROBE_REPEATS`, stopping once :data:`FORWARD_PROBE_SECONDS` were timed).
 
     ``{"seconds", "tokens", "work", "seconds_per_work", "seconds_per_token"}``: ``seconds_per_work`` turns any
     planned work (parameter-tokens, :class:`WorkModel`) into seconds on this machine as it is now."""
@@ -249,9 +249,9 @@ def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
         model(input_ids=x[:, :16], use_cache=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        # the median of up to three forwards (fewer when one takes over a second): one short forward on a busy
-        # machine can be caught by a burst of other work and read several times too slow
-        while len(times) < PROBE_REPEATS and sum(times) < 1.0:
+        # the median of up to five forwards, stopping once 1.5 s were timed (one on a large model): one short
+        # forward on a busy machine can be caught by a burst of other work and read several times too slow
+        while len(times) < FORWARD_PROBE_REPEATS and sum(times) < FORWARD_PROBE_SECONDS:
             t0 = time.perf_counter()
             model(input_ids=x, use_cache=False)
             if device.type == "cuda":
