@@ -137,14 +137,21 @@ def _history_tokens_per_s(fingerprint: str) -> float | None:
 
 
 def capture_estimate(
-    lm, n_windows: int, window_len: int, n_states: int | None = None, storage: str = "float32", positions: str = "all"
+    lm,
+    n_windows: int,
+    window_len: int,
+    n_states: int | None = None,
+    storage: str = "float32",
+    positions: str = "all",
+    probe: dict | None = None,
 ) -> dict:
-    """Disk, peak memory and seconds of a capture before it runs."""
+    """Disk, peak memory and seconds of a capture before it runs (``probe``: a :func:`forward_probe` result to
+    reuse)."""
     n_states = n_states or lm.n_blocks + 1
     tokens = n_windows * window_len
     kept = n_windows * (window_len if positions == "all" else 1)
     try:  # a forward of this model timed now: the machine as it is (load, threads, device)
-        probe = forward_probe(lm)
+        probe = probe or forward_probe(lm)
         rate = 1.0 / (probe["seconds_per_work"] * work_model(lm.model).per_token())
         source = f"a {probe['tokens']}-token forward of this model timed now ({probe['seconds']:.2f} s)"
     except Exception:  # a model the probe cannot run (e.g. offloaded): this machine's history, then arithmetic
@@ -192,6 +199,18 @@ def describe(est: dict) -> str:
 
 FORWARD_PROBE_TOKENS = 256
 FORWARD_PROBE_REPEATS, FORWARD_PROBE_SECONDS = 5, 1.5
+
+
+def median_seconds(fn, repeats: int = 3, budget_s: float = 1.0) -> float:
+    """Seconds of ``fn()``: the median of up to ``repeats`` timings, stopping once ``budget_s`` were timed (one on
+    a large piece of work). One short timing on a busy machine can be caught by a burst of other work and read
+    several times too slow; the median of a few is what the long run will see."""
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 @dataclass(frozen=True)
@@ -244,20 +263,15 @@ def forward_probe(lm, tokens: int = FORWARD_PROBE_TOKENS) -> dict:
     device = input_device(model)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     x = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
-    times = []
-    with torch.no_grad():
-        model(input_ids=x[:, :16], use_cache=False)
+
+    def forward(ids: torch.Tensor) -> None:
+        model(input_ids=ids, use_cache=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        # the median of up to five forwards, stopping once 1.5 s were timed (one on a large model): one short
-        # forward on a busy machine can be caught by a burst of other work and read several times too slow
-        while len(times) < FORWARD_PROBE_REPEATS and sum(times) < FORWARD_PROBE_SECONDS:
-            t0 = time.perf_counter()
-            model(input_ids=x, use_cache=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-    seconds = float(np.median(times))
+
+    with torch.no_grad():
+        forward(x[:, :16])
+        seconds = median_seconds(lambda: forward(x), FORWARD_PROBE_REPEATS, FORWARD_PROBE_SECONDS)
     work = work_model(model).forward(tokens)
     return {
         "seconds": seconds,

@@ -899,6 +899,7 @@ def _time_one_matrix(m: int, n: int, k: int, method: str, damping: float | None)
     """Seconds of one target matrix's work, timed now on a random ``m × n`` matrix and a random positive definite
     Gram of its input: the whitening, the decomposition and the predicted loss, as :func:`apply_truncation` runs
     them (float64)."""
+    from analysis.capture.estimate import median_seconds
     from analysis.methods.lowrank import LinearInputStats, activation_loss, decompose, whitening
 
     g = torch.Generator().manual_seed(0)
@@ -906,15 +907,14 @@ def _time_one_matrix(m: int, n: int, k: int, method: str, damping: float | None)
     X = torch.randn(n, n, generator=g, dtype=torch.float64)
     gram = X @ X.T / n + torch.eye(n, dtype=torch.float64)
     stats = LinearInputStats(gram=gram, abs_sum=torch.ones(n, dtype=torch.float64), n_tokens=1)
-    times: list[float] = []
-    while len(times) < 3 and sum(times) < 1.0:  # the median of up to three (one can be caught by other work)
-        t0 = time.perf_counter()
+
+    def one() -> None:
         white = whitening(gram, damping) if method in ("svd_llm", "nsvd") else None
         factors = decompose(W, stats, k, method, damping=damping, white=white)
         activation_loss(W, factors.B.double() @ factors.A.double(), gram)
         activation_loss(W, torch.zeros_like(W), gram)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+
+    return median_seconds(one)
 
 
 def estimate_seconds(lm: LoadedModel, value: dict, ws=None, probe: dict | None = None) -> dict:

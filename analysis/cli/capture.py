@@ -51,31 +51,31 @@ def run(args) -> int:
     if states is not None and (states[0] < 0 or states[-1] > lm.n_blocks):
         raise InputError(f"--states must lie in 0..{lm.n_blocks}")
     positions = "last" if args.last_only else "all"
-    est = estimate.capture_estimate(
-        lm,
-        args.sequences,
-        args.seq_len,
-        n_states=len(states) if states else None,
-        storage=args.storage,
-        positions=positions,
-    )
+    text = resolve_text(args.text)
     from analysis import cache
     from analysis.capture.hidden_states import capture_params
 
-    cached = cache.entry(
-        "capture",
-        capture_params(lm, resolve_text(args.text), args.sequences, args.seq_len, args.storage, states, positions),
-    ).exists()
+    params = capture_params(lm, text, args.sequences, args.seq_len, args.storage, states, positions)
+    cached = cache.entry("capture", params).exists()
     if cached:  # read from the cache: nothing to compute
         announce_estimate("capture", 0.0, "cached: read from the cache, nothing to compute")
-    else:
-        announce_estimate("capture", est["seconds"], estimate.footprint(est))
-    if args.estimate_only:
-        print_json(est)
-        return 0
+    if not cached or args.estimate_only:  # the forward probe only when its figures are used
+        est = estimate.capture_estimate(
+            lm,
+            args.sequences,
+            args.seq_len,
+            n_states=len(states) if states else None,
+            storage=args.storage,
+            positions=positions,
+        )
+        if not cached:
+            announce_estimate("capture", est["seconds"], estimate.footprint(est))
+        if args.estimate_only:
+            print_json(est)
+            return 0
     cap = capture_hidden_states(
         lm,
-        resolve_text(args.text),
+        text,
         args.sequences,
         args.seq_len,
         storage=args.storage,

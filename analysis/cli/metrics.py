@@ -55,12 +55,12 @@ def _announce(ws, groups: list[str], announce_estimate) -> None:
 
     parts, seconds, missing = [], 0.0, []
     sequential = getattr(ws.lm, "sequential", False)
+    probe = None if sequential else estimate.forward_probe(ws.lm)  # one probe for the capture and the groups
     if not ws.is_captured():
         c = ws.calibration
-        est = estimate.capture_estimate(ws.lm, c.n_windows, c.window_len, storage=c.storage)
+        est = estimate.capture_estimate(ws.lm, c.n_windows, c.window_len, storage=c.storage, probe=probe)
         seconds += est["seconds"]
         parts.append(f"capture {est['seconds']:.0f} s {estimate.footprint(est)}")
-    probe = None if sequential else estimate.forward_probe(ws.lm)
     for g in groups:
         fn = group_estimate(g)
         if fn is None or (sequential and g != "linearity"):  # layer by layer: no in-memory forward to time

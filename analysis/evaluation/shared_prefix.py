@@ -179,13 +179,20 @@ class _Reference:
         sc.count += int(self.tgt.numel())
 
 
-def _groups(wins, batch_size):
+def _groups(ids: np.ndarray, wins, batch_size: int, device=None):
+    """Batch after batch of ``wins``, its windows grouped by shape: ``(done, [((length, n_scored), group, x,
+    targets), …])`` with ``x`` the group's token windows and ``targets`` its scored tokens."""
     for b0 in range(0, len(wins), batch_size):
         batch = wins[b0 : b0 + batch_size]
         groups: dict[tuple[int, int], list] = {}
         for w in batch:
             groups.setdefault((w[1] - w[0], w[1] - w[2]), []).append(w)
-        yield b0 + len(batch), list(groups.items())
+        out = []
+        for shape, group in groups.items():
+            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
+            tgt = torch.stack([x[r, first - s : e - s] for r, (s, e, first) in enumerate(group)])
+            out.append((shape, group, x, tgt))
+        yield b0 + len(batch), out
 
 
 def _logits(model: nn.Module, x: torch.Tensor, keep: int) -> torch.Tensor:
@@ -237,10 +244,8 @@ def evaluate_many(
     scores = [CandidateScore() for _ in candidates]
     work = 0.0
     per_work = [0.0] * len(candidates)
-    for done, groups in _groups(wins, settings.batch_size):
-        for (length, n_scored), group in groups:
-            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]), device=device)
-            tgt = torch.stack([x[r, first - s : e - s] for r, (s, e, first) in enumerate(group)])
+    for done, groups in _groups(ids, wins, settings.batch_size, device):
+        for (length, n_scored), group, x, tgt in groups:
             seen: list[torch.Tensor | None] = [None] * len(blocks)
 
             def grab(i):
@@ -315,10 +320,8 @@ def evaluate_removals_layer_by_layer(
     variants = [list(range(n))] + [[b for b in range(n) if b not in set(r)] for r in removals]
     wins = windows_for(ids, settings.context, settings.stride)
     jobs = []  # (x, n_scored, tgt, windows) per window group, in evaluate_many's order
-    for _, groups in _groups(wins, settings.batch_size):
-        for (_, n_scored), group in groups:
-            x = torch.as_tensor(np.stack([ids[s:e] for s, e, _ in group]))
-            tgt = torch.stack([x[r, first - s : e - s] for r, (s, e, first) in enumerate(group)])
+    for _, groups in _groups(ids, wins, settings.batch_size):
+        for (_, n_scored), group, x, tgt in groups:
             jobs.append((x, n_scored, tgt, len(group)))
     orig = CandidateScore()
     scores = [CandidateScore() for _ in removals]

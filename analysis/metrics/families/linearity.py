@@ -129,9 +129,7 @@ def estimate_seconds(ws, probe: dict | None = None) -> float:
     """Seconds of the linearity group (the all-pairs matrix and the consecutive curves; block influence and angular
     distance are a small part) when not cached, timed now: one cloud's whitening, one pair's product and one
     block's consecutive curves on random clouds of the workspace's size, times how many of each run."""
-    import time
-
-    from analysis.capture.estimate import linearity_memory_bytes, memory_budget
+    from analysis.capture.estimate import linearity_memory_bytes, median_seconds, memory_budget
 
     if _cached(ws, None):
         return 0.0
@@ -139,16 +137,11 @@ def estimate_seconds(ws, probe: dict | None = None) -> float:
     rng = np.random.default_rng(0)
     X, Y = (rng.standard_normal((n, d), dtype=np.float32) for _ in range(2))
 
-    def timed(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    t_curve = timed(lambda: linearity.consecutive_linearity([X, Y]))
+    t_curve = median_seconds(lambda: linearity.consecutive_linearity([X, Y]))
     if linearity_memory_bytes(k, n, d) > memory_budget():  # streamed: the consecutive curves only
         return (k - 1) * t_curve
-    t_one = timed(lambda: linearity.linearity_matrix([X]))
-    t_pair = max(0.0, timed(lambda: linearity.linearity_matrix([X, Y])) - 2 * t_one)
+    t_one = median_seconds(lambda: linearity.linearity_matrix([X]))
+    t_pair = max(0.0, median_seconds(lambda: linearity.linearity_matrix([X, Y])) - 2 * t_one)
     return k * t_one + k * (k - 1) / 2 * t_pair + (k - 1) * t_curve
 
 
