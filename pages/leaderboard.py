@@ -86,7 +86,7 @@ with st.form("leaderboard-settings"):
         "Half-block search",
         False,
         key="lb-half",
-        help="also BlockPruner's greedy over attention / MLP halves (twice the scans)",
+        help="also BlockPruner's greedy over attention / MLP halves, and the halves' damage table (twice the scans)",
     )
     every_block = c[3].checkbox(
         "Greedy: every block",
@@ -273,7 +273,8 @@ wide = damage.pivot_table(index="block", columns="site", values="delta_nll")
 fig = figures.curves(
     list(wide.index),
     {c: wide[c].tolist() for c in wide.columns},
-    f"Damage of removing each block or half alone (ΔNLL on {s['search']['text']})",
+    f"Damage of removing each {'block or half' if len(wide.columns) > 1 else 'block'} alone "
+    f"(ΔNLL on {s['search']['text']})",
     figures.BLOCK_AXIS,
     "ΔNLL (nats)",
 )

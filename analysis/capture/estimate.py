@@ -234,6 +234,12 @@ class WorkModel:
     def per_token(self) -> float:
         return float(sum(self.block_params) + self.head_params)
 
+    def calibration_pass(self, calibration) -> float:
+        """Parameter-tokens of one pass of the calibration windows (``calibration``: a ``CaptureSettings``) through
+        every block, without the head: what a capture or a linear map's statistics pass (ReplaceMe, linear
+        replacement: all their runs share one) costs."""
+        return float(calibration.n_windows * calibration.window_len) * float(sum(self.block_params))
+
 
 def _params(module) -> int:
     seen, total = set(), 0

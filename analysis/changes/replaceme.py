@@ -740,6 +740,25 @@ def fit_runs(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def prefit(ws, actions: Iterable[dict], progress: Progress | None = None) -> int:
+    """Fit the maps of every ReplaceMe action in ``actions`` that share a calibration in one streamed pass
+    (:func:`fit_runs`), so that applying each action afterwards reads its fit from the cache instead of running a
+    calibration pass of its own. Returns the number of calibration groups fitted (0: no ReplaceMe action)."""
+    groups: dict[tuple, list[ReplaceMeSpec]] = {}
+    texts: dict[tuple, Text] = {}
+    for action in actions:
+        if KEY not in action:
+            continue
+        spec = ReplaceMeSpec.from_value(action[KEY])
+        text, n_windows, window_len = calibration_of(spec, ws)
+        key = (text.sha256, int(n_windows), int(window_len))
+        texts[key] = text
+        groups.setdefault(key, []).append(spec)
+    for key, specs in groups.items():
+        fit_runs(ws.lm, texts[key], key[1], key[2], specs, progress=progress)
+    return len(groups)
+
+
 @torch.no_grad()
 def fold_map(module: nn.Module, T: Tensor) -> None:
     """Make ``module`` (the feed-forward output projection) compute ``M T`` where it computed ``M``: new weight and

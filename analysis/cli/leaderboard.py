@@ -1,8 +1,8 @@
 """Which blocks to cut, measured: the damage scan, greedy search and a leaderboard of selection rules.
 
-Scans the damage of removing each block (and each half-block) on the search text, runs greedy search (SLEB, over
-SLEB's candidates by default: never the first or the last block; --greedy-candidates all searches every block; with
---half-blocks also BlockPruner's half-block search), and evaluates on the held-out evaluation text, for k in the
+Scans the damage of removing each block (with --half-blocks, each half-block too) on the search text, runs greedy
+search (SLEB, over SLEB's candidates by default: never the first or the last block; --greedy-candidates all
+searches every block; with --half-blocks also BlockPruner's half-block search), and evaluates on the held-out evaluation text, for k in the
 range, every metric's suggestion, the consensus of the proxies, greedy search, reverse order [L-1-k, L-1) and
 seeded random selections. Writes DIR/damage.csv (block, site, delta_nll, perplexity, kl, top1; site in
 block|attention|mlp), DIR/greedy.csv (step, block, site, perplexity, search, candidates), DIR/leaderboard.csv
@@ -101,7 +101,11 @@ def add_arguments(p):
     )
     g.add_argument("--search-tokens", type=window_length, default=1024, help="tokens of the search text")
     g.add_argument("--search-context", type=window_length, default=512, help="window of the search text")
-    g.add_argument("--half-blocks", action="store_true", help="also half-block greedy search (BlockPruner)")
+    g.add_argument(
+        "--half-blocks",
+        action="store_true",
+        help="also half-block greedy search (BlockPruner) and the halves' damage table",
+    )
     g.add_argument(
         "--greedy-candidates",
         choices=["sleb", "all"],

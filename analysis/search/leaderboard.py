@@ -35,12 +35,14 @@ import pandas as pd
 import xxhash
 
 from analysis import cache
+from analysis.changes import replaceme
 from analysis.errors import InputError
 from analysis.evaluation.perplexity import EvalSettings
 from analysis.metrics import registry
 from analysis.metrics.damage import (
     CANDIDATE_SETS,
     DEFAULT_CANDIDATES,
+    HALVES,
     SearchSettings,
     damage_table,
     greedy,
@@ -86,8 +88,15 @@ class LeaderboardSettings:
     seed: int = 0
     also: tuple[tuple[int, ...], ...] = ()  # extra fixed selections ("chosen" rows)
     k_list: tuple[int, ...] = ()  # only these sizes (e.g. 2, 4, 8) instead of k_min..k_max
-    damage_sites: tuple[str, ...] = ("block", "attention", "mlp")  # sites of the damage table
+    # sites of the damage table; default: whole blocks, and the attention / feed-forward halves when the half-block
+    # search runs (it reads their scans anyway; alone they cost ~5.6 evaluations of a k = 1..4 board)
+    damage_sites: tuple[str, ...] | None = None
     quick: bool = False  # made by quick_settings: fewer tokens, no random draws, no half-block search
+
+    def __post_init__(self):
+        if self.damage_sites is None:
+            sites = ("block", *HALVES) if self.half_blocks else ("block",)
+            object.__setattr__(self, "damage_sites", sites)
 
     def ks(self, n_blocks: int) -> list[int]:
         if self.k_list:
@@ -648,6 +657,8 @@ def evaluate_plan(
     one = original_work(work_model(lm.model), n_ids, settings.context, settings.stride)
     work = 0.0
     if todo:
+        # ReplaceMe's maps for every k in one calibration pass (each action then reads its fit)
+        replaceme.prefit(ws, [a for _, a in todo], progress=progress)
         many = evaluate_actions(lm, [a for _, a in todo], settings, text, ws=ws, progress=progress)
         work = many.work
         for (key, a), r in zip(todo, many.candidates):
@@ -668,7 +679,7 @@ def _computed_since(entry, t0: float) -> bool:
 
 def _scans_of(settings: LeaderboardSettings, greedy_steps: list[dict], half_steps: list[dict]):
     """(state, site, n_kept) of every scan the board reads: the damage table, then each greedy step after the first."""
-    from analysis.metrics.damage import HALVES, normalise_state
+    from analysis.metrics.damage import normalise_state
 
     out = [(None, site, None) for site in settings.damage_sites]
     for s in greedy_steps[:-1]:
@@ -877,9 +888,8 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
         s_work += reference_work(wm, search)
     # calibration: the capture of the workspace when missing (the metrics read it), the metrics not cached (each
     # group's own estimate, timed now), ReplaceMe's fits for the runs not evaluated yet
-    c = ws.calibration
-    cal_tokens = c.n_windows * c.window_len
-    c_work = 0.0 if ws.is_captured() else cal_tokens * sum(wm.block_params)
+    c_work = 0.0 if ws.is_captured() else wm.calibration_pass(ws.calibration)
+    fits_needed = False  # ReplaceMe's maps not cached: one calibration pass fits them all (replaceme.prefit)
     board = Board(ws=ws, settings=settings)
     metrics = board.metrics()
     cached = {m.key: m.cached(ws, board.metric_params(m)) for m in metrics}
@@ -922,16 +932,18 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
                 for a in (replaceme_rows.replaceme_rule(ws, k), replaceme_rows.removal_rule(ws, k)):
                     known.append(a)
                     if "replaceme" in a and not eval_is_cached(lm, canonical_action(a), ev, eval_text):
-                        c_work += cal_tokens * sum(wm.block_params)  # its fit
+                        fits_needed = True
             else:
                 unknown += 2
-                c_work += cal_tokens * sum(wm.block_params)
+                fits_needed = True
         for a in known:
             a = canonical_action(a)
             first = _first_changed(a)
             firsts[cache.stable_hash(a)] = first if not eval_is_cached(lm, a, ev, eval_text) else -1
         for i in range(unknown):
             firsts[f"unknown-{k}-{i}"] = mid
+    if fits_needed:
+        c_work += wm.calibration_pass(ws.calibration)
     todo = [j for j in firsts.values() if j >= 0]
     e_work = (one + sum(tail_work(wm, L - 1, j, n_ids, ev.context, ev.stride) for j in todo)) if todo else 0.0
     total = s_work + c_work + e_work

@@ -99,8 +99,7 @@ def estimate_variant(ws, action: dict, settings: EvalSettings, probe: dict | Non
         parts.append(f"{lr['seconds']:.0f} s for {lr['matrices']} matrices ({lr['basis']})")
     fits = [k for k in ("replaceme", "replace_linear") if k in action]
     if fits:
-        c = ws.calibration
-        fit = len(fits) * c.n_windows * c.window_len * work_model(lm.model).per_token() * probe["seconds_per_work"]
+        fit = len(fits) * work_model(lm.model).calibration_pass(ws.calibration) * probe["seconds_per_work"]
         seconds += fit
         parts.append(f"{fit:.0f} s for the linear map's calibration pass")
     ev = estimate_seconds(lm, settings, n_models=2, candidate_fraction=share, probe=probe)

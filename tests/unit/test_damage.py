@@ -217,3 +217,12 @@ def test_rules_are_a_registry_keyed_by_rule_and_k():
     )
     w = lb.winners(rows)
     assert w.iloc[0]["rule"] == "greedy" and w.iloc[0]["greedy_perplexity"] == 10.0
+
+
+def test_the_halves_damage_table_comes_with_the_half_block_search():
+    assert lb.LeaderboardSettings().damage_sites == ("block",)
+    assert lb.LeaderboardSettings(half_blocks=True).damage_sites == ("block", "attention", "mlp")
+    assert lb.LeaderboardSettings(damage_sites=("block", "mlp")).damage_sites == ("block", "mlp")  # asked for
+    full = lb.LeaderboardSettings(half_blocks=True)
+    assert "damage table of whole blocks only (no attention / feed-forward halves)" in lb.quick_skipped(full)
+    assert lb.quick_settings(full).damage_sites == ("block",)

@@ -343,3 +343,27 @@ def test_parse_run():
     assert rm.parse_run("auto:3") == (-1, 3)
     with pytest.raises(CompressionError, match="START:N"):
         rm.parse_run("12-13")
+
+
+def test_prefit_fits_every_run_in_one_pass_with_the_maps_of_separate_fits(monkeypatch):
+    model = tiny(layers=6)
+    ws = workspace(model)
+    c = ws.calibration
+    batches = rm._batches(ws.lm, ws.text, c.n_windows, c.window_len)
+    alone = {
+        (s, n): rm.fit_lstsq(rm.collect_run_stats(model, [(s, n)], batches)[0]) for s, n in ((2, 1), (2, 2), (3, 2))
+    }
+    passes = []
+    collect = rm.collect_run_stats
+    monkeypatch.setattr(rm, "collect_run_stats", lambda *a, **kw: passes.append(a[1]) or collect(*a, **kw))
+    actions = [{"replaceme": {"start": s, "n": n}} for s, n in alone] + [{"remove_blocks": [1]}]
+    assert rm.prefit(ws, actions) == 1 and len(passes) == 1 and sorted(passes[0]) == sorted(alone)
+    for (s, n), T in alone.items():
+        variant = apply_actions(model, {"replaceme": {"start": s, "n": n}}, ws)
+        assert record_of(variant)["replaceme"]["cached"]  # read, not fitted again
+        fit = rm.fit_runs(
+            ws.lm, ws.text, c.n_windows, c.window_len, [rm.ReplaceMeSpec.from_value({"start": s, "n": n})]
+        )
+        torch.testing.assert_close(fit[0].T, T.to(torch.float64).cpu(), rtol=1e-10, atol=1e-12)  # BLAS order only
+    assert len(passes) == 1
+    assert rm.prefit(ws, [{"remove_blocks": [1]}]) == 0
