@@ -96,19 +96,87 @@ class _Tail:
     blocks_run: int
 
 
-def _tail(original: nn.Module, candidate: nn.Module) -> _Tail:
+def _tail(candidate: nn.Module, j: int | None) -> _Tail:
+    """``candidate`` run from the state entering its block ``j`` (``None`` or 0: whole)."""
     from analysis.changes.remove_blocks import remove_blocks
 
-    j = first_changed_block(original, candidate)
     n = len(find_blocks(candidate))
     if j is None or j == 0:
         return _Tail(candidate, None, None, n)
-    if j < n:  # the candidate without its first j blocks (the original's), from the original's input of block j
+    if j < n:  # the candidate without its first j blocks, from the state entering its block j
         tail = remove_blocks(candidate, list(range(j)))
         return _Tail(tail, find_blocks(tail)[0], j, n - j)
-    # nothing differs among the candidate's blocks: the original's input of block j goes into the final norm
+    # nothing differs among the candidate's blocks: the state entering block j goes into the final norm
     tail = remove_blocks(candidate, list(range(n - 1))) if n > 1 else candidate
     return _Tail(tail, final_norm(tail) or output_head(tail), j, 1)
+
+
+def _where(tail: _Tail, j: int) -> nn.Module:
+    """The module of ``tail`` whose input is the candidate's state entering its block ``j`` (``j > tail.entry``)."""
+    blocks = find_blocks(tail.model)
+    i = j - (tail.entry or 0)
+    return blocks[i] if i < len(blocks) else (final_norm(tail.model) or output_head(tail.model))
+
+
+def common_prefix(a, b) -> int:
+    """How many leading blocks two block signatures share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_plan(original, signatures) -> list[tuple[int, int, int | None]]:
+    """The order in which to run candidates so that each starts as late as it can: ``[(candidate, entry,
+    source)]``.
+
+    ``signatures[c]`` lists candidate ``c``'s blocks as keys (the original's are ``original``; ``None``: it runs
+    whole). Candidates run in the lexicographic order of their signatures (a depth-first walk of their prefix
+    tree); each starts at block ``entry``, the longest prefix it shares with the original (``source`` None) or with
+    a candidate run before it (``source``: that candidate); 0 runs whole. A candidate ran its blocks from its own
+    entry on, so the state a later one takes from it at a block before that entry is its own source's (see
+    :func:`_owner`)."""
+    order = sorted(range(len(signatures)), key=lambda c: (signatures[c] is None, tuple(signatures[c] or ())))
+    plan, done = [], []
+    for c in order:
+        sig = signatures[c]
+        if sig is None:
+            plan.append((c, 0, None))
+            continue
+        entry, source = common_prefix(original, sig), None
+        for d in done:
+            n = common_prefix(signatures[d], sig)
+            if n > entry:
+                entry, source = n, d
+        plan.append((c, entry, source))
+        done.append(c)
+    return plan
+
+
+def _owner(plan_of: dict, source: int | None, j: int) -> int | None:
+    """The candidate (None: the original) that computed the state entering block ``j`` that ``source`` shares."""
+    while source is not None and j <= plan_of[source][0]:
+        source = plan_of[source][1]
+    return source
+
+
+def _signatures(original: nn.Module, candidates: list[nn.Module]) -> tuple[list[int], list[list[int] | None]]:
+    """Block signatures for :func:`prefix_plan`: two blocks have the same key when they compute the same thing
+    (:func:`_leaves`); ``None`` for a candidate whose embedding, final norm or head differ from the original's."""
+    keys: dict = {}
+
+    def key(m: nn.Module) -> int:
+        return keys.setdefault(repr(_leaves(m)), len(keys))
+
+    ob = [key(b) for b in find_blocks(original)]
+    out = []
+    for c in candidates:
+        ends = (original.get_input_embeddings(), final_norm(original), output_head(original))
+        theirs = (c.get_input_embeddings(), final_norm(c), output_head(c))
+        out.append([key(b) for b in find_blocks(c)] if all(_same(a, b) for a, b in zip(ends, theirs)) else None)
+    return ob, out
 
 
 @dataclass
@@ -144,6 +212,7 @@ class ManyResult:
     original_work: float  # one plain evaluation of the original
     seconds: float
     per_candidate_work: list[float] = field(default_factory=list)
+    blocks_run: list[int] = field(default_factory=list)  # per candidate, per window (see prefix_plan)
 
     @property
     def evaluations(self) -> float:
@@ -237,26 +306,39 @@ def evaluate_many(
     t_start = time.perf_counter()
     device = input_device(original)
     wm = work_model(original)
-    tails = [_tail(original, c) for c in candidates]
+    ob, sigs = _signatures(original, candidates)
+    plan = prefix_plan(ob, sigs)
+    plan_of = {c: (entry, source) for c, entry, source in plan}
+    tails = {c: _tail(candidates[c], entry) for c, entry, _ in plan}
+    # the states each candidate hands on (to later ones that share its blocks), and the last one to read each
+    hand_on: dict[int, set[int]] = {}
+    last_read: dict[tuple, int] = {}
+    for pos, (c, entry, source) in enumerate(plan):
+        owner = _owner(plan_of, source, entry)
+        if owner is not None:
+            hand_on.setdefault(owner, set()).add(entry)
+            last_read[(owner, entry)] = pos
     blocks = find_blocks(original)
     wins = windows_for(ids, settings.context, settings.stride)
     orig = CandidateScore()
     scores = [CandidateScore() for _ in candidates]
     work = 0.0
     per_work = [0.0] * len(candidates)
+    mean_block = sum(wm.block_params) / max(1, wm.n_blocks)
+
+    def grab(store: dict, i):
+        def pre(m, args, kwargs):
+            store[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        return pre
+
     for done, groups in _groups(ids, wins, settings.batch_size, device):
         for (length, n_scored), group, x, tgt in groups:
-            seen: list[torch.Tensor | None] = [None] * len(blocks)
-
-            def grab(i):
-                def pre(m, args, kwargs):
-                    seen[i] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-                return pre
-
+            seen: dict = {}
             t0 = time.perf_counter()
             handles = [
-                b.register_forward_pre_hook(this_thread_only(grab(i)), with_kwargs=True) for i, b in enumerate(blocks)
+                b.register_forward_pre_hook(this_thread_only(grab(seen, i)), with_kwargs=True)
+                for i, b in enumerate(blocks)
             ]
             try:
                 logits = _logits(original, x, n_scored + 1)[:, :-1]
@@ -267,25 +349,35 @@ def evaluate_many(
             w_orig = wm.forward(length, head_positions=n_scored + 1) * len(group)
             work += w_orig
             orig.seconds += time.perf_counter() - t0
-            for c, (tail, sc) in enumerate(zip(tails, scores)):
+            handed: dict[tuple, torch.Tensor] = {}
+            for pos, (c, entry, source) in enumerate(plan):
+                tail, sc = tails[c], scores[c]
                 t0 = time.perf_counter()
-                handle = None
+                handles = []
                 if tail.entry is not None:
-                    h = seen[tail.entry]
-                    handle = tail.target.register_forward_pre_hook(
-                        this_thread_only(lambda m, args, kwargs, h=h: _replace_hidden(args, kwargs, h)),
-                        with_kwargs=True,
+                    owner = _owner(plan_of, source, entry)
+                    h = seen[entry] if owner is None else handed[(owner, entry)]
+                    handles.append(
+                        tail.target.register_forward_pre_hook(
+                            this_thread_only(lambda m, args, kwargs, h=h: _replace_hidden(args, kwargs, h)),
+                            with_kwargs=True,
+                        )
+                    )
+                mine: dict = {}
+                for j in sorted(hand_on.get(c, ())):
+                    handles.append(
+                        _where(tail, j).register_forward_pre_hook(this_thread_only(grab(mine, j)), with_kwargs=True)
                     )
                 try:
                     clog = _logits(tail.model, x, n_scored + 1)[:, :-1]
                 finally:
-                    if handle is not None:
+                    for handle in handles:
                         handle.remove()
+                handed.update({(c, j): v for j, v in mine.items()})
+                for key in [k for k in handed if last_read.get(k, -1) <= pos]:
+                    del handed[key]
                 ref.score(clog, sc)
-                w = (
-                    length * tail.blocks_run * sum(wm.block_params) / max(1, wm.n_blocks)
-                    + (n_scored + 1) * wm.head_params
-                ) * len(group)
+                w = (length * tail.blocks_run * mean_block + (n_scored + 1) * wm.head_params) * len(group)
                 per_work[c] += w
                 work += w
                 sc.seconds += time.perf_counter() - t0
@@ -301,6 +393,7 @@ def evaluate_many(
         original_work=original_work(wm, len(ids), settings.context, settings.stride),
         seconds=time.perf_counter() - t_start,
         per_candidate_work=per_work,
+        blocks_run=[tails[c].blocks_run for c in range(len(candidates))],
     )
 
 
@@ -389,3 +482,17 @@ def removal_of(action: dict) -> list[int]:
             "memory (run without --sequential on a machine it fits)"
         )
     return sorted(int(b) for b in action.get("remove_blocks", []))
+
+
+def action_signature(action: dict, n_blocks: int, uid: int = 0) -> list[int]:
+    """An action's block signature for :func:`prefix_plan`, from the action alone (what an estimate knows): the
+    blocks it keeps by their index in the original, each block it changes (a skipped half, the block a ReplaceMe map
+    is folded into) a key of its own (``uid``: this action's number, so that no two actions' changed blocks share
+    a key)."""
+    removed = {int(b) for b in action.get("remove_blocks") or []}
+    changed = {int(b) for key in ("skip_attention", "skip_mlp") for b in action.get(key) or []}
+    if "replaceme" in action:
+        start, n = int(action["replaceme"]["start"]), int(action["replaceme"]["n"])
+        removed |= set(range(start, start + n))
+        changed.add(start - 1)
+    return [b if b not in changed else n_blocks * (uid + 1) + b for b in range(n_blocks) if b not in removed]

@@ -839,27 +839,20 @@ def cached_rows(lm, search: SearchSettings, state) -> list[dict]:
 READ_SECONDS = 2.0
 
 
-def _first_changed(action: dict) -> int:
-    """The first block an action changes (a ReplaceMe run changes the block before it: the map is folded in)."""
-    if "replaceme" in action:
-        return max(0, int(action["replaceme"]["start"]) - 1)
-    blocks = [int(b) for key in ("remove_blocks", "skip_attention", "skip_mlp") for b in action.get(key) or []]
-    return min(blocks) if blocks else 0
-
-
 def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: dict | None = None) -> dict:
     """Seconds the leaderboard will take, from a short forward of the model timed now (``probe``: a
     :func:`analysis.capture.estimate.forward_probe` result to reuse) and the work planned, minus what is cached.
 
     Work (parameter-tokens, :class:`analysis.capture.estimate.WorkModel`): the damage scans and greedy steps not
-    cached; the calibration capture if missing and ReplaceMe's fits; one evaluation of the original plus, for each
-    selection not cached, its run from its first changed block (known for reverse, random and chosen selections,
+    cached; the calibration capture if missing and one pass for ReplaceMe's fits; one evaluation of the original
+    plus, for each selection not cached, its run from the block where it leaves the original or a selection run
+    before it (:func:`analysis.evaluation.shared_prefix.prefix_plan`; known for reverse, random and chosen selections,
     for greedy when its scans are cached, for a cached metric's suggestion and the consensus of cached proxies,
     and for ReplaceMe's runs when the angular distances are cached; the middle block assumed otherwise). The
     metrics not cached add their groups' own estimates (:func:`analysis.metrics.registry.group_estimate`)."""
     from analysis.capture.estimate import forward_probe, machine_speed, work_model
     from analysis.evaluation.perplexity import evaluation_ids
-    from analysis.evaluation.shared_prefix import original_work, tail_work
+    from analysis.evaluation.shared_prefix import action_signature, original_work, prefix_plan, tail_work
     from analysis.metrics.damage import scan_is_cached
 
     _, eval_text = validate(settings, ws.n_blocks, ws.text)
@@ -898,13 +891,15 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     for group in dict.fromkeys(m.group or m.key for m in metrics if not cached[m.key] and m.key != DAMAGE_KEY):
         fn = registry.group_estimate(group)
         m_seconds += fn(ws, probe) if fn is not None else 0.0
-    # evaluations: each selection from its first changed block, unless cached; a selection known before the run
-    # (reverse, random, chosen; greedy from cached scans; a cached metric's suggestion, the consensus of cached
-    # proxies, ReplaceMe's run from the cached angular distances) is checked against the cache, the others are
-    # counted from the middle block
+    # evaluations: each selection from where it leaves those run before it, unless cached; a selection known before
+    # the run (reverse, random, chosen; greedy from cached scans; a cached metric's suggestion, the consensus of
+    # cached proxies, ReplaceMe's run from the cached angular distances) is checked against the cache, the others
+    # are counted from the middle block
     n_ids = len(evaluation_ids(lm.tokenizer, eval_text, ev.n_tokens))
     one = original_work(wm, n_ids, ev.context, ev.stride)
-    firsts: dict[str, int] = {}
+    todo_known: dict[str, dict] = {}  # selections known before the run and not cached
+    seen: set[str] = set()
+    n_unknown = 0
     mid = L // 2
     proxies = [m for m in metrics if m.key != DAMAGE_KEY]
     replaceme = any(r.key == "replaceme" and r.enabled(board) for r in rules())
@@ -938,14 +933,19 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
                 fits_needed = True
         for a in known:
             a = canonical_action(a)
-            first = _first_changed(a)
-            firsts[cache.stable_hash(a)] = first if not eval_is_cached(lm, a, ev, eval_text) else -1
-        for i in range(unknown):
-            firsts[f"unknown-{k}-{i}"] = mid
+            if cache.stable_hash(a) not in seen:
+                seen.add(cache.stable_hash(a))
+                if not eval_is_cached(lm, a, ev, eval_text):
+                    todo_known[cache.stable_hash(a)] = a
+        n_unknown += unknown
     if fits_needed:
         c_work += wm.calibration_pass(ws.calibration)
-    todo = [j for j in firsts.values() if j >= 0]
-    e_work = (one + sum(tail_work(wm, L - 1, j, n_ids, ev.context, ev.stride) for j in todo)) if todo else 0.0
+    # the known ones share the blocks they keep in common as the evaluation does (prefix_plan), the others are
+    # counted from the middle block
+    sigs = [action_signature(a, L, i) for i, a in enumerate(todo_known.values())]
+    runs = [(len(sigs[c]), entry) for c, entry, _ in prefix_plan(list(range(L)), sigs)]
+    runs += [(L - 1, mid)] * n_unknown
+    e_work = one + sum(tail_work(wm, n, j, n_ids, ev.context, ev.stride) for n, j in runs) if runs else 0.0
     total = s_work + c_work + e_work
     # reading what is cached and writing the board: ~2 s on the machine the cost models were fitted on, scaled by
     # this machine's measured speed now (a board that is all cached takes only this)
@@ -953,7 +953,7 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     return {
         "seconds": seconds,
         "scans": n_scans,
-        "evaluations": len(todo),
+        "evaluations": len(runs),
         "work": total,
         "scan_work": s_work,
         "calibration_work": c_work,
