@@ -121,6 +121,8 @@ try:
         greedy_candidates="all" if every_block else "sleb",
     )
     lb.validate(settings, L, ws.text, ws.lm.tokenizer)
+    for note in lb.for_model(settings, ws.lm)[1]:  # what this model's family cannot have
+        st.caption(note)
     cluster = Cluster(address=ray_address.strip())
     cluster.validate()
 except (lb.LeaderboardError, DamageError, EvaluationError, TextError, ClusterError, ValueError) as exc:

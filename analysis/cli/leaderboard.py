@@ -215,7 +215,7 @@ def run(args) -> int:
         settings = lb.quick_settings(settings)
     lm = load(args, sequential_ok=not cluster.enabled)  # Ray's replicas hold the model in memory
     ws = workspace_from(args, lm)
-    settings, notes = lb.layer_by_layer(settings, lm)
+    settings, notes = lb.for_model(settings, lm)
     for note in notes:
         print(f"[leaderboard] {note}", file=sys.stderr)
     lb.validate(settings, ws.n_blocks, ws.text, lm.tokenizer)

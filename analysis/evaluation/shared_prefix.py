@@ -442,7 +442,7 @@ def evaluate_removals_layer_by_layer(
     tokens = sum(x.numel() for x, *_ in jobs)
     head = sum((n_scored + 1) * k for _, n_scored, _, k in jobs) * wm.head_params
     work = tokens * runs * mean + head * len(variants)
-    n_orig = count_parameters(sm.model)
+    n_orig = sm.n_parameters()
     block_size = [sum(p.numel() for p in b.parameters()) for b in sm.blocks]
     seconds = time.perf_counter() - t_start
     out = []

@@ -15,8 +15,10 @@ The hidden states between blocks stay in memory while they fit ``state_budget`` 
 hidden states of one batch on top of those kept between blocks. The numbers are the in-memory model's: the same
 modules run on the same inputs in the same order (tested to 1e-5 on tiny Llama and Qwen2 models).
 
-Families whose blocks take different masks (sliding-window layers: Gemma-2/3, Mistral with a window, …) are
-refused: the recorded mask is the first block's.
+Families whose blocks take different masks or position embeddings (``layer_types`` mixing sliding-window and full
+attention: Gemma-2/3, Qwen with ``max_window_layers``, …) record them at the first block of each kind: the blocks
+before it pass their input on unchanged (no weights are needed for that), and every block then gets what its own
+kind receives in memory.
 """
 
 from __future__ import annotations
@@ -49,16 +51,20 @@ class _Stop(Exception):
 
 
 class _Catcher(nn.Module):
-    """Stands in for block 0: records what the model passes it, then stops the forward."""
+    """Stands in for a block: records what the model passes it, then stops the forward (``last``) or passes its
+    input on unchanged (a block before the last one whose inputs are needed)."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, last: bool = True):
         super().__init__()
         self.block = block
+        self.last = last
         self.seen: tuple | None = None
 
     def forward(self, hidden_states, *args, **kwargs):
         self.seen = (hidden_states, args, kwargs)
-        raise _Stop
+        if self.last:
+            raise _Stop
+        return hidden_states
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,10 +255,12 @@ class SequentialModel:
         return self.torch_dtype
 
     def n_parameters(self) -> int:
+        """Parameters counted once per checkpoint tensor (a tied head is the embedding, loaded or not)."""
         seen, total = set(), 0
-        for p in self.skeleton.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
+        for name, p in self.skeleton.named_parameters(remove_duplicate=False):
+            stored = self.tied.get(name, name)
+            if stored not in seen and id(p) not in seen:
+                seen.update((stored, id(p)))
                 total += p.numel()
         return total
 
@@ -363,7 +371,7 @@ class SequentialModel:
             for step, b in enumerate(order):
                 block = self.load(layers[b], f"{base_name}.{b}.")
                 for i in range(len(batches)):
-                    args, kw = kwargs[i]
+                    args, kw = kwargs[i][b]
                     out = block(store.get(i, self.device), *args, **kw)
                     h = out[0] if isinstance(out, tuple) else out
                     store.put(i, h)
@@ -393,28 +401,43 @@ class SequentialModel:
         finally:
             store.close()
 
-    def _embed(self, batches, store: StateStore, on_state=None) -> list[tuple[tuple, dict]]:
-        """Load the embedding, put every batch's ``h_0`` in ``store`` and return what each batch passes a block."""
+    def layer_kinds(self) -> list:
+        """Each block's attention kind (``layer_types``; one kind for every block when the config has none)."""
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        kinds = list(getattr(cfg, "layer_types", None) or [])
+        return kinds if len(kinds) == self.n_blocks else [None] * self.n_blocks
+
+    def _embed(self, batches, store: StateStore, on_state=None) -> list[list[tuple[tuple, dict]]]:
+        """Load the embedding, put every batch's ``h_0`` in ``store`` and return what each batch passes each block
+        (``[batch][block] → (args, kwargs)``), recorded at the first block of each attention kind."""
         _, layers = block_list(self.skeleton)
         emb = self.skeleton.get_input_embeddings()
         self.load(emb, self._prefix(emb))
+        kinds = self.layer_kinds()
+        first = {k: kinds.index(k) for k in dict.fromkeys(kinds)}  # kind → its first block
+        last = max(first.values())
+        catchers = {b: _Catcher(layers[b], last=b == last) for b in range(last + 1)}
         kwargs = []
-        catcher = _Catcher(layers[0])
-        layers[0] = catcher
+        for b, c in catchers.items():
+            layers[b] = c
         try:
             for i, ids in enumerate(batches):
                 try:
                     self.skeleton.base_model(input_ids=ids.to(self.device), use_cache=False)
                 except _Stop:
                     pass
-                h, args, kw = catcher.seen
-                kw = {k: v for k, v in kw.items() if k not in ("past_key_value", "past_key_values")}
-                kwargs.append((args, kw))
+                seen = {}
+                for kind, b in first.items():
+                    _, args, kw = catchers[b].seen
+                    seen[kind] = (args, {k: v for k, v in kw.items() if k not in ("past_key_value", "past_key_values")})
+                kwargs.append([seen[k] for k in kinds])
+                h = catchers[0].seen[0]
                 store.put(i, h)
                 if on_state:
                     on_state(0, i, h)
         finally:
-            layers[0] = catcher.block
+            for b, c in catchers.items():
+                layers[b] = c.block
         return kwargs
 
     @torch.no_grad()
@@ -479,7 +502,7 @@ class SequentialModel:
                 block = self.load(layers[b], f"{base_name}.{b}.")
                 for s in running:
                     for i in range(n):
-                        args, kw = kwargs[i]
+                        args, kw = kwargs[i][b]
                         out = block(store.get(key(s, i), self.device), *args, **kw)
                         store.put(key(s, i), out[0] if isinstance(out, tuple) else out)
                 runs += len(running)
@@ -608,14 +631,6 @@ def open_sequential(
         raise NotSequential("layer-by-layer execution and --device-map-auto exclude each other; choose one")
     name, folder = checkpoint_folder(spec, say)
     config = read_config(spec, say)
-    types = set(
-        getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "layer_types", None) or []
-    )
-    if len(types) > 1:
-        raise NotSequential(
-            f"{name} mixes attention kinds across blocks ({', '.join(sorted(map(str, types)))}); "
-            "layer-by-layer execution records the first block's mask only and does not run it yet"
-        )
     dtype = DTYPES[spec.dtype]
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)

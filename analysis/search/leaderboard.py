@@ -112,12 +112,12 @@ class LeaderboardSettings:
 
 #: The quick board (``--quick``): the share of the search tokens and of the evaluation tokens it keeps (the
 #: evaluation keeps at least one context window).
-QUICK_SEARCH_SHARE = 4
+QUICK_SEARCH_SHARE = 8
 QUICK_EVAL_SHARE = 8
 
 
 def quick_settings(settings: LeaderboardSettings) -> LeaderboardSettings:
-    """The quick board for "which rule wins at k": the same rules and sizes, with the search on the first quarter
+    """The quick board for "which rule wins at k": the same rules and sizes, with the search on the first eighth
     (``1 / QUICK_SEARCH_SHARE``) of the search tokens (windows no longer than that), the evaluation on the first
     eighth (``1 / QUICK_EVAL_SHARE``, at least one context window) of the evaluation
     tokens (same context and stride), no random draws, no half-block search and the damage table of whole blocks
@@ -204,15 +204,17 @@ def validate(
     return search, evaluation
 
 
-def layer_by_layer(settings: LeaderboardSettings, lm) -> tuple[LeaderboardSettings, list[str]]:
-    """``settings`` as a layer-by-layer model (:mod:`analysis.model.sequential`) runs them, and what that leaves
-    out, in words; the same settings and no notes for a model in memory.
+def for_model(settings: LeaderboardSettings, lm) -> tuple[LeaderboardSettings, list[str]]:
+    """``settings`` as ``lm`` runs them, and what that leaves out, in words: for a model in memory, the same
+    settings and the rows its family cannot have (ReplaceMe's replace rows where the map cannot be folded exactly:
+    Gemma-2/3's norm after the feed-forward, mixtures of experts); for a layer-by-layer model
+    (:mod:`analysis.model.sequential`), what layer by layer cannot run.
 
     Layer by layer, every scan and evaluation removes whole blocks (each block loaded once per pass): the damage
     table is of whole blocks, the half-block search is refused, ReplaceMe's rows (its fit needs the model in memory)
     and the metrics that need the model in memory (AVSS) are left out, or refused when named."""
     if not getattr(lm, "sequential", False):
-        return settings, []
+        return settings, replaceme_rows.left_out(lm)
     from dataclasses import replace
 
     if settings.half_blocks:
@@ -717,7 +719,7 @@ def run(
 
     t0 = time.perf_counter()
     wall0 = time.time()
-    settings, _ = layer_by_layer(settings, ws.lm)
+    settings, _ = for_model(settings, ws.lm)
     _, eval_text = validate(settings, ws.n_blocks, ws.text, ws.lm.tokenizer)
     say = progress or (lambda d, t, m: None)
     board = Board(ws=ws, settings=settings, progress=lambda d, t, m: say(d, t, f"search · {m}"))

@@ -136,6 +136,28 @@ def _in_memory(board) -> bool:
     return not getattr(board.lm, "sequential", False)
 
 
+def unfoldable(lm) -> str | None:
+    """Why this family's blocks cannot take ReplaceMe's map (a norm after the feed-forward, as Gemma-2/3 have; a
+    mixture of experts), or None: the check of :func:`analysis.changes.replaceme.fold_target` on the first block."""
+    if getattr(lm, "sequential", False) or lm.n_blocks < 2:
+        return None
+    try:
+        rm.fold_target(lm.model, 1, 1)
+    except rm.ReplaceMeError as exc:
+        return str(exc)
+    return None
+
+
+def _replaceable(board) -> bool:
+    return _in_memory(board) and unfoldable(board.lm) is None
+
+
+def left_out(lm) -> list[str]:
+    """The leaderboard's notes on ReplaceMe's rows for ``lm``, in words (none when they run)."""
+    why = unfoldable(lm)
+    return [f"ReplaceMe's replace rows left out (the same runs removed are kept): {why}"] if why else []
+
+
 def register(register_rule, Rule) -> None:
     register_rule(
         Rule(
@@ -144,7 +166,7 @@ def register(register_rule, Rule) -> None:
             lambda b, k: [replaceme_rule(b.ws, k)] if _fits(b, k) else [],
             kind="replace",
             order=45,
-            enabled=_in_memory,
+            enabled=_replaceable,
             description=f"the run [l, l+k) chosen by the {RULES[AUTHORS]} ({RULE_DETAILS[AUTHORS]}), "
             "replaced by a least-squares map folded into block l−1 (plain checkpoint)",
         )

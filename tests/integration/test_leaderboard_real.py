@@ -118,7 +118,7 @@ def test_one_shared_pass_equals_the_old_evaluation_of_each_selection(lm, ws):
 
 
 def test_quick_board_names_the_full_boards_winner_at_each_k(ws):
-    """``--quick`` (a quarter of the search and evaluation tokens, no random draws, whole-block damage only) ranks
+    """``--quick`` (an eighth of the search and evaluation tokens, no random draws, whole-block damage only) ranks
     the rules in less work and names the same winner at each k as the full board (settings of bench/search.py's
     documented run; the default settings take the same path, with 4× the tokens)."""
     from analysis.metrics.damage import SearchSettings
