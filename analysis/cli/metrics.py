@@ -63,7 +63,7 @@ def _announce(ws, groups: list[str], announce_estimate) -> None:
         parts.append(f"capture {est['seconds']:.0f} s {estimate.footprint(est)}")
     for g in groups:
         fn = group_estimate(g)
-        if fn is None or (sequential and g != "linearity"):  # layer by layer: no in-memory forward to time
+        if fn is None or (sequential and g not in ("linearity", "id")):  # layer by layer: no forward to time
             missing.append(g)
             continue
         s = fn(ws, probe)

@@ -45,7 +45,11 @@ def test_metric_groups_estimate_their_own_work(ws):
     group is timed on random clouds of its size."""
     from analysis.metrics.registry import group_estimate
 
-    for g in ("linearity", "avss", "damage"):
+    for g in ("linearity", "avss", "damage", "id", "topology"):
         assert group_estimate(g) is not None, g
     s = group_estimate("linearity")(ws, None)
     assert s >= 0.0 and (s == 0.0) == ws.has_result("linearity", {"v": 1})
+    from analysis.profiles.intrinsic_dimension import has_id_profile
+
+    s = group_estimate("id")(ws, None)  # one state's estimators timed on a random cloud of the workspace's size
+    assert s >= 0.0 and (s == 0.0) == has_id_profile(ws)

@@ -12,7 +12,14 @@ A state that cannot be estimated has empty cells and its reason in ``run.json`` 
 
 from __future__ import annotations
 
-from analysis.metrics.base import ReportSection, register_group_writer, register_report_section
+import numpy as np
+
+from analysis.metrics.base import (
+    ReportSection,
+    register_group_estimate,
+    register_group_writer,
+    register_report_section,
+)
 
 
 def write_states_csv(ws, out_dir, progress, params: dict | None = None):
@@ -46,6 +53,24 @@ def write_states_csv(ws, out_dir, progress, params: dict | None = None):
 
 
 register_group_writer("id", write_states_csv)
+
+
+def estimate_seconds(ws, probe: dict | None = None) -> float:
+    """Seconds of the ``id`` group on the default settings when not cached: one state's estimates (the whole cloud
+    and its subsets, :func:`analysis.profiles.intrinsic_dimension.state_id`) timed now on a random cloud of the
+    workspace's size, times the states (the capture is counted apart)."""
+    from analysis.capture.estimate import median_seconds
+    from analysis.profiles.intrinsic_dimension import IDSettings, has_id_profile, state_id
+
+    settings = IDSettings()
+    if has_id_profile(ws, settings):
+        return 0.0
+    n = ws.n_cloud_tokens() if settings.max_points is None else min(ws.n_cloud_tokens(), settings.max_points)
+    cloud = np.random.default_rng(0).standard_normal((n, ws.lm.width), dtype=np.float32)
+    return ws.n_states * median_seconds(lambda: state_id(cloud, settings), repeats=1)
+
+
+register_group_estimate("id", estimate_seconds)
 
 
 def _report(ws) -> list:

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.metrics.base import BlockMetric, ReportSection, register, register_group_writer, register_report_section
+from analysis.metrics.base import (
+    BlockMetric,
+    ReportSection,
+    register,
+    register_group_estimate,
+    register_group_writer,
+    register_report_section,
+)
 
 DEFAULTS = {"windows": 500, "window_len": 32, "k": 4, "m": 3, "alpha": 0.0, "fraction": 0.9}
 
@@ -108,6 +115,21 @@ def _write_topology_files(ws, out_dir, progress):
 
 
 register_group_writer("topology", _write_topology_files)
+
+
+def estimate_seconds(ws, probe: dict | None = None) -> float:
+    """Seconds of the ``topology`` group (the default zigzag) when not cached, from its simplex count
+    (:func:`analysis.profiles.topology.zigzag_estimate`). The count needs the last-token clouds: as the
+    ``topology`` command does, their capture and the count are made before the estimate (and cached for the
+    zigzag), so the seconds are Dionysus's alone."""
+    from analysis.profiles.topology import zigzag_estimate
+
+    if _cached(ws, {}):
+        return 0.0
+    return float(zigzag_estimate(ws.lm, ws.text, _settings(dict(DEFAULTS))).seconds)
+
+
+register_group_estimate("topology", estimate_seconds)
 
 
 def per_block(zbar: np.ndarray) -> np.ndarray:
