@@ -94,6 +94,7 @@ def test_one_shared_pass_equals_the_old_evaluation_of_each_selection(lm, ws):
     text = bundled_text("asyoulik")
     actions = [
         {"remove_blocks": [12, 13]},
+        {"remove_blocks": [12, 13, 20]},  # runs from the output of block 19 of the selection above (a shared prefix)
         {"remove_blocks": [29]},
         {"remove_blocks": [0, 27]},
         {"skip_attention": [5]},
@@ -113,8 +114,10 @@ def test_one_shared_pass_equals_the_old_evaluation_of_each_selection(lm, ws):
         assert got["perplexity"] == pytest.approx(old.perplexity, rel=1e-4), action
         assert got["kl"] == pytest.approx(old.kl_to_original, rel=1e-4, abs=1e-7), action
         assert got["top1"] == pytest.approx(old.top1_agreement, rel=1e-4), action
-    # cost: the original once plus, for each selection, only the blocks from its first change on
+    # cost: the original once plus, for each selection, only the blocks from where it leaves the original or a
+    # selection run before it (remove 12, 13, 20 runs blocks 21..29 only)
     assert many.evaluations < 1 + len(actions)
+    assert many.blocks_run[1] == 9 and many.blocks_run[0] == 16
 
 
 def test_quick_board_names_the_full_boards_winner_at_each_k(ws):
