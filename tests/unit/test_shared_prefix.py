@@ -32,18 +32,24 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_one_pass_equals_evaluate_of_each_candidate():
-    lm = tiny(name="shared")
+def _one_pass_equals_evaluate(name: str, actions: list[dict]) -> shared_prefix.ManyResult:
+    """``evaluate_many`` of the actions on a tiny model, checked against ``evaluate`` of each."""
+    lm = tiny(name=name)
     text = text_from_string("It was the best of times, it was the worst of times, it was the age of wisdom, " * 4)
     ids = np.array(lm.tokenizer(text.content)["input_ids"][: SETTINGS.n_tokens])
-    models = [apply_actions(lm.model, a) for a in ACTIONS]
+    models = [apply_actions(lm.model, a) for a in actions]
     many = shared_prefix.evaluate_many(lm.model, ids, SETTINGS, models)
-    for action, model, got in zip(ACTIONS, models, many.candidates):
+    for action, model, got in zip(actions, models, many.candidates):
         want = evaluate(lm.model, lm.tokenizer, text, SETTINGS, candidate=model, original_key="").candidate
         assert got["perplexity"] == pytest.approx(want.perplexity, rel=1e-5), action
         assert got["kl"] == pytest.approx(want.kl_to_original, rel=1e-4, abs=1e-7), action
         assert got["top1"] == pytest.approx(want.top1_agreement, rel=1e-6), action
         assert got["tokens"] == want.tokens and got["parameters"] == want.parameters
+    return many
+
+
+def test_one_pass_equals_evaluate_of_each_candidate():
+    many = _one_pass_equals_evaluate("shared", ACTIONS)
     # less work than one plain evaluation per candidate plus the original's
     assert many.work < (len(ACTIONS) + 1) * many.original_work
     # removing the last block runs nothing but the final norm's input; removing block 0 runs every other block
@@ -83,16 +89,7 @@ TREE = [
 
 
 def test_candidates_that_share_blocks_share_their_states_with_the_same_numbers():
-    lm = tiny(name="tree")
-    text = text_from_string("It was the best of times, it was the worst of times, it was the age of wisdom, " * 4)
-    ids = np.array(lm.tokenizer(text.content)["input_ids"][: SETTINGS.n_tokens])
-    models = [apply_actions(lm.model, a) for a in TREE]
-    many = shared_prefix.evaluate_many(lm.model, ids, SETTINGS, models)
-    for action, model, got in zip(TREE, models, many.candidates):
-        want = evaluate(lm.model, lm.tokenizer, text, SETTINGS, candidate=model, original_key="").candidate
-        assert got["perplexity"] == pytest.approx(want.perplexity, rel=1e-5), action
-        assert got["kl"] == pytest.approx(want.kl_to_original, rel=1e-4, abs=1e-7), action
-        assert got["top1"] == pytest.approx(want.top1_agreement, rel=1e-6), action
+    many = _one_pass_equals_evaluate("tree", TREE)
     # blocks run per window, in TREE's order. [2, 4, 5] first (lexicographic order of the kept blocks: [0, 1, 3])
     # runs block 3 from the original's input of block 2; [2] takes that output and runs 4, 5; [2, 4] takes it too
     # and runs 5; [1] runs 2..5 and hands its block 2's output to [1, 3] and [1, 3, 4]; [5] only feeds the final
