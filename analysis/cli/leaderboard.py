@@ -125,7 +125,7 @@ def add_arguments(p):
     p.add_argument(
         "--quick",
         action="store_true",
-        help="the quick board for 'which rule wins at k': search on a quarter of its tokens, evaluation "
+        help="the quick board for 'which rule wins at k': search on an eighth of its tokens, evaluation "
         "on an eighth (one window at least), no random draws, no half-block search, damage table of "
         "whole blocks only (printed before it starts)",
     )
