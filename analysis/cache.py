@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -59,6 +60,20 @@ _ROOT = Path(__file__).resolve().parent.parent
 def cache_root() -> Path:
     """The cache directory: ``$LAYERSCOPE_CACHE`` or ``<repo>/cache``."""
     return Path(os.environ.get("LAYERSCOPE_CACHE") or (_ROOT / "cache")).resolve()
+
+
+def scratch_root() -> Path:
+    """Where temporary working files go (``cache/tmp``: on the cache's disk, which is sized for captures)."""
+    root = cache_root() / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder under :func:`scratch_root`, removed on exit."""
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-", dir=scratch_root()) as d:
+        yield Path(d)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

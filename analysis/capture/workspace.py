@@ -6,6 +6,7 @@ results under the same keys (see :mod:`analysis.cache`), so each finds what the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from analysis import cache
 from analysis.capture.hidden_states import Capture, capture_hidden_states, is_captured
+from analysis.methods import clouds
 from analysis.model.loading import LoadedModel
 from analysis.texts import Text
 
@@ -73,6 +75,10 @@ class Workspace:
             for s in range(self.n_states)
         ]
 
+    def cloud_reader(self, progress: Progress | None = None) -> "StateClouds":
+        """Each state's all-token cloud (as :meth:`all_token_clouds` gives it), read from the capture when asked."""
+        return StateClouds(self.capture(progress), self.calibration, self.n_states)
+
     def n_cloud_tokens(self) -> int:
         c = self.calibration
         n = c.n_windows * (c.window_len - c.exclude_first)
@@ -96,3 +102,28 @@ class Workspace:
             "text": self.text.describe(),
             "calibration": self.calibration.to_dict(),
         }
+
+
+class StateClouds(Sequence):
+    """The all-token clouds of a capture, one state at a time: each read through a memory map opened for that read
+    only, so no more than one state's pages stay resident (a long-lived map of the whole capture would keep every
+    page it touched in the resident set)."""
+
+    def __init__(self, capture, calibration, n_states: int):
+        self.capture, self.calibration, self.n = capture, calibration, n_states
+        self.path = getattr(capture.states, "filename", None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, state: int) -> np.ndarray:
+        if not 0 <= state < self.n:
+            raise IndexError(state)
+        c = self.calibration
+        states = np.load(self.path, mmap_mode="r") if self.path else self.capture.states
+        try:
+            return clouds.all_token_cloud(
+                states, self.capture._row(state), n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first
+            )
+        finally:
+            del states

@@ -18,6 +18,7 @@ otherwise.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -78,7 +79,9 @@ def linearity_lstsq(X, Y) -> float:
     return float(1.0 - (Xn @ A - Yn).square().sum())
 
 
-def linearity_matrix(clouds: Sequence[np.ndarray], progress: Progress | None = None) -> np.ndarray:
+def linearity_matrix(
+    clouds: Sequence[np.ndarray], progress: Progress | None = None, spill_to: Path | None = None
+) -> np.ndarray:
     """``M[i, j] = linearity(cloud_i, cloud_j)`` for every ordered pair (not symmetric).
 
     With ``Ỹ_j = Z_j Λ_j^{1/2} V_jᵀ`` (see :func:`whiten`) and ``G = Z_iᵀ Z_j``::
@@ -88,22 +91,39 @@ def linearity_matrix(clouds: Sequence[np.ndarray], progress: Progress | None = N
 
     so one float32 product ``Z_iᵀ Z_j`` per unordered pair gives both directions: half the work of projecting
     every cloud on every basis, and no least-squares solve at all.
+
+    ``clouds`` is read one state at a time (it may read each from disk when asked). ``spill_to``: a folder where
+    the float32 bases are written instead of kept in memory; each pair then reads its two bases back. The same
+    numbers (the same float32 bases and products) in the memory of one cloud and two bases instead of all of them.
     """
     k = len(clouds)
     total = k + k * (k - 1) // 2
     done = 0
     bases, lams = [], []
-    for i, c in enumerate(clouds):
-        Z, lam, _ = whiten(normalise(c))
-        bases.append(Z.to(torch.float32))
+    for i in range(k):
+        Z, lam, _ = whiten(normalise(clouds[i]))
+        Z = Z.to(torch.float32)
+        if spill_to is not None:
+            path = Path(spill_to) / f"basis-{i}.npy"
+            np.save(path, Z.numpy())
+            bases.append(path)
+        else:
+            bases.append(Z)
+        del Z
         lams.append(lam.to(torch.float32))
         done += 1
         if progress:
             progress(done, total, f"basis of state {i}")
+
+    def basis(i: int) -> torch.Tensor:
+        b = bases[i]
+        return torch.from_numpy(np.load(b)) if isinstance(b, Path) else b
+
     M = np.eye(k)
     for i in range(k):
+        Bi = basis(i)
         for j in range(i + 1, k):
-            G = bases[i].T @ bases[j]
+            G = Bi.T @ basis(j)
             G2 = G.square()
             M[i, j] = float(G2.sum(dim=0) @ lams[j])
             M[j, i] = float(G2.sum(dim=1) @ lams[i])

@@ -173,9 +173,7 @@ class StateStore:
         if self._dir is None:
             from analysis import cache
 
-            root = cache.cache_root() / "tmp"
-            root.mkdir(parents=True, exist_ok=True)
-            self._dir = tempfile.TemporaryDirectory(prefix="sequential-", dir=root)
+            self._dir = tempfile.TemporaryDirectory(prefix="sequential-", dir=cache.scratch_root())
         a = self._numpy(h)
         arr = np.lib.format.open_memmap(
             os.path.join(self._dir.name, f"{i}.npy"), mode="w+", dtype=a.dtype, shape=a.shape

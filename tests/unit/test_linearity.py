@@ -87,3 +87,35 @@ def test_streamed_moments_give_the_same_curves(rng):
     assert np.allclose(
         lin.consecutive_linearity(clouds1)[0], lin.consecutive_linearity_streamed(states, exclude_first=1)[0], atol=1e-9
     )
+
+
+def test_bases_on_disk_give_the_same_matrix(rng, tmp_path):
+    clouds = [rng.normal(size=(300, 12)) for _ in range(4)]
+    clouds[2] = clouds[1] @ rng.normal(size=(12, 12))
+    kept = lin.linearity_matrix(clouds)
+    spilled = lin.linearity_matrix(clouds, spill_to=tmp_path)
+    np.testing.assert_array_equal(spilled, kept)
+    assert len(list(tmp_path.glob("basis-*.npy"))) == 4
+
+
+def test_a_workspace_over_the_memory_budget_reads_one_state_at_a_time(monkeypatch, tmp_path):
+    """Over the budget for every cloud at once but not for one: the clouds come from the capture one state at a time
+    and the bases go to disk, with the in-memory numbers (the matrix included)."""
+    from analysis.capture.estimate import linearity_memory_bytes
+    from analysis.metrics.families.linearity import linearity_results
+    from tests.unit.test_compression import tiny, workspace
+
+    model = tiny(layers=3)
+    ws = workspace(model, windows=8, window_len=32)
+    n, d = ws.n_cloud_tokens(), ws.lm.width
+    budget = (linearity_memory_bytes(2, n, d) + linearity_memory_bytes(ws.n_states, n, d)) / 2 / 2**30
+    results = {}
+    for name, gib in (("memory", None), ("disk", f"{budget:.9f}")):
+        monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / name))
+        if gib:
+            monkeypatch.setenv("LAYERSCOPE_MEMORY_BUDGET_GB", gib)
+        results[name] = linearity_results(workspace(model, windows=8, window_len=32))
+    assert (results["memory"]["bases"], results["disk"]["bases"]) == ("in memory", "on disk")
+    for key in ("matrix", "consecutive", "without_residual"):
+        np.testing.assert_array_equal(results["disk"][key], results["memory"][key])
+    assert not list((tmp_path / "disk" / "tmp").glob("linearity-bases-*"))  # the scratch folder is gone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis import cache
 from analysis.methods import linearity
 from analysis.metrics.base import (
     BlockMetric,
@@ -36,24 +37,32 @@ def too_few_tokens_remedy(ws) -> str:
 def linearity_results(ws, progress=None) -> dict:
     """The full ``(L+1) × (L+1)`` linearity matrix and the consecutive curves, cached per workspace.
 
-    Raises :class:`linearity.NotEnoughTokens` when the clouds have fewer than ``2 × width`` tokens. When the
-    clouds of every state do not fit the memory budget (:func:`analysis.capture.estimate.memory_budget`), the consecutive
-    curves are computed exactly from streamed moments (O(width²) memory) and the all-pairs matrix is left out
-    (``matrix_skipped`` says why); subsampling the clouds (``n_max``) brings it back.
+    Raises :class:`linearity.NotEnoughTokens` when the clouds have fewer than ``2 × width`` tokens. Memory, by
+    what fits the budget (:func:`analysis.capture.estimate.memory_budget`):
+
+    * every state's cloud and basis in memory (the fastest);
+    * otherwise, and always for a layer-by-layer model (run so to save memory): the clouds read from the capture
+      one state at a time and the bases written to a temporary folder, each pair reading its two back — the same
+      numbers in the memory of one cloud and two bases;
+    * when even one cloud does not fit, the consecutive curves exactly from streamed moments (O(width²) memory)
+      and the all-pairs matrix left out (``matrix_skipped`` says why); subsampling the clouds (``n_max``) brings
+      it back.
     """
     from analysis.capture.estimate import linearity_memory_bytes, memory_budget
 
     linearity.check_enough_tokens(ws.n_cloud_tokens(), ws.lm.width, remedy=too_few_tokens_remedy(ws))
     need = linearity_memory_bytes(ws.n_states, ws.n_cloud_tokens(), ws.lm.width)
+    need_one = linearity_memory_bytes(2, ws.n_cloud_tokens(), ws.lm.width)  # one cloud, two bases, work space
+    on_disk = need > memory_budget() or getattr(ws.lm, "sequential", False)
 
     def compute():
-        if need > memory_budget():
+        if need_one > memory_budget():
             cap = ws.capture()
             with_res, without_res = linearity.consecutive_linearity_streamed(
                 cap.states, exclude_first=ws.calibration.exclude_first, progress=progress
             )
             reason = (
-                f"the clouds of all {ws.n_states} states need about {need / 2**30:.1f} GiB, over the memory "
+                f"one state's cloud and two bases need about {need_one / 2**30:.1f} GiB, over the memory "
                 f"budget of {memory_budget() / 2**30:.1f} GiB; the consecutive curves were streamed instead. "
                 "Subsample the clouds (n_max) to see the full matrix."
             )
@@ -65,7 +74,7 @@ def linearity_results(ws, progress=None) -> dict:
                 },
                 {"tokens": ws.n_cloud_tokens(), "width": ws.lm.width, "matrix_skipped": reason},
             )
-        clouds = ws.all_token_clouds()
+        clouds = ws.cloud_reader() if on_disk else ws.all_token_clouds()
         n_states = len(clouds)
         total = n_states + n_states * (n_states - 1) // 2 + (n_states - 1)
 
@@ -73,7 +82,11 @@ def linearity_results(ws, progress=None) -> dict:
             if progress:
                 progress(done, total, f"linearity matrix: {msg}")
 
-        M = linearity.linearity_matrix(clouds, progress=matrix_progress)
+        if on_disk:
+            with cache.scratch_folder("linearity-bases") as folder:
+                M = linearity.linearity_matrix(clouds, progress=matrix_progress, spill_to=folder)
+        else:
+            M = linearity.linearity_matrix(clouds, progress=matrix_progress)
         offset = n_states + n_states * (n_states - 1) // 2
 
         def curve_progress(done, _total, msg):
@@ -83,7 +96,7 @@ def linearity_results(ws, progress=None) -> dict:
         with_res, without_res = linearity.consecutive_linearity(clouds, progress=curve_progress)
         return (
             {"matrix": M, "consecutive": with_res, "without_residual": without_res},
-            {"tokens": int(clouds[0].shape[0]), "width": int(clouds[0].shape[1])},
+            {"tokens": ws.n_cloud_tokens(), "width": ws.lm.width, "bases": "on disk" if on_disk else "in memory"},
         )
 
     arrays, data, outcome = ws.result("linearity", {"v": 1}, compute)
@@ -128,7 +141,8 @@ register(
 def estimate_seconds(ws, probe: dict | None = None) -> float:
     """Seconds of the linearity group (the all-pairs matrix and the consecutive curves; block influence and angular
     distance are a small part) when not cached, timed now: one cloud's whitening, one pair's product and one
-    block's consecutive curves on random clouds of the workspace's size, times how many of each run."""
+    block's consecutive curves on random clouds of the workspace's size, times how many of each run (with the bases
+    on disk, reading them back is left out: a few hundred MB per pair from the page cache)."""
     from analysis.capture.estimate import linearity_memory_bytes, median_seconds, memory_budget
 
     if _cached(ws, None):
@@ -138,7 +152,7 @@ def estimate_seconds(ws, probe: dict | None = None) -> float:
     X, Y = (rng.standard_normal((n, d), dtype=np.float32) for _ in range(2))
 
     t_curve = median_seconds(lambda: linearity.consecutive_linearity([X, Y]))
-    if linearity_memory_bytes(k, n, d) > memory_budget():  # streamed: the consecutive curves only
+    if linearity_memory_bytes(2, n, d) > memory_budget():  # not even one cloud: the consecutive curves only
         return (k - 1) * t_curve
     t_one = median_seconds(lambda: linearity.linearity_matrix([X]))
     t_pair = max(0.0, median_seconds(lambda: linearity.linearity_matrix([X, Y])) - 2 * t_one)
