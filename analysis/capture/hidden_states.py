@@ -74,6 +74,29 @@ class Capture:
         """All vectors of one hidden state, ``[N, T, d]`` (memory-mapped)."""
         return self.states[self._row(state)]
 
+    def reader(self) -> "np.ndarray | StatesReader":
+        """``states`` for a pass that reads all of it: each read through a memory map opened for that read only
+        (:class:`StatesReader`), so the pages read do not stay resident; the array itself when it is in memory."""
+        path = getattr(self.states, "filename", None)
+        return StatesReader(path, self.states.shape, self.states.dtype) if path else self.states
+
+
+@dataclass(frozen=True)
+class StatesReader:
+    """Reads of a ``.npy`` file, each a copy made through a memory map that is closed again: a long pass over a
+    capture then keeps only what it holds, not every page it touched (a lasting map would keep them resident)."""
+
+    path: str
+    shape: tuple
+    dtype: np.dtype
+
+    def __getitem__(self, key) -> np.ndarray:
+        mapped = np.load(self.path, mmap_mode="r")
+        try:
+            return np.array(mapped[key])
+        finally:
+            del mapped
+
 
 def capture_params(
     lm: LoadedModel,

@@ -105,13 +105,12 @@ class Workspace:
 
 
 class StateClouds(Sequence):
-    """The all-token clouds of a capture, one state at a time: each read through a memory map opened for that read
-    only, so no more than one state's pages stay resident (a long-lived map of the whole capture would keep every
-    page it touched in the resident set)."""
+    """The all-token clouds of a capture, one state at a time, each read when asked (:meth:`Capture.reader`: the
+    pages of one read do not stay resident, as a long-lived map of the whole capture would keep them)."""
 
-    def __init__(self, capture, calibration, n_states: int):
+    def __init__(self, capture: Capture, calibration: Calibration, n_states: int):
         self.capture, self.calibration, self.n = capture, calibration, n_states
-        self.path = getattr(capture.states, "filename", None)
+        self.states = capture.reader()
 
     def __len__(self) -> int:
         return self.n
@@ -120,10 +119,7 @@ class StateClouds(Sequence):
         if not 0 <= state < self.n:
             raise IndexError(state)
         c = self.calibration
-        states = np.load(self.path, mmap_mode="r") if self.path else self.capture.states
-        try:
-            return clouds.all_token_cloud(
-                states, self.capture._row(state), n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first
-            )
-        finally:
-            del states
+        row = self.capture._row(state)
+        return clouds.all_token_cloud(
+            self.states[row : row + 1], 0, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first
+        )

@@ -44,3 +44,15 @@ def test_angular_distance_known_angles_and_best_range():
     assert np.isnan(D[2, 1]) and np.isnan(D[1, 2])
     assert bl.best_range_of_size(D, 1)[:2] == (1, 2)
     assert [r[0] for r in bl.best_ranges(D)] == [1, 2, 3]
+
+
+def test_block_influence_through_a_reader_that_maps_each_read_alone(tmp_path):
+    from analysis.capture.hidden_states import StatesReader
+
+    states = np.random.default_rng(1).normal(size=(4, 70, 6, 8)).astype(np.float32)
+    np.save(tmp_path / "states.npy", states)
+    mapped = np.load(tmp_path / "states.npy", mmap_mode="r")
+    reader = StatesReader(str(tmp_path / "states.npy"), mapped.shape, mapped.dtype)
+    np.testing.assert_array_equal(reader[2, 5:9, 1:], states[2, 5:9, 1:])
+    want = bl.block_influence(mapped, exclude_first=1, windows_per_chunk=16)
+    np.testing.assert_array_equal(bl.block_influence(reader, exclude_first=1, windows_per_chunk=16), want)

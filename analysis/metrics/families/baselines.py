@@ -32,7 +32,7 @@ def baseline_results(ws, progress=None) -> dict:
 
     def compute():
         cap = ws.capture()
-        bi = baselines.block_influence(cap.states, exclude_first=ws.calibration.exclude_first, progress=progress)
+        bi = baselines.block_influence(cap.reader(), exclude_first=ws.calibration.exclude_first, progress=progress)
         last = np.stack([cap.last_token_cloud(s) for s in range(ws.n_states)])
         D = baselines.angular_distance_matrix(last)
         return {"block_influence": bi, "angular": D}, {"windows": int(last.shape[1])}
