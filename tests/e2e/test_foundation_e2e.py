@@ -27,6 +27,7 @@ def test_prune_two_blocks_evaluate_export_reload(ui, tmp_path_factory):
     ui.multiselect("Blocks to remove", ["12", "13"])
     ui.button("Apply and evaluate")
     ui.page.get_by_text("Original against minus 12,13").wait_for()
+    ui.page.get_by_text("Greedy generation").first.wait_for()  # the result is drawn element by element
     body = ui.text()
     assert "original" in body and "pruned" in body and "Perplexity" in body
     ui.shot("03-evaluated")
