@@ -67,7 +67,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: setup browser lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not e2e"

@@ -17,16 +17,31 @@ from analysis.model.loading import ModelSpec, load_model
 from analysis.model.sequential import StateStore, open_sequential
 from tests.families import tiny_config, tiny_model_dir
 
+_BUILT: dict = {}
+
+
+def _pair(family: str, tmp_path_factory):
+    """The tiny model of ``family`` in memory and layer by layer (built once per module run)."""
+    if family not in _BUILT:
+        folder = tiny_model_dir(family, tmp_path_factory.mktemp(family))
+        spec = ModelSpec(source=str(folder), device="cpu")
+        _BUILT[family] = load_model(spec), open_sequential(spec, state_budget=20_000)  # tiny budget: states on disk
+    return _BUILT[family]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory):
+    return _pair(request.param, tmp_path_factory)
+
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3_text"])  # gemma3: sliding and full attention
-def tiny(request, tmp_path_factory):
-    folder = tiny_model_dir(request.param, tmp_path_factory.mktemp(request.param))
-    spec = ModelSpec(source=str(folder), device="cpu")
-    return load_model(spec), open_sequential(spec, state_budget=20_000)  # a tiny budget: states go to disk
+def tiny_all(request, tmp_path_factory):
+    """For the tests of equal numbers: also Gemma-3, whose blocks take two kinds of masks."""
+    return _pair(request.param, tmp_path_factory)
 
 
-def test_same_fingerprint_and_hidden_states(tiny, alice):
-    lm, sm = tiny
+def test_same_fingerprint_and_hidden_states(tiny_all, alice):
+    lm, sm = tiny_all
     assert sm.fingerprint == lm.fingerprint  # the caches of both runs are shared
     mem = np.array(capture_hidden_states(lm, alice, 6, 48, batch_size=4).states)
     seq = capture_hidden_states(sm, alice, 6, 48, batch_size=4, refresh=True)
@@ -34,8 +49,8 @@ def test_same_fingerprint_and_hidden_states(tiny, alice):
     np.testing.assert_allclose(np.asarray(seq.states), mem, rtol=0, atol=1e-5)
 
 
-def test_same_perplexity(tiny, asyoulik):
-    lm, sm = tiny
+def test_same_perplexity(tiny_all, asyoulik):
+    lm, sm = tiny_all
     settings = EvalSettings(n_tokens=1100, context=256, stride=100, measure_speed=False)
     a = perplexity(lm.model, lm.tokenizer, asyoulik, settings)
     b = perplexity(sm, sm.tokenizer, asyoulik, settings)
@@ -43,11 +58,11 @@ def test_same_perplexity(tiny, asyoulik):
     assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-5)
 
 
-def test_pruned_order_matches_removed_blocks(tiny, alice):
+def test_pruned_order_matches_removed_blocks(tiny_all, alice):
     """``blocks=`` runs a pruned variant layer by layer: the same logits as removing the blocks in memory."""
     from analysis.changes.remove_blocks import remove_blocks
 
-    lm, sm = tiny
+    lm, sm = tiny_all
     x = torch.as_tensor(np.arange(64).reshape(2, 32) % 250)
     pruned = remove_blocks(lm.model, [1])
     with torch.no_grad():
@@ -220,10 +235,10 @@ def test_run_variants_share_prefixes_and_give_each_pruned_model(tiny):
         torch.testing.assert_close(got[v], want, rtol=0, atol=1e-5)
 
 
-def test_shared_pass_layer_by_layer_equals_the_in_memory_one(tiny, asyoulik):
+def test_shared_pass_layer_by_layer_equals_the_in_memory_one(tiny_all, asyoulik):
     from analysis.evaluation import shared_prefix
 
-    lm, sm = tiny
+    lm, sm = tiny_all
     settings = EvalSettings(n_tokens=600, context=128, stride=64, batch_size=3, measure_speed=False)
     actions = [{"remove_blocks": [1]}, {"remove_blocks": [0, 3]}, {"remove_blocks": [3]}, {"remove_blocks": [1, 2]}]
     a = shared_prefix.evaluate_actions(lm, actions, settings, asyoulik)
@@ -237,7 +252,7 @@ def test_shared_pass_layer_by_layer_equals_the_in_memory_one(tiny, asyoulik):
         shared_prefix.evaluate_actions(sm, [{"skip_mlp": [1]}], settings, asyoulik)
 
 
-def test_leaderboard_layer_by_layer_gives_the_in_memory_rows(tiny, alice, tmp_path, monkeypatch):
+def test_leaderboard_layer_by_layer_gives_the_in_memory_rows(tiny_all, alice, tmp_path, monkeypatch):
     """The leaderboard of a layer-by-layer model: the same rows as in memory for every rule both run (whole
     blocks), without ReplaceMe's and AVSS's rows; half-block search and AVSS named are refused in one line."""
     from dataclasses import replace
@@ -246,7 +261,7 @@ def test_leaderboard_layer_by_layer_gives_the_in_memory_rows(tiny, alice, tmp_pa
     from analysis.metrics.damage import SearchSettings
     from analysis.search import leaderboard as lb
 
-    lm, sm = tiny
+    lm, sm = tiny_all
     settings = lb.LeaderboardSettings(
         k_max=2,
         search=SearchSettings(text="lcet10", n_tokens=128, context=64),
