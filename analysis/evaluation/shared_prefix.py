@@ -66,17 +66,8 @@ def _same(a: nn.Module | None, b: nn.Module | None) -> bool:
 def first_changed_block(original: nn.Module, candidate: nn.Module) -> int | None:
     """Index (in the candidate) of its first block that differs from the original's block at the same index;
     ``len(candidate blocks)`` if none differs; ``None`` if the embedding, final norm or head differ (run whole)."""
-    if not (
-        _same(original.get_input_embeddings(), candidate.get_input_embeddings())
-        and _same(final_norm(original), final_norm(candidate))
-        and _same(output_head(original), output_head(candidate))
-    ):
-        return None
-    ob, cb = find_blocks(original), find_blocks(candidate)
-    for i, block in enumerate(cb):
-        if i >= len(ob) or not _same(ob[i], block):
-            return i
-    return len(cb)
+    ob, (sig,) = _signatures(original, [candidate])
+    return None if sig is None else common_prefix(ob, sig)
 
 
 def _replace_hidden(args, kwargs, h):
