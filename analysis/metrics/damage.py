@@ -554,8 +554,11 @@ def greedy(
     progress: Progress | None = None,
     text: Text | None = None,
     candidates: str = DEFAULT_CANDIDATES,
+    cached_only: bool = False,
 ) -> list[dict]:
     """Greedy removal (SLEB; BlockPruner with ``half``): one row per step, the damage after it.
+
+    ``cached_only``: compute nothing; the steps whose scans are cached (what an estimate can know beforehand).
 
     Row: ``step`` (1-based), ``block`` (original index), ``site``, ``perplexity``, ``delta_nll``, ``kl``, ``top1``,
     ``state`` (everything removed after the step) and ``candidates`` (the set searched). Each step's scan is cached
@@ -588,6 +591,8 @@ def greedy(
                         f"greedy step {step}/{steps}: {msg}",
                     )
 
+            if cached_only and not scan_is_cached(lm, settings, state, site):
+                return out
             rows += cached_scan(lm, settings, state, site, progress=sub, text=text)["rows"]
         rows = [r for r in rows if r["block"] in allowed and _still_leaves_a_block(n, state, r)]
         if not rows:

@@ -44,6 +44,7 @@ from analysis.metrics.damage import (
     DEFAULT_CANDIDATES,
     HALVES,
     SearchSettings,
+    candidate_blocks,
     damage_table,
     greedy,
     random_selections,
@@ -808,33 +809,15 @@ def run(
 # ---- estimate ---------------------------------------------------------------------------------------------------
 
 
-def _greedy_chain(lm, search: SearchSettings, steps: int) -> tuple[list[dict], int]:
-    """The greedy states that can be read from cached scans without computing anything, and how many of the
-    ``steps`` scans are cached (step 1's is the damage table's block scan)."""
-    from analysis.metrics.damage import normalise_state, scan_is_cached, state_with
-
-    state, states, cached = normalise_state(None), [], 0
-    for _ in range(steps):
-        if not scan_is_cached(lm, search, state, "block"):
-            break
-        rows = [
-            r
-            for r in cached_rows(lm, search, state)
-            if len(state_with(state, r["block"], "block")["blocks"]) < lm.n_blocks
-        ]
-        if not rows:
-            break
-        cached += 1
-        best = min(rows, key=lambda r: (r["perplexity"], r["block"], r["site"]))
-        state = state_with(state, best["block"], "block")
-        states.append(state)
-    return states, cached
-
-
-def cached_rows(lm, search: SearchSettings, state) -> list[dict]:
-    from analysis.metrics.damage import cached_scan
-
-    return cached_scan(lm, search, state, "block")["rows"]
+def _greedy_chain(lm, settings: LeaderboardSettings, steps: int) -> tuple[list[dict], int]:
+    """The greedy states that can be read from cached scans without computing anything (the board's own greedy
+    search, :func:`analysis.metrics.damage.greedy`, told to compute nothing), and how many of the ``steps`` scans
+    are cached (step 1's is the damage table's block scan)."""
+    if steps > min(lm.n_blocks - 1, len(candidate_blocks(lm.n_blocks, settings.greedy_candidates))):
+        return [], 0
+    done = greedy(lm, settings.search, steps=steps, candidates=settings.greedy_candidates, cached_only=True)
+    states = [row["state"] for row in done]
+    return states, len(states)
 
 
 #: Seconds a board that is all cached takes to read and assemble, on the machine the cost models were fitted on.
@@ -870,7 +853,7 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
         if not scan_is_cached(lm, search, None, site):
             s_work += scan_work(wm, search, L, site)
             n_scans += 1
-    states, n_cached = _greedy_chain(lm, search, K)
+    states, n_cached = _greedy_chain(lm, settings, K)
     for step in range(max(2, n_cached + 1), K + 1):
         s_work += scan_work(wm, search, L - (step - 1), "block")
         n_scans += 1
@@ -905,7 +888,9 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     mid = L // 2
     proxies = [m for m in metrics if m.key != DAMAGE_KEY]
     replaceme = any(r.key == "replaceme" and r.enabled(board) for r in rules())
-    runs_known = replaceme and all(cached.get(k, False) for k in ("angular_distance",)) and ws.is_captured()
+    # ReplaceMe's runs come from the angular distances, cached whether or not that metric is on the board
+    angular = registry.get("angular_distance")
+    runs_known = replaceme and ws.is_captured() and angular.cached(ws, board.metric_params(angular))
     for k in ks:
         known = [{"remove_blocks": reverse_order(L, k)}]
         known += [{"remove_blocks": s} for s in random_selections(L, k, settings.random_samples, settings.seed)]

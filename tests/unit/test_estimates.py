@@ -53,3 +53,30 @@ def test_metric_groups_estimate_their_own_work(ws):
 
     s = group_estimate("id")(ws, None)  # one state's estimators timed on a random cloud of the workspace's size
     assert s >= 0.0 and (s == 0.0) == has_id_profile(ws)
+
+
+def test_a_finished_board_is_estimated_as_reading_only(tmp_path, monkeypatch, alice):
+    """After the board ran, its estimate counts no work, also when the angular distances (which choose ReplaceMe's
+    runs) are not one of the board's metrics."""
+    from analysis.capture.workspace import Calibration, Workspace
+    from analysis.metrics.damage import SearchSettings
+    from analysis.model.loading import ModelSpec, load_model
+    from analysis.search import leaderboard as lb
+    from tests.families import tiny_model_dir
+
+    monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "cache"))
+    lm = load_model(ModelSpec(source=str(tiny_model_dir("llama", tmp_path / "llama")), device="cpu"))
+    ws = Workspace(lm=lm, text=alice, calibration=Calibration(n_windows=8, window_len=64))
+    settings = lb.LeaderboardSettings(
+        k_max=2,
+        search=SearchSettings(text="lcet10", n_tokens=128, context=64),
+        evaluation=lb.default_eval_settings(text="asyoulik", n_tokens=256, context=128, stride=64),
+        metrics=("block_influence", "measured_damage"),
+        random_samples=1,
+    )
+    probe = {"seconds_per_work": 1e-9, "seconds": 0.1, "seconds_per_token": 1e-4}
+    assert lb.estimate(ws, settings, probe=probe)["work"] > 0
+    rows = lb.run(ws, settings).rows
+    assert {"replaceme", "replaceme_remove"} <= set(rows.rule)
+    warm = lb.estimate(ws, settings, probe=probe)
+    assert warm["work"] == 0 and warm["evaluations"] == 0 and warm["scans"] == 0, warm
