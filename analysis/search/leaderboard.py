@@ -821,7 +821,7 @@ def _greedy_chain(lm, settings: LeaderboardSettings, steps: int) -> tuple[list[d
 
 
 #: Seconds a board that is all cached takes to read and assemble, on the machine the cost models were fitted on.
-READ_SECONDS = 2.0
+READ_SECONDS = 0.6  # bench/search.py: a cached k = 1..2 board read in 0.36 s on an idle machine (factor 0.57)
 
 
 def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: dict | None = None) -> dict:
@@ -934,7 +934,7 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     runs += [(L - 1, mid)] * n_unknown
     e_work = one + sum(tail_work(wm, n, j, n_ids, ev.context, ev.stride) for n, j in runs) if runs else 0.0
     total = s_work + c_work + e_work
-    # reading what is cached and writing the board: ~2 s on the machine the cost models were fitted on, scaled by
+    # reading what is cached and writing the board: READ_SECONDS on the machine the cost models were fitted on, scaled by
     # this machine's measured speed now (a board that is all cached takes only this)
     seconds = total * probe["seconds_per_work"] + m_seconds + READ_SECONDS * machine_speed()["factor"]
     return {
