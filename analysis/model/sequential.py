@@ -13,7 +13,7 @@ weights at a time, read from the checkpoint's safetensors files (memory-mapped, 
 The hidden states between blocks stay in memory while they fit ``state_budget`` bytes and go to ``.npy`` files
 (memory-mapped, in a temporary folder) beyond. Peak memory is one block, the embedding (or the head), and the
 hidden states of one batch on top of those kept between blocks. The numbers are the in-memory model's: the same
-modules run on the same inputs in the same order (tested to 1e-5 on tiny Llama and Qwen2 models).
+modules run on the same inputs in the same order (tested to 1e-5 on tiny Llama, Qwen2 and Gemma-3 models).
 
 Families whose blocks take different masks or position embeddings (``layer_types`` mixing sliding-window and full
 attention: Gemma-2/3, Qwen with ``max_window_layers``, …) record them at the first block of each kind: the blocks
