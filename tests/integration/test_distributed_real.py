@@ -147,7 +147,7 @@ def test_the_leaderboard_hands_its_scans_and_evaluations_to_the_pool(monkeypatch
     )
     with damage.scored_by(pool):
         result = lb.run(ws, settings, pool=pool)
-    assert ("", ws.n_blocks) in pool.scans and len(pool.scans) == 3  # block, attention, mlp of the original
+    assert ("", ws.n_blocks) in pool.scans and len(pool.scans) == 1  # the original's block scan (halves: --half-blocks)
     selections = [a for a in map(json.loads, result.rows["action"]) if set(a) <= BLOCK_SELECTIONS]
     assert {"greedy", "reverse", "metric:measured_damage"} <= set(result.rows["rule"])
     assert sorted(map(str, pool.evaluated)) == sorted(str(lb.canonical_action(a)) for a in selections)
