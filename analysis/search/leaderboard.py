@@ -43,8 +43,8 @@ from analysis.metrics.damage import (
     CANDIDATE_SETS,
     DEFAULT_CANDIDATES,
     HALVES,
+    DamageError,
     SearchSettings,
-    candidate_blocks,
     damage_table,
     greedy,
     random_selections,
@@ -813,9 +813,10 @@ def _greedy_chain(lm, settings: LeaderboardSettings, steps: int) -> tuple[list[d
     """The greedy states that can be read from cached scans without computing anything (the board's own greedy
     search, :func:`analysis.metrics.damage.greedy`, told to compute nothing), and how many of the ``steps`` scans
     are cached (step 1's is the damage table's block scan)."""
-    if steps > min(lm.n_blocks - 1, len(candidate_blocks(lm.n_blocks, settings.greedy_candidates))):
+    try:
+        done = greedy(lm, settings.search, steps=steps, candidates=settings.greedy_candidates, cached_only=True)
+    except DamageError:  # more steps than the candidate set allows: the run itself refuses them
         return [], 0
-    done = greedy(lm, settings.search, steps=steps, candidates=settings.greedy_candidates, cached_only=True)
     states = [row["state"] for row in done]
     return states, len(states)
 
