@@ -68,12 +68,8 @@ class Workspace:
         return self._capture
 
     def all_token_clouds(self, progress: Progress | None = None) -> list[np.ndarray]:
-        cap = self.capture(progress)
-        c = self.calibration
-        return [
-            cap.all_token_cloud(s, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
-            for s in range(self.n_states)
-        ]
+        """Every state's all-token cloud, in memory (:meth:`cloud_reader` reads them one at a time)."""
+        return list(self.cloud_reader(progress))
 
     def cloud_reader(self, progress: Progress | None = None) -> "StateClouds":
         """Each state's all-token cloud (as :meth:`all_token_clouds` gives it), read from the capture when asked."""

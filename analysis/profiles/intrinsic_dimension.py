@@ -285,8 +285,7 @@ def id_profile_result(
 
     def compute():
         t0 = time.perf_counter()
-        cap = ws.capture(progress)
-        c = ws.calibration
+        clouds = ws.cloud_reader(progress)
         arrays: dict[str, np.ndarray] = {
             "n_points": np.zeros(n_states, dtype=np.int64),
             "n_distinct": np.zeros(n_states, dtype=np.int64),
@@ -302,7 +301,7 @@ def id_profile_result(
             arrays[f"whole_{e}"] = np.full(n_states, np.nan)
         errors: dict[str, str] = {}
         for s in range(n_states):
-            cloud = cap.all_token_cloud(s, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)
+            cloud = clouds[s]
             try:
                 r = state_id(cloud, settings)
             except ValueError as exc:

@@ -134,15 +134,14 @@ def projection(
     settings = settings or ProjectionSettings()
     if not 0 <= state < ws.n_states:
         raise InputError(f"state must be in 0..{ws.n_states - 1}, got {state}")
-    cap = ws.capture(progress)
-    c = ws.calibration
+    clouds = ws.cloud_reader(progress)
     rows, info = projection_rows(ws, settings.n_points, settings.seed, settings.drop_first)
     if rows.size < 4:
         raise InputError(f"the cloud has {rows.size} points; a projection needs at least 4")
     notes = []
 
     def cloud() -> np.ndarray:
-        X = cap.all_token_cloud(state, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first)[rows]
+        X = clouds[state][rows]
         if np.unique(X, axis=0).shape[0] < min(4, X.shape[0]):
             raise InputError(f"h{state}: fewer than 4 distinct points, nothing to project")
         return X

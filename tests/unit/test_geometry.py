@@ -211,14 +211,6 @@ def test_state_id_with_duplicates_uses_distinct_points() -> None:
 
 
 @dataclass
-class _FakeCapture:
-    clouds: list
-
-    def all_token_cloud(self, s, n_max=None, seed=0, exclude_first=0):
-        return self.clouds[s]
-
-
-@dataclass
 class _FakeLM:
     name: str = "fake"
     width: int = 30
@@ -246,8 +238,8 @@ class _FakeWorkspace:
     def n_cloud_tokens(self):
         return max(len(c) for c in self.clouds)
 
-    def capture(self, progress=None):
-        return _FakeCapture(self.clouds)
+    def cloud_reader(self, progress=None):
+        return self.clouds
 
     def result(self, kind, params, compute, refresh=False):
         return cache.cached(kind, {"fake": id(self), **params}, compute, refresh=refresh)
@@ -355,6 +347,10 @@ class _FakeProjectionWorkspace:
             states, s, n_max=n_max, seed=seed, exclude_first=exclude_first
         )
         return cap
+
+    def cloud_reader(self, progress=None):
+        c, cap = self.calibration, self.capture()
+        return [cap.all_token_cloud(s, n_max=c.n_max, seed=c.seed, exclude_first=c.exclude_first) for s in range(2)]
 
     def result(self, kind, params, compute, refresh=False):
         return cache.cached(kind, {"fake-projection": 1, **params}, compute, refresh=refresh)
