@@ -221,6 +221,13 @@ def board_section(args, lm, settings) -> dict:
     )
     full = runs["full, cold"]["result"]
     print(full.winners().to_string(index=False))
+    out["least_exact_work"] = floor = least_exact_work(lm, lbs, full)
+    print(
+        f"least forward work that gives these {floor['selections']} selections and {floor['scans']} scans exactly: "
+        f"{floor['total']:.1f} evaluations of the original (scans {floor['scan_evaluations']:.1f}, of which heads "
+        f"{floor['scan_heads']:.1f}; evaluations {floor['evaluation_evaluations']:.1f}, of which heads "
+        f"{floor['evaluation_heads']:.1f}); this board counted {full.cost['evaluations']:.1f}"
+    )
     out.update(one_evaluation_s=t_one, runs={n: {k: v for k, v in r.items() if k != "result"} for n, r in runs.items()})
     if args.quick:
         qw, fw = runs["quick, cold"]["result"].winners(), full.winners()
@@ -271,6 +278,68 @@ def board_section(args, lm, settings) -> dict:
             "max_rel_diff": worst if math.isfinite(worst) else None,
         }
     return out
+
+
+def last_changed_block(action: dict) -> int | None:
+    """The last block an action changes (None when it names none the floor can read: then only its head counts)."""
+    blocks = [b for key in ("remove_blocks", "skip_attention", "skip_mlp") for b in action.get(key, [])]
+    r = action.get("replaceme")
+    if r:
+        blocks.append(int(r["start"]) + int(r["n"]) - 1)
+    return max(blocks) if blocks else None
+
+
+def least_exact_work(lm, lbs, result) -> dict:
+    """A lower bound on the forward work of ``result``'s board for exact numbers, in evaluations of the original.
+
+    Whatever is shared or cached, an exact row needs its own head on every scored position and every block after
+    the last block its selection changes, on every token of every window (their inputs differ from the original's
+    and from every other selection's); the original's own pass is one evaluation (its log-probabilities are the KL's
+    reference). A damage scan needs, per candidate, the blocks after the removed one and the head on every search
+    position (:func:`analysis.metrics.damage.scan_work` without its recording pass). Block runs between a
+    selection's first and last change, the scans' recording passes and ReplaceMe's calibration pass come on top."""
+    import json
+
+    import numpy as np
+
+    from analysis.capture.estimate import work_model
+    from analysis.evaluation.perplexity import windows_for
+    from analysis.evaluation.shared_prefix import original_work
+
+    wm = work_model(lm.model)
+    ev, search = lbs.evaluation, lbs.search
+    wins = windows_for(np.zeros(ev.n_tokens), ev.context, ev.stride)
+    tokens = sum(e - s for s, e, _ in wins)
+    scored = sum(e - f + 1 for _, e, f in wins)
+    one = original_work(wm, ev.n_tokens, ev.context, ev.stride)
+    head = scored * wm.head_params
+    ev_heads = ev_blocks = 0.0
+    actions = [json.loads(a) for a in result.rows["action"].unique()]
+    for action in actions:
+        last = last_changed_block(action)
+        ev_heads += head
+        if last is not None:
+            ev_blocks += tokens * sum(wm.block_params[last + 1 :])
+    # scans: the damage table of the original, then one greedy step per k after the first (SLEB)
+    n_scans = result.cost.get("scans_computed") or len(lbs.ks(wm.n_blocks))
+    positions = (search.n_tokens // search.context) * search.context
+    mean = sum(wm.block_params) / wm.n_blocks
+    scan_heads = scan_blocks = 0.0
+    for step in range(n_scans):
+        n_kept = wm.n_blocks - step
+        scan_heads += n_kept * positions * wm.head_params
+        scan_blocks += sum(positions * (n_kept - 1 - j) * mean for j in range(n_kept))
+    total = one + ev_heads + ev_blocks + scan_heads + scan_blocks
+    return {
+        "selections": len(actions),
+        "scans": n_scans,
+        "total": total / one,
+        "original": 1.0,
+        "evaluation_evaluations": (ev_heads + ev_blocks) / one,
+        "evaluation_heads": ev_heads / one,
+        "scan_evaluations": (scan_heads + scan_blocks) / one,
+        "scan_heads": scan_heads / one,
+    }
 
 
 if __name__ == "__main__":
