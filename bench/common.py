@@ -43,6 +43,17 @@ def private_cache(link_models: bool = True):
                 os.environ["LAYERSCOPE_CACHE"] = old
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an ``n``×``n`` fp32 matrix product on this machine now (median of ``repeats``, after a warm-up):
+    what its cores do on the kind of work a forward pass is made of."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    seconds, _ = timed(lambda: a @ b, repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
 def machine() -> dict:
     import torch
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, print_table, private_cache, save  # noqa: E402
+from bench.common import machine, matmul_gflops, print_table, private_cache, save  # noqa: E402
 
 
 def parse(argv):
@@ -168,7 +168,7 @@ def board_section(args, lm, settings) -> dict:
     from analysis.capture.estimate import forward_probe
     from analysis.capture.workspace import Workspace
     from analysis.changes.variant import apply_actions
-    from analysis.evaluation.perplexity import evaluate, perplexity
+    from analysis.evaluation.perplexity import evaluate, evaluation_ids, perplexity
     from analysis.search import leaderboard as lb
     from analysis.texts import bundled_text, resolve_text
 
@@ -211,10 +211,18 @@ def board_section(args, lm, settings) -> dict:
                 "rows": result.cost["rows"],
                 "result": result,
             }
+    # how close one evaluation is to what the machine's cores do (batching candidates cannot beat that rate)
+    from analysis.capture.estimate import work_model
+    from analysis.evaluation.shared_prefix import original_work
+
+    n_ids = len(evaluation_ids(lm.tokenizer, eval_text, ev.n_tokens))
+    rate = 2 * original_work(work_model(lm.model), n_ids, ev.context, ev.stride) / t_one / 1e9
+    peak = matmul_gflops()
     print(
         f"one plain evaluation of the original ({ev.n_tokens} tokens, context {ev.context}, stride {ev.stride}): "
-        f"{t_one:.1f} s"
+        f"{t_one:.1f} s, {rate:.0f} GFLOP/s; a 2048 x 2048 fp32 matrix product here: {peak:.0f} GFLOP/s"
     )
+    out.update(evaluation_gflops=rate, matmul_gflops=peak)
     print_table(
         f"Leaderboard k = 1..{args.k}",
         [{"run": n, **{k: v for k, v in r.items() if k != "result"}} for n, r in runs.items()],
