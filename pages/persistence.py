@@ -85,8 +85,8 @@ settings = topo.PersistenceSettings(
 )
 
 n_cloud = topo.cloud_size(ws, settings)
-factor = estimate.machine_speed("rips")["factor"]  # a ~0.1 s timed probe, cached per process for 5 minutes
-total = factor * topo.estimate_persistence_seconds(settings, ws.n_states, n_cloud, ws.lm.width)
+# Rips scaled by a ~0.1 s timed probe, the preparation timed on a cloud of this size (both kept for 5 minutes)
+total = topo.persistence_seconds_now(settings, ws.n_states, n_cloud, ws.lm.width)
 per_state = total / ws.n_states
 default = topo.PersistenceSettings(
     cloud=settings.cloud,
@@ -94,7 +94,7 @@ default = topo.PersistenceSettings(
     last_window_len=settings.last_window_len,
     drop_first=drop_first,
 )
-default_total = factor * topo.estimate_persistence_seconds(default, ws.n_states, n_cloud, ws.lm.width)
+default_total = topo.persistence_seconds_now(default, ws.n_states, n_cloud, ws.lm.width)
 cost = (
     f"Expected cost: about {estimate.format_seconds(total)} for {ws.n_states} states ({per_state:.2f} s each; "
     f"{estimate.speed_note('rips')}; still a factor of 2 either way, more on clouds whose points are nearly "

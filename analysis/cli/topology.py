@@ -176,9 +176,7 @@ def run(args) -> int:
         if ws is not None and topo.persistence_is_cached(ws, ps):
             detail += "; per-layer Rips persistence cached"
         elif ws is not None:
-            rips = capture_estimate.calibrated_seconds(
-                topo.estimate_persistence_seconds(ps, ws.n_states, topo.cloud_size(ws, ps), lm.width)
-            )
+            rips = topo.persistence_seconds_now(ps, ws.n_states, topo.cloud_size(ws, ps), lm.width)
             seconds += rips
             detail += f"; then per-layer Rips persistence, about {rips:.0f} s at this machine's speed now"
             if not ws.is_captured():

@@ -251,3 +251,12 @@ def test_persistence_settings_refused_and_keys_differ_by_cloud():
     assert topo.estimate_persistence_seconds(
         topo.PersistenceSettings(n_points=600), 31
     ) > topo.estimate_persistence_seconds(topo.PersistenceSettings(), 31)
+
+
+def test_persistence_estimate_times_the_preparation_on_a_cloud_of_that_size() -> None:
+    topo._PREPARATION_PROBES.clear()
+    small = topo.persistence_seconds_now(topo.PersistenceSettings(n_points=50), 3, 400, 16)
+    assert small > 0 and (400, 50, 16, "euclidean") in topo._PREPARATION_PROBES
+    # the probe is reused (a page asks on every rerun), and a larger cloud takes longer to prepare
+    assert topo.persistence_seconds_now(topo.PersistenceSettings(n_points=50), 3, 400, 16) == small
+    assert topo.preparation_seconds(4000, 300, 64) > topo.preparation_seconds(400, 50, 16)
