@@ -123,14 +123,18 @@ def linearity_matrix(
     for i in range(k):
         Bi = basis(i)
         for j in range(i + 1, k):
-            G = Bi.T @ basis(j)
-            G2 = G.square()
-            M[i, j] = float(G2.sum(dim=0) @ lams[j])
-            M[j, i] = float(G2.sum(dim=1) @ lams[i])
+            M[i, j], M[j, i] = pair_linearity(Bi, basis(j), lams[i], lams[j])
         done += k - 1 - i
         if progress and i < k - 1:
             progress(done, total, f"pairs from state {i}")
     return np.clip(M, 0.0, 1.0)
+
+
+def pair_linearity(Zi: torch.Tensor, Zj: torch.Tensor, lam_i: torch.Tensor, lam_j: torch.Tensor) -> tuple[float, float]:
+    """``(linearity(i, j), linearity(j, i))`` from two whitened bases and their eigenvalues (see
+    :func:`linearity_matrix`): one product ``Z_iᵀ Z_j``."""
+    G2 = (Zi.T @ Zj).square()
+    return float(G2.sum(dim=0) @ lam_j), float(G2.sum(dim=1) @ lam_i)
 
 
 def consecutive_linearity(

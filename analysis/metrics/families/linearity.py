@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from analysis import cache
 from analysis.methods import linearity
@@ -155,7 +156,11 @@ def estimate_seconds(ws, probe: dict | None = None) -> float:
     if linearity_memory_bytes(2, n, d) > memory_budget():  # not even one cloud: the consecutive curves only
         return (k - 1) * t_curve
     t_one = median_seconds(lambda: linearity.linearity_matrix([X]))
-    t_pair = max(0.0, median_seconds(lambda: linearity.linearity_matrix([X, Y])) - 2 * t_one)
+    # a pair's product timed on its own (the difference of a two-cloud matrix and two one-cloud ones was mostly
+    # noise, and it is multiplied by k(k-1)/2)
+    bases = [torch.from_numpy(M) for M in (X, Y)]
+    lam = torch.ones(d)
+    t_pair = median_seconds(lambda: linearity.pair_linearity(*bases, lam, lam), 5, 0.5)
     return k * t_one + k * (k - 1) / 2 * t_pair + (k - 1) * t_curve
 
 
