@@ -71,7 +71,17 @@ def matmul_flops(device: str = "cpu") -> float:
 PROBE_MAX_AGE_S = 300.0
 PROBE_POINTS = 240
 PROBE_REPEATS = 3
-_PROBES: dict[str, tuple[float, dict]] = {}
+_PROBES: dict = {}  # key -> (monotonic time, what the probe returned)
+
+
+def kept_probe(key, measure, max_age: float = PROBE_MAX_AGE_S, refresh: bool = False):
+    """``measure()``, kept per process under ``key`` for ``max_age`` seconds (a page asks on every rerun; the
+    machine's load changes, so an old timing is taken again). Returns ``(value, age in seconds)``."""
+    hit = _PROBES.get(key)
+    if refresh or hit is None or time.monotonic() - hit[0] > max_age:
+        value = measure()
+        _PROBES[key] = hit = (time.monotonic(), value)
+    return hit[1], max(0.0, time.monotonic() - hit[0])
 
 
 def _rips_probe() -> dict:
@@ -99,14 +109,15 @@ def machine_speed(kind: str = "rips", max_age: float = PROBE_MAX_AGE_S, refresh:
     predicted seconds of the probe (2 = twice as slow as the fit), clipped to [0.2, 50]. Cached per process for
     ``max_age`` seconds.
     """
-    now = time.monotonic()
-    hit = _PROBES.get(kind)
-    if refresh or hit is None or now - hit[0] > max_age:
+
+    def measure() -> dict:
         data = _PROBE_KINDS[kind]()
         data["factor"] = float(np.clip(data["measured_s"] / max(data["predicted_s"], 1e-9), 0.2, 50.0))
         data["kind"] = kind
-        _PROBES[kind] = hit = (time.monotonic(), data)
-    return {**hit[1], "age_s": max(0.0, time.monotonic() - hit[0])}
+        return data
+
+    data, age = kept_probe(kind, measure, max_age, refresh)
+    return {**data, "age_s": age}
 
 
 def calibrated_seconds(model_seconds: float, kind: str = "rips") -> float:

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import cache
+from analysis.capture.estimate import calibrated_seconds, kept_probe, median_seconds
 from analysis.capture.hidden_states import Capture, capture_hidden_states, is_captured
 from analysis.errors import InputError
 from analysis.methods import persistence as ph
@@ -876,24 +877,14 @@ def estimate_persistence_seconds(
     return n_states * (ph.estimate_rips_seconds(points, int(s.max_dim)) + prepare)
 
 
-#: ``(n_cloud, n_points, width, metric) -> (monotonic time, seconds)`` of :func:`preparation_seconds`, reused for
-#: :data:`PREPARATION_PROBE_MAX_AGE_S` (a page asks on every rerun).
-_PREPARATION_PROBES: dict[tuple, tuple[float, float]] = {}
-PREPARATION_PROBE_MAX_AGE_S = 300.0
-
-
 def preparation_seconds(n_cloud: int, n_points: int, width: int, metric: str = "euclidean") -> float:
     """Seconds of one state's work outside Rips (scale normalisation, farthest-point subsample), timed on this
     machine now on a random cloud of that size, with one BLAS thread as :func:`layer_persistence` runs it (the median
-    of up to three within a second). The constants of :func:`estimate_persistence_seconds` were fitted under load
-    and read an idle machine 2x slow."""
+    of up to three within a second; kept for a while by :func:`analysis.capture.estimate.kept_probe`). The constants
+    of :func:`estimate_persistence_seconds` were fitted under load and read an idle machine 2x slow."""
     from threadpoolctl import threadpool_limits
 
-    from analysis.capture.estimate import median_seconds
-
-    key = (int(n_cloud), int(n_points), int(width), metric)
-    hit = _PREPARATION_PROBES.get(key)
-    if hit is None or time.monotonic() - hit[0] > PREPARATION_PROBE_MAX_AGE_S:
+    def measure() -> float:
         X = np.random.default_rng(0).standard_normal((int(n_cloud), int(width))).astype(np.float32)
 
         def prepare() -> None:
@@ -901,17 +892,16 @@ def preparation_seconds(n_cloud: int, n_points: int, width: int, metric: str = "
             ph.farthest_point_subsample(Xn, min(int(n_points), int(n_cloud)), seed=0, metric=metric)
 
         with threadpool_limits(1):
-            hit = (time.monotonic(), median_seconds(prepare, 3, 1.0))
-        _PREPARATION_PROBES[key] = hit
-    return hit[1]
+            return median_seconds(prepare, 3, 1.0)
+
+    key = ("persistence preparation", int(n_cloud), int(n_points), int(width), metric)
+    return kept_probe(key, measure)[0]
 
 
 def persistence_seconds_now(s: PersistenceSettings, n_states: int, n_cloud: int, width: int) -> float:
     """Time for every state on this machine now: Rips from its cost model scaled by the machine's measured speed
     (:func:`analysis.capture.estimate.calibrated_seconds`), plus the preparation timed now
     (:func:`preparation_seconds`)."""
-    from analysis.capture.estimate import calibrated_seconds
-
     points = min(int(s.n_points), int(n_cloud))
     rips = calibrated_seconds(ph.estimate_rips_seconds(points, int(s.max_dim)))
     return n_states * (rips + preparation_seconds(n_cloud, s.n_points, width, s.metric))

@@ -254,9 +254,11 @@ def test_persistence_settings_refused_and_keys_differ_by_cloud():
 
 
 def test_persistence_estimate_times_the_preparation_on_a_cloud_of_that_size() -> None:
-    topo._PREPARATION_PROBES.clear()
+    from analysis.capture import estimate
+
+    estimate._PROBES.pop(("persistence preparation", 400, 50, 16, "euclidean"), None)
     small = topo.persistence_seconds_now(topo.PersistenceSettings(n_points=50), 3, 400, 16)
-    assert small > 0 and (400, 50, 16, "euclidean") in topo._PREPARATION_PROBES
+    assert small > 0 and ("persistence preparation", 400, 50, 16, "euclidean") in estimate._PROBES
     # the probe is reused (a page asks on every rerun), and a larger cloud takes longer to prepare
     assert topo.persistence_seconds_now(topo.PersistenceSettings(n_points=50), 3, 400, 16) == small
     assert topo.preparation_seconds(4000, 300, 64) > topo.preparation_seconds(400, 50, 16)
