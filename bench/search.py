@@ -313,6 +313,7 @@ def least_exact_work(lm, lbs, result) -> dict:
     from analysis.capture.estimate import work_model
     from analysis.evaluation.perplexity import windows_for
     from analysis.evaluation.shared_prefix import original_work
+    from analysis.metrics.damage import scan_work
 
     wm = work_model(lm.model)
     ev, search = lbs.evaluation, lbs.search
@@ -328,15 +329,18 @@ def least_exact_work(lm, lbs, result) -> dict:
         ev_heads += head
         if last is not None:
             ev_blocks += tokens * sum(wm.block_params[last + 1 :])
-    # scans: the damage table of the original, then one greedy step per k after the first (SLEB)
+    # scans: the damage table of the original, then one greedy step per k after the first (SLEB); each what
+    # damage.scan_work counts less the pass that records the block inputs
     n_scans = result.cost.get("scans_computed") or len(lbs.ks(wm.n_blocks))
     positions = (search.n_tokens // search.context) * search.context
     mean = sum(wm.block_params) / wm.n_blocks
     scan_heads = scan_blocks = 0.0
     for step in range(n_scans):
         n_kept = wm.n_blocks - step
-        scan_heads += n_kept * positions * wm.head_params
-        scan_blocks += sum(positions * (n_kept - 1 - j) * mean for j in range(n_kept))
+        recording = positions * (n_kept * mean + wm.head_params)
+        heads = n_kept * positions * wm.head_params
+        scan_heads += heads
+        scan_blocks += scan_work(wm, search, n_kept, "block") - recording - heads
     total = one + ev_heads + ev_blocks + scan_heads + scan_blocks
     return {
         "selections": len(actions),
