@@ -229,7 +229,7 @@ def board_section(args, lm, settings) -> dict:
     )
     full = runs["full, cold"]["result"]
     print(full.winners().to_string(index=False))
-    out["least_exact_work"] = floor = least_exact_work(lm, lbs, full)
+    out["least_exact_work"] = floor = least_exact_work(lm, lbs, full, n_ids)
     print(
         f"least forward work that gives these {floor['selections']} selections and {floor['scans']} scans exactly: "
         f"{floor['total']:.1f} evaluations of the original (scans {floor['scan_evaluations']:.1f}, of which heads "
@@ -297,8 +297,9 @@ def last_changed_block(action: dict) -> int | None:
     return max(blocks) if blocks else None
 
 
-def least_exact_work(lm, lbs, result) -> dict:
-    """A lower bound on the forward work of ``result``'s board for exact numbers, in evaluations of the original.
+def least_exact_work(lm, lbs, result, n_ids: int) -> dict:
+    """A lower bound on the forward work of ``result``'s board for exact numbers, in evaluations of the original
+    (``n_ids``: the evaluation text's token ids that the board's windows cover, as the board counts them).
 
     Whatever is shared or cached, an exact row needs its own head on every scored position and every block after
     the last block its selection changes, on every token of every window (their inputs differ from the original's
@@ -313,14 +314,14 @@ def least_exact_work(lm, lbs, result) -> dict:
     from analysis.capture.estimate import work_model
     from analysis.evaluation.perplexity import windows_for
     from analysis.evaluation.shared_prefix import original_work
-    from analysis.metrics.damage import scan_work
+    from analysis.metrics.damage import recording_work, scan_work
 
     wm = work_model(lm.model)
     ev, search = lbs.evaluation, lbs.search
-    wins = windows_for(np.zeros(ev.n_tokens), ev.context, ev.stride)
+    wins = windows_for(np.zeros(n_ids), ev.context, ev.stride)
     tokens = sum(e - s for s, e, _ in wins)
     scored = sum(e - f + 1 for _, e, f in wins)
-    one = original_work(wm, ev.n_tokens, ev.context, ev.stride)
+    one = original_work(wm, n_ids, ev.context, ev.stride)
     head = scored * wm.head_params
     ev_heads = ev_blocks = 0.0
     actions = [json.loads(a) for a in result.rows["action"].unique()]
@@ -333,14 +334,12 @@ def least_exact_work(lm, lbs, result) -> dict:
     # damage.scan_work counts less the pass that records the block inputs
     n_scans = result.cost.get("scans_computed") or len(lbs.ks(wm.n_blocks))
     positions = (search.n_tokens // search.context) * search.context
-    mean = sum(wm.block_params) / wm.n_blocks
     scan_heads = scan_blocks = 0.0
     for step in range(n_scans):
         n_kept = wm.n_blocks - step
-        recording = positions * (n_kept * mean + wm.head_params)
         heads = n_kept * positions * wm.head_params
         scan_heads += heads
-        scan_blocks += scan_work(wm, search, n_kept, "block") - recording - heads
+        scan_blocks += scan_work(wm, search, n_kept, "block") - recording_work(wm, search, n_kept) - heads
     total = one + ev_heads + ev_blocks + scan_heads + scan_blocks
     return {
         "selections": len(actions),

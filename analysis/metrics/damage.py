@@ -638,21 +638,29 @@ def random_selections(n_blocks: int, k: int, samples: int = 5, seed: int = 0) ->
 
 def scan_work(wm, search: SearchSettings, n_kept: int, site: str) -> float:
     """Parameter-tokens of one damage scan (``analysis.metrics.damage.scan``, fast method) of a model of ``n_kept``
-    blocks: one pass of the model recording its block inputs, then each candidate from its block on, the head on
-    every position."""
-    windows = search.n_tokens // search.context
-    T = search.context
+    blocks: one pass of the model recording its block inputs (:func:`recording_work`), then each candidate from its
+    block on (:func:`candidate_work`)."""
+    return recording_work(wm, search, n_kept) + sum(candidate_work(wm, search, n_kept, j, site) for j in range(n_kept))
+
+
+def recording_work(wm, search: SearchSettings, n_kept: int) -> float:
+    """Parameter-tokens of a scan's first pass: the model of ``n_kept`` blocks, recording its block inputs."""
     mean = sum(wm.block_params) / max(1, wm.n_blocks)
-    total = windows * T * (n_kept * mean + wm.head_params)  # the pass recording the block inputs
-    for j in range(n_kept):
-        if site == "block":
-            if n_kept == 1:
-                continue
-            run = max(1, n_kept - 1 - j)
-        else:
-            run = n_kept - j
-        total += windows * T * (run * mean + wm.head_params)
-    return total
+    return (search.n_tokens // search.context) * search.context * (n_kept * mean + wm.head_params)
+
+
+def candidate_work(wm, search: SearchSettings, n_kept: int, j: int, site: str) -> float:
+    """Parameter-tokens of one scan candidate (kept block ``j`` of ``n_kept`` removed, or its half ``site``
+    skipped), fast method: the blocks after it from its recorded input, the head on every search position; 0 for
+    the candidate that would remove the last block."""
+    mean = sum(wm.block_params) / max(1, wm.n_blocks)
+    if site == "block":
+        if n_kept == 1:
+            return 0.0
+        run = max(1, n_kept - 1 - j)
+    else:
+        run = n_kept - j
+    return (search.n_tokens // search.context) * search.context * (run * mean + wm.head_params)
 
 
 def reference_work(wm, search: SearchSettings) -> float:

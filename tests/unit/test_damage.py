@@ -226,3 +226,18 @@ def test_the_halves_damage_table_comes_with_the_half_block_search():
     full = lb.LeaderboardSettings(half_blocks=True)
     assert "damage table of whole blocks only (no attention / feed-forward halves)" in lb.quick_skipped(full)
     assert lb.quick_settings(full).damage_sites == ("block",)
+
+
+def test_scan_work_counts_the_recording_pass_and_each_candidate_from_its_block_on():
+    """Known answer: 2 windows of 4 tokens, 3 blocks of 10 parameters and a head of 5 (parameter-tokens)."""
+    from analysis.capture.estimate import WorkModel
+
+    wm = WorkModel(block_params=(10, 10, 10), head_params=5)
+    s = damage.SearchSettings(text="unused", n_tokens=8, context=4)
+    assert damage.recording_work(wm, s, 3) == 8 * (3 * 10 + 5)
+    # removing kept block j runs the 3 - 1 - j blocks after it (one at least) and the head, on every position
+    assert [damage.candidate_work(wm, s, 3, j, "block") for j in range(3)] == [8 * 25, 8 * 15, 8 * 15]
+    # skipping a half of block j still runs block j's other half: counted as the blocks from j on
+    assert [damage.candidate_work(wm, s, 3, j, "attention") for j in range(3)] == [8 * 35, 8 * 25, 8 * 15]
+    assert damage.scan_work(wm, s, 3, "block") == 8 * 35 + 8 * (25 + 15 + 15)
+    assert damage.candidate_work(wm, s, 1, 0, "block") == 0.0  # never removes the last block
