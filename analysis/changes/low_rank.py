@@ -46,16 +46,27 @@ from analysis.errors import InputError
 from analysis.methods.least_squares import LinearMapMoments, fit_linear_map_from_moments
 from analysis.methods.lowrank import (
     CalibrationStats,
+    LinearInputStats,
     LossCurve,
     Spectra,
+    activation_loss,
     check_rank,
+    decompose,
     decomposition_threads,
     predicted_loss_curve,
     rank_for_ratio,
     saves_parameters,
     spectra,
+    whitening,
 )
-from analysis.model.architecture import decoder_layers, target_linears
+from analysis.model.architecture import (
+    block_parts,
+    decoder_layers,
+    is_linear,
+    linear_dims,
+    linear_weight,
+    target_linears,
+)
 from analysis.model.loading import LoadedModel, count_parameters
 from analysis.model.modules import RANK_ATTR, FactorisedLinear, LinearBlock
 from analysis.texts import BUNDLED, Text, bundled_text, calibration_windows
@@ -116,8 +127,6 @@ def group_of(name: str, model: nn.Module | None = None) -> str:
     module under the block (``*attn*`` / ``*attention*``; ``mlp`` / ``feed_forward`` / ``ffn``, or OPT's ``fc1`` /
     ``fc2`` directly in the block) — the two agree on every family in the README's table."""
     if model is not None:
-        from analysis.model.architecture import block_parts
-
         prefix, layers = decoder_layers(model)
         head = f"{prefix}." if prefix else ""
         if name.startswith(head):
@@ -175,8 +184,6 @@ def resolve_targets(
 
 def moe_blocks(model: nn.Module, blocks: Iterable[int] | None = None) -> list[int]:
     """0-based blocks (of ``blocks``, default all) whose feed-forward is a mixture of experts."""
-    from analysis.model.architecture import block_parts
-
     _, layers = decoder_layers(model)
     chosen = range(len(layers)) if blocks is None else sorted({int(b) for b in blocks})
     return [b for b in chosen if 0 <= b < len(layers) and block_parts(layers[b]).moe]
@@ -184,8 +191,6 @@ def moe_blocks(model: nn.Module, blocks: Iterable[int] | None = None) -> list[in
 
 def linear_shape(model: nn.Module, name: str) -> tuple[int, int]:
     """``(out, in)`` of a linear layer (``nn.Linear``, GPT-2 ``Conv1D``, or a factorised one)."""
-    from analysis.model.architecture import is_linear, linear_dims
-
     module = model.get_submodule(name)
     if is_linear(module) or isinstance(module, FactorisedLinear):
         return linear_dims(module)
@@ -717,7 +722,6 @@ def apply_low_rank(
             )
     except ValueError as exc:
         raise CompressionError(str(exc)) from None
-    from analysis.model.architecture import is_linear
 
     for name, k in plan.items():
         module = model.get_submodule(name)
@@ -795,8 +799,6 @@ def matrix_spectra(
     model: nn.Module, stats: CalibrationStats, name: str, alpha: float = 0.5, damping: float | None = None
 ) -> Spectra:
     """Singular values of ``W``, of the whitened ``W S`` (SVD-LLM) and of ASVD's ``W diag(mean|x|)^α``."""
-    from analysis.model.architecture import linear_weight
-
     W = linear_weight(model.get_submodule(name))
     with decomposition_threads():
         return spectra(W, stats[name], alpha=alpha, damping=damping)
@@ -813,8 +815,6 @@ def loss_curves(
     nsvd_points: int | None = 48,
 ) -> dict[str, LossCurve]:
     """Predicted ``‖WX − W'X‖_F`` (over the calibration tokens) against rank, per method."""
-    from analysis.model.architecture import linear_weight
-
     W = linear_weight(model.get_submodule(name))
     with decomposition_threads():
         return {
@@ -838,8 +838,6 @@ def loss_curves(
 
 def factorised_parameters(model: nn.Module) -> int:
     """Parameters of ``model`` if every dense low-rank matrix (``layerscope_rank``) were stored as ``B·A``."""
-    from analysis.model.architecture import is_linear, linear_dims
-
     total = count_parameters(model)
     for module in model.modules():
         k = module.__dict__.get(RANK_ATTR)
@@ -861,8 +859,6 @@ def low_rank_ranks(model: nn.Module) -> dict[str, int]:
 
 
 def _is_linear(module: nn.Module) -> bool:
-    from analysis.model.architecture import is_linear
-
     return is_linear(module)
 
 
@@ -900,7 +896,6 @@ def _time_one_matrix(m: int, n: int, k: int, method: str, damping: float | None)
     Gram of its input: the whitening, the decomposition and the predicted loss, as :func:`apply_truncation` runs
     them (float64)."""
     from analysis.capture.estimate import median_seconds
-    from analysis.methods.lowrank import LinearInputStats, activation_loss, decompose, whitening
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(m, n, generator=g)

@@ -468,8 +468,6 @@ def target_linears(
     a mixture of experts are fused 3-D tensors, not linear layers: they are never targets (``"mlp"`` on a
     model whose every feed-forward is a mixture of experts raises ``ValueError`` saying so).
     """
-    from analysis.model.architecture import block_parts, is_linear
-
     prefix, layers = decoder_layers(model)
     n_blocks = len(layers)
     if blocks is None:

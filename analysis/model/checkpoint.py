@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from analysis.errors import InputError, MissingFile
 from analysis.methods.lowrank import check_rank, decomposition_threads, svd_truncate
-from analysis.model.architecture import decoder_layers
+from analysis.model.architecture import decoder_layers, is_conv1d, is_linear, linear_dims, linear_weight
 from analysis.model.modules import CONFIG_KEY as FACTORISED_KEY
 from analysis.model.modules import (
     RANK_ATTR,
@@ -113,13 +113,6 @@ def factorised_copy(model: nn.Module) -> nn.Module:
     attribute travels with the module, so it stays right after blocks are removed and renumbered. ``model`` itself
     is returned when nothing is left to factorise.
     """
-    from analysis.model.architecture import (
-        is_conv1d,
-        is_linear,
-        linear_dims,
-        linear_weight,
-    )
-
     todo = {
         name: int(module.__dict__[RANK_ATTR])
         for name, module in model.named_modules()
@@ -235,7 +228,6 @@ def load_checkpoint(
     hidden = int(model.get_input_embeddings().weight.shape[1])
     for b in blocks:
         replace_decoder_layer(model, b, LinearBlock(hidden, layer_idx=b, bias=True, dtype=dtype))
-    from analysis.model.architecture import is_conv1d, is_linear, linear_dims
 
     for name, rank in ranks.items():
         original = model.get_submodule(name)

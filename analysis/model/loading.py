@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from analysis import cache
-from analysis.model.architecture import ModelLoadError, find_blocks, input_device
+from analysis.model.architecture import ModelLoadError, final_norm, find_blocks, input_device
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -225,8 +225,6 @@ def weight_bytes(model: nn.Module) -> int:
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
     """The norm after the last block (:func:`analysis.model.architecture.final_norm`), ``None`` if there is none."""
-    from analysis.model.architecture import final_norm
-
     try:
         return final_norm(model)
     except ModelLoadError:

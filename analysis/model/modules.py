@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from analysis.errors import InputError
 from analysis.methods.lowrank import check_rank
-from analysis.model.architecture import decoder_layers
+from analysis.model.architecture import block_returns_tuple, decoder_layers
 
 
 class LinearBlock(nn.Module):
@@ -131,8 +131,6 @@ def replace_decoder_layer(model: nn.Module, block_index: int, new_layer: nn.Modu
     if hasattr(new_layer, "layer_idx") and new_layer.layer_idx is None:
         new_layer.layer_idx = block_index
     if hasattr(new_layer, "returns_tuple"):
-        from analysis.model.architecture import block_returns_tuple
-
         new_layer.returns_tuple = block_returns_tuple(owner if owner is not None else model)
     if hasattr(old, "attention_type") and not hasattr(new_layer, "attention_type"):
         new_layer.attention_type = old.attention_type  # some models pick the mask by the layer's attention type

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import cache
-from analysis.capture.estimate import calibrated_seconds, kept_probe, median_seconds
+from analysis.capture.estimate import calibrated_seconds, kept_probe, machine_speed, median_seconds
 from analysis.capture.hidden_states import Capture, capture_hidden_states, is_captured
 from analysis.errors import InputError
 from analysis.methods import persistence as ph
@@ -277,9 +277,6 @@ def zigzag_estimate(
 
     arrays, data, _ = cache.cached("zigzag-estimate", zigzag_params(lm, text, settings), compute)
     count = zz.SimplexCount(np.asarray(arrays["per_layer"]), bool(data["exact"]), data["n_distinct"], data["n_events"])
-    from analysis.capture.estimate import (
-        machine_speed,  # the cost model's scale -> this machine now (a ~0.1 s probe, cached)
-    )
 
     return ZigzagEstimate(
         count.per_layer,

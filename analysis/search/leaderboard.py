@@ -35,10 +35,13 @@ import pandas as pd
 import xxhash
 
 from analysis import cache
+from analysis.capture.estimate import forward_probe, machine_speed, work_model
 from analysis.changes import replaceme
+from analysis.changes.variant import apply_actions, candidate_name, describe_action
 from analysis.errors import InputError
-from analysis.evaluation.perplexity import EvalSettings
-from analysis.metrics import registry
+from analysis.evaluation.perplexity import EvalSettings, evaluate, evaluation_ids
+from analysis.evaluation.shared_prefix import action_signature, evaluate_actions, original_work, prefix_plan, tail_work
+from analysis.metrics import consensus, registry
 from analysis.metrics.damage import (
     CANDIDATE_SETS,
     DEFAULT_CANDIDATES,
@@ -47,10 +50,14 @@ from analysis.metrics.damage import (
     SearchSettings,
     damage_table,
     greedy,
+    normalise_state,
     random_selections,
     reference_work,
     reverse_order,
+    scan_is_cached,
+    scan_params,
     scan_work,
+    search_windows,
     single_block_damage,
     state_action,
 )
@@ -197,9 +204,6 @@ def validate(
         if bad:
             raise LeaderboardError(f"blocks {bad} out of range 0..{n_blocks - 1}")
     if tokenizer is not None:
-        from analysis.evaluation.perplexity import evaluation_ids
-        from analysis.metrics.damage import search_windows
-
         search_windows(tokenizer, search, settings.search)
         evaluation_ids(tokenizer, evaluation, settings.evaluation.n_tokens)
     return search, evaluation
@@ -287,9 +291,6 @@ def evaluation_row(
     lm, action: dict, settings: EvalSettings, text: Text, ws=None, progress: Progress | None = None
 ) -> dict:
     """What :func:`evaluate_action` caches, computed here (a Ray actor calls it on its replica)."""
-    from analysis.changes.variant import apply_actions, candidate_name
-    from analysis.evaluation.perplexity import evaluate
-
     model = apply_actions(lm.model, action, ws)
     table = evaluate(
         lm.model,
@@ -425,8 +426,6 @@ def _metric_rules(board: Board) -> list[Rule]:
 
 
 def _consensus(board: Board, k: int) -> list[dict]:
-    from analysis.metrics import consensus
-
     proxies = [m for m in board.metrics() if m.key != DAMAGE_KEY]
     if not proxies:
         return []
@@ -532,8 +531,6 @@ def describe_blocks(action: dict) -> str:
     parts += [f"{b}a" for b in action.get("skip_attention", [])] + [f"{b}m" for b in action.get("skip_mlp", [])]
     others = [k for k in action if k not in ("remove_blocks", "skip_attention", "skip_mlp")]
     if others:
-        from analysis.changes.variant import describe_action
-
         try:
             return describe_action(action)
         except ValueError:
@@ -641,9 +638,6 @@ def evaluate_plan(
     """Every distinct action evaluated once (``{stable_hash(action): result}``): cached ones read, the others in
     one pass of :func:`analysis.evaluation.shared_prefix.evaluate_actions` (the original once, each candidate from
     its first changed block). Also ``{"work", "original_work", "computed"}`` of what ran."""
-    from analysis.capture.estimate import work_model
-    from analysis.evaluation.shared_prefix import evaluate_actions, original_work
-
     lm = ws.lm
     distinct: dict[str, dict] = {}
     for a in actions:
@@ -654,7 +648,6 @@ def evaluate_plan(
             out[key] = evaluate_action(lm, a, settings, text, ws=ws)
         else:
             todo.append((key, a))
-    from analysis.evaluation.perplexity import evaluation_ids
 
     n_ids = len(evaluation_ids(lm.tokenizer, text, settings.n_tokens))
     one = original_work(work_model(lm.model), n_ids, settings.context, settings.stride)
@@ -670,8 +663,6 @@ def evaluate_plan(
 
 
 def _scan_entry(lm, search: SearchSettings, state, site: str):
-    from analysis.metrics.damage import scan_params
-
     return cache.entry("damage-scan", scan_params(lm, search, state, site))
 
 
@@ -682,8 +673,6 @@ def _computed_since(entry, t0: float) -> bool:
 
 def _scans_of(settings: LeaderboardSettings, greedy_steps: list[dict], half_steps: list[dict]):
     """(state, site, n_kept) of every scan the board reads: the damage table, then each greedy step after the first."""
-    from analysis.metrics.damage import normalise_state
-
     out = [(None, site, None) for site in settings.damage_sites]
     for s in greedy_steps[:-1]:
         out.append((s["state"], "block", None))
@@ -716,8 +705,6 @@ def run(
     counted in parameter-tokens, :mod:`analysis.capture.estimate`). ``pool``: a
     :class:`analysis.search.distributed.ReplicaPool` (entered); its replicas evaluate the candidates not cached
     yet, and (inside it) score the damage scans."""
-    from analysis.capture.estimate import work_model
-
     t0 = time.perf_counter()
     wall0 = time.time()
     settings, _ = for_model(settings, ws.lm)
@@ -836,11 +823,6 @@ def estimate(ws, settings: LeaderboardSettings = LeaderboardSettings(), probe: d
     for greedy when its scans are cached, for a cached metric's suggestion and the consensus of cached proxies,
     and for ReplaceMe's runs when the angular distances are cached; the middle block assumed otherwise). The
     metrics not cached add their groups' own estimates (:func:`analysis.metrics.registry.group_estimate`)."""
-    from analysis.capture.estimate import forward_probe, machine_speed, work_model
-    from analysis.evaluation.perplexity import evaluation_ids
-    from analysis.evaluation.shared_prefix import action_signature, original_work, prefix_plan, tail_work
-    from analysis.metrics.damage import scan_is_cached
-
     _, eval_text = validate(settings, ws.n_blocks, ws.text)
     lm, L = ws.lm, ws.n_blocks
     probe = probe or forward_probe(lm)
@@ -1055,7 +1037,7 @@ def correlation_csv(result: Result) -> pd.DataFrame:
 
 def figure(result: Result):
     """Perplexity against k: one line per rule, the random samples as a band (min–max) with their median."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotting only: the command line's board does not load plotly
 
     from analysis import plots
 

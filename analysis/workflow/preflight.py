@@ -10,7 +10,7 @@ keys for ``run``).
 
 from __future__ import annotations
 
-from analysis.errors import InputError
+from analysis.errors import InputError, format_bytes
 
 CLI = {
     "windows": "--sequences",
@@ -95,7 +95,6 @@ def check_heal(config, spec, names: dict = CLI, budget: int | None = None) -> di
     memory budget (:func:`analysis.capture.estimate.memory_budget`); returns the estimate."""
     from analysis.capture.estimate import memory_budget
     from analysis.changes.healing import training_memory_bytes
-    from analysis.errors import format_bytes
 
     limit = max_positions(config) if config is not None else None
     if limit is not None and spec.window_len > limit:

@@ -36,10 +36,10 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.capture.workspace import Workspace
-from analysis.changes.variant import candidate_name  # noqa: F401
+from analysis.capture.workspace import Calibration, Workspace
+from analysis.changes.variant import candidate_name, validate_action
 from analysis.errors import InputError
-from analysis.texts import BUNDLED
+from analysis.texts import BUNDLED, DEFAULT_EVALUATION_TEXT, bundled_text, text_from_bytes
 
 RECIPE_VERSION = 1
 
@@ -80,7 +80,6 @@ def validate(recipe: dict) -> None:
     """Refuse a recipe nested too deeply or with fields of the wrong type or range (the schema in
     :mod:`analysis.workflow.recipe_schema`, one line naming the field), unknown keys at every level we define, a
     recipe without a model source, unknown metric groups and actions, and action values their kind refuses."""
-    from analysis.changes.variant import validate_action
     from analysis.evaluation.perplexity import EvalSettings
     from analysis.metrics import registry
     from analysis.workflow import recipe_schema
@@ -273,8 +272,6 @@ def text_of(recipe: dict, text_path: str | None = None):
 
     A recipe names bundled texts only: a file path in a recipe (which may come from someone else) is never read,
     so ``run`` never copies a file the recipe names into its results."""
-    from analysis.texts import bundled_text, text_from_bytes
-
     ref = (recipe.get("calibration") or {}).get("text", "alice")
     if text_path:
         path = Path(text_path).expanduser()
@@ -302,8 +299,6 @@ def text_of(recipe: dict, text_path: str | None = None):
 
 def eval_text_of(recipe: dict):
     """The held-out text of the recipe's evaluation settings: bundled texts only (a path in a recipe is refused)."""
-    from analysis.texts import DEFAULT_EVALUATION_TEXT, bundled_text
-
     ref = ((recipe.get("evaluation") or {}).get("settings") or {}).get("text", DEFAULT_EVALUATION_TEXT)
     if _bundled_name(ref) is None:
         raise RecipeError(
@@ -331,8 +326,6 @@ def check_texts(recipe: dict, text_path: str | None = None) -> None:
 
 
 def calibration_of(recipe: dict):
-    from analysis.capture.workspace import Calibration
-
     c = recipe.get("calibration") or {}
     return Calibration(
         n_windows=int(c.get("windows", 32)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.metrics.base import (
+    _REGISTRY,
     BlockMetric,
     ReportSection,
     register,
@@ -52,7 +53,6 @@ def contradiction(suggested, scores, label: str, redundant_when: str = "low", to
 def contradictions(ws, suggested) -> list[str]:
     """The caveats for AVSS's ``suggested`` blocks against block influence and, when computed, measured damage
     (only what is already in the cache is read; nothing is computed)."""
-    from analysis.metrics.base import _REGISTRY  # the families import base only, never the registry's table
     from analysis.metrics.families import baselines, measured_damage  # noqa: F401  (registers both)
 
     out = []
