@@ -93,3 +93,22 @@ def save(name: str, payload: dict) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
     return path
+
+
+def add_search_arguments(p) -> None:
+    """``--model`` and the search settings (``--search-text``, ``--search-tokens``, ``--search-context``), defaults
+    those of :class:`analysis.metrics.damage.SearchSettings`: the options of every bench that searches."""
+    from analysis.metrics.damage import SearchSettings
+
+    d = SearchSettings()
+    p.add_argument("--model", default="default")
+    p.add_argument("--search-text", default=d.text)
+    p.add_argument("--search-tokens", type=int, default=d.n_tokens)
+    p.add_argument("--search-context", type=int, default=d.context)
+
+
+def search_settings(args):
+    """The :class:`analysis.metrics.damage.SearchSettings` of :func:`add_search_arguments`' options."""
+    from analysis.metrics.damage import SearchSettings
+
+    return SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)

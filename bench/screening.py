@@ -24,15 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, print_table, save  # noqa: E402
+from bench.common import add_search_arguments, machine, print_table, save, search_settings  # noqa: E402
 
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default")
-    p.add_argument("--search-text", default="lcet10")
-    p.add_argument("--search-tokens", type=int, default=1024)
-    p.add_argument("--search-context", type=int, default=512)
+    add_search_arguments(p)
     p.add_argument("--k", type=int, default=4, help="greedy steps (the board's largest k)")
     p.add_argument("--prefixes", default="64,128,256,512", help="prefix lengths P to screen on, in tokens")
     return p.parse_args(argv)
@@ -52,7 +49,7 @@ def main(argv=None) -> int:
     from analysis.search.leaderboard import default_eval_settings
 
     lm = load_model(ModelSpec(source=args.model, device="auto"))
-    full = damage.SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)
+    full = search_settings(args)
     text = full.resolve()
     prefixes = [int(p) for p in args.prefixes.split(",")]
     wm = work_model(lm.model)

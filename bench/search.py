@@ -29,15 +29,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, matmul_gflops, print_table, private_cache, save  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_search_arguments,
+    machine,
+    matmul_gflops,
+    print_table,
+    private_cache,
+    save,
+    search_settings,
+)
 
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default")
-    p.add_argument("--search-text", default="lcet10")
-    p.add_argument("--search-tokens", type=int, default=1024)
-    p.add_argument("--search-context", type=int, default=512)
+    add_search_arguments(p)
     p.add_argument("--k", type=int, default=2, help="largest k of the timed leaderboard")
     p.add_argument("--eval-tokens", type=int, default=4096)
     p.add_argument("--context", type=int, default=512)
@@ -58,11 +63,10 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from analysis.metrics import damage
     from analysis.model.loading import ModelSpec, load_model
 
     lm = load_model(ModelSpec(source=args.model, device="auto"))
-    settings = damage.SearchSettings(text=args.search_text, n_tokens=args.search_tokens, context=args.search_context)
+    settings = search_settings(args)
     text = settings.resolve()
     payload = {"settings": settings.to_dict()}
     if args.plan:
