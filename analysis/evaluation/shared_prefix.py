@@ -232,10 +232,12 @@ class _Reference:
         """A candidate's logits on the same positions, added to ``sc``: per window, in window order, as
         ``evaluate`` sums them."""
         clp = torch.log_softmax(logits.float(), dim=-1)
+        sc.agree += int((clp.argmax(-1) == self.ref_arg).sum())
         for r in range(len(self.tgt)):
             sc.nll_sum -= float(clp[r].gather(-1, self.tgt[r][:, None]).sum())
-            sc.kl_sum += float((self.ref_p[r] * (self.ref[r] - clp[r])).sum())
-        sc.agree += int((clp.argmax(-1) == self.ref_arg).sum())
+            # p · (ref − clp), the difference written over the window's rows of clp (this call's temporary): the
+            # same operations as fresh tensors, two [scored, vocab] allocations fewer per window
+            sc.kl_sum += float(torch.sub(self.ref[r], clp[r], out=clp[r]).mul_(self.ref_p[r]).sum())
         sc.count += int(self.tgt.numel())
 
 

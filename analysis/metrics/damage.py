@@ -227,8 +227,10 @@ def _add_batch(sums: list, ref: Reference, i: int, lg: torch.Tensor) -> None:
     r = ref.log_probs[i]
     tgt = ref.targets[i]
     sums[0] -= float(lp.gather(-1, tgt[..., None]).sum())
-    sums[1] += float((r.exp() * (r - lp)).sum())
     sums[2] += int((lp.argmax(-1) == ref.argmax[i]).sum())
+    # KL: exp(r) · (r − lp), the difference written over lp (a temporary of this call): the same operations as a
+    # fresh tensor for each, with two [batch, T, vocab] allocations fewer per candidate
+    sums[1] += float(torch.sub(r, lp, out=lp).mul_(r.exp()).sum())
     sums[3] += tgt.numel()
 
 
