@@ -337,11 +337,10 @@ def least_exact_work(lm, lbs, result, n_ids: int) -> dict:
     # scans: the damage table of the original, then one greedy step per k after the first (SLEB); each what
     # damage.scan_work counts less the pass that records the block inputs
     n_scans = result.cost.get("scans_computed") or len(lbs.ks(wm.n_blocks))
-    positions = (search.n_tokens // search.context) * search.context
     scan_heads = scan_blocks = 0.0
     for step in range(n_scans):
         n_kept = wm.n_blocks - step
-        heads = n_kept * positions * wm.head_params
+        heads = n_kept * search.positions * wm.head_params
         scan_heads += heads
         scan_blocks += scan_work(wm, search, n_kept, "block") - recording_work(wm, search, n_kept) - heads
     total = one + ev_heads + ev_blocks + scan_heads + scan_blocks

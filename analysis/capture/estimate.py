@@ -235,6 +235,11 @@ class WorkModel:
     def n_blocks(self) -> int:
         return len(self.block_params)
 
+    @property
+    def mean_block(self) -> float:
+        """Parameters of the mean block: what one block's run is counted as where the block is not named."""
+        return sum(self.block_params) / max(1, self.n_blocks)
+
     def forward(self, tokens: int, blocks=None, head_positions: int | None = None) -> float:
         """Parameter-tokens of ``tokens`` through ``blocks`` (indices; default all) and the head on
         ``head_positions`` positions (default every token)."""

@@ -280,10 +280,9 @@ def tail_work(
     """Parameter-tokens of one candidate run from ``entry`` (mean block size; ``None``: whole)."""
     from analysis.evaluation.perplexity import windows_for
 
-    mean = sum(wm.block_params) / max(1, wm.n_blocks)
     run = n_candidate_blocks if entry is None or entry == 0 else max(1, n_candidate_blocks - entry)
     return sum(
-        (e - s) * run * mean + (e - first + 1) * wm.head_params
+        (e - s) * run * wm.mean_block + (e - first + 1) * wm.head_params
         for s, e, first in windows_for(np.zeros(ids_len), context, stride)
     )
 
@@ -317,7 +316,6 @@ def evaluate_many(
     scores = [CandidateScore() for _ in candidates]
     work = 0.0
     per_work = [0.0] * len(candidates)
-    mean_block = sum(wm.block_params) / max(1, wm.n_blocks)
 
     def grab(store: dict, i):
         def pre(m, args, kwargs):
@@ -370,7 +368,7 @@ def evaluate_many(
                 for key in [k for k in handed if last_read.get(k, -1) <= pos]:
                     del handed[key]
                 ref.score(clog, sc)
-                w = (length * tail.blocks_run * mean_block + (n_scored + 1) * wm.head_params) * len(group)
+                w = (length * tail.blocks_run * wm.mean_block + (n_scored + 1) * wm.head_params) * len(group)
                 per_work[c] += w
                 work += w
                 sc.seconds += time.perf_counter() - t0
@@ -431,10 +429,9 @@ def evaluate_removals_layer_by_layer(
         if progress
         else None,
     )
-    mean = sum(wm.block_params) / max(1, wm.n_blocks)
     tokens = sum(x.numel() for x, *_ in jobs)
     head = sum((n_scored + 1) * k for _, n_scored, _, k in jobs) * wm.head_params
-    work = tokens * runs * mean + head * len(variants)
+    work = tokens * runs * wm.mean_block + head * len(variants)
     n_orig = sm.n_parameters()
     block_size = [sum(p.numel() for p in b.parameters()) for b in sm.blocks]
     seconds = time.perf_counter() - t_start

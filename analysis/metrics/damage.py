@@ -81,6 +81,12 @@ class SearchSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def positions(self) -> int:
+        """Search positions scored: the whole windows of ``context`` in the first ``n_tokens`` (a partial last window
+        is dropped, :func:`search_windows`)."""
+        return (self.n_tokens // self.context) * self.context
+
     def validate(self) -> None:
         if self.context < 2:
             raise DamageError(f"the search window needs at least 2 tokens (got {self.context})")
@@ -647,26 +653,24 @@ def scan_work(wm, search: SearchSettings, n_kept: int, site: str) -> float:
 
 def recording_work(wm, search: SearchSettings, n_kept: int) -> float:
     """Parameter-tokens of a scan's first pass: the model of ``n_kept`` blocks, recording its block inputs."""
-    mean = sum(wm.block_params) / max(1, wm.n_blocks)
-    return (search.n_tokens // search.context) * search.context * (n_kept * mean + wm.head_params)
+    return search.positions * (n_kept * wm.mean_block + wm.head_params)
 
 
 def candidate_work(wm, search: SearchSettings, n_kept: int, j: int, site: str) -> float:
     """Parameter-tokens of one scan candidate (kept block ``j`` of ``n_kept`` removed, or its half ``site``
     skipped), fast method: the blocks after it from its recorded input, the head on every search position; 0 for
     the candidate that would remove the last block."""
-    mean = sum(wm.block_params) / max(1, wm.n_blocks)
     if site == "block":
         if n_kept == 1:
             return 0.0
         run = max(1, n_kept - 1 - j)
     else:
         run = n_kept - j
-    return (search.n_tokens // search.context) * search.context * (run * mean + wm.head_params)
+    return search.positions * (run * wm.mean_block + wm.head_params)
 
 
 def reference_work(wm, search: SearchSettings) -> float:
-    return (search.n_tokens // search.context) * search.context * wm.per_token()
+    return search.positions * wm.per_token()
 
 
 __all__ = [
