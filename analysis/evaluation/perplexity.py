@@ -188,9 +188,8 @@ def _scored_pass(
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         for r, (s, e, first) in enumerate(group):
             lp, tgt = logp[r], x[r, first - s : e - s].to(logp.device)
-            nll, top, kept = -float(lp.gather(-1, tgt[:, None]).sum()), lp.argmax(-1).cpu(), None
-            if keep:
-                kept = lp.to(torch.float16).cpu()
+            nll, top = -float(lp.gather(-1, tgt[:, None]).sum()), lp.argmax(-1).cpu()
+            kept = lp.to(torch.float16).cpu() if keep else None
             kl = None
             if reference is not None:
                 ref = ref_at[s].to(lp.device).float()
