@@ -213,8 +213,8 @@ def load(args, sequential_ok: bool = False):
 def load_sequential(args, say):
     """A layer-by-layer model when ``--sequential`` asks for one or the weights do not fit; else ``None``."""
     from analysis.model.architecture import ModelLoadError
-    from analysis.model.loading import DTYPES, checkpoint_folder, resolve_device
-    from analysis.model.sequential import describe_peak, fits_in_memory, open_sequential
+    from analysis.model.loading import DTYPES, checkpoint_folder, fits_in_memory, resolve_device
+    from analysis.model.sequential import describe_peak, open_sequential
 
     spec = spec_from(args)
     if getattr(args, "sequential", False):

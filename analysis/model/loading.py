@@ -352,17 +352,101 @@ def checkpoint_folder(spec: ModelSpec, progress: Callable[[str], None] | None = 
     if kind == "results":
         raise ModelLoadError(f"{spec.source} is a results folder without weights")
     if folder is None:
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(target, local_files_only=True))
-        except Exception as exc:  # noqa: BLE001 - not in the local cache, or no such repository
-            raise ModelLoadError(
-                f"{target!r} is not in the local Hugging Face cache ({_first_line(exc)}); "
-                "download it first or give a local folder"
-            ) from None
+        folder = _local_snapshot(target)
     check_weight_files(folder)
     return name, folder
+
+
+def _local_snapshot(repo_id: str) -> Path:
+    """The folder of a hub id's snapshot in the local Hugging Face cache (nothing is downloaded)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - not in the local cache, or no such repository
+        raise ModelLoadError(
+            f"{repo_id!r} is not in the local Hugging Face cache ({_first_line(exc)}); "
+            "download it first or give a local folder"
+        ) from None
+
+
+# ---- memory: whether the weights fit ----------------------------------------------------------------------------
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    """Bytes of the checkpoint's safetensors files (what loading all of it takes, in its stored dtype)."""
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
+def _stored_itemsize(folder: Path) -> int:
+    from safetensors import safe_open
+
+    f = next(iter(sorted(Path(folder).glob("*.safetensors"))), None)
+    if f is None:
+        return 4
+    with safe_open(str(f), framework="pt") as h:
+        for k in h.keys():
+            dt = h.get_slice(k).get_dtype()
+            return {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(dt, 4)
+    return 4
+
+
+def model_bytes(folder: Path, dtype: torch.dtype) -> int:
+    """Bytes the whole model takes in memory in ``dtype`` (from the safetensors sizes)."""
+    return int(checkpoint_bytes(folder) * torch.finfo(dtype).bits / 8 / _stored_itemsize(folder))
+
+
+def available_bytes(device: str | torch.device) -> int:
+    """Memory free for a model on ``device`` now (CUDA: ``torch.cuda.mem_get_info``; else psutil's available)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def fits_in_memory(
+    folder: Path, dtype: torch.dtype, device: str | torch.device, headroom: float = 1.3
+) -> tuple[bool, str]:
+    """Whether the model fits the device with ``headroom`` for activations, and one line that says so."""
+    need, have = model_bytes(folder, dtype), available_bytes(device)
+    ok = need * headroom <= have
+    return ok, (
+        f"the weights take {need / 2**30:.1f} GiB in {str(dtype).replace('torch.', '')}, "
+        f"{'within' if ok else 'more than'} {1 / headroom:.0%} of the {have / 2**30:.1f} GiB available on "
+        f"{torch.device(device).type}"
+    )
+
+
+def memory_refusal(spec: ModelSpec, folder: Path | None, device: str) -> str | None:
+    """Why the weights in ``folder`` cannot be loaded in memory on ``device`` as ``spec`` asks, in one line; ``None``
+    when they can.
+
+    Loading more weights than the device has free does not end in an error that can be caught: the process grows
+    until the system kills it (for the dashboard, the server with every tab's jobs). So before any weight is
+    loaded, the checkpoint's size in the requested dtype is compared with the free memory, without headroom: only
+    a load that cannot succeed is refused. Nothing is refused when accelerate places the weights
+    (``device_map_auto``: what does not fit goes to the CPU or disk) or when no intact safetensors are found (a hub
+    id not in the local cache, ``.bin`` weights, a damaged file): loading then goes on and says what is wrong, if
+    anything."""
+    if spec.device_map_auto or folder is None:
+        return None
+    try:
+        check_weight_files(folder)  # the sizes below read the headers
+    except ModelLoadError:
+        return None  # damaged: loading names the file (and converts a damaged copy of a GGUF again)
+    dtype = DTYPES[spec.dtype]
+    need, have = model_bytes(folder, dtype), available_bytes(device)
+    if need <= have:
+        return None
+    return (
+        f"the weights of {spec.source} take {need / 2**30:.1f} GiB in {str(dtype).replace('torch.', '')}, more than "
+        f"the {have / 2**30:.1f} GiB free on {torch.device(device).type}: they cannot be loaded in memory here. "
+        "Choose the dtype bfloat16 (half of float32), or spread the model with device_map='auto' (accelerate puts "
+        "what does not fit on the CPU or disk); capture, metrics, evaluate and leaderboard also run layer by layer "
+        "on the command line (--sequential), and the dashboard opens their --out folder as a results folder"
+    )
 
 
 def read_tokenizer(spec: ModelSpec, progress: Callable[[str], None] | None = None):
@@ -392,6 +476,16 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
     if kind == "results":
         return open_results(Path(os.path.expanduser(spec.source)).resolve(), spec)
     kind, name, target, folder, local_only, notes = _resolve(spec, say)
+    if folder is None and not spec.device_map_auto:
+        try:
+            folder_now = _local_snapshot(target)
+        except ModelLoadError:
+            folder_now = None  # not in the local cache: from_pretrained downloads it, or says why not
+    else:
+        folder_now = folder
+    too_big = memory_refusal(spec, folder_now, device)
+    if too_big:
+        raise ModelLoadError(too_big)
     try:
         model, tokenizer = _from_pretrained(target, spec, device, local_only, say)
     except ModelLoadError as exc:

@@ -38,6 +38,15 @@ import torch
 from torch import nn
 
 from analysis.model.architecture import ModelLoadError, block_list, final_norm, output_head
+from analysis.model.loading import (
+    DTYPES,
+    checkpoint_folder,
+    fingerprint_items,
+    model_bytes,
+    read_config,
+    read_tokenizer,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,52 +95,6 @@ def weight_index(folder: Path) -> dict[str, Path]:
     if not out:
         raise NotSequential(f"{folder} holds no safetensors weights; layer-by-layer execution reads safetensors only")
     return out
-
-
-def checkpoint_bytes(folder: Path) -> int:
-    """Bytes of the checkpoint's safetensors files (what loading all of it takes, in its stored dtype)."""
-    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
-
-
-def _stored_itemsize(folder: Path) -> int:
-    from safetensors import safe_open
-
-    f = next(iter(sorted(Path(folder).glob("*.safetensors"))), None)
-    if f is None:
-        return 4
-    with safe_open(str(f), framework="pt") as h:
-        for k in h.keys():
-            dt = h.get_slice(k).get_dtype()
-            return {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(dt, 4)
-    return 4
-
-
-def model_bytes(folder: Path, dtype: torch.dtype) -> int:
-    """Bytes the whole model takes in memory in ``dtype`` (from the safetensors sizes)."""
-    return int(checkpoint_bytes(folder) * torch.finfo(dtype).bits / 8 / _stored_itemsize(folder))
-
-
-def available_bytes(device: str | torch.device) -> int:
-    """Memory free for a model on ``device`` now (CUDA: ``torch.cuda.mem_get_info``; else psutil's available)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def fits_in_memory(
-    folder: Path, dtype: torch.dtype, device: str | torch.device, headroom: float = 1.3
-) -> tuple[bool, str]:
-    """Whether the model fits the device with ``headroom`` for activations, and one line that says so."""
-    need, have = model_bytes(folder, dtype), available_bytes(device)
-    ok = need * headroom <= have
-    return ok, (
-        f"the weights take {need / 2**30:.1f} GiB in {str(dtype).replace('torch.', '')}, "
-        f"{'within' if ok else 'more than'} {1 / headroom:.0%} of the {have / 2**30:.1f} GiB available on "
-        f"{torch.device(device).type}"
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -596,7 +559,6 @@ def sequential_fingerprint(sm: SequentialModel, samples_per_tensor: int = 4096) 
     """The fingerprint :func:`analysis.model.loading.fingerprint` gives the same weights loaded in memory,
     computed from the checkpoint's files without loading them (only each tensor's strided sample is read), so the
     caches of both runs are shared."""
-    from analysis.model.loading import fingerprint_items
 
     meta = sm.skeleton.state_dict()
     headers = {f: _header(f) for f in set(sm.index.values())}
@@ -620,8 +582,6 @@ def open_sequential(
     or a hub id in the local cache): the configuration, the tokenizer and the module tree, no weights."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
-
-    from analysis.model.loading import DTYPES, checkpoint_folder, read_config, read_tokenizer, resolve_device
 
     say = progress or (lambda m: log.info(m))
     t0 = time.perf_counter()

@@ -54,6 +54,23 @@ def test_bad_model_path_keeps_the_previous_model(lm):
     assert {m.label: m.value for m in at.metric}["Blocks"] == "30"
 
 
+def test_model_too_big_for_memory_is_refused_and_the_previous_model_kept(lm, tmp_path, monkeypatch):
+    """Loading it anyway would end with the server killed; the sidebar says why and what to do instead."""
+    from analysis.model import loading
+    from tests.families import tiny_model_dir
+
+    folder = tiny_model_dir("llama", tmp_path / "tiny")
+    at = sidebar_app(_sidebar_with_model_page)
+    monkeypatch.setattr(loading, "available_bytes", lambda device: 1000)  # the bundled model is already loaded
+    at.text_input(key="model-source").set_value(str(folder))
+    [b for b in at.button if b.label == "Load model"][0].click()
+    at.run()
+    no_exceptions(at)
+    assert any("free on cpu" in str(e.value) and "bfloat16" in str(e.value) for e in at.error), at.error
+    assert any("Still using the previous model" in c.value for c in at.caption)
+    assert {m.label: m.value for m in at.metric}["Blocks"] == "30"
+
+
 def test_empty_pasted_text_is_refused_and_the_old_text_kept(lm):
     at = sidebar_app(_sidebar_with_model_page)
     at.radio(key="text-kind").set_value("Paste")

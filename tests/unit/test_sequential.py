@@ -100,7 +100,7 @@ def test_each_block_gets_its_own_kinds_mask(tmp_path, asyoulik):
 
 def test_chosen_automatically_when_the_weights_do_not_fit(tiny, monkeypatch, capsys):
     from analysis.cli import common
-    from analysis.model import sequential
+    from analysis.model import loading
 
     lm, _ = tiny
     args = argparse.Namespace(
@@ -113,10 +113,42 @@ def test_chosen_automatically_when_the_weights_do_not_fit(tiny, monkeypatch, cap
         sequential=False,
     )
     assert not getattr(common.load(args, sequential_ok=True), "sequential", False)
-    monkeypatch.setattr(sequential, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(loading, "available_bytes", lambda device: 1000)
     got = common.load(args, sequential_ok=True)
     assert got.sequential
     assert "running it layer by layer" in capsys.readouterr().err
+
+
+def test_a_model_too_big_for_memory_is_refused_before_any_weight_is_loaded(tiny, monkeypatch):
+    """Loading more than the free memory ends with the process killed (the dashboard's server with it): refused in
+    one line instead, except where accelerate places the weights; bfloat16 needs half of float32's bytes."""
+    from analysis.model import loading
+    from analysis.model.architecture import ModelLoadError
+
+    lm, _ = tiny
+    folder = lm.checkpoint_dir
+    need = loading.model_bytes(folder, torch.float32)
+    assert need == loading.checkpoint_bytes(folder) > 0 and loading.model_bytes(folder, torch.bfloat16) == need // 2
+    monkeypatch.setattr(loading, "available_bytes", lambda device: need * 3 // 4)
+    spec = ModelSpec(source=str(folder), device="cpu")
+    with pytest.raises(ModelLoadError) as err:
+        load_model(spec)
+    line = str(err.value)
+    assert "\n" not in line and "more than the 0.0 GiB free on cpu" in line and "bfloat16" in line
+    assert loading.memory_refusal(ModelSpec(source=str(folder), device="cpu", dtype="bfloat16"), folder, "cpu") is None
+    assert loading.memory_refusal(ModelSpec(source=str(folder), device_map_auto=True), folder, "cpu") is None
+    assert loading.memory_refusal(spec, None, "cpu") is None  # no checkpoint found here: loading says what is wrong
+
+
+def test_a_command_that_needs_the_model_in_memory_refuses_one_too_big_in_one_line(tiny, monkeypatch, capsys):
+    from analysis.cli.main import main
+    from analysis.model import loading
+
+    lm, _ = tiny
+    monkeypatch.setattr(loading, "available_bytes", lambda device: 1000)
+    rc = main(["prune", "--model", str(lm.checkpoint_dir), "--device", "cpu", "--remove", "0", "--out", "unused"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: the weights of") and "free on cpu" in err[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
