@@ -368,27 +368,17 @@ def _write_new_file(path: Path, data: bytes) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """The one atomic file writer: a temporary file beside ``path``, then one rename onto it (an old file is
-    replaced in that single step: a reader sees the old content or the new, never a part)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a file")
-    clean_stale_siblings(path)
-    tmp = path.parent / f"{_leftover_prefix(TEMPORARY, path.name)}{uuid.uuid4().hex[:10]}"
-    try:
+    """``data`` written to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
         _write_new_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """For writers that stream to a path of their own (the GGUF writer): yield a temporary path beside ``path``
-    (a recognisable leftover if the process dies); on success sync it and rename it onto ``path`` in one step, on
-    any exception remove it. Same guarantees as :func:`atomic_write_bytes`."""
+    """The one atomic file writer: yield a temporary path beside ``path`` (a recognisable leftover if the process
+    dies) for the caller to write (:func:`atomic_write_bytes`, or a writer that streams to a path of its own: the
+    GGUF writer); on success sync it and rename it onto ``path`` in one step (an old file is replaced in that single
+    step: a reader sees the old content or the new, never a part), on any exception remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():

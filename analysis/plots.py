@@ -303,11 +303,13 @@ def comparison_curves(
 # Per-state persistence (the Persistence barcodes page and the report)
 
 
-def _dim_colour(d: int) -> str:
+def dimension_colour(d: int) -> str:
+    """The colour of homology dimension ``d`` in every topology figure."""
     return DIM_COLOURS[d % len(DIM_COLOURS)]
 
 
-def _segments(x0: np.ndarray, x1: np.ndarray, y: np.ndarray) -> tuple[list, list]:
+def bar_segments(x0: np.ndarray, x1: np.ndarray, y: np.ndarray) -> tuple[list, list]:
+    """Horizontal bars ``[x0, x1]`` at heights ``y`` as one line trace's points, a ``None`` between bars."""
     xs, ys = [], []
     for a, b, c in zip(x0.tolist(), x1.tolist(), y.tolist()):
         xs += [a, b, None]
@@ -332,14 +334,14 @@ def persistence_barcode(diagrams: Sequence[np.ndarray], title: str) -> go.Figure
         dg = dgm[order]
         death = np.where(np.isfinite(dg[:, 1]), dg[:, 1], top)
         y = offset + np.arange(dg.shape[0])
-        xs, ys = _segments(dg[:, 0], death, y)
+        xs, ys = bar_segments(dg[:, 0], death, y)
         fig.add_trace(
             go.Scatter(
                 x=xs,
                 y=ys,
                 mode="lines",
                 name=f"H{d} ({dg.shape[0]})",
-                line=dict(color=_dim_colour(d), width=2),
+                line=dict(color=dimension_colour(d), width=2),
                 hoverinfo="skip",
             )
         )
@@ -383,7 +385,7 @@ def persistence_diagram(diagrams: Sequence[np.ndarray], title: str) -> go.Figure
                 y=death,
                 mode="markers",
                 name=f"H{d}",
-                marker=dict(color=_dim_colour(d), size=6, symbol=symbols),
+                marker=dict(color=dimension_colour(d), size=6, symbol=symbols),
                 hovertemplate="birth %{x:.4f}, death %{y:.4f}<extra>H" + str(d) + "</extra>",
             )
         )
@@ -407,7 +409,12 @@ def betti_curves(frame: pd.DataFrame, title: str) -> go.Figure:
         d = int(col.split("_")[1])
         fig.add_trace(
             go.Scatter(
-                x=frame["t"], y=frame[col], mode="lines", line_shape="hv", name=f"β{d}", line=dict(color=_dim_colour(d))
+                x=frame["t"],
+                y=frame[col],
+                mode="lines",
+                line_shape="hv",
+                name=f"β{d}",
+                line=dict(color=dimension_colour(d)),
             )
         )
     fig.update_layout(
@@ -432,7 +439,7 @@ def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], 
                 y=frame[f"{prefix}{d}"],
                 mode="lines+markers",
                 name=f"H{d}",
-                line=dict(color=_dim_colour(d)),
+                line=dict(color=dimension_colour(d)),
                 yaxis="y" if d == 0 else "y2",
                 hovertemplate="h%{x}: %{y:.4f}<extra>H" + str(d) + "</extra>",
             )
@@ -443,9 +450,9 @@ def per_dimension_curves(frame: pd.DataFrame, prefix: str, dims: Sequence[int], 
         height=380,
         margin=dict(l=60, r=60, t=50, b=50),
         legend=dict(orientation="h", y=-0.25),
-        yaxis=dict(title=dict(text=f"{y_title}, H0", font=dict(color=_dim_colour(0)))),
+        yaxis=dict(title=dict(text=f"{y_title}, H0", font=dict(color=dimension_colour(0)))),
         yaxis2=dict(
-            title=dict(text=f"{y_title}, H1+", font=dict(color=_dim_colour(1))),
+            title=dict(text=f"{y_title}, H1+", font=dict(color=dimension_colour(1))),
             overlaying="y",
             side="right",
             showgrid=False,

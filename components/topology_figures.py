@@ -13,23 +13,13 @@ from analysis.plots import (  # noqa: F401
     DIM_COLOURS,
     STATE_AXIS,
     _finite_top,
+    bar_segments,
     betti_curves,
+    dimension_colour,
     per_dimension_curves,
     persistence_barcode,
     persistence_diagram,
 )
-
-
-def _colour(d: int) -> str:
-    return DIM_COLOURS[d % len(DIM_COLOURS)]
-
-
-def _segments(x0: np.ndarray, x1: np.ndarray, y: np.ndarray) -> tuple[list, list]:
-    xs, ys = [], []
-    for a, b, c in zip(x0.tolist(), x1.tolist(), y.tolist()):
-        xs += [a, b, None]
-        ys += [c, c, None]
-    return xs, ys
 
 
 def zigzag_barcode(bars: pd.DataFrame, n_layers: int, cap: int = 300) -> tuple[go.Figure, pd.DataFrame, int]:
@@ -49,10 +39,15 @@ def zigzag_barcode(bars: pd.DataFrame, n_layers: int, cap: int = 300) -> tuple[g
     width = float(np.clip(0.6 * (height - 120) / max(1, len(shown)), 0.5, 4.0))  # thin enough not to merge
     for d in sorted(shown["dim"].unique()):
         sel = shown["dim"].to_numpy() == d
-        xs, ys = _segments(shown["birth_layer"].to_numpy()[sel], shown["death_layer"].to_numpy()[sel], y[sel])
+        xs, ys = bar_segments(shown["birth_layer"].to_numpy()[sel], shown["death_layer"].to_numpy()[sel], y[sel])
         fig.add_trace(
             go.Scatter(
-                x=xs, y=ys, mode="lines", name=f"H{d}", line=dict(color=_colour(int(d)), width=width), hoverinfo="skip"
+                x=xs,
+                y=ys,
+                mode="lines",
+                name=f"H{d}",
+                line=dict(color=dimension_colour(int(d)), width=width),
+                hoverinfo="skip",
             )
         )
         # one invisible marker per bar carries the hover text
