@@ -420,8 +420,8 @@ def fits_in_memory(
 
 
 def memory_refusal(spec: ModelSpec, folder: Path | None, device: str) -> str | None:
-    """Why the weights in ``folder`` cannot be loaded in memory on ``device`` as ``spec`` asks, in one line; ``None``
-    when they can.
+    """Why the weights in ``folder`` (``None``: the hub id ``spec.source``'s snapshot in the local cache) cannot be
+    loaded in memory on ``device`` as ``spec`` asks, in one line; ``None`` when they can.
 
     Loading more weights than the device has free does not end in an error that can be caught: the process grows
     until the system kills it (for the dashboard, the server with every tab's jobs). So before any weight is
@@ -430,12 +430,15 @@ def memory_refusal(spec: ModelSpec, folder: Path | None, device: str) -> str | N
     (``device_map_auto``: what does not fit goes to the CPU or disk) or when no intact safetensors are found (a hub
     id not in the local cache, ``.bin`` weights, a damaged file): loading then goes on and says what is wrong, if
     anything."""
-    if spec.device_map_auto or folder is None:
+    if spec.device_map_auto:
         return None
     try:
+        folder = folder or _local_snapshot(spec.source)
         check_weight_files(folder)  # the sizes below read the headers
     except ModelLoadError:
-        return None  # damaged: loading names the file (and converts a damaged copy of a GGUF again)
+        # not in the local cache (from_pretrained downloads it, or says why not), or damaged (loading names the
+        # file, and converts a damaged copy of a GGUF again)
+        return None
     dtype = DTYPES[spec.dtype]
     need, have = model_bytes(folder, dtype), available_bytes(device)
     if need <= have:
@@ -476,14 +479,7 @@ def load_model(spec: ModelSpec, progress: Callable[[str], None] | None = None) -
     if kind == "results":
         return open_results(Path(os.path.expanduser(spec.source)).resolve(), spec)
     kind, name, target, folder, local_only, notes = _resolve(spec, say)
-    if folder is None and not spec.device_map_auto:
-        try:
-            folder_now = _local_snapshot(target)
-        except ModelLoadError:
-            folder_now = None  # not in the local cache: from_pretrained downloads it, or says why not
-    else:
-        folder_now = folder
-    too_big = memory_refusal(spec, folder_now, device)
+    too_big = memory_refusal(spec, folder, device)
     if too_big:
         raise ModelLoadError(too_big)
     try:

@@ -559,7 +559,6 @@ def sequential_fingerprint(sm: SequentialModel, samples_per_tensor: int = 4096) 
     """The fingerprint :func:`analysis.model.loading.fingerprint` gives the same weights loaded in memory,
     computed from the checkpoint's files without loading them (only each tensor's strided sample is read), so the
     caches of both runs are shared."""
-
     meta = sm.skeleton.state_dict()
     headers = {f: _header(f) for f in set(sm.index.values())}
 

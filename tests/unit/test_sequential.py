@@ -137,7 +137,8 @@ def test_a_model_too_big_for_memory_is_refused_before_any_weight_is_loaded(tiny,
     assert "\n" not in line and "more than the 0.0 GiB free on cpu" in line and "bfloat16" in line
     assert loading.memory_refusal(ModelSpec(source=str(folder), device="cpu", dtype="bfloat16"), folder, "cpu") is None
     assert loading.memory_refusal(ModelSpec(source=str(folder), device_map_auto=True), folder, "cpu") is None
-    assert loading.memory_refusal(spec, None, "cpu") is None  # no checkpoint found here: loading says what is wrong
+    not_cached = ModelSpec(source="nobody/not-in-the-local-cache", device="cpu")
+    assert loading.memory_refusal(not_cached, None, "cpu") is None  # from_pretrained downloads it or says why not
 
 
 def test_a_command_that_needs_the_model_in_memory_refuses_one_too_big_in_one_line(tiny, monkeypatch, capsys):
